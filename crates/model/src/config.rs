@@ -1,0 +1,370 @@
+//! HF `config.json` for decoder-only causal LMs (Llama, Mistral, Qwen2).
+//!
+//! Every dimension is explicit. `head_dim` is read when present and only falls back to
+//! `hidden_size / num_attention_heads` when the file omits it (that is transformers' own rule for
+//! old configs); configs orlik writes always carry `head_dim`, so width-pruned models stay right.
+//! Keys this struct does not model are kept verbatim in `extra` and written back unchanged.
+
+use crate::ModelError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// The architectures the model core implements, named as in `architectures[0]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn from_hf(name: &str) -> Option<Arch> {
+        match name {
+            "LlamaForCausalLM" => Some(Arch::Llama),
+            "MistralForCausalLM" => Some(Arch::Mistral),
+            "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+    pub const SUPPORTED: &'static [&'static str] =
+        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+}
+
+/// A `config.json` as transformers writes it. Field defaults are transformers' defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Config {
+    pub architectures: Vec<String>,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Defaults to `num_attention_heads` (multi-head attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_key_value_heads: Option<usize>,
+    /// Defaults to `hidden_size / num_attention_heads` only when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    /// transformers < 5 writes `rope_theta`; transformers 5 writes `rope_parameters.rope_theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<Value>,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Llama: bias on q/k/v/o. (Qwen2 always has q/k/v bias and no o bias.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_bias: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2 only: sliding window is off unless this is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// transformers 5: per-layer `"full_attention"` / `"sliding_attention"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_act: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bos_token_id: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token_id: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<Value>,
+    /// Every other key, written back unchanged (`torch_dtype`/`dtype`, `transformers_version`, ...).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    2048
+}
+
+/// Llama-3 style frequency-dependent RoPE scaling (`rope_type: "llama3"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
+}
+
+impl Config {
+    pub fn from_json_str(s: &str, origin: &str) -> Result<Config, ModelError> {
+        let cfg: Config = serde_json::from_str(s).map_err(|e| ModelError::Config {
+            origin: origin.to_string(),
+            msg: e.to_string(),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ModelError> {
+        let origin = path.display().to_string();
+        let s = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
+            origin: origin.clone(),
+            msg: e.to_string(),
+        })?;
+        Config::from_json_str(&s, &origin)
+    }
+
+    pub fn to_json_pretty(&self) -> String {
+        // serde_json of a struct with flattened map cannot fail on these types.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| "{}".to_string())
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ModelError> {
+        let bad = |msg: String| ModelError::Config { origin: origin.to_string(), msg };
+        let name = self.architectures.first().map(String::as_str).unwrap_or("<none>");
+        if Arch::from_hf(name).is_none() {
+            return Err(ModelError::UnknownArchitecture {
+                origin: origin.to_string(),
+                name: name.to_string(),
+            });
+        }
+        for (k, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_kv_heads()),
+            ("head_dim", self.head_dim()),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("{k} must be > 0")));
+            }
+        }
+        if self.num_attention_heads % self.num_kv_heads() != 0 {
+            return Err(bad(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads,
+                self.num_kv_heads()
+            )));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(bad(format!("head_dim {} must be even for RoPE", self.head_dim())));
+        }
+        if let Some(act) = &self.hidden_act {
+            if act != "silu" {
+                return Err(bad(format!("hidden_act {act:?} is not supported (only \"silu\")")));
+            }
+        }
+        if let Some(lt) = &self.layer_types {
+            if lt.len() != self.num_hidden_layers {
+                return Err(bad(format!(
+                    "layer_types has {} entries, num_hidden_layers is {}",
+                    lt.len(),
+                    self.num_hidden_layers
+                )));
+            }
+        }
+        self.llama3_scaling().map_err(bad)?;
+        Ok(())
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.architectures.first().and_then(|n| Arch::from_hf(n)).unwrap_or(Arch::Llama)
+    }
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+    pub fn rope_theta(&self) -> f64 {
+        if let Some(t) = self.rope_theta {
+            return t;
+        }
+        self.rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10_000.0)
+    }
+    /// Bias on q/k/v projections.
+    pub fn qkv_bias(&self) -> bool {
+        match self.arch() {
+            Arch::Qwen2 => true,
+            Arch::Mistral => false,
+            Arch::Llama => self.attention_bias.unwrap_or(false),
+        }
+    }
+    /// Bias on o_proj.
+    pub fn o_bias(&self) -> bool {
+        self.arch() == Arch::Llama && self.attention_bias.unwrap_or(false)
+    }
+    pub fn mlp_bias(&self) -> bool {
+        self.arch() == Arch::Llama && self.mlp_bias.unwrap_or(false)
+    }
+    /// The sliding window of layer `i`, if that layer uses one (transformers' rules per model).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        if let Some(lt) = &self.layer_types {
+            return match lt.get(i).map(String::as_str) {
+                Some("sliding_attention") => self.sliding_window,
+                _ => None,
+            };
+        }
+        match self.arch() {
+            Arch::Mistral => self.sliding_window,
+            Arch::Qwen2 => {
+                if self.use_sliding_window.unwrap_or(false)
+                    && i >= self.max_window_layers.unwrap_or(self.num_hidden_layers)
+                {
+                    self.sliding_window
+                } else {
+                    None
+                }
+            }
+            Arch::Llama => None,
+        }
+    }
+    fn rope_scaling_value(&self) -> Option<&Value> {
+        self.rope_scaling.as_ref().or(self.rope_parameters.as_ref())
+    }
+    /// `Ok(None)` for plain RoPE, `Ok(Some)` for Llama-3 scaling, `Err` for an unsupported type.
+    pub fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>, String> {
+        let Some(v) = self.rope_scaling_value() else { return Ok(None) };
+        if v.is_null() {
+            return Ok(None);
+        }
+        let ty = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str);
+        match ty {
+            None | Some("default") => Ok(None),
+            Some("llama3") => {
+                let f = |k: &str| {
+                    v.get(k).and_then(Value::as_f64).ok_or(format!("rope_scaling.{k} missing"))
+                };
+                Ok(Some(Llama3Scaling {
+                    factor: f("factor")?,
+                    low_freq_factor: f("low_freq_factor")?,
+                    high_freq_factor: f("high_freq_factor")?,
+                    original_max_position_embeddings: f("original_max_position_embeddings")?,
+                }))
+            }
+            Some(other) => Err(format!("rope_scaling type {other:?} is not supported")),
+        }
+    }
+    /// The first `eos_token_id` (an int or a list in HF configs).
+    pub fn eos_ids(&self) -> Vec<u32> {
+        match &self.eos_token_id {
+            Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+            _ => vec![],
+        }
+    }
+    /// The dtype the checkpoint declares (`torch_dtype` or transformers 5's `dtype`).
+    pub fn declared_dtype(&self) -> Option<&str> {
+        self.extra.get("torch_dtype").or_else(|| self.extra.get("dtype")).and_then(Value::as_str)
+    }
+
+    /// The HF tensor names and shapes this config implies, in checkpoint order.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            if self.qkv_bias() {
+                out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            if self.o_bias() {
+                out.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+            }
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+            if self.mlp_bias() {
+                out.push((format!("{p}.mlp.gate_proj.bias"), vec![i]));
+                out.push((format!("{p}.mlp.up_proj.bias"), vec![i]));
+                out.push((format!("{p}.mlp.down_proj.bias"), vec![h]));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, h]));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":10,
+        "hidden_size":8,"intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"head_dim":4,"rms_norm_eps":1e-5,"rope_theta":10000.0,
+        "tie_word_embeddings":true,"torch_dtype":"float32","initializer_range":0.02}"#;
+
+    #[test]
+    fn parses_and_keeps_unknown_keys() {
+        let c = Config::from_json_str(TINY, "t").unwrap();
+        assert_eq!(c.head_dim(), 4);
+        assert_eq!(c.num_kv_heads(), 2);
+        assert_eq!(c.extra.get("initializer_range").and_then(Value::as_f64), Some(0.02));
+        let back = Config::from_json_str(&c.to_json_pretty(), "t").unwrap();
+        assert_eq!(back, c);
+        assert_eq!(c.expected_tensors().len(), 1 + 2 * 9 + 1);
+    }
+
+    #[test]
+    fn explicit_head_dim_is_not_derived() {
+        let s = TINY.replace("\"head_dim\":4", "\"head_dim\":6");
+        let c = Config::from_json_str(&s, "t").unwrap();
+        assert_eq!(c.head_dim(), 6);
+        assert_eq!(c.expected_tensors()[2].1, vec![24, 8]);
+    }
+
+    #[test]
+    fn transformers5_rope_parameters() {
+        let s = TINY.replace("\"rope_theta\":10000.0", "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":500.0}");
+        let c = Config::from_json_str(&s, "t").unwrap();
+        assert_eq!(c.rope_theta(), 500.0);
+        assert_eq!(c.llama3_scaling().unwrap(), None);
+    }
+
+    #[test]
+    fn unknown_architecture_is_an_error() {
+        let s = TINY.replace("LlamaForCausalLM", "BertModel");
+        let e = Config::from_json_str(&s, "x/config.json").unwrap_err().to_string();
+        assert!(e.contains("BertModel") && e.contains("x/config.json"), "{e}");
+    }
+}

@@ -1,0 +1,397 @@
+//! Llama-family decoder (Llama, Mistral, Qwen2) in HF layout.
+//!
+//! Mirrors transformers' `modeling_llama.py`: pre-norm blocks, RMSNorm, half-split RoPE, GQA,
+//! SwiGLU MLP. Differences carried by the config: Qwen2 has q/k/v bias; Mistral (and Qwen2 with
+//! `use_sliding_window`) restrict attention to a sliding window; Llama may have attention/MLP bias.
+//!
+//! Weights live in the compute dtype (f32 by default; f64 for gradient checks). When the model is
+//! built for training (`differentiable`), only composed candle ops are used, so every parameter
+//! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
+
+use crate::ops;
+use crate::{Config, ModelError, Weights};
+use candle_core::{DType, Device, Tensor, D};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions {
+    /// Compute dtype: F32 (default) or F64. Stored f16/bf16 weights are upcast.
+    pub dtype: DType,
+    /// Use only ops with a backward (training). Slower; same numbers.
+    pub differentiable: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions { dtype: DType::F32, differentiable: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Linear {
+    w: Tensor,         // (out, in)
+    b: Option<Tensor>, // (out)
+}
+
+impl Linear {
+    /// x: (.., in) -> (.., out)
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inn = dims[dims.len() - 1];
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((n, inn))?.matmul(&self.w.t()?)?; // (n, out)
+        let y = match &self.b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.w.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    window: Option<usize>,
+}
+
+/// Per-layer keys and values after RoPE, (b, kv, t, hd), grown by each incremental forward.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: Config,
+    opts: ModelOptions,
+    embed: Tensor, // (vocab, hidden)
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Option<Tensor>, // None when tied to `embed`
+    inv_freq: Vec<f64>,      // (hd/2)
+}
+
+/// Check a set of (name, shape) against what `cfg` implies: missing, extra and mis-shaped tensors.
+pub fn validate_shapes<'a>(
+    cfg: &Config,
+    found: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+) -> Result<(), ModelError> {
+    let expected: HashMap<String, Vec<usize>> = cfg.expected_tensors().into_iter().collect();
+    let mut seen = std::collections::HashSet::new();
+    for (name, shape) in found {
+        match expected.get(name) {
+            None => return Err(ModelError::ExtraTensor { name: name.to_string() }),
+            Some(e) if e.as_slice() != shape => {
+                return Err(ModelError::Shape {
+                    name: name.to_string(),
+                    expected: e.clone(),
+                    actual: shape.to_vec(),
+                })
+            }
+            Some(_) => {
+                seen.insert(name.to_string());
+            }
+        }
+    }
+    for (name, shape) in cfg.expected_tensors() {
+        if !seen.contains(&name) {
+            return Err(ModelError::MissingTensor { name, expected: shape });
+        }
+    }
+    Ok(())
+}
+
+fn inv_freq(cfg: &Config) -> Result<Vec<f64>, ModelError> {
+    let d = cfg.head_dim();
+    let base = cfg.rope_theta();
+    // transformers computes inv_freq in f32; round the same way so long positions agree.
+    let mut f: Vec<f64> =
+        (0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32 as f64).collect();
+    let scaling = cfg
+        .llama3_scaling()
+        .map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
+    if let Some(s) = scaling {
+        // transformers' `_compute_llama3_parameters` (Llama 3.1 report, §A): long wavelengths
+        // divided by `factor`, short ones kept, a linear blend between.
+        let low_wl = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wl = s.original_max_position_embeddings / s.high_freq_factor;
+        for x in f.iter_mut() {
+            let wl = 2.0 * std::f64::consts::PI / *x;
+            if wl > low_wl {
+                *x /= s.factor;
+            } else if wl >= high_wl {
+                let smooth = (s.original_max_position_embeddings / wl - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                *x = (1.0 - smooth) * *x / s.factor + smooth * *x;
+            }
+        }
+    }
+    Ok(f)
+}
+
+impl Model {
+    /// Build from tensors keyed by HF name. Validates names and shapes against `cfg`.
+    pub fn new(cfg: &Config, weights: &Weights, opts: ModelOptions) -> Result<Model, ModelError> {
+        validate_shapes(cfg, weights.iter().map(|(k, v)| (k.as_str(), v.dims())))?;
+        let get = |name: &str| -> Result<Tensor, ModelError> {
+            let t = weights.get(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                expected: vec![],
+            })?;
+            Ok(if t.dtype() == opts.dtype { t.clone() } else { t.to_dtype(opts.dtype)? })
+        };
+        let lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
+            Ok(Linear {
+                w: get(&format!("{name}.weight"))?,
+                b: if bias { Some(get(&format!("{name}.bias"))?) } else { None },
+            })
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Layer {
+                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
+                q: lin(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias())?,
+                k: lin(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias())?,
+                v: lin(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias())?,
+                o: lin(&format!("{p}.self_attn.o_proj"), cfg.o_bias())?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias())?,
+                up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias())?,
+                down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias())?,
+                window: cfg.layer_window(l),
+            });
+        }
+        Ok(Model {
+            cfg: cfg.clone(),
+            opts,
+            embed: get("model.embed_tokens.weight")?,
+            layers,
+            norm: get("model.norm.weight")?,
+            lm_head: if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) },
+            inv_freq: inv_freq(cfg)?,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+    pub fn options(&self) -> ModelOptions {
+        self.opts
+    }
+    pub fn device(&self) -> &Device {
+        self.embed.device()
+    }
+
+    /// Every parameter by HF name (tied lm_head appears once, as the embedding).
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        let push_lin = |out: &mut Vec<(String, Tensor)>, n: String, l: &Linear| {
+            out.push((format!("{n}.weight"), l.w.clone()));
+            if let Some(b) = &l.b {
+                out.push((format!("{n}.bias"), b.clone()));
+            }
+        };
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
+            push_lin(&mut out, format!("{p}.self_attn.q_proj"), &l.q);
+            push_lin(&mut out, format!("{p}.self_attn.k_proj"), &l.k);
+            push_lin(&mut out, format!("{p}.self_attn.v_proj"), &l.v);
+            push_lin(&mut out, format!("{p}.self_attn.o_proj"), &l.o);
+            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone()));
+            push_lin(&mut out, format!("{p}.mlp.gate_proj"), &l.gate);
+            push_lin(&mut out, format!("{p}.mlp.up_proj"), &l.up);
+            push_lin(&mut out, format!("{p}.mlp.down_proj"), &l.down);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// cos/sin tables for the given positions: each (b, t, hd/2).
+    fn rope_tables(&self, positions: &[Vec<u32>]) -> candle_core::Result<(Tensor, Tensor)> {
+        let b = positions.len();
+        let t = positions.first().map_or(0, Vec::len);
+        let half = self.inv_freq.len();
+        let (mut c, mut s) = (Vec::with_capacity(b * t * half), Vec::with_capacity(b * t * half));
+        let f32_math = self.opts.dtype != DType::F64;
+        for row in positions {
+            for &p in row {
+                for &f in &self.inv_freq {
+                    // f32 like transformers' f32 `inv_freq @ position_ids`.
+                    let a = if f32_math { (p as f32 * f as f32) as f64 } else { p as f64 * f };
+                    c.push(a.cos());
+                    s.push(a.sin());
+                }
+            }
+        }
+        let dev = self.device();
+        let c = Tensor::from_vec(c, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
+        let s = Tensor::from_vec(s, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
+        Ok((c, s))
+    }
+
+    /// Final hidden states after the last norm: ids (b, t) u32 -> (b, t, hidden).
+    ///
+    /// `key_valid[b][j]` marks real (non-padding) keys over the cached + new positions;
+    /// `positions` default to `cache.len() ..` for every row.
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        key_valid: Option<&[Vec<bool>]>,
+        positions: Option<&[Vec<u32>]>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(kv) = key_valid {
+            if kv.len() != b || kv.iter().any(|r| r.len() != offset + t) {
+                return Err(ModelError::Input(format!(
+                    "key mask must be ({b}, {}) for ids {:?} with {offset} cached positions",
+                    offset + t,
+                    ids.dims()
+                )));
+            }
+        }
+        let default_pos: Vec<Vec<u32>>;
+        let positions = match positions {
+            Some(p) => {
+                if p.len() != b || p.iter().any(|r| r.len() != t) {
+                    return Err(ModelError::Input(format!("positions must be ({b}, {t})")));
+                }
+                p
+            }
+            None => {
+                default_pos = vec![(offset as u32..(offset + t) as u32).collect(); b];
+                &default_pos
+            }
+        };
+        let (cos, sin) = self.rope_tables(positions)?;
+        let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
+        for l in &self.layers {
+            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(l.window) {
+                let m = ops::attention_mask(b, t, offset, l.window, key_valid, self.opts.dtype, self.device())?;
+                e.insert(m.unsqueeze(1)?); // (b, 1, 1, t, tk)
+            }
+        }
+        if let Some(c) = cache.as_deref_mut() {
+            if c.layers.len() != self.layers.len() {
+                c.layers = vec![None; self.layers.len()];
+            }
+        }
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        for (li, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
+            x = self.block(layer, &x, &cos, &sin, &masks[&layer.window], slot)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?)
+    }
+
+    /// Logits (b, t, vocab) for hidden states (b, t, hidden).
+    pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(Linear { w: w.clone(), b: None }.forward(hidden)?)
+    }
+
+    /// Logits (b, t, vocab). See [`Model::forward_hidden`] for the arguments.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        key_valid: Option<&[Vec<bool>]>,
+        positions: Option<&[Vec<u32>]>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        let h = self.forward_hidden(ids, key_valid, positions, cache)?;
+        self.lm_head(&h)
+    }
+
+    fn block(
+        &self,
+        l: &Layer,
+        x: &Tensor, // (b, t, h)
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor, // (b, 1, 1, t, tk)
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let diff = self.opts.differentiable;
+        let eps = self.cfg.rms_norm_eps;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
+        let rep = nh / nkv;
+
+        let h = ops::rms_norm(x, &l.input_norm, eps, diff)?;
+        let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
+        let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
+        let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = ops::rope(&q.contiguous()?, cos, sin, diff)?;
+        let k = ops::rope(&k.contiguous()?, cos, sin, diff)?;
+        let (k, v) = match slot {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let tk = k.dim(2)?;
+        // GQA without copying K/V: query heads g*rep..(g+1)*rep share kv head g (HF repeat_kv).
+        let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?; // (b, kv, rep*t, hd)
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?; // (b, kv, rep*t, tk)
+        let scores = scores.reshape((b, nkv, rep, t, tk))?.broadcast_add(mask)?;
+        let probs = ops::softmax_last(&scores, diff)?.reshape((b, nkv, rep * t, tk))?;
+        let attn = probs.matmul(&v.contiguous()?)?; // (b, kv, rep*t, hd)
+        let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let x = (x + l.o.forward(&attn)?)?;
+
+        let h = ops::rms_norm(&x, &l.post_norm, eps, diff)?;
+        let m = (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?; // (b, t, ffn)
+        x + l.down.forward(&m)?
+    }
+}
+
+/// Mean next-token cross-entropy of logits (b, t, v) against targets (b, t) u32, over positions
+/// where `weights` (b, t) is 1 (differentiable; used by tests and training).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = ops::log_softmax_last(logits)?; // (b, t, v)
+    let picked = logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?; // (b, t)
+    let w = weights.to_dtype(picked.dtype())?;
+    let total = (picked * &w)?.sum_all()?.neg()?;
+    let n = w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    total / n.max(1.0)
+}
