@@ -1,1 +1,41 @@
+//! Checkpoint IO for orlik: safetensors (single or sharded, mmap, validated both ways, atomic
+//! sharded writes), GGUF import (v2/v3, dequantisation, llama.cpp Q/K un-permutation) and
+//! `tokenizer.json` built from a GGUF's embedded vocabulary.
 
+pub mod atomic;
+pub mod convert;
+pub mod gguf;
+pub mod hfdir;
+pub mod safetensors;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    #[error("{path}: tensor {name}: {msg}")]
+    Tensor { path: PathBuf, name: String, msg: String },
+    #[error("duplicate tensor {name} in {first} and {second}")]
+    Duplicate { name: String, first: PathBuf, second: PathBuf },
+    #[error("{index}: shard {shard} is missing")]
+    MissingShard { index: PathBuf, shard: PathBuf },
+    #[error("{path}: tensor {name}: unsupported GGML type {ty} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
+    UnsupportedQuant { path: PathBuf, name: String, ty: String },
+    #[error("{path}: {source}")]
+    Model { path: PathBuf, source: orlik_model::ModelError },
+    #[error("{path}: tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("{0} already exists (use --force to replace it)")]
+    Exists(PathBuf),
+    #[error("{context}: {source}")]
+    Candle { context: String, source: candle_core::Error },
+}
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IoError {
+    let path = path.into();
+    move |source| IoError::Io { path, source }
+}

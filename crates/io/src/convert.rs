@@ -1,0 +1,198 @@
+//! GGUF -> Hugging Face directory. The only rename table in orlik lives here, at the import
+//! boundary: llama.cpp tensor names -> HF names. Everything after this step is HF-native.
+
+use crate::gguf::{GValue, Gguf};
+use crate::hfdir::{save_pretrained, SaveOptions};
+use crate::{tokenizer, IoError};
+use candle_core::Tensor;
+use orlik_model::{Arch, Config, ModelError};
+use serde_json::{json, Value};
+use std::path::Path;
+
+pub struct ConvertReport {
+    pub config: Config,
+    pub tensors: usize,
+    pub tied: bool,
+}
+
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (base, kind) = leaf.rsplit_once('.')?;
+    let hf = match base {
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undo llama.cpp's `permute` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute):
+/// GGUF rows are (heads, hd/2, 2) interleaved; HF rows are (heads, 2, hd/2) half-split.
+pub fn unpermute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let cols: usize = dims[1..].iter().product();
+    let hd = rows / n_heads;
+    t.reshape((n_heads, hd / 2, 2, cols))? // (h, hd/2, 2, in)
+        .transpose(1, 2)? // (h, 2, hd/2, in)
+        .contiguous()?
+        .reshape(dims)
+}
+
+fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
+    let arch_name = g.get("general.architecture").and_then(GValue::as_str).unwrap_or("<none>");
+    let arch = match arch_name {
+        "llama" => Arch::Llama,
+        "mistral" => Arch::Mistral,
+        "qwen2" => Arch::Qwen2,
+        other => {
+            return Err(IoError::Model {
+                path: g.path.clone(),
+                source: ModelError::UnknownArchitecture { origin: "general.architecture".into(), name: other.into() },
+            })
+        }
+    };
+    let need = |k: &str| -> Result<u64, IoError> {
+        g.get(&format!("{arch_name}.{k}")).and_then(GValue::as_u64).ok_or_else(|| IoError::Format {
+            path: g.path.clone(),
+            msg: format!("GGUF metadata {arch_name}.{k} missing"),
+        })
+    };
+    let hidden = need("embedding_length")? as usize;
+    let heads = need("attention.head_count")? as usize;
+    let kv = g.get(&format!("{arch_name}.attention.head_count_kv")).and_then(GValue::as_u64).map_or(heads, |x| x as usize);
+    // GGUF states key_length when it differs from hidden/heads; otherwise that is the definition.
+    let head_dim = g
+        .get(&format!("{arch_name}.attention.key_length"))
+        .and_then(GValue::as_u64)
+        .map_or(hidden / heads.max(1), |x| x as usize);
+    let f = |k: &str, d: f64| g.get(&format!("{arch_name}.{k}")).and_then(GValue::as_f64).unwrap_or(d);
+    let mut extra = serde_json::Map::new();
+    extra.insert("torch_dtype".into(), json!("float32"));
+    let tid = |k: &str| g.get(k).and_then(GValue::as_u64).map(|x| json!(x));
+    let cfg = Config {
+        architectures: vec![arch.hf_name().into()],
+        model_type: arch.model_type().into(),
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: need("feed_forward_length")? as usize,
+        num_hidden_layers: need("block_count")? as usize,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(kv),
+        head_dim: Some(head_dim),
+        // llama.cpp stores eps as f32; round-trip through f32 text gives e.g. 1e-5 exactly.
+        rms_norm_eps: format!("{}", f("attention.layer_norm_rms_epsilon", 1e-6) as f32).parse().unwrap_or(1e-6),
+        rope_theta: Some(f("rope.freq_base", 10000.0) as f32 as f64),
+        rope_scaling: None,
+        rope_parameters: None,
+        max_position_embeddings: g.get(&format!("{arch_name}.context_length")).and_then(GValue::as_u64).unwrap_or(2048) as usize,
+        tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+        attention_bias: if arch == Arch::Llama { Some(g.tensor_info("blk.0.attn_q.bias").is_some()) } else { None },
+        mlp_bias: if arch == Arch::Llama { Some(false) } else { None },
+        sliding_window: None,
+        use_sliding_window: if arch == Arch::Qwen2 { Some(false) } else { None },
+        max_window_layers: None,
+        layer_types: None,
+        hidden_act: Some("silu".into()),
+        bos_token_id: tid("tokenizer.ggml.bos_token_id"),
+        eos_token_id: tid("tokenizer.ggml.eos_token_id"),
+        pad_token_id: tid("tokenizer.ggml.padding_token_id"),
+        extra,
+    };
+    let s = serde_json::to_string(&cfg).unwrap_or_default();
+    let cfg = Config::from_json_str(&s, &g.path.display().to_string()).map_err(|source| IoError::Model { path: g.path.clone(), source })?;
+    Ok((cfg, arch))
+}
+
+/// Convert a GGUF file into an HF directory at `target` (atomically).
+pub fn convert_gguf(
+    src: &Path,
+    target: &Path,
+    opts: &SaveOptions,
+    mut progress: impl FnMut(usize, usize, &str),
+) -> Result<ConvertReport, IoError> {
+    let g = Gguf::open(src)?;
+    if g.tensor_info("rope_freqs.weight").is_some() {
+        return Err(IoError::Format {
+            path: src.into(),
+            msg: "Llama-3 rope_freqs scaling in GGUF is not supported by convert yet".into(),
+        });
+    }
+    let tok = tokenizer::from_gguf(&g)?;
+    let emb = g.tensor_info("token_embd.weight").ok_or_else(|| IoError::Tensor {
+        path: src.into(),
+        name: "token_embd.weight".into(),
+        msg: "missing".into(),
+    })?;
+    let vocab = emb.ne.get(1).copied().unwrap_or(0) as usize;
+    let (cfg, arch) = config_from_gguf(&g, vocab)?;
+    let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(g.tensors.len());
+    let n = g.tensors.len();
+    for (i, t) in g.tensors.iter().enumerate() {
+        progress(i, n, &t.name);
+        let name = hf_name(&t.name).ok_or_else(|| IoError::Tensor {
+            path: src.into(),
+            name: t.name.clone(),
+            msg: "no Hugging Face equivalent known".into(),
+        })?;
+        let mut w = g.dequantize(t)?;
+        // llama.cpp permutes Q/K for its interleaved RoPE only for the llama family.
+        if matches!(arch, Arch::Llama | Arch::Mistral) {
+            let cerr = |source| IoError::Candle { context: format!("un-permuting {}", t.name), source };
+            if name.contains("self_attn.q_proj") {
+                w = unpermute_qk(&w, cfg.num_attention_heads).map_err(cerr)?;
+            } else if name.contains("self_attn.k_proj") {
+                w = unpermute_qk(&w, cfg.num_kv_heads()).map_err(cerr)?;
+            }
+        }
+        tensors.push((name, w));
+    }
+    progress(n, n, "writing");
+    tensors.sort_by(|a, b| layer_order(&a.0).cmp(&layer_order(&b.0)));
+    let mut files = vec![
+        ("tokenizer.json".to_string(), serde_json::to_vec(&tok.tokenizer_json).unwrap_or_default()),
+        ("tokenizer_config.json".to_string(), serde_json::to_vec_pretty(&tok.tokenizer_config).unwrap_or_default()),
+    ];
+    let mut special = serde_json::Map::new();
+    for k in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+        if let Some(v) = tok.tokenizer_config.get(k) {
+            special.insert(k.into(), v.clone());
+        }
+    }
+    files.push(("special_tokens_map.json".into(), serde_json::to_vec_pretty(&Value::Object(special)).unwrap_or_default()));
+    save_pretrained(target, &cfg, &tensors, &files, opts)?;
+    Ok(ConvertReport { tied: cfg.tie_word_embeddings, config: cfg, tensors: tensors.len() })
+}
+
+/// Sort key: embeddings, layers in numeric order, final norm, lm_head.
+pub fn layer_order(name: &str) -> (usize, usize, String) {
+    if name.starts_with("model.embed_tokens") {
+        return (0, 0, name.into());
+    }
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        let (l, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+        return (1, l.parse().unwrap_or(0), leaf.into());
+    }
+    if name.starts_with("model.norm") {
+        return (2, 0, name.into());
+    }
+    (3, 0, name.into())
+}

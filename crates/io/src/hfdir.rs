@@ -1,0 +1,132 @@
+//! Hugging Face model directories: `config.json` + safetensors (+ tokenizer files) in, the same
+//! out, atomically. Loading validates the checkpoint against the config both ways before any
+//! weight is touched.
+
+use crate::atomic::write_dir_atomically;
+use crate::safetensors::{write_shards, Checkpoint};
+use crate::{io_err, IoError};
+use candle_core::{DType, Tensor};
+use orlik_model::{llama::validate_shapes, Config, Model, ModelOptions};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+/// Files copied along with the weights when present (tokenizer, licence).
+pub const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "LICENSE",
+];
+
+pub struct HfModel {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub checkpoint: Checkpoint,
+}
+
+impl HfModel {
+    pub fn open(dir: &Path) -> Result<HfModel, IoError> {
+        if !dir.is_dir() {
+            return Err(IoError::Format { path: dir.into(), msg: "not a directory (expected an HF model directory)".into() });
+        }
+        let cpath = dir.join("config.json");
+        if !cpath.exists() {
+            return Err(IoError::Format { path: cpath, msg: "missing".into() });
+        }
+        let config = Config::from_file(&cpath).map_err(|source| IoError::Model { path: cpath.clone(), source })?;
+        let checkpoint = Checkpoint::open(dir)?;
+        validate_shapes(&config, checkpoint.infos().map(|t| (t.name.as_str(), t.shape.as_slice())))
+            .map_err(|source| IoError::Model { path: dir.into(), source })?;
+        Ok(HfModel { dir: dir.into(), config, checkpoint })
+    }
+
+    /// Stored dtypes of the tensors (sorted, deduplicated).
+    pub fn stored_dtypes(&self) -> Vec<DType> {
+        let mut v: Vec<DType> = self.checkpoint.infos().map(|t| t.dtype).collect();
+        v.sort_by_key(|d| d.as_str());
+        v.dedup();
+        v
+    }
+
+    pub fn load(&self, opts: ModelOptions) -> Result<Model, IoError> {
+        let w = self.checkpoint.load_all(opts.dtype)?;
+        Model::new(&self.config, &w, opts).map_err(|source| IoError::Model { path: self.dir.clone(), source })
+    }
+
+    pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, IoError> {
+        load_tokenizer(&self.dir)
+    }
+}
+
+pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, IoError> {
+    let p = dir.join("tokenizer.json");
+    if !p.exists() {
+        return Err(IoError::Tokenizer { path: p, msg: "missing".into() });
+    }
+    tokenizers::Tokenizer::from_file(&p).map_err(|e| IoError::Tokenizer { path: p, msg: e.to_string() })
+}
+
+pub struct SaveOptions {
+    /// Stored dtype of the weights.
+    pub dtype: DType,
+    pub max_shard_bytes: u64,
+    /// Replace an existing directory.
+    pub overwrite: bool,
+}
+
+pub fn torch_dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::F64 => "float64",
+        _ => "float32",
+    }
+}
+
+/// Write an HF directory atomically: config.json (with `torch_dtype` set to the stored dtype),
+/// generation_config.json, safetensors shards (+ index), and `files` (name, bytes) verbatim.
+pub fn save_pretrained(
+    target: &Path,
+    config: &Config,
+    tensors: &[(String, Tensor)],
+    files: &[(String, Vec<u8>)],
+    opts: &SaveOptions,
+) -> Result<(), IoError> {
+    validate_shapes(config, tensors.iter().map(|(n, t)| (n.as_str(), t.dims())))
+        .map_err(|source| IoError::Model { path: target.into(), source })?;
+    let mut cfg = config.clone();
+    cfg.extra.remove("dtype");
+    cfg.extra.insert("torch_dtype".into(), json!(torch_dtype_name(opts.dtype)));
+    let mut gen = serde_json::Map::new();
+    gen.insert("_from_model_config".into(), json!(true));
+    for (k, v) in [("bos_token_id", &cfg.bos_token_id), ("eos_token_id", &cfg.eos_token_id), ("pad_token_id", &cfg.pad_token_id)] {
+        if let Some(v) = v {
+            gen.insert(k.into(), v.clone());
+        }
+    }
+    write_dir_atomically(target, opts.overwrite, |tmp| {
+        let w = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)));
+        w("config.json", cfg.to_json_pretty().as_bytes())?;
+        if !files.iter().any(|(n, _)| n == "generation_config.json") {
+            w("generation_config.json", serde_json::to_string_pretty(&Value::Object(gen)).unwrap_or_default().as_bytes())?;
+        }
+        for (name, bytes) in files {
+            w(name, bytes)?;
+        }
+        write_shards(tmp, tensors, opts.dtype, opts.max_shard_bytes)?;
+        Ok(())
+    })
+}
+
+/// Side files of an existing HF directory, to carry over to a derived one.
+pub fn side_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, IoError> {
+    let mut out = Vec::new();
+    for name in SIDE_FILES.iter().chain(["generation_config.json"].iter()) {
+        let p = dir.join(name);
+        if p.exists() {
+            out.push((name.to_string(), std::fs::read(&p).map_err(io_err(&p))?));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,321 @@
+//! safetensors: mmap'd reading of single files and sharded checkpoints with strict validation,
+//! and a sharded writer. Format: u64 LE header length, JSON header, raw little-endian data
+//! (https://github.com/huggingface/safetensors). Our own parser so that duplicate keys, absurd
+//! header sizes and out-of-range offsets are caught and named.
+
+use crate::{io_err, IoError};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The safetensors reference implementation refuses headers above 100 MB.
+pub const MAX_HEADER: u64 = 100_000_000;
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+pub const SINGLE_NAME: &str = "model.safetensors";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub file: usize,
+    /// Byte range in the file (absolute).
+    pub start: usize,
+    pub end: usize,
+}
+
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Mmap)>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+/// JSON object entries in file order, keeping duplicates so we can report them.
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = m.next_entry::<String, Value>()? {
+                    v.push((k, val));
+                }
+                Ok(Entries(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn parse_dtype(s: &str) -> Option<DType> {
+    Some(match s {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        _ => return None,
+    })
+}
+
+pub fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::F64 => "F64",
+        DType::U8 => "U8",
+        DType::U32 => "U32",
+        DType::I64 => "I64",
+        _ => "?",
+    }
+}
+
+/// Parse and validate one file's header. Returns tensors with absolute offsets.
+fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInfo>, IoError> {
+    let fmt = |msg: String| IoError::Format { path: path.to_path_buf(), msg };
+    if buf.len() < 8 {
+        return Err(fmt(format!("truncated: {} bytes, not even a header length", buf.len())));
+    }
+    let n = u64::from_le_bytes(buf[..8].try_into().unwrap_or([0; 8]));
+    if n > MAX_HEADER {
+        return Err(fmt(format!("header too large: {n} bytes (limit {MAX_HEADER})")));
+    }
+    if n > (buf.len() - 8) as u64 {
+        return Err(fmt(format!("truncated: header says {n} bytes, file has {}", buf.len() - 8)));
+    }
+    let data_start = 8 + n as usize;
+    let data_len = buf.len() - data_start;
+    let entries: Entries = serde_json::from_slice(&buf[8..data_start])
+        .map_err(|e| fmt(format!("header is not a JSON object: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (name, v) in entries.0 {
+        if name == "__metadata__" {
+            continue;
+        }
+        let terr = |msg: String| IoError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
+        if !seen.insert(name.clone()) {
+            return Err(IoError::Duplicate { name, first: path.into(), second: path.into() });
+        }
+        let dt = v.get("dtype").and_then(Value::as_str).ok_or_else(|| terr("no dtype".into()))?;
+        let dtype = parse_dtype(dt).ok_or_else(|| terr(format!("dtype {dt} is not supported (F32, F16, BF16, F64)")))?;
+        let shape: Vec<usize> = v
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .ok_or_else(|| terr("bad or missing shape".into()))?;
+        let off: Vec<u64> = v
+            .get("data_offsets")
+            .and_then(Value::as_array)
+            .and_then(|a| a.iter().map(Value::as_u64).collect())
+            .ok_or_else(|| terr("bad or missing data_offsets".into()))?;
+        if off.len() != 2 || off[0] > off[1] || off[1] > data_len as u64 {
+            return Err(terr(format!("data_offsets {off:?} outside the {data_len} data bytes (truncated file?)")));
+        }
+        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| terr("shape overflows".into()))?;
+        let want = numel.checked_mul(dtype.size_in_bytes()).ok_or_else(|| terr("shape overflows".into()))?;
+        if (off[1] - off[0]) as usize != want {
+            return Err(terr(format!(
+                "shape {shape:?} {dt} needs {want} bytes, data_offsets give {}",
+                off[1] - off[0]
+            )));
+        }
+        out.push(TensorInfo {
+            name,
+            dtype,
+            shape,
+            file: file_idx,
+            start: data_start + off[0] as usize,
+            end: data_start + off[1] as usize,
+        });
+    }
+    Ok(out)
+}
+
+fn mmap(path: &Path) -> Result<Mmap, IoError> {
+    let f = File::open(path).map_err(io_err(path))?;
+    // SAFETY: the file is opened read-only; orlik never writes a checkpoint in place (writes go
+    // to a temp directory and are renamed), so the mapping is not mutated under us by orlik.
+    unsafe { Mmap::map(&f) }.map_err(io_err(path))
+}
+
+impl Checkpoint {
+    /// Open a directory (`model.safetensors.index.json` or `model.safetensors`) or one file.
+    pub fn open(path: &Path) -> Result<Checkpoint, IoError> {
+        let mut files = Vec::new();
+        if path.is_dir() {
+            let index = path.join(INDEX_NAME);
+            if index.exists() {
+                let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
+                let v: Value = serde_json::from_str(&text)
+                    .map_err(|e| IoError::Format { path: index.clone(), msg: e.to_string() })?;
+                let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| IoError::Format {
+                    path: index.clone(),
+                    msg: "no weight_map object".into(),
+                })?;
+                let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+                shards.sort();
+                shards.dedup();
+                for s in shards {
+                    let p = path.join(&s);
+                    if !p.exists() {
+                        return Err(IoError::MissingShard { index, shard: p });
+                    }
+                    files.push(p);
+                }
+            } else if path.join(SINGLE_NAME).exists() {
+                files.push(path.join(SINGLE_NAME));
+            } else {
+                return Err(IoError::Format {
+                    path: path.into(),
+                    msg: format!("no {INDEX_NAME} or {SINGLE_NAME}"),
+                });
+            }
+        } else {
+            files.push(path.to_path_buf());
+        }
+        let mut ck = Checkpoint { files: Vec::new(), tensors: BTreeMap::new() };
+        for (i, p) in files.into_iter().enumerate() {
+            let m = mmap(&p)?;
+            for t in read_header(&p, i, &m)? {
+                if let Some(prev) = ck.tensors.get(&t.name) {
+                    return Err(IoError::Duplicate {
+                        name: t.name,
+                        first: ck.files[prev.file].0.clone(),
+                        second: p,
+                    });
+                }
+                ck.tensors.insert(t.name.clone(), t);
+            }
+            ck.files.push((p, m));
+        }
+        Ok(ck)
+    }
+
+    pub fn infos(&self) -> impl Iterator<Item = &TensorInfo> {
+        self.tensors.values()
+    }
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.get(name)
+    }
+    pub fn files(&self) -> Vec<&Path> {
+        self.files.iter().map(|(p, _)| p.as_path()).collect()
+    }
+    /// Total size of the checkpoint files on disk.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.files.iter().map(|(_, m)| m.len() as u64).sum()
+    }
+
+    /// One tensor in its stored dtype.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, IoError> {
+        let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
+            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
+            name: name.into(),
+            msg: "not in checkpoint".into(),
+        })?;
+        let (path, m) = &self.files[t.file];
+        Tensor::from_raw_buffer(&m[t.start..t.end], t.dtype, &t.shape, &Device::Cpu)
+            .map_err(|source| IoError::Candle { context: format!("{}: tensor {name}", path.display()), source })
+    }
+
+    /// Every tensor, converted to `dtype`.
+    pub fn load_all(&self, dtype: DType) -> Result<orlik_model::Weights, IoError> {
+        let mut w = orlik_model::Weights::new();
+        for name in self.tensors.keys() {
+            let t = self.tensor(name)?;
+            let t = if t.dtype() == dtype { t } else {
+                t.to_dtype(dtype).map_err(|source| IoError::Candle { context: format!("tensor {name}"), source })?
+            };
+            w.insert(name.clone(), t);
+        }
+        Ok(w)
+    }
+}
+
+/// Little-endian bytes of a tensor in `dtype`.
+pub fn tensor_bytes(t: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
+    let t = t.to_dtype(dtype)?.flatten_all()?;
+    Ok(match dtype {
+        DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::F16 => t.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::BF16 => t.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        other => candle_core::bail!("cannot write dtype {other:?}"),
+    })
+}
+
+/// Write `tensors` as safetensors into `dir`: `model.safetensors` when they fit in one shard of
+/// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` plus the index. Returns file names.
+pub fn write_shards(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    dtype: DType,
+    max_shard_bytes: u64,
+) -> Result<Vec<String>, IoError> {
+    let size = |t: &Tensor| (t.elem_count() * dtype.size_in_bytes()) as u64;
+    let mut shards: Vec<Vec<&(String, Tensor)>> = vec![vec![]];
+    let mut cur = 0u64;
+    for t in tensors {
+        let s = size(&t.1);
+        if cur > 0 && cur + s > max_shard_bytes {
+            shards.push(vec![]);
+            cur = 0;
+        }
+        cur += s;
+        shards.last_mut().map(|v| v.push(t));
+    }
+    let n = shards.len();
+    let mut names = Vec::new();
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0u64;
+    for (i, shard) in shards.iter().enumerate() {
+        let fname = if n == 1 { SINGLE_NAME.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
+        let path = dir.join(&fname);
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut off = 0u64;
+        for (name, t) in shard {
+            let s = size(t);
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": dtype_name(dtype), "shape": t.dims(), "data_offsets": [off, off + s]}),
+            );
+            weight_map.insert(name.clone(), Value::String(fname.clone()));
+            off += s;
+        }
+        total += off;
+        let mut h = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
+        while h.len() % 8 != 0 {
+            h.push(b' ');
+        }
+        let f = File::create(&path).map_err(io_err(&path))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let mut write = |b: &[u8]| w.write_all(b).map_err(io_err(&path));
+        write(&(h.len() as u64).to_le_bytes())?;
+        write(&h)?;
+        for (name, t) in shard {
+            let b = tensor_bytes(t, dtype)
+                .map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
+            write(&b)?;
+        }
+        w.flush().map_err(io_err(&path))?;
+        names.push(fname);
+    }
+    if n > 1 {
+        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let p = dir.join(INDEX_NAME);
+        std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap_or_default()).map_err(io_err(&p))?;
+        names.push(INDEX_NAME.to_string());
+    }
+    Ok(names)
+}
