@@ -1,1 +1,130 @@
-fn main(){}
+//! `orlik`: the command-line front end. Thin: argument parsing, progress bars, printing; all work
+//! happens in the library crates.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod commands;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "orlik", version, about = "Make language models smaller without making them dumber.",
+    long_about = "orlik prunes, distills and evaluates Hugging Face decoder-only language models \
+    (Llama, Mistral, Qwen2) on CPU. Models are HF directories (config.json + *.safetensors + \
+    tokenizer.json); GGUF files are imported with `orlik convert`.")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show architecture, dimensions, parameter counts by component, dtypes and size on disk.
+    Inspect {
+        /// HF model directory (config.json + safetensors).
+        path: PathBuf,
+        /// Machine-readable JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a GGUF file (llama.cpp) into an HF directory: dequantised weights, HF Q/K layout,
+    /// config.json from the GGUF metadata, tokenizer.json from its embedded tokenizer.
+    Convert {
+        /// Input .gguf file.
+        gguf: PathBuf,
+        /// Output HF directory (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Stored dtype of the weights: f32 keeps dequantised values exactly.
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+        dtype: String,
+        /// Largest safetensors shard, e.g. 500MB, 2GB (one file `model.safetensors` if it fits).
+        #[arg(long, default_value = "2GB")]
+        max_shard_size: String,
+        /// Replace the output directory if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate text from a prompt, streaming tokens as they come (KV cache).
+    Generate {
+        /// HF model directory.
+        path: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.7)]
+        temperature: f64,
+        /// Nucleus sampling mass.
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Wrap the prompt as one ChatML user turn (`<|im_start|>user ... <|im_start|>assistant`).
+        #[arg(long)]
+        chat: bool,
+    },
+    /// Evaluate a model.
+    Eval {
+        #[command(subcommand)]
+        what: EvalCmd,
+    },
+    /// Forward-pass speed: prefill tokens/s at batch 1 x 512 and 8 x 128, decode tokens/s.
+    Bench {
+        /// HF model directory.
+        path: PathBuf,
+        /// Timed repetitions per measurement (median reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Perplexity and bits per byte of text files (each tokenized whole, scored in windows).
+    Ppl {
+        /// HF model directory.
+        path: PathBuf,
+        /// UTF-8 text files; results per file and pooled.
+        #[arg(long, num_args = 1.., required = true)]
+        text: Vec<PathBuf>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 1024)]
+        context: usize,
+        /// Distance between window starts (default: = context, no overlap).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Windows per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Inspect { path, json } => inspect::run(&path, json),
+        Cmd::Convert { gguf, output, dtype, max_shard_size, force } => {
+            commands::convert(&gguf, &output, &dtype, &max_shard_size, force)
+        }
+        Cmd::Generate { path, prompt, max_new_tokens, temperature, top_p, seed, chat } => {
+            commands::generate(&path, &prompt, max_new_tokens, temperature, top_p, seed, chat)
+        }
+        Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
+            commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
+        }
+        Cmd::Bench { path, reps, json } => commands::bench(&path, reps, json),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

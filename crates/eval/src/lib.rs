@@ -1,1 +1,29 @@
+//! Evaluation: perplexity / bits per byte, generation, forward speed.
 
+pub mod generate;
+pub mod ppl;
+pub mod speed;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Model(#[from] orlik_model::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Io(#[from] orlik_io::IoError),
+}
+
+/// Read a text file as UTF-8; empty or non-UTF-8 files are errors naming the file.
+pub fn read_text(path: &std::path::Path) -> Result<String, EvalError> {
+    let bytes = std::fs::read(path).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        EvalError::Input(format!("{}: not UTF-8 (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to()))
+    })?;
+    if text.trim().is_empty() {
+        return Err(EvalError::Input(format!("{}: empty text", path.display())));
+    }
+    Ok(text)
+}

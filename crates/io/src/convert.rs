@@ -127,6 +127,7 @@ pub fn convert_gguf(
     src: &Path,
     target: &Path,
     opts: &SaveOptions,
+    extra_files: Vec<(String, Vec<u8>)>,
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<ConvertReport, IoError> {
     let g = Gguf::open(src)?;
@@ -178,6 +179,7 @@ pub fn convert_gguf(
         }
     }
     files.push(("special_tokens_map.json".into(), serde_json::to_vec_pretty(&Value::Object(special)).unwrap_or_default()));
+    files.extend(extra_files);
     save_pretrained(target, &cfg, &tensors, &files, opts)?;
     Ok(ConvertReport { tied: cfg.tie_word_embeddings, config: cfg, tensors: tensors.len() })
 }

@@ -105,8 +105,10 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
                 }
             };
             let _ = GPT2_RE; // documented above: ByteLevel(use_regex) applies exactly this pattern
+            // Llama 3's tokenizer.json takes whole pre-tokens found in the vocabulary as they are.
+            let ignore_merges = matches!(pre_name, "llama-bpe" | "llama3");
             let bpe = json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
                 "vocab": vocab, "merges": merges});
             let decoder = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
             (normalizer, pre, decoder, bpe)

@@ -1,0 +1,191 @@
+//! convert, generate, eval ppl, bench.
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use indicatif::{ProgressBar, ProgressStyle};
+use orlik_eval::{generate::GenOptions, ppl::PplOptions};
+use orlik_io::hfdir::{HfModel, SaveOptions};
+use orlik_model::ModelOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_uppercase();
+    let (num, mult) = [("GIB", 1u64 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
+        .iter()
+        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((t.clone(), 1));
+    let n: f64 = num.parse().with_context(|| format!("bad size {s:?} (e.g. 500MB, 2GB)"))?;
+    if n <= 0.0 {
+        bail!("size must be positive: {s:?}");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The command line, recorded in every output directory.
+pub fn provenance() -> Vec<u8> {
+    let argv: Vec<String> = std::env::args().collect();
+    let v = serde_json::json!({"orlik_version": env!("CARGO_PKG_VERSION"), "command": argv});
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: bool) -> Result<()> {
+    let dtype = match dtype {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    };
+    if out.exists() && !force {
+        bail!("{} already exists (use --force to replace it)", out.display());
+    }
+    let opts = SaveOptions { dtype, max_shard_bytes: parse_size(max_shard)?, overwrite: force };
+    let pb = bar(0, "dequantize");
+    let rep = orlik_io::convert::convert_gguf(gguf, out, &opts, vec![("orlik.json".into(), provenance())], |i, n, name| {
+        pb.set_length(n as u64);
+        pb.set_position(i as u64);
+        if i == n {
+            pb.set_message(name.to_string());
+        }
+    })?;
+    pb.finish_and_clear();
+    let c = &rep.config;
+    eprintln!(
+        "converted {} -> {}: {} ({} layers, hidden {}, {} heads / {} kv, head_dim {}, ffn {}, vocab {}, {} tensors{})",
+        gguf.display(),
+        out.display(),
+        c.architectures[0],
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.num_kv_heads(),
+        c.head_dim(),
+        c.intermediate_size,
+        c.vocab_size,
+        rep.tensors,
+        if rep.tied { ", tied embeddings" } else { "" }
+    );
+    Ok(())
+}
+
+fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
+    let hf = HfModel::open(path)?;
+    let m = hf.load(ModelOptions::default())?;
+    Ok((hf, m))
+}
+
+pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top_p: f64, seed: u64, chat: bool) -> Result<()> {
+    if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
+        bail!("--top-p must be in (0, 1], got {top_p}");
+    }
+    if temperature < 0.0 {
+        bail!("--temperature must be >= 0, got {temperature}");
+    }
+    let (hf, model) = load(path)?;
+    let tok = hf.tokenizer()?;
+    let text = if chat { format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n") } else { prompt.to_string() };
+    let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    let mut stop = hf.config.eos_ids();
+    for s in ["<|im_end|>", "<|endoftext|>", "</s>"] {
+        if let Some(id) = tok.token_to_id(s) {
+            if chat || s != "<|im_end|>" {
+                stop.push(id);
+            }
+        }
+    }
+    let opts = GenOptions { max_new_tokens: max_new, temperature, top_p, seed };
+    let mut ids: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut out = std::io::stdout();
+    print!("{prompt}");
+    let t0 = std::time::Instant::now();
+    let new = orlik_eval::generate::generate(&model, enc.get_ids(), &stop, &opts, |id| {
+        if stop.contains(&id) {
+            return false;
+        }
+        ids.push(id);
+        // Decode everything so far and print the new suffix: byte-fallback and multi-byte
+        // characters only appear once complete.
+        if let Ok(s) = tok.decode(&ids, true) {
+            if !s.ends_with('\u{FFFD}') && s.len() > printed && s.is_char_boundary(printed) {
+                print!("{}", &s[printed..]);
+                let _ = out.flush();
+                printed = s.len();
+            }
+        }
+        true
+    })?;
+    println!();
+    eprintln!("[{} tokens, {:.1} tokens/s]", new.len(), new.len() as f64 / t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn ppl(path: &Path, texts: &[PathBuf], context: usize, stride: usize, batch: usize, json: bool) -> Result<()> {
+    let (hf, model) = load(path)?;
+    let tok = hf.tokenizer()?;
+    let opts = PplOptions { context, stride, batch };
+    let mut results = Vec::new();
+    for f in texts {
+        let text = orlik_eval::read_text(f)?;
+        let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
+        let ids = enc.get_ids();
+        let pb = bar(ids.len() as u64, "ppl");
+        let r = orlik_eval::ppl::score_ids(&model, ids, text.len(), &opts, |done, _| pb.set_position(done as u64))
+            .with_context(|| f.display().to_string())?;
+        pb.finish_and_clear();
+        if !json {
+            println!(
+                "{}: {} tokens, nll {:.4}, ppl {:.3}, bits/byte {:.4}, {:.0} tokens/s",
+                f.display(),
+                r.tokens,
+                r.nll,
+                r.ppl,
+                r.bits_per_byte,
+                r.tokens_per_s
+            );
+        }
+        results.push((f.display().to_string(), r));
+    }
+    let pooled = orlik_eval::ppl::PplResult::pooled(&results.iter().map(|r| r.1.clone()).collect::<Vec<_>>());
+    if json {
+        let mut v = serde_json::to_value(&pooled)?;
+        if let Some(o) = v.as_object_mut() {
+            let files: serde_json::Map<String, serde_json::Value> =
+                results.iter().map(|(f, r)| (f.clone(), serde_json::to_value(r).unwrap_or_default())).collect();
+            o.insert("files".into(), serde_json::Value::Object(files));
+            o.insert("context".into(), context.into());
+            o.insert("stride".into(), stride.into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if results.len() > 1 {
+        println!("total: {} tokens, ppl {:.3}, bits/byte {:.4}", pooled.tokens, pooled.ppl, pooled.bits_per_byte);
+    }
+    Ok(())
+}
+
+pub fn bench(path: &Path, reps: usize, json: bool) -> Result<()> {
+    let (_, model) = load(path)?;
+    let t = vec![
+        orlik_eval::speed::prefill(&model, 1, 512, reps)?,
+        orlik_eval::speed::prefill(&model, 8, 128, reps)?,
+        orlik_eval::speed::decode(&model, 16, 64, reps)?,
+    ];
+    if json {
+        println!("{}", serde_json::to_string(&t)?);
+    } else {
+        for x in &t {
+            println!("{:32} {:>10.1} tokens/s", x.what, x.tokens_per_s);
+        }
+    }
+    Ok(())
+}

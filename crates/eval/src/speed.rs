@@ -1,0 +1,61 @@
+//! Forward-pass throughput: prefill tokens/s at a given (batch, length) and decode tokens/s with
+//! a KV cache. Inputs are fixed pseudo-random token ids so runs are comparable across tools.
+
+use crate::EvalError;
+use candle_core::{Device, Tensor};
+use orlik_model::{KvCache, Model};
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub what: String,
+    pub tokens_per_s: f64,
+    /// Median seconds per repetition.
+    pub seconds: f64,
+}
+
+/// Deterministic ids in [0, vocab): the same formula the PyTorch side of the benchmark uses.
+pub fn bench_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32).collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+pub fn prefill(model: &Model, batch: usize, len: usize, reps: usize) -> Result<Timing, EvalError> {
+    let ids = bench_ids(batch * len, model.config().vocab_size);
+    let x = Tensor::from_vec(ids, (batch, len), &Device::Cpu)?;
+    let _ = model.forward(&x, None, None, None)?; // warm-up
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let _ = model.forward(&x, None, None, None)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let s = median(times);
+    Ok(Timing { what: format!("prefill b{batch}x{len}"), tokens_per_s: (batch * len) as f64 / s, seconds: s })
+}
+
+/// Decode `new` tokens one at a time after a `prompt`-token prefill (prefill time excluded).
+pub fn decode(model: &Model, prompt: usize, new: usize, reps: usize) -> Result<Timing, EvalError> {
+    let ids = bench_ids(prompt + new, model.config().vocab_size);
+    let mut times = Vec::new();
+    for r in 0..reps.max(1) + 1 {
+        let mut cache = KvCache::new();
+        let x = Tensor::new(&ids[..prompt], &Device::Cpu)?.unsqueeze(0)?;
+        let _ = model.forward(&x, None, None, Some(&mut cache))?;
+        let t = Instant::now();
+        for &id in &ids[prompt..] {
+            let x = Tensor::new(&[id], &Device::Cpu)?.unsqueeze(0)?;
+            let _ = model.forward(&x, None, None, Some(&mut cache))?;
+        }
+        if r > 0 {
+            times.push(t.elapsed().as_secs_f64()); // first round is warm-up
+        }
+    }
+    let s = median(times);
+    Ok(Timing { what: format!("decode b1 {new} tokens after {prompt}"), tokens_per_s: new as f64 / s, seconds: s })
+}

