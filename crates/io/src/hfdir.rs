@@ -36,6 +36,15 @@ impl HfModel {
         }
         let config = Config::from_file(&cpath).map_err(|source| IoError::Model { path: cpath.clone(), source })?;
         let checkpoint = Checkpoint::open(dir)?;
+        for t in checkpoint.infos() {
+            if !t.dtype.is_float() {
+                return Err(IoError::Tensor {
+                    path: checkpoint.files()[t.file].to_path_buf(),
+                    name: t.name.clone(),
+                    msg: format!("dtype {} is not a float type (F32, F16, BF16, F64)", crate::safetensors::dtype_name(t.dtype)),
+                });
+            }
+        }
         validate_shapes(&config, checkpoint.infos().map(|t| (t.name.as_str(), t.shape.as_slice())))
             .map_err(|source| IoError::Model { path: dir.into(), source })?;
         Ok(HfModel { dir: dir.into(), config, checkpoint })

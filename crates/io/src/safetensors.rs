@@ -63,6 +63,9 @@ fn parse_dtype(s: &str) -> Option<DType> {
         "F16" => DType::F16,
         "BF16" => DType::BF16,
         "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U32" => DType::U32,
+        "U8" => DType::U8,
         _ => return None,
     })
 }
@@ -108,7 +111,7 @@ fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInf
             return Err(IoError::Duplicate { name, first: path.into(), second: path.into() });
         }
         let dt = v.get("dtype").and_then(Value::as_str).ok_or_else(|| terr("no dtype".into()))?;
-        let dtype = parse_dtype(dt).ok_or_else(|| terr(format!("dtype {dt} is not supported (F32, F16, BF16, F64)")))?;
+        let dtype = parse_dtype(dt).ok_or_else(|| terr(format!("dtype {dt} is not supported (F32, F16, BF16, F64, I64, U32, U8)")))?;
         let shape: Vec<usize> = v
             .get("shape")
             .and_then(Value::as_array)
