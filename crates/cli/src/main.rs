@@ -108,7 +108,35 @@ enum EvalCmd {
     },
 }
 
+/// Keep freed memory mapped and arenas committed: a forward pass allocates and frees the same
+/// large activation buffers over and over, and returning them to the OS made the kernel zero
+/// fresh pages every time (measured 10% of a prefill; ~20% faster prefill with these settings).
+/// mimalloc v3 option ids: arena_eager_commit = 4, purge_delay = 15. Env vars still win.
+fn tune_allocator() {
+    // SAFETY: mi_option_set only stores an integer option.
+    unsafe {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(15, -1);
+        }
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            libmimalloc_sys::mi_option_set(4, 1);
+        }
+    }
+}
+
+/// candle asks for its thread count on every op; without RAYON_NUM_THREADS it re-reads
+/// /proc/cpuinfo each time (~3% of a prefill, far more of a decode step). Pin it once.
+fn pin_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // SAFETY: called first thing in main, before any thread exists.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+}
+
 fn main() {
+    pin_threads();
+    tune_allocator();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Inspect { path, json } => inspect::run(&path, json),

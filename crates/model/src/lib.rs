@@ -6,6 +6,7 @@
 pub mod config;
 pub mod init;
 pub mod llama;
+pub mod masked_softmax;
 pub mod ops;
 
 pub use config::{Arch, Config};

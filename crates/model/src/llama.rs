@@ -8,6 +8,7 @@
 //! built for training (`differentiable`), only composed candle ops are used, so every parameter
 //! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
 
+use crate::masked_softmax::masked_softmax;
 use crate::ops;
 use crate::{Config, ModelError, Weights};
 use candle_core::{DType, Device, Tensor, D};
@@ -49,6 +50,14 @@ impl Linear {
         out[last] = self.w.dim(0)?;
         y.reshape(out)
     }
+}
+
+/// What a block needs to mask attention: either a precomputed additive mask (training path) or
+/// the description the fused masked softmax computes it from.
+struct Mask<'a> {
+    offset: usize,
+    key_valid: Option<&'a [Vec<bool>]>,
+    tensor: Option<&'a Tensor>,
 }
 
 #[derive(Debug, Clone)]
@@ -295,8 +304,10 @@ impl Model {
             }
         };
         let (cos, sin) = self.rope_tables(positions)?;
+        // The fused masked softmax (inference, f32) builds no mask tensor at all.
+        let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
-        for l in &self.layers {
+        for l in self.layers.iter().filter(|_| !fused) {
             if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(l.window) {
                 let m = ops::attention_mask(b, t, offset, l.window, key_valid, self.opts.dtype, self.device())?;
                 e.insert(m.unsqueeze(1)?); // (b, 1, 1, t, tk)
@@ -310,7 +321,8 @@ impl Model {
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         for (li, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
-            x = self.block(layer, &x, &cos, &sin, &masks[&layer.window], slot)?;
+            let mask = Mask { offset, key_valid, tensor: masks.get(&layer.window) };
+            x = self.block(layer, &x, &cos, &sin, &mask, slot)?;
         }
         if let Some(c) = cache {
             c.len += t;
@@ -342,7 +354,7 @@ impl Model {
         x: &Tensor, // (b, t, h)
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor, // (b, 1, 1, t, tk)
+        mask: &Mask,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> candle_core::Result<Tensor> {
         let diff = self.opts.differentiable;
@@ -370,11 +382,16 @@ impl Model {
         };
         let tk = k.dim(2)?;
         // GQA without copying K/V: query heads g*rep..(g+1)*rep share kv head g (HF repeat_kv).
-        let q = q.contiguous()?.reshape((b, nkv, rep * t, hd))?; // (b, kv, rep*t, hd)
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.contiguous()?.t()?)? * scale)?; // (b, kv, rep*t, tk)
-        let scores = scores.reshape((b, nkv, rep, t, tk))?.broadcast_add(mask)?;
-        let probs = ops::softmax_last(&scores, diff)?.reshape((b, nkv, rep * t, tk))?;
+        let q = (q.contiguous()?.reshape((b, nkv, rep * t, hd))? * scale)?; // (b, kv, rep*t, hd)
+        let scores = q.matmul(&k.contiguous()?.t()?)?; // (b, kv, rep*t, tk)
+        let probs = match mask.tensor {
+            Some(m) => {
+                let scores = scores.reshape((b, nkv, rep, t, tk))?.broadcast_add(m)?; // m: (b, 1, 1, t, tk)
+                ops::softmax_last(&scores, diff)?.reshape((b, nkv, rep * t, tk))?
+            }
+            None => masked_softmax(&scores, t, mask.offset, l.window, mask.key_valid)?,
+        };
         let attn = probs.matmul(&v.contiguous()?)?; // (b, kv, rep*t, hd)
         let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let x = (x + l.o.forward(&attn)?)?;

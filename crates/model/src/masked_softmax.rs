@@ -1,0 +1,78 @@
+//! Inference-only fused attention softmax with the mask computed on the fly: causal, optional
+//! sliding window, optional key padding. Masked entries are never exponentiated (half of a causal
+//! score matrix), no mask tensor is built, and glibc's slow underflow path for exp(-huge) is
+//! avoided. No backward: the training path uses `ops::attention_mask` + `ops::softmax_last`.
+//!
+//! Scores are (b, g, rows, tk) contiguous f32, where every `t` consecutive rows are queries at
+//! absolute positions offset..offset+t (g * rows/t heads share the same mask).
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub struct MaskedSoftmax<'a> {
+    pub t: usize,
+    pub offset: usize,
+    pub window: Option<usize>,
+    pub key_valid: Option<&'a [Vec<bool>]>,
+}
+
+impl MaskedSoftmax<'_> {
+    fn row(&self, b: usize, i: usize, x: &[f32], out: &mut [f32]) {
+        let q = self.offset + i;
+        let hi = (q + 1).min(x.len());
+        let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w));
+        let valid = |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(j).copied().unwrap_or(true));
+        let mut max = f32::NEG_INFINITY;
+        for (j, &v) in x.iter().enumerate().take(hi).skip(lo) {
+            if valid(j) && v > max {
+                max = v;
+            }
+        }
+        out.iter_mut().for_each(|o| *o = 0.0);
+        if max == f32::NEG_INFINITY {
+            return; // no visible key (a padding query): output zeros
+        }
+        let mut sum = 0f32;
+        for j in lo..hi {
+            if valid(j) {
+                let e = (x[j] - max).exp();
+                out[j] = e;
+                sum += e;
+            }
+        }
+        let inv = 1.0 / sum;
+        out[lo..hi].iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+impl CustomOp1 for MaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "orlik-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("masked softmax: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("masked softmax: contiguous input only");
+        };
+        let x = &data[start..end];
+        let dims = layout.dims();
+        let tk = dims[dims.len() - 1];
+        let b = dims[0];
+        let per_batch = x.len() / b.max(1);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(tk).zip(x.par_chunks(tk)).enumerate().for_each(|(r, (o, xr))| {
+            let bi = r * tk / per_batch;
+            let i = r % self.t;
+            self.row(bi, i, xr, o);
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// scores (b, g, n*t, tk) -> probabilities, masked as described above.
+pub fn masked_softmax(scores: &Tensor, t: usize, offset: usize, window: Option<usize>, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { t, offset, window, key_valid })
+}
