@@ -8,7 +8,7 @@
 //! built for training (`differentiable`), only composed candle ops are used, so every parameter
 //! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
 
-use crate::masked_softmax::masked_softmax;
+use crate::masked_softmax::causal_attention;
 use crate::ops;
 use crate::{Config, ModelError, Weights};
 use candle_core::{DType, Device, Tensor, D};
@@ -383,16 +383,19 @@ impl Model {
         let tk = k.dim(2)?;
         // GQA without copying K/V: query heads g*rep..(g+1)*rep share kv head g (HF repeat_kv).
         let scale = 1.0 / (hd as f64).sqrt();
-        let q = (q.contiguous()?.reshape((b, nkv, rep * t, hd))? * scale)?; // (b, kv, rep*t, hd)
-        let scores = q.matmul(&k.contiguous()?.t()?)?; // (b, kv, rep*t, tk)
-        let probs = match mask.tensor {
+        let attn = match mask.tensor {
             Some(m) => {
+                let q = (q.contiguous()?.reshape((b, nkv, rep * t, hd))? * scale)?; // (b, kv, rep*t, hd)
+                let scores = q.matmul(&k.contiguous()?.t()?)?; // (b, kv, rep*t, tk)
                 let scores = scores.reshape((b, nkv, rep, t, tk))?.broadcast_add(m)?; // m: (b, 1, 1, t, tk)
-                ops::softmax_last(&scores, diff)?.reshape((b, nkv, rep * t, tk))?
+                let probs = ops::softmax_last(&scores, diff)?.reshape((b, nkv, rep * t, tk))?;
+                probs.matmul(&v.contiguous()?)? // (b, kv, rep*t, hd)
             }
-            None => masked_softmax(&scores, t, mask.offset, l.window, mask.key_valid)?,
+            None => {
+                let q = (q.reshape((b, nkv, rep, t, hd))? * scale)?; // (b, kv, rep, t, hd)
+                causal_attention(&q, &k, &v, mask.offset, l.window, mask.key_valid)?
+            }
         };
-        let attn = probs.matmul(&v.contiguous()?)?; // (b, kv, rep*t, hd)
         let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         let x = (x + l.o.forward(&attn)?)?;
 

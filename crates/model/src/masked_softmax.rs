@@ -12,16 +12,20 @@ use rayon::prelude::*;
 pub struct MaskedSoftmax<'a> {
     pub t: usize,
     pub offset: usize,
+    /// Absolute position of the first key column (query blocks see a slice of the keys).
+    pub key_start: usize,
     pub window: Option<usize>,
     pub key_valid: Option<&'a [Vec<bool>]>,
 }
 
 impl MaskedSoftmax<'_> {
     fn row(&self, b: usize, i: usize, x: &[f32], out: &mut [f32]) {
+        // Column j is the key at absolute position key_start + j.
         let q = self.offset + i;
-        let hi = (q + 1).min(x.len());
-        let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w));
-        let valid = |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(j).copied().unwrap_or(true));
+        let ks = self.key_start;
+        let hi = (q + 1).saturating_sub(ks).min(x.len());
+        let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w)).saturating_sub(ks).min(hi);
+        let valid = |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(ks + j).copied().unwrap_or(true));
         let mut max = f32::NEG_INFINITY;
         for (j, &v) in x.iter().enumerate().take(hi).skip(lo) {
             if valid(j) && v > max {
@@ -73,6 +77,39 @@ impl CustomOp1 for MaskedSoftmax<'_> {
 }
 
 /// scores (b, g, n*t, tk) -> probabilities, masked as described above.
-pub fn masked_softmax(scores: &Tensor, t: usize, offset: usize, window: Option<usize>, key_valid: Option<&[Vec<bool>]>) -> Result<Tensor> {
-    scores.contiguous()?.apply_op1_no_bwd(&MaskedSoftmax { t, offset, window, key_valid })
+pub fn masked_softmax(scores: &Tensor, op: &MaskedSoftmax) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1_no_bwd(op)
+}
+
+/// Query rows per block in `causal_attention`.
+const BLOCK: usize = 128;
+
+/// Inference attention that skips key blocks the causal (and window) mask hides entirely.
+/// q: (b, kv, rep, t, hd) already scaled; k, v: (b, kv, tk, hd) with tk = offset + t.
+/// Returns (b, kv, rep, t, hd).
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+    window: Option<usize>,
+    key_valid: Option<&[Vec<bool>]>,
+) -> Result<Tensor> {
+    let (b, kv, rep, t, hd) = q.dims5()?;
+    let mut outs = Vec::with_capacity(t.div_ceil(BLOCK));
+    let mut s = 0;
+    while s < t {
+        let n = BLOCK.min(t - s);
+        let end = offset + s + n; // keys [0, end) can be visible to this block
+        let start = window.map_or(0, |w| (offset + s + 1).saturating_sub(w));
+        let qb = q.narrow(3, s, n)?.contiguous()?.reshape((b, kv, rep * n, hd))?; // (b, kv, rep*n, hd)
+        let kb = k.narrow(2, start, end - start)?.contiguous()?; // (b, kv, nk, hd)
+        let vb = v.narrow(2, start, end - start)?.contiguous()?;
+        let scores = qb.matmul(&kb.t()?)?; // (b, kv, rep*n, nk)
+        let op = MaskedSoftmax { t: n, offset: offset + s, key_start: start, window, key_valid };
+        let probs = masked_softmax(&scores, &op)?;
+        outs.push(probs.matmul(&vb)?.reshape((b, kv, rep, n, hd))?);
+        s += n;
+    }
+    Tensor::cat(&outs, 3)
 }

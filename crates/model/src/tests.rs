@@ -171,3 +171,33 @@ fn shape_errors_name_the_tensor() {
     let e = Model::new(&cfg, &w, ModelOptions::default()).unwrap_err().to_string();
     assert!(e.contains("unexpected tensor model.layers.2.mlp.up_proj.weight"), "{e}");
 }
+
+#[test]
+fn blocked_fused_attention_equals_masked_composed_attention_on_long_inputs() {
+    // 300 tokens span three query blocks; the window (50) makes early key blocks invisible;
+    // row 0 is left-padded, and a cached prefix exercises a non-zero offset.
+    let cfg = tiny("MistralForCausalLM", r#","sliding_window":50"#);
+    let w = random_weights(&cfg, 13, 0.3).unwrap();
+    let fused = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+    let slow = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let n = 300;
+    let ids: Vec<u32> = (0..2 * n).map(|i| (i * 7 % 11) as u32).collect();
+    let x = Tensor::from_vec(ids, (2, n), &Device::Cpu).unwrap();
+    let mut valid = vec![vec![true; n]; 2];
+    for v in valid[0].iter_mut().take(20) {
+        *v = false;
+    }
+    let a = fused.forward(&x, Some(&valid), None, None).unwrap();
+    let b = slow.forward(&x, Some(&valid), None, None).unwrap();
+    // compare non-padding query rows
+    assert!(max_abs(&a.narrow(1, 20, n - 20).unwrap(), &b.narrow(1, 20, n - 20).unwrap()) < 1e-4);
+    for (cfg_extra, split) in [(r#","sliding_window":50"#, 170), ("", 129)] {
+        let cfg = tiny("MistralForCausalLM", cfg_extra);
+        let m = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+        let full = m.forward(&x, None, None, None).unwrap();
+        let mut cache = KvCache::new();
+        let p1 = m.forward(&x.narrow(1, 0, split).unwrap(), None, None, Some(&mut cache)).unwrap();
+        let p2 = m.forward(&x.narrow(1, split, n - split).unwrap(), None, None, Some(&mut cache)).unwrap();
+        assert!(max_abs(&full, &Tensor::cat(&[p1, p2], 1).unwrap()) < 1e-4, "{cfg_extra}");
+    }
+}
