@@ -107,7 +107,11 @@ pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top
     let mut ids: Vec<u32> = Vec::new();
     let mut printed = 0usize;
     let mut out = std::io::stdout();
-    print!("{prompt}");
+    if chat {
+        println!("{prompt}");
+    } else {
+        print!("{prompt}");
+    }
     let t0 = std::time::Instant::now();
     let new = orlik_eval::generate::generate(&model, enc.get_ids(), &stop, &opts, |id| {
         if stop.contains(&id) {

@@ -1,0 +1,120 @@
+//! End-to-end: the `orlik` binary on tiny fixtures. Convert a GGUF, inspect, generate, eval ppl;
+//! and bad input gives a one-line error, a non-zero exit, no panic, nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn orlik(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orlik")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = orlik(args);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Fails with exit 1 and exactly one line on stderr that contains every `needles`.
+fn fails(args: &[&str], needles: &[&str]) {
+    let o = orlik(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+}
+
+fn converted(tmp: &Path) -> String {
+    let out = tmp.join("tiny");
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", out.to_str().unwrap(), "--max-shard-size", "30KB"]);
+    out.to_str().unwrap().to_string()
+}
+
+#[test]
+fn convert_inspect_generate_ppl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = converted(tmp.path());
+    assert!(Path::new(&dir).join("orlik.json").exists(), "provenance recorded");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", &dir, "--json"])).unwrap();
+    assert_eq!(v["architecture"], "LlamaForCausalLM");
+    assert_eq!(v["head_dim"], 8);
+    let p = &v["parameters"];
+    let sum: u64 = ["embeddings", "attention", "mlp", "norms", "lm_head"].iter().map(|k| p[k].as_u64().unwrap()).sum();
+    assert_eq!(p["total"].as_u64().unwrap(), sum);
+    assert_eq!(p["embeddings"], 64 * 32);
+    assert!(ok(&["inspect", &dir]).contains("total"));
+    // tied embeddings are counted once
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", fixtures().join("llama").to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(v["parameters"]["lm_head"], "tied to embeddings");
+
+    let g = ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]);
+    assert!(g.starts_with("the"));
+    assert_eq!(g, ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]), "seeded");
+
+    let text = tmp.path().join("t.txt");
+    std::fs::write(&text, "the theater then the anthem ".repeat(20)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--context", "16", "--json",
+    ]))
+    .unwrap();
+    for k in ["tokens", "nll", "ppl", "bits_per_byte", "tokens_per_s"] {
+        assert!(v[k].is_number(), "{k} missing: {v}");
+    }
+    let nll = v["nll"].as_f64().unwrap();
+    assert!((v["ppl"].as_f64().unwrap() - nll.exp()).abs() < 1e-9);
+    // stride < context scores the same tokens (every token but the first)
+    let v2: serde_json::Value = serde_json::from_str(&ok(&[
+        "eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--context", "16", "--stride", "8", "--json",
+    ]))
+    .unwrap();
+    assert!(v2["tokens"].as_u64() > v["tokens"].as_u64());
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = converted(tmp.path());
+    let t = |name: &str, bytes: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let empty = t("empty.txt", b"  \n");
+    fails(&["eval", "ppl", &dir, "--text", &empty], &["empty.txt", "empty text"]);
+    let latin2 = t("latin2.txt", b"za\xbf\xf3\xb3\xe6 g\xea\xb6l\xb1 ja\xbc\xf1");
+    fails(&["eval", "ppl", &dir, "--text", &latin2], &["latin2.txt", "not UTF-8"]);
+    fails(&["eval", "ppl", &dir, "--text", "/nonexistent.txt"], &["/nonexistent.txt"]);
+    // converting onto an existing directory is refused, and it is left alone
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    fails(&["convert", gguf.to_str().unwrap(), "-o", &dir], &["already exists", "--force"]);
+    assert!(Path::new(&dir).join("config.json").exists());
+    // corrupt GGUF, unknown architecture, truncated safetensors, missing dir
+    let bad = t("bad.gguf", b"GGUF\x03\x00\x00\x00\xff\xff");
+    let out = tmp.path().join("never");
+    fails(&["convert", &bad, "-o", out.to_str().unwrap()], &["bad.gguf", "corrupt GGUF"]);
+    assert!(!out.exists());
+    let arch = tmp.path().join("arch");
+    std::fs::create_dir(&arch).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures().join("llama").join(f), arch.join(f)).unwrap();
+    }
+    let cfg = std::fs::read_to_string(arch.join("config.json")).unwrap().replace("LlamaForCausalLM", "FalconForCausalLM");
+    std::fs::write(arch.join("config.json"), cfg).unwrap();
+    fails(&["inspect", arch.to_str().unwrap()], &["FalconForCausalLM", "config.json"]);
+    let trunc = tmp.path().join("trunc");
+    std::fs::create_dir(&trunc).unwrap();
+    std::fs::copy(fixtures().join("llama/config.json"), trunc.join("config.json")).unwrap();
+    let st = std::fs::read(fixtures().join("llama/model.safetensors")).unwrap();
+    std::fs::write(trunc.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
+    fails(&["inspect", trunc.to_str().unwrap()], &["model.safetensors", "model."]);
+    fails(&["generate", "/no/such/model", "--prompt", "x"], &["/no/such/model"]);
+    fails(&["generate", &dir, "--prompt", "x", "--top-p", "0"], &["--top-p"]);
+}
