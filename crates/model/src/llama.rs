@@ -72,6 +72,30 @@ struct Layer {
     up: Linear,
     down: Linear,
     window: Option<usize>,
+    /// Inference only: q/k/v and gate/up weights concatenated along the output dim, so each is
+    /// one gemm; the separate `Linear`s above are then views into these (no extra memory).
+    qkv: Option<Linear>,
+    gate_up: Option<Linear>,
+}
+
+/// Concatenate linears along the output dim and turn the parts into views of the result.
+fn fuse(parts: &mut [&mut Linear]) -> candle_core::Result<Linear> {
+    let w = Tensor::cat(&parts.iter().map(|l| &l.w).collect::<Vec<_>>(), 0)?;
+    let b = if parts.iter().all(|l| l.b.is_some()) {
+        Some(Tensor::cat(&parts.iter().filter_map(|l| l.b.as_ref()).collect::<Vec<_>>(), 0)?)
+    } else {
+        None
+    };
+    let mut off = 0;
+    for l in parts.iter_mut() {
+        let n = l.w.dim(0)?;
+        l.w = w.narrow(0, off, n)?;
+        if let (Some(fb), Some(_)) = (&b, &l.b) {
+            l.b = Some(fb.narrow(0, off, n)?);
+        }
+        off += n;
+    }
+    Ok(Linear { w, b })
 }
 
 /// Per-layer keys and values after RoPE, (b, kv, t, hd), grown by each incremental forward.
@@ -194,7 +218,17 @@ impl Model {
                 up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias())?,
                 down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias())?,
                 window: cfg.layer_window(l),
+                qkv: None,
+                gate_up: None,
             });
+            if !opts.differentiable {
+                let layer = layers.last_mut().ok_or_else(|| ModelError::Input("no layer".into()))?;
+                let qkv_bias_mixed = cfg.qkv_bias() != layer.q.b.is_some();
+                if !qkv_bias_mixed {
+                    layer.qkv = Some(fuse(&mut [&mut layer.q, &mut layer.k, &mut layer.v])?);
+                }
+                layer.gate_up = Some(fuse(&mut [&mut layer.gate, &mut layer.up])?);
+            }
         }
         Ok(Model {
             cfg: cfg.clone(),
@@ -364,9 +398,16 @@ impl Model {
         let rep = nh / nkv;
 
         let h = ops::rms_norm(x, &l.input_norm, eps, diff)?;
-        let q = l.q.forward(&h)?.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
-        let k = l.k.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
-        let v = l.v.forward(&h)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let (q, k, v) = match &l.qkv {
+            Some(f) => {
+                let y = f.forward(&h)?; // (b, t, (nh + 2 kv) hd)
+                (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
+            }
+            None => (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?),
+        };
+        let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
+        let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
+        let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         let q = ops::rope(&q.contiguous()?, cos, sin, diff)?;
         let k = ops::rope(&k.contiguous()?, cos, sin, diff)?;
         let (k, v) = match slot {
@@ -400,7 +441,10 @@ impl Model {
         let x = (x + l.o.forward(&attn)?)?;
 
         let h = ops::rms_norm(&x, &l.post_norm, eps, diff)?;
-        let m = (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?; // (b, t, ffn)
+        let m = match &l.gate_up {
+            Some(f) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
+            None => (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?, // (b, t, ffn)
+        };
         x + l.down.forward(&m)?
     }
 }

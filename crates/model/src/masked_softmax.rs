@@ -113,3 +113,45 @@ pub fn causal_attention(
     }
     Tensor::cat(&outs, 3)
 }
+
+/// Inference-only SwiGLU on a fused gate/up projection: (.., 2f) -> silu(gate) * up, (.., f).
+struct SwiGlu;
+
+impl CustomOp1 for SwiGlu {
+    fn name(&self) -> &'static str {
+        "orlik-swiglu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("swiglu: f32 only");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("swiglu: contiguous input only");
+        };
+        let dims = layout.dims();
+        let two_f = dims[dims.len() - 1];
+        let f = two_f / 2;
+        let x = &data[start..end];
+        let mut out = vec![0f32; x.len() / 2];
+        out.par_chunks_mut(f).zip(x.par_chunks(two_f)).for_each(|(o, row)| {
+            let (g, u) = row.split_at(f);
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+        });
+        let mut shape = dims.to_vec();
+        let last = shape.len() - 1;
+        shape[last] = f;
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+}
+
+/// silu(x[.., :f]) * x[.., f:] for x (.., 2f), f32, inference only.
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != candle_core::DType::F32 {
+        let f = x.dim(candle_core::D::Minus1)? / 2;
+        return x.narrow(candle_core::D::Minus1, 0, f)?.silu()? * x.narrow(candle_core::D::Minus1, f, f)?;
+    }
+    x.contiguous()?.apply_op1_no_bwd(&SwiGlu)
+}
