@@ -7,8 +7,9 @@
 //! first of each window). bits/byte = total NLL / ln 2 / UTF-8 bytes of the text.
 
 use crate::EvalError;
-use candle_core::{Device, Tensor, D};
-use orlik_model::{ops, Model};
+use candle_core::{Device, Tensor};
+use orlik_model::Model;
+use rayon::prelude::*;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy)]
@@ -83,18 +84,28 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
 }
 
 /// Sum of -log p(target) over positions [from, to) of one row's hidden states (t, h), in chunks
-/// of positions so a large vocabulary never materialises (t, vocab) at once.
+/// of positions so a large vocabulary never materialises (t, vocab) at once. Each logit row is
+/// read once: -log p = logsumexp(row) - row[target], accumulated in f64.
 fn row_nll(model: &Model, hidden: &Tensor, ids: &[u32], from: usize, to: usize) -> Result<f64, EvalError> {
-    const CHUNK: usize = 128;
+    const CHUNK: usize = 256;
     let mut total = 0.0;
     let mut p = from;
     while p < to {
         let n = CHUNK.min(to - p);
         let h = hidden.narrow(0, p - 1, n)?.unsqueeze(0)?; // (1, n, h): predicts positions p..p+n
-        let logp = ops::log_softmax_last(&model.lm_head(&h)?.squeeze(0)?)?; // (n, vocab)
-        let tgt = Tensor::new(&ids[p..p + n], &Device::Cpu)?.unsqueeze(1)?;
-        let picked: Vec<f32> = logp.gather(&tgt, D::Minus1)?.squeeze(1)?.to_vec1()?;
-        total -= picked.iter().map(|&x| x as f64).sum::<f64>();
+        let logits = model.lm_head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
+        let v = logits.dim(1)?;
+        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let targets = &ids[p..p + n];
+        total += flat
+            .par_chunks(v)
+            .zip(targets.par_iter())
+            .map(|(row, &t)| {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+                max as f64 + sum.ln() - row[t as usize] as f64
+            })
+            .sum::<f64>();
         p += n;
     }
     Ok(total)
