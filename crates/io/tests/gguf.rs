@@ -64,29 +64,6 @@ fn convert_unpermutes_and_dequantizes_every_model_tensor() {
     assert!(e.is_err_and(|e| e.to_string().contains("already exists")));
 }
 
-fn golden_name(g: &str) -> String {
-    match g {
-        "token_embd.weight" => "model.embed_tokens.weight".into(),
-        "output_norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
-        _ => {
-            let p: Vec<&str> = g.splitn(4, '.').collect();
-            let leaf = match p[2] {
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                _ => "mlp.down_proj",
-            };
-            format!("model.layers.{}.{leaf}.{}", p[1], p[3])
-        }
-    }
-}
-
 #[test]
 fn corrupt_and_unsupported_gguf_are_named_errors() {
     let src = fs::read(dir().join("kquants.gguf")).unwrap();

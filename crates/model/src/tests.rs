@@ -57,7 +57,7 @@ fn gradcheck(cfg: &Config) {
         let base: Vec<f64> = w[name].flatten_all().unwrap().to_vec1().unwrap();
         let n = base.len();
         for &idx in &[0, n / 2, n - 1] {
-            let mut eval = |delta: f64| {
+            let eval = |delta: f64| {
                 let mut v = base.clone();
                 v[idx] += delta;
                 let mut w2 = w.clone();
