@@ -21,5 +21,6 @@ echo "== inspect"
 TEXT=${ORLIK_TEXT:-$CACHE/corpus-pl/valid-small.txt}
 echo "== perplexity on Polish validation text ($TEXT)"
 "$ORLIK" eval ppl "$MODEL" --text "$TEXT" --context 1024
-echo "== sample"
+echo "== samples (SmolLM2 is an English model: its Polish is weak, which later stages measure)"
+"$ORLIK" generate "$MODEL" --chat --prompt "What is the capital of France?" --max-new-tokens 24 --temperature 0
 "$ORLIK" generate "$MODEL" --chat --prompt "Napisz jedno zdanie o Krakowie." --max-new-tokens 48 --temperature 0.7 --seed 1

@@ -27,6 +27,12 @@ pub struct HfModel {
 
 impl HfModel {
     pub fn open(dir: &Path) -> Result<HfModel, IoError> {
+        if dir.is_file() && dir.extension().is_some_and(|e| e == "gguf") {
+            return Err(IoError::Format {
+                path: dir.into(),
+                msg: "is a GGUF file; convert it first: orlik convert FILE.gguf -o DIR".into(),
+            });
+        }
         if !dir.is_dir() {
             return Err(IoError::Format { path: dir.into(), msg: "not a directory (expected an HF model directory)".into() });
         }
