@@ -1,0 +1,181 @@
+//! Invariance tests: keeping everything is the identity; a pruned model computes exactly what the
+//! dense model computes with the dropped units masked (their output columns zeroed).
+
+use crate::{apply, Plan};
+use candle_core::{Device, Tensor};
+use orlik_model::init::random_weights;
+use orlik_model::{Config, Model, ModelOptions, Weights};
+
+fn tiny(arch: &str, extra: &str) -> Config {
+    let mt = if arch == "LlamaForCausalLM" { "llama" } else { "qwen2" };
+    let s = format!(
+        r#"{{"architectures":["{arch}"],"model_type":"{mt}","vocab_size":13,"hidden_size":8,
+        "intermediate_size":12,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
+        "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0 {extra}}}"#
+    );
+    Config::from_json_str(&s, "tiny").unwrap()
+}
+
+fn configs() -> Vec<Config> {
+    vec![
+        tiny("LlamaForCausalLM", r#","attention_bias":true,"mlp_bias":true"#),
+        tiny("Qwen2ForCausalLM", r#","tie_word_embeddings":true"#),
+    ]
+}
+
+fn logits(cfg: &Config, w: &Weights) -> Tensor {
+    let ids = Tensor::new(&[[1u32, 5, 3, 9, 2, 7], [4, 12, 0, 10, 6, 8]], &Device::Cpu).unwrap();
+    Model::new(cfg, w, ModelOptions::default()).unwrap().forward(&ids, None, None, None).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+/// Zero columns `cols` of a 2-D weight (and nothing else).
+fn zero_cols(w: &mut Weights, name: &str, cols: &[usize]) {
+    let t = &w[name];
+    let (r, c) = t.dims2().unwrap();
+    let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    for i in 0..r {
+        for &j in cols {
+            v[i * c + j] = 0.0;
+        }
+    }
+    w.insert(name.into(), Tensor::from_vec(v, (r, c), &Device::Cpu).unwrap());
+}
+
+fn zero(w: &mut Weights, name: &str) {
+    if let Some(t) = w.get(name) {
+        let z = t.zeros_like().unwrap();
+        w.insert(name.into(), z);
+    }
+}
+
+#[test]
+fn keeping_everything_is_bit_identical() {
+    for cfg in configs() {
+        let w = random_weights(&cfg, 1, 0.3).unwrap();
+        let (c2, w2) = apply(&cfg, &w, &Plan::identity(&cfg)).unwrap();
+        assert_eq!(c2.num_hidden_layers, cfg.num_hidden_layers);
+        for (k, v) in &w {
+            let a: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = w2[k].flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, b, "{k}");
+        }
+        let (a, b) = (logits(&cfg, &w), logits(&c2, &w2));
+        assert_eq!(max_abs(&a, &b), 0.0);
+    }
+}
+
+#[test]
+fn pruned_mlp_equals_masked_neurons() {
+    for cfg in configs() {
+        let w = random_weights(&cfg, 2, 0.3).unwrap();
+        let mut plan = Plan::identity(&cfg);
+        let keep = [vec![0, 2, 3, 5, 8, 11], vec![1, 2, 4, 6, 7, 10], vec![0, 1, 2, 3, 4, 5]];
+        plan.mlp = keep.to_vec();
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!(c2.intermediate_size, 6);
+        let mut masked = w.clone();
+        for (l, k) in keep.iter().enumerate() {
+            let drop: Vec<usize> = (0..12).filter(|j| !k.contains(j)).collect();
+            zero_cols(&mut masked, &format!("model.layers.{l}.mlp.down_proj.weight"), &drop);
+        }
+        assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5);
+    }
+}
+
+#[test]
+fn pruned_heads_and_kv_groups_equal_masked_heads() {
+    for cfg in configs() {
+        let w = random_weights(&cfg, 3, 0.3).unwrap();
+        let hd = cfg.head_dim();
+        // Layer 0: one query head per group (heads 1 and 2); layers 1-2: drop KV group 1 (heads 2, 3)
+        // and, in layer 2, keep group 1 instead.
+        let mut plan = Plan::identity(&cfg);
+        plan.heads = vec![vec![1, 2], vec![0, 1], vec![2, 3]];
+        plan.kv_heads = vec![vec![0, 1], vec![0], vec![1]];
+        assert!(apply(&cfg, &w, &plan).is_err(), "layers must keep the same number of KV groups");
+        plan.heads = vec![vec![0, 1], vec![0, 1], vec![2, 3]];
+        plan.kv_heads = vec![vec![0], vec![0], vec![1]];
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!((c2.num_attention_heads, c2.num_kv_heads(), c2.head_dim()), (2, 1, hd));
+        let mut masked = w.clone();
+        for (l, keep) in plan.heads.iter().enumerate() {
+            let drop: Vec<usize> = (0..4).filter(|h| !keep.contains(h)).flat_map(|h| h * hd..(h + 1) * hd).collect();
+            zero_cols(&mut masked, &format!("model.layers.{l}.self_attn.o_proj.weight"), &drop);
+        }
+        assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5);
+
+        let mut plan = Plan::identity(&cfg);
+        plan.heads = vec![vec![1, 2]; 3];
+        let (c3, w3) = apply(&cfg, &w, &plan).unwrap();
+        let mut masked = w.clone();
+        for l in 0..3 {
+            let drop: Vec<usize> = [0, 3].iter().flat_map(|h| h * hd..(h + 1) * hd).collect();
+            zero_cols(&mut masked, &format!("model.layers.{l}.self_attn.o_proj.weight"), &drop);
+        }
+        assert!(max_abs(&logits(&c3, &w3), &logits(&cfg, &masked)) < 1e-5);
+    }
+}
+
+#[test]
+fn dropped_layer_equals_identity_block() {
+    for cfg in configs() {
+        let w = random_weights(&cfg, 4, 0.3).unwrap();
+        let mut plan = Plan::identity(&cfg);
+        plan.layers = vec![0, 2];
+        plan.mlp.pop();
+        plan.kv_heads.pop();
+        plan.heads.pop();
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!(c2.num_hidden_layers, 2);
+        // A block whose o_proj and down_proj (and their biases) are zero adds nothing to the residual.
+        let mut masked = w.clone();
+        for n in ["self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"] {
+            zero(&mut masked, &format!("model.layers.1.{n}"));
+        }
+        assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5);
+    }
+}
+
+#[test]
+fn hidden_pruning_gives_a_consistent_loadable_model() {
+    for cfg in configs() {
+        let w = random_weights(&cfg, 5, 0.3).unwrap();
+        let mut plan = Plan::identity(&cfg);
+        plan.hidden = vec![0, 2, 3, 6, 7];
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!(c2.hidden_size, 5);
+        assert_eq!(c2.head_dim, Some(6), "head_dim written explicitly (5 / 4 heads would be wrong)");
+        let l = logits(&c2, &w2);
+        assert_eq!(l.dims(), &[2, 6, 13]);
+        // embeddings keep exactly the selected columns
+        let e: Vec<Vec<f32>> = w2["model.embed_tokens.weight"].to_vec2().unwrap();
+        let src: Vec<Vec<f32>> = w["model.embed_tokens.weight"].to_vec2().unwrap();
+        assert_eq!(e[4], plan.hidden.iter().map(|&j| src[4][j]).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn plan_json_round_trip_and_validation_errors() {
+    let cfg = configs().remove(0);
+    let plan = Plan::identity(&cfg);
+    let back = Plan::from_json(&plan.to_json(), "p.json").unwrap();
+    assert_eq!(back, plan);
+    let bad = plan.to_json().replace("\"layers\"", "\"layerz\"");
+    assert!(Plan::from_json(&bad, "p.json").unwrap_err().to_string().contains("p.json"));
+    let mut p = plan.clone();
+    p.mlp[1] = vec![3, 2, 1];
+    let e = p.validate(&cfg).unwrap_err().to_string();
+    assert!(e.contains("layer 1 mlp") && e.contains("ascending"), "{e}");
+    let mut p = plan.clone();
+    p.heads[0] = vec![0, 1, 2];
+    p.kv_heads[0] = vec![0, 1];
+    let e = p.validate(&cfg).unwrap_err().to_string();
+    assert!(e.contains("same number") || e.contains("uniform"), "{e}");
+    let mut other = cfg.clone();
+    other.intermediate_size = 16;
+    assert!(plan.validate(&other).unwrap_err().to_string().contains("made for"));
+}
