@@ -257,6 +257,37 @@ pub fn tensor_bytes(t: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
     })
 }
 
+/// Write one safetensors file; returns the data bytes written.
+pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
+    let size = |t: &Tensor| (t.elem_count() * dtype.size_in_bytes()) as u64;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut off = 0u64;
+    for (name, t) in tensors {
+        let s = size(t);
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dtype_name(dtype), "shape": t.dims(), "data_offsets": [off, off + s]}),
+        );
+        off += s;
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let f = File::create(path).map_err(io_err(path))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut write = |b: &[u8]| w.write_all(b).map_err(io_err(path));
+    write(&(h.len() as u64).to_le_bytes())?;
+    write(&h)?;
+    for (name, t) in tensors {
+        let b = tensor_bytes(t, dtype).map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
+        write(&b)?;
+    }
+    w.flush().map_err(io_err(path))?;
+    Ok(off)
+}
+
 /// Write `tensors` as safetensors into `dir`: `model.safetensors` when they fit in one shard of
 /// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` plus the index. Returns file names.
 pub fn write_shards(
@@ -284,34 +315,10 @@ pub fn write_shards(
     for (i, shard) in shards.iter().enumerate() {
         let fname = if n == 1 { SINGLE_NAME.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
         let path = dir.join(&fname);
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-        let mut off = 0u64;
-        for (name, t) in shard {
-            let s = size(t);
-            header.insert(
-                name.clone(),
-                serde_json::json!({"dtype": dtype_name(dtype), "shape": t.dims(), "data_offsets": [off, off + s]}),
-            );
+        for (name, _) in shard.iter() {
             weight_map.insert(name.clone(), Value::String(fname.clone()));
-            off += s;
         }
-        total += off;
-        let mut h = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
-        while h.len() % 8 != 0 {
-            h.push(b' ');
-        }
-        let f = File::create(&path).map_err(io_err(&path))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        let mut write = |b: &[u8]| w.write_all(b).map_err(io_err(&path));
-        write(&(h.len() as u64).to_le_bytes())?;
-        write(&h)?;
-        for (name, t) in shard {
-            let b = tensor_bytes(t, dtype)
-                .map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
-            write(&b)?;
-        }
-        w.flush().map_err(io_err(&path))?;
+        total += write_file(&path, shard, dtype)?;
         names.push(fname);
     }
     if n > 1 {

@@ -10,7 +10,7 @@ pub mod masked_softmax;
 pub mod ops;
 
 pub use config::{Arch, Config};
-pub use llama::{KvCache, Model, ModelOptions};
+pub use llama::{KvCache, Model, ModelOptions, Tap};
 
 use std::collections::HashMap;
 

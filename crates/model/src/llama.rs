@@ -52,6 +52,25 @@ impl Linear {
     }
 }
 
+/// Activations reported by [`Model::forward_tapped`], with their shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tap {
+    /// Residual stream entering the layer (b, t, hidden).
+    LayerInput,
+    /// Output of input_layernorm (b, t, hidden).
+    InputNorm,
+    /// Per-head attention output before o_proj (b, t, heads, head_dim).
+    Heads,
+    /// Output of post_attention_layernorm (b, t, hidden).
+    PostAttnNorm,
+    /// MLP activation at the down_proj input, after SwiGLU (b, t, intermediate).
+    MlpAct,
+    /// Residual stream leaving the layer (b, t, hidden).
+    LayerOutput,
+    /// Output of the final norm (b, t, hidden).
+    FinalNorm,
+}
+
 /// What a block needs to mask attention: either a precomputed additive mask (training path) or
 /// the description the fused masked softmax computes it from.
 struct Mask<'a> {
@@ -311,7 +330,32 @@ impl Model {
         ids: &Tensor,
         key_valid: Option<&[Vec<bool>]>,
         positions: Option<&[Vec<u32>]>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, ModelError> {
+        self.run(ids, key_valid, positions, cache, &[], None)
+    }
+
+    /// Forward that reports intermediate activations to `tap(layer, what, tensor)` (importance
+    /// scoring) and can skip whole layers (`skip`: leave-one-out depth scoring). Returns the final
+    /// hidden states (b, t, hidden). For `Tap::FinalNorm` the layer index is `num_hidden_layers`.
+    pub fn forward_tapped(
+        &self,
+        ids: &Tensor,
+        key_valid: Option<&[Vec<bool>]>,
+        skip: &[usize],
+        tap: &mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>,
+    ) -> Result<Tensor, ModelError> {
+        self.run(ids, key_valid, None, None, skip, Some(tap))
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        key_valid: Option<&[Vec<bool>]>,
+        positions: Option<&[Vec<u32>]>,
         mut cache: Option<&mut KvCache>,
+        skip: &[usize],
+        mut tap: Option<&mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>>,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
@@ -354,14 +398,23 @@ impl Model {
         }
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
         for (li, layer) in self.layers.iter().enumerate() {
+            if skip.contains(&li) {
+                continue;
+            }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             let mask = Mask { offset, key_valid, tensor: masks.get(&layer.window) };
-            x = self.block(layer, &x, &cos, &sin, &mask, slot)?;
+            let mut layer_tap = tap.as_deref_mut().map(|f| move |what: Tap, t: &Tensor| f(li, what, t));
+            let lt = layer_tap.as_mut().map(|f| f as &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>);
+            x = self.block(layer, &x, &cos, &sin, &mask, slot, lt)?;
         }
         if let Some(c) = cache {
             c.len += t;
         }
-        Ok(ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?)
+        let out = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?;
+        if let Some(f) = tap {
+            f(self.layers.len(), Tap::FinalNorm, &out)?;
+        }
+        Ok(out)
     }
 
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).
@@ -390,7 +443,13 @@ impl Model {
         sin: &Tensor,
         mask: &Mask,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
+        mut tap: Option<&mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>>,
     ) -> candle_core::Result<Tensor> {
+        let mut emit = |what: Tap, t: &Tensor| match tap.as_deref_mut() {
+            Some(f) => f(what, t),
+            None => Ok(()),
+        };
+        emit(Tap::LayerInput, x)?;
         let diff = self.opts.differentiable;
         let eps = self.cfg.rms_norm_eps;
         let (b, t, _) = x.dims3()?;
@@ -398,6 +457,7 @@ impl Model {
         let rep = nh / nkv;
 
         let h = ops::rms_norm(x, &l.input_norm, eps, diff)?;
+        emit(Tap::InputNorm, &h)?;
         let (q, k, v) = match &l.qkv {
             Some(f) => {
                 let y = f.forward(&h)?; // (b, t, (nh + 2 kv) hd)
@@ -437,15 +497,21 @@ impl Model {
                 causal_attention(&q, &k, &v, mask.offset, l.window, mask.key_valid)?
             }
         };
-        let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+        let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?; // (b, t, nh, hd)
+        emit(Tap::Heads, &attn)?;
+        let attn = attn.reshape((b, t, nh * hd))?;
         let x = (x + l.o.forward(&attn)?)?;
 
         let h = ops::rms_norm(&x, &l.post_norm, eps, diff)?;
+        emit(Tap::PostAttnNorm, &h)?;
         let m = match &l.gate_up {
             Some(f) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
             None => (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?, // (b, t, ffn)
         };
-        x + l.down.forward(&m)?
+        emit(Tap::MlpAct, &m)?;
+        let out = (x + l.down.forward(&m)?)?;
+        emit(Tap::LayerOutput, &out)?;
+        Ok(out)
     }
 }
 

@@ -1,0 +1,73 @@
+//! Scores on tiny models with planted structure: a dead neuron, a dead head and an identity layer
+//! must come out least important on their axis.
+
+use crate::collect::collect;
+use crate::{calibration_batches, ScoreOptions, Scores};
+use candle_core::Tensor;
+use orlik_model::init::random_weights;
+use orlik_model::{Config, Model, ModelOptions, Weights};
+
+fn cfg() -> Config {
+    Config::from_json_str(
+        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":8,
+        "intermediate_size":12,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
+        "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
+        "t",
+    )
+    .unwrap()
+}
+
+fn zero_rows(w: &mut Weights, name: &str, rows: std::ops::Range<usize>) {
+    let t = &w[name];
+    let (r, c) = t.dims2().unwrap();
+    let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    for i in rows {
+        v[i * c..(i + 1) * c].iter_mut().for_each(|x| *x = 0.0);
+    }
+    w.insert(name.into(), Tensor::from_vec(v, (r, c), &candle_core::Device::Cpu).unwrap());
+}
+
+#[test]
+fn planted_dead_units_score_lowest_and_scores_round_trip() {
+    let c = cfg();
+    let mut w = random_weights(&c, 21, 0.3).unwrap();
+    zero_rows(&mut w, "model.layers.0.mlp.up_proj.weight", 5..6); // neuron 5 of layer 0 is dead
+    zero_rows(&mut w, "model.layers.1.self_attn.v_proj.weight", 6..12); // kv head 1 -> heads 2, 3 output 0
+    for n in ["self_attn.o_proj.weight", "mlp.down_proj.weight"] {
+        let t = w[&format!("model.layers.2.{n}")].zeros_like().unwrap();
+        w.insert(format!("model.layers.2.{n}"), t); // layer 2 is the identity
+    }
+    let m = Model::new(&c, &w, ModelOptions::default()).unwrap();
+    let docs: Vec<Vec<u32>> = (0..6).map(|d| (0..20).map(|i| ((i * 7 + d * 3) % 13) as u32).collect()).collect();
+    let batches = calibration_batches(&docs, Some(2), 6, 16, 2).unwrap();
+    let s = collect(&m, &batches, &ScoreOptions::default(), |_, _, _| {}).unwrap();
+    let argmin = |v: &[f32]| v.iter().enumerate().min_by(|a, b| a.1.partial_cmp(b.1).unwrap()).unwrap().0;
+    assert_eq!(s.mlp[0][5], 0.0);
+    assert_eq!(argmin(&s.mlp[0]), 5);
+    assert_eq!(s.heads[1][2], 0.0);
+    assert_eq!(s.heads[1][3], 0.0);
+    assert!(s.bi[2].abs() < 1e-5, "identity layer BI {}", s.bi[2]);
+    assert!(s.loo_kl[2].abs() < 1e-5, "identity layer LOO KL {}", s.loo_kl[2]);
+    assert!((s.loo_loss[2] - s.full_loss).abs() < 1e-4);
+    assert!(s.bi[0] > 1e-3 && s.loo_kl[0] > 1e-4);
+    assert_eq!(s.angular.len(), 3);
+    assert_eq!(s.angular[0].len(), 3);
+    assert_eq!(s.angular[2].len(), 1);
+    assert_eq!(s.hidden.len(), 8);
+
+    let d = tempfile::tempdir().unwrap();
+    let meta = crate::ScoreMeta {
+        format_version: crate::FORMAT_VERSION,
+        model_sha256: "m".into(),
+        data_sha256: "d".into(),
+        settings: ScoreOptions::default(),
+        samples: 6,
+        seq_len: 16,
+        tokens: s.tokens,
+        full_loss: s.full_loss,
+        num_hidden_layers: 3,
+    };
+    s.save(d.path(), &meta).unwrap();
+    let (back, _) = Scores::load(d.path()).unwrap();
+    assert_eq!(back, s);
+}
