@@ -179,3 +179,29 @@ fn plan_json_round_trip_and_validation_errors() {
     other.intermediate_size = 16;
     assert!(plan.validate(&other).unwrap_err().to_string().contains("made for"));
 }
+
+#[test]
+fn build_plans_from_importance_at_exact_dims() {
+    use crate::select::{build, DepthMethod, Importance, Target};
+    let cfg = configs().remove(0);
+    let w = random_weights(&cfg, 6, 0.3).unwrap();
+    let t = Target { layers: Some(2), hidden: Some(6), heads: Some(2), kv_heads: Some(1), ffn: Some(8) };
+    for imp in [Importance::magnitude(&cfg, &w).unwrap(), Importance::random(&cfg, 1)] {
+        let plan = build(&cfg, &imp, &t, DepthMethod::Bi).unwrap();
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!(
+            (c2.num_hidden_layers, c2.hidden_size, c2.num_attention_heads, c2.num_kv_heads(), c2.intermediate_size),
+            (2, 6, 2, 1, 8)
+        );
+        assert_eq!(logits(&c2, &w2).dims(), &[2, 6, 13]);
+    }
+    // block depth: drop the contiguous pair with the smallest angular distance
+    let mut imp = Importance::random(&cfg, 2);
+    imp.angular = vec![vec![0.5, 0.4, 0.6], vec![0.3, 0.1]];
+    let plan = build(&cfg, &imp, &Target { layers: Some(1), ..Default::default() }, DepthMethod::Block).unwrap();
+    assert_eq!(plan.layers, vec![0]);
+    let e = build(&cfg, &imp, &Target { heads: Some(3), ..Default::default() }, DepthMethod::Bi).unwrap_err();
+    assert!(e.to_string().contains("multiple of"), "{e}");
+    let e = build(&cfg, &imp, &Target { ffn: Some(99), ..Default::default() }, DepthMethod::Bi).unwrap_err();
+    assert!(e.to_string().contains("--ffn 99"), "{e}");
+}
