@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod commands;
 mod inspect;
+mod prune_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -72,6 +73,85 @@ enum Cmd {
     Eval {
         #[command(subcommand)]
         what: EvalCmd,
+    },
+    /// Importance scores for pruning (Minitron): one calibration pass collecting MLP-neuron,
+    /// attention-head and hidden-channel importance, and depth metrics side by side (Block
+    /// Influence, angular distance of contiguous blocks, leave-one-layer-out KL and loss).
+    /// Writes scores.safetensors + scores.json (format version, model and data sha256, settings)
+    /// and report.md. (No charts yet; scoring keeps one batch of activations in memory.)
+    Score {
+        /// HF model directory.
+        model: PathBuf,
+        /// Calibration text files (paragraphs separated by blank lines).
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        /// Calibration windows.
+        #[arg(long, default_value_t = 32)]
+        samples: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// Windows per forward pass.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Aggregation over the sequence: mean (of |x|), l2, max, var.
+        #[arg(long, default_value = "mean")]
+        seq_agg: orlik_score::Agg,
+        /// Aggregation over the batch: mean, l2, max, var.
+        #[arg(long, default_value = "l2")]
+        batch_agg: orlik_score::Agg,
+        /// Largest block of contiguous layers for the angular distance.
+        #[arg(long, default_value_t = 8)]
+        max_block: usize,
+        /// Batches also scored with each layer left out (one extra forward per layer each).
+        #[arg(long, default_value_t = 2)]
+        loo_batches: usize,
+        /// Output directory (written atomically).
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Structured pruning to exact dimensions: depth, hidden width, attention heads / KV groups,
+    /// MLP size. Writes an HF directory (loadable by transformers) with prune_plan.json, which
+    /// `--plan` re-applies to a sibling checkpoint. (The --params budget search is not built yet.)
+    Prune {
+        /// HF model directory.
+        model: PathBuf,
+        /// Scores from `orlik score` (for --importance minitron).
+        #[arg(long)]
+        scores: Option<PathBuf>,
+        /// Re-apply an existing prune_plan.json instead of choosing units.
+        #[arg(long, conflicts_with_all = ["scores", "layers", "hidden", "heads", "kv_heads", "ffn"])]
+        plan: Option<PathBuf>,
+        /// Layers to keep.
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Hidden size to keep.
+        #[arg(long)]
+        hidden: Option<usize>,
+        /// Query heads to keep (a multiple of --kv-heads).
+        #[arg(long)]
+        heads: Option<usize>,
+        /// KV groups to keep.
+        #[arg(long)]
+        kv_heads: Option<usize>,
+        /// MLP neurons to keep per layer.
+        #[arg(long)]
+        ffn: Option<usize>,
+        /// How to choose dropped layers: bi (Block Influence), block (contiguous block with the
+        /// smallest angular distance), loo (leave-one-out KL).
+        #[arg(long, default_value = "bi", value_parser = ["bi", "block", "loo"])]
+        depth_method: String,
+        /// minitron (activation scores), magnitude (weight norms), random (seeded): the last two
+        /// are baselines at the same dimensions.
+        #[arg(long, default_value = "minitron", value_parser = ["minitron", "magnitude", "random"])]
+        importance: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
     },
     /// Forward-pass speed: prefill tokens/s at batch 1 x 512 and 8 x 128, decode tokens/s.
     Bench {
@@ -150,6 +230,20 @@ fn main() {
             commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
         Cmd::Bench { path, reps, json } => commands::bench(&path, reps, json),
+        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force } => {
+            prune_cmd::score(prune_cmd::ScoreArgs {
+                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force,
+            })
+        }
+        Cmd::Prune { model, scores, plan, layers, hidden, heads, kv_heads, ffn, depth_method, importance, seed, output, force } => {
+            let depth = match depth_method.as_str() {
+                "block" => orlik_prune::select::DepthMethod::Block,
+                "loo" => orlik_prune::select::DepthMethod::Loo,
+                _ => orlik_prune::select::DepthMethod::Bi,
+            };
+            let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
+            prune_cmd::prune(prune_cmd::PruneArgs { model, scores, plan, target, depth, importance, seed, output, force })
+        }
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -118,3 +118,40 @@ fn bad_input_is_a_one_line_error() {
     fails(&["generate", "/no/such/model", "--prompt", "x"], &["/no/such/model"]);
     fails(&["generate", &dir, "--prompt", "x", "--top-p", "0"], &["--top-p"]);
 }
+
+#[test]
+fn score_prune_and_reapply_plan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = converted(tmp.path());
+    let data = tmp.path().join("cal.txt");
+    let para = "the theater then the anthem in the hearth\n\n".repeat(40);
+    std::fs::write(&data, &para).unwrap();
+    let scores = tmp.path().join("scores");
+    let s = scores.to_str().unwrap();
+    let report = ok(&["score", &dir, "--data", data.to_str().unwrap(), "--samples", "4", "--seq-len", "16", "--batch", "2", "-o", s]);
+    assert!(report.contains("block influence"));
+    for f in ["scores.safetensors", "scores.json", "report.md", "orlik.json"] {
+        assert!(scores.join(f).exists(), "{f}");
+    }
+    let a = tmp.path().join("a");
+    let out = ok(&["prune", &dir, "--scores", s, "--layers", "1", "--ffn", "24", "--heads", "2", "--kv-heads", "1",
+        "-o", a.to_str().unwrap()]);
+    assert!(out.contains("layers 2->1"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", a.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!((v["num_hidden_layers"].as_u64(), v["intermediate_size"].as_u64(), v["num_key_value_heads"].as_u64()), (Some(1), Some(24), Some(1)));
+    assert_eq!(v["head_dim"], 8);
+    assert!(a.join("tokenizer.json").exists() && a.join("prune_plan.json").exists());
+    // the plan re-applied to a sibling checkpoint gives a bit-identical result
+    let b = tmp.path().join("b");
+    ok(&["prune", &dir, "--plan", a.join("prune_plan.json").to_str().unwrap(), "-o", b.to_str().unwrap()]);
+    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
+    // baselines at the same dims, and bad requests
+    for imp in ["magnitude", "random"] {
+        let o = tmp.path().join(imp);
+        ok(&["prune", &dir, "--importance", imp, "--layers", "1", "--ffn", "24", "-o", o.to_str().unwrap()]);
+    }
+    fails(&["prune", &dir, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()], &["--scores"]);
+    fails(&["prune", &dir, "--scores", s, "--ffn", "999", "-o", tmp.path().join("c").to_str().unwrap()], &["--ffn 999"]);
+    fails(&["prune", &dir, "--scores", s, "--hidden", "30", "-o", tmp.path().join("c").to_str().unwrap()], &["not a multiple"]);
+    assert!(!tmp.path().join("c").exists());
+}

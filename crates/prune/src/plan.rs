@@ -140,6 +140,14 @@ impl Plan {
                 return Err(PruneError::Plan(format!("layer {l}: query head {h} belongs to a dropped KV group")));
             }
         }
+        // transformers (5.x) refuses Llama-family configs whose hidden_size is not a multiple of
+        // num_attention_heads, even with an explicit head_dim.
+        let (hid, nh) = (self.hidden.len(), self.heads.first().map_or(1, |h| h.len().max(1)));
+        if hid % nh != 0 {
+            return Err(PruneError::Plan(format!(
+                "hidden size {hid} is not a multiple of {nh} attention heads: transformers would refuse the model"
+            )));
+        }
         Ok(())
     }
 

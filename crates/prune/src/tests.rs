@@ -146,9 +146,14 @@ fn hidden_pruning_gives_a_consistent_loadable_model() {
         let w = random_weights(&cfg, 5, 0.3).unwrap();
         let mut plan = Plan::identity(&cfg);
         plan.hidden = vec![0, 2, 3, 6, 7];
+        let e = apply(&cfg, &w, &plan).unwrap_err().to_string();
+        assert!(e.contains("not a multiple of 4 attention heads"), "{e}");
+        plan.heads = vec![vec![0, 2]; 3];
+        plan.kv_heads = vec![vec![0, 1]; 3];
+        plan.hidden = vec![0, 2, 3, 6];
         let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
-        assert_eq!(c2.hidden_size, 5);
-        assert_eq!(c2.head_dim, Some(6), "head_dim written explicitly (5 / 4 heads would be wrong)");
+        assert_eq!(c2.hidden_size, 4);
+        assert_eq!(c2.head_dim, Some(6), "head_dim written explicitly (4 / 2 heads would be wrong)");
         let l = logits(&c2, &w2);
         assert_eq!(l.dims(), &[2, 6, 13]);
         // embeddings keep exactly the selected columns
