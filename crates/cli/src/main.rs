@@ -113,7 +113,9 @@ enum Cmd {
     },
     /// Structured pruning to exact dimensions: depth, hidden width, attention heads / KV groups,
     /// MLP size. Writes an HF directory (loadable by transformers) with prune_plan.json, which
-    /// `--plan` re-applies to a sibling checkpoint. (The --params budget search is not built yet.)
+    /// `--plan` re-applies to a sibling checkpoint. With `--params`, searches the shapes within
+    /// `--tolerance` of a parameter budget, ranks a shortlist by KL to the original model on
+    /// held-out text (`--data`), prints the table and prunes the best.
     Prune {
         /// HF model directory.
         model: PathBuf,
@@ -148,6 +150,33 @@ enum Cmd {
         importance: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Parameter budget: a fraction of the model (e.g. 0.67) or a count (e.g. 90000000).
+        #[arg(long, conflicts_with_all = ["plan", "layers", "hidden", "heads", "kv_heads", "ffn"])]
+        params: Option<f64>,
+        /// Held-out text for ranking candidates (the last paragraphs are used).
+        #[arg(long, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Hidden and MLP sizes are multiples of this.
+        #[arg(long, default_value_t = 64)]
+        multiple: usize,
+        /// Relative distance to the budget allowed.
+        #[arg(long, default_value_t = 0.02)]
+        tolerance: f64,
+        /// Axes the search may shrink: all, or a comma list of depth, hidden, heads, mlp.
+        #[arg(long, default_value = "all")]
+        axes: String,
+        /// Candidates ranked by the KL proxy.
+        #[arg(long, default_value_t = 8)]
+        candidates: usize,
+        /// Write the plans of the top K candidates into OUT/candidates.json.
+        #[arg(long, default_value_t = 0)]
+        export_candidates: usize,
+        /// Windows of held-out text for the proxy.
+        #[arg(long, default_value_t = 4)]
+        proxy_samples: usize,
+        /// Window length for the proxy.
+        #[arg(long, default_value_t = 128)]
+        seq_len: usize,
         #[arg(short, long)]
         output: PathBuf,
         #[arg(long)]
@@ -235,14 +264,20 @@ fn main() {
                 model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force,
             })
         }
-        Cmd::Prune { model, scores, plan, layers, hidden, heads, kv_heads, ffn, depth_method, importance, seed, output, force } => {
+        Cmd::Prune {
+            model, scores, plan, layers, hidden, heads, kv_heads, ffn, depth_method, importance, seed, params, data,
+            multiple, tolerance, axes, candidates, export_candidates, proxy_samples, seq_len, output, force,
+        } => {
+            let search = params.map(|params| prune_cmd::Search {
+                params, data, multiple, tolerance, axes, candidates, export: export_candidates, proxy_samples, seq_len,
+            });
             let depth = match depth_method.as_str() {
                 "block" => orlik_prune::select::DepthMethod::Block,
                 "loo" => orlik_prune::select::DepthMethod::Loo,
                 _ => orlik_prune::select::DepthMethod::Bi,
             };
             let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
-            prune_cmd::prune(prune_cmd::PruneArgs { model, scores, plan, target, depth, importance, seed, output, force })
+            prune_cmd::prune(prune_cmd::PruneArgs { search, model, scores, plan, target, depth, importance, seed, output, force })
         }
     };
     if let Err(e) = r {

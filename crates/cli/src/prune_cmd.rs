@@ -123,7 +123,21 @@ fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
     r
 }
 
+/// The `--params` budget search settings.
+pub struct Search {
+    pub params: f64,
+    pub data: Vec<PathBuf>,
+    pub multiple: usize,
+    pub tolerance: f64,
+    pub axes: String,
+    pub candidates: usize,
+    pub export: usize,
+    pub proxy_samples: usize,
+    pub seq_len: usize,
+}
+
 pub struct PruneArgs {
+    pub search: Option<Search>,
     pub model: PathBuf,
     pub scores: Option<PathBuf>,
     pub plan: Option<PathBuf>,
@@ -142,6 +156,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     let hf = HfModel::open(&a.model)?;
     let cfg = &hf.config;
     let weights = hf.checkpoint.load_all(candle_core::DType::F32)?;
+    let mut extra: Vec<(String, Vec<u8>)> = Vec::new();
     let plan = if let Some(p) = &a.plan {
         let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
         Plan::from_json(&text, &p.display().to_string())?
@@ -159,7 +174,14 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             "random" => Importance::random(cfg, a.seed),
             other => bail!("unknown --importance {other:?} (minitron, magnitude, random)"),
         };
-        build(cfg, &imp, &a.target, a.depth)?
+        match &a.search {
+            Some(s) => {
+                let (plan, table) = search(&hf, &weights, &imp, a.depth, s)?;
+                extra.push(("candidates.json".to_string(), table.into_bytes()));
+                plan
+            }
+            None => build(cfg, &imp, &a.target, a.depth)?,
+        }
     };
     let (pcfg, pw) = orlik_prune::apply(cfg, &weights, &plan)?;
     let mut tensors: Vec<(String, candle_core::Tensor)> = pw.into_iter().collect();
@@ -169,6 +191,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     files.retain(|(n, _)| n != "orlik.json");
     files.push(("prune_plan.json".into(), plan.to_json().into_bytes()));
     files.push(("orlik.json".into(), provenance()));
+    files.extend(extra);
     let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: a.force };
     save_pretrained(&a.output, &pcfg, &tensors, &files, &opts)?;
     let count = |c: &orlik_model::Config| c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>();
@@ -192,4 +215,86 @@ pub fn prune(a: PruneArgs) -> Result<()> {
         100.0 * after as f64 / before as f64
     );
     Ok(())
+}
+
+/// `--params`: enumerate shapes within the tolerance of the budget, rank a shortlist by
+/// KL(teacher ‖ pruned) on the last paragraphs of `--data`, return the best plan and a JSON table.
+fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth: DepthMethod, s: &Search) -> Result<(Plan, String)> {
+    use orlik_prune::search::{enumerate, evaluate, param_count, shortlist, teacher_logprobs, Axes};
+    let cfg = &hf.config;
+    let total = param_count(cfg);
+    let budget = if s.params <= 1.0 { (s.params * total as f64) as usize } else { s.params as usize };
+    if s.params <= 0.0 || budget > total {
+        bail!("--params {}: budget {budget} must be positive and at most the model's {total} parameters", s.params);
+    }
+    let has = |a: &str| s.axes == "all" || s.axes.split(',').any(|x| x.trim() == a);
+    for a in s.axes.split(',') {
+        if !["all", "depth", "hidden", "heads", "mlp"].contains(&a.trim()) {
+            bail!("--axes: unknown axis {a:?} (all, depth, hidden, heads, mlp)");
+        }
+    }
+    if s.data.is_empty() {
+        bail!("--params ranks candidates by KL to the original model on held-out text: give --data FILE");
+    }
+    let axes = Axes { depth: has("depth"), hidden: has("hidden"), heads: has("heads"), mlp: has("mlp") };
+    let all = enumerate(cfg, budget, s.tolerance, s.multiple, axes);
+    if all.is_empty() {
+        bail!("no architecture within {:.1}% of {budget} parameters on multiples of {} along {}; widen --tolerance or --axes",
+            100.0 * s.tolerance, s.multiple, s.axes);
+    }
+    let tok = hf.tokenizer()?;
+    let mut paras: Vec<String> = Vec::new();
+    for f in &s.data {
+        let text = orlik_eval::read_text(f)?;
+        paras.extend(text.split("\n\n").filter(|p| !p.trim().is_empty()).map(String::from));
+    }
+    // held out: the last paragraphs (scoring reads from the start)
+    let mut docs = Vec::new();
+    let mut have = 0;
+    for p in paras.iter().rev() {
+        let ids = tok.encode(p.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        have += ids.len() + 1;
+        docs.push(ids.get_ids().to_vec());
+        if have >= s.proxy_samples * s.seq_len {
+            break;
+        }
+    }
+    let batches: Vec<Vec<Vec<u32>>> = calibration_batches(&docs, cfg.eos_ids().first().copied(), s.proxy_samples, s.seq_len, 2)?
+        .into_iter()
+        .map(|b| b.0)
+        .collect();
+    let teacher_model = orlik_model::Model::new(cfg, weights, ModelOptions::default())?;
+    let teacher = teacher_logprobs(&teacher_model, &batches)?;
+    drop(teacher_model);
+    let mut short = shortlist(all.clone(), s.candidates);
+    eprintln!("{} shapes within {:.1}% of {budget} parameters; ranking {} by KL to the original", all.len(), 100.0 * s.tolerance, short.len());
+    let pb = ProgressBar::new(short.len() as u64);
+    let mut plans = Vec::new();
+    for c in short.iter_mut() {
+        let (kl, plan) = evaluate(cfg, weights, imp, depth, c, &batches, &teacher)?;
+        c.kl = Some(kl);
+        plans.push(plan);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let mut order: Vec<usize> = (0..short.len()).collect();
+    order.sort_by(|&a, &b| short[a].kl.partial_cmp(&short[b].kl).unwrap_or(std::cmp::Ordering::Equal));
+    println!("{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10}", "rank", "layers", "hidden", "heads", "kv", "ffn", "params", "KL");
+    let mut rows = Vec::new();
+    for (rank, &i) in order.iter().enumerate() {
+        let c = &short[i];
+        let t = c.target;
+        let g = |x: Option<usize>| x.unwrap_or(0);
+        println!("{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10.4}", rank + 1, g(t.layers), g(t.hidden), g(t.heads), g(t.kv_heads), g(t.ffn), c.params, c.kl.unwrap_or(f64::NAN));
+        let mut row = serde_json::json!({"rank": rank + 1, "layers": t.layers, "hidden": t.hidden, "heads": t.heads,
+            "kv_heads": t.kv_heads, "ffn": t.ffn, "params": c.params, "kl": c.kl});
+        if rank < s.export {
+            row["plan"] = serde_json::to_value(&plans[i]).unwrap_or_default();
+        }
+        rows.push(row);
+    }
+    let table = serde_json::json!({"budget": budget, "tolerance": s.tolerance, "multiple": s.multiple, "axes": s.axes,
+        "proxy": {"metric": "KL(original || pruned) per token", "samples": batches.iter().map(Vec::len).sum::<usize>(), "seq_len": s.seq_len},
+        "candidates": rows});
+    Ok((plans[order[0]].clone(), serde_json::to_string_pretty(&table).unwrap_or_default()))
 }

@@ -155,3 +155,31 @@ fn score_prune_and_reapply_plan() {
     fails(&["prune", &dir, "--scores", s, "--hidden", "30", "-o", tmp.path().join("c").to_str().unwrap()], &["not a multiple"]);
     assert!(!tmp.path().join("c").exists());
 }
+
+#[test]
+fn params_budget_search() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = converted(tmp.path());
+    let data = tmp.path().join("cal.txt");
+    std::fs::write(&data, "the theater then the anthem in the hearth\n\n".repeat(40)).unwrap();
+    let d = data.to_str().unwrap();
+    let out = tmp.path().join("p");
+    let table = ok(&["prune", &dir, "--importance", "magnitude", "--params", "0.7", "--multiple", "8", "--tolerance", "0.05",
+        "--data", d, "--proxy-samples", "2", "--seq-len", "16", "--export-candidates", "2", "-o", out.to_str().unwrap()]);
+    assert!(table.contains("rank") && table.contains("KL"), "{table}");
+    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("candidates.json")).unwrap()).unwrap();
+    let cands = c["candidates"].as_array().unwrap();
+    assert!(!cands.is_empty());
+    let budget = c["budget"].as_f64().unwrap();
+    for x in cands {
+        assert!((x["params"].as_f64().unwrap() - budget).abs() <= 0.05 * budget);
+    }
+    assert!(cands[0]["plan"].is_object());
+    // the written model has the best candidate's parameter count
+    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", out.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(v["parameters"]["total"], cands[0]["params"]);
+    fails(&["prune", &dir, "--importance", "magnitude", "--params", "2000000000", "--data", d, "-o", tmp.path().join("x").to_str().unwrap()],
+        &["at most the model's"]);
+    fails(&["prune", &dir, "--importance", "magnitude", "--params", "0.7", "-o", tmp.path().join("x").to_str().unwrap()],
+        &["--data"]);
+}

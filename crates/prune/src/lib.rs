@@ -4,6 +4,7 @@
 //! and the `orlik score` / `orlik prune` commands are not built yet (issue 3).
 
 pub mod plan;
+pub mod search;
 pub mod select;
 pub mod slice;
 
