@@ -83,7 +83,11 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         full_loss: scores.full_loss,
         num_hidden_layers: hf.config.num_hidden_layers,
     };
-    let report = report(&scores, &meta, t0.elapsed().as_secs_f64());
+    let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
+    if let Some(kb) = peak_rss_kb() {
+        let _ = writeln!(report, "\nPeak resident memory: {:.1} MB (weights held in memory: {:.1} MB).", kb as f64 / 1024.0,
+            hf.checkpoint.bytes_on_disk() as f64 / 1e6);
+    }
     write_dir_atomically::<anyhow::Error>(&a.output, a.force, |tmp| {
         scores.save(tmp, &meta)?;
         std::fs::write(tmp.join("report.md"), &report)?;
@@ -297,4 +301,11 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
         "proxy": {"metric": "KL(original || pruned) per token", "samples": batches.iter().map(Vec::len).sum::<usize>(), "seq_len": s.seq_len},
         "candidates": rows});
     Ok((plans[order[0]].clone(), serde_json::to_string_pretty(&table).unwrap_or_default()))
+}
+
+/// Peak resident set size of this process (Linux VmHWM), in KiB.
+fn peak_rss_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
