@@ -45,19 +45,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let model = hf.load(ModelOptions::default())?;
     let eos = hf.config.eos_ids().first().copied();
     // Paragraphs (blank-line separated), tokenized until enough tokens for the samples.
-    let mut docs = Vec::new();
-    let mut have = 0;
-    for f in &a.data {
-        let text = orlik_eval::read_text(f)?;
-        for p in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
-            let ids = tok.encode(p, false).map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
-            have += ids.len() + 1;
-            docs.push(ids.get_ids().to_vec());
-            if have >= a.samples * a.seq_len {
-                break;
-            }
-        }
-    }
+    let docs = tokenize_paragraphs(&tok, &a.data, a.samples * a.seq_len, false)?;
     let batches = calibration_batches(&docs, eos, a.samples, a.seq_len, a.batch)?;
     let opts = ScoreOptions { seq: a.seq_agg, batch: a.batch_agg, max_block: a.max_block, loo_batches: a.loo_batches };
     let pb = ProgressBar::new(batches.len() as u64);
@@ -246,23 +234,8 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
         bail!("no architecture within {:.1}% of {budget} parameters on multiples of {} along {}; widen --tolerance or --axes",
             100.0 * s.tolerance, s.multiple, s.axes);
     }
-    let tok = hf.tokenizer()?;
-    let mut paras: Vec<String> = Vec::new();
-    for f in &s.data {
-        let text = orlik_eval::read_text(f)?;
-        paras.extend(text.split("\n\n").filter(|p| !p.trim().is_empty()).map(String::from));
-    }
     // held out: the last paragraphs (scoring reads from the start)
-    let mut docs = Vec::new();
-    let mut have = 0;
-    for p in paras.iter().rev() {
-        let ids = tok.encode(p.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        have += ids.len() + 1;
-        docs.push(ids.get_ids().to_vec());
-        if have >= s.proxy_samples * s.seq_len {
-            break;
-        }
-    }
+    let docs = tokenize_paragraphs(&hf.tokenizer()?, &s.data, s.proxy_samples * s.seq_len, true)?;
     let batches: Vec<Vec<Vec<u32>>> = calibration_batches(&docs, cfg.eos_ids().first().copied(), s.proxy_samples, s.seq_len, 2)?
         .into_iter()
         .map(|b| b.0)
@@ -308,4 +281,28 @@ fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Paragraphs (blank-line separated) of `files`, tokenized without special tokens until about
+/// `need` tokens are collected; taken from the end of the text when `from_end` (held-out text).
+fn tokenize_paragraphs(tok: &tokenizers::Tokenizer, files: &[PathBuf], need: usize, from_end: bool) -> Result<Vec<Vec<u32>>> {
+    let mut paras: Vec<String> = Vec::new();
+    for f in files {
+        let text = orlik_eval::read_text(f)?;
+        paras.extend(text.split("\n\n").filter(|p| !p.trim().is_empty()).map(String::from));
+    }
+    if from_end {
+        paras.reverse();
+    }
+    let mut docs = Vec::new();
+    let mut have = 0;
+    for p in &paras {
+        let ids = tok.encode(p.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing calibration text: {e}"))?;
+        have += ids.len() + 1;
+        docs.push(ids.get_ids().to_vec());
+        if have >= need {
+            break;
+        }
+    }
+    Ok(docs)
 }
