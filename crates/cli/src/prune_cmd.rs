@@ -72,12 +72,14 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         num_hidden_layers: hf.config.num_hidden_layers,
     };
     let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
+    let _ = writeln!(report, "\n## Charts\n\n![depth](depth.png)\n![heads](heads.png)\n![mlp](mlp.png)\n![hidden](hidden.png)\n\n{}", orlik_score::charts::CAPTIONS);
     if let Some(kb) = peak_rss_kb() {
         let _ = writeln!(report, "\nPeak resident memory: {:.1} MB (weights held in memory: {:.1} MB).", kb as f64 / 1024.0,
             hf.checkpoint.bytes_on_disk() as f64 / 1e6);
     }
     write_dir_atomically::<anyhow::Error>(&a.output, a.force, |tmp| {
         scores.save(tmp, &meta)?;
+        orlik_score::charts::draw(&scores, tmp)?;
         std::fs::write(tmp.join("report.md"), &report)?;
         std::fs::write(tmp.join("orlik.json"), provenance())?;
         Ok(())

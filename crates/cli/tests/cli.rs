@@ -133,6 +133,11 @@ fn score_prune_and_reapply_plan() {
     for f in ["scores.safetensors", "scores.json", "report.md", "orlik.json"] {
         assert!(scores.join(f).exists(), "{f}");
     }
+    for f in ["depth.png", "heads.png", "mlp.png", "hidden.png"] {
+        let b = std::fs::read(scores.join(f)).unwrap();
+        assert_eq!(&b[..8], b"\x89PNG\r\n\x1a\n", "{f} is not a PNG");
+        assert!(report.contains(f), "report links {f}");
+    }
     let a = tmp.path().join("a");
     let out = ok(&["prune", &dir, "--scores", s, "--layers", "1", "--ffn", "24", "--heads", "2", "--kv-heads", "1",
         "-o", a.to_str().unwrap()]);

@@ -4,6 +4,7 @@
 //! Status (issue 3, partial): scores are computed in one in-memory pass over calibration batches
 //! (not yet streamed layer by layer), and no charts are drawn yet.
 
+pub mod charts;
 pub mod collect;
 
 use candle_core::{Device, Tensor};
