@@ -13,8 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "orlik", version, about = "Make language models smaller without making them dumber.",
-    long_about = "orlik prunes, distills and evaluates Hugging Face decoder-only language models \
-    (Llama, Mistral, Qwen2) on CPU. Models are HF directories (config.json + *.safetensors + \
+    long_about = "orlik scores, prunes and evaluates Hugging Face decoder-only language models \
+    (Llama, Mistral, Qwen2) on CPU; distillation and alignment are being built. Models are HF directories (config.json + *.safetensors + \
     tokenizer.json); GGUF files are imported with `orlik convert`.")]
 struct Cli {
     #[command(subcommand)]
@@ -78,7 +78,8 @@ enum Cmd {
     /// attention-head and hidden-channel importance, and depth metrics side by side (Block
     /// Influence, angular distance of contiguous blocks, leave-one-layer-out KL and loss).
     /// Writes scores.safetensors + scores.json (format version, model and data sha256, settings)
-    /// and report.md. (No charts yet; scoring keeps one batch of activations in memory.)
+    /// and report.md with PNG charts. The whole model is held in memory (no layer-by-layer
+    /// streaming yet), plus one batch of activations.
     Score {
         /// HF model directory.
         model: PathBuf,

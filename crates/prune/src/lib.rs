@@ -1,7 +1,7 @@
 //! Structured pruning (Minitron): prune plans and exact slicing of HF weights.
 //!
-//! Status: the plan format and slicing are complete and tested; importance scoring, plan search
-//! and the `orlik score` / `orlik prune` commands are not built yet (issue 3).
+//! Plans (plan.rs), plans from importance at exact dims (select.rs), the parameter-budget search
+//! (search.rs) and exact slicing (slice.rs).
 
 pub mod plan;
 pub mod search;

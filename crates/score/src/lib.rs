@@ -1,8 +1,8 @@
 //! Activation-based importance scoring (Minitron) for every pruning axis, and the versioned
 //! scores file the pruning stage reads.
 //!
-//! Status (issue 3, partial): scores are computed in one in-memory pass over calibration batches
-//! (not yet streamed layer by layer), and no charts are drawn yet.
+//! Status (issue 3, partial): scores are computed in one in-memory pass over calibration batches,
+//! not yet streamed layer by layer.
 
 pub mod charts;
 pub mod collect;
