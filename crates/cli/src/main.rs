@@ -78,8 +78,8 @@ enum Cmd {
     /// attention-head and hidden-channel importance, and depth metrics side by side (Block
     /// Influence, angular distance of contiguous blocks, leave-one-layer-out KL and loss).
     /// Writes scores.safetensors + scores.json (format version, model and data sha256, settings)
-    /// and report.md with PNG charts. The whole model is held in memory (no layer-by-layer
-    /// streaming yet), plus one batch of activations.
+    /// and report.md with PNG charts. Streams layer by layer: one layer's weights in memory at a
+    /// time plus the calibration activations (`--in-memory` loads the whole model: faster).
     Score {
         /// HF model directory.
         model: PathBuf,
@@ -106,6 +106,9 @@ enum Cmd {
         /// Batches also scored with each layer left out (one extra forward per layer each).
         #[arg(long, default_value_t = 2)]
         loo_batches: usize,
+        /// Load the whole model instead of streaming layer by layer (faster, more memory).
+        #[arg(long)]
+        in_memory: bool,
         /// Output directory (written atomically).
         #[arg(short, long)]
         output: PathBuf,
@@ -260,9 +263,9 @@ fn main() {
             commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
         Cmd::Bench { path, reps, json } => commands::bench(&path, reps, json),
-        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force } => {
+        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, in_memory, output, force } => {
             prune_cmd::score(prune_cmd::ScoreArgs {
-                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force,
+                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force, in_memory,
             })
         }
         Cmd::Prune {

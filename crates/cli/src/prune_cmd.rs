@@ -34,6 +34,7 @@ pub struct ScoreArgs {
     pub loo_batches: usize,
     pub output: PathBuf,
     pub force: bool,
+    pub in_memory: bool,
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
@@ -42,7 +43,6 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     }
     let hf = HfModel::open(&a.model)?;
     let tok = hf.tokenizer()?;
-    let model = hf.load(ModelOptions::default())?;
     let eos = hf.config.eos_ids().first().copied();
     // Paragraphs (blank-line separated), tokenized until enough tokens for the samples.
     let docs = tokenize_paragraphs(&tok, &a.data, a.samples * a.seq_len, false)?;
@@ -51,11 +51,17 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let pb = ProgressBar::new(batches.len() as u64);
     pb.set_style(ProgressStyle::with_template("{msg:16} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let t0 = std::time::Instant::now();
-    let scores = orlik_score::collect::collect(&model, &batches, &opts, |what, i, n| {
+    let show = |what: &str, i: usize, n: usize| {
         pb.set_message(what.to_string());
         pb.set_length(n as u64);
         pb.set_position(i as u64);
-    })?;
+    };
+    let scores = if a.in_memory {
+        let model = hf.load(ModelOptions::default())?;
+        orlik_score::collect::collect(&model, &batches, &opts, show)?
+    } else {
+        orlik_score::collect::collect_streaming(&hf, &batches, &opts, show)?
+    };
     pb.finish_and_clear();
     let files: Vec<&Path> = hf.checkpoint.files();
     let mut model_files = vec![hf.dir.join("config.json")];
@@ -74,8 +80,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
     let _ = writeln!(report, "\n## Charts\n\n![depth](depth.png)\n![heads](heads.png)\n![mlp](mlp.png)\n![hidden](hidden.png)\n\n{}", orlik_score::charts::CAPTIONS);
     if let Some(kb) = peak_rss_kb() {
-        let _ = writeln!(report, "\nPeak resident memory: {:.1} MB (weights held in memory: {:.1} MB).", kb as f64 / 1024.0,
-            hf.checkpoint.bytes_on_disk() as f64 / 1e6);
+        let _ = writeln!(report, "\nPeak resident memory: {:.1} MB ({}; checkpoint {:.1} MB).", kb as f64 / 1024.0,
+            if a.in_memory { "whole model in memory" } else { "layer by layer" }, hf.checkpoint.bytes_on_disk() as f64 / 1e6);
     }
     write_dir_atomically::<anyhow::Error>(&a.output, a.force, |tmp| {
         scores.save(tmp, &meta)?;

@@ -71,6 +71,12 @@ pub enum Tap {
     FinalNorm,
 }
 
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Ids(&'a Tensor),
+    Residual(&'a Tensor),
+}
+
 /// What a block needs to mask attention: either a precomputed additive mask (training path) or
 /// the description the fused masked softmax computes it from.
 struct Mask<'a> {
@@ -332,7 +338,7 @@ impl Model {
         positions: Option<&[Vec<u32>]>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor, ModelError> {
-        self.run(ids, key_valid, positions, cache, &[], None)
+        self.run(Input::Ids(ids), key_valid, positions, cache, &[], None)
     }
 
     /// Forward that reports intermediate activations to `tap(layer, what, tensor)` (importance
@@ -345,26 +351,39 @@ impl Model {
         skip: &[usize],
         tap: &mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>,
     ) -> Result<Tensor, ModelError> {
-        self.run(ids, key_valid, None, None, skip, Some(tap))
+        self.run(Input::Ids(ids), key_valid, None, None, skip, Some(tap))
+    }
+
+    /// Run every layer on a residual stream `x` (b, t, hidden) at positions 0..t and return the
+    /// residual stream after the last layer, without the final norm (layer-by-layer scoring).
+    pub fn forward_layers(
+        &self,
+        x: &Tensor,
+        key_valid: Option<&[Vec<bool>]>,
+        tap: &mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>,
+    ) -> Result<Tensor, ModelError> {
+        self.run(Input::Residual(x), key_valid, None, None, &[], Some(tap))
     }
 
     fn run(
         &self,
-        ids: &Tensor,
+        input: Input,
         key_valid: Option<&[Vec<bool>]>,
         positions: Option<&[Vec<u32>]>,
         mut cache: Option<&mut KvCache>,
         skip: &[usize],
         mut tap: Option<&mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>>,
     ) -> Result<Tensor, ModelError> {
-        let (b, t) = ids.dims2()?;
+        let (b, t) = match input {
+            Input::Ids(ids) => ids.dims2()?,
+            Input::Residual(x) => (x.dim(0)?, x.dim(1)?),
+        };
         let offset = cache.as_ref().map_or(0, |c| c.len);
         if let Some(kv) = key_valid {
             if kv.len() != b || kv.iter().any(|r| r.len() != offset + t) {
                 return Err(ModelError::Input(format!(
-                    "key mask must be ({b}, {}) for ids {:?} with {offset} cached positions",
-                    offset + t,
-                    ids.dims()
+                    "key mask must be ({b}, {}) for input ({b}, {t}) with {offset} cached positions",
+                    offset + t
                 )));
             }
         }
@@ -396,7 +415,10 @@ impl Model {
                 c.layers = vec![None; self.layers.len()];
             }
         }
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = match input {
+            Input::Ids(ids) => self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?,
+            Input::Residual(x) => x.clone(),
+        };
         for (li, layer) in self.layers.iter().enumerate() {
             if skip.contains(&li) {
                 continue;
@@ -409,6 +431,9 @@ impl Model {
         }
         if let Some(c) = cache {
             c.len += t;
+        }
+        if matches!(input, Input::Residual(_)) {
+            return Ok(x);
         }
         let out = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?;
         if let Some(f) = tap {

@@ -110,84 +110,241 @@ fn loss_and_kl(p: &Tensor, q: &Tensor, ids: &[Vec<u32>], valid: &[Vec<bool>]) ->
     Ok((loss, kls, n))
 }
 
-/// Run the calibration pass. `batches` are (ids, valid) with rows of equal length.
+/// Everything a calibration pass accumulates; shared by the in-memory and streaming passes.
+struct Accums {
+    nl: usize,
+    mlp: Vec<Vec<Acc>>,
+    heads: Vec<Vec<Acc>>,
+    hidden: Vec<Vec<Acc>>,
+    bi: Vec<f64>,
+    ang: Vec<Vec<f64>>, // ang[n][l]: sum over tokens
+    tokens: f64,
+    full_loss: f64,
+    loss_n: f64,
+    loo_loss: Vec<f64>,
+    loo_kl: Vec<f64>,
+    max_n: usize,
+}
+
+impl Accums {
+    fn new(cfg: &orlik_model::Config, opts: &ScoreOptions) -> Accums {
+        let nl = cfg.num_hidden_layers;
+        let max_n = opts.max_block.min(nl);
+        Accums {
+            nl,
+            mlp: vec![vec![Acc::default(); cfg.intermediate_size]; nl],
+            heads: vec![vec![Acc::default(); cfg.num_attention_heads]; nl],
+            hidden: vec![vec![Acc::default(); cfg.hidden_size]; 2 * nl + 1],
+            bi: vec![0.0; nl],
+            ang: vec![vec![0.0; nl]; max_n + 1],
+            tokens: 0.0,
+            full_loss: 0.0,
+            loss_n: 0.0,
+            loo_loss: vec![0.0; nl],
+            loo_kl: vec![0.0; nl],
+            max_n,
+        }
+    }
+
+    /// Width importance from one tapped activation of layer `l`.
+    fn record(&mut self, l: usize, what: Tap, a: &Tensor, valid: &[Vec<bool>], seq: Agg) -> candle_core::Result<()> {
+        match what {
+            Tap::MlpAct => push_rows(&mut self.mlp[l], a, valid, seq),
+            Tap::Heads => push_rows(&mut self.heads[l], &a.sqr()?.sum(D::Minus1)?.sqrt()?, valid, seq),
+            Tap::InputNorm => push_rows(&mut self.hidden[2 * l], a, valid, seq),
+            Tap::PostAttnNorm => push_rows(&mut self.hidden[2 * l + 1], a, valid, seq),
+            Tap::FinalNorm => push_rows(&mut self.hidden[2 * self.nl], a, valid, seq),
+            _ => Ok(()),
+        }
+    }
+
+    /// Depth metrics between boundary state `from` (input of layer `l`) and the state `n` layers on.
+    fn depth(&mut self, l: usize, n: usize, from: &Tensor, to: &Tensor, valid: &[Vec<bool>]) -> candle_core::Result<()> {
+        let c = cosine(from, to)?;
+        if n == 1 {
+            self.bi[l] += mean_valid(&c, valid, |x| 1.0 - x as f64).0;
+        }
+        self.ang[n][l] += mean_valid(&c, valid, |x| (x.clamp(-1.0, 1.0) as f64).acos() / std::f64::consts::PI).0;
+        Ok(())
+    }
+
+    fn finish(self, opts: &ScoreOptions) -> Scores {
+        let fin = |accs: &[Vec<Acc>]| -> Vec<Vec<f32>> { accs.iter().map(|r| r.iter().map(|a| a.get(opts.batch)).collect()).collect() };
+        let hid_parts = fin(&self.hidden);
+        let h = hid_parts.first().map_or(0, Vec::len);
+        let tokens = self.tokens.max(1.0);
+        let per_tok = |v: &[f64], n: f64| v.iter().map(|s| (s / n.max(1.0)) as f32).collect::<Vec<_>>();
+        Scores {
+            mlp: fin(&self.mlp),
+            heads: fin(&self.heads),
+            hidden: (0..h).map(|j| hid_parts.iter().map(|r| r[j]).sum()).collect(),
+            bi: per_tok(&self.bi, tokens),
+            angular: (1..=self.max_n).map(|n| per_tok(&self.ang[n][..=self.nl - n], tokens)).collect(),
+            loo_kl: per_tok(&self.loo_kl, self.loss_n),
+            loo_loss: per_tok(&self.loo_loss, self.loss_n),
+            full_loss: (self.full_loss / self.loss_n.max(1.0)) as f32,
+            tokens: tokens as usize,
+        }
+    }
+}
+
+fn ids_tensor(ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
+    let t = ids.first().map_or(0, Vec::len);
+    Tensor::from_vec(ids.iter().flatten().copied().collect::<Vec<u32>>(), (ids.len(), t), &Device::Cpu)
+}
+
+fn count_tokens(valid: &[Vec<bool>]) -> f64 {
+    valid.iter().flatten().filter(|&&v| v).count() as f64
+}
+
+/// Run the calibration pass with the whole model in memory. `batches` are (ids, valid) with rows
+/// of equal length.
 pub fn collect(
     model: &Model,
     batches: &[(Vec<Vec<u32>>, Vec<Vec<bool>>)],
     opts: &ScoreOptions,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
-    let cfg = model.config();
-    let (nl, ffn, nh, h) = (cfg.num_hidden_layers, cfg.intermediate_size, cfg.num_attention_heads, cfg.hidden_size);
-    let mut mlp = vec![vec![Acc::default(); ffn]; nl];
-    let mut heads = vec![vec![Acc::default(); nh]; nl];
-    let mut hidden = vec![vec![Acc::default(); h]; 2 * nl + 1];
-    let (mut bi_sum, mut bi_n) = (vec![0.0; nl], 0.0);
-    let max_n = opts.max_block.min(nl);
-    let mut ang = vec![vec![0.0f64; nl]; max_n + 1]; // ang[n][l]: sum over tokens
-    let (mut full_loss, mut loss_n) = (0.0, 0.0);
-    let mut loo_loss = vec![0.0; nl];
-    let mut loo_kl = vec![0.0; nl];
+    let mut acc = Accums::new(model.config(), opts);
+    let nl = acc.nl;
     for (bi, (ids, valid)) in batches.iter().enumerate() {
         progress("calibration", bi, batches.len());
-        let b = ids.len();
-        let t = ids.first().map_or(0, Vec::len);
-        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let x = Tensor::from_vec(flat, (b, t), &Device::Cpu)?;
+        let x = ids_tensor(ids)?;
         let mut states: Vec<Tensor> = Vec::with_capacity(nl + 1);
         let mut tap = |l: usize, what: Tap, a: &Tensor| -> candle_core::Result<()> {
             match what {
                 Tap::LayerInput => states.push(a.clone()),
                 Tap::LayerOutput if l + 1 == nl => states.push(a.clone()),
-                Tap::MlpAct => push_rows(&mut mlp[l], a, valid, opts.seq)?,
-                Tap::Heads => push_rows(&mut heads[l], &a.sqr()?.sum(D::Minus1)?.sqrt()?, valid, opts.seq)?,
-                Tap::InputNorm => push_rows(&mut hidden[2 * l], a, valid, opts.seq)?,
-                Tap::PostAttnNorm => push_rows(&mut hidden[2 * l + 1], a, valid, opts.seq)?,
-                Tap::FinalNorm => push_rows(&mut hidden[2 * nl], a, valid, opts.seq)?,
                 _ => {}
             }
-            Ok(())
+            acc.record(l, what, a, valid, opts.seq)
         };
         let fin = model.forward_tapped(&x, Some(valid), &[], &mut tap)?;
-        // depth: BI and angular distances from the layer-boundary states
-        for n in 1..=max_n {
+        for n in 1..=acc.max_n {
             for l in 0..=nl - n {
-                let c = cosine(&states[l], &states[l + n])?;
-                if n == 1 && l < nl {
-                    bi_sum[l] += mean_valid(&c, valid, |x| 1.0 - x as f64).0;
-                }
-                ang[n][l] += mean_valid(&c, valid, |x| (x.clamp(-1.0, 1.0) as f64).acos() / std::f64::consts::PI).0;
+                acc.depth(l, n, &states[l], &states[l + n], valid)?;
             }
         }
-        bi_n += mean_valid(&vec![vec![0.0; t]; b], valid, |_| 1.0).1;
+        acc.tokens += count_tokens(valid);
         drop(states);
         if bi < opts.loo_batches {
             let p = log_probs(model, &fin)?;
             let (l0, _, n0) = loss_and_kl(&p, &p, ids, valid)?;
-            full_loss += l0;
-            loss_n += n0;
+            acc.full_loss += l0;
+            acc.loss_n += n0;
             for l in 0..nl {
                 progress("leave-one-out", l, nl);
                 let q = log_probs(model, &model.forward_tapped(&x, Some(valid), &[l], &mut |_, _, _| Ok(()))?)?;
                 let (lq, kq, _) = loss_and_kl(&p, &q, ids, valid)?;
-                loo_loss[l] += lq;
-                loo_kl[l] += kq;
+                acc.loo_loss[l] += lq;
+                acc.loo_kl[l] += kq;
             }
         }
     }
-    let fin = |accs: &[Vec<Acc>]| -> Vec<Vec<f32>> { accs.iter().map(|r| r.iter().map(|a| a.get(opts.batch)).collect()).collect() };
-    let hid_parts = fin(&hidden);
-    let hidden_score: Vec<f32> = (0..h).map(|j| hid_parts.iter().map(|r| r[j]).sum()).collect();
-    let tokens = bi_n.max(1.0);
-    Ok(Scores {
-        mlp: fin(&mlp),
-        heads: fin(&heads),
-        hidden: hidden_score,
-        bi: bi_sum.iter().map(|s| (s / tokens) as f32).collect(),
-        angular: (1..=max_n).map(|n| ang[n][..=nl - n].iter().map(|s| (s / tokens) as f32).collect()).collect(),
-        loo_kl: loo_kl.iter().map(|s| (s / loss_n.max(1.0)) as f32).collect(),
-        loo_loss: loo_loss.iter().map(|s| (s / loss_n.max(1.0)) as f32).collect(),
-        full_loss: (full_loss / loss_n.max(1.0)) as f32,
-        tokens: tokens as usize,
-    })
+    Ok(acc.finish(opts))
+}
+
+/// Load layer `l` of `hf` alone, as a one-layer model (placeholder 1-token embedding, tied).
+fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreError> {
+    let cfg = &hf.config;
+    let mut c = cfg.clone();
+    c.num_hidden_layers = 1;
+    c.vocab_size = 1;
+    c.tie_word_embeddings = true;
+    c.head_dim = Some(cfg.head_dim());
+    c.layer_types = cfg.layer_types.as_ref().map(|lt| vec![lt[l].clone()]);
+    c.max_window_layers = cfg.max_window_layers.map(|m| usize::from(l < m));
+    let mut w = orlik_model::Weights::new();
+    let prefix = format!("model.layers.{l}.");
+    for t in hf.checkpoint.infos() {
+        if let Some(rest) = t.name.strip_prefix(&prefix) {
+            w.insert(format!("model.layers.0.{rest}"), hf.checkpoint.tensor(&t.name)?.to_dtype(DType::F32)?);
+        }
+    }
+    w.insert("model.embed_tokens.weight".into(), Tensor::zeros((1, cfg.hidden_size), DType::F32, &Device::Cpu)?);
+    w.insert("model.norm.weight".into(), hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?);
+    Ok(Model::new(&c, &w, orlik_model::ModelOptions::default())?)
+}
+
+/// The same pass, layer by layer: only one layer's weights are in memory at a time (plus the
+/// embedding or lm_head at the start and end), and the residual streams of all calibration
+/// batches. Leave-one-out re-runs the layers after the left-out one from its stored input.
+pub fn collect_streaming(
+    hf: &orlik_io::hfdir::HfModel,
+    batches: &[(Vec<Vec<u32>>, Vec<Vec<bool>>)],
+    opts: &ScoreOptions,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Scores, ScoreError> {
+    let cfg = &hf.config;
+    let mut acc = Accums::new(cfg, opts);
+    let nl = acc.nl;
+    let embed = hf.checkpoint.tensor("model.embed_tokens.weight")?.to_dtype(DType::F32)?;
+    let mut xs: Vec<Tensor> = Vec::with_capacity(batches.len());
+    for (ids, _) in batches {
+        let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
+        xs.push(embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?);
+    }
+    drop(embed);
+    let nloo = opts.loo_batches.min(batches.len());
+    let mut ring: Vec<std::collections::VecDeque<Tensor>> = vec![Default::default(); batches.len()];
+    let mut loo_inputs: Vec<Vec<Tensor>> = vec![Vec::new(); nloo]; // [batch][layer]
+    for l in 0..nl {
+        progress("layers", l, nl);
+        let m = layer_model(hf, l)?;
+        for (bi, (_, valid)) in batches.iter().enumerate() {
+            if bi < nloo {
+                loo_inputs[bi].push(xs[bi].clone());
+            }
+            ring[bi].push_back(xs[bi].clone());
+            let out = m.forward_layers(&xs[bi], Some(valid), &mut |_, what, a| acc.record(l, what, a, valid, opts.seq))?;
+            // depth: blocks of n layers ending after layer l
+            for n in 1..=acc.max_n.min(ring[bi].len()) {
+                let from = &ring[bi][ring[bi].len() - n];
+                acc.depth(l + 1 - n, n, from, &out, valid)?;
+            }
+            while ring[bi].len() >= acc.max_n.max(1) {
+                ring[bi].pop_front();
+            }
+            xs[bi] = out;
+        }
+    }
+    drop(ring);
+    // final norm and lm_head (the embedding when tied)
+    let norm = hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?;
+    let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head = hf.checkpoint.tensor(head_name)?.to_dtype(DType::F32)?;
+    let logp = |x: &Tensor| -> Result<Tensor, ScoreError> {
+        let h = ops::rms_norm(x, &norm, cfg.rms_norm_eps, false)?;
+        let (b, t, d) = h.dims3()?;
+        let logits = h.reshape((b * t, d))?.matmul(&head.t()?)?.reshape((b, t, head.dim(0)?))?;
+        Ok(ops::log_softmax_last(&logits)?)
+    };
+    for (bi, (_, valid)) in batches.iter().enumerate() {
+        let h = ops::rms_norm(&xs[bi], &norm, cfg.rms_norm_eps, false)?;
+        acc.record(nl, Tap::FinalNorm, &h, valid, opts.seq)?;
+        acc.tokens += count_tokens(valid);
+    }
+    let fulls: Vec<Tensor> = (0..nloo).map(|bi| logp(&xs[bi])).collect::<Result<_, _>>()?;
+    for (bi, p) in fulls.iter().enumerate() {
+        let (l0, _, n0) = loss_and_kl(p, p, &batches[bi].0, &batches[bi].1)?;
+        acc.full_loss += l0;
+        acc.loss_n += n0;
+    }
+    let loo_layers = if nloo > 0 { nl } else { 0 };
+    for l in 0..loo_layers {
+        progress("leave-one-out", l, nl);
+        let mut ys: Vec<Tensor> = (0..nloo).map(|bi| loo_inputs[bi][l].clone()).collect();
+        for j in l + 1..nl {
+            let m = layer_model(hf, j)?;
+            for (bi, y) in ys.iter_mut().enumerate() {
+                *y = m.forward_layers(y, Some(&batches[bi].1), &mut |_, _, _| Ok(()))?;
+            }
+        }
+        for (bi, y) in ys.iter().enumerate() {
+            let (lq, kq, _) = loss_and_kl(&fulls[bi], &logp(y)?, &batches[bi].0, &batches[bi].1)?;
+            acc.loo_loss[l] += lq;
+            acc.loo_kl[l] += kq;
+        }
+    }
+    Ok(acc.finish(opts))
 }

@@ -71,3 +71,36 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
     let (back, _) = Scores::load(d.path()).unwrap();
     assert_eq!(back, s);
 }
+
+#[test]
+fn layer_by_layer_streaming_equals_in_memory_scoring() {
+    for name in ["llama", "qwen2", "mistral"] {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+        let hf = orlik_io::hfdir::HfModel::open(&dir).unwrap();
+        let m = hf.load(ModelOptions::default()).unwrap();
+        let docs: Vec<Vec<u32>> = (0..8).map(|d| (0..30).map(|i| ((i * 5 + d * 11) % 64) as u32).collect()).collect();
+        let batches = calibration_batches(&docs, Some(2), 6, 16, 2).unwrap();
+        let opts = ScoreOptions { max_block: 2, ..ScoreOptions::default() };
+        let a = collect(&m, &batches, &opts, |_, _, _| {}).unwrap();
+        let b = crate::collect::collect_streaming(&hf, &batches, &opts, |_, _, _| {}).unwrap();
+        let close = |x: &[f32], y: &[f32], what: &str| {
+            assert_eq!(x.len(), y.len(), "{name} {what}");
+            for (p, q) in x.iter().zip(y) {
+                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{name} {what}: {x:?} vs {y:?}");
+            }
+        };
+        for l in 0..a.mlp.len() {
+            close(&a.mlp[l], &b.mlp[l], "mlp");
+            close(&a.heads[l], &b.heads[l], "heads");
+        }
+        close(&a.hidden, &b.hidden, "hidden");
+        close(&a.bi, &b.bi, "bi");
+        for n in 0..a.angular.len() {
+            close(&a.angular[n], &b.angular[n], "angular");
+        }
+        close(&a.loo_kl, &b.loo_kl, "loo_kl");
+        close(&a.loo_loss, &b.loo_loss, "loo_loss");
+        assert!((a.full_loss - b.full_loss).abs() < 1e-4);
+        assert_eq!(a.tokens, b.tokens);
+    }
+}
