@@ -63,12 +63,9 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         orlik_score::collect::collect_streaming(&hf, &batches, &opts, show)?
     };
     pb.finish_and_clear();
-    let files: Vec<&Path> = hf.checkpoint.files();
-    let mut model_files = vec![hf.dir.join("config.json")];
-    model_files.extend(files.iter().map(|p| p.to_path_buf()));
     let meta = ScoreMeta {
         format_version: orlik_score::FORMAT_VERSION,
-        model_sha256: sha256_files(&model_files.iter().map(PathBuf::as_path).collect::<Vec<_>>())?,
+        model_sha256: model_sha256(&hf)?,
         data_sha256: sha256_files(&a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>())?,
         settings: opts,
         samples: batches.iter().map(|b| b.0.len()).sum(),
@@ -167,6 +164,11 @@ pub fn prune(a: PruneArgs) -> Result<()> {
                 let (s, meta) = Scores::load(dir)?;
                 if meta.num_hidden_layers != cfg.num_hidden_layers || s.mlp.first().map(Vec::len) != Some(cfg.intermediate_size) {
                     bail!("{}: scores are for another model ({} layers)", dir.display(), meta.num_hidden_layers);
+                }
+                let here = model_sha256(&hf)?;
+                if meta.model_sha256 != here {
+                    bail!("{}: scores were computed on another checkpoint (model sha256 {} vs {})", dir.display(),
+                        &meta.model_sha256[..12.min(meta.model_sha256.len())], &here[..12]);
                 }
                 Importance::from_scores(&s, a.depth)
             }
@@ -313,4 +315,11 @@ fn tokenize_paragraphs(tok: &tokenizers::Tokenizer, files: &[PathBuf], need: usi
         }
     }
     Ok(docs)
+}
+
+/// sha256 over config.json and the safetensors files: what scores are tied to.
+fn model_sha256(hf: &HfModel) -> Result<String> {
+    let mut files = vec![hf.dir.join("config.json")];
+    files.extend(hf.checkpoint.files().iter().map(|p| p.to_path_buf()));
+    sha256_files(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>())
 }

@@ -158,6 +158,14 @@ fn score_prune_and_reapply_plan() {
     fails(&["prune", &dir, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()], &["--scores"]);
     fails(&["prune", &dir, "--scores", s, "--ffn", "999", "-o", tmp.path().join("c").to_str().unwrap()], &["--ffn 999"]);
     fails(&["prune", &dir, "--scores", s, "--hidden", "30", "-o", tmp.path().join("c").to_str().unwrap()], &["not a multiple"]);
+    fails(&["prune", &dir, "--scores", s, "--layers", "5", "-o", tmp.path().join("c").to_str().unwrap()], &["--layers 5"]);
+    fails(&["prune", &dir, "--scores", "/no/scores", "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()], &["/no/scores"]);
+    // scores of another checkpoint (same shapes, weights stored in f16) are refused
+    let other = tmp.path().join("other");
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", other.to_str().unwrap(), "--dtype", "f16"]);
+    fails(&["prune", other.to_str().unwrap(), "--scores", s, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()],
+        &["another checkpoint"]);
     assert!(!tmp.path().join("c").exists());
 }
 

@@ -210,3 +210,36 @@ fn build_plans_from_importance_at_exact_dims() {
     let e = build(&cfg, &imp, &Target { ffn: Some(99), ..Default::default() }, DepthMethod::Bi).unwrap_err();
     assert!(e.to_string().contains("--ffn 99"), "{e}");
 }
+
+#[test]
+fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
+    let cases = [
+        // SmolLM2-like 9 query heads over 3 KV groups: keep two heads per group
+        (r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":18,
+            "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":9,"num_key_value_heads":3,
+            "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0,"tie_word_embeddings":true}"#,
+         vec![0, 1, 3, 4, 6, 7], vec![0, 1, 2]),
+        // MQA: one KV head shared by 4 query heads
+        (r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":13,"hidden_size":8,
+            "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":1,
+            "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
+         vec![0, 2], vec![0]),
+    ];
+    for (json, heads, kv) in cases {
+        let cfg = Config::from_json_str(json, "t").unwrap();
+        let w = random_weights(&cfg, 8, 0.3).unwrap();
+        let hd = cfg.head_dim();
+        let mut plan = Plan::identity(&cfg);
+        plan.heads = vec![heads.clone(); 2];
+        plan.kv_heads = vec![kv.clone(); 2];
+        let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
+        assert_eq!(c2.num_attention_heads, heads.len());
+        let mut masked = w.clone();
+        let drop: Vec<usize> =
+            (0..cfg.num_attention_heads).filter(|h| !heads.contains(h)).flat_map(|h| h * hd..(h + 1) * hd).collect();
+        for l in 0..2 {
+            zero_cols(&mut masked, &format!("model.layers.{l}.self_attn.o_proj.weight"), &drop);
+        }
+        assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5, "{}", cfg.num_attention_heads);
+    }
+}
