@@ -181,6 +181,9 @@ enum Cmd {
         /// Window length for the proxy.
         #[arg(long, default_value_t = 128)]
         seq_len: usize,
+        /// Largest safetensors shard of the output.
+        #[arg(long, default_value = "2GB")]
+        max_shard_size: String,
         #[arg(short, long)]
         output: PathBuf,
         #[arg(long)]
@@ -270,7 +273,7 @@ fn main() {
         }
         Cmd::Prune {
             model, scores, plan, layers, hidden, heads, kv_heads, ffn, depth_method, importance, seed, params, data,
-            multiple, tolerance, axes, candidates, export_candidates, proxy_samples, seq_len, output, force,
+            multiple, tolerance, axes, candidates, export_candidates, proxy_samples, seq_len, max_shard_size, output, force,
         } => {
             let search = params.map(|params| prune_cmd::Search {
                 params, data, multiple, tolerance, axes, candidates, export: export_candidates, proxy_samples, seq_len,
@@ -281,7 +284,11 @@ fn main() {
                 _ => orlik_prune::select::DepthMethod::Bi,
             };
             let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
-            prune_cmd::prune(prune_cmd::PruneArgs { search, model, scores, plan, target, depth, importance, seed, output, force })
+            commands::parse_size(&max_shard_size).and_then(|max_shard_bytes| {
+                prune_cmd::prune(prune_cmd::PruneArgs {
+                    search, model, scores, plan, target, depth, importance, seed, output, force, max_shard_bytes,
+                })
+            })
         }
     };
     if let Err(e) = r {

@@ -4,7 +4,7 @@ use crate::commands::provenance;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use orlik_io::atomic::write_dir_atomically;
-use orlik_io::hfdir::{save_pretrained, side_files, HfModel, SaveOptions};
+use orlik_io::hfdir::{save_pretrained_with, side_files, HfModel, SaveOptions};
 use orlik_model::ModelOptions;
 use orlik_prune::select::{build, DepthMethod, Importance, Target};
 use orlik_prune::Plan;
@@ -144,6 +144,7 @@ pub struct PruneArgs {
     pub seed: u64,
     pub output: PathBuf,
     pub force: bool,
+    pub max_shard_bytes: u64,
 }
 
 pub fn prune(a: PruneArgs) -> Result<()> {
@@ -152,7 +153,10 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     }
     let hf = HfModel::open(&a.model)?;
     let cfg = &hf.config;
-    let weights = hf.checkpoint.load_all(candle_core::DType::F32)?;
+    // Whole weights in memory only where a choice needs them (magnitude importance, the budget
+    // search); the final slicing streams tensor by tensor from the mmap'd checkpoint.
+    let needs_weights = a.plan.is_none() && (a.importance == "magnitude" || a.search.is_some());
+    let weights = if needs_weights { hf.checkpoint.load_all(candle_core::DType::F32)? } else { orlik_model::Weights::new() };
     let mut extra: Vec<(String, Vec<u8>)> = Vec::new();
     let plan = if let Some(p) = &a.plan {
         let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
@@ -185,17 +189,30 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             None => build(cfg, &imp, &a.target, a.depth)?,
         }
     };
-    let (pcfg, pw) = orlik_prune::apply(cfg, &weights, &plan)?;
-    let mut tensors: Vec<(String, candle_core::Tensor)> = pw.into_iter().collect();
-    tensors.sort_by(|x, y| orlik_io::convert::layer_order(&x.0).cmp(&orlik_io::convert::layer_order(&y.0)));
+    drop(weights);
+    let pcfg = plan.pruned_config(cfg);
+    let specs = orlik_prune::slice::slices(cfg, &plan)?;
     let dtype = hf.stored_dtypes().first().copied().unwrap_or(candle_core::DType::F32);
     let mut files = side_files(&a.model)?;
     files.retain(|(n, _)| n != "orlik.json");
     files.push(("prune_plan.json".into(), plan.to_json().into_bytes()));
     files.push(("orlik.json".into(), provenance()));
     files.extend(extra);
-    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: a.force };
-    save_pretrained(&a.output, &pcfg, &tensors, &files, &opts)?;
+    let opts = SaveOptions { dtype, max_shard_bytes: a.max_shard_bytes, overwrite: a.force };
+    let shapes: Vec<(String, Vec<usize>)> = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
+    let pb = ProgressBar::new(specs.len() as u64);
+    let mut produce = |name: &str| -> Result<candle_core::Tensor, orlik_io::IoError> {
+        pb.inc(1);
+        let s = specs.iter().find(|s| s.name == name).ok_or_else(|| orlik_io::IoError::Tensor {
+            path: a.output.clone(),
+            name: name.into(),
+            msg: "not in the plan".into(),
+        })?;
+        let t = hf.checkpoint.tensor(&s.src)?;
+        orlik_prune::slice::cut(&t, s).map_err(|e| orlik_io::IoError::Tensor { path: a.model.clone(), name: s.src.clone(), msg: e.to_string() })
+    };
+    save_pretrained_with(&a.output, &pcfg, &shapes, &mut produce, &files, &opts)?;
+    pb.finish_and_clear();
     let count = |c: &orlik_model::Config| c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>();
     let (before, after) = (count(cfg), count(&pcfg));
     println!(

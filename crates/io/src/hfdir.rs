@@ -3,7 +3,7 @@
 //! weight is touched.
 
 use crate::atomic::write_dir_atomically;
-use crate::safetensors::{write_shards, Checkpoint};
+use crate::safetensors::{write_shards_with, Checkpoint, Spec};
 use crate::{io_err, IoError};
 use candle_core::{DType, Tensor};
 use orlik_model::{llama::validate_shapes, Config, Model, ModelOptions};
@@ -108,7 +108,29 @@ pub fn save_pretrained(
     files: &[(String, Vec<u8>)],
     opts: &SaveOptions,
 ) -> Result<(), IoError> {
-    validate_shapes(config, tensors.iter().map(|(n, t)| (n.as_str(), t.dims())))
+    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut produce = |name: &str| {
+        by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| IoError::Tensor {
+            path: target.into(),
+            name: name.into(),
+            msg: "no such tensor".into(),
+        })
+    };
+    save_pretrained_with(target, config, &specs, &mut produce, files, opts)
+}
+
+/// [`save_pretrained`] from tensor specs and a producer called once per tensor, in order, so a
+/// large checkpoint is written while holding one tensor at a time.
+pub fn save_pretrained_with(
+    target: &Path,
+    config: &Config,
+    specs: &[Spec],
+    produce: &mut dyn FnMut(&str) -> Result<Tensor, IoError>,
+    files: &[(String, Vec<u8>)],
+    opts: &SaveOptions,
+) -> Result<(), IoError> {
+    validate_shapes(config, specs.iter().map(|(n, s)| (n.as_str(), s.as_slice())))
         .map_err(|source| IoError::Model { path: target.into(), source })?;
     let mut cfg = config.clone();
     cfg.extra.remove("dtype");
@@ -129,7 +151,7 @@ pub fn save_pretrained(
         for (name, bytes) in files {
             w(name, bytes)?;
         }
-        write_shards(tmp, tensors, opts.dtype, opts.max_shard_bytes)?;
+        write_shards_with(tmp, specs, opts.dtype, opts.max_shard_bytes, produce)?;
         Ok(())
     })
 }

@@ -257,17 +257,27 @@ pub fn tensor_bytes(t: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
     })
 }
 
-/// Write one safetensors file; returns the data bytes written.
-pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
-    let size = |t: &Tensor| (t.elem_count() * dtype.size_in_bytes()) as u64;
+/// A tensor to be written: its name and shape; the data comes from a producer when its turn
+/// comes, so a checkpoint can be written while holding one tensor at a time.
+pub type Spec = (String, Vec<usize>);
+
+/// Write one safetensors file from specs, asking `produce(name)` for each tensor in order;
+/// returns the data bytes written.
+pub fn write_file_with(
+    path: &Path,
+    specs: &[&Spec],
+    dtype: DType,
+    produce: &mut dyn FnMut(&str) -> Result<Tensor, IoError>,
+) -> Result<u64, IoError> {
+    let size = |shape: &[usize]| (shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64;
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut off = 0u64;
-    for (name, t) in tensors {
-        let s = size(t);
+    for (name, shape) in specs {
+        let s = size(shape);
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": dtype_name(dtype), "shape": t.dims(), "data_offsets": [off, off + s]}),
+            serde_json::json!({"dtype": dtype_name(dtype), "shape": shape, "data_offsets": [off, off + s]}),
         );
         off += s;
     }
@@ -277,36 +287,74 @@ pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> R
     }
     let f = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
-    let mut write = |b: &[u8]| w.write_all(b).map_err(io_err(path));
-    write(&(h.len() as u64).to_le_bytes())?;
-    write(&h)?;
-    for (name, t) in tensors {
-        let b = tensor_bytes(t, dtype).map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
-        write(&b)?;
+    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io_err(path))?;
+    w.write_all(&h).map_err(io_err(path))?;
+    for (name, shape) in specs {
+        let t = produce(name)?;
+        if t.dims() != shape.as_slice() {
+            return Err(IoError::Tensor {
+                path: path.into(),
+                name: name.clone(),
+                msg: format!("expected shape {shape:?}, produced {:?}", t.dims()),
+            });
+        }
+        let b = tensor_bytes(&t, dtype).map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
+        w.write_all(&b).map_err(io_err(path))?;
     }
     w.flush().map_err(io_err(path))?;
     Ok(off)
 }
 
+/// Write one safetensors file from tensors in memory; returns the data bytes written.
+pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
+    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+    let refs: Vec<&Spec> = specs.iter().collect();
+    let mut produce = |name: &str| {
+        tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).ok_or_else(|| IoError::Tensor {
+            path: path.into(),
+            name: name.into(),
+            msg: "no such tensor".into(),
+        })
+    };
+    write_file_with(path, &refs, dtype, &mut produce)
+}
+
 /// Write `tensors` as safetensors into `dir`: `model.safetensors` when they fit in one shard of
 /// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` plus the index. Returns file names.
-pub fn write_shards(
+pub fn write_shards(dir: &Path, tensors: &[(String, Tensor)], dtype: DType, max_shard_bytes: u64) -> Result<Vec<String>, IoError> {
+    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
+    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut produce = |name: &str| {
+        by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| IoError::Tensor {
+            path: dir.into(),
+            name: name.into(),
+            msg: "no such tensor".into(),
+        })
+    };
+    write_shards_with(dir, &specs, dtype, max_shard_bytes, &mut produce)
+}
+
+/// Sharded writing from specs and a producer (see [`write_file_with`]).
+pub fn write_shards_with(
     dir: &Path,
-    tensors: &[(String, Tensor)],
+    specs: &[Spec],
     dtype: DType,
     max_shard_bytes: u64,
+    produce: &mut dyn FnMut(&str) -> Result<Tensor, IoError>,
 ) -> Result<Vec<String>, IoError> {
-    let size = |t: &Tensor| (t.elem_count() * dtype.size_in_bytes()) as u64;
-    let mut shards: Vec<Vec<&(String, Tensor)>> = vec![vec![]];
+    let size = |shape: &[usize]| (shape.iter().product::<usize>() * dtype.size_in_bytes()) as u64;
+    let mut shards: Vec<Vec<&Spec>> = vec![vec![]];
     let mut cur = 0u64;
-    for t in tensors {
+    for t in specs {
         let s = size(&t.1);
         if cur > 0 && cur + s > max_shard_bytes {
             shards.push(vec![]);
             cur = 0;
         }
         cur += s;
-        shards.last_mut().map(|v| v.push(t));
+        if let Some(v) = shards.last_mut() {
+            v.push(t);
+        }
     }
     let n = shards.len();
     let mut names = Vec::new();
@@ -314,11 +362,10 @@ pub fn write_shards(
     let mut total = 0u64;
     for (i, shard) in shards.iter().enumerate() {
         let fname = if n == 1 { SINGLE_NAME.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
-        let path = dir.join(&fname);
         for (name, _) in shard.iter() {
             weight_map.insert(name.clone(), Value::String(fname.clone()));
         }
-        total += write_file(&path, shard, dtype)?;
+        total += write_file_with(&dir.join(&fname), shard, dtype, produce)?;
         names.push(fname);
     }
     if n > 1 {

@@ -29,44 +29,67 @@ fn select(t: &Tensor, rows: Option<&Tensor>, cols: Option<&Tensor>) -> Result<Te
     Ok(t.contiguous()?)
 }
 
+/// Where one tensor of the pruned model comes from: source tensor and kept rows / columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub src: String,
+    pub rows: Option<Vec<usize>>,
+    pub cols: Option<Vec<usize>>,
+}
+
+/// Every tensor of the pruned model (HF order) with its source and indices.
+pub fn slices(cfg: &Config, plan: &Plan) -> Result<Vec<SliceSpec>, PruneError> {
+    plan.validate(cfg)?;
+    let pcfg = plan.pruned_config(cfg);
+    let hd = cfg.head_dim();
+    let hidden = Some(plan.hidden.clone());
+    let mut out = Vec::new();
+    for (name, shape) in pcfg.expected_tensors() {
+        let (src, rows, cols) = if let Some(rest) = name.strip_prefix("model.layers.") {
+            let (new, leaf) = rest.split_once('.').ok_or_else(|| PruneError::Missing(name.clone()))?;
+            let i: usize = new.parse().map_err(|_| PruneError::Missing(name.clone()))?;
+            let q = Some(head_rows(&plan.heads[i], hd));
+            let kv = Some(head_rows(&plan.kv_heads[i], hd));
+            let n = Some(plan.mlp[i].clone());
+            let (rows, cols) = match leaf {
+                "input_layernorm.weight" | "post_attention_layernorm.weight" => (hidden.clone(), None),
+                "self_attn.q_proj.weight" => (q, hidden.clone()),
+                "self_attn.q_proj.bias" => (q, None),
+                "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => (kv, hidden.clone()),
+                "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => (kv, None),
+                "self_attn.o_proj.weight" => (hidden.clone(), q),
+                "self_attn.o_proj.bias" | "mlp.down_proj.bias" => (hidden.clone(), None),
+                "mlp.gate_proj.weight" | "mlp.up_proj.weight" => (n, hidden.clone()),
+                "mlp.gate_proj.bias" | "mlp.up_proj.bias" => (n, None),
+                "mlp.down_proj.weight" => (hidden.clone(), n),
+                _ => return Err(PruneError::Missing(name.clone())),
+            };
+            (format!("model.layers.{}.{leaf}", plan.layers[i]), rows, cols)
+        } else if name == "model.norm.weight" {
+            (name.clone(), hidden.clone(), None)
+        } else {
+            (name.clone(), None, hidden.clone()) // embeddings, lm_head
+        };
+        out.push(SliceSpec { name, shape, src, rows, cols });
+    }
+    Ok(out)
+}
+
+/// Cut one tensor as `spec` says.
+pub fn cut(t: &Tensor, spec: &SliceSpec) -> Result<Tensor, PruneError> {
+    let r = spec.rows.as_deref().map(idx).transpose()?;
+    let c = spec.cols.as_deref().map(idx).transpose()?;
+    select(t, r.as_ref(), c.as_ref())
+}
+
 /// Prune `weights` (source model `cfg`) with `plan`. Returns the pruned config and weights.
 pub fn apply(cfg: &Config, weights: &Weights, plan: &Plan) -> Result<(Config, Weights), PruneError> {
-    plan.validate(cfg)?;
-    let get = |name: &str| weights.get(name).ok_or_else(|| PruneError::Missing(name.to_string()));
-    let hd = cfg.head_dim();
-    let hidden = idx(&plan.hidden)?;
-    let h = Some(&hidden);
     let mut out = Weights::new();
-    out.insert("model.embed_tokens.weight".into(), select(get("model.embed_tokens.weight")?, None, h)?);
-    out.insert("model.norm.weight".into(), select(get("model.norm.weight")?, h, None)?);
-    if !cfg.tie_word_embeddings {
-        out.insert("lm_head.weight".into(), select(get("lm_head.weight")?, None, h)?);
-    }
-    for (new, &src) in plan.layers.iter().enumerate() {
-        let (p, q) = (format!("model.layers.{src}"), format!("model.layers.{new}"));
-        let neurons = idx(&plan.mlp[new])?;
-        let qrows = idx(&head_rows(&plan.heads[new], hd))?;
-        let kvrows = idx(&head_rows(&plan.kv_heads[new], hd))?;
-        // (suffix, rows, cols) for each weight; biases follow their weight's rows.
-        let parts: [(&str, Option<&Tensor>, Option<&Tensor>); 9] = [
-            ("input_layernorm", h, None),
-            ("post_attention_layernorm", h, None),
-            ("self_attn.q_proj", Some(&qrows), h),
-            ("self_attn.k_proj", Some(&kvrows), h),
-            ("self_attn.v_proj", Some(&kvrows), h),
-            ("self_attn.o_proj", h, Some(&qrows)),
-            ("mlp.gate_proj", Some(&neurons), h),
-            ("mlp.up_proj", Some(&neurons), h),
-            ("mlp.down_proj", h, Some(&neurons)),
-        ];
-        for (leaf, rows, cols) in parts {
-            let w = format!("{p}.{leaf}.weight");
-            out.insert(format!("{q}.{leaf}.weight"), select(get(&w)?, rows, cols)?);
-            let b = format!("{p}.{leaf}.bias");
-            if let Some(bias) = weights.get(&b) {
-                out.insert(format!("{q}.{leaf}.bias"), select(bias, rows, None)?);
-            }
-        }
+    for s in slices(cfg, plan)? {
+        let t = weights.get(&s.src).ok_or_else(|| PruneError::Missing(s.src.clone()))?;
+        out.insert(s.name.clone(), cut(t, &s)?);
     }
     Ok((plan.pruned_config(cfg), out))
 }
