@@ -209,7 +209,10 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             msg: "not in the plan".into(),
         })?;
         let t = hf.checkpoint.tensor(&s.src)?;
-        orlik_prune::slice::cut(&t, s).map_err(|e| orlik_io::IoError::Tensor { path: a.model.clone(), name: s.src.clone(), msg: e.to_string() })
+        let out = orlik_prune::slice::cut(&t, s)
+            .map_err(|e| orlik_io::IoError::Tensor { path: a.model.clone(), name: s.src.clone(), msg: e.to_string() });
+        hf.checkpoint.release(&s.src);
+        out
     };
     save_pretrained_with(&a.output, &pcfg, &shapes, &mut produce, &files, &opts)?;
     pb.finish_and_clear();

@@ -231,6 +231,24 @@ impl Checkpoint {
             .map_err(|source| IoError::Candle { context: format!("{}: tensor {name}", path.display()), source })
     }
 
+    /// Drop the pages of a tensor already read from this process's memory (they stay in the page
+    /// cache and come back on the next access), so streaming through a checkpoint larger than
+    /// RAM keeps the resident set small.
+    pub fn release(&self, name: &str) {
+        if let Some(t) = self.tensors.get(name) {
+            let (_, m) = &self.files[t.file];
+            let page = 4096;
+            let start = t.start / page * page;
+            let end = t.end.div_ceil(page) * page;
+            let end = end.min(m.len());
+            if end > start {
+                // SAFETY: read-only file mapping; MADV_DONTNEED only discards our page-table
+                // entries, later reads fault the same file contents back in.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+    }
+
     /// Every tensor, converted to `dtype`.
     pub fn load_all(&self, dtype: DType) -> Result<orlik_model::Weights, IoError> {
         let mut w = orlik_model::Weights::new();

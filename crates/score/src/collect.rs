@@ -259,6 +259,7 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
     for t in hf.checkpoint.infos() {
         if let Some(rest) = t.name.strip_prefix(&prefix) {
             w.insert(format!("model.layers.0.{rest}"), hf.checkpoint.tensor(&t.name)?.to_dtype(DType::F32)?);
+            hf.checkpoint.release(&t.name);
         }
     }
     w.insert("model.embed_tokens.weight".into(), Tensor::zeros((1, cfg.hidden_size), DType::F32, &Device::Cpu)?);
