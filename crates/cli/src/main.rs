@@ -106,9 +106,13 @@ enum Cmd {
         /// Batches also scored with each layer left out (one extra forward per layer each).
         #[arg(long, default_value_t = 2)]
         loo_batches: usize,
-        /// Load the whole model instead of streaming layer by layer (faster, more memory).
+        /// Load the whole model instead of streaming layer by layer (more memory).
         #[arg(long)]
         in_memory: bool,
+        /// Also time a plain forward and the scoring pass (without leave-one-out) on the same
+        /// batches and report the ratio.
+        #[arg(long)]
+        measure_cost: bool,
         /// Output directory (written atomically).
         #[arg(short, long)]
         output: PathBuf,
@@ -266,9 +270,9 @@ fn main() {
             commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
         Cmd::Bench { path, reps, json } => commands::bench(&path, reps, json),
-        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, in_memory, output, force } => {
+        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, in_memory, measure_cost, output, force } => {
             prune_cmd::score(prune_cmd::ScoreArgs {
-                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force, in_memory,
+                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force, in_memory, measure_cost,
             })
         }
         Cmd::Prune {

@@ -35,6 +35,7 @@ pub struct ScoreArgs {
     pub output: PathBuf,
     pub force: bool,
     pub in_memory: bool,
+    pub measure_cost: bool,
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
@@ -75,6 +76,23 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         num_hidden_layers: hf.config.num_hidden_layers,
     };
     let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
+    if a.measure_cost {
+        // Same batches, measured side by side: a plain forward vs the scoring pass without
+        // leave-one-out (which by definition costs one forward per layer).
+        let model = hf.load(ModelOptions::default())?;
+        let plain = std::time::Instant::now();
+        for (ids, valid) in &batches {
+            let t = ids.first().map_or(0, Vec::len);
+            let x = candle_core::Tensor::from_vec(ids.iter().flatten().copied().collect::<Vec<u32>>(), (ids.len(), t), &candle_core::Device::Cpu)?;
+            model.forward_hidden(&x, Some(valid), None, None)?; // without lm_head: the strict comparison
+        }
+        let plain = plain.elapsed().as_secs_f64();
+        let no_loo = ScoreOptions { loo_batches: 0, ..meta.settings.clone() };
+        let sc = std::time::Instant::now();
+        orlik_score::collect::collect(&model, &batches, &no_loo, |_, _, _| {})?;
+        let sc = sc.elapsed().as_secs_f64();
+        let _ = writeln!(report, "\nCost: plain forward to the final hidden state {plain:.2} s, scoring pass without leave-one-out {sc:.2} s, ratio {:.2}.", sc / plain);
+    }
     let _ = writeln!(report, "\n## Charts\n\n![depth](depth.png)\n![heads](heads.png)\n![mlp](mlp.png)\n![hidden](hidden.png)\n\n{}", orlik_score::charts::CAPTIONS);
     if let Some(kb) = peak_rss_kb() {
         let _ = writeln!(report, "\nPeak resident memory: {:.1} MB ({}; checkpoint {:.1} MB).", kb as f64 / 1024.0,
