@@ -3,7 +3,7 @@
 //! weight is touched.
 
 use crate::atomic::write_dir_atomically;
-use crate::safetensors::{write_shards_with, Checkpoint, Spec};
+use crate::safetensors::{write_shards_with, Checkpoint, InMemory, Spec};
 use crate::{io_err, IoError};
 use candle_core::{DType, Tensor};
 use orlik_model::{llama::validate_shapes, Config, Model, ModelOptions};
@@ -108,16 +108,8 @@ pub fn save_pretrained(
     files: &[(String, Vec<u8>)],
     opts: &SaveOptions,
 ) -> Result<(), IoError> {
-    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
-    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut produce = |name: &str| {
-        by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| IoError::Tensor {
-            path: target.into(),
-            name: name.into(),
-            msg: "no such tensor".into(),
-        })
-    };
-    save_pretrained_with(target, config, &specs, &mut produce, files, opts)
+    let m = InMemory::new(tensors, target);
+    save_pretrained_with(target, config, &m.specs, &mut |n| m.produce(n), files, opts)
 }
 
 /// [`save_pretrained`] from tensor specs and a producer called once per tensor, in order, so a

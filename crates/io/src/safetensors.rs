@@ -323,33 +323,45 @@ pub fn write_file_with(
     Ok(off)
 }
 
-/// Write one safetensors file from tensors in memory; returns the data bytes written.
-pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
-    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
-    let refs: Vec<&Spec> = specs.iter().collect();
-    let mut produce = |name: &str| {
-        tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.clone()).ok_or_else(|| IoError::Tensor {
-            path: path.into(),
+/// Tensors already in memory, seen as the specs + producer the streaming writers take.
+pub struct InMemory<'a> {
+    pub specs: Vec<Spec>,
+    by_name: std::collections::HashMap<&'a str, &'a Tensor>,
+    path: &'a Path,
+}
+
+impl<'a> InMemory<'a> {
+    /// `path` names the destination in errors.
+    pub fn new(tensors: impl IntoIterator<Item = &'a (String, Tensor)>, path: &'a Path) -> InMemory<'a> {
+        let (mut specs, mut by_name) = (Vec::new(), std::collections::HashMap::new());
+        for (n, t) in tensors {
+            specs.push((n.clone(), t.dims().to_vec()));
+            by_name.insert(n.as_str(), t);
+        }
+        InMemory { specs, by_name, path }
+    }
+
+    pub fn produce(&self, name: &str) -> Result<Tensor, IoError> {
+        self.by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| IoError::Tensor {
+            path: self.path.into(),
             name: name.into(),
             msg: "no such tensor".into(),
         })
-    };
-    write_file_with(path, &refs, dtype, &mut produce)
+    }
+}
+
+/// Write one safetensors file from tensors in memory; returns the data bytes written.
+pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
+    let m = InMemory::new(tensors.iter().copied(), path);
+    let refs: Vec<&Spec> = m.specs.iter().collect();
+    write_file_with(path, &refs, dtype, &mut |n| m.produce(n))
 }
 
 /// Write `tensors` as safetensors into `dir`: `model.safetensors` when they fit in one shard of
 /// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` plus the index. Returns file names.
 pub fn write_shards(dir: &Path, tensors: &[(String, Tensor)], dtype: DType, max_shard_bytes: u64) -> Result<Vec<String>, IoError> {
-    let specs: Vec<Spec> = tensors.iter().map(|(n, t)| (n.clone(), t.dims().to_vec())).collect();
-    let by_name: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut produce = |name: &str| {
-        by_name.get(name).map(|t| (*t).clone()).ok_or_else(|| IoError::Tensor {
-            path: dir.into(),
-            name: name.into(),
-            msg: "no such tensor".into(),
-        })
-    };
-    write_shards_with(dir, &specs, dtype, max_shard_bytes, &mut produce)
+    let m = InMemory::new(tensors, dir);
+    write_shards_with(dir, &m.specs, dtype, max_shard_bytes, &mut |n| m.produce(n))
 }
 
 /// Sharded writing from specs and a producer (see [`write_file_with`]).

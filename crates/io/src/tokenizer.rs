@@ -10,8 +10,8 @@ use crate::IoError;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-// Pre-tokenizer regexes, as in llama.cpp's llama-vocab.cpp and the models' own tokenizer.json.
-const GPT2_RE: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+// Pre-tokenizer regexes, as in llama.cpp's llama-vocab.cpp and the models' own tokenizer.json
+// (GPT-2's own pattern is what ByteLevel with use_regex applies).
 const QWEN2_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -19,7 +19,6 @@ const LLAMA3_RE: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|
 const TT_UNKNOWN: i64 = 2;
 const TT_CONTROL: i64 = 3;
 const TT_USER_DEFINED: i64 = 4;
-const TT_BYTE: i64 = 6;
 
 pub struct BuiltTokenizer {
     pub tokenizer_json: Value,
@@ -104,7 +103,6 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
                     )))
                 }
             };
-            let _ = GPT2_RE; // documented above: ByteLevel(use_regex) applies exactly this pattern
             // Llama 3's tokenizer.json takes whole pre-tokens found in the vocabulary as they are.
             let ignore_merges = matches!(pre_name, "llama-bpe" | "llama3");
             let bpe = json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
@@ -143,7 +141,6 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
         }
         other => return Err(err(format!("tokenizer model {other:?} is not supported (gpt2, llama)"))),
     };
-    let _ = TT_BYTE;
 
     let tok = |i: Option<u32>| i.map(|i| tokens[i as usize].clone());
     let mut single = vec![];

@@ -248,10 +248,7 @@ impl Model {
             });
             if !opts.differentiable {
                 let layer = layers.last_mut().ok_or_else(|| ModelError::Input("no layer".into()))?;
-                let qkv_bias_mixed = cfg.qkv_bias() != layer.q.b.is_some();
-                if !qkv_bias_mixed {
-                    layer.qkv = Some(fuse(&mut [&mut layer.q, &mut layer.k, &mut layer.v])?);
-                }
+                layer.qkv = Some(fuse(&mut [&mut layer.q, &mut layer.k, &mut layer.v])?);
                 layer.gate_up = Some(fuse(&mut [&mut layer.gate, &mut layer.up])?);
             }
         }
