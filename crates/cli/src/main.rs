@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod commands;
 mod inspect;
 mod prune_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(name = "orlik", version, about = "Make language models smaller without making them dumber.",
     long_about = "orlik scores, prunes and evaluates Hugging Face decoder-only language models \
-    (Llama, Mistral, Qwen2) on CPU; distillation and alignment are being built. Models are HF directories (config.json + *.safetensors + \
+    (Llama, Mistral, Qwen2) on CPU, heals pruned models by logit distillation from the original (`orlik distill`),     and trains with plain cross-entropy (`orlik train`); alignment is being built. Models are HF directories (config.json + *.safetensors + \
     tokenizer.json); GGUF files are imported with `orlik convert`.")]
 struct Cli {
     #[command(subcommand)]
@@ -193,7 +194,75 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Forward-pass speed: prefill tokens/s at batch 1 x 512 and 8 x 128, decode tokens/s.
+    /// Logit-only knowledge distillation (Minitron): train a (pruned) student to match the
+    /// teacher's next-token distributions (forward KL by default, temperature 1, no CE term) on
+    /// packed text. The teacher runs online, or its top-k logits come from `--teacher-cache`.
+    /// Checkpoints every --save-every steps (Ctrl-C saves one and exits; `--resume` continues
+    /// bit-identically). Writes OUT/final/ (HF), OUT/metrics.jsonl, OUT/loss.png.
+    Distill {
+        /// Teacher HF directory (the unpruned model). Optional with --teacher-cache; when both
+        /// are given the cache must come from this teacher.
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Student HF directory (e.g. the output of `orlik prune`).
+        #[arg(long)]
+        student: PathBuf,
+        /// Teacher logit cache from `orlik teacher-cache` (same data, seq-len, temperature).
+        #[arg(long)]
+        teacher_cache: Option<PathBuf>,
+        #[command(flatten)]
+        train: train_cmd::TrainArgs,
+        #[command(flatten)]
+        kd: train_cmd::KdArgs,
+    },
+    /// Plain next-token cross-entropy training on the same trainer as `distill`: fine-tune a
+    /// model (e.g. a pruned student, as a baseline to distillation) or train its architecture
+    /// from a random initialisation (`--init random`).
+    Train {
+        /// HF model directory.
+        model: PathBuf,
+        /// Start from the model's weights (`pretrained`) or a seeded random init (`random`,
+        /// normal(0, 0.02) matrices, unit norms).
+        #[arg(long, default_value = "pretrained", value_parser = ["pretrained", "random"])]
+        init: String,
+        #[command(flatten)]
+        train: train_cmd::TrainArgs,
+    },
+    /// Run the teacher once over the training (and validation) text and store its top-k
+    /// log-probabilities and tail mass per position in mmap-able shards with a manifest, so
+    /// distillation runs reuse them without running the teacher. Resumable: complete shards
+    /// are kept when the command is re-run with the same settings.
+    TeacherCache {
+        /// Teacher HF directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        #[arg(long, num_args = 1..)]
+        val: Vec<PathBuf>,
+        /// Tokens kept per position (the rest is one tail bucket).
+        #[arg(long, default_value_t = 64)]
+        topk: usize,
+        /// Must equal the distillation run's --seq-len.
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        /// Must equal the distillation run's --temperature.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        /// Windows per teacher forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Windows per shard file.
+        #[arg(long, default_value_t = 256)]
+        shard_windows: usize,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Replace a cache of other settings in --output.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Speed: prefill tokens/s at batch 1 x 512 and 8 x 128, decode tokens/s; with --train, a
+    /// training step (forward + backward + AdamW) on random tokens instead.
     Bench {
         /// HF model directory.
         path: PathBuf,
@@ -202,6 +271,15 @@ enum Cmd {
         reps: usize,
         #[arg(long)]
         json: bool,
+        /// Time training steps instead of inference.
+        #[arg(long)]
+        train: bool,
+        /// Training batch (windows) for --train.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// Training window length for --train.
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
     },
 }
 
@@ -269,7 +347,15 @@ fn main() {
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
             commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
-        Cmd::Bench { path, reps, json } => commands::bench(&path, reps, json),
+        Cmd::Bench { path, reps, json, train: true, batch, seq_len } => train_cmd::bench_train(&path, batch, seq_len, reps, json),
+        Cmd::Bench { path, reps, json, .. } => commands::bench(&path, reps, json),
+        Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
+            train_cmd::distill(train_cmd::DistillArgs { teacher, student, teacher_cache, train, kd })
+        }
+        Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
+        Cmd::TeacherCache { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force } => {
+            train_cmd::teacher_cache(train_cmd::CacheArgs { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force })
+        }
         Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, in_memory, measure_cost, output, force } => {
             prune_cmd::score(prune_cmd::ScoreArgs {
                 model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force, in_memory, measure_cost,

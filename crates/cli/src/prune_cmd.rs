@@ -9,18 +9,8 @@ use orlik_model::ModelOptions;
 use orlik_prune::select::{build, DepthMethod, Importance, Target};
 use orlik_prune::Plan;
 use orlik_score::{calibration_batches, Agg, ScoreMeta, ScoreOptions, Scores};
-use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-fn sha256_files(paths: &[&Path]) -> Result<String> {
-    let mut h = Sha256::new();
-    for p in paths {
-        let mut f = std::fs::File::open(p).with_context(|| p.display().to_string())?;
-        std::io::copy(&mut f, &mut h).with_context(|| p.display().to_string())?;
-    }
-    Ok(format!("{:x}", h.finalize()))
-}
+use std::path::PathBuf;
 
 pub struct ScoreArgs {
     pub model: PathBuf,
@@ -66,8 +56,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     pb.finish_and_clear();
     let meta = ScoreMeta {
         format_version: orlik_score::FORMAT_VERSION,
-        model_sha256: model_sha256(&hf)?,
-        data_sha256: sha256_files(&a.data.iter().map(PathBuf::as_path).collect::<Vec<_>>())?,
+        model_sha256: hf.content_sha256()?,
+        data_sha256: orlik_io::hfdir::sha256_files(&a.data)?,
         settings: opts,
         samples: batches.iter().map(|b| b.0.len()).sum(),
         seq_len: a.seq_len,
@@ -187,7 +177,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
                 if meta.num_hidden_layers != cfg.num_hidden_layers || s.mlp.first().map(Vec::len) != Some(cfg.intermediate_size) {
                     bail!("{}: scores are for another model ({} layers)", dir.display(), meta.num_hidden_layers);
                 }
-                let here = model_sha256(&hf)?;
+                let here = hf.content_sha256()?;
                 if meta.model_sha256 != here {
                     bail!("{}: scores were computed on another checkpoint (model sha256 {} vs {})", dir.display(),
                         &meta.model_sha256[..12.min(meta.model_sha256.len())], &here[..12]);
@@ -353,11 +343,4 @@ fn tokenize_paragraphs(tok: &tokenizers::Tokenizer, files: &[PathBuf], need: usi
         }
     }
     Ok(docs)
-}
-
-/// sha256 over config.json and the safetensors files: what scores are tied to.
-fn model_sha256(hf: &HfModel) -> Result<String> {
-    let mut files = vec![hf.dir.join("config.json")];
-    files.extend(hf.checkpoint.files().iter().map(|p| p.to_path_buf()));
-    sha256_files(&files.iter().map(PathBuf::as_path).collect::<Vec<_>>())
 }

@@ -57,6 +57,14 @@ impl HfModel {
     }
 
     /// Stored dtypes of the tensors (sorted, deduplicated).
+    /// sha256 over config.json and the safetensors files: what derived artefacts (scores,
+    /// teacher caches) are tied to.
+    pub fn content_sha256(&self) -> Result<String, IoError> {
+        let mut files = vec![self.dir.join("config.json")];
+        files.extend(self.checkpoint.files().iter().map(|p| p.to_path_buf()));
+        sha256_files(&files)
+    }
+
     pub fn stored_dtypes(&self) -> Vec<DType> {
         let mut v: Vec<DType> = self.checkpoint.infos().map(|t| t.dtype).collect();
         v.sort_by_key(|d| d.as_str());
@@ -158,4 +166,15 @@ pub fn side_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, IoError> {
         }
     }
     Ok(out)
+}
+
+/// sha256 of the concatenated bytes of `paths`.
+pub fn sha256_files(paths: &[std::path::PathBuf]) -> Result<String, IoError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in paths {
+        let mut f = std::fs::File::open(p).map_err(io_err(p))?;
+        std::io::copy(&mut f, &mut h).map_err(io_err(p))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
 }

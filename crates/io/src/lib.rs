@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod convert;
 pub mod gguf;
 pub mod hfdir;
+pub mod png;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -6,37 +6,8 @@
 //! - hidden.png: hidden-channel importance sorted descending, bars.
 
 use crate::{ScoreError, Scores};
+use orlik_io::png::Canvas;
 use std::path::Path;
-
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<u8>, // RGB
-}
-
-impl Canvas {
-    fn new(w: usize, h: usize) -> Canvas {
-        Canvas { w, h, px: vec![255; w * h * 3] }
-    }
-    fn rect(&mut self, x0: usize, y0: usize, x1: usize, y1: usize, c: [u8; 3]) {
-        for y in y0.min(self.h)..y1.min(self.h) {
-            for x in x0.min(self.w)..x1.min(self.w) {
-                let i = (y * self.w + x) * 3;
-                self.px[i..i + 3].copy_from_slice(&c);
-            }
-        }
-    }
-    fn save(&self, path: &Path) -> Result<(), ScoreError> {
-        let err = |e: String| ScoreError::Input(format!("{}: {e}", path.display()));
-        let f = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), self.w as u32, self.h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header().map_err(|e| err(e.to_string()))?;
-        wr.write_image_data(&self.px).map_err(|e| err(e.to_string()))?;
-        Ok(())
-    }
-}
 
 /// White -> dark blue.
 fn colour(v: f32) -> [u8; 3] {

@@ -1,0 +1,412 @@
+//! distill, train, teacher-cache, bench --train: argument resolution and wiring; the work is in
+//! orlik-train and orlik-distill.
+
+use crate::commands::provenance;
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use clap::Args;
+use orlik_distill::cache::{CacheSpec, CacheTeacher};
+use orlik_distill::{check_vocab, vocab_sha256, OnlineTeacher};
+use orlik_io::hfdir::{save_pretrained, side_files, HfModel, SaveOptions};
+use orlik_model::{Config, ModelOptions};
+use orlik_train::data::{pack, Packed};
+use orlik_train::{Outcome, TeacherSource, TrainConfig, Trainer};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Options shared by `orlik train` and `orlik distill`. Each overrides the same key of
+/// `--config FILE.toml`; unset ones keep the file's value or the default.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Training text files (documents = paragraphs separated by a blank line).
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Validation text files (bits/byte, loss and KL reported in metrics.jsonl).
+    #[arg(long, num_args = 1..)]
+    pub val: Vec<PathBuf>,
+    /// Optimizer steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Training tokens (converted to steps: tokens / (batch · grad-accum · seq-len), rounded up).
+    #[arg(long)]
+    pub tokens: Option<u64>,
+    /// Tokens per window [default: 256].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// Windows per micro-batch [default: 8].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Peak learning rate [default: 3e-4].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warmup steps [default: 2% of the steps].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// cosine, wsd or constant [default: cosine].
+    #[arg(long)]
+    pub schedule: Option<orlik_train::optim::Schedule>,
+    /// Final learning rate [default: lr / 10].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Decoupled weight decay on matrices [default: 0.01].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip, 0 = off [default: 1.0].
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Seed of the data order (and of --init random) [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Checkpoint every N steps (the last 2 are kept) [default: 100].
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Validate every N steps, 0 = at the end only [default: 0].
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Validation tokens per evaluation, 0 = all [default: 32768].
+    #[arg(long)]
+    pub val_tokens: Option<usize>,
+    /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output directory: final/ (HF model), checkpoints/, metrics.jsonl, run.json, PNG curves.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Continue the run in --output from its last checkpoint (same settings required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Replace --output if it holds another run.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Stored dtype of final/ [default: the student's].
+    #[arg(long, value_parser = ["f32", "f16", "bf16"])]
+    pub save_dtype: Option<String>,
+}
+
+/// Knowledge-distillation options.
+#[derive(Args, Debug, Clone)]
+pub struct KdArgs {
+    /// fkl (forward KL, Minitron's choice), rkl (reverse KL), jsd (generalised JSD) [default: fkl].
+    #[arg(long)]
+    pub loss: Option<orlik_train::losses::KdLoss>,
+    /// Temperature; the loss is scaled by T² [default: 1].
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// β of --loss jsd [default: 0.5].
+    #[arg(long)]
+    pub jsd_beta: Option<f32>,
+    /// Weight of a cross-entropy term added to the KD loss [default: 0].
+    #[arg(long)]
+    pub ce_weight: Option<f32>,
+    /// Distil from the teacher's top-k tokens plus a tail bucket; 0 = full vocabulary [default: 0].
+    #[arg(long)]
+    pub topk: Option<usize>,
+}
+
+fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => TrainConfig::from_toml(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?, &p.display().to_string())?,
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($src:expr, $($f:ident),*) => { $( if let Some(v) = $src.$f.clone() { c.$f = v; } )* };
+    }
+    set!(a, seq_len, batch, grad_accum, lr, warmup, schedule, weight_decay, clip, seed, save_every, eval_every, val_tokens);
+    if a.steps.is_some() || a.tokens.is_some() {
+        c.steps = a.steps;
+        c.tokens = a.tokens;
+    }
+    if a.min_lr.is_some() {
+        c.min_lr = a.min_lr;
+    }
+    if let Some(k) = kd {
+        set!(k, loss, temperature, jsd_beta, ce_weight, topk);
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn eos(cfg: &Config, origin: &Path) -> Result<u32> {
+    cfg.eos_ids().first().copied().with_context(|| format!("{}: config.json has no eos_token_id (needed to separate documents)", origin.display()))
+}
+
+fn pack_all(tok: &tokenizers::Tokenizer, a: &TrainArgs, seq_len: usize, eos: u32) -> Result<(Packed, Option<Packed>)> {
+    let train = pack(tok, &a.data, seq_len, eos, 1)?;
+    let val = if a.val.is_empty() { None } else { Some(pack(tok, &a.val, seq_len, eos, 1)?) };
+    eprintln!(
+        "data: {} windows x {} tokens ({} tokens, {} bytes){}",
+        train.windows(),
+        seq_len + 1,
+        train.tokens.len(),
+        train.bytes,
+        val.as_ref().map(|v| format!("; validation {} windows", v.windows())).unwrap_or_default()
+    );
+    Ok((train, val))
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second signal while the checkpoint is written is ignored; SIGKILL still works.
+    let _ = ctrlc::set_handler(move || {
+        if !f.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupt: finishing this step and saving a checkpoint...");
+        }
+    });
+    flag
+}
+
+fn prepare_output(a: &TrainArgs) -> Result<()> {
+    if a.force && a.output.exists() {
+        std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
+    }
+    Ok(())
+}
+
+/// Run the trainer and write OUT/final/.
+fn finish(
+    mut t: Trainer,
+    a: &TrainArgs,
+    cfg: &Config,
+    model_dir: &Path,
+    stored: DType,
+) -> Result<()> {
+    let stop = stop_flag();
+    let started = std::time::Instant::now();
+    match t.run(Some(&stop))? {
+        Outcome::Interrupted { step } => {
+            eprintln!("stopped at step {step}; continue with the same command and --resume");
+            std::process::exit(130);
+        }
+        Outcome::Finished => {}
+    }
+    let dtype = match a.save_dtype.as_deref() {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(_) => DType::F32,
+        None => stored,
+    };
+    let mut files = side_files(model_dir)?;
+    files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
+    files.push(("orlik.json".into(), provenance()));
+    let weights = t.named_weights()?;
+    let target = a.output.join("final");
+    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true };
+    save_pretrained(&target, cfg, &weights, &files, &opts)?;
+    let rows = orlik_train::curves::read(&t.metrics_path())?;
+    let last = rows.iter().rev().find(|r| r.get("loss").is_some());
+    let val = rows.iter().rev().find(|r| r.get("val_loss").is_some());
+    let st = t.state();
+    println!(
+        "trained {} steps, {} tokens in {:.0} s ({:.0} tokens/s); final loss {}",
+        st.step,
+        st.tokens_seen,
+        st.train_seconds,
+        st.tokens_seen as f64 / st.train_seconds.max(1e-9),
+        last.and_then(|r| r.get("loss")).map(|v| format!("{:.4}", v.as_f64().unwrap_or(f64::NAN))).unwrap_or_default()
+    );
+    if let Some(v) = val {
+        println!("validation: {v}");
+    }
+    if let Some(mb) = peak_rss_mb() {
+        println!("peak RSS {mb:.0} MB; this session {:.0} s", started.elapsed().as_secs_f64());
+    }
+    println!("model: {}", target.display());
+    Ok(())
+}
+
+fn stored_dtype(hf: &HfModel) -> DType {
+    hf.stored_dtypes().first().copied().unwrap_or(DType::F32)
+}
+
+pub struct DistillArgs {
+    pub teacher: Option<PathBuf>,
+    pub student: PathBuf,
+    pub teacher_cache: Option<PathBuf>,
+    pub train: TrainArgs,
+    pub kd: KdArgs,
+}
+
+pub fn distill(a: DistillArgs) -> Result<()> {
+    let cfg = resolve(&a.train, Some(&a.kd))?;
+    let student = HfModel::open(&a.student)?;
+    let s_tok = student.tokenizer()?;
+    let teacher = match &a.teacher {
+        Some(p) => {
+            let hf = HfModel::open(p)?;
+            let tok = hf.tokenizer()?;
+            check_vocab((&hf.config, &tok), (&student.config, &s_tok))?;
+            Some(hf)
+        }
+        None if a.teacher_cache.is_none() => bail!("give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)"),
+        None => None,
+    };
+    let limit = student.config.max_position_embeddings;
+    if cfg.seq_len > limit {
+        bail!("--seq-len {} is above the student's max_position_embeddings {limit}", cfg.seq_len);
+    }
+    prepare_output(&a.train)?;
+    let eos_id = eos(&student.config, &a.student)?;
+    let (train, val) = pack_all(&s_tok, &a.train, cfg.seq_len, eos_id)?;
+    let teacher_sha = match &teacher {
+        Some(hf) => Some(hf.content_sha256()?),
+        None => None,
+    };
+    let source: Box<dyn TeacherSource> = match (&a.teacher_cache, &teacher) {
+        (Some(dir), _) => {
+            let c = CacheTeacher::open(dir, teacher_sha.as_deref(), &vocab_sha256(&s_tok), cfg.temperature, cfg.topk, &train, val.as_ref())?;
+            if c.manifest().vocab_size != student.config.vocab_size {
+                bail!("{}: cache vocabulary {} != student vocab_size {}", dir.display(), c.manifest().vocab_size, student.config.vocab_size);
+            }
+            Box::new(c)
+        }
+        (None, Some(hf)) => Box::new(OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk)),
+        (None, None) => unreachable!("checked above"),
+    };
+    let run = json!({
+        "kind": "distill",
+        "student": a.student.display().to_string(),
+        "student_sha256": student.content_sha256()?,
+        "teacher": a.teacher.as_ref().map(|p| p.display().to_string()),
+        "teacher_sha256": teacher_sha,
+        "teacher_cache": a.teacher_cache.as_ref().map(|p| p.display().to_string()),
+        "data": a.train.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "data_sha256": train.hash(),
+        "val_sha256": val.as_ref().map(Packed::hash),
+    });
+    let weights = student.checkpoint.load_all(DType::F32)?;
+    let t = Trainer::new(cfg, &student.config, weights, train, val, Some(source), &a.train.output, run, a.train.resume)?;
+    finish(t, &a.train, &student.config, &a.student, stored_dtype(&student))
+}
+
+/// `orlik train`: plain next-token cross-entropy on the same trainer, from the model's weights
+/// or (`random`) from a random initialisation of its architecture.
+pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
+    let cfg = resolve(&a, None)?;
+    let hf = HfModel::open(model)?;
+    let tok = hf.tokenizer()?;
+    prepare_output(&a)?;
+    let eos_id = eos(&hf.config, model)?;
+    let (train, val) = pack_all(&tok, &a, cfg.seq_len, eos_id)?;
+    let weights = match init {
+        "random" => orlik_model::init::random_weights(&hf.config, cfg.seed, 0.02)?,
+        _ => hf.checkpoint.load_all(DType::F32)?,
+    };
+    let run = json!({
+        "kind": "train",
+        "model": model.display().to_string(),
+        "model_sha256": hf.content_sha256()?,
+        "init": init,
+        "data": a.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "data_sha256": train.hash(),
+        "val_sha256": val.as_ref().map(Packed::hash),
+    });
+    let t = Trainer::new(cfg, &hf.config, weights, train, val, None, &a.output, run, a.resume)?;
+    finish(t, &a, &hf.config, model, stored_dtype(&hf))
+}
+
+pub struct CacheArgs {
+    pub teacher: PathBuf,
+    pub data: Vec<PathBuf>,
+    pub val: Vec<PathBuf>,
+    pub topk: usize,
+    pub seq_len: usize,
+    pub temperature: f32,
+    pub batch: usize,
+    pub shard_windows: usize,
+    pub output: PathBuf,
+    pub force: bool,
+}
+
+pub fn teacher_cache(a: CacheArgs) -> Result<()> {
+    let hf = HfModel::open(&a.teacher)?;
+    let tok = hf.tokenizer()?;
+    if a.seq_len > hf.config.max_position_embeddings {
+        bail!("--seq-len {} is above the teacher's max_position_embeddings {}", a.seq_len, hf.config.max_position_embeddings);
+    }
+    if !(a.temperature > 0.0) || a.batch == 0 || a.shard_windows == 0 {
+        bail!("--temperature, --batch and --shard-windows must be positive");
+    }
+    let eos_id = eos(&hf.config, &a.teacher)?;
+    let train = pack(&tok, &a.data, a.seq_len, eos_id, 1)?;
+    let val = if a.val.is_empty() { None } else { Some(pack(&tok, &a.val, a.seq_len, eos_id, 1)?) };
+    let model = hf.load(ModelOptions::default())?;
+    let spec = CacheSpec {
+        teacher: &model,
+        teacher_sha256: hf.content_sha256()?,
+        tokenizer_sha256: vocab_sha256(&tok),
+        topk: a.topk,
+        temperature: a.temperature,
+        batch: a.batch,
+        shard_windows: a.shard_windows,
+    };
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let m = orlik_distill::cache::build(&spec, &train, val.as_ref(), &a.output, a.force, &mut |d, n| {
+        pb.set_length(n as u64);
+        pb.set_position(d as u64);
+    })?;
+    pb.finish_and_clear();
+    let bytes: u64 = orlik_distill::cache::shard_paths(&a.output, &m).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
+    std::fs::write(a.output.join("orlik.json"), provenance()).context("writing orlik.json")?;
+    println!(
+        "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s",
+        a.output.display(),
+        m.topk,
+        m.vocab_size,
+        m.temperature,
+        m.train.windows,
+        m.val.as_ref().map(|v| format!(", val {} windows", v.windows)).unwrap_or_default(),
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Training-step speed: forward + backward + AdamW on random tokens, plain CE, model's own
+/// weights. Prints tokens/s of each timed step (after one warm-up step).
+pub fn bench_train(model: &Path, batch: usize, seq_len: usize, steps: usize, json_out: bool) -> Result<()> {
+    let hf = HfModel::open(model)?;
+    let cfg = TrainConfig { steps: Some(steps as u64 + 1), batch, seq_len, save_every: 0, ..Default::default() };
+    let n = (batch * (steps + 1) + 1) * (seq_len + 1);
+    let tokens = orlik_eval::speed::bench_ids(n, hf.config.vocab_size);
+    let data = Packed { tokens, seq_len, bytes: n, stream_tokens: n };
+    let dir = tempfile_dir()?;
+    let weights = hf.checkpoint.load_all(DType::F32)?;
+    let mut t = Trainer::new(cfg, &hf.config, weights, data, None, None, &dir, json!({"kind": "bench"}), false)?;
+    let secs = t.time_steps(steps + 1)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let tps: Vec<f64> = secs[1..].iter().map(|s| (batch * seq_len) as f64 / s).collect();
+    let mut sorted = tps.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    if json_out {
+        println!("{}", json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": peak_rss_mb()}));
+    } else {
+        println!("train step {batch}x{seq_len}: median {median:.1} tokens/s over {steps} steps");
+    }
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("orlik-bench-{}", std::process::id()));
+    if d.exists() {
+        std::fs::remove_dir_all(&d)?;
+    }
+    Ok(d)
+}

@@ -1,0 +1,386 @@
+//! Teacher logit cache: the teacher's top-k token ids, log-probabilities (at the distillation
+//! temperature) and remaining tail mass for every position of every packed window, so distillation
+//! runs never execute the teacher.
+//!
+//! Layout of `CACHE/`:
+//! - `cache.json`: the manifest — format version, teacher sha256 (config + weights), tokenizer
+//!   vocabulary sha256, vocab size, k, temperature, seq_len, and per split (`train`, `val`) the
+//!   packed-data sha256, window count, windows per shard and shard file names.
+//! - `{split}-NNNNN.bin`: raw little-endian records, one per position in window order:
+//!   `k × u32 ids | k × f32 log-probs | f32 tail mass` (8k + 4 bytes), mmap'd when read.
+//!
+//! Shards are written to a temp file, fsync'd and renamed, so an interrupted build resumes by
+//! skipping complete shards (right size) and redoing the rest.
+
+use crate::{rows_from_logits, DistillError};
+use candle_core::{Device, Tensor};
+use orlik_model::Model;
+use orlik_train::data::Packed;
+use orlik_train::trainer::Split;
+use orlik_train::{StepRows, TeacherSource, TrainError};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT: &str = "orlik-teacher-cache";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitInfo {
+    pub data_sha256: String,
+    pub windows: usize,
+    pub shard_windows: usize,
+    pub shards: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub teacher_sha256: String,
+    pub tokenizer_sha256: String,
+    pub vocab_size: usize,
+    pub topk: usize,
+    pub temperature: f32,
+    pub seq_len: usize,
+    pub train: SplitInfo,
+    pub val: Option<SplitInfo>,
+}
+
+impl Manifest {
+    pub fn record_bytes(&self) -> usize {
+        8 * self.topk + 4
+    }
+    pub fn read(dir: &Path) -> Result<Manifest, DistillError> {
+        let p = dir.join("cache.json");
+        let err = |msg: String| DistillError::Cache {
+            path: p.clone(),
+            msg,
+        };
+        let text =
+            std::fs::read_to_string(&p).map_err(|e| err(format!("{e} (not a teacher cache?)")))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if m.format != FORMAT || m.version != VERSION {
+            return Err(err(format!(
+                "format {} v{} (this orlik reads {FORMAT} v{VERSION})",
+                m.format, m.version
+            )));
+        }
+        Ok(m)
+    }
+}
+
+fn split_info(p: &Packed, name: &str, shard_windows: usize) -> SplitInfo {
+    let n = p.windows();
+    let shards = (0..n.div_ceil(shard_windows))
+        .map(|i| format!("{name}-{i:05}.bin"))
+        .collect();
+    SplitInfo {
+        data_sha256: p.hash(),
+        windows: n,
+        shard_windows,
+        shards,
+    }
+}
+
+/// What a cache is built from.
+pub struct CacheSpec<'a> {
+    pub teacher: &'a Model,
+    pub teacher_sha256: String,
+    pub tokenizer_sha256: String,
+    pub topk: usize,
+    pub temperature: f32,
+    pub batch: usize,
+    pub shard_windows: usize,
+}
+
+/// Build (or finish building) the cache in `dir`. `progress(done, total)` counts windows.
+/// A directory holding a cache of other settings is refused unless `overwrite`.
+pub fn build(
+    spec: &CacheSpec,
+    train: &Packed,
+    val: Option<&Packed>,
+    dir: &Path,
+    overwrite: bool,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Manifest, DistillError> {
+    let vocab = spec.teacher.config().vocab_size;
+    if spec.topk == 0 || spec.topk > vocab {
+        return Err(DistillError::Mismatch(format!(
+            "--topk must be in 1..={vocab} (the vocabulary size)"
+        )));
+    }
+    let m = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        teacher_sha256: spec.teacher_sha256.clone(),
+        tokenizer_sha256: spec.tokenizer_sha256.clone(),
+        vocab_size: vocab,
+        topk: spec.topk,
+        temperature: spec.temperature,
+        seq_len: train.seq_len,
+        train: split_info(train, "train", spec.shard_windows),
+        val: val.map(|v| split_info(v, "val", spec.shard_windows)),
+    };
+    let mp = dir.join("cache.json");
+    if mp.exists() {
+        let old = Manifest::read(dir);
+        if old.as_ref().ok() != Some(&m) {
+            if !overwrite {
+                return Err(DistillError::Cache {
+                    path: dir.into(),
+                    msg: "holds a cache of other settings, teacher or data (use --force to replace it)".into(),
+                });
+            }
+            std::fs::remove_dir_all(dir).map_err(|e| DistillError::Cache {
+                path: dir.into(),
+                msg: e.to_string(),
+            })?;
+        }
+    }
+    let ioe = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| DistillError::Cache {
+            path: p,
+            msg: e.to_string(),
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(ioe(dir))?;
+    std::fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(ioe(&mp))?;
+    let total = m.train.windows + m.val.as_ref().map_or(0, |v| v.windows);
+    let mut done = 0;
+    let rec = m.record_bytes();
+    let t = m.seq_len;
+    for (info, data) in std::iter::once((&m.train, train)).chain(m.val.iter().zip(val)) {
+        for (si, file) in info.shards.iter().enumerate() {
+            let w0 = si * info.shard_windows;
+            let w1 = (w0 + info.shard_windows).min(info.windows);
+            let path = dir.join(file);
+            let want = ((w1 - w0) * t * rec) as u64;
+            if path.metadata().map(|md| md.len() == want).unwrap_or(false) {
+                done += w1 - w0;
+                progress(done, total);
+                continue;
+            }
+            let tmp = dir.join(format!(".{file}.tmp"));
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(ioe(&tmp))?);
+            let mut w = w0;
+            while w < w1 {
+                let b = spec.batch.min(w1 - w);
+                let mut ids = Vec::with_capacity(b * t);
+                for i in w..w + b {
+                    ids.extend_from_slice(&data.window(i)[..t]);
+                }
+                let inputs = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+                let h = spec.teacher.forward_hidden(&inputs, None, None, None)?; // (b, t, hidden)
+                let h = h.reshape((b * t, h.dim(2)?))?;
+                for start in (0..b * t).step_by(256) {
+                    let n = 256.min(b * t - start);
+                    let z = spec
+                        .teacher
+                        .lm_head(&h.narrow(0, start, n)?)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
+                    let StepRows::TopK { k, ids, logp, tail } =
+                        rows_from_logits(&z, vocab, spec.temperature, spec.topk)
+                    else {
+                        return Err(DistillError::Mismatch("top-k rows expected".into()));
+                    };
+                    let mut buf = Vec::with_capacity(n * rec);
+                    for r in 0..n {
+                        ids[r * k..(r + 1) * k]
+                            .iter()
+                            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                        logp[r * k..(r + 1) * k]
+                            .iter()
+                            .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                        buf.extend_from_slice(&tail[r].to_le_bytes());
+                    }
+                    f.write_all(&buf).map_err(ioe(&tmp))?;
+                }
+                w += b;
+                done += b;
+                progress(done, total);
+            }
+            let f = f.into_inner().map_err(|e| DistillError::Cache {
+                path: tmp.clone(),
+                msg: e.to_string(),
+            })?;
+            f.sync_all().map_err(ioe(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(ioe(&path))?;
+        }
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ioe(dir))?;
+    Ok(m)
+}
+
+/// A cache opened for training: shards mmap'd per split.
+pub struct CacheTeacher {
+    m: Manifest,
+    train: Vec<memmap2::Mmap>,
+    val: Vec<memmap2::Mmap>,
+    split: Split,
+    windows: Vec<usize>,
+}
+
+impl CacheTeacher {
+    /// Open `dir` and check it against what training will use: teacher (when known), tokenizer
+    /// vocabulary, temperature, k, sequence length and the packed data of each split.
+    pub fn open(
+        dir: &Path,
+        teacher_sha256: Option<&str>,
+        tokenizer_sha256: &str,
+        temperature: f32,
+        topk: usize,
+        train: &Packed,
+        val: Option<&Packed>,
+    ) -> Result<CacheTeacher, DistillError> {
+        let m = Manifest::read(dir)?;
+        let bad = |msg: String| {
+            Err(DistillError::Cache {
+                path: dir.into(),
+                msg,
+            })
+        };
+        if let Some(t) = teacher_sha256 {
+            if t != m.teacher_sha256 {
+                return bad(format!(
+                    "made by another teacher (sha256 {}…, this teacher {}…)",
+                    &m.teacher_sha256[..12.min(m.teacher_sha256.len())],
+                    &t[..12.min(t.len())]
+                ));
+            }
+        }
+        if m.tokenizer_sha256 != tokenizer_sha256 {
+            return bad("made with another tokenizer vocabulary than the student's".into());
+        }
+        if m.temperature != temperature {
+            return bad(format!(
+                "made at temperature {}, training asks for {temperature}",
+                m.temperature
+            ));
+        }
+        if topk != 0 && topk != m.topk {
+            return bad(format!(
+                "holds top-{} rows, training asks for --topk {topk}",
+                m.topk
+            ));
+        }
+        if m.seq_len != train.seq_len {
+            return bad(format!(
+                "made with seq_len {}, training uses {}",
+                m.seq_len, train.seq_len
+            ));
+        }
+        if m.train.data_sha256 != train.hash() {
+            return bad("made from other training data (packed-token sha256 differs)".into());
+        }
+        let open = |info: &SplitInfo| -> Result<Vec<memmap2::Mmap>, DistillError> {
+            let mut out = Vec::new();
+            for (i, s) in info.shards.iter().enumerate() {
+                let p = dir.join(s);
+                let w = (info.windows - i * info.shard_windows).min(info.shard_windows);
+                let f = std::fs::File::open(&p).map_err(|e| DistillError::Cache {
+                    path: p.clone(),
+                    msg: format!("{e} (incomplete cache: rerun orlik teacher-cache)"),
+                })?;
+                // SAFETY: read-only mapping of a shard orlik wrote by rename and never modifies.
+                let mm = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| DistillError::Cache {
+                    path: p.clone(),
+                    msg: e.to_string(),
+                })?;
+                if mm.len() != w * m.seq_len * m.record_bytes() {
+                    return Err(DistillError::Cache {
+                        path: p,
+                        msg: format!(
+                            "{} bytes, expected {}",
+                            mm.len(),
+                            w * m.seq_len * m.record_bytes()
+                        ),
+                    });
+                }
+                out.push(mm);
+            }
+            Ok(out)
+        };
+        let tr = open(&m.train)?;
+        let va = match (&m.val, val) {
+            (Some(info), Some(v)) if info.data_sha256 == v.hash() => open(info)?,
+            _ => Vec::new(), // no teacher rows for this validation text: val_kl is not reported
+        };
+        Ok(CacheTeacher {
+            m,
+            train: tr,
+            val: va,
+            split: Split::Train,
+            windows: Vec::new(),
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.m
+    }
+}
+
+impl TeacherSource for CacheTeacher {
+    fn prepare(
+        &mut self,
+        split: Split,
+        windows: &[usize],
+        _inputs: &Tensor,
+    ) -> Result<bool, TrainError> {
+        self.split = split;
+        self.windows = windows.to_vec();
+        Ok(match split {
+            Split::Train => true,
+            Split::Val => !self.val.is_empty(),
+        })
+    }
+    fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError> {
+        let (shards, info) = match self.split {
+            Split::Train => (&self.train, &self.m.train),
+            Split::Val => match &self.m.val {
+                Some(i) => (&self.val, i),
+                None => {
+                    return Err(TrainError::Teacher(
+                        "no validation rows in the cache".into(),
+                    ))
+                }
+            },
+        };
+        let (k, t, rec) = (self.m.topk, self.m.seq_len, self.m.record_bytes());
+        let mut ids = Vec::with_capacity(n * k);
+        let mut logp = Vec::with_capacity(n * k);
+        let mut tail = Vec::with_capacity(n);
+        for r in start..start + n {
+            let w = *self
+                .windows
+                .get(r / t)
+                .ok_or_else(|| TrainError::Teacher(format!("row {r} outside the batch")))?;
+            let shard = shards
+                .get(w / info.shard_windows)
+                .ok_or_else(|| TrainError::Teacher(format!("window {w} not in the cache")))?;
+            let off = ((w % info.shard_windows) * t + r % t) * rec;
+            let b = &shard[off..off + rec];
+            let word = |i: usize| [b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]];
+            ids.extend((0..k).map(|i| u32::from_le_bytes(word(i))));
+            logp.extend((k..2 * k).map(|i| f32::from_le_bytes(word(i))));
+            tail.push(f32::from_le_bytes(word(2 * k)));
+        }
+        Ok(StepRows::TopK { k, ids, logp, tail })
+    }
+}
+
+/// Shard paths of a manifest (for tools and tests).
+pub fn shard_paths(dir: &Path, m: &Manifest) -> Vec<PathBuf> {
+    m.train
+        .shards
+        .iter()
+        .chain(m.val.iter().flat_map(|v| v.shards.iter()))
+        .map(|s| dir.join(s))
+        .collect()
+}

@@ -1,0 +1,165 @@
+//! Logit-only knowledge distillation (Minitron / Bielik-Minitron: forward KL from the unpruned
+//! teacher, no cross-entropy term by default) on orlik's trainer. The teacher's distributions
+//! come from the teacher model run online (`OnlineTeacher`) or from a sharded on-disk cache of
+//! its top-k log-probabilities with the tail mass (`cache.rs`), written once and reused by every
+//! run on the same data.
+
+pub mod cache;
+
+use candle_core::Tensor;
+use orlik_model::Model;
+use orlik_train::losses::{log_softmax, top_k};
+use orlik_train::trainer::Split;
+use orlik_train::{StepRows, TeacherSource, TrainError};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistillError {
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("{path}: {msg}")]
+    Cache {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Io(#[from] orlik_io::IoError),
+    #[error(transparent)]
+    Model(#[from] orlik_model::ModelError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl From<DistillError> for TrainError {
+    fn from(e: DistillError) -> TrainError {
+        match e {
+            DistillError::Train(t) => t,
+            other => TrainError::Teacher(other.to_string()),
+        }
+    }
+}
+
+/// sha256 of a tokenizer's vocabulary (token string -> id, in id order, added tokens included):
+/// two tokenizers with the same hash map every token string to the same id.
+pub fn vocab_sha256(tok: &tokenizers::Tokenizer) -> String {
+    let mut v: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
+    v.sort_by_key(|(_, id)| *id);
+    let mut h = Sha256::new();
+    for (s, id) in v {
+        h.update(id.to_le_bytes());
+        h.update((s.len() as u32).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Teacher and student must share the vocabulary id for id: checked before any compute.
+pub fn check_vocab(
+    teacher: (&orlik_model::Config, &tokenizers::Tokenizer),
+    student: (&orlik_model::Config, &tokenizers::Tokenizer),
+) -> Result<(), DistillError> {
+    if teacher.0.vocab_size != student.0.vocab_size {
+        return Err(DistillError::Mismatch(format!(
+            "teacher vocab_size {} != student vocab_size {}: logit distillation needs the same vocabulary",
+            teacher.0.vocab_size, student.0.vocab_size
+        )));
+    }
+    let (a, b) = (vocab_sha256(teacher.1), vocab_sha256(student.1));
+    if a != b {
+        let tv = teacher.1.get_vocab(true);
+        let sv = student.1.get_vocab(true);
+        let diff = tv
+            .iter()
+            .find(|(s, id)| sv.get(*s) != Some(id))
+            .map(|(s, id)| {
+                format!(
+                    "{s:?} is {id} in the teacher, {:?} in the student",
+                    sv.get(s)
+                )
+            });
+        return Err(DistillError::Mismatch(format!(
+            "teacher and student tokenizers differ ({}): logit distillation needs the same vocabulary",
+            diff.unwrap_or_else(|| "different sizes".into())
+        )));
+    }
+    Ok(())
+}
+
+/// Per-position teacher rows from logits (rows, vocab) at temperature `t`: the full log-softmax
+/// (`topk` = 0) or the top-k with the tail mass.
+pub fn rows_from_logits(z: &[f32], vocab: usize, t: f32, topk: usize) -> StepRows {
+    if topk == 0 {
+        let logp: Vec<f32> = z
+            .par_chunks(vocab)
+            .flat_map_iter(|r| log_softmax(r, t).into_iter().map(|x| x as f32))
+            .collect();
+        return StepRows::Full { vocab, logp };
+    }
+    let parts: Vec<(Vec<u32>, Vec<f32>, f32)> = z
+        .par_chunks(vocab)
+        .map(|r| top_k(&log_softmax(r, t), topk))
+        .collect();
+    let k = topk.min(vocab);
+    let mut ids = Vec::with_capacity(parts.len() * k);
+    let mut logp = Vec::with_capacity(parts.len() * k);
+    let mut tail = Vec::with_capacity(parts.len());
+    for (i, l, r) in parts {
+        ids.extend(i);
+        logp.extend(l);
+        tail.push(r);
+    }
+    StepRows::TopK { k, ids, logp, tail }
+}
+
+/// The teacher model run on each micro-batch (inference path: fused kernels, no autograd).
+pub struct OnlineTeacher {
+    model: Model,
+    temperature: f32,
+    topk: usize,
+    hidden: Option<Tensor>, // (rows, hidden)
+}
+
+impl OnlineTeacher {
+    pub fn new(model: Model, temperature: f32, topk: usize) -> OnlineTeacher {
+        OnlineTeacher {
+            model,
+            temperature,
+            topk,
+            hidden: None,
+        }
+    }
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
+impl TeacherSource for OnlineTeacher {
+    fn prepare(
+        &mut self,
+        _split: Split,
+        _windows: &[usize],
+        inputs: &Tensor,
+    ) -> Result<bool, TrainError> {
+        let h = self.model.forward_hidden(inputs, None, None, None)?; // (b, t, hidden)
+        let (b, t, d) = h.dims3()?;
+        self.hidden = Some(h.reshape((b * t, d))?);
+        Ok(true)
+    }
+    fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError> {
+        let h = self
+            .hidden
+            .as_ref()
+            .ok_or_else(|| TrainError::Teacher("rows() before prepare()".into()))?;
+        let logits = self.model.lm_head(&h.narrow(0, start, n)?)?; // (n, vocab)
+        let vocab = logits.dim(1)?;
+        Ok(rows_from_logits(
+            &logits.flatten_all()?.to_vec1::<f32>()?,
+            vocab,
+            self.temperature,
+            self.topk,
+        ))
+    }
+}

@@ -1,0 +1,148 @@
+//! Training checkpoints: `checkpoints/step-NNNNNNNN/` holding the f32 master weights
+//! (`weights.safetensors`, HF names), the AdamW moments (`optimizer.safetensors`, `m.`/`v.`
+//! prefixes) and `state.json` (step, data cursor, seed, counters). Each is written atomically
+//! (temp dir + fsync + rename); only the newest `KEEP` are kept.
+
+use crate::optim::Slot;
+use crate::{file_err, TrainError};
+use candle_core::{DType, Device, Tensor};
+use orlik_io::safetensors::{write_file, Checkpoint};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const KEEP: usize = 2;
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    /// Optimizer steps taken (the next step is `step`, 0-based).
+    pub step: u64,
+    /// Data cursor: samples (windows) consumed.
+    pub cursor: u64,
+    /// The seed of the data order (the only randomness in training).
+    pub seed: u64,
+    pub tokens_seen: u64,
+    /// Non-finite steps in a row when the checkpoint was written.
+    pub bad_in_a_row: u32,
+    pub skipped_steps: u64,
+    /// Wall seconds spent training before this checkpoint (summed over resumptions).
+    pub train_seconds: f64,
+}
+
+fn step_dir(root: &Path, step: u64) -> PathBuf {
+    root.join(format!("step-{step:08}"))
+}
+
+/// Checkpoint directories under `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let mut out = Vec::new();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(root).map_err(file_err(root))? {
+        let p = e.map_err(file_err(root))?.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            if p.join("state.json").exists() {
+                out.push((n, p));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn save(
+    root: &Path,
+    state: &State,
+    names: &[String],
+    slots: &[Slot],
+) -> Result<PathBuf, TrainError> {
+    for (n, s) in names.iter().zip(slots) {
+        if s.w.iter().any(|x| !x.is_finite()) {
+            return Err(TrainError::NonFinite(format!(
+                "refusing to save non-finite weights ({n})"
+            )));
+        }
+    }
+    std::fs::create_dir_all(root).map_err(file_err(root))?;
+    let target = step_dir(root, state.step);
+    orlik_io::atomic::write_dir_atomically::<TrainError>(&target, true, |tmp| {
+        let dev = Device::Cpu;
+        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
+        let mut w = Vec::with_capacity(names.len());
+        let mut o = Vec::with_capacity(2 * names.len());
+        for (n, s) in names.iter().zip(slots) {
+            w.push((n.clone(), t(&s.w)?));
+            o.push((format!("m.{n}"), t(&s.m)?));
+            o.push((format!("v.{n}"), t(&s.v)?));
+        }
+        write_file(
+            &tmp.join("weights.safetensors"),
+            &w.iter().collect::<Vec<_>>(),
+            DType::F32,
+        )?;
+        write_file(
+            &tmp.join("optimizer.safetensors"),
+            &o.iter().collect::<Vec<_>>(),
+            DType::F32,
+        )?;
+        let p = tmp.join("state.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(state).unwrap_or_default())
+            .map_err(file_err(&p))?;
+        Ok(())
+    })?;
+    let all = list(root)?;
+    if all.len() > KEEP {
+        for (_, p) in &all[..all.len() - KEEP] {
+            std::fs::remove_dir_all(p).map_err(file_err(p))?;
+        }
+    }
+    Ok(target)
+}
+
+/// Load a checkpoint into `slots` (whose sizes fix what is expected) and return its state.
+pub fn load(dir: &Path, names: &[String], slots: &mut [Slot]) -> Result<State, TrainError> {
+    let sp = dir.join("state.json");
+    let text = std::fs::read_to_string(&sp).map_err(file_err(&sp))?;
+    let state: State = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Resume(format!("{}: {e}", sp.display())))?;
+    if state.version != STATE_VERSION {
+        return Err(TrainError::Resume(format!(
+            "{}: state version {} (this orlik reads {STATE_VERSION})",
+            sp.display(),
+            state.version
+        )));
+    }
+    let w = Checkpoint::open(&dir.join("weights.safetensors"))?;
+    let o = Checkpoint::open(&dir.join("optimizer.safetensors"))?;
+    let read = |ck: &Checkpoint, name: &str, want: usize| -> Result<Vec<f32>, TrainError> {
+        let v = ck
+            .tensor(name)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if v.len() != want {
+            return Err(TrainError::Resume(format!(
+                "{}: {name} has {} values, the model needs {want}",
+                dir.display(),
+                v.len()
+            )));
+        }
+        Ok(v)
+    };
+    for (n, s) in names.iter().zip(slots.iter_mut()) {
+        let len = s.w.len();
+        s.w = read(&w, n, len)?;
+        s.m = read(&o, &format!("m.{n}"), len)?;
+        s.v = read(&o, &format!("v.{n}"), len)?;
+    }
+    Ok(state)
+}

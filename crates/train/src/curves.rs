@@ -1,0 +1,90 @@
+//! metrics.jsonl: one JSON object per optimizer step (and one per validation), appended and
+//! flushed as training goes; truncated back to the checkpoint on resume so the file always
+//! describes one uninterrupted trajectory. PNG curves are drawn from it at the end.
+
+use crate::{file_err, TrainError};
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+
+pub fn read(path: &Path) -> Result<Vec<Value>, TrainError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).map_err(file_err(path))?;
+    // A killed writer may leave a partial last line: ignore lines that do not parse.
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Keep only rows with `step` ≤ `last_step` (rewritten atomically).
+pub fn truncate(path: &Path, last_step: u64) -> Result<(), TrainError> {
+    let rows: Vec<Value> = read(path)?
+        .into_iter()
+        .filter(|r| {
+            r.get("step")
+                .and_then(Value::as_u64)
+                .is_some_and(|s| s <= last_step)
+        })
+        .collect();
+    let tmp = path.with_extension("jsonl.tmp");
+    let mut text = String::new();
+    for r in rows {
+        text.push_str(&r.to_string());
+        text.push('\n');
+    }
+    std::fs::write(&tmp, text).map_err(file_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(file_err(path))
+}
+
+pub fn append(path: &Path, row: &Value) -> Result<(), TrainError> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(file_err(path))?;
+    writeln!(f, "{row}").map_err(file_err(path))?;
+    f.flush().map_err(file_err(path))
+}
+
+fn series(rows: &[Value], key: &str) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+        .collect()
+}
+
+/// Smooth a noisy series with an exponential moving average (debiased like Adam's moments).
+fn ema(s: &[(f64, f64)], beta: f64) -> Vec<(f64, f64)> {
+    let mut m = 0.0;
+    s.iter()
+        .enumerate()
+        .map(|(i, &(x, y))| {
+            m = beta * m + (1.0 - beta) * y;
+            (x, m / (1.0 - beta.powi(i as i32 + 1)))
+        })
+        .collect()
+}
+
+/// Draw `loss.png` (training loss per step, raw and smoothed; blue raw, red smoothed, green
+/// validation loss) and `val_bpb.png` (validation bits per byte) when there are rows for them.
+/// Returns the files written.
+pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
+    let rows = read(metrics)?;
+    let mut out = Vec::new();
+    let loss = series(&rows, "loss");
+    if !loss.is_empty() {
+        let smooth = ema(&loss, 0.9);
+        let c =
+            orlik_io::png::line_chart(&[loss, smooth, series(&rows, "val_loss")], 800, 400, false);
+        c.save(&dir.join("loss.png"))?;
+        out.push("loss.png".into());
+    }
+    let bpb = series(&rows, "val_bits_per_byte");
+    if !bpb.is_empty() {
+        orlik_io::png::line_chart(&[bpb], 800, 400, false).save(&dir.join("val_bpb.png"))?;
+        out.push("val_bpb.png".into());
+    }
+    Ok(out)
+}
