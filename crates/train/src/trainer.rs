@@ -585,6 +585,9 @@ impl<'t> Trainer<'t> {
         let started = Instant::now();
         let base_seconds = self.state.train_seconds;
         let mut last_saved = self.state.step;
+        // Testing aid: a pause after each step so interruption tests can kill the process
+        // mid-run reliably on any machine. Not used otherwise.
+        let delay = std::env::var("ORLIK_STEP_DELAY_MS").ok().and_then(|v| v.parse::<u64>().ok());
         while self.state.step < total_steps {
             if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
                 self.state.train_seconds = base_seconds + started.elapsed().as_secs_f64();
@@ -599,6 +602,9 @@ impl<'t> Trainer<'t> {
             }
             let (m, loss, lr, tps) = self.one_step(&mut order, total_steps, warmup, &adam, &pb)?;
             curves::append(&self.metrics_path(), &m)?;
+            if let Some(ms) = delay {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
             pb.set_position(self.state.step);
             pb.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {tps:.0} tok/s"));
             if self.state.bad_in_a_row >= self.cfg.max_bad_steps {

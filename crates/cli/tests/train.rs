@@ -1,0 +1,276 @@
+//! End-to-end training on a tiny converted model: distillation into a pruned student, killed
+//! with SIGKILL and resumed (bit-identical to an uninterrupted run), interrupted with SIGINT
+//! (checkpoint saved, clean exit), cached vs online teacher (same losses with k = vocabulary),
+//! `orlik train` from random init, and bad input.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn orlik(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_orlik")).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = orlik(args);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fails(args: &[&str], needles: &[&str]) {
+    let o = orlik(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    teacher: String,
+    student: String,
+    data: String,
+    val: String,
+}
+
+impl Setup {
+    fn p(&self, name: &str) -> String {
+        self.root.join(name).to_str().unwrap().to_string()
+    }
+}
+
+/// Teacher: the tiny GGUF converted; student: it pruned to 1 layer and a narrower MLP; text:
+/// seeded random sentences over words the tiny vocabulary knows.
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let teacher = root.join("teacher");
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", teacher.to_str().unwrap()]);
+    let student = root.join("student");
+    ok(&["prune", teacher.to_str().unwrap(), "--importance", "magnitude", "--layers", "1", "--ffn", "24", "-o", student.to_str().unwrap()]);
+    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea", "hat"];
+    let mut x = 12345u64;
+    let mut text = |n: usize| {
+        let mut s = String::new();
+        for i in 0..n {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s.push_str(words[(x >> 33) as usize % words.len()]);
+            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
+        }
+        s
+    };
+    let data = root.join("train.txt");
+    std::fs::write(&data, text(3000)).unwrap();
+    let val = root.join("val.txt");
+    std::fs::write(&val, text(400)).unwrap();
+    let s = |p: PathBuf| p.to_str().unwrap().to_string();
+    Setup { teacher: s(teacher), student: s(student), data: s(data), val: s(val), root, _tmp: tmp }
+}
+
+fn distill_args<'a>(s: &'a Setup, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "--val", &s.val, "--seq-len", "16",
+        "--batch", "2", "--steps", "12", "--save-every", "3", "--eval-every", "6", "--val-tokens", "64", "--lr", "1e-2",
+        "-o", out,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+/// Set `flag` to `value` (replacing it when present).
+fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a str> {
+    match args.iter().position(|a| *a == flag) {
+        Some(i) => args[i + 1] = value,
+        None => args.extend([flag, value]),
+    }
+    args
+}
+
+fn rows(out: &str) -> Vec<Value> {
+    std::fs::read_to_string(Path::new(out).join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The trajectory without wall-clock fields.
+fn trajectory(out: &str) -> Vec<Value> {
+    rows(out)
+        .into_iter()
+        .map(|mut r| {
+            r.as_object_mut().unwrap().remove("tokens_per_s");
+            r
+        })
+        .collect()
+}
+
+fn weights(out: &str) -> Vec<u8> {
+    std::fs::read(Path::new(out).join("final/model.safetensors")).unwrap()
+}
+
+/// Start a slowed-down run, wait until `n` steps are logged, then signal it.
+fn interrupt_after(args: &[&str], out: &str, n: usize, signal: &str) -> std::process::ExitStatus {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orlik"))
+        .args(args)
+        .env("ORLIK_STEP_DELAY_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if signal == "KILL" {
+        child.kill().unwrap();
+    } else {
+        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    }
+    child.wait().unwrap()
+}
+
+#[test]
+fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
+    let s = setup();
+    let a = s.p("a");
+    let out = ok(&distill_args(&s, &a, &[]));
+    assert!(out.contains("trained 12 steps"), "{out}");
+    let ta = trajectory(&a);
+    assert_eq!(ta.iter().filter(|r| r.get("loss").is_some()).count(), 12);
+    assert_eq!(ta.iter().filter(|r| r.get("val_kl").is_some()).count(), 2, "validation at 6 and 12");
+    for k in ["loss", "kl", "lr", "grad_norm", "tokens"] {
+        assert!(ta[0].get(k).is_some(), "metrics row lacks {k}: {}", ta[0]);
+    }
+    assert!(Path::new(&a).join("loss.png").exists() && Path::new(&a).join("val_bpb.png").exists());
+    assert!(Path::new(&a).join("final/tokenizer.json").exists());
+    let ckpts = std::fs::read_dir(Path::new(&a).join("checkpoints")).unwrap().count();
+    assert_eq!(ckpts, 2, "keeps the last 2 checkpoints");
+
+    // SIGKILL after step 7 (checkpoint at 6), resume.
+    let b = s.p("b");
+    let st = interrupt_after(&distill_args(&s, &b, &[]), &b, 7, "KILL");
+    assert!(!st.success());
+    assert!(!Path::new(&b).join("final").exists());
+    ok(&distill_args(&s, &b, &["--resume"]));
+    assert_eq!(trajectory(&b), ta, "resumed trajectory differs");
+    assert!(weights(&b) == weights(&a), "resumed weights differ");
+
+    // SIGINT: checkpoint at the current step, exit 130, resume.
+    let c = s.p("c");
+    let st = interrupt_after(&distill_args(&s, &c, &[]), &c, 4, "INT");
+    assert_eq!(st.code(), Some(130));
+    let last = rows(&c).iter().filter_map(|r| r["step"].as_u64()).max().unwrap();
+    assert!(Path::new(&c).join(format!("checkpoints/step-{last:08}")).exists(), "checkpoint of step {last} saved");
+    ok(&distill_args(&s, &c, &["--resume"]));
+    assert!(weights(&c) == weights(&a), "SIGINT-resumed weights differ");
+
+    // Resuming with other settings names the keys; an existing run is not overwritten.
+    let changed = with(with(distill_args(&s, &c, &["--resume"]), "--lr", "2e-2"), "--batch", "3");
+    fails(&changed, &["batch (2 -> 3)", "lr (0.01 -> 0.02)"]);
+    fails(&distill_args(&s, &c, &[]), &["already holds a run", "--resume"]);
+}
+
+#[test]
+fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
+    let s = setup();
+    let cache = s.p("cache");
+    let args = ["teacher-cache", "--teacher", &s.teacher, "--data", &s.data, "--val", &s.val, "--topk", "64", "--seq-len", "16",
+        "--shard-windows", "16", "-o", &cache];
+    ok(&args);
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&cache).join("cache.json")).unwrap()).unwrap();
+    assert_eq!(m["topk"], 64);
+    assert_eq!(m["vocab_size"], 64);
+    let shards = m["train"]["shards"].as_array().unwrap();
+    assert!(shards.len() >= 3, "{m}");
+    // Re-running rebuilds only a missing shard, bit for bit.
+    let first = Path::new(&cache).join(shards[1].as_str().unwrap());
+    let bytes = std::fs::read(&first).unwrap();
+    std::fs::remove_file(&first).unwrap();
+    ok(&args);
+    assert_eq!(std::fs::read(&first).unwrap(), bytes);
+
+    let (on, ca) = (s.p("online"), s.p("cached"));
+    ok(&distill_args(&s, &on, &[]));
+    let mut cached = distill_args(&s, &ca, &["--teacher-cache", &cache]);
+    let i = cached.iter().position(|a| *a == "--teacher").unwrap();
+    cached.drain(i..i + 2); // no teacher model at all
+    ok(&cached);
+    let (x, y) = (rows(&on), rows(&ca));
+    assert_eq!(x.len(), y.len());
+    for (a, b) in x.iter().zip(&y) {
+        for k in ["loss", "kl", "val_kl", "val_loss"] {
+            if let (Some(p), Some(q)) = (a[k].as_f64(), b[k].as_f64()) {
+                assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-3), "{k}: online {p} vs cached {q}");
+            } else {
+                assert_eq!(a.get(k).is_some(), b.get(k).is_some(), "{k} present in one only: {a} {b}");
+            }
+        }
+    }
+
+    // A cache from another teacher, another seq-len or temperature is refused.
+    let other = s.p("cached2");
+    fails(&with(distill_args(&s, &other, &["--teacher-cache", &cache]), "--teacher", &s.student), &["another teacher"]);
+    fails(&distill_args(&s, &other, &["--teacher-cache", &cache, "--temperature", "2"]), &["temperature"]);
+    fails(&["distill", "--student", &s.student, "--teacher-cache", &cache, "--data", &s.data, "--seq-len", "8", "--steps", "1",
+        "-o", &other], &["seq_len 16"]);
+}
+
+#[test]
+fn train_from_random_init_learns_and_bad_input_is_refused() {
+    let s = setup();
+    let r = s.p("scratch");
+    ok(&["train", &s.student, "--init", "random", "--data", &s.data, "--val", &s.val, "--seq-len", "16", "--batch", "4",
+        "--steps", "40", "--lr", "1e-2", "--warmup", "4", "-o", &r]);
+    let l: Vec<f64> = rows(&r).iter().filter_map(|x| x["loss"].as_f64()).collect();
+    let head = l[..5].iter().sum::<f64>() / 5.0;
+    let tail = l[35..].iter().sum::<f64>() / 5.0;
+    assert!(tail < head - 0.5, "CE did not fall: {head} -> {tail}");
+    assert!(rows(&r).iter().any(|x| x.get("val_bits_per_byte").is_some()));
+
+    // Vocabulary mismatch is found before any compute.
+    let odd = s.root.join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    for e in std::fs::read_dir(&s.student).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, odd.join(p.file_name().unwrap())).unwrap();
+    }
+    let tj = odd.join("tokenizer.json");
+    let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+    let (k1, k2) = {
+        let mut it = vocab.iter().filter(|(_, v)| v.as_u64().unwrap() > 10);
+        (it.next().unwrap().0.clone(), it.next().unwrap().0.clone())
+    };
+    let (v1, v2) = (vocab[&k1].clone(), vocab[&k2].clone());
+    vocab.insert(k1, v2);
+    vocab.insert(k2, v1);
+    std::fs::write(&tj, tok.to_string()).unwrap();
+    let out = s.p("x");
+    fails(&["distill", "--teacher", &s.teacher, "--student", odd.to_str().unwrap(), "--data", &s.data, "--steps", "1", "-o", &out],
+        &["tokenizers differ"]);
+    let empty = s.root.join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", empty.to_str().unwrap(), "--steps", "1",
+        "--seq-len", "16", "-o", &out],
+        &["empty.txt", "empty"]);
+    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "--steps", "1", "--seq-len", "100000",
+        "-o", &out], &["max_position_embeddings"]);
+    fails(&["distill", "--student", &s.student, "--data", &s.data, "--steps", "1", "-o", &out], &["--teacher"]);
+    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "-o", &out], &["--steps or --tokens"]);
+    let toml = s.root.join("bad.toml");
+    std::fs::write(&toml, "stepz = 3\n").unwrap();
+    fails(&["train", &s.student, "--data", &s.data, "--config", toml.to_str().unwrap(), "-o", &out], &["bad.toml", "stepz"]);
+    assert!(!Path::new(&out).exists(), "nothing written on bad input");
+}
