@@ -165,110 +165,106 @@ fn bucket(loss: KdLoss, beta: f64, ls: f64, lp: f64) -> (f64, f64) {
 
 /// Loss of one row of student logits `z` (vocab) against the teacher row and the optional true
 /// next token; writes dL/dz (already multiplied by `scale`) into `grad`.
-pub fn row_loss(
-    z: &[f32],
-    teacher: Option<TeacherRow>,
-    target: Option<u32>,
-    spec: &KdSpec,
-    scale: f32,
-    grad: &mut [f32],
-) -> RowLoss {
+///
+/// One exponential per vocabulary entry on the student side: e_j = exp(u_j − max u) is kept (in
+/// `grad`, before it is overwritten) and every student quantity derives from it; sums are f64.
+pub fn row_loss(z: &[f32], teacher: Option<TeacherRow>, target: Option<u32>, spec: &KdSpec, scale: f32, grad: &mut [f32]) -> RowLoss {
     let v = z.len();
     let t = spec.temperature as f64;
+    let inv_t = 1.0 / spec.temperature;
     let beta = spec.beta as f64;
-    let ls = log_softmax(z, spec.temperature); // log s_j at temperature T
-    let mut g = vec![0f64; v]; // dL/dz in f64
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_t));
+    let mut zsum = 0f64;
+    for (e, &x) in grad.iter_mut().zip(z) {
+        *e = (x * inv_t - max).exp();
+        zsum += *e as f64;
+    }
+    let log_z = zsum.ln() + max as f64; // u_j - log_z = log s_j
+    let inv_zsum = 1.0 / zsum;
     let mut out = RowLoss::default();
+    // dL/dz_j = T · (c_j − s_j · Σa) for the KD part, with c_j set per bucket kind below.
+    let mut kd_sum_a = 0f64;
+    let mut bucket_terms: Vec<(usize, f64)> = Vec::new(); // top-k: (token, a_b)
+    let mut tail_factor = 0f64; // top-k: a_tail / S_tail, applied to tokens outside the top-k
+    let mut in_k: Vec<bool> = Vec::new();
+    let mut full_a: Vec<f32> = Vec::new();
     if let Some(teacher) = teacher {
         let mut kd = 0.0;
-        let mut sum_a = 0.0;
         match teacher {
             TeacherRow::Full(lp) => {
-                let mut a = vec![0f64; v];
+                full_a = vec![0f32; v];
                 for j in 0..v {
-                    let (term, aj) = bucket(spec.loss, beta, ls[j], lp[j] as f64);
+                    let ls = (z[j] * inv_t) as f64 - log_z;
+                    let (term, aj) = bucket(spec.loss, beta, ls, lp[j] as f64);
                     kd += term;
-                    a[j] = aj;
-                    sum_a += aj;
-                }
-                for j in 0..v {
-                    g[j] = a[j] - ls[j].exp() * sum_a;
+                    full_a[j] = aj as f32;
+                    kd_sum_a += aj;
                 }
             }
             TeacherRow::TopK { ids, logp, tail } => {
-                let mut in_k = vec![false; v];
-                let mut a_k = Vec::with_capacity(ids.len());
+                in_k = vec![false; v];
                 for (&id, &lp) in ids.iter().zip(logp) {
                     let j = id as usize;
                     in_k[j] = true;
-                    let (term, aj) = bucket(spec.loss, beta, ls[j], lp as f64);
+                    let ls = (z[j] * inv_t) as f64 - log_z;
+                    let (term, aj) = bucket(spec.loss, beta, ls, lp as f64);
                     kd += term;
-                    a_k.push(aj);
-                    sum_a += aj;
+                    bucket_terms.push((j, aj));
+                    kd_sum_a += aj;
                 }
-                // Student tail mass in log space: log Σ_{j∉K} s_j.
-                let max = (0..v)
-                    .filter(|&j| !in_k[j])
-                    .map(|j| ls[j])
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let ls_tail = if max == f64::NEG_INFINITY {
-                    f64::NEG_INFINITY
-                } else {
-                    (0..v)
-                        .filter(|&j| !in_k[j])
-                        .map(|j| (ls[j] - max).exp())
-                        .sum::<f64>()
-                        .ln()
-                        + max
-                };
-                let lp_tail = if tail > 0.0 {
-                    (tail as f64).ln()
-                } else {
-                    f64::NEG_INFINITY
-                };
-                let (term, a_tail) = if ls_tail == f64::NEG_INFINITY && tail <= 0.0 {
-                    (0.0, 0.0)
-                } else {
-                    bucket(spec.loss, beta, ls_tail, lp_tail)
-                };
+                // Student tail mass, summed directly (no cancellation): Σ_{j∉K} e_j / Z.
+                let rest: f64 = grad.iter().zip(&in_k).filter(|(_, &k)| !k).map(|(&e, _)| e as f64).sum();
+                let ls_tail = if rest > 0.0 { rest.ln() + max as f64 - log_z } else { f64::NEG_INFINITY };
+                let lp_tail = if tail > 0.0 { (tail as f64).ln() } else { f64::NEG_INFINITY };
+                let (term, a_tail) =
+                    if rest <= 0.0 && tail <= 0.0 { (0.0, 0.0) } else { bucket(spec.loss, beta, ls_tail, lp_tail) };
                 kd += term;
-                sum_a += a_tail;
-                for j in 0..v {
-                    let s = ls[j].exp();
-                    g[j] = if in_k[j] {
-                        0.0
-                    } else {
-                        (ls[j] - ls_tail).exp() * a_tail
-                    } - s * sum_a;
-                }
-                for (&id, aj) in ids.iter().zip(a_k) {
-                    let j = id as usize;
-                    g[j] = aj - ls[j].exp() * sum_a;
-                }
+                kd_sum_a += a_tail;
+                tail_factor = if rest > 0.0 { a_tail / (rest * inv_zsum) } else { 0.0 };
             }
         }
         out.kd = kd * t * t;
-        for x in g.iter_mut() {
-            *x *= t; // T² · (1/T)
-        }
     }
+    // CE at temperature 1: s¹ = softmax(z); equal to s when T = 1.
+    let ce_w = spec.ce_weight as f64;
+    let (ce_max, ce_log_z) = if spec.temperature == 1.0 {
+        (max, log_z)
+    } else {
+        let m = z.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        (m, z.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln() + m as f64)
+    };
     if let Some(y) = target {
-        let w = spec.ce_weight as f64;
-        let l1 = if spec.temperature == 1.0 {
-            ls
-        } else {
-            log_softmax(z, 1.0)
-        };
-        out.ce = -l1[y as usize];
-        if w != 0.0 {
-            for j in 0..v {
-                g[j] += w * l1[j].exp();
-            }
-            g[y as usize] -= w;
-        }
+        out.ce = ce_log_z - z[y as usize] as f64;
     }
-    for (o, x) in grad.iter_mut().zip(&g) {
-        *o = (*x * scale as f64) as f32;
+    let has_teacher = teacher.is_some();
+    let ce_on = target.is_some() && ce_w != 0.0;
+    let sc = scale as f64;
+    for j in 0..v {
+        let s = grad[j] as f64 * inv_zsum;
+        let mut g = 0.0;
+        if has_teacher {
+            let c = if !full_a.is_empty() {
+                full_a[j] as f64
+            } else if in_k[j] {
+                0.0 // set below from bucket_terms
+            } else {
+                s * tail_factor
+            };
+            g = t * (c - s * kd_sum_a);
+        }
+        if ce_on {
+            let s1 = if spec.temperature == 1.0 { s } else { ((z[j] - ce_max) as f64).exp() / (ce_log_z - ce_max as f64).exp() };
+            g += ce_w * s1;
+        }
+        grad[j] = (g * sc) as f32;
+    }
+    for (j, aj) in bucket_terms {
+        grad[j] += (t * aj * sc) as f32;
+    }
+    if ce_on {
+        if let Some(y) = target {
+            grad[y as usize] -= (ce_w * sc) as f32;
+        }
     }
     out
 }
