@@ -138,15 +138,19 @@ fn eos(cfg: &Config, origin: &Path) -> Result<u32> {
 fn pack_all(tok: &tokenizers::Tokenizer, a: &TrainArgs, seq_len: usize, eos: u32) -> Result<(Packed, Option<Packed>)> {
     let train = pack(tok, &a.data, seq_len, eos, 1)?;
     let val = if a.val.is_empty() { None } else { Some(pack(tok, &a.val, seq_len, eos, 1)?) };
-    eprintln!(
+    Ok((train, val))
+}
+
+/// One line about the packed data, printed once every input has been checked.
+fn describe(train: &Packed, val: Option<&Packed>) -> String {
+    format!(
         "data: {} windows x {} tokens ({} tokens, {} bytes){}",
         train.windows(),
-        seq_len + 1,
+        train.seq_len + 1,
         train.tokens.len(),
         train.bytes,
-        val.as_ref().map(|v| format!("; validation {} windows", v.windows())).unwrap_or_default()
-    );
-    Ok((train, val))
+        val.map(|v| format!("; validation {} windows", v.windows())).unwrap_or_default()
+    )
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -285,8 +289,10 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         "data_sha256": train.hash(),
         "val_sha256": val.as_ref().map(Packed::hash),
     });
+    let about = describe(&train, val.as_ref());
     let weights = student.checkpoint.load_all(DType::F32)?;
     let t = Trainer::new(cfg, &student.config, weights, train, val, Some(source), &a.train.output, run, a.train.resume)?;
+    eprintln!("{about}");
     finish(t, &a.train, &student.config, &a.student, stored_dtype(&student))
 }
 
@@ -312,7 +318,9 @@ pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
         "data_sha256": train.hash(),
         "val_sha256": val.as_ref().map(Packed::hash),
     });
+    let about = describe(&train, val.as_ref());
     let t = Trainer::new(cfg, &hf.config, weights, train, val, None, &a.output, run, a.resume)?;
+    eprintln!("{about}");
     finish(t, &a, &hf.config, model, stored_dtype(&hf))
 }
 

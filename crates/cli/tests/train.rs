@@ -5,32 +5,11 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn orlik(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_orlik")).args(args).output().unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = orlik(args);
-    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn fails(args: &[&str], needles: &[&str]) {
-    let o = orlik(args);
-    let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
-    }
-}
+mod common;
+use common::{fails, fixtures, ok};
 
 struct Setup {
     _tmp: tempfile::TempDir,

@@ -33,15 +33,6 @@ pub enum DistillError {
     Candle(#[from] candle_core::Error),
 }
 
-impl From<DistillError> for TrainError {
-    fn from(e: DistillError) -> TrainError {
-        match e {
-            DistillError::Train(t) => t,
-            other => TrainError::Teacher(other.to_string()),
-        }
-    }
-}
-
 /// sha256 of a tokenizer's vocabulary (token string -> id, in id order, added tokens included):
 /// two tokenizers with the same hash map every token string to the same id.
 pub fn vocab_sha256(tok: &tokenizers::Tokenizer) -> String {

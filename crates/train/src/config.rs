@@ -100,7 +100,11 @@ pub const RESUMABLE_KEYS: &[&str] = &["save_every", "eval_every", "val_tokens", 
 
 impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig, TrainError> {
-        toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e.span().map(|r| text[..r.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            TrainError::Config(format!("{origin}{at}: {}", e.message().trim().replace('\n', " ")))
+        })
     }
 
     pub fn tokens_per_step(&self) -> u64 {

@@ -446,14 +446,15 @@ impl<'t> Trainer<'t> {
 
     /// One optimizer step (all micro-batches, clip, AdamW); returns the metrics row (not yet
     /// written), the loss, the learning rate and tokens per second.
-    fn one_step(
-        &mut self,
-        order: &mut Order,
-        total_steps: u64,
-        warmup: u64,
-        adam: &AdamWConfig,
-        pb: &indicatif::ProgressBar,
-    ) -> Result<(Value, f64, f64, f64), TrainError> {
+    fn one_step(&mut self, order: &mut Order, pb: &indicatif::ProgressBar) -> Result<(Value, f64, f64, f64), TrainError> {
+        let total_steps = self.cfg.total_steps()?;
+        let warmup = self.cfg.warmup_steps()?;
+        let adam = AdamWConfig {
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+            weight_decay: self.cfg.weight_decay,
+        };
         let per_micro = self.cfg.batch;
         let accum = self.cfg.grad_accum;
         let t0 = Instant::now();
@@ -539,20 +540,12 @@ impl<'t> Trainer<'t> {
     /// Time `n` optimizer steps from the current state without saving anything (benchmarks).
     /// Returns seconds per step.
     pub fn time_steps(&mut self, n: usize) -> Result<Vec<f64>, TrainError> {
-        let total_steps = self.cfg.total_steps()?;
-        let warmup = self.cfg.warmup_steps()?;
-        let adam = AdamWConfig {
-            beta1: self.cfg.beta1,
-            beta2: self.cfg.beta2,
-            eps: self.cfg.eps,
-            weight_decay: self.cfg.weight_decay,
-        };
         let mut order = Order::new(self.train.windows(), self.cfg.seed);
         let pb = indicatif::ProgressBar::hidden();
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let t0 = Instant::now();
-            self.one_step(&mut order, total_steps, warmup, &adam, &pb)?;
+            self.one_step(&mut order, &pb)?;
             out.push(t0.elapsed().as_secs_f64());
         }
         Ok(out)
@@ -562,13 +555,6 @@ impl<'t> Trainer<'t> {
     /// saved and `Outcome::Interrupted` returned).
     pub fn run(&mut self, stop: Option<&AtomicBool>) -> Result<Outcome, TrainError> {
         let total_steps = self.cfg.total_steps()?;
-        let warmup = self.cfg.warmup_steps()?;
-        let adam = AdamWConfig {
-            beta1: self.cfg.beta1,
-            beta2: self.cfg.beta2,
-            eps: self.cfg.eps,
-            weight_decay: self.cfg.weight_decay,
-        };
         let mut order = Order::new(self.train.windows(), self.cfg.seed);
         let pb = if self.quiet {
             indicatif::ProgressBar::hidden()
@@ -600,7 +586,7 @@ impl<'t> Trainer<'t> {
                     step: self.state.step,
                 });
             }
-            let (m, loss, lr, tps) = self.one_step(&mut order, total_steps, warmup, &adam, &pb)?;
+            let (m, loss, lr, tps) = self.one_step(&mut order, &pb)?;
             curves::append(&self.metrics_path(), &m)?;
             if let Some(ms) = delay {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
