@@ -261,6 +261,21 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Compare training runs in one PNG chart: a metric of each run's metrics.jsonl against the
+    /// step (colours in the order of the runs, printed as a legend).
+    Curves {
+        /// Run directories (outputs of distill / train).
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<PathBuf>,
+        /// Metric: val_bits_per_byte, val_loss, val_kl, loss, ce, kl, grad_norm, lr...
+        #[arg(long, default_value = "val_bits_per_byte")]
+        key: String,
+        /// Exponential moving average (0.9) over the points.
+        #[arg(long)]
+        smooth: bool,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Speed: prefill tokens/s at batch 1 x 512 and 8 x 128, decode tokens/s; with --train, a
     /// training step (forward + backward + AdamW) on random tokens instead.
     Bench {
@@ -352,6 +367,9 @@ fn main() {
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
             train_cmd::distill(train_cmd::DistillArgs { teacher, student, teacher_cache, train, kd })
         }
+        Cmd::Curves { runs, key, smooth, output } => orlik_train::curves::compare(&runs, &key, smooth, &output)
+            .map(|caps| caps.iter().for_each(|c| println!("{c}")))
+            .map_err(Into::into),
         Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
         Cmd::TeacherCache { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force } => {
             train_cmd::teacher_cache(train_cmd::CacheArgs { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force })

@@ -134,6 +134,10 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     }
     assert!(Path::new(&a).join("loss.png").exists() && Path::new(&a).join("val_bpb.png").exists());
     assert!(Path::new(&a).join("final/tokenizer.json").exists());
+    let png = s.p("cmp.png");
+    let legend = ok(&["curves", &a, &a, "--key", "val_kl", "-o", &png]);
+    assert!(legend.starts_with("blue: ") && legend.contains("red: ") && Path::new(&png).exists(), "{legend}");
+    fails(&["curves", &a, "--key", "nope", "-o", &png], &["no \"nope\""]);
     let ckpts = std::fs::read_dir(Path::new(&a).join("checkpoints")).unwrap().count();
     assert_eq!(ckpts, 2, "keeps the last 2 checkpoints");
 
@@ -154,6 +158,10 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     assert!(Path::new(&c).join(format!("checkpoints/step-{last:08}")).exists(), "checkpoint of step {last} saved");
     ok(&distill_args(&s, &c, &["--resume"]));
     assert!(weights(&c) == weights(&a), "SIGINT-resumed weights differ");
+    let d = s.p("d");
+    assert_eq!(interrupt_after(&distill_args(&s, &d, &[]), &d, 2, "TERM").code(), Some(130), "SIGTERM saves and exits too");
+    ok(&distill_args(&s, &d, &["--resume"]));
+    assert!(weights(&d) == weights(&a), "SIGTERM-resumed weights differ");
 
     // Resuming with other settings names the keys; an existing run is not overwritten.
     let changed = with(with(distill_args(&s, &c, &["--resume"]), "--lr", "2e-2"), "--batch", "3");

@@ -45,10 +45,13 @@ impl Canvas {
     }
 }
 
+/// Series colours in order, and their names for captions.
+pub const PALETTE: [[u8; 3]; 6] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
+pub const COLOUR_NAMES: [&str; 6] = ["blue", "red", "green", "purple", "orange", "cyan"];
+
 /// Line chart of several series (x, y) sharing axes, with light grid lines at y quartiles;
 /// `log_y` plots log10(y). Colours cycle through a fixed palette in series order.
 pub fn line_chart(series: &[Vec<(f64, f64)>], w: usize, h: usize, log_y: bool) -> Canvas {
-    const PALETTE: [[u8; 3]; 6] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
     let mut c = Canvas::new(w, h);
     let ty = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
     let pts: Vec<(f64, f64)> = series.iter().flatten().filter(|p| p.1.is_finite()).map(|&(x, y)| (x, ty(y))).collect();

@@ -88,3 +88,22 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
     }
     Ok(out)
 }
+
+/// One chart comparing runs: `key` (e.g. `val_bits_per_byte`, `loss`) against `step`, one series
+/// per run directory (its metrics.jsonl), smoothed when `smooth`. Returns "colour: run" captions.
+pub fn compare(runs: &[std::path::PathBuf], key: &str, smooth: bool, out: &Path) -> Result<Vec<String>, TrainError> {
+    let mut all = Vec::new();
+    let mut captions = Vec::new();
+    for (i, r) in runs.iter().enumerate() {
+        let rows = read(&r.join("metrics.jsonl"))?;
+        let s = series(&rows, key);
+        if s.is_empty() {
+            return Err(TrainError::Data(format!("{}: no {key:?} in metrics.jsonl", r.display())));
+        }
+        let name = orlik_io::png::COLOUR_NAMES[i % orlik_io::png::COLOUR_NAMES.len()];
+        captions.push(format!("{name}: {}", r.display()));
+        all.push(if smooth { ema(&s, 0.9) } else { s });
+    }
+    orlik_io::png::line_chart(&all, 800, 400, false).save(out)?;
+    Ok(captions)
+}

@@ -125,3 +125,30 @@ fn steps_reduce_the_loss_and_resume_checks_settings_and_restores_state() {
     assert_eq!(crate::checkpoint::list(&a.path().join("checkpoints")).unwrap().len(), 2, "keeps the last 2");
 
 }
+
+#[test]
+fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
+    let cfg = tiny(true);
+    let w = random_weights(&cfg, 7, 0.3).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tc = TrainConfig { steps: Some(10), seq_len: 6, batch: 1, max_bad_steps: 3, ..Default::default() };
+    let mut bad = teacher_logits();
+    bad[5] = f32::NAN; // row 0 of window 0: every step that draws window 0 sees a NaN teacher
+    let teacher: Box<dyn TeacherSource> = Box::new(Fixed { logits: bad, vocab: 13, t: 1.0 });
+    // Both windows give the NaN row (row 0 of every micro-batch), so every step is non-finite.
+    let mut t = Trainer::new(tc, &cfg, w.clone(), packed(), None, Some(teacher), tmp.path(), serde_json::json!({}), false).unwrap();
+    t.set_quiet(true);
+    let e = t.run(None).unwrap_err().to_string();
+    assert!(e.contains("3 non-finite steps in a row"), "{e}");
+    let rows = crate::curves::read(&t.metrics_path()).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["skipped"] == true));
+    // Nothing was applied: the saved weights are the initial (finite) ones.
+    let ck = crate::checkpoint::list(&tmp.path().join("checkpoints")).unwrap();
+    let dir = &ck.last().unwrap().1;
+    let saved = orlik_io::safetensors::Checkpoint::open(&dir.join("weights.safetensors")).unwrap();
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let a = saved.tensor(name).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = w[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a, b);
+}
