@@ -295,6 +295,9 @@ enum Cmd {
         /// Training window length for --train.
         #[arg(long, default_value_t = 256)]
         seq_len: usize,
+        /// With --train: activation checkpointing (see `orlik distill --help`).
+        #[arg(long)]
+        checkpoint_layers: bool,
     },
 }
 
@@ -362,7 +365,9 @@ fn main() {
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
             commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
-        Cmd::Bench { path, reps, json, train: true, batch, seq_len } => train_cmd::bench_train(&path, batch, seq_len, reps, json),
+        Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers } => {
+            train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
+        }
         Cmd::Bench { path, reps, json, .. } => commands::bench(&path, reps, json),
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
             train_cmd::distill(train_cmd::DistillArgs { teacher, student, teacher_cache, train, kd })

@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// Validation tokens per evaluation, 0 = all [default: 32768].
     #[arg(long)]
     pub val_tokens: Option<usize>,
+    /// Activation checkpointing: keep each layer's input only and recompute the layer in the
+    /// backward (about one extra forward; much less memory).
+    #[arg(long)]
+    pub checkpoint_layers: bool,
     /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -123,6 +127,9 @@ fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     }
     if a.min_lr.is_some() {
         c.min_lr = a.min_lr;
+    }
+    if a.checkpoint_layers {
+        c.checkpoint_layers = true;
     }
     if let Some(k) = kd {
         set!(k, loss, temperature, jsd_beta, ce_weight, topk);
@@ -388,9 +395,9 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
 
 /// Training-step speed: forward + backward + AdamW on random tokens, plain CE, model's own
 /// weights. Prints tokens/s of each timed step (after one warm-up step).
-pub fn bench_train(model: &Path, batch: usize, seq_len: usize, steps: usize, json_out: bool) -> Result<()> {
+pub fn bench_train(model: &Path, batch: usize, seq_len: usize, steps: usize, checkpoint_layers: bool, json_out: bool) -> Result<()> {
     let hf = HfModel::open(model)?;
-    let cfg = TrainConfig { steps: Some(steps as u64 + 1), batch, seq_len, save_every: 0, ..Default::default() };
+    let cfg = TrainConfig { steps: Some(steps as u64 + 1), batch, seq_len, save_every: 0, checkpoint_layers, ..Default::default() };
     let n = (batch * (steps + 1) + 1) * (seq_len + 1);
     let tokens = orlik_eval::speed::bench_ids(n, hf.config.vocab_size);
     let data = Packed { tokens, seq_len, bytes: n, stream_tokens: n };

@@ -188,8 +188,15 @@ fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
     ok(&args);
     assert_eq!(std::fs::read(&first).unwrap(), bytes);
 
-    let (on, ca) = (s.p("online"), s.p("cached"));
+    let (on, ca, ck) = (s.p("online"), s.p("cached"), s.p("ckpt"));
     ok(&distill_args(&s, &on, &[]));
+    // Activation checkpointing recomputes layers in the backward: same trajectory up to rounding.
+    ok(&distill_args(&s, &ck, &["--checkpoint-layers"]));
+    for (a, b) in rows(&on).iter().zip(&rows(&ck)) {
+        if let (Some(p), Some(q)) = (a["loss"].as_f64(), b["loss"].as_f64()) {
+            assert!((p - q).abs() <= 1e-4 * p.abs(), "checkpointed loss {q} vs {p}");
+        }
+    }
     let mut cached = distill_args(&s, &ca, &["--teacher-cache", &cache]);
     let i = cached.iter().position(|a| *a == "--teacher").unwrap();
     cached.drain(i..i + 2); // no teacher model at all

@@ -439,6 +439,40 @@ impl Model {
         Ok(out)
     }
 
+    // The pieces of `forward_hidden` one at a time, for training with activation checkpointing
+    // (the trainer stores each layer's input and re-runs one layer at a time under autograd).
+    // Positions are 0..t and attention is causal without padding, as in packed training windows.
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings: ids (b, t) -> (b, t, hidden).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        let (b, t) = ids.dims2()?;
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Layer `li` on a residual stream x (b, t, hidden) -> (b, t, hidden).
+    pub fn layer(&self, li: usize, x: &Tensor) -> Result<Tensor, ModelError> {
+        let layer = self.layers.get(li).ok_or_else(|| ModelError::Input(format!("no layer {li}")))?;
+        let (b, t, _) = x.dims3()?;
+        let (cos, sin) = self.rope_tables(&vec![(0..t as u32).collect(); b])?;
+        let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
+        let m = if fused {
+            None
+        } else {
+            Some(ops::attention_mask(b, t, 0, layer.window, None, self.opts.dtype, self.device())?.unsqueeze(1)?) // (b, 1, 1, t, t)
+        };
+        let mask = Mask { offset: 0, key_valid: None, tensor: m.as_ref() };
+        Ok(self.block(layer, x, &cos, &sin, &mask, None, None)?)
+    }
+
+    /// The final RMSNorm: (b, t, hidden) -> (b, t, hidden).
+    pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?)
+    }
+
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);

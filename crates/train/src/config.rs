@@ -59,6 +59,10 @@ pub struct TrainConfig {
     pub max_bad_steps: u32,
     /// Rows of logits computed at once in the loss (memory: rows · vocab · 4 bytes · 3). Default 256.
     pub loss_chunk: usize,
+    /// Activation checkpointing: keep only each layer's input during the forward and re-run one
+    /// layer at a time under autograd in the backward (one extra forward; activation memory of
+    /// one layer instead of all). Default false.
+    pub checkpoint_layers: bool,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +94,7 @@ impl Default for TrainConfig {
             val_tokens: 32768,
             max_bad_steps: 5,
             loss_chunk: 256,
+            checkpoint_layers: false,
         }
     }
 }

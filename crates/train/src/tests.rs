@@ -73,13 +73,13 @@ fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> V
 }
 
 #[test]
-fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd() {
-    for tied in [true, false] {
-        for kd in [false, true] {
+fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd_with_and_without_layer_checkpointing() {
+    for (tied, kd, ckpt) in [(true, false, false), (true, true, false), (false, false, false), (false, true, false), (true, true, true), (false, false, true)] {
+        {
             let cfg = tiny(tied);
             let w = random_weights(&cfg, 3, 0.3).unwrap();
             let tmp = tempfile::tempdir().unwrap();
-            let tc = TrainConfig { steps: Some(1), seq_len: 6, batch: 2, loss_chunk: 5, temperature: 2.0, loss: KdLoss::Fkl, ..Default::default() };
+            let tc = TrainConfig { steps: Some(1), seq_len: 6, batch: 2, loss_chunk: 5, temperature: 2.0, loss: KdLoss::Fkl, checkpoint_layers: ckpt, ..Default::default() };
             let teacher: Option<Box<dyn TeacherSource>> =
                 if kd { Some(Box::new(Fixed { logits: teacher_logits(), vocab: 13, t: 2.0 })) } else { None };
             let mut tr = Trainer::new(tc, &cfg, w.clone(), packed(), None, teacher, tmp.path(), serde_json::json!({}), false).unwrap();
@@ -89,7 +89,7 @@ fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd() {
             for ((n, g), r) in tr.names.iter().zip(&grads).zip(&want) {
                 let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
                 let err = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err / scale < 1e-4, "tied={tied} kd={kd} {n}: max err {err} (scale {scale})");
+                assert!(err / scale < 1e-4, "tied={tied} kd={kd} ckpt={ckpt} {n}: max err {err} (scale {scale})");
                 assert!(g.iter().any(|x| *x != 0.0), "tied={tied} kd={kd}: {n} got no gradient");
             }
         }

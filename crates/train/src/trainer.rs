@@ -326,7 +326,20 @@ impl<'t> Trainer<'t> {
             Some(t) => t.prepare(split, windows, &inputs)?,
             None => false,
         };
-        let h = self.model.forward_hidden(&inputs, None, None, None)?; // (b, t, hidden)
+        // With activation checkpointing only each layer's input is kept (no autograd graph);
+        // the layers are re-run one at a time under autograd in the backward below.
+        let (h, saved) = if self.cfg.checkpoint_layers && grad_scale.is_some() {
+            let mut x = self.model.embed(&inputs)?.detach();
+            let mut ins = Vec::with_capacity(self.model.num_layers());
+            for l in 0..self.model.num_layers() {
+                ins.push(x.clone());
+                x = self.model.layer(l, &x)?.detach();
+            }
+            let top = Var::from_tensor(&x)?;
+            (self.model.final_norm(top.as_tensor())?, Some((ins, top)))
+        } else {
+            (self.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
+        };
         let (b, t, hid) = h.dims3()?;
         let n = b * t;
         let hd = h.detach().reshape((n, hid))?; // (n, hidden)
@@ -388,9 +401,32 @@ impl<'t> Trainer<'t> {
         }
         let gh = Tensor::cat(&gh_parts, 0)?.reshape((b, t, hid))?;
         let store = (h * gh)?.sum_all()?.backward()?;
+        let mut acc: Vec<Option<Tensor>> = self.vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect();
+        if let Some((ins, top)) = saved {
+            let add = |acc: &mut Vec<Option<Tensor>>, st: &candle_core::backprop::GradStore| -> Result<(), TrainError> {
+                for (slot, v) in acc.iter_mut().zip(&self.vars) {
+                    if let Some(g) = st.get(v.as_tensor()) {
+                        *slot = Some(match slot.take() {
+                            Some(a) => (a + g)?,
+                            None => g.clone(),
+                        });
+                    }
+                }
+                Ok(())
+            };
+            let mut g = store.get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
+            for (l, xin) in ins.iter().enumerate().rev() {
+                let xin = Var::from_tensor(xin)?;
+                let st = (self.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
+                add(&mut acc, &st)?;
+                g = st.get(xin.as_tensor()).cloned().ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
+            }
+            let st = (self.model.embed(&inputs)? * &g)?.sum_all()?.backward()?;
+            add(&mut acc, &st)?;
+        }
         let mut grads = Vec::with_capacity(self.vars.len());
-        for (i, v) in self.vars.iter().enumerate() {
-            let mut g = match store.get(v.as_tensor()) {
+        for (i, (v, a)) in self.vars.iter().zip(acc).enumerate() {
+            let mut g = match a {
                 Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
                 None => vec![0f32; v.as_tensor().elem_count()],
             };
