@@ -51,12 +51,22 @@ run() { # name, command...
 run kd "$ORLIK" distill --student "$OUT/pruned" --teacher-cache "$OUT/cache" --lr 3e-4
 run ce "$ORLIK" train "$OUT/pruned" --lr 3e-4
 run scratch "$ORLIK" train "$OUT/pruned" --init random --lr 1e-3
-echo "| model | params | bits/byte | ppl |" > "$OUT/results.md"
-echo "| --- | --- | --- | --- |" >> "$OUT/results.md"
+# Bits/byte on the held-out Polish validation text (same sources as the training text) and, when
+# ../shared is present, on ud-pl-pud.txt (Polish news/wiki: out of domain).
+TEXTS=("$CACHE/corpus-pl/valid-small.txt")
+PUD="$(dirname "$0")/../../shared/data/pl/ud-pl-pud.txt"
+[ -f "$PUD" ] && TEXTS+=("$PUD")
+{ printf "| model | params |"; for t in "${TEXTS[@]}"; do printf " bits/byte %s |" "$(basename "$t")"; done; echo
+  printf "| --- | --- |"; for t in "${TEXTS[@]}"; do printf " --- |"; done; echo; } > "$OUT/results.md"
 for m in teacher pruned kd/final ce/final scratch/final; do
-  j=$("$ORLIK" eval ppl "$OUT/$m" --text "$CACHE/corpus-pl/valid-small.txt" --context 1024 --json)
   p=$("$ORLIK" inspect "$OUT/$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["parameters"]["total"])')
-  python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print("| %s | %.1fM | %.4f | %.2f |" % (sys.argv[2], int(sys.argv[3]) / 1e6, j["bits_per_byte"], j["ppl"]))' "$j" "$m" "$p" >> "$OUT/results.md"
+  row="| $m | $(python3 -c "print('%.1fM' % ($p / 1e6))") |"
+  for t in "${TEXTS[@]}"; do
+    b=$("$ORLIK" eval ppl "$OUT/$m" --text "$t" --context 1024 --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["bits_per_byte"])')
+    row="$row $b |"
+  done
+  echo "$row" >> "$OUT/results.md"
 done
+"$ORLIK" curves "$OUT/kd" "$OUT/ce" "$OUT/scratch" --key val_bits_per_byte -o "$OUT/val_bpb.png"
 cat "$OUT/results.md"
 echo; echo "stage, wall seconds, peak RSS KB:"; cat "$OUT/times.tsv"

@@ -68,7 +68,7 @@ fn ema(s: &[(f64, f64)], beta: f64) -> Vec<(f64, f64)> {
 }
 
 /// Draw `loss.png` (training loss per step, raw and smoothed; blue raw, red smoothed, green
-/// validation loss) and `val_bpb.png` (validation bits per byte) when there are rows for them.
+/// validation KL for distillation runs, validation loss otherwise) and `val_bpb.png` (validation bits per byte) when there are rows for them.
 /// Returns the files written.
 pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
     let rows = read(metrics)?;
@@ -76,8 +76,9 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
     let loss = series(&rows, "loss");
     if !loss.is_empty() {
         let smooth = ema(&loss, 0.9);
-        let c =
-            orlik_io::png::line_chart(&[loss, smooth, series(&rows, "val_loss")], 800, 400, false);
+        // The validation series on the training loss's scale: KL for distillation, CE otherwise.
+        let val_key = if rows.iter().any(|r| r.get("kl").is_some()) { "val_kl" } else { "val_loss" };
+        let c = orlik_io::png::line_chart(&[loss, smooth, series(&rows, val_key)], 800, 400, false);
         c.save(&dir.join("loss.png"))?;
         out.push("loss.png".into());
     }
