@@ -222,7 +222,7 @@ enum Cmd {
         /// HF model directory.
         model: PathBuf,
         /// Start from the model's weights (`pretrained`) or a seeded random init (`random`,
-        /// normal(0, 0.02) matrices, unit norms).
+        /// uniform with std 0.02 for matrices, norms near 1).
         #[arg(long, default_value = "pretrained", value_parser = ["pretrained", "random"])]
         init: String,
         #[command(flatten)]
