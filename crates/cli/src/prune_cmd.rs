@@ -315,7 +315,7 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
 }
 
 /// Peak resident set size of this process (Linux VmHWM), in KiB.
-fn peak_rss_kb() -> Option<u64> {
+pub(crate) fn peak_rss_kb() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()

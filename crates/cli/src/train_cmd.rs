@@ -161,9 +161,7 @@ fn describe(train: &Packed, val: Option<&Packed>) -> String {
 }
 
 fn peak_rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+    crate::prune_cmd::peak_rss_kb().map(|kb| kb as f64 / 1024.0)
 }
 
 fn stop_flag() -> Arc<AtomicBool> {
