@@ -1,13 +1,13 @@
-//! convert, generate, eval ppl, bench.
+//! convert, generate, bench.
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
-use orlik_eval::{generate::GenOptions, ppl::PplOptions};
+use orlik_eval::generate::GenOptions;
 use orlik_io::hfdir::{HfModel, SaveOptions};
 use orlik_model::ModelOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim().to_ascii_uppercase();
@@ -22,7 +22,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -78,7 +78,7 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
     Ok(())
 }
 
-fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
+pub(crate) fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
     let hf = HfModel::open(path)?;
     let m = hf.load(ModelOptions::default())?;
     Ok((hf, m))
@@ -134,55 +134,12 @@ pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top
     Ok(())
 }
 
-pub fn ppl(path: &Path, texts: &[PathBuf], context: usize, stride: usize, batch: usize, json: bool) -> Result<()> {
-    let (hf, model) = load(path)?;
-    let tok = hf.tokenizer()?;
-    let opts = PplOptions { context, stride, batch };
-    let mut results = Vec::new();
-    for f in texts {
-        let text = orlik_eval::read_text(f)?;
-        let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
-        let ids = enc.get_ids();
-        let pb = bar(ids.len() as u64, "ppl");
-        let r = orlik_eval::ppl::score_ids(&model, ids, text.len(), &opts, |done, _| pb.set_position(done as u64))
-            .with_context(|| f.display().to_string())?;
-        pb.finish_and_clear();
-        if !json {
-            println!(
-                "{}: {} tokens, nll {:.4}, ppl {:.3}, bits/byte {:.4}, {:.0} tokens/s",
-                f.display(),
-                r.tokens,
-                r.nll,
-                r.ppl,
-                r.bits_per_byte,
-                r.tokens_per_s
-            );
-        }
-        results.push((f.display().to_string(), r));
-    }
-    let pooled = orlik_eval::ppl::PplResult::pooled(&results.iter().map(|r| r.1.clone()).collect::<Vec<_>>());
-    if json {
-        let mut v = serde_json::to_value(&pooled)?;
-        if let Some(o) = v.as_object_mut() {
-            let files: serde_json::Map<String, serde_json::Value> =
-                results.iter().map(|(f, r)| (f.clone(), serde_json::to_value(r).unwrap_or_default())).collect();
-            o.insert("files".into(), serde_json::Value::Object(files));
-            o.insert("context".into(), context.into());
-            o.insert("stride".into(), stride.into());
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if results.len() > 1 {
-        println!("total: {} tokens, ppl {:.3}, bits/byte {:.4}", pooled.tokens, pooled.ppl, pooled.bits_per_byte);
-    }
-    Ok(())
-}
-
 pub fn bench(path: &Path, reps: usize, json: bool) -> Result<()> {
     let (_, model) = load(path)?;
     let t = vec![
         orlik_eval::speed::prefill(&model, 1, 512, reps)?,
         orlik_eval::speed::prefill(&model, 8, 128, reps)?,
-        orlik_eval::speed::decode(&model, 16, 64, reps)?,
+        orlik_eval::speed::decode(&model, 1, 16, 64, reps)?,
     ];
     if json {
         println!("{}", serde_json::to_string(&t)?);

@@ -5,8 +5,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod commands;
+mod eval_cmd;
 mod inspect;
+mod pipeline;
 mod prune_cmd;
+mod recipe;
+mod report;
 mod train_cmd;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +73,63 @@ enum Cmd {
         /// Wrap the prompt as one ChatML user turn (`<|im_start|>user ... <|im_start|>assistant`).
         #[arg(long)]
         chat: bool,
+    },
+    /// Compress a model end to end: score → prune to a parameter budget → distill from the
+    /// original → evaluate teacher, pruned and distilled side by side (bits/byte, multiple choice,
+    /// agreement with the teacher, prefill/decode speed) → OUT/report.md with charts. Writes
+    /// OUT/scores/, OUT/pruned/ (HF), OUT/final/ (HF, distilled), OUT/eval.json, OUT/recipe.toml
+    /// (every setting; `orlik run OUT/recipe.toml` repeats the run). Re-running the same command
+    /// keeps finished stages and resumes an interrupted distillation.
+    Compress {
+        /// The model to compress (HF directory; import a GGUF with `orlik convert` first).
+        teacher: PathBuf,
+        /// Parameter budget: a fraction of the model (0.67) or a count (90000000).
+        #[arg(long)]
+        params: f64,
+        /// Training text [default: the project's Polish corpus, train.txt, from scripts/fetch-assets.sh].
+        #[arg(long, num_args = 1..)]
+        data: Vec<PathBuf>,
+        /// Validation text [default: the corpus' valid-small.txt].
+        #[arg(long, num_args = 1..)]
+        val: Vec<PathBuf>,
+        /// Distillation tokens [default: 100000].
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// Multiple-choice questions (EXAMS JSONL) for the evaluation, e.g. ../shared/data/pl/exams-pl-train.jsonl.
+        #[arg(long)]
+        mc_tasks: Option<PathBuf>,
+        /// Any recipe key, e.g. --set distill.lr=1e-3 --set prune.axes=depth,mlp (see `orlik run --help`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// OUT holds a run of other settings: keep its stages whose inputs and settings are unchanged, redo the rest.
+        #[arg(long)]
+        resume: bool,
+        /// Delete OUT and start over.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+    },
+    /// Run the compression pipeline from a recipe (TOML): top-level `teacher`, `output`, `data`,
+    /// `val`, and tables [score], [prune], [distill], [eval] holding every option of each stage
+    /// (recipes/ has examples; OUT/recipe.toml of any run lists them all with their values).
+    /// Unknown keys and wrong types are errors. Stages whose inputs and settings are unchanged
+    /// are kept; an interrupted stage resumes.
+    Run {
+        /// Recipe file.
+        recipe: PathBuf,
+        /// Override a key: --set prune.params=0.5 --set distill.tokens=200000 --set output=runs/x.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Output directory (overrides the recipe's `output`).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// OUT holds a run of another recipe: keep its unchanged stages, redo the rest.
+        #[arg(long)]
+        resume: bool,
+        /// Delete OUT and start over.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
     },
     /// Evaluate a model.
     Eval {
@@ -322,6 +383,54 @@ enum EvalCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Multiple choice by log-likelihood: each choice scored as a continuation of a Polish prompt
+    /// ("Pytanie: ...\nOdpowiedź:"); accuracy raw and normalised by the choice's length in bytes.
+    Mc {
+        /// HF model directory.
+        path: PathBuf,
+        /// Questions in the EXAMS JSONL shape (question.stem, question.choices[].label/text, answerKey).
+        #[arg(long)]
+        tasks: PathBuf,
+        /// First N questions, 0 = all.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// Tokens of prompt + answer kept (cut from the left).
+        #[arg(long, default_value_t = 512)]
+        context: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// How closely a student follows its teacher: KL(teacher || student) per token and top-1
+    /// agreement of the next-token predictions (same tokenizer required).
+    Agree {
+        /// Student HF directory.
+        student: PathBuf,
+        /// Teacher HF directory.
+        #[arg(long)]
+        teacher: PathBuf,
+        #[arg(long, num_args = 1.., required = true)]
+        text: Vec<PathBuf>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Compare at most this many tokens, 0 = all.
+        #[arg(long, default_value_t = 16384)]
+        max_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prefill (256 tokens) and decode (32 tokens after 64) tokens/s at batch 1 and 8, all models
+    /// measured in the same run (interleaved), with speed-ups over the first model.
+    Speed {
+        /// HF model directories; the first is the baseline.
+        #[arg(required = true, num_args = 1..)]
+        models: Vec<PathBuf>,
+        /// Timed repetitions per measurement (median).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Keep freed memory mapped and arenas committed: a forward pass allocates and frees the same
@@ -350,6 +459,40 @@ fn pin_threads() {
     }
 }
 
+/// `orlik compress`'s flags as a recipe (defaults for everything else), then `--set` edits.
+#[allow(clippy::too_many_arguments)]
+fn compress(
+    teacher: PathBuf,
+    params: f64,
+    data: Vec<PathBuf>,
+    val: Vec<PathBuf>,
+    tokens: Option<u64>,
+    mc_tasks: Option<PathBuf>,
+    sets: &[String],
+    output: PathBuf,
+) -> anyhow::Result<recipe::Recipe> {
+    let mut t = toml::Table::new();
+    t.insert("teacher".into(), toml::Value::String(teacher.display().to_string()));
+    t.insert("output".into(), toml::Value::String(output.display().to_string()));
+    let paths = |v: &[PathBuf]| toml::Value::Array(v.iter().map(|p| toml::Value::String(p.display().to_string())).collect());
+    t.insert("data".into(), paths(&data));
+    t.insert("val".into(), paths(&val));
+    let mut prune = toml::Table::new();
+    prune.insert("params".into(), toml::Value::Float(params));
+    t.insert("prune".into(), toml::Value::Table(prune));
+    if let Some(n) = tokens {
+        let mut d = toml::Table::new();
+        d.insert("tokens".into(), toml::Value::Integer(i64::try_from(n)?));
+        t.insert("distill".into(), toml::Value::Table(d));
+    }
+    if let Some(m) = mc_tasks {
+        let mut e = toml::Table::new();
+        e.insert("mc_tasks".into(), toml::Value::String(m.display().to_string()));
+        t.insert("eval".into(), toml::Value::Table(e));
+    }
+    recipe::Recipe::parse(&toml::to_string(&t)?, "orlik compress", sets)?.resolve()
+}
+
 fn main() {
     pin_threads();
     tune_allocator();
@@ -363,8 +506,26 @@ fn main() {
             commands::generate(&path, &prompt, max_new_tokens, temperature, top_p, seed, chat)
         }
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
-            commands::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
+            eval_cmd::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
+        Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => eval_cmd::mc(&path, &tasks, limit, context, json),
+        Cmd::Eval { what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json } } => {
+            eval_cmd::agree(&student, &teacher, &text, context, max_tokens, json)
+        }
+        Cmd::Eval { what: EvalCmd::Speed { models, reps, json } } => eval_cmd::speed(&models, reps, json),
+        Cmd::Compress { teacher, params, data, val, tokens, mc_tasks, sets, output, resume, force } => {
+            compress(teacher, params, data, val, tokens, mc_tasks, &sets, output).and_then(|r| pipeline::run(r, resume, force))
+        }
+        Cmd::Run { recipe, sets, output, resume, force } => std::fs::read_to_string(&recipe)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))
+            .and_then(|text| recipe::Recipe::parse(&text, &recipe.display().to_string(), &sets))
+            .and_then(|mut r| {
+                if let Some(o) = output {
+                    r.output = o;
+                }
+                r.resolve()
+            })
+            .and_then(|r| pipeline::run(r, resume, force)),
         Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers } => {
             train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
         }

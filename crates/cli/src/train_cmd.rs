@@ -92,8 +92,39 @@ pub struct TrainArgs {
     pub save_dtype: Option<String>,
 }
 
+impl TrainArgs {
+    /// The pipeline's distillation run: settings come whole from the recipe, not from flags.
+    pub fn for_pipeline(data: Vec<PathBuf>, val: Vec<PathBuf>, output: PathBuf, resume: bool) -> TrainArgs {
+        TrainArgs {
+            data,
+            val,
+            steps: None,
+            tokens: None,
+            seq_len: None,
+            batch: None,
+            grad_accum: None,
+            lr: None,
+            warmup: None,
+            schedule: None,
+            min_lr: None,
+            weight_decay: None,
+            clip: None,
+            seed: None,
+            save_every: None,
+            eval_every: None,
+            val_tokens: None,
+            checkpoint_layers: false,
+            config: None,
+            output,
+            resume,
+            force: !resume,
+            save_dtype: None,
+        }
+    }
+}
+
 /// Knowledge-distillation options.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct KdArgs {
     /// fkl (forward KL, Minitron's choice), rkl (reverse KL), jsd (generalised JSD) [default: fkl].
     #[arg(long)]
@@ -249,6 +280,12 @@ pub struct DistillArgs {
 
 pub fn distill(a: DistillArgs) -> Result<()> {
     let cfg = resolve(&a.train, Some(&a.kd))?;
+    distill_with(a, cfg)
+}
+
+/// Distil with resolved settings (`a.train`'s setting flags and `a.kd` are not read).
+pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
+    cfg.validate()?;
     let student = HfModel::open(&a.student)?;
     let s_tok = student.tokenizer()?;
     let teacher = match &a.teacher {

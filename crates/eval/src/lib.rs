@@ -1,6 +1,9 @@
-//! Evaluation: perplexity / bits per byte, generation, forward speed.
+//! Evaluation: perplexity / bits per byte, multiple choice, teacher agreement, generation,
+//! forward speed.
 
+pub mod agree;
 pub mod generate;
+pub mod mc;
 pub mod ppl;
 pub mod speed;
 

@@ -39,17 +39,22 @@ pub fn prefill(model: &Model, batch: usize, len: usize, reps: usize) -> Result<T
     Ok(Timing { what: format!("prefill b{batch}x{len}"), tokens_per_s: (batch * len) as f64 / s, seconds: s })
 }
 
-/// Decode `new` tokens one at a time after a `prompt`-token prefill (prefill time excluded).
-pub fn decode(model: &Model, prompt: usize, new: usize, reps: usize) -> Result<Timing, EvalError> {
-    let ids = bench_ids(prompt + new, model.config().vocab_size);
+/// Decode `new` tokens per row one step at a time for `batch` rows after a `prompt`-token prefill
+/// (prefill time excluded); tokens/s counts every row's tokens.
+pub fn decode(model: &Model, batch: usize, prompt: usize, new: usize, reps: usize) -> Result<Timing, EvalError> {
+    let b = batch.max(1);
+    let ids = bench_ids(b * (prompt + new), model.config().vocab_size);
+    let row = |r: usize, from: usize, to: usize| ids[r * (prompt + new) + from..r * (prompt + new) + to].to_vec();
     let mut times = Vec::new();
     for r in 0..reps.max(1) + 1 {
         let mut cache = KvCache::new();
-        let x = Tensor::new(&ids[..prompt], &Device::Cpu)?.unsqueeze(0)?;
+        let p: Vec<u32> = (0..b).flat_map(|i| row(i, 0, prompt)).collect();
+        let x = Tensor::from_vec(p, (b, prompt), &Device::Cpu)?; // (b, prompt)
         let _ = model.forward(&x, None, None, Some(&mut cache))?;
         let t = Instant::now();
-        for &id in &ids[prompt..] {
-            let x = Tensor::new(&[id], &Device::Cpu)?.unsqueeze(0)?;
+        for k in prompt..prompt + new {
+            let step: Vec<u32> = (0..b).flat_map(|i| row(i, k, k + 1)).collect();
+            let x = Tensor::from_vec(step, (b, 1), &Device::Cpu)?; // (b, 1)
             let _ = model.forward(&x, None, None, Some(&mut cache))?;
         }
         if r > 0 {
@@ -57,5 +62,5 @@ pub fn decode(model: &Model, prompt: usize, new: usize, reps: usize) -> Result<T
         }
     }
     let s = median(times);
-    Ok(Timing { what: format!("decode b1 {new} tokens after {prompt}"), tokens_per_s: new as f64 / s, seconds: s })
+    Ok(Timing { what: format!("decode b{b} {new} tokens after {prompt}"), tokens_per_s: (b * new) as f64 / s, seconds: s })
 }

@@ -55,6 +55,22 @@ pub fn write_dir_atomically<E: From<IoError>>(
     result
 }
 
+/// Write one file atomically: a temp file beside it, fsync, rename over `target`.
+pub fn write_file_atomically(target: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let tmp = target.with_file_name(format!(".{name}.orlik-tmp-{}", std::process::id()));
+    let r = (|| {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r.map_err(io_err(target))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

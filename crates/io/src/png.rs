@@ -87,8 +87,55 @@ pub fn line_chart(series: &[Vec<(f64, f64)>], w: usize, h: usize, log_y: bool) -
             c.line(pair[0], pair[1], col);
         }
         if s.len() == 1 {
-            c.rect(s[0].0 as usize, s[0].1 as usize, s[0].0 as usize + 4, s[0].1 as usize + 4, col);
+            // a lone point (e.g. one model on a quality-vs-size chart): an 8-pixel square
+            let (x, y) = ((s[0].0 as usize).saturating_sub(4), (s[0].1 as usize).saturating_sub(4));
+            c.rect(x, y, x + 8, y + 8, col);
         }
     }
     c
+}
+
+/// Grouped bar chart from zero: one group per measurement, one bar per series in palette order
+/// (`groups[g][s]`); each group is scaled to its own largest bar, so groups of different units
+/// (tokens/s of prefill and of decode) can stand side by side and the chart shows ratios.
+pub fn bar_chart(groups: &[Vec<f64>], w: usize, h: usize) -> Canvas {
+    let mut c = Canvas::new(w, h);
+    let m = 20usize;
+    c.rect(m, h - m, w - m, h - m + 1, [0, 0, 0]);
+    if groups.is_empty() {
+        return c;
+    }
+    let gw = (w - 2 * m) / groups.len();
+    for (g, vals) in groups.iter().enumerate() {
+        let top = vals.iter().copied().filter(|v| v.is_finite()).fold(0.0f64, f64::max);
+        if top <= 0.0 || vals.is_empty() {
+            continue;
+        }
+        let bw = (gw * 3 / 4) / vals.len();
+        for (s, &v) in vals.iter().enumerate() {
+            if !(v.is_finite() && v > 0.0) {
+                continue;
+            }
+            let x0 = m + g * gw + gw / 8 + s * bw;
+            let bh = ((h - 2 * m) as f64 * v / top) as usize;
+            c.rect(x0, h - m - bh, x0 + bw.saturating_sub(2).max(1), h - m, PALETTE[s % PALETTE.len()]);
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_heights_are_proportional_within_a_group() {
+        let c = bar_chart(&[vec![1.0, 0.5]], 120, 120);
+        // column of the middle of each bar: count coloured pixels
+        let count = |x: usize, col: [u8; 3]| (0..120).filter(|&y| c.px[(y * 120 + x) * 3..(y * 120 + x) * 3 + 3] == col).count();
+        let bw = (80 * 3 / 4) / 2;
+        let (a, b) = (count(20 + 10 + bw / 2, PALETTE[0]), count(20 + 10 + bw + bw / 2, PALETTE[1]));
+        assert_eq!(a, 80);
+        assert_eq!(b, 40);
+    }
 }

@@ -1,0 +1,271 @@
+//! `orlik compress` / `orlik run`: score → prune → distill → eval → report, each stage writing
+//! into OUT and talking to the next through those files:
+//!
+//!   OUT/scores/ (orlik score) → OUT/pruned/ (orlik prune, HF) → OUT/distill/ (trainer state,
+//!   metrics) and OUT/final/ (HF, distilled) → OUT/eval.json → OUT/report.md + PNG charts.
+//!
+//! Each stage has a fingerprint: sha256 of its settings and of its inputs' fingerprints (the
+//! teacher's weights, the data files, the previous stage). OUT/pipeline.json records the
+//! fingerprint of every stage started and whether it finished. Re-running skips a finished stage
+//! whose fingerprint is unchanged, resumes an interrupted distillation from its checkpoint, and
+//! redoes a stage (and so everything after it) whose settings or inputs changed.
+
+use crate::recipe::Recipe;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const STATE: &str = "pipeline.json";
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StageState {
+    fingerprint: String,
+    done: bool,
+    seconds: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    format_version: u32,
+    stages: BTreeMap<String, StageState>,
+}
+
+fn sha(v: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(v.to_string().as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    orlik_io::atomic::write_file_atomically(path, &serde_json::to_vec_pretty(v)?).with_context(|| path.display().to_string())
+}
+
+/// How OUT relates to this recipe before anything runs.
+fn prepare(r: &Recipe, resume: bool, force: bool) -> Result<()> {
+    let out = &r.output;
+    let non_empty = out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false);
+    if out.exists() && !out.is_dir() {
+        bail!("{}: exists and is not a directory", out.display());
+    }
+    let inside = std::iter::once(&r.teacher).chain(&r.data).chain(&r.val).chain(&r.eval.texts).find(|p| p.starts_with(out));
+    if let Some(p) = inside {
+        bail!("{} is inside the output directory {}: choose another -o (a run may delete or replace its output)", p.display(), out.display());
+    }
+    if force && out.exists() {
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    } else if non_empty {
+        let saved = out.join("recipe.toml");
+        if !saved.is_file() {
+            bail!("{}: holds something that is not an orlik pipeline run (no recipe.toml); choose another -o or pass --force to replace it", out.display());
+        }
+        let text = std::fs::read_to_string(&saved)?;
+        let old = Recipe::parse(&text, &saved.display().to_string(), &[])?;
+        let changed = old.differing_keys(r);
+        if !changed.is_empty() && !resume {
+            bail!(
+                "{} holds another run (recipe differs: {}); pass --resume to reuse its unchanged stages, or --force to start over",
+                out.display(),
+                changed.join("; ")
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    Ok(())
+}
+
+struct Runner {
+    out: PathBuf,
+    state: State,
+}
+
+enum Action {
+    Skip,
+    Resume,
+    Fresh,
+}
+
+impl Runner {
+    fn open(out: &Path) -> Result<Runner> {
+        let p = out.join(STATE);
+        let state = if p.is_file() {
+            let s: State = serde_json::from_slice(&std::fs::read(&p)?).with_context(|| p.display().to_string())?;
+            if s.format_version != FORMAT_VERSION {
+                bail!("{}: format version {} (this orlik writes {FORMAT_VERSION}); use --force", p.display(), s.format_version);
+            }
+            s
+        } else {
+            State { format_version: FORMAT_VERSION, ..State::default() }
+        };
+        Ok(Runner { out: out.to_path_buf(), state })
+    }
+
+    fn save(&self) -> Result<()> {
+        write_json(&self.out.join(STATE), &self.state)
+    }
+
+    /// Decide what to do with a stage whose result is `product` (a path inside OUT).
+    fn action(&self, name: &str, fp: &str, product: &Path) -> Action {
+        match self.state.stages.get(name) {
+            Some(s) if s.fingerprint == fp && s.done && product.exists() => Action::Skip,
+            Some(s) if s.fingerprint == fp && !s.done => Action::Resume,
+            _ => Action::Fresh,
+        }
+    }
+
+    /// Run one stage: skip it, or mark it started, run `work(resume)`, mark it done.
+    fn stage(&mut self, name: &str, fp: &str, product: &Path, work: impl FnOnce(bool) -> Result<()>) -> Result<()> {
+        let act = self.action(name, fp, product);
+        if let Action::Skip = act {
+            eprintln!("== {name}: unchanged, kept ({})", product.display());
+            return Ok(());
+        }
+        let resume = matches!(act, Action::Resume);
+        eprintln!("== {name}{}", if resume { ": resuming" } else { "" });
+        let prior = if resume { self.state.stages.get(name).map_or(0.0, |s| s.seconds) } else { 0.0 };
+        self.state.stages.insert(name.into(), StageState { fingerprint: fp.into(), done: false, seconds: prior });
+        self.save()?;
+        let t = Instant::now();
+        work(resume).with_context(|| format!("stage {name}"))?;
+        let seconds = prior + t.elapsed().as_secs_f64();
+        self.state.stages.insert(name.into(), StageState { fingerprint: fp.into(), done: true, seconds });
+        self.save()?;
+        eprintln!("== {name}: done in {seconds:.0} s");
+        Ok(())
+    }
+
+    fn seconds(&self) -> BTreeMap<String, f64> {
+        self.state.stages.iter().map(|(k, s)| (k.clone(), s.seconds)).collect()
+    }
+}
+
+/// Refuse a budget the model cannot meet before any work.
+fn check_budget(r: &Recipe, teacher: &orlik_model::Config) -> Result<()> {
+    if let Some(p) = r.prune.params {
+        let total = orlik_prune::search::param_count(teacher);
+        let budget = if p <= 1.0 { p * total as f64 } else { p };
+        if !(p > 0.0) || budget >= total as f64 {
+            bail!(
+                "prune.params {p}: a budget of {budget:.0} parameters is not smaller than the model's {total}; give a fraction below 1 (e.g. 0.67) or a smaller count"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Run the whole pipeline for a resolved recipe; prints the final table.
+pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
+    let teacher = orlik_io::hfdir::HfModel::open(&r.teacher)?;
+    check_budget(&r, &teacher.config)?;
+    prepare(&r, resume, force)?;
+    let out = r.output.clone();
+    std::fs::write(out.join("recipe.toml"), r.to_toml()?).context("writing recipe.toml")?;
+    std::fs::write(out.join("orlik.json"), crate::commands::provenance()).context("writing orlik.json")?;
+    let mut runner = Runner::open(&out)?;
+    let started = Instant::now();
+
+    eprintln!("hashing inputs...");
+    let teacher_sha = teacher.content_sha256()?;
+    let data_sha = orlik_io::hfdir::sha256_files(&r.data)?;
+    let val_sha = orlik_io::hfdir::sha256_files(&r.val)?;
+    drop(teacher);
+
+    let (scores, pruned, final_dir) = (out.join("scores"), out.join("pruned"), out.join("final"));
+    let fp_score = sha(&json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}));
+    runner.stage("score", &fp_score, &scores, |_| {
+        let s = &r.score;
+        crate::prune_cmd::score(crate::prune_cmd::ScoreArgs {
+            model: r.teacher.clone(),
+            data: r.data.clone(),
+            samples: s.samples,
+            seq_len: s.seq_len,
+            batch: s.batch,
+            seq_agg: s.seq_agg.parse().map_err(anyhow::Error::msg)?,
+            batch_agg: s.batch_agg.parse().map_err(anyhow::Error::msg)?,
+            max_block: s.max_block,
+            loo_batches: s.loo_batches,
+            output: scores.clone(),
+            force: true,
+            in_memory: s.in_memory,
+            measure_cost: false,
+        })
+    })?;
+
+    let fp_prune = sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
+    runner.stage("prune", &fp_prune, &pruned, |_| {
+        let p = &r.prune;
+        let search = p.params.map(|params| crate::prune_cmd::Search {
+            params,
+            data: r.data.clone(),
+            multiple: p.multiple,
+            tolerance: p.tolerance,
+            axes: p.axes.clone(),
+            candidates: p.candidates,
+            export: 0,
+            proxy_samples: p.proxy_samples,
+            seq_len: p.seq_len,
+        });
+        let depth = match p.depth_method.as_str() {
+            "block" => orlik_prune::select::DepthMethod::Block,
+            "loo" => orlik_prune::select::DepthMethod::Loo,
+            _ => orlik_prune::select::DepthMethod::Bi,
+        };
+        crate::prune_cmd::prune(crate::prune_cmd::PruneArgs {
+            search,
+            model: r.teacher.clone(),
+            scores: Some(scores.clone()),
+            plan: None,
+            target: orlik_prune::select::Target { layers: p.layers, hidden: p.hidden, heads: p.heads, kv_heads: p.kv_heads, ffn: p.ffn },
+            depth,
+            importance: "minitron".into(),
+            seed: 0,
+            output: pruned.clone(),
+            force: true,
+            max_shard_bytes: 2_000_000_000,
+        })
+    })?;
+
+    let fp_distill = sha(&json!({"stage": "distill", "settings": r.distill, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}));
+    let run_dir = out.join("distill");
+    runner.stage("distill", &fp_distill, &final_dir, |resume| {
+        let resume = resume && run_dir.join("run.json").is_file();
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        let train = crate::train_cmd::TrainArgs::for_pipeline(r.data.clone(), r.val.clone(), run_dir.clone(), resume);
+        crate::train_cmd::distill_with(
+            crate::train_cmd::DistillArgs {
+                teacher: Some(r.teacher.clone()),
+                student: pruned.clone(),
+                teacher_cache: None,
+                train,
+                kd: crate::train_cmd::KdArgs::default(),
+            },
+            r.distill.clone(),
+        )?;
+        // The distilled model is the run's product: OUT/final/, beside its training record.
+        std::fs::rename(run_dir.join("final"), &final_dir).context("moving distill/final to final")?;
+        Ok(())
+    })?;
+
+    let mut texts_sha = Vec::new();
+    for t in r.eval.texts.iter().chain(r.eval.mc_tasks.iter()) {
+        texts_sha.push(orlik_io::hfdir::sha256_files(std::slice::from_ref(t))?);
+    }
+    let fp_eval = sha(&json!({"stage": "eval", "format": crate::report::FORMAT_VERSION, "settings": r.eval, "distill": fp_distill, "texts": texts_sha}));
+    let eval_json = out.join("eval.json");
+    runner.stage("eval", &fp_eval, &eval_json, |_| {
+        let ev = crate::report::evaluate(&r, &[("teacher", &r.teacher), ("pruned", &pruned), ("distilled", &final_dir)])?;
+        write_json(&eval_json, &ev)
+    })?;
+
+    let ev: crate::report::Eval = serde_json::from_slice(&std::fs::read(&eval_json)?).context("reading eval.json")?;
+    let table = crate::report::write(&out, &r, &ev, &runner.seconds())?;
+    println!("{table}");
+    println!("report: {} ({:.0} s this session)", out.join("report.md").display(), started.elapsed().as_secs_f64());
+    Ok(())
+}

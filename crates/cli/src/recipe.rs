@@ -1,0 +1,370 @@
+//! The compression recipe: every option of every stage of `orlik compress` / `orlik run`, one
+//! serde struct per stage with documented defaults. Unknown keys and wrong types are errors that
+//! name the key; the resolved recipe (defaults filled in, paths absolute) is saved as
+//! OUT/recipe.toml, which `orlik run` accepts as it is.
+
+use anyhow::{bail, Context, Result};
+use orlik_train::TrainConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The model to compress: an HF directory (config.json + *.safetensors + tokenizer.json).
+    pub teacher: PathBuf,
+    /// Output directory of the run.
+    #[serde(default)]
+    pub output: PathBuf,
+    /// Training text: scoring calibration (first paragraphs), the pruning proxy (last
+    /// paragraphs) and distillation. Default: the project's Polish corpus, train.txt.
+    #[serde(default)]
+    pub data: Vec<PathBuf>,
+    /// Validation text: in-loop validation of distillation and the eval stage's default texts.
+    /// Default: the project's Polish corpus, valid-small.txt.
+    #[serde(default)]
+    pub val: Vec<PathBuf>,
+    #[serde(default)]
+    pub score: ScoreStage,
+    #[serde(default)]
+    pub prune: PruneStage,
+    /// Distillation settings: the keys of `orlik distill --config` (forward KL, T = 1, no CE by
+    /// default). Pipeline defaults: tokens 100,000, validation and a checkpoint every 10 steps on
+    /// 8192 validation tokens.
+    #[serde(default = "distill_defaults")]
+    pub distill: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalStage,
+}
+
+/// `orlik score` options (see `orlik score --help`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoreStage {
+    /// Calibration windows. Default 64.
+    pub samples: usize,
+    /// Default 256.
+    pub seq_len: usize,
+    /// Windows per forward. Default 4.
+    pub batch: usize,
+    /// mean, l2, max, var. Default mean.
+    pub seq_agg: String,
+    /// Default l2.
+    pub batch_agg: String,
+    /// Default 8.
+    pub max_block: usize,
+    /// Default 2.
+    pub loo_batches: usize,
+    /// Load the whole model instead of streaming layers (faster, more memory). Default true.
+    pub in_memory: bool,
+}
+
+impl Default for ScoreStage {
+    fn default() -> Self {
+        ScoreStage {
+            samples: 64,
+            seq_len: 256,
+            batch: 4,
+            seq_agg: "mean".into(),
+            batch_agg: "l2".into(),
+            max_block: 8,
+            loo_batches: 2,
+            in_memory: true,
+        }
+    }
+}
+
+/// `orlik prune` options: a parameter budget (searched) or explicit dimensions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneStage {
+    /// Budget: a fraction of the model (0.67) or a parameter count (90000000).
+    pub params: Option<f64>,
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub ffn: Option<usize>,
+    /// bi, block or loo. Default bi.
+    pub depth_method: String,
+    /// all, or a comma list of depth, hidden, heads, mlp. Default all.
+    pub axes: String,
+    /// Default 64.
+    pub multiple: usize,
+    /// Default 0.02.
+    pub tolerance: f64,
+    /// Default 8.
+    pub candidates: usize,
+    /// Default 4.
+    pub proxy_samples: usize,
+    /// Default 128.
+    pub seq_len: usize,
+}
+
+impl Default for PruneStage {
+    fn default() -> Self {
+        PruneStage {
+            params: None,
+            layers: None,
+            hidden: None,
+            heads: None,
+            kv_heads: None,
+            ffn: None,
+            depth_method: "bi".into(),
+            axes: "all".into(),
+            multiple: 64,
+            tolerance: 0.02,
+            candidates: 8,
+            proxy_samples: 4,
+            seq_len: 128,
+        }
+    }
+}
+
+/// What the eval stage measures on the teacher, the pruned and the distilled model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalStage {
+    /// Texts for bits/byte (per file). Default: `val`.
+    pub texts: Vec<PathBuf>,
+    /// Perplexity window. Default 1024.
+    pub context: usize,
+    /// Multiple-choice questions (EXAMS JSONL); none = no MC evaluation.
+    pub mc_tasks: Option<PathBuf>,
+    /// First N questions, 0 = all. Default 200.
+    pub mc_limit: usize,
+    /// Tokens of prompt + answer kept (cut from the left). Default 512.
+    pub mc_context: usize,
+    /// Tokens of `texts` for KL / top-1 agreement with the teacher, 0 = all. Default 16384.
+    pub agree_tokens: usize,
+    /// Default 256.
+    pub agree_context: usize,
+    /// Measure prefill / decode speed. Default true.
+    pub speed: bool,
+    /// Timed repetitions per speed measurement (median). Default 3.
+    pub speed_reps: usize,
+}
+
+impl Default for EvalStage {
+    fn default() -> Self {
+        EvalStage {
+            texts: Vec::new(),
+            context: 1024,
+            mc_tasks: None,
+            mc_limit: 200,
+            mc_context: 512,
+            agree_tokens: 16384,
+            agree_context: 256,
+            speed: true,
+            speed_reps: 3,
+        }
+    }
+}
+
+pub const DEFAULT_TOKENS: u64 = 100_000;
+
+fn distill_defaults() -> TrainConfig {
+    TrainConfig { tokens: Some(DEFAULT_TOKENS), eval_every: 10, save_every: 10, val_tokens: 8192, ..TrainConfig::default() }
+}
+
+/// Line of a byte offset, for error messages.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parse a `--set key=value` value as TOML (numbers, booleans, arrays, quoted strings); anything
+/// that is not TOML is taken as a bare string (paths, names).
+fn set_value(v: &str) -> toml::Value {
+    match format!("v = {v}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+/// Apply `key=value` edits (dotted keys reach into the stage tables).
+pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
+    for s in sets {
+        let (k, v) = s.split_once('=').with_context(|| format!("--set {s:?}: expected key=value (e.g. prune.params=0.5)"))?;
+        let path: Vec<&str> = k.trim().split('.').collect();
+        let mut t = &mut *table;
+        for p in &path[..path.len() - 1] {
+            t = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("--set {k}: {p} is not a table"))?;
+        }
+        t.insert(path[path.len() - 1].to_string(), set_value(v.trim()));
+    }
+    Ok(())
+}
+
+impl Recipe {
+    /// Parse a recipe (TOML text) with `--set` edits applied; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, sets: &[String]) -> Result<Recipe> {
+        let report = |e: toml::de::Error, src: &str, what: &str| {
+            let at = e.span().map(|r| format!(" (line {})", line_of(src, r.start))).unwrap_or_default();
+            anyhow::anyhow!("{what}{at}: {}", e.message().trim().replace('\n', " "))
+        };
+        let mut table: toml::Table = text.parse().map_err(|e| report(e, text, origin))?;
+        // Errors located in the user's own text first (line numbers), then the defaults and edits.
+        let _: Recipe = toml::from_str(text).map_err(|e| report(e, text, origin))?;
+        // The pipeline's distillation defaults sit under whatever [distill] keys the recipe sets
+        // (a budget given as steps replaces the default token budget).
+        let mut merged = toml::Table::try_from(distill_defaults())?;
+        if let Some(user) = table.get("distill").and_then(toml::Value::as_table) {
+            if user.contains_key("steps") || user.contains_key("tokens") {
+                merged.remove("tokens");
+            }
+            merged.extend(user.clone());
+        }
+        table.insert("distill".into(), toml::Value::Table(merged));
+        apply_sets(&mut table, sets)?;
+        let edited = toml::to_string(&table)?;
+        let what = if sets.is_empty() { origin.to_string() } else { format!("{origin} after --set") };
+        toml::from_str(&edited).map_err(|e| report(e, &edited, &what))
+    }
+
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Fill defaults that depend on the machine (the corpus location), make paths absolute and
+    /// check every input exists and every setting is valid, before any work.
+    pub fn resolve(mut self) -> Result<Recipe> {
+        let cache = std::env::var_os("ORLIK_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/orlik")))
+            .unwrap_or_else(|| PathBuf::from(".cache/orlik"));
+        let corpus = cache.join("corpus-pl");
+        if self.data.is_empty() {
+            self.data = vec![corpus.join("train.txt")];
+        }
+        if self.val.is_empty() {
+            self.val = vec![corpus.join("valid-small.txt")];
+        }
+        if self.eval.texts.is_empty() {
+            self.eval.texts = self.val.clone();
+        }
+        if self.output.as_os_str().is_empty() {
+            bail!("no output directory: give -o DIR (or output = \"DIR\" in the recipe)");
+        }
+        let abs = |p: &Path| -> Result<PathBuf> {
+            let p = expand_home(p);
+            Ok(if p.is_absolute() { p } else { std::env::current_dir()?.join(p) })
+        };
+        self.teacher = abs(&self.teacher)?;
+        self.output = abs(&self.output)?;
+        for list in [&mut self.data, &mut self.val, &mut self.eval.texts] {
+            for p in list.iter_mut() {
+                *p = abs(p)?;
+            }
+        }
+        if let Some(m) = &self.eval.mc_tasks {
+            self.eval.mc_tasks = Some(abs(m)?);
+        }
+        let inputs = self.data.iter().chain(&self.val).chain(&self.eval.texts).chain(self.eval.mc_tasks.iter());
+        for p in inputs {
+            if !p.is_file() {
+                let hint = if p.starts_with(&corpus) { " (fetch the Polish corpus with `bash scripts/fetch-assets.sh corpus`)" } else { "" };
+                bail!("{}: no such file{hint}", p.display());
+            }
+        }
+        if !self.teacher.join("config.json").is_file() {
+            bail!("{}: not an HF model directory (no config.json)", self.teacher.display());
+        }
+        for a in [&self.score.seq_agg, &self.score.batch_agg] {
+            a.parse::<orlik_score::Agg>().map_err(|e| anyhow::anyhow!("score: {e}"))?;
+        }
+        if !["bi", "block", "loo"].contains(&self.prune.depth_method.as_str()) {
+            bail!("prune.depth_method {:?}: expected bi, block or loo", self.prune.depth_method);
+        }
+        let p = &self.prune;
+        let dims = [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].iter().any(Option::is_some);
+        match (p.params, dims) {
+            (None, false) => bail!("prune: give a budget (prune.params, e.g. 0.67 or 90000000) or dimensions (prune.layers, hidden, heads, kv_heads, ffn)"),
+            (Some(_), true) => bail!("prune: give either prune.params or explicit dimensions, not both"),
+            _ => {}
+        }
+        if self.distill.steps.is_none() && self.distill.tokens.is_none() {
+            self.distill.tokens = Some(DEFAULT_TOKENS);
+        }
+        self.distill.validate()?;
+        if self.eval.context < 2 || self.eval.agree_context == 0 || self.eval.mc_context < 2 {
+            bail!("eval: context, mc_context and agree_context must be at least 2");
+        }
+        Ok(self)
+    }
+
+    /// Keys whose values differ between two recipes (dotted, sorted), for refusing to mix runs.
+    pub fn differing_keys(&self, other: &Recipe) -> Vec<String> {
+        let (a, b) = (serde_json::to_value(self).unwrap_or_default(), serde_json::to_value(other).unwrap_or_default());
+        let mut out = Vec::new();
+        diff("", &a, &b, &mut out);
+        out
+    }
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(h)) => PathBuf::from(h).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                diff(&p, x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(format!("{prefix} ({a} -> {b})")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "teacher = \"m\"\noutput = \"o\"\n[prune]\nparams = 0.67\n";
+
+    #[test]
+    fn defaults_fill_every_stage_and_sets_override() {
+        let r = Recipe::parse(BASE, "r.toml", &[]).unwrap();
+        assert_eq!(r.score, ScoreStage::default());
+        assert_eq!(r.distill, distill_defaults());
+        let r3 = Recipe::parse(&format!("{BASE}[distill]\nsteps = 5\nlr = 0.001\n"), "r.toml", &[]).unwrap();
+        assert_eq!((r3.distill.steps, r3.distill.tokens, r3.distill.eval_every, r3.distill.lr), (Some(5), None, 10, 0.001));
+        assert_eq!(r.prune.params, Some(0.67));
+        let sets = ["prune.params=0.5".to_string(), "distill.lr=1e-3".into(), "eval.mc_tasks=a/b.jsonl".into(), "score.in_memory=false".into()];
+        let r2 = Recipe::parse(BASE, "r.toml", &sets).unwrap();
+        assert_eq!(r2.prune.params, Some(0.5));
+        assert_eq!(r2.distill.lr, 1e-3);
+        assert_eq!(r2.eval.mc_tasks, Some(PathBuf::from("a/b.jsonl")));
+        assert!(!r2.score.in_memory);
+        let d = r.differing_keys(&r2);
+        assert!(d.iter().any(|k| k.starts_with("prune.params (0.67 -> 0.5)")), "{d:?}");
+        assert_eq!(d.len(), 4, "{d:?}");
+        // the saved form parses back to the same recipe
+        assert_eq!(Recipe::parse(&r2.to_toml().unwrap(), "saved", &[]).unwrap(), r2);
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors_naming_them() {
+        let e = Recipe::parse(&format!("{BASE}samples = 3\n"), "r.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("r.toml (line 5)") && e.contains("samples"), "{e}");
+        let e = Recipe::parse(BASE, "r.toml", &["distill.lrr=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("after --set") && e.contains("lrr"), "{e}");
+        let e = Recipe::parse(BASE, "r.toml", &["prune.params=lots".into()]).unwrap_err().to_string();
+        assert!(e.contains("invalid type") && e.contains("lots"), "{e}");
+        let e = Recipe::parse(BASE, "r.toml", &["noequals".into()]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The pipeline's eval stage (teacher, pruned and distilled model measured the same way, speed in
+//! one interleaved run) and its report: OUT/eval.json, OUT/report.md with quality.png and
+//! speed.png beside it, and the distillation curves from OUT/distill/.
+
+use crate::eval_cmd::{agree_result, mc_result, ppl_report, speed_rows};
+use crate::recipe::Recipe;
+use anyhow::{Context, Result};
+use orlik_io::hfdir::HfModel;
+use orlik_model::ModelOptions;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Version of eval.json's layout (part of the eval stage's fingerprint).
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelEval {
+    pub name: String,
+    pub path: String,
+    pub parameters: usize,
+    pub bytes: u64,
+    /// layers / hidden / heads / kv heads / MLP
+    pub shape: [usize; 5],
+    /// bits/byte per text (file name) and "total" pooled over all texts.
+    pub bits_per_byte: BTreeMap<String, f64>,
+    pub mc: Option<orlik_eval::mc::McResult>,
+    /// KL(teacher ‖ model) per token and top-1 agreement; absent for the teacher itself.
+    pub kl: Option<f64>,
+    pub top1: Option<f64>,
+    /// tokens/s per measurement, in order ("prefill b1x256", ..., "decode b8").
+    pub speed: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Eval {
+    pub format_version: u32,
+    pub context: usize,
+    pub models: Vec<ModelEval>,
+}
+
+fn bytes_on_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A speed measurement's short name: "prefill b1x256", "decode b8".
+fn short(what: &str) -> String {
+    what.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn speed_of(m: &ModelEval, what: &str) -> Option<f64> {
+    m.speed.iter().find(|(w, _)| w == what).map(|s| s.1)
+}
+
+/// Measure every model; the first is the teacher the others are compared with.
+pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
+    let e = &r.eval;
+    let hfs = models.iter().map(|(_, p)| HfModel::open(p)).collect::<Result<Vec<_>, _>>()?;
+    let loaded = hfs.iter().map(|h| h.load(ModelOptions::default())).collect::<Result<Vec<_>, _>>()?;
+    let mut out = Vec::new();
+    for (i, ((name, path), (hf, m))) in models.iter().zip(hfs.iter().zip(&loaded)).enumerate() {
+        eprintln!("-- {name}");
+        let c = &hf.config;
+        let ppl = ppl_report(m, hf, &e.texts, orlik_eval::ppl::PplOptions { context: e.context, stride: e.context, batch: 1 })?;
+        let mut bpb: BTreeMap<String, f64> = ppl
+            .files
+            .iter()
+            .map(|(f, x)| (Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().to_string()), x.bits_per_byte))
+            .collect();
+        bpb.insert("total".into(), ppl.total.bits_per_byte);
+        let mc = match &e.mc_tasks {
+            Some(t) => Some(mc_result(m, hf, t, e.mc_limit, e.mc_context)?),
+            None => None,
+        };
+        let agree = if i == 0 { None } else { Some(agree_result((m, hf), (&loaded[0], &hfs[0]), &e.texts, e.agree_context, e.agree_tokens)?) };
+        out.push(ModelEval {
+            name: name.to_string(),
+            path: path.display().to_string(),
+            parameters: orlik_prune::search::param_count(c),
+            bytes: bytes_on_disk(path),
+            shape: [c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_kv_heads(), c.intermediate_size],
+            bits_per_byte: bpb,
+            mc,
+            kl: agree.as_ref().map(|a| a.kl),
+            top1: agree.as_ref().map(|a| a.top1),
+            speed: Vec::new(),
+        });
+    }
+    if e.speed {
+        eprintln!("-- speed (all models, interleaved)");
+        let named: Vec<(String, &orlik_model::Model)> = models.iter().map(|(n, _)| n.to_string()).zip(loaded.iter()).collect();
+        for (row, me) in speed_rows(&named, e.speed_reps)?.into_iter().zip(out.iter_mut()) {
+            me.speed = row.timings.iter().map(|t| (short(&t.what), t.tokens_per_s)).collect();
+        }
+    }
+    Ok(Eval { format_version: FORMAT_VERSION, context: e.context, models: out })
+}
+
+fn millions(n: usize) -> String {
+    match n {
+        0..=999_999 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+/// Share of the pruned → teacher gap the distilled model closed (1 = teacher's level).
+pub fn gap_closed(teacher: f64, pruned: f64, distilled: f64) -> Option<f64> {
+    (pruned - teacher).abs().gt(&1e-12).then(|| (pruned - distilled) / (pruned - teacher))
+}
+
+/// Write report.md, quality.png and speed.png; return the main table (markdown).
+pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>) -> Result<String> {
+    let ms = &ev.models;
+    let t = ms.first().context("eval.json has no models")?;
+    let mut tab = String::new();
+    let _ = write!(tab, "| |");
+    for m in ms {
+        let _ = write!(tab, " {} |", m.name);
+    }
+    let _ = write!(tab, "\n| --- |{}\n", " --- |".repeat(ms.len()));
+    let mut row = |label: &str, f: &dyn Fn(&ModelEval) -> String| {
+        let _ = write!(tab, "| {label} |");
+        for m in ms {
+            let _ = write!(tab, " {} |", f(m));
+        }
+        tab.push('\n');
+    };
+    row("parameters", &|m| format!("{} ({:.0}%)", millions(m.parameters), 100.0 * m.parameters as f64 / t.parameters as f64));
+    row("size on disk", &|m| if m.bytes < 10_000_000 { format!("{:.1} KB", m.bytes as f64 / 1e3) } else { format!("{:.0} MB", m.bytes as f64 / 1e6) });
+    row("layers / hidden / heads / KV heads / MLP", &|m| m.shape.map(|x| x.to_string()).join(" / "));
+    let texts: Vec<String> = t.bits_per_byte.keys().filter(|k| *k != "total").cloned().collect();
+    for f in &texts {
+        row(&format!("bits/byte, {f} (lower is better)"), &|m| m.bits_per_byte.get(f).map_or("—".into(), |b| format!("{b:.4}")));
+    }
+    let pruned = ms.iter().find(|m| m.name == "pruned");
+    let key = if texts.len() == 1 { texts[0].clone() } else { "total".to_string() };
+    let closed = |m: &ModelEval| -> String {
+        match (t.bits_per_byte.get(&key), pruned.and_then(|p| p.bits_per_byte.get(&key)), m.bits_per_byte.get(&key)) {
+            (Some(&a), Some(&b), Some(&c)) if m.name != t.name => gap_closed(a, b, c).map_or("—".into(), |g| format!("{:.1}%", 100.0 * g)),
+            _ => "—".into(),
+        }
+    };
+    row(&format!("pruned→teacher gap closed ({key})"), &closed);
+    if t.mc.is_some() {
+        row("multiple choice accuracy (raw / length-normalised)", &|m| {
+            m.mc.as_ref().map_or("—".into(), |x| format!("{:.1}% / {:.1}%", 100.0 * x.accuracy, 100.0 * x.accuracy_norm))
+        });
+    }
+    row("KL(teacher ‖ model), nats/token", &|m| m.kl.map_or("—".into(), |k| format!("{k:.4}")));
+    row("top-1 agreement with the teacher", &|m| m.top1.map_or("—".into(), |a| format!("{:.1}%", 100.0 * a)));
+    for (what, _) in &t.speed {
+        row(&format!("{what}, tokens/s (speed-up)"), &|m| match (speed_of(m, what), speed_of(t, what)) {
+            (Some(v), Some(b)) => format!("{v:.1} ({:.2}x)", v / b),
+            _ => "—".into(),
+        });
+    }
+
+    // quality vs parameters: one point per model (blue teacher, red pruned, green distilled)
+    let pts: Vec<Vec<(f64, f64)>> =
+        ms.iter().map(|m| vec![(m.parameters as f64 / 1e6, m.bits_per_byte.get(&key).copied().unwrap_or(f64::NAN))]).collect();
+    orlik_io::png::line_chart(&pts, 600, 400, false).save(&out.join("quality.png"))?;
+    let groups: Vec<Vec<f64>> =
+        t.speed.iter().map(|(w, _)| ms.iter().map(|m| speed_of(m, w).unwrap_or(f64::NAN)).collect()).collect();
+    if !groups.is_empty() {
+        orlik_io::png::bar_chart(&groups, 800, 400).save(&out.join("speed.png"))?;
+    }
+
+    let colours: Vec<String> = ms.iter().enumerate().map(|(i, m)| format!("{} {}", orlik_io::png::COLOUR_NAMES[i % 6], m.name)).collect();
+    let mut md = String::new();
+    let _ = writeln!(md, "# Compression report\n");
+    let _ = writeln!(
+        md,
+        "The **teacher** `{}` was scored on {} calibration windows of the training text, **pruned** by \
+         activation importance (Minitron) to {}, and **distilled** from the teacher (logit-only knowledge \
+         distillation, {} on {} tokens). All three are then measured the same way.\n",
+        r.teacher.display(),
+        r.score.samples,
+        r.prune.params.map_or("the dimensions in the recipe".to_string(), |p| if p <= 1.0 { format!("{:.0}% of its parameters", 100.0 * p) } else { format!("{p:.0} parameters") }),
+        format!("{:?}", r.distill.loss).to_lowercase(),
+        r.distill.tokens.map_or_else(|| format!("{} steps of", r.distill.steps.unwrap_or(0)), |n| n.to_string()),
+    );
+    let _ = writeln!(md, "{tab}");
+    let _ = writeln!(md, "How to read it:\n");
+    let _ = writeln!(md, "- **bits/byte**: how many bits the model needs per byte of held-out text (context {} tokens); lower is better and it does not depend on the tokenizer.", ev.context);
+    let _ = writeln!(md, "- **gap closed**: how much of the quality lost by pruning the distillation won back (100% = as good as the teacher).");
+    if let Some(mc) = &t.mc {
+        let _ = writeln!(md, "- **multiple choice**: {} questions from `{}`, answered by comparing the log-likelihood of each choice (chance: {:.1}%).", mc.questions, r.eval.mc_tasks.as_ref().map_or(String::new(), |p| p.display().to_string()), 100.0 * mc.chance);
+    }
+    let _ = writeln!(md, "- **KL / top-1 agreement**: how closely the model's next-token predictions follow the teacher's on {} tokens of the same text.", r.eval.agree_tokens);
+    let _ = writeln!(md, "- **speed**: tokens per second on this machine, all models measured in the same run, one measurement at a time for each; prefill = reading a prompt, decode = generating one token per step with a KV cache, at batch 1 and 8.\n");
+    let _ = writeln!(md, "## Charts\n");
+    let _ = writeln!(md, "Quality against size (bits/byte on {key} vs millions of parameters; {}):\n\n![quality](quality.png)\n", colours.join(", "));
+    if !groups.is_empty() {
+        let names: Vec<String> = t.speed.iter().map(|s| s.0.clone()).collect();
+        let _ = writeln!(md, "Speed (groups left to right: {}; each group scaled to its fastest model; {}):\n\n![speed](speed.png)\n", names.join(", "), colours.join(", "));
+    }
+    for (f, what) in [("loss.png", "Distillation loss per step (blue raw, red smoothed, green validation KL)"), ("val_bpb.png", "Validation bits/byte during distillation (context = training window)")] {
+        if out.join("distill").join(f).is_file() {
+            let _ = writeln!(md, "{what}:\n\n![{f}](distill/{f})\n");
+        }
+    }
+    let _ = writeln!(md, "## Stages\n\n| stage | seconds |\n| --- | --- |");
+    for (k, s) in seconds {
+        let _ = writeln!(md, "| {k} | {s:.0} |");
+    }
+    let _ = writeln!(md, "\nThe resolved recipe is `recipe.toml`; `orlik run recipe.toml` reproduces this run (finished stages are kept). Models: `pruned/` and `final/` are Hugging Face directories.");
+    std::fs::write(out.join("report.md"), md).context("writing report.md")?;
+    Ok(tab)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gap_closed_is_the_recovered_share() {
+        assert_eq!(gap_closed(2.0, 4.0, 2.5), Some(0.75));
+        assert_eq!(gap_closed(2.0, 4.0, 4.0), Some(0.0));
+        assert_eq!(gap_closed(2.0, 2.0, 2.0), None);
+    }
+}
