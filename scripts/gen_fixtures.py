@@ -7,7 +7,9 @@ Each fixture directory holds config.json, safetensors weights and golden.safeten
 `input_ids` (2, T) int64, `attention_mask` (2, T) (row 1 left-padded) and `logits` (2, T, V) f32
 from eager attention. The Rust parity test compares orlik's logits at unpadded positions.
 Fixtures cover: Llama (tied, Llama-3 rope scaling, attention bias), Mistral (sliding window
-smaller than the input, sharded checkpoint), Qwen2 (q/k/v bias, head_dim != hidden/heads, bf16).
+smaller than the input, sharded checkpoint), Qwen2 (q/k/v bias, head_dim != hidden/heads, bf16),
+Gemma 3 text (sliding-window layers shorter than the input interleaved with a global one, separate
+local/global RoPE bases, query_pre_attn_scalar != head_dim, q/k norms, pre/post norms, GeGLU).
 """
 import json
 import os
@@ -15,8 +17,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 T = 12
 COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -33,6 +35,13 @@ def fixtures():
         **COMMON, head_dim=8, rope_theta=10000.0, sliding_window=4, tie_word_embeddings=False), torch.float32, "20KB"
     yield "qwen2", Qwen2ForCausalLM, Qwen2Config(
         **COMMON, head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False), torch.bfloat16, None
+    g = dict(COMMON, num_hidden_layers=3)
+    yield "gemma3", Gemma3ForCausalLM, Gemma3TextConfig(
+        **g, head_dim=8, query_pre_attn_scalar=12, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+        tie_word_embeddings=True, pad_token_id=0), torch.float32, None
 
 
 def main(out):
@@ -41,8 +50,12 @@ def main(out):
         cfg._attn_implementation = "eager"
         model = cls(cfg).eval()
         with torch.no_grad():
+            zero_centred = name == "gemma3"  # Gemma norms are applied as (1 + w)
             for p in model.parameters():  # larger than the default init so layers matter
-                p.normal_(0.0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.2)
+                else:
+                    p.uniform_(-0.5, 0.5) if zero_centred else p.uniform_(0.5, 1.5)
             for n, p in model.named_parameters():
                 if n.endswith(".bias"):
                     p.normal_(0.0, 0.2)

@@ -117,15 +117,18 @@ impl Runner {
         }
     }
 
-    /// Run one stage: skip it, or mark it started, run `work(resume)`, mark it done.
-    fn stage(&mut self, name: &str, fp: &str, product: &Path, work: impl FnOnce(bool) -> Result<()>) -> Result<()> {
+    /// Run one stage: skip it, or mark it started, run `work(resume)`, mark it done. Only a
+    /// `resumable` stage (distillation: checkpoints) continues an interrupted attempt; the others
+    /// start again.
+    fn stage(&mut self, name: &str, fp: &str, product: &Path, resumable: bool, work: impl FnOnce(bool) -> Result<()>) -> Result<()> {
         let act = self.action(name, fp, product);
         if let Action::Skip = act {
             eprintln!("== {name}: unchanged, kept ({})", product.display());
             return Ok(());
         }
-        let resume = matches!(act, Action::Resume);
-        eprintln!("== {name}{}", if resume { ": resuming" } else { "" });
+        let interrupted = matches!(act, Action::Resume);
+        let resume = interrupted && resumable;
+        eprintln!("== {name}{}", if resume { ": resuming" } else if interrupted { ": interrupted before, starting again" } else { "" });
         let prior = if resume { self.state.stages.get(name).map_or(0.0, |s| s.seconds) } else { 0.0 };
         self.state.stages.insert(name.into(), StageState { fingerprint: fp.into(), done: false, seconds: prior });
         self.save()?;
@@ -176,7 +179,7 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
 
     let (scores, pruned, final_dir) = (out.join("scores"), out.join("pruned"), out.join("final"));
     let fp_score = sha(&json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}));
-    runner.stage("score", &fp_score, &scores, |_| {
+    runner.stage("score", &fp_score, &scores, false, |_| {
         let s = &r.score;
         crate::prune_cmd::score(crate::prune_cmd::ScoreArgs {
             model: r.teacher.clone(),
@@ -196,7 +199,7 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
     })?;
 
     let fp_prune = sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
-    runner.stage("prune", &fp_prune, &pruned, |_| {
+    runner.stage("prune", &fp_prune, &pruned, false, |_| {
         let p = &r.prune;
         let search = p.params.map(|params| crate::prune_cmd::Search {
             params,
@@ -231,7 +234,7 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
 
     let fp_distill = sha(&json!({"stage": "distill", "settings": r.distill, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}));
     let run_dir = out.join("distill");
-    runner.stage("distill", &fp_distill, &final_dir, |resume| {
+    runner.stage("distill", &fp_distill, &final_dir, true, |resume| {
         let resume = resume && run_dir.join("run.json").is_file();
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
@@ -258,7 +261,7 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
     }
     let fp_eval = sha(&json!({"stage": "eval", "format": crate::report::FORMAT_VERSION, "settings": r.eval, "distill": fp_distill, "texts": texts_sha}));
     let eval_json = out.join("eval.json");
-    runner.stage("eval", &fp_eval, &eval_json, |_| {
+    runner.stage("eval", &fp_eval, &eval_json, false, |_| {
         let ev = crate::report::evaluate(&r, &[("teacher", &r.teacher), ("pruned", &pruned), ("distilled", &final_dir)])?;
         write_json(&eval_json, &ev)
     })?;

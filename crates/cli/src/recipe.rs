@@ -367,4 +367,13 @@ mod tests {
         let e = Recipe::parse(BASE, "r.toml", &["noequals".into()]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
     }
+
+    #[test]
+    fn shipped_recipes_parse() {
+        for (name, text) in [("demo.toml", include_str!("../../../recipes/demo.toml")), ("bielik-style.toml", include_str!("../../../recipes/bielik-style.toml"))] {
+            let r = Recipe::parse(text, name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            r.distill.validate().unwrap();
+            assert!(r.prune.params.is_some() || r.prune.layers.is_some(), "{name}");
+        }
+    }
 }

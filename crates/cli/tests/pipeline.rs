@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, fixtures, ok, orlik};
+use common::{fails, ok, orlik};
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -25,21 +25,7 @@ impl Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    let gguf = fixtures().join("gguf/tiny-llama.gguf");
-    ok(&["convert", gguf.to_str().unwrap(), "-o", root.join("teacher").to_str().unwrap()]);
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea", "hat"];
-    let mut x = 777u64;
-    let mut text = |n: usize| {
-        let mut s = String::new();
-        for i in 0..n {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s.push_str(words[(x >> 33) as usize % words.len()]);
-            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
-        }
-        s
-    };
-    std::fs::write(root.join("train.txt"), text(3000)).unwrap();
-    std::fs::write(root.join("val.txt"), text(400)).unwrap();
+    common::tiny_teacher_and_text(&root, 777);
     let q = |i: usize| {
         format!(
             r#"{{"id": "q{i}", "question": {{"stem": "the heart", "choices": [{{"label": "A", "text": "tea"}}, {{"label": "B", "text": "hat at the"}}, {{"label": "C", "text": "earth"}}]}}, "answerKey": "{}"}}"#,

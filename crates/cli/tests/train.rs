@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, fixtures, ok};
+use common::{fails, ok};
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -31,26 +31,10 @@ impl Setup {
 fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_path_buf();
-    let teacher = root.join("teacher");
-    let gguf = fixtures().join("gguf/tiny-llama.gguf");
-    ok(&["convert", gguf.to_str().unwrap(), "-o", teacher.to_str().unwrap()]);
+    common::tiny_teacher_and_text(&root, 12345);
+    let (teacher, data, val) = (root.join("teacher"), root.join("train.txt"), root.join("val.txt"));
     let student = root.join("student");
     ok(&["prune", teacher.to_str().unwrap(), "--importance", "magnitude", "--layers", "1", "--ffn", "24", "-o", student.to_str().unwrap()]);
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea", "hat"];
-    let mut x = 12345u64;
-    let mut text = |n: usize| {
-        let mut s = String::new();
-        for i in 0..n {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s.push_str(words[(x >> 33) as usize % words.len()]);
-            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
-        }
-        s
-    };
-    let data = root.join("train.txt");
-    std::fs::write(&data, text(3000)).unwrap();
-    let val = root.join("val.txt");
-    std::fs::write(&val, text(400)).unwrap();
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
     Setup { teacher: s(teacher), student: s(student), data: s(data), val: s(val), root, _tmp: tmp }
 }

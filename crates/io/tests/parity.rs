@@ -1,7 +1,8 @@
 //! Parity with transformers: tiny random checkpoints written by `scripts/gen_fixtures.py`
 //! (Llama with tied embeddings, Llama-3 RoPE scaling and attention bias; Mistral with a sliding
-//! window shorter than the input, sharded; Qwen2 with q/k/v bias, head_dim != hidden/heads, bf16),
-//! and the logits transformers computed for a padded batch.
+//! window shorter than the input, sharded; Qwen2 with q/k/v bias, head_dim != hidden/heads, bf16;
+//! Gemma 3 text with sliding and global layers, two RoPE bases, q/k norms, GeGLU), and the logits
+//! transformers computed for a padded batch.
 
 use candle_core::{DType, Tensor};
 use orlik_io::{hfdir::HfModel, safetensors::Checkpoint};
@@ -62,4 +63,9 @@ fn mistral_sliding_window_sharded_matches_transformers() {
 #[test]
 fn qwen2_bf16_matches_transformers() {
     check("qwen2");
+}
+
+#[test]
+fn gemma3_local_global_layers_match_transformers() {
+    check("gemma3");
 }

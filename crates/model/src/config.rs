@@ -1,4 +1,4 @@
-//! HF `config.json` for decoder-only causal LMs (Llama, Mistral, Qwen2).
+//! HF `config.json` for decoder-only causal LMs (Llama, Mistral, Qwen2, Gemma 3 text).
 //!
 //! Every dimension is explicit. `head_dim` is read when present and only falls back to
 //! `hidden_size / num_attention_heads` when the file omits it (that is transformers' own rule for
@@ -16,6 +16,8 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    /// Gemma 3 text (`Gemma3ForCausalLM`, model_type `gemma3_text`).
+    Gemma3,
 }
 
 impl Arch {
@@ -24,6 +26,7 @@ impl Arch {
             "LlamaForCausalLM" => Some(Arch::Llama),
             "MistralForCausalLM" => Some(Arch::Mistral),
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "Gemma3ForCausalLM" => Some(Arch::Gemma3),
             _ => None,
         }
     }
@@ -32,6 +35,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
     pub fn model_type(self) -> &'static str {
@@ -39,10 +43,11 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
     pub const SUPPORTED: &'static [&'static str] =
-        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"];
 }
 
 /// A `config.json` as transformers writes it. Field defaults are transformers' defaults.
@@ -120,10 +125,14 @@ pub struct Llama3Scaling {
 
 impl Config {
     pub fn from_json_str(s: &str, origin: &str) -> Result<Config, ModelError> {
-        let cfg: Config = serde_json::from_str(s).map_err(|e| ModelError::Config {
+        let mut cfg: Config = serde_json::from_str(s).map_err(|e| ModelError::Config {
             origin: origin.to_string(),
             msg: e.to_string(),
         })?;
+        // transformers' default differs per model: Gemma ties its embeddings unless told not to.
+        if cfg.arch() == Arch::Gemma3 && !s.contains("\"tie_word_embeddings\"") {
+            cfg.tie_word_embeddings = true;
+        }
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -174,9 +183,19 @@ impl Config {
         if self.head_dim() % 2 != 0 {
             return Err(bad(format!("head_dim {} must be even for RoPE", self.head_dim())));
         }
-        if let Some(act) = &self.hidden_act {
-            if act != "silu" {
-                return Err(bad(format!("hidden_act {act:?} is not supported (only \"silu\")")));
+        let act = self.activation();
+        let want = if self.arch() == Arch::Gemma3 { "gelu_pytorch_tanh" } else { "silu" };
+        if act != want {
+            return Err(bad(format!("hidden activation {act:?} is not supported for {name} (only {want:?})")));
+        }
+        for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if self.extra.get(k).is_some_and(|v| !v.is_null()) {
+                return Err(bad(format!("{k} is set: logit soft-capping (Gemma 2) is not supported")));
+            }
+        }
+        if self.arch() == Arch::Gemma3 {
+            for kind in ["full_attention", "sliding_attention"] {
+                self.rope_for(kind).map_err(bad)?;
             }
         }
         if let Some(lt) = &self.layer_types {
@@ -190,6 +209,57 @@ impl Config {
         }
         self.llama3_scaling().map_err(bad)?;
         Ok(())
+    }
+
+    /// The MLP activation: `hidden_act`, or Gemma's `hidden_activation` (default per model).
+    pub fn activation(&self) -> &str {
+        if let Some(a) = self.extra.get("hidden_activation").and_then(Value::as_str) {
+            return a;
+        }
+        match (&self.hidden_act, self.arch()) {
+            (Some(a), _) => a,
+            (None, Arch::Gemma3) => "gelu_pytorch_tanh",
+            (None, _) => "silu",
+        }
+    }
+    /// Gemma: RMSNorm weights are stored zero-centred and applied as (1 + w).
+    pub fn norm_offset(&self) -> bool {
+        self.arch() == Arch::Gemma3
+    }
+    /// Gemma: token embeddings are multiplied by sqrt(hidden_size) (in the weights' dtype).
+    pub fn embed_scale(&self) -> Option<f64> {
+        (self.arch() == Arch::Gemma3).then(|| (self.hidden_size as f64).sqrt() as f32 as f64)
+    }
+    /// Attention scores are multiplied by this: 1/sqrt(head_dim), or Gemma's
+    /// 1/sqrt(query_pre_attn_scalar).
+    pub fn attn_scale(&self) -> f64 {
+        let s = self.extra.get("query_pre_attn_scalar").and_then(Value::as_f64).filter(|_| self.arch() == Arch::Gemma3);
+        1.0 / s.unwrap_or(self.head_dim() as f64).sqrt()
+    }
+    /// Gemma 3: RoPE base and linear scaling factor of a layer kind ("full_attention" or
+    /// "sliding_attention"), from transformers 5's per-kind `rope_parameters` or from 4.x's
+    /// `rope_theta` / `rope_local_base_freq` / `rope_scaling`.
+    pub fn rope_for(&self, kind: &str) -> Result<(f64, f64), String> {
+        if let Some(p) = self.rope_parameters.as_ref().and_then(|p| p.get(kind)) {
+            let theta = p.get("rope_theta").and_then(Value::as_f64).ok_or(format!("rope_parameters.{kind}.rope_theta missing"))?;
+            return match p.get("rope_type").and_then(Value::as_str).unwrap_or("default") {
+                "default" => Ok((theta, 1.0)),
+                "linear" => Ok((theta, p.get("factor").and_then(Value::as_f64).ok_or(format!("rope_parameters.{kind}.factor missing"))?)),
+                other => Err(format!("rope_parameters.{kind}.rope_type {other:?} is not supported (default, linear)")),
+            };
+        }
+        if kind == "sliding_attention" {
+            return Ok((self.extra.get("rope_local_base_freq").and_then(Value::as_f64).unwrap_or(10_000.0), 1.0));
+        }
+        let factor = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            None => 1.0,
+            Some(v) => match v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str) {
+                Some("linear") => v.get("factor").and_then(Value::as_f64).ok_or("rope_scaling.factor missing")?,
+                None | Some("default") => 1.0,
+                Some(other) => return Err(format!("rope_scaling type {other:?} is not supported for Gemma 3 (linear)")),
+            },
+        };
+        Ok((self.rope_theta.unwrap_or(1_000_000.0), factor))
     }
 
     pub fn arch(&self) -> Arch {
@@ -216,12 +286,12 @@ impl Config {
         match self.arch() {
             Arch::Qwen2 => true,
             Arch::Mistral => false,
-            Arch::Llama => self.attention_bias.unwrap_or(false),
+            Arch::Llama | Arch::Gemma3 => self.attention_bias.unwrap_or(false),
         }
     }
     /// Bias on o_proj.
     pub fn o_bias(&self) -> bool {
-        self.arch() == Arch::Llama && self.attention_bias.unwrap_or(false)
+        matches!(self.arch(), Arch::Llama | Arch::Gemma3) && self.attention_bias.unwrap_or(false)
     }
     pub fn mlp_bias(&self) -> bool {
         self.arch() == Arch::Llama && self.mlp_bias.unwrap_or(false)
@@ -234,6 +304,14 @@ impl Config {
                 _ => None,
             };
         }
+        if self.arch() == Arch::Gemma3 {
+            // transformers 4.x: every `sliding_window_pattern`-th layer is global.
+            let pattern = ["sliding_window_pattern", "_sliding_window_pattern"]
+                .iter()
+                .find_map(|k| self.extra.get(*k).and_then(Value::as_u64))
+                .unwrap_or(6) as usize;
+            return if (i + 1) % pattern.max(1) == 0 { None } else { self.sliding_window };
+        }
         match self.arch() {
             Arch::Mistral => self.sliding_window,
             Arch::Qwen2 => {
@@ -245,7 +323,7 @@ impl Config {
                     None
                 }
             }
-            Arch::Llama => None,
+            Arch::Llama | Arch::Gemma3 => None,
         }
     }
     fn rope_scaling_value(&self) -> Option<&Value> {
@@ -253,6 +331,9 @@ impl Config {
     }
     /// `Ok(None)` for plain RoPE, `Ok(Some)` for Llama-3 scaling, `Err` for an unsupported type.
     pub fn llama3_scaling(&self) -> Result<Option<Llama3Scaling>, String> {
+        if self.arch() == Arch::Gemma3 {
+            return Ok(None); // per layer kind: `rope_for`
+        }
         let Some(v) = self.rope_scaling_value() else { return Ok(None) };
         if v.is_null() {
             return Ok(None);
@@ -306,6 +387,12 @@ impl Config {
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
             if self.o_bias() {
                 out.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+            }
+            if self.arch() == Arch::Gemma3 {
+                out.push((format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim()]));
+                out.push((format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim()]));
+                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
+                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
             }
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
             out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));

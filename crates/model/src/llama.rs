@@ -1,8 +1,14 @@
-//! Llama-family decoder (Llama, Mistral, Qwen2) in HF layout.
+//! Llama-family decoder (Llama, Mistral, Qwen2, Gemma 3 text) in HF layout.
 //!
 //! Mirrors transformers' `modeling_llama.py`: pre-norm blocks, RMSNorm, half-split RoPE, GQA,
 //! SwiGLU MLP. Differences carried by the config: Qwen2 has q/k/v bias; Mistral (and Qwen2 with
 //! `use_sliding_window`) restrict attention to a sliding window; Llama may have attention/MLP bias.
+//! Gemma 3 (`modeling_gemma3.py`): embeddings scaled by sqrt(hidden), RMSNorm weights applied as
+//! (1 + w), RMSNorm of q and k per head before RoPE, norms after attention and around the MLP
+//! (`post_attention_layernorm` normalises the attention *output*, `pre_feedforward_layernorm` is
+//! the MLP's input norm), GeGLU with tanh-approximate GELU, scores scaled by
+//! 1/sqrt(query_pre_attn_scalar), sliding-window layers interleaved with global ones, each kind
+//! with its own RoPE base.
 //!
 //! Weights live in the compute dtype (f32 by default; f64 for gradient checks). When the model is
 //! built for training (`differentiable`), only composed candle ops are used, so every parameter
@@ -97,6 +103,13 @@ struct Layer {
     up: Linear,
     down: Linear,
     window: Option<usize>,
+    /// Index into the model's RoPE tables (Gemma 3: 0 global, 1 local; others: 0).
+    rope: usize,
+    /// Gemma 3 only: q/k norms (head_dim) and the norms around the MLP (hidden).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    pre_ffn_norm: Option<Tensor>,
+    post_ffn_norm: Option<Tensor>,
     /// Inference only: q/k/v and gate/up weights concatenated along the output dim, so each is
     /// one gemm; the separate `Linear`s above are then views into these (no extra memory).
     qkv: Option<Linear>,
@@ -151,7 +164,7 @@ pub struct Model {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Option<Tensor>, // None when tied to `embed`
-    inv_freq: Vec<f64>,      // (hd/2)
+    inv_freq: Vec<Vec<f64>>, // per RoPE kind: (hd/2)
 }
 
 /// Check a set of (name, shape) against what `cfg` implies: missing, extra and mis-shaped tensors.
@@ -182,6 +195,20 @@ pub fn validate_shapes<'a>(
         }
     }
     Ok(())
+}
+
+/// RoPE inverse frequencies per kind: Gemma 3 has [global, local]; the others one table.
+fn inv_freqs(cfg: &Config) -> Result<Vec<Vec<f64>>, ModelError> {
+    if cfg.arch() != crate::config::Arch::Gemma3 {
+        return Ok(vec![inv_freq(cfg)?]);
+    }
+    let d = cfg.head_dim();
+    let mut out = Vec::new();
+    for kind in ["full_attention", "sliding_attention"] {
+        let (base, factor) = cfg.rope_for(kind).map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
+        out.push((0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64) / factor) as f32 as f64).collect());
+    }
+    Ok(out)
 }
 
 fn inv_freq(cfg: &Config) -> Result<Vec<f64>, ModelError> {
@@ -230,6 +257,8 @@ impl Model {
             })
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let gemma = cfg.arch() == crate::config::Arch::Gemma3;
+        let opt = |name: String| -> Result<Option<Tensor>, ModelError> { if gemma { Ok(Some(get(&name)?)) } else { Ok(None) } };
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
@@ -243,6 +272,11 @@ impl Model {
                 up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias())?,
                 down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias())?,
                 window: cfg.layer_window(l),
+                rope: usize::from(gemma && cfg.layer_window(l).is_some()),
+                q_norm: opt(format!("{p}.self_attn.q_norm.weight"))?,
+                k_norm: opt(format!("{p}.self_attn.k_norm.weight"))?,
+                pre_ffn_norm: opt(format!("{p}.pre_feedforward_layernorm.weight"))?,
+                post_ffn_norm: opt(format!("{p}.post_feedforward_layernorm.weight"))?,
                 qkv: None,
                 gate_up: None,
             });
@@ -259,7 +293,7 @@ impl Model {
             layers,
             norm: get("model.norm.weight")?,
             lm_head: if cfg.tie_word_embeddings { None } else { Some(get("lm_head.weight")?) },
-            inv_freq: inv_freq(cfg)?,
+            inv_freq: inv_freqs(cfg)?,
         })
     }
 
@@ -289,6 +323,11 @@ impl Model {
             push_lin(&mut out, format!("{p}.self_attn.k_proj"), &l.k);
             push_lin(&mut out, format!("{p}.self_attn.v_proj"), &l.v);
             push_lin(&mut out, format!("{p}.self_attn.o_proj"), &l.o);
+            for (n, t) in [("self_attn.q_norm", &l.q_norm), ("self_attn.k_norm", &l.k_norm), ("pre_feedforward_layernorm", &l.pre_ffn_norm), ("post_feedforward_layernorm", &l.post_ffn_norm)] {
+                if let Some(t) = t {
+                    out.push((format!("{p}.{n}.weight"), t.clone()));
+                }
+            }
             out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone()));
             push_lin(&mut out, format!("{p}.mlp.gate_proj"), &l.gate);
             push_lin(&mut out, format!("{p}.mlp.up_proj"), &l.up);
@@ -301,27 +340,52 @@ impl Model {
         out
     }
 
-    /// cos/sin tables for the given positions: each (b, t, hd/2).
-    fn rope_tables(&self, positions: &[Vec<u32>]) -> candle_core::Result<(Tensor, Tensor)> {
+    /// cos/sin tables for the given positions, one pair per RoPE kind: each (b, t, hd/2).
+    fn rope_tables(&self, positions: &[Vec<u32>]) -> candle_core::Result<Vec<(Tensor, Tensor)>> {
         let b = positions.len();
         let t = positions.first().map_or(0, Vec::len);
-        let half = self.inv_freq.len();
-        let (mut c, mut s) = (Vec::with_capacity(b * t * half), Vec::with_capacity(b * t * half));
         let f32_math = self.opts.dtype != DType::F64;
-        for row in positions {
-            for &p in row {
-                for &f in &self.inv_freq {
-                    // f32 like transformers' f32 `inv_freq @ position_ids`.
-                    let a = if f32_math { (p as f32 * f as f32) as f64 } else { p as f64 * f };
-                    c.push(a.cos());
-                    s.push(a.sin());
+        let dev = self.device();
+        let mut out = Vec::with_capacity(self.inv_freq.len());
+        for inv in &self.inv_freq {
+            let half = inv.len();
+            let (mut c, mut s) = (Vec::with_capacity(b * t * half), Vec::with_capacity(b * t * half));
+            for row in positions {
+                for &p in row {
+                    for &f in inv {
+                        // f32 like transformers' f32 `inv_freq @ position_ids`.
+                        let a = if f32_math { (p as f32 * f as f32) as f64 } else { p as f64 * f };
+                        c.push(a.cos());
+                        s.push(a.sin());
+                    }
                 }
             }
+            let c = Tensor::from_vec(c, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
+            let s = Tensor::from_vec(s, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
+            out.push((c, s));
         }
-        let dev = self.device();
-        let c = Tensor::from_vec(c, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
-        let s = Tensor::from_vec(s, (b, t, half), dev)?.to_dtype(self.opts.dtype)?;
-        Ok((c, s))
+        Ok(out)
+    }
+
+    /// RMSNorm with this model's weight convention (Gemma: 1 + w, computed on every call so a
+    /// trained `w` is always current).
+    fn norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        if self.cfg.norm_offset() {
+            ops::rms_norm(x, &(w + 1.0)?, eps, self.opts.differentiable)
+        } else {
+            ops::rms_norm(x, w, eps, self.opts.differentiable)
+        }
+    }
+
+    /// Token embeddings (b, t) -> (b, t, hidden), scaled for Gemma.
+    fn embed_ids(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        match self.cfg.embed_scale() {
+            Some(s) => x * s,
+            None => Ok(x),
+        }
     }
 
     /// Final hidden states after the last norm: ids (b, t) u32 -> (b, t, hidden).
@@ -397,7 +461,7 @@ impl Model {
                 &default_pos
             }
         };
-        let (cos, sin) = self.rope_tables(positions)?;
+        let tables = self.rope_tables(positions)?;
         // The fused masked softmax (inference, f32) builds no mask tensor at all.
         let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
@@ -413,7 +477,7 @@ impl Model {
             }
         }
         let mut x = match input {
-            Input::Ids(ids) => self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?,
+            Input::Ids(ids) => self.embed_ids(ids)?,
             Input::Residual(x) => x.clone(),
         };
         for (li, layer) in self.layers.iter().enumerate() {
@@ -424,7 +488,8 @@ impl Model {
             let mask = Mask { offset, key_valid, tensor: masks.get(&layer.window) };
             let mut layer_tap = tap.as_deref_mut().map(|f| move |what: Tap, t: &Tensor| f(li, what, t));
             let lt = layer_tap.as_mut().map(|f| f as &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>);
-            x = self.block(layer, &x, &cos, &sin, &mask, slot, lt)?;
+            let (cos, sin) = &tables[layer.rope];
+            x = self.block(layer, &x, cos, sin, &mask, slot, lt)?;
         }
         if let Some(c) = cache {
             c.len += t;
@@ -432,7 +497,7 @@ impl Model {
         if matches!(input, Input::Residual(_)) {
             return Ok(x);
         }
-        let out = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?;
+        let out = self.norm(&x, &self.norm)?;
         if let Some(f) = tap {
             f(self.layers.len(), Tap::FinalNorm, &out)?;
         }
@@ -449,15 +514,15 @@ impl Model {
 
     /// Token embeddings: ids (b, t) -> (b, t, hidden).
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
-        let (b, t) = ids.dims2()?;
-        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?)
+        Ok(self.embed_ids(ids)?)
     }
 
     /// Layer `li` on a residual stream x (b, t, hidden) -> (b, t, hidden).
     pub fn layer(&self, li: usize, x: &Tensor) -> Result<Tensor, ModelError> {
         let layer = self.layers.get(li).ok_or_else(|| ModelError::Input(format!("no layer {li}")))?;
         let (b, t, _) = x.dims3()?;
-        let (cos, sin) = self.rope_tables(&vec![(0..t as u32).collect(); b])?;
+        let tables = self.rope_tables(&vec![(0..t as u32).collect(); b])?;
+        let (cos, sin) = &tables[layer.rope];
         let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
         let m = if fused {
             None
@@ -465,12 +530,12 @@ impl Model {
             Some(ops::attention_mask(b, t, 0, layer.window, None, self.opts.dtype, self.device())?.unsqueeze(1)?) // (b, 1, 1, t, t)
         };
         let mask = Mask { offset: 0, key_valid: None, tensor: m.as_ref() };
-        Ok(self.block(layer, x, &cos, &sin, &mask, None, None)?)
+        Ok(self.block(layer, x, cos, sin, &mask, None, None)?)
     }
 
     /// The final RMSNorm: (b, t, hidden) -> (b, t, hidden).
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(ops::rms_norm(x, &self.norm, self.cfg.rms_norm_eps, self.opts.differentiable)?)
+        Ok(self.norm(x, &self.norm)?)
     }
 
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).
@@ -507,12 +572,11 @@ impl Model {
         };
         emit(Tap::LayerInput, x)?;
         let diff = self.opts.differentiable;
-        let eps = self.cfg.rms_norm_eps;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let rep = nh / nkv;
 
-        let h = ops::rms_norm(x, &l.input_norm, eps, diff)?;
+        let h = self.norm(x, &l.input_norm)?;
         emit(Tap::InputNorm, &h)?;
         let (q, k, v) = match &l.qkv {
             Some(f) => {
@@ -524,6 +588,15 @@ impl Model {
         let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?; // (b, nh, t, hd)
         let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?; // (b, kv, t, hd)
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        // Gemma 3: RMSNorm over head_dim of every query and key head, before RoPE.
+        let q = match &l.q_norm {
+            Some(w) => self.norm(&q.contiguous()?, w)?,
+            None => q,
+        };
+        let k = match &l.k_norm {
+            Some(w) => self.norm(&k.contiguous()?, w)?,
+            None => k,
+        };
         let q = ops::rope(&q.contiguous()?, cos, sin, diff)?;
         let k = ops::rope(&k.contiguous()?, cos, sin, diff)?;
         let (k, v) = match slot {
@@ -539,7 +612,7 @@ impl Model {
         };
         let tk = k.dim(2)?;
         // GQA without copying K/V: query heads g*rep..(g+1)*rep share kv head g (HF repeat_kv).
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = self.cfg.attn_scale();
         let attn = match mask.tensor {
             Some(m) => {
                 let q = (q.contiguous()?.reshape((b, nkv, rep * t, hd))? * scale)?; // (b, kv, rep*t, hd)
@@ -556,16 +629,39 @@ impl Model {
         let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?; // (b, t, nh, hd)
         emit(Tap::Heads, &attn)?;
         let attn = attn.reshape((b, t, nh * hd))?;
-        let x = (x + l.o.forward(&attn)?)?;
-
-        let h = ops::rms_norm(&x, &l.post_norm, eps, diff)?;
+        let o = l.o.forward(&attn)?;
+        let (x, h) = match &l.pre_ffn_norm {
+            // Gemma 3: post_attention_layernorm normalises the attention output; the MLP's input
+            // norm is pre_feedforward_layernorm.
+            Some(pre) => {
+                let x = (x + self.norm(&o, &l.post_norm)?)?;
+                let h = self.norm(&x, pre)?;
+                (x, h)
+            }
+            None => {
+                let x = (x + o)?;
+                let h = self.norm(&x, &l.post_norm)?;
+                (x, h)
+            }
+        };
         emit(Tap::PostAttnNorm, &h)?;
-        let m = match &l.gate_up {
-            Some(f) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
-            None => (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?, // (b, t, ffn)
+        let gelu = self.cfg.norm_offset(); // Gemma: GeGLU (tanh GELU); the others SwiGLU
+        let m = match (&l.gate_up, gelu) {
+            (Some(f), false) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
+            (Some(f), true) => {
+                let y = f.forward(&h)?; // (b, t, 2 ffn)
+                let n = y.dim(2)? / 2;
+                (ops::gelu_tanh(&y.narrow(2, 0, n)?, diff)? * y.narrow(2, n, n)?)?
+            }
+            (None, false) => (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?, // (b, t, ffn)
+            (None, true) => (ops::gelu_tanh(&l.gate.forward(&h)?, diff)? * l.up.forward(&h)?)?,
         };
         emit(Tap::MlpAct, &m)?;
-        let out = (x + l.down.forward(&m)?)?;
+        let d = l.down.forward(&m)?;
+        let out = match &l.post_ffn_norm {
+            Some(w) => (x + self.norm(&d, w)?)?,
+            None => (x + d)?,
+        };
         emit(Tap::LayerOutput, &out)?;
         Ok(out)
     }

@@ -14,6 +14,19 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, differentiable: bool) -> Resul
     x.broadcast_mul(w)
 }
 
+/// GELU, tanh approximation (transformers' `gelu_pytorch_tanh`, Gemma's MLP):
+/// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). Training composes it from ops with exact
+/// constants: candle's fused `gelu` backward uses 6-digit rounded ones (a 1e-5 relative error that
+/// the finite-difference check catches).
+pub fn gelu_tanh(x: &Tensor, differentiable: bool) -> Result<Tensor> {
+    if !differentiable {
+        return x.gelu();
+    }
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * c)?;
+    (x * 0.5)?.mul(&(inner.tanh()? + 1.0)?)
+}
+
 /// Softmax over the last dim. The max is detached: softmax is shift-invariant, so it only
 /// guards against overflow and must not receive gradient.
 pub fn softmax_last(x: &Tensor, differentiable: bool) -> Result<Tensor> {

@@ -11,6 +11,7 @@ fn tiny(arch: &str, extra: &str) -> Config {
     let mt = match arch {
         "LlamaForCausalLM" => "llama",
         "MistralForCausalLM" => "mistral",
+        "Gemma3ForCausalLM" => "gemma3_text",
         _ => "qwen2",
     };
     let s = format!(
@@ -19,6 +20,16 @@ fn tiny(arch: &str, extra: &str) -> Config {
         "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0 {extra}}}"#
     );
     Config::from_json_str(&s, "tiny").unwrap()
+}
+
+/// Tiny Gemma 3: a sliding layer (window 3 < 6 tokens) and a global one, different RoPE bases,
+/// query_pre_attn_scalar != head_dim.
+fn tiny_gemma() -> Config {
+    tiny(
+        "Gemma3ForCausalLM",
+        r#","layer_types":["sliding_attention","full_attention"],"sliding_window":3,"query_pre_attn_scalar":5,
+        "rope_parameters":{"full_attention":{"rope_type":"default","rope_theta":1000.0},"sliding_attention":{"rope_type":"default","rope_theta":10.0}}"#,
+    )
 }
 
 fn ids() -> Tensor {
@@ -91,8 +102,21 @@ fn gradcheck_mistral_sliding_window() {
 }
 
 #[test]
+fn gradcheck_gemma3_norms_geglu_two_rope_kinds() {
+    let cfg = tiny_gemma();
+    assert!(cfg.tie_word_embeddings, "Gemma ties embeddings by default");
+    gradcheck(&cfg);
+}
+
+#[test]
 fn every_parameter_gets_nonzero_gradient_in_f32() {
-    let cfg = tiny("Qwen2ForCausalLM", r#","sliding_window":3"#);
+    for cfg in [tiny("Qwen2ForCausalLM", r#","sliding_window":3"#), tiny_gemma()] {
+        nonzero_gradients(&cfg);
+    }
+}
+
+fn nonzero_gradients(cfg: &Config) {
+    let cfg = cfg.clone();
     let w = random_weights(&cfg, 3, 0.3).unwrap();
     let vars: Vec<(String, Var)> = w.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
     let wv: Weights = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
@@ -110,19 +134,20 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn fused_inference_equals_differentiable_forward() {
-    let cfg = tiny("MistralForCausalLM", r#","sliding_window":3"#);
-    let w = random_weights(&cfg, 5, 0.3).unwrap();
-    let a = Model::new(&cfg, &w, ModelOptions::default()).unwrap().forward(&ids(), None, None, None).unwrap();
-    let b = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true })
-        .unwrap()
-        .forward(&ids(), None, None, None)
-        .unwrap();
-    assert!(max_abs(&a, &b) < 1e-5);
+    for cfg in [tiny("MistralForCausalLM", r#","sliding_window":3"#), tiny_gemma()] {
+        let w = random_weights(&cfg, 5, 0.3).unwrap();
+        let a = Model::new(&cfg, &w, ModelOptions::default()).unwrap().forward(&ids(), None, None, None).unwrap();
+        let b = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true })
+            .unwrap()
+            .forward(&ids(), None, None, None)
+            .unwrap();
+        assert!(max_abs(&a, &b) < 1e-5, "{:?}", cfg.arch());
+    }
 }
 
 #[test]
 fn kv_cache_incremental_equals_full_forward() {
-    for cfg in [tiny("MistralForCausalLM", r#","sliding_window":3"#), tiny("Qwen2ForCausalLM", "")] {
+    for cfg in [tiny("MistralForCausalLM", r#","sliding_window":3"#), tiny("Qwen2ForCausalLM", ""), tiny_gemma()] {
         let w = random_weights(&cfg, 9, 0.3).unwrap();
         let m = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
         let full = m.forward(&ids(), None, None, None).unwrap(); // (2, 6, v)

@@ -30,3 +30,23 @@ pub fn fails(args: &[&str], needles: &[&str]) {
         assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
     }
 }
+
+/// The tiny GGUF converted into ROOT/teacher, and seeded random text over words its vocabulary
+/// knows: ROOT/train.txt (3000 words) and ROOT/val.txt (400), paragraphs of 9 words.
+pub fn tiny_teacher_and_text(root: &std::path::Path, seed: u64) {
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", root.join("teacher").to_str().unwrap()]);
+    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea", "hat"];
+    let mut x = seed;
+    let mut text = |n: usize| {
+        let mut s = String::new();
+        for i in 0..n {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s.push_str(words[(x >> 33) as usize % words.len()]);
+            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
+        }
+        s
+    };
+    std::fs::write(root.join("train.txt"), text(3000)).unwrap();
+    std::fs::write(root.join("val.txt"), text(400)).unwrap();
+}
