@@ -27,7 +27,8 @@ pub fn uniform_vec(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     (0..n).map(|_| ((r.next_f64() * 2.0 - 1.0) as f32) * scale).collect()
 }
 
-/// Random weights for `cfg`: matrices uniform with std `std`, norm weights around 1.
+/// Random weights for `cfg`: matrices uniform with std `std`, norm weights around 1 (as applied:
+/// Gemma stores them zero-centred and applies 1 + w, so its stored values are around 0).
 pub fn random_weights(cfg: &Config, seed: u64, std: f32) -> Result<Weights> {
     let scale = std * 3f32.sqrt(); // uniform[-a, a] has std a/sqrt(3)
     let mut w = Weights::new();
@@ -35,7 +36,8 @@ pub fn random_weights(cfg: &Config, seed: u64, std: f32) -> Result<Weights> {
         let n: usize = shape.iter().product();
         let s = seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         let v = if name.ends_with("norm.weight") {
-            uniform_vec(n, s, 0.1).into_iter().map(|x| 1.0 + x).collect()
+            let centre = if cfg.norm_offset() { 0.0 } else { 1.0 };
+            uniform_vec(n, s, 0.1).into_iter().map(|x| centre + x).collect()
         } else {
             uniform_vec(n, s, scale)
         };

@@ -162,6 +162,10 @@ impl Plan {
         c.head_dim = Some(cfg.head_dim());
         if let Some(lt) = &cfg.layer_types {
             c.layer_types = Some(self.layers.iter().map(|&l| lt[l].clone()).collect());
+        } else if cfg.arch() == orlik_model::Arch::Gemma3 {
+            // A periodic sliding/global pattern does not survive dropping layers: spell it out.
+            let kind = |l: usize| if cfg.layer_window(l).is_some() { "sliding_attention" } else { "full_attention" };
+            c.layer_types = Some(self.layers.iter().map(|&l| kind(l).to_string()).collect());
         }
         if let Some(m) = cfg.max_window_layers {
             // Qwen2: layers >= max_window_layers use the window; keep each kept layer's kind.

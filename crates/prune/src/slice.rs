@@ -54,7 +54,12 @@ pub fn slices(cfg: &Config, plan: &Plan) -> Result<Vec<SliceSpec>, PruneError> {
             let kv = Some(head_rows(&plan.kv_heads[i], hd));
             let n = Some(plan.mlp[i].clone());
             let (rows, cols) = match leaf {
-                "input_layernorm.weight" | "post_attention_layernorm.weight" => (hidden.clone(), None),
+                "input_layernorm.weight"
+                | "post_attention_layernorm.weight"
+                | "pre_feedforward_layernorm.weight"
+                | "post_feedforward_layernorm.weight" => (hidden.clone(), None),
+                // Gemma 3: per-head norms over head_dim, which pruning never changes
+                "self_attn.q_norm.weight" | "self_attn.k_norm.weight" => (None, None),
                 "self_attn.q_proj.weight" => (q, hidden.clone()),
                 "self_attn.q_proj.bias" => (q, None),
                 "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => (kv, hidden.clone()),

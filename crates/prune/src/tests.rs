@@ -7,7 +7,11 @@ use orlik_model::init::random_weights;
 use orlik_model::{Config, Model, ModelOptions, Weights};
 
 fn tiny(arch: &str, extra: &str) -> Config {
-    let mt = if arch == "LlamaForCausalLM" { "llama" } else { "qwen2" };
+    let mt = match arch {
+        "LlamaForCausalLM" => "llama",
+        "Gemma3ForCausalLM" => "gemma3_text",
+        _ => "qwen2",
+    };
     let s = format!(
         r#"{{"architectures":["{arch}"],"model_type":"{mt}","vocab_size":13,"hidden_size":8,
         "intermediate_size":12,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
@@ -20,6 +24,11 @@ fn configs() -> Vec<Config> {
     vec![
         tiny("LlamaForCausalLM", r#","attention_bias":true,"mlp_bias":true"#),
         tiny("Qwen2ForCausalLM", r#","tie_word_embeddings":true"#),
+        // Gemma 3 with explicit layer kinds, and with transformers 4.x's periodic pattern (layer 1
+        // global): dropping layer 1 must keep layer 2 a sliding layer.
+        tiny("Gemma3ForCausalLM", r#","sliding_window":3,"query_pre_attn_scalar":5,
+            "layer_types":["sliding_attention","full_attention","sliding_attention"]"#),
+        tiny("Gemma3ForCausalLM", r#","sliding_window":3,"sliding_window_pattern":2,"rope_local_base_freq":10.0"#),
     ]
 }
 

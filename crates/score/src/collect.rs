@@ -252,7 +252,10 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
     c.vocab_size = 1;
     c.tie_word_embeddings = true;
     c.head_dim = Some(cfg.head_dim());
-    c.layer_types = cfg.layer_types.as_ref().map(|lt| vec![lt[l].clone()]);
+    // The layer's own kind, whatever rule the config states it by (explicit layer_types, Qwen2's
+    // max_window_layers, Gemma's periodic pattern).
+    let kind = if cfg.layer_window(l).is_some() { "sliding_attention" } else { "full_attention" };
+    c.layer_types = Some(vec![kind.to_string()]);
     c.max_window_layers = cfg.max_window_layers.map(|m| usize::from(l < m));
     let mut w = orlik_model::Weights::new();
     let prefix = format!("model.layers.{l}.");
@@ -283,7 +286,11 @@ pub fn collect_streaming(
     let mut xs: Vec<Tensor> = Vec::with_capacity(batches.len());
     for (ids, _) in batches {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
-        xs.push(embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?);
+        let x = embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        xs.push(match cfg.embed_scale() {
+            Some(s) => (x * s)?, // Gemma
+            None => x,
+        });
     }
     drop(embed);
     let nloo = opts.loo_batches.min(batches.len());
@@ -312,6 +319,7 @@ pub fn collect_streaming(
     drop(ring);
     // final norm and lm_head (the embedding when tied)
     let norm = hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?;
+    let norm = if cfg.norm_offset() { (norm + 1.0)? } else { norm }; // Gemma: (1 + w)
     let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head = hf.checkpoint.tensor(head_name)?.to_dtype(DType::F32)?;
     let logp = |x: &Tensor| -> Result<Tensor, ScoreError> {

@@ -74,7 +74,7 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
 
 #[test]
 fn layer_by_layer_streaming_equals_in_memory_scoring() {
-    for name in ["llama", "qwen2", "mistral"] {
+    for name in ["llama", "qwen2", "mistral", "gemma3"] {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
         let hf = orlik_io::hfdir::HfModel::open(&dir).unwrap();
         let m = hf.load(ModelOptions::default()).unwrap();
