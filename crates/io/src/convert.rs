@@ -15,7 +15,7 @@ pub struct ConvertReport {
     pub tied: bool,
 }
 
-fn hf_name(gguf: &str) -> Option<String> {
+fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -29,8 +29,16 @@ fn hf_name(gguf: &str) -> Option<String> {
     let (layer, leaf) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (base, kind) = leaf.rsplit_once('.')?;
+    let gemma = arch == Arch::Gemma3;
     let hf = match base {
         "attn_norm" => "input_layernorm",
+        // Gemma 3 has norms on both sides of attention and MLP; llama.cpp's `ffn_norm` is the
+        // MLP's input norm in both families, but HF calls it differently.
+        "ffn_norm" if gemma => "pre_feedforward_layernorm",
+        "post_attention_norm" if gemma => "post_attention_layernorm",
+        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
+        "attn_q_norm" if gemma => "self_attn.q_norm",
+        "attn_k_norm" if gemma => "self_attn.k_norm",
         "ffn_norm" => "post_attention_layernorm",
         "attn_q" => "self_attn.q_proj",
         "attn_k" => "self_attn.k_proj",
@@ -63,6 +71,7 @@ fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
+        "gemma3" => Arch::Gemma3,
         other => {
             return Err(IoError::Model {
                 path: g.path.clone(),
@@ -87,6 +96,27 @@ fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
     let f = |k: &str, d: f64| g.get(&format!("{arch_name}.{k}")).and_then(GValue::as_f64).unwrap_or(d);
     let mut extra = serde_json::Map::new();
     extra.insert("torch_dtype".into(), json!("float32"));
+    let layers = need("block_count")? as usize;
+    let gemma = arch == Arch::Gemma3;
+    let (mut sliding_window, mut layer_types, mut rope_parameters) = (None, None, None);
+    if gemma {
+        // What llama.cpp's gemma3 loader assumes and the GGUF does not store (llama-model.cpp):
+        // every 6th layer is global, the others slide over `attention.sliding_window` tokens
+        // with RoPE base 10000; queries are scaled by 1/sqrt(head_dim) except on the 27B
+        // (62 layers), which uses hidden / heads.
+        sliding_window = g.get("gemma3.attention.sliding_window").and_then(GValue::as_u64).map(|x| x as usize);
+        layer_types = Some((0..layers).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }.to_string()).collect());
+        let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
+        extra.insert("query_pre_attn_scalar".into(), json!(scalar));
+        extra.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        extra.insert("final_logit_softcapping".into(), Value::Null);
+        extra.insert("attn_logit_softcapping".into(), Value::Null);
+        let mut full = json!({"rope_type": "default", "rope_theta": f("rope.freq_base", 1_000_000.0) as f32 as f64});
+        if g.get("gemma3.rope.scaling.type").and_then(GValue::as_str) == Some("linear") {
+            full = json!({"rope_type": "linear", "rope_theta": full["rope_theta"], "factor": f("rope.scaling.factor", 1.0)});
+        }
+        rope_parameters = Some(json!({"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}));
+    }
     let tid = |k: &str| g.get(k).and_then(GValue::as_u64).map(|x| json!(x));
     let cfg = Config {
         architectures: vec![arch.hf_name().into()],
@@ -94,24 +124,24 @@ fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: need("feed_forward_length")? as usize,
-        num_hidden_layers: need("block_count")? as usize,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: Some(kv),
         head_dim: Some(head_dim),
         // llama.cpp stores eps as f32; round-trip through f32 text gives e.g. 1e-5 exactly.
         rms_norm_eps: format!("{}", f("attention.layer_norm_rms_epsilon", 1e-6) as f32).parse().unwrap_or(1e-6),
-        rope_theta: Some(f("rope.freq_base", 10000.0) as f32 as f64),
+        rope_theta: if gemma { None } else { Some(f("rope.freq_base", 10000.0) as f32 as f64) },
         rope_scaling: None,
-        rope_parameters: None,
+        rope_parameters,
         max_position_embeddings: g.get(&format!("{arch_name}.context_length")).and_then(GValue::as_u64).unwrap_or(2048) as usize,
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
         attention_bias: if arch == Arch::Llama { Some(g.tensor_info("blk.0.attn_q.bias").is_some()) } else { None },
         mlp_bias: if arch == Arch::Llama { Some(false) } else { None },
-        sliding_window: None,
+        sliding_window,
         use_sliding_window: if arch == Arch::Qwen2 { Some(false) } else { None },
         max_window_layers: None,
-        layer_types: None,
-        hidden_act: Some("silu".into()),
+        layer_types,
+        hidden_act: if gemma { None } else { Some("silu".into()) },
         bos_token_id: tid("tokenizer.ggml.bos_token_id"),
         eos_token_id: tid("tokenizer.ggml.eos_token_id"),
         pad_token_id: tid("tokenizer.ggml.padding_token_id"),
@@ -149,12 +179,17 @@ pub fn convert_gguf(
     let n = g.tensors.len();
     for (i, t) in g.tensors.iter().enumerate() {
         progress(i, n, &t.name);
-        let name = hf_name(&t.name).ok_or_else(|| IoError::Tensor {
+        let name = hf_name(&t.name, arch).ok_or_else(|| IoError::Tensor {
             path: src.into(),
             name: t.name.clone(),
             msg: "no Hugging Face equivalent known".into(),
         })?;
         let mut w = g.dequantize(t)?;
+        // llama.cpp stores Gemma's zero-centred RMSNorm weights shifted by +1 (convert_hf_to_gguf,
+        // Gemma3Model `norm_shift`); HF keeps w and applies 1 + w.
+        if arch == Arch::Gemma3 && name.ends_with("norm.weight") {
+            w = (w - 1.0).map_err(|source| IoError::Candle { context: format!("unshifting {}", t.name), source })?;
+        }
         // llama.cpp permutes Q/K for its interleaved RoPE only for the llama family.
         if matches!(arch, Arch::Llama | Arch::Mistral) {
             let cerr = |source| IoError::Candle { context: format!("un-permuting {}", t.name), source };

@@ -16,7 +16,11 @@ pub const SIDE_FILES: &[&str] = &[
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
+    // licence terms that must travel with the weights (the Gemma terms, notices)
     "LICENSE",
+    "LICENSE.txt",
+    "GEMMA_TERMS.html",
+    "NOTICE.md",
 ];
 
 pub struct HfModel {

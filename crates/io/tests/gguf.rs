@@ -120,3 +120,40 @@ fn corrupt_and_unsupported_gguf_are_named_errors() {
     assert!(e.contains("nope.gguf"), "{e}");
     assert!(HfModel::open(&tmp.path().join("o")).is_err());
 }
+
+/// Gemma 3 as llama.cpp stores it (scripts/gen_gguf_gemma_fixture.py): llama.cpp names, norm
+/// weights shifted by +1, no Q/K permutation, SentencePiece vocabulary without a space prefix.
+#[test]
+fn convert_gemma3_maps_names_unshifts_norms_and_derives_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("hf");
+    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 2_000_000_000, overwrite: false };
+    let rep = orlik_io::convert::convert_gguf(&dir().join("tiny-gemma3.gguf"), &out, &opts, vec![], |_, _, _| {})
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(rep.tied);
+    let hf = HfModel::open(&out).unwrap();
+    let c = &hf.config;
+    assert_eq!(c.arch(), orlik_model::Arch::Gemma3);
+    assert_eq!(c.activation(), "gelu_pytorch_tanh");
+    assert_eq!(c.sliding_window, Some(4));
+    // llama.cpp's rule: every 6th layer global, so all 3 tiny layers slide; local base 10000
+    assert_eq!((0..3).map(|i| c.layer_window(i)).collect::<Vec<_>>(), vec![Some(4); 3]);
+    assert_eq!(c.rope_for("full_attention").unwrap(), (1_000_000.0, 1.0));
+    assert_eq!(c.rope_for("sliding_attention").unwrap(), (10_000.0, 1.0));
+    assert!((c.attn_scale() - 1.0 / 8f64.sqrt()).abs() < 1e-12, "query_pre_attn_scalar = head_dim");
+    let reference = HfModel::open(&dir().join("../gemma3")).unwrap();
+    let mut checked = 0;
+    for info in reference.checkpoint.infos() {
+        let want = reference.checkpoint.tensor(&info.name).unwrap();
+        let got = hf.checkpoint.tensor(&info.name).unwrap_or_else(|e| panic!("{}: {e}", info.name));
+        let d = max_abs_diff(&got, &want);
+        assert!(d <= 1e-6, "{}: max abs diff {d}", info.name);
+        checked += 1;
+    }
+    assert_eq!(checked, hf.checkpoint.infos().count());
+    hf.load(orlik_model::ModelOptions::default()).unwrap();
+    let tok = hf.tokenizer().unwrap();
+    let enc = tok.encode("the an\n", true).unwrap();
+    assert_eq!(enc.get_tokens(), ["<bos>", "t", "he", "▁an", "<0x0A>"], "no space prefix, byte fallback");
+    assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "the an\n");
+}
