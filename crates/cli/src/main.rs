@@ -12,6 +12,7 @@ mod prune_cmd;
 mod recipe;
 mod report;
 mod train_cmd;
+mod trim_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -129,6 +130,30 @@ enum Cmd {
         resume: bool,
         /// Delete OUT and start over.
         #[arg(long, conflicts_with = "resume")]
+        force: bool,
+    },
+    /// Trim the vocabulary to the tokens a language uses: keep every token the corpus uses
+    /// (at least --min-count times), all special and byte-fallback (or byte-level) tokens, the
+    /// --keep list, and every token BPE passes through while building a kept one; drop the rest
+    /// from tokenizer.json (vocab and merges, ids renumbered), the embedding and lm_head. The
+    /// corpus then tokenizes to exactly the same token strings (checked before writing); other
+    /// text still tokenizes through byte fallback. BPE tokenizers only (byte-level or
+    /// SentencePiece-style); writes OUT/trim.json with the counts.
+    TrimVocab {
+        /// HF model directory.
+        model: PathBuf,
+        /// Corpus text files.
+        #[arg(long, num_args = 1.., required = true)]
+        data: Vec<PathBuf>,
+        /// Keep tokens used at least this many times.
+        #[arg(long, default_value_t = 1)]
+        min_count: u64,
+        /// File of extra tokens to keep, one token string per line (as in tokenizer.json's vocab).
+        #[arg(long)]
+        keep: Option<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long)]
         force: bool,
     },
     /// Evaluate a model.
@@ -507,6 +532,9 @@ fn main() {
         }
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
             eval_cmd::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
+        }
+        Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
+            trim_cmd::trim_vocab(trim_cmd::TrimArgs { model, data, min_count, keep, output, force })
         }
         Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => eval_cmd::mc(&path, &tasks, limit, context, json),
         Cmd::Eval { what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json } } => {

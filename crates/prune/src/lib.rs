@@ -7,6 +7,7 @@ pub mod plan;
 pub mod search;
 pub mod select;
 pub mod slice;
+pub mod vocab;
 
 pub use plan::Plan;
 pub use slice::apply;
