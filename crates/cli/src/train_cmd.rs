@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
 use orlik_distill::cache::{CacheSpec, CacheTeacher};
-use orlik_distill::{check_vocab, vocab_sha256, OnlineTeacher};
+use orlik_distill::{vocab_sha256, OnlineTeacher};
 use orlik_io::hfdir::{save_pretrained, side_files, HfModel, SaveOptions};
 use orlik_model::{Config, ModelOptions};
 use orlik_train::data::{pack, Packed};
@@ -288,11 +288,18 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     cfg.validate()?;
     let student = HfModel::open(&a.student)?;
     let s_tok = student.tokenizer()?;
+    let mut map = None;
     let teacher = match &a.teacher {
         Some(p) => {
             let hf = HfModel::open(p)?;
             let tok = hf.tokenizer()?;
-            check_vocab((&hf.config, &tok), (&student.config, &s_tok))?;
+            map = orlik_distill::vocab_map((&hf.config, &tok), (&student.config, &s_tok))?;
+            if map.is_some() && a.teacher_cache.is_some() {
+                bail!("the student's vocabulary differs from the teacher's (e.g. trimmed): use the online teacher (--teacher without --teacher-cache), which maps vocabularies by token string");
+            }
+            if let Some(m) = &map {
+                eprintln!("vocabulary: the student's {} tokens are mapped to the teacher's by token string; KD on the shared vocabulary", m.len());
+            }
             Some(hf)
         }
         None if a.teacher_cache.is_none() => bail!("give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)"),
@@ -317,7 +324,13 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
             }
             Box::new(c)
         }
-        (None, Some(hf)) => Box::new(OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk)),
+        (None, Some(hf)) => {
+            let t = OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
+            Box::new(match map {
+                Some(m) => t.with_vocab_map(m)?,
+                None => t,
+            })
+        }
         (None, None) => unreachable!("checked above"),
     };
     let run = json!({

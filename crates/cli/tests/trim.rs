@@ -86,3 +86,24 @@ fn bad_trim_input_is_refused() {
     fails(&["trim-vocab", &orig, "--data", c, "-o", &out], &["\"WordPiece\" is not supported", "supported: BPE"]);
     assert!(!Path::new(&out).exists());
 }
+
+/// Distillation into a trimmed student maps the vocabularies by token string: a student trimmed
+/// from the teacher itself starts at KL 0 (the teacher renormalised over the kept tokens is
+/// exactly the student's distribution); the reverse direction (student tokens the teacher lacks)
+/// is refused before any compute.
+#[test]
+fn distillation_into_a_trimmed_student_uses_the_shared_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("corpus.txt");
+    std::fs::write(&corpus, "the theater then anthem in the hearth at a tea\n\n".repeat(30)).unwrap();
+    let c = corpus.to_str().unwrap();
+    let teacher = convert("tiny-gemma3.gguf", &tmp.path().join("hf"));
+    let student = tmp.path().join("trim").to_str().unwrap().to_string();
+    ok(&["trim-vocab", &teacher, "--data", c, "-o", &student]);
+    let out = tmp.path().join("kd").to_str().unwrap().to_string();
+    ok(&["distill", "--teacher", &teacher, "--student", &student, "--data", c, "--steps", "2", "--seq-len", "8", "--batch", "2", "-o", &out]);
+    let first: Value = serde_json::from_str(std::fs::read_to_string(Path::new(&out).join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(first["kl"].as_f64().unwrap().abs() < 1e-5, "{first}");
+    let out2 = tmp.path().join("kd2").to_str().unwrap().to_string();
+    fails(&["distill", "--teacher", &student, "--student", &teacher, "--data", c, "--steps", "1", "-o", &out2], &["is not in the teacher's vocabulary"]);
+}

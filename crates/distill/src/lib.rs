@@ -79,6 +79,36 @@ pub fn check_vocab(
     Ok(())
 }
 
+/// How a student's vocabulary sits in the teacher's: `None` when they are the same id for id;
+/// otherwise, for each student id, the teacher id of the same token string (a student made by
+/// `orlik trim-vocab` from the teacher, or from a sibling with a superset vocabulary). The KD
+/// loss is then computed on the student's vocabulary: the teacher's logits at those ids,
+/// renormalised over them. A student token the teacher lacks is an error.
+pub fn vocab_map(
+    teacher: (&orlik_model::Config, &tokenizers::Tokenizer),
+    student: (&orlik_model::Config, &tokenizers::Tokenizer),
+) -> Result<Option<Vec<u32>>, DistillError> {
+    if check_vocab(teacher, student).is_ok() {
+        return Ok(None);
+    }
+    let mut map = Vec::with_capacity(student.0.vocab_size);
+    for id in 0..student.0.vocab_size as u32 {
+        let s = student.1.id_to_token(id).ok_or_else(|| {
+            DistillError::Mismatch(format!("student id {id} has no token string (vocab_size {} > tokenizer)", student.0.vocab_size))
+        })?;
+        let t = teacher.1.token_to_id(&s).ok_or_else(|| {
+            DistillError::Mismatch(format!(
+                "student token {s:?} (id {id}) is not in the teacher's vocabulary: distillation maps vocabularies by token string, so the student's must be a subset of the teacher's"
+            ))
+        })?;
+        if t as usize >= teacher.0.vocab_size {
+            return Err(DistillError::Mismatch(format!("teacher id {t} of {s:?} is beyond its vocab_size {}", teacher.0.vocab_size)));
+        }
+        map.push(t);
+    }
+    Ok(Some(map))
+}
+
 /// Per-position teacher rows from logits (rows, vocab) at temperature `t`: the full log-softmax
 /// (`topk` = 0) or the top-k with the tail mass.
 pub fn rows_from_logits(z: &[f32], vocab: usize, t: f32, topk: usize) -> StepRows {
@@ -111,6 +141,8 @@ pub struct OnlineTeacher {
     temperature: f32,
     topk: usize,
     hidden: Option<Tensor>, // (rows, hidden)
+    /// student id -> teacher id (u32, (student vocab)) when the vocabularies differ.
+    map: Option<Tensor>,
 }
 
 impl OnlineTeacher {
@@ -120,7 +152,14 @@ impl OnlineTeacher {
             temperature,
             topk,
             hidden: None,
+            map: None,
         }
+    }
+    /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
+    pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {
+        let n = map.len();
+        self.map = Some(Tensor::from_vec(map, n, self.model.device())?);
+        Ok(self)
     }
     pub fn model(&self) -> &Model {
         &self.model
@@ -134,7 +173,12 @@ impl TeacherSource for OnlineTeacher {
         _windows: &[usize],
         inputs: &Tensor,
     ) -> Result<bool, TrainError> {
-        let h = self.model.forward_hidden(inputs, None, None, None)?; // (b, t, hidden)
+        let teacher_ids = match &self.map {
+            // student ids -> the teacher's ids of the same token strings
+            Some(m) => m.index_select(&inputs.flatten_all()?, 0)?.reshape(inputs.dims())?,
+            None => inputs.clone(),
+        };
+        let h = self.model.forward_hidden(&teacher_ids, None, None, None)?; // (b, t, hidden)
         let (b, t, d) = h.dims3()?;
         self.hidden = Some(h.reshape((b * t, d))?);
         Ok(true)
@@ -144,7 +188,11 @@ impl TeacherSource for OnlineTeacher {
             .hidden
             .as_ref()
             .ok_or_else(|| TrainError::Teacher("rows() before prepare()".into()))?;
-        let logits = self.model.lm_head(&h.narrow(0, start, n)?)?; // (n, vocab)
+        let logits = self.model.lm_head(&h.narrow(0, start, n)?)?; // (n, teacher vocab)
+        let logits = match &self.map {
+            Some(m) => logits.index_select(m, 1)?, // (n, student vocab): renormalised below
+            None => logits,
+        };
         let vocab = logits.dim(1)?;
         Ok(rows_from_logits(
             &logits.flatten_all()?.to_vec1::<f32>()?,
