@@ -59,13 +59,7 @@ PUD="$(dirname "$0")/../../shared/data/pl/ud-pl-pud.txt"
 { printf "| model | params |"; for t in "${TEXTS[@]}"; do printf " bits/byte %s |" "$(basename "$t")"; done; echo
   printf "| --- | --- |"; for t in "${TEXTS[@]}"; do printf " --- |"; done; echo; } > "$OUT/results.md"
 for m in teacher pruned kd/final ce/final scratch/final; do
-  p=$("$ORLIK" inspect "$OUT/$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["parameters"]["total"])')
-  row="| $m | $(python3 -c "print('%.1fM' % ($p / 1e6))") |"
-  for t in "${TEXTS[@]}"; do
-    b=$("$ORLIK" eval ppl "$OUT/$m" --text "$t" --context 1024 --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["bits_per_byte"])')
-    row="$row $b |"
-  done
-  echo "$row" >> "$OUT/results.md"
+  bash "$(dirname "$0")/bpb_row.sh" "$ORLIK" "$OUT" "$m" "${TEXTS[@]}" >> "$OUT/results.md"
 done
 "$ORLIK" curves "$OUT/kd" "$OUT/ce" "$OUT/scratch" --key val_bits_per_byte -o "$OUT/val_bpb.png"
 cat "$OUT/results.md"

@@ -39,13 +39,7 @@ PUD="$(dirname "$0")/../../shared/data/pl/ud-pl-pud.txt"
 [ -f "$PUD" ] && TEXTS+=("$PUD")
 for m in teacher-tc/final kd-tc/final; do
   grep -q "^| $m |" "$OUT/results.md" 2>/dev/null && continue
-  p=$("$ORLIK" inspect "$OUT/$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["parameters"]["total"])')
-  row="| $m | $(python3 -c "print('%.1fM' % ($p / 1e6))") |"
-  for t in "${TEXTS[@]}"; do
-    b=$("$ORLIK" eval ppl "$OUT/$m" --text "$t" --context 1024 --json | python3 -c 'import json,sys; print("%.4f" % json.load(sys.stdin)["bits_per_byte"])')
-    row="$row $b |"
-  done
-  echo "$row" >> "$OUT/results.md"
+  bash "$(dirname "$0")/bpb_row.sh" "$ORLIK" "$OUT" "$m" "${TEXTS[@]}" >> "$OUT/results.md"
 done
 "$ORLIK" curves "$OUT/kd-tc" "$OUT/kd" "$OUT/ce" "$OUT/scratch" --key val_bits_per_byte -o "$OUT/val_bpb_tc.png"
 cat "$OUT/results.md"
