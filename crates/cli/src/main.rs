@@ -19,9 +19,12 @@ use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = "orlik", version, about = "Make language models smaller without making them dumber.",
-    long_about = "orlik scores, prunes and evaluates Hugging Face decoder-only language models \
-    (Llama, Mistral, Qwen2) on CPU, heals pruned models by logit distillation from the original (`orlik distill`),     and trains with plain cross-entropy (`orlik train`); alignment is being built. Models are HF directories (config.json + *.safetensors + \
-    tokenizer.json); GGUF files are imported with `orlik convert`.")]
+    long_about = "orlik compresses Hugging Face decoder-only language models (Llama, Mistral, Qwen2, Gemma 3 text) \
+    on CPU: `orlik compress` (or `orlik run RECIPE.toml`) scores, prunes, distils from the original and \
+    evaluates teacher, pruned and distilled side by side with a report. The stages are also commands of \
+    their own (score, prune, distill, train, teacher-cache, eval, trim-vocab). Models are HF directories \
+    (config.json + *.safetensors + tokenizer.json); GGUF files are imported with `orlik convert`. \
+    Alignment (SFT/DPO/GRPO) is not built yet.")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -102,6 +105,7 @@ enum Cmd {
         /// Any recipe key, e.g. --set distill.lr=1e-3 --set prune.axes=depth,mlp (see `orlik run --help`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// Output directory (see above for what it holds).
         #[arg(short, long)]
         output: PathBuf,
         /// OUT holds a run of other settings: keep its stages whose inputs and settings are unchanged, redo the rest.
