@@ -584,11 +584,7 @@ fn main() {
             let search = params.map(|params| prune_cmd::Search {
                 params, data, multiple, tolerance, axes, candidates, export: export_candidates, proxy_samples, seq_len,
             });
-            let depth = match depth_method.as_str() {
-                "block" => orlik_prune::select::DepthMethod::Block,
-                "loo" => orlik_prune::select::DepthMethod::Loo,
-                _ => orlik_prune::select::DepthMethod::Bi,
-            };
+            let depth = prune_cmd::depth_method(&depth_method);
             let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
             commands::parse_size(&max_shard_size).and_then(|max_shard_bytes| {
                 prune_cmd::prune(prune_cmd::PruneArgs {

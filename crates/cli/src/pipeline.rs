@@ -212,11 +212,7 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
             proxy_samples: p.proxy_samples,
             seq_len: p.seq_len,
         });
-        let depth = match p.depth_method.as_str() {
-            "block" => orlik_prune::select::DepthMethod::Block,
-            "loo" => orlik_prune::select::DepthMethod::Loo,
-            _ => orlik_prune::select::DepthMethod::Bi,
-        };
+        let depth = crate::prune_cmd::depth_method(&p.depth_method);
         crate::prune_cmd::prune(crate::prune_cmd::PruneArgs {
             search,
             model: r.teacher.clone(),

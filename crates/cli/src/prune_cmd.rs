@@ -128,6 +128,15 @@ fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
     r
 }
 
+/// `--depth-method` / `prune.depth_method`: bi (default), block or loo.
+pub fn depth_method(name: &str) -> DepthMethod {
+    match name {
+        "block" => DepthMethod::Block,
+        "loo" => DepthMethod::Loo,
+        _ => DepthMethod::Bi,
+    }
+}
+
 /// The `--params` budget search settings.
 pub struct Search {
     pub params: f64,

@@ -2,6 +2,7 @@
 //! next-token distributions and top-1 agreement (both predict the same most likely token). The two
 //! models must share a vocabulary (the caller checks the tokenizers).
 
+use crate::generate::argmax;
 use crate::EvalError;
 use candle_core::{DType, Device, Tensor};
 use orlik_model::Model;
@@ -22,16 +23,6 @@ fn log_softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     row.iter().map(|&v| v as f64 - lse).collect()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    let mut b = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[b] {
-            b = i;
-        }
-    }
-    b
 }
 
 /// KL(p ‖ q) and whether the argmaxes agree, for one position's teacher and student logits.
