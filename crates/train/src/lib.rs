@@ -14,6 +14,8 @@ pub mod curves;
 pub mod data;
 pub mod losses;
 pub mod optim;
+pub mod params;
+pub mod seqlogp;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -18,10 +18,11 @@ use crate::config::{differing_keys, TrainConfig, RESUMABLE_KEYS};
 use crate::curves;
 use crate::data::{Order, Packed};
 use crate::losses::{row_loss, total, KdSpec, RowLoss, TeacherRow};
-use crate::optim::{adamw_step, clip, global_norm, lr_at, AdamWConfig, Slot};
+use crate::optim::{global_norm, lr_at};
+use crate::params::Params;
 use crate::{file_err, TrainError};
-use candle_core::{DType, Device, Tensor, Var};
-use orlik_model::{Config, Model, ModelOptions, Weights};
+use candle_core::{Device, Tensor, Var};
+use orlik_model::{Config, Weights};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -96,11 +97,7 @@ pub(crate) struct Sums {
 pub struct Trainer<'t> {
     cfg: TrainConfig,
     spec: KdSpec,
-    model: Model,
-    pub(crate) names: Vec<String>,
-    vars: Vec<Var>,
-    slots: Vec<Slot>,
-    head: usize,
+    pub(crate) params: Params,
     train: Packed,
     val: Option<Packed>,
     teacher: Option<Box<dyn TeacherSource + 't>>,
@@ -137,42 +134,7 @@ impl<'t> Trainer<'t> {
                 cfg.seq_len, model_cfg.max_position_embeddings
             )));
         }
-        let mut names: Vec<String> = weights.keys().cloned().collect();
-        names.sort_by_key(|n| orlik_io::convert::layer_order(n));
-        let mut vars = Vec::with_capacity(names.len());
-        let mut slots = Vec::with_capacity(names.len());
-        let mut held = Weights::new();
-        for n in &names {
-            let t = weights[n].to_dtype(DType::F32)?;
-            let w = t.flatten_all()?.to_vec1::<f32>()?;
-            let var = Var::from_tensor(&t)?;
-            held.insert(n.clone(), var.as_tensor().clone());
-            slots.push(Slot {
-                m: vec![0.0; w.len()],
-                v: vec![0.0; w.len()],
-                decay: t.rank() >= 2,
-                w,
-            });
-            vars.push(var);
-        }
-        drop(weights);
-        let model = Model::new(
-            model_cfg,
-            &held,
-            ModelOptions {
-                dtype: DType::F32,
-                differentiable: true,
-            },
-        )?;
-        let head_name = if model_cfg.tie_word_embeddings {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let head = names
-            .iter()
-            .position(|n| n == head_name)
-            .ok_or_else(|| TrainError::Config(format!("no {head_name}")))?;
+        let params = Params::new(model_cfg, weights)?;
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,
@@ -220,11 +182,7 @@ impl<'t> Trainer<'t> {
         let mut t = Trainer {
             cfg,
             spec,
-            model,
-            names,
-            vars,
-            slots,
-            head,
+            params,
             train,
             val,
             teacher,
@@ -233,9 +191,8 @@ impl<'t> Trainer<'t> {
             quiet: false,
         };
         if resume {
-            if let Some((_, dir)) = checkpoint::list(&t.out.join("checkpoints"))?.pop() {
-                t.state = checkpoint::load(&dir, &t.names, &mut t.slots)?;
-                t.push_weights()?;
+            if let Some(st) = t.params.load_latest(&t.out.join("checkpoints"))? {
+                t.state = st;
             }
             curves::truncate(&t.metrics_path(), t.state.step)?;
         } else {
@@ -263,31 +220,11 @@ impl<'t> Trainer<'t> {
 
     /// The current weights by HF name (f32).
     pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
-        let mut out = Vec::with_capacity(self.names.len());
-        for (n, v) in self.names.iter().zip(&self.vars) {
-            out.push((n.clone(), v.as_tensor().detach()));
-        }
-        Ok(out)
-    }
-
-    fn push_weights(&self) -> Result<(), TrainError> {
-        for (v, s) in self.vars.iter().zip(&self.slots) {
-            v.set(&Tensor::from_slice(
-                &s.w,
-                v.as_tensor().shape(),
-                &Device::Cpu,
-            )?)?;
-        }
-        Ok(())
+        Ok(self.params.named_weights())
     }
 
     fn save(&self) -> Result<PathBuf, TrainError> {
-        checkpoint::save(
-            &self.out.join("checkpoints"),
-            &self.state,
-            &self.names,
-            &self.slots,
-        )
+        self.params.save(&self.out.join("checkpoints"), &self.state)
     }
 
     /// Inputs and targets of `windows` from `data`: (b, t) tensor and flat targets.
@@ -329,21 +266,21 @@ impl<'t> Trainer<'t> {
         // With activation checkpointing only each layer's input is kept (no autograd graph);
         // the layers are re-run one at a time under autograd in the backward below.
         let (h, saved) = if self.cfg.checkpoint_layers && grad_scale.is_some() {
-            let mut x = self.model.embed(&inputs)?.detach();
-            let mut ins = Vec::with_capacity(self.model.num_layers());
-            for l in 0..self.model.num_layers() {
+            let mut x = self.params.model.embed(&inputs)?.detach();
+            let mut ins = Vec::with_capacity(self.params.model.num_layers());
+            for l in 0..self.params.model.num_layers() {
                 ins.push(x.clone());
-                x = self.model.layer(l, &x)?.detach();
+                x = self.params.model.layer(l, &x)?.detach();
             }
             let top = Var::from_tensor(&x)?;
-            (self.model.final_norm(top.as_tensor())?, Some((ins, top)))
+            (self.params.model.final_norm(top.as_tensor())?, Some((ins, top)))
         } else {
-            (self.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
+            (self.params.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
         };
         let (b, t, hid) = h.dims3()?;
         let n = b * t;
         let hd = h.detach().reshape((n, hid))?; // (n, hidden)
-        let w = self.vars[self.head].as_tensor().detach(); // (vocab, hidden)
+        let w = self.params.head_weight(); // (vocab, hidden)
         let vocab = w.dim(0)?;
         let mut sums = Sums {
             has_teacher,
@@ -401,44 +338,18 @@ impl<'t> Trainer<'t> {
         }
         let gh = Tensor::cat(&gh_parts, 0)?.reshape((b, t, hid))?;
         let store = (h * gh)?.sum_all()?.backward()?;
-        let mut acc: Vec<Option<Tensor>> = self.vars.iter().map(|v| store.get(v.as_tensor()).cloned()).collect();
+        let mut stores = vec![store];
         if let Some((ins, top)) = saved {
-            let add = |acc: &mut Vec<Option<Tensor>>, st: &candle_core::backprop::GradStore| -> Result<(), TrainError> {
-                for (slot, v) in acc.iter_mut().zip(&self.vars) {
-                    if let Some(g) = st.get(v.as_tensor()) {
-                        *slot = Some(match slot.take() {
-                            Some(a) => (a + g)?,
-                            None => g.clone(),
-                        });
-                    }
-                }
-                Ok(())
-            };
-            let mut g = store.get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
+            let mut g = stores[0].get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
             for (l, xin) in ins.iter().enumerate().rev() {
                 let xin = Var::from_tensor(xin)?;
-                let st = (self.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
-                add(&mut acc, &st)?;
+                let st = (self.params.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
                 g = st.get(xin.as_tensor()).cloned().ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
+                stores.push(st);
             }
-            let st = (self.model.embed(&inputs)? * &g)?.sum_all()?.backward()?;
-            add(&mut acc, &st)?;
+            stores.push((self.params.model.embed(&inputs)? * &g)?.sum_all()?.backward()?);
         }
-        let mut grads = Vec::with_capacity(self.vars.len());
-        for (i, (v, a)) in self.vars.iter().zip(acc).enumerate() {
-            let mut g = match a {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0f32; v.as_tensor().elem_count()],
-            };
-            if i == self.head {
-                if let Some(gw) = &gw {
-                    for (a, b) in g.iter_mut().zip(gw.flatten_all()?.to_vec1::<f32>()?) {
-                        *a += b;
-                    }
-                }
-            }
-            grads.push(g);
-        }
+        let grads = self.params.gradients(&stores.iter().collect::<Vec<_>>(), gw.as_ref())?;
         Ok((sums, Some(grads)))
     }
 
@@ -485,12 +396,6 @@ impl<'t> Trainer<'t> {
     fn one_step(&mut self, order: &mut Order, pb: &indicatif::ProgressBar) -> Result<(Value, f64, f64, f64), TrainError> {
         let total_steps = self.cfg.total_steps()?;
         let warmup = self.cfg.warmup_steps()?;
-        let adam = AdamWConfig {
-            beta1: self.cfg.beta1,
-            beta2: self.cfg.beta2,
-            eps: self.cfg.eps,
-            weight_decay: self.cfg.weight_decay,
-        };
         let per_micro = self.cfg.batch;
         let accum = self.cfg.grad_accum;
         let t0 = Instant::now();
@@ -534,13 +439,10 @@ impl<'t> Trainer<'t> {
             ce: sums.ce / rows,
         };
         let loss = total(&row, &self.spec, sums.has_teacher);
-        let gnorm = global_norm(&grads);
+        let t = self.state.step + 1 - self.state.skipped_steps;
+        let gnorm = if loss.is_finite() { self.params.update(&mut grads, lr, t, &self.cfg)? } else { global_norm(&grads) };
         let finite = loss.is_finite() && gnorm.is_finite();
         if finite {
-            clip(&mut grads, gnorm, self.cfg.clip);
-            let t = self.state.step + 1 - self.state.skipped_steps;
-            adamw_step(&mut self.slots, &grads, lr, t, &adam);
-            self.push_weights()?;
             self.state.bad_in_a_row = 0;
         } else {
             self.state.bad_in_a_row += 1;

@@ -1,0 +1,124 @@
+//! The trainable state shared by every training loop (distillation, `orlik train`, alignment):
+//! the model built on `Var`s, f32 master weights with their AdamW moments, and the step that
+//! clips, updates and copies the master weights back into the model.
+
+use crate::checkpoint::{self, State};
+use crate::config::TrainConfig;
+use crate::optim::{adamw_step, clip, global_norm, AdamWConfig, Slot};
+use crate::TrainError;
+use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use orlik_model::{Config, Model, ModelOptions, Weights};
+use std::path::{Path, PathBuf};
+
+pub struct Params {
+    pub model: Model,
+    /// HF tensor names, in layer order; `vars`, `slots` and every gradient list follow it.
+    pub names: Vec<String>,
+    pub vars: Vec<Var>,
+    pub slots: Vec<Slot>,
+    /// Index of the output projection (lm_head, or the embedding when tied).
+    pub head: usize,
+}
+
+impl Params {
+    pub fn new(model_cfg: &Config, weights: Weights) -> Result<Params, TrainError> {
+        let mut names: Vec<String> = weights.keys().cloned().collect();
+        names.sort_by_key(|n| orlik_io::convert::layer_order(n));
+        let mut vars = Vec::with_capacity(names.len());
+        let mut slots = Vec::with_capacity(names.len());
+        let mut held = Weights::new();
+        for n in &names {
+            let t = weights[n].to_dtype(DType::F32)?;
+            let w = t.flatten_all()?.to_vec1::<f32>()?;
+            let var = Var::from_tensor(&t)?;
+            held.insert(n.clone(), var.as_tensor().clone());
+            slots.push(Slot { m: vec![0.0; w.len()], v: vec![0.0; w.len()], decay: t.rank() >= 2, w });
+            vars.push(var);
+        }
+        drop(weights);
+        let model = Model::new(model_cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })?;
+        let head_name = if model_cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let head = names
+            .iter()
+            .position(|n| n == head_name)
+            .ok_or_else(|| TrainError::Config(format!("no {head_name}")))?;
+        Ok(Params { model, names, vars, slots, head })
+    }
+
+    /// The output projection's weight, detached: (vocab, hidden).
+    pub fn head_weight(&self) -> Tensor {
+        self.vars[self.head].as_tensor().detach()
+    }
+
+    /// Copy the master weights into the model's `Var`s.
+    pub fn push_weights(&self) -> Result<(), TrainError> {
+        for (v, s) in self.vars.iter().zip(&self.slots) {
+            v.set(&Tensor::from_slice(&s.w, v.as_tensor().shape(), &Device::Cpu)?)?;
+        }
+        Ok(())
+    }
+
+    /// The current weights by HF name (f32).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        self.names.iter().zip(&self.vars).map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+    }
+
+    pub fn save(&self, root: &Path, state: &State) -> Result<PathBuf, TrainError> {
+        checkpoint::save(root, state, &self.names, &self.slots)
+    }
+
+    /// Load the newest checkpoint under `root` (None when there is none).
+    pub fn load_latest(&mut self, root: &Path) -> Result<Option<State>, TrainError> {
+        match checkpoint::list(root)?.pop() {
+            Some((_, dir)) => {
+                let st = checkpoint::load(&dir, &self.names, &mut self.slots)?;
+                self.push_weights()?;
+                Ok(Some(st))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Add the gradients autograd put in `stores` (summed) and `head_extra` (the hand-made
+    /// lm_head gradient, (vocab, hidden)) into flat per-parameter vectors; parameters with no
+    /// gradient get zeros.
+    pub fn gradients(&self, stores: &[&GradStore], head_extra: Option<&Tensor>) -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut grads = Vec::with_capacity(self.vars.len());
+        for (i, v) in self.vars.iter().enumerate() {
+            let mut g = vec![0f32; v.as_tensor().elem_count()];
+            let mut add = |t: &Tensor| -> Result<(), TrainError> {
+                for (a, b) in g.iter_mut().zip(t.flatten_all()?.to_vec1::<f32>()?) {
+                    *a += b;
+                }
+                Ok(())
+            };
+            for st in stores {
+                if let Some(t) = st.get(v.as_tensor()) {
+                    add(t)?;
+                }
+            }
+            if i == self.head {
+                if let Some(t) = head_extra {
+                    add(t)?;
+                }
+            }
+            grads.push(g);
+        }
+        Ok(grads)
+    }
+
+    /// Clip to `cfg.clip` and take one AdamW step (`t` is the 1-based update count for bias
+    /// correction). Returns the gradient's global norm before clipping; with a non-finite norm
+    /// nothing is updated and the norm is returned for the caller's guard.
+    pub fn update(&mut self, grads: &mut [Vec<f32>], lr: f64, t: u64, cfg: &TrainConfig) -> Result<f64, TrainError> {
+        let gnorm = global_norm(grads);
+        if !gnorm.is_finite() {
+            return Ok(gnorm);
+        }
+        clip(grads, gnorm, cfg.clip);
+        let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        adamw_step(&mut self.slots, grads, lr, t, &adam);
+        self.push_weights()?;
+        Ok(gnorm)
+    }
+}
