@@ -1,5 +1,9 @@
 //! DPO-family losses on one preference pair, from summed sequence log-probabilities.
 
+use crate::runner::{Micro, Task};
+use crate::AlignError;
+use orlik_train::params::Params;
+use orlik_train::seqlogp::{self, Rows};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +77,94 @@ pub fn dpo(p: &Pair, kind: DpoLoss, beta: f64, lambda: f64) -> DpoOut {
         }
     };
     DpoOut { loss, grad_chosen: g_w, grad_rejected: g_l, reward_chosen: beta * cw, reward_rejected: beta * cl }
+}
+
+/// One tokenised preference pair: the prompt and the two answers.
+pub struct PairIds {
+    pub prompt: Vec<u32>,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+impl PairIds {
+    /// Rows (inputs, targets) and response masks of the chosen and rejected sequences.
+    fn rows(&self) -> [(Vec<u32>, Vec<u32>, Vec<bool>); 2] {
+        [&self.chosen, &self.rejected].map(|ans| {
+            let seq: Vec<u32> = self.prompt.iter().chain(ans.iter()).copied().collect();
+            let mask = (1..seq.len()).map(|j| j >= self.prompt.len()).collect();
+            (seq[..seq.len() - 1].to_vec(), seq[1..].to_vec(), mask)
+        })
+    }
+}
+
+/// Summed log-probabilities of each pair's chosen and rejected answers under `p`'s weights.
+pub fn sequence_logps(p: &Params, pairs: &[PairIds], idx: &[usize], pad: u32, chunk: usize) -> Result<(Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>), AlignError> {
+    let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad };
+    let mut masks = Vec::new();
+    for &i in idx {
+        for (inp, tgt, m) in pairs[i].rows() {
+            rows.inputs.push(inp);
+            rows.targets.push(tgt);
+            masks.push(m);
+        }
+    }
+    let f = seqlogp::forward(&p.model, &rows, chunk)?;
+    let sums = seqlogp::masked_sums(&f.logp, &masks);
+    Ok((sums.chunks(2).map(|c| [c[0], c[1]]).collect(), f, masks))
+}
+
+/// DPO training on fixed pairs against cached reference log-probabilities.
+pub struct DpoTask {
+    pub pairs: Vec<PairIds>,
+    /// Reference log π_ref(chosen), log π_ref(rejected) per pair.
+    pub reference: Vec<[f64; 2]>,
+    pub kind: DpoLoss,
+    pub beta: f64,
+    pub lambda: f64,
+    pub pad: u32,
+    pub chunk: usize,
+}
+
+impl Task for DpoTask {
+    fn units(&self) -> usize {
+        self.pairs.len()
+    }
+
+    fn micro(&mut self, p: &Params, units: &[usize], _step: u64, scale: f32) -> Result<Micro, AlignError> {
+        let (lp, f, masks) = sequence_logps(p, &self.pairs, units, self.pad, self.chunk)?;
+        let n = units.len() as f64;
+        let (mut loss, mut rc, mut rr, mut acc, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0u64);
+        let mut coeff = Vec::with_capacity(masks.len());
+        for (k, &u) in units.iter().enumerate() {
+            let [rw, rl] = self.reference[u];
+            let pair = Pair { policy_chosen: lp[k][0], policy_rejected: lp[k][1], ref_chosen: rw, ref_rejected: rl };
+            let o = dpo(&pair, self.kind, self.beta, self.lambda);
+            loss += o.loss / n;
+            rc += o.reward_chosen / n;
+            rr += o.reward_rejected / n;
+            acc += f64::from(u8::from(o.reward_chosen > o.reward_rejected)) / n;
+            for (g, m) in [o.grad_chosen, o.grad_rejected].iter().zip(&masks[2 * k..2 * k + 2]) {
+                tokens += m.iter().filter(|&&b| b).count() as u64;
+                coeff.push(m.iter().map(|&b| if b { (*g / n) as f32 * scale } else { 0.0 }).collect::<Vec<f32>>());
+            }
+        }
+        let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
+        Ok(Micro {
+            loss,
+            grads,
+            tokens,
+            metrics: vec![
+                ("rewards_chosen", rc),
+                ("rewards_rejected", rr),
+                ("rewards_margin", rc - rr),
+                ("rewards_accuracy", acc),
+            ],
+        })
+    }
+
+    fn curves(&self) -> &'static [&'static str] {
+        &["rewards_accuracy", "rewards_margin"]
+    }
 }
 
 #[cfg(test)]

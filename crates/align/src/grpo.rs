@@ -1,4 +1,15 @@
-//! GRPO's objective on a batch of sampled completions, from per-token log-probabilities.
+//! GRPO's objective on a batch of sampled completions, from per-token log-probabilities, and the
+//! task that trains with it.
+
+use crate::reward::Reward;
+use crate::rollout::{sample_group, SampleOptions};
+use crate::runner::{Micro, Task};
+use crate::AlignError;
+use candle_core::DType;
+use orlik_model::{Model, ModelOptions};
+use orlik_train::params::Params;
+use orlik_train::seqlogp::{self, Rows};
+use rand::{rngs::StdRng, SeedableRng};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GrpoOptions {
@@ -86,6 +97,122 @@ pub fn grpo_loss(cs: &[Completion], o: &GrpoOptions) -> GrpoOut {
     }
     let t = tokens.max(1) as f64;
     GrpoOut { loss, grads, kl: kl_sum / t, clip_fraction: clipped as f64 / t }
+}
+
+/// One GRPO prompt: its ids, the text they came from, the reference answer and the raw row
+/// (given to an external reward command).
+pub struct PromptRow {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub answer: String,
+    pub row: serde_json::Value,
+}
+
+/// Group Relative Policy Optimization on prompts with verifiable rewards. Each micro-batch
+/// samples `group` completions per prompt from the current weights, scores them, and takes one
+/// gradient step on the clipped objective (one update per rollout, so the ratio starts at 1 and
+/// `clip_fraction` is 0; ε matters with stale rollouts, which this loop does not make).
+pub struct GrpoTask<'a> {
+    pub prompts: Vec<PromptRow>,
+    pub rewards: Vec<Reward>,
+    pub sampling: SampleOptions,
+    pub options: GrpoOptions,
+    pub config: orlik_model::Config,
+    /// Frozen reference for the KL term (only when β > 0).
+    pub reference: Option<Model>,
+    pub tokenizer: &'a tokenizers::Tokenizer,
+    pub stop: Vec<u32>,
+    pub seed: u64,
+    pub chunk: usize,
+    /// Completions written to OUT/samples.jsonl every `log_every` steps (0 = never).
+    pub samples: Option<std::path::PathBuf>,
+    pub log_every: u64,
+}
+
+impl Task for GrpoTask<'_> {
+    fn units(&self) -> usize {
+        self.prompts.len()
+    }
+
+    fn micro(&mut self, p: &Params, units: &[usize], step: u64, scale: f32) -> Result<Micro, AlignError> {
+        // Sampling runs on a detached copy of the current weights (no autograd graph).
+        let w: orlik_model::Weights = p.named_weights().into_iter().collect();
+        let policy = Model::new(&self.config, &w, ModelOptions { dtype: DType::F32, differentiable: false })?;
+        let g = self.sampling.group.max(1);
+        let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad: self.stop.first().copied().unwrap_or(0) };
+        let (mut rewards, mut lens) = (Vec::new(), Vec::new());
+        let mut log = Vec::new();
+        for &u in units {
+            let pr = &self.prompts[u];
+            let mut rng = StdRng::seed_from_u64(self.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let group = sample_group(&policy, &pr.ids, &self.stop, &self.sampling, &mut rng)?;
+            for c in group {
+                let text = self.tokenizer.decode(&c, true).map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
+                let mut r = 0.0;
+                for rw in &self.rewards {
+                    r += rw.score(&pr.text, &text, &pr.answer, &pr.row)?;
+                }
+                if self.log_every > 0 && step % self.log_every == 0 {
+                    log.push(serde_json::json!({"step": step, "prompt": u, "completion": text, "reward": r}));
+                }
+                rewards.push(r);
+                lens.push(c.len());
+                let seq: Vec<u32> = pr.ids.iter().chain(c.iter()).copied().collect();
+                rows.inputs.push(seq[..seq.len() - 1].to_vec());
+                rows.targets.push(seq[1..].to_vec());
+            }
+        }
+        if let (Some(path), false) = (&self.samples, log.is_empty()) {
+            for row in &log {
+                orlik_train::curves::append(path, row)?;
+            }
+        }
+        let adv = advantages(&rewards, g, self.options.dr_grpo);
+        let f = seqlogp::forward(&p.model, &rows, self.chunk)?;
+        let refs = match &self.reference {
+            Some(m) => Some(seqlogp::forward(m, &rows, self.chunk)?.logp),
+            None => None,
+        };
+        // log-probabilities of the completion tokens only
+        let plen: Vec<usize> = units.iter().flat_map(|&u| std::iter::repeat_n(self.prompts[u].ids.len(), g)).collect();
+        let comp = |l: &Vec<f64>, k: usize| l[plen[k] - 1..].to_vec();
+        let news: Vec<Vec<f64>> = f.logp.iter().enumerate().map(|(k, l)| comp(l, k)).collect();
+        let refv: Option<Vec<Vec<f64>>> = refs.map(|r| r.iter().enumerate().map(|(k, l)| comp(l, k)).collect());
+        let cs: Vec<Completion> = (0..news.len())
+            .map(|k| Completion { new: &news[k], old: &news[k], reference: refv.as_ref().map(|r| r[k].as_slice()), advantage: adv[k] })
+            .collect();
+        let out = grpo_loss(&cs, &self.options);
+        let coeff: Vec<Vec<f32>> = out
+            .grads
+            .iter()
+            .enumerate()
+            .map(|(k, gr)| {
+                let mut c = vec![0f32; plen[k] - 1];
+                c.extend(gr.iter().map(|&x| x as f32 * scale));
+                c
+            })
+            .collect();
+        let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
+        let n = rewards.len() as f64;
+        let mean = rewards.iter().sum::<f64>() / n;
+        let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+        Ok(Micro {
+            loss: out.loss,
+            grads,
+            tokens: lens.iter().sum::<usize>() as u64,
+            metrics: vec![
+                ("reward_mean", mean),
+                ("reward_std", std),
+                ("kl", out.kl),
+                ("completion_length", lens.iter().sum::<usize>() as f64 / n),
+                ("clip_fraction", out.clip_fraction),
+            ],
+        })
+    }
+
+    fn curves(&self) -> &'static [&'static str] {
+        &["reward_mean", "completion_length"]
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! Alignment objectives as pure functions of sequence / token log-probabilities, each returning
-//! the loss and its gradient with respect to the policy's log-probabilities (the trainer turns
-//! those into a backward through the model, as the KD losses do). The commands that train with
-//! them (`orlik sft`, `orlik dpo`, `orlik grpo`) are not built yet.
+//! Alignment after distillation, on orlik's trainer (`orlik_train`): SFT on conversations, DPO
+//! (sigmoid, IPO, DPO-Positive) on preference pairs, GRPO on prompts with verifiable rewards.
+//! The objectives are pure functions of sequence / token log-probabilities returning the loss and
+//! its gradient with respect to them (`dpo.rs`, `grpo.rs`); `orlik_train::seqlogp` turns those
+//! into a backward through the model; `runner.rs` is the loop (resume, checkpoints, metrics,
+//! non-finite guard).
 //!
 //! - DPO (Rafailov et al. 2023): `-log σ(β·h)`, h = (log π(y_w) − log π_ref(y_w)) −
 //!   (log π(y_l) − log π_ref(y_l)); IPO (Azar et al. 2023): `(h − 1/(2β))²`; DPO-Positive
@@ -11,5 +13,31 @@
 //!   (ε, ε_high as in DAPO), optional k3 KL to the reference; Dr. GRPO (Liu et al. 2025): no std
 //!   normalisation and a constant length normaliser instead of each completion's length.
 
+pub mod chat;
+pub mod data;
 pub mod dpo;
 pub mod grpo;
+pub mod reward;
+pub mod rollout;
+pub mod runner;
+pub mod sft;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlignError {
+    #[error("data: {0}")]
+    Data(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("reward: {0}")]
+    Reward(String),
+    #[error(transparent)]
+    Train(#[from] orlik_train::TrainError),
+    #[error(transparent)]
+    Model(#[from] orlik_model::ModelError),
+    #[error(transparent)]
+    Eval(#[from] orlik_eval::EvalError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

@@ -154,6 +154,23 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// A cache of batch 1 repeated `n` times along the batch: a prompt prefilled once, then
+    /// continued by `n` samples (GRPO's groups).
+    pub fn repeat_batch(&self, n: usize) -> candle_core::Result<KvCache> {
+        let rep = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let (b, kv, len, hd) = t.dims4()?;
+            if b != 1 {
+                candle_core::bail!("repeat_batch needs a cache of batch 1, got {b}");
+            }
+            t.broadcast_as((n, kv, len, hd))?.contiguous() // (n, kv, t, hd)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((rep(k)?, rep(v)?))).transpose())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers, len: self.len })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -536,6 +553,11 @@ impl Model {
     /// The final RMSNorm: (b, t, hidden) -> (b, t, hidden).
     pub fn final_norm(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         Ok(self.norm(x, &self.norm)?)
+    }
+
+    /// The output projection's weight (vocab, hidden): lm_head, or the embedding when tied.
+    pub fn head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).

@@ -30,6 +30,13 @@ pub struct State {
     pub train_seconds: f64,
 }
 
+impl State {
+    /// The state before the first step of a run with data-order seed `seed`.
+    pub fn fresh(seed: u64) -> State {
+        State { version: STATE_VERSION, step: 0, cursor: 0, seed, tokens_seen: 0, bad_in_a_row: 0, skipped_steps: 0, train_seconds: 0.0 }
+    }
+}
+
 fn step_dir(root: &Path, step: u64) -> PathBuf {
     root.join(format!("step-{step:08}"))
 }

@@ -167,6 +167,32 @@ impl TrainConfig {
     }
 }
 
+/// Check a run directory before training into it and record the run there: a new run needs an
+/// empty (or absent) `out` and writes `out/run.json`; `resume` needs `out/run.json` with the same
+/// settings (`run_json`) except the keys that may change on resume, and names those that differ.
+pub fn open_run(out: &std::path::Path, run_json: &serde_json::Value, resume: bool) -> Result<(), TrainError> {
+    let run_path = out.join("run.json");
+    if resume {
+        let text = std::fs::read_to_string(&run_path)
+            .map_err(|e| TrainError::Resume(format!("{}: {e} (nothing to resume)", run_path.display())))?;
+        let saved: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| TrainError::Resume(format!("{}: {e}", run_path.display())))?;
+        let diff = differing_keys(&saved, run_json, RESUMABLE_KEYS);
+        if !diff.is_empty() {
+            return Err(TrainError::Resume(format!("the run's settings changed since it started: {}", diff.join("; "))));
+        }
+        return Ok(());
+    }
+    if out.exists() && std::fs::read_dir(out).map_err(crate::file_err(out))?.next().is_some() {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run (use --resume to continue it, --force to replace it)",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(crate::file_err(out))?;
+    std::fs::write(&run_path, serde_json::to_vec_pretty(run_json).unwrap_or_default()).map_err(crate::file_err(&run_path))
+}
+
 /// Keys whose values differ between two JSON objects (recursively, dotted), ignoring `skip`.
 pub fn differing_keys(a: &serde_json::Value, b: &serde_json::Value, skip: &[&str]) -> Vec<String> {
     fn walk(

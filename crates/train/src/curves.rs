@@ -108,3 +108,14 @@ pub fn compare(runs: &[std::path::PathBuf], key: &str, smooth: bool, out: &Path)
     orlik_io::png::line_chart(&all, 800, 400, false).save(out)?;
     Ok(captions)
 }
+
+/// `key` per step as a PNG at `out`: raw (blue) and smoothed (red). False when no row has it.
+pub fn draw_key(metrics: &Path, key: &str, out: &Path) -> Result<bool, TrainError> {
+    let s = series(&read(metrics)?, key);
+    if s.is_empty() {
+        return Ok(false);
+    }
+    let smooth = ema(&s, 0.9);
+    orlik_io::png::line_chart(&[s, smooth], 800, 400, false).save(out)?;
+    Ok(true)
+}

@@ -11,6 +11,7 @@
 use crate::params::Params;
 use crate::TrainError;
 use candle_core::{Device, Tensor};
+use orlik_model::Model;
 use rayon::prelude::*;
 
 /// A batch of token rows: `inputs[r]` and `targets[r]` have equal lengths; rows may differ in
@@ -37,8 +38,9 @@ fn log_softmax_at(z: &[f32], target: u32) -> (f64, f64) {
     (z[target as usize] as f64 - lse, lse)
 }
 
-/// Run the model on `rows` and return log p(target) at every real position.
-pub fn forward(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+/// Run `model` on `rows` and return log p(target) at every real position (the policy's
+/// `Params::model` for training, or any other model, e.g. a frozen reference).
+pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
     let width = rows.inputs.iter().map(Vec::len).max().unwrap_or(0);
     if width == 0 || rows.inputs.len() != rows.targets.len() {
         return Err(TrainError::Data("empty batch, or inputs and targets of different counts".into()));
@@ -56,10 +58,10 @@ pub fn forward(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, TrainEr
         targets.extend(std::iter::repeat_n(rows.pad, width - inp.len()));
     }
     let input = Tensor::from_vec(ids, (b, width), &Device::Cpu)?;
-    let h = p.model.forward_hidden(&input, None, None, None)?; // (b, t, hidden)
+    let h = model.forward_hidden(&input, None, None, None)?; // (b, t, hidden)
     let hid = h.dim(2)?;
     let hd = h.detach().reshape((b * width, hid))?; // (n, hidden)
-    let w = p.head_weight(); // (vocab, hidden)
+    let w = model.head_weight().detach(); // (vocab, hidden)
     let vocab = w.dim(0)?;
     let mut flat = vec![0f64; b * width];
     for start in (0..b * width).step_by(chunk.max(1)) {

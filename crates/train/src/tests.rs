@@ -170,7 +170,7 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
         };
         let coeff: Vec<Vec<f32>> = vec![vec![0.0, 0.0, -0.5, 0.25, -1.0], vec![0.7, 0.0, -0.3]];
         let p = Params::new(&cfg, w.clone()).unwrap();
-        let f = forward(&p, &rows, 3).unwrap();
+        let f = forward(&p.model, &rows, 3).unwrap();
         let logp = f.logp.clone();
         let grads = backward(&p, f, &coeff, 4).unwrap();
         // reference: each row alone, full logits, autograd

@@ -14,7 +14,7 @@
 //! uninterrupted one.
 
 use crate::checkpoint::{self, State};
-use crate::config::{differing_keys, TrainConfig, RESUMABLE_KEYS};
+use crate::config::TrainConfig;
 use crate::curves;
 use crate::data::{Order, Packed};
 use crate::losses::{row_loss, total, KdSpec, RowLoss, TeacherRow};
@@ -141,43 +141,10 @@ impl<'t> Trainer<'t> {
             beta: cfg.jsd_beta,
             ce_weight: cfg.ce_weight,
         };
-        let state = State {
-            version: checkpoint::STATE_VERSION,
-            step: 0,
-            cursor: 0,
-            seed: cfg.seed,
-            tokens_seen: 0,
-            bad_in_a_row: 0,
-            skipped_steps: 0,
-            train_seconds: 0.0,
-        };
+        let state = State::fresh(cfg.seed);
         let run_json =
             json!({"config": serde_json::to_value(&cfg).unwrap_or(Value::Null), "run": run});
-        let run_path = out.join("run.json");
-        if resume {
-            let text = std::fs::read_to_string(&run_path).map_err(|e| {
-                TrainError::Resume(format!("{}: {e} (nothing to resume)", run_path.display()))
-            })?;
-            let saved: Value = serde_json::from_str(&text)
-                .map_err(|e| TrainError::Resume(format!("{}: {e}", run_path.display())))?;
-            let diff = differing_keys(&saved, &run_json, RESUMABLE_KEYS);
-            if !diff.is_empty() {
-                return Err(TrainError::Resume(format!(
-                    "the run's settings changed since it started: {}",
-                    diff.join("; ")
-                )));
-            }
-        } else if out.exists()
-            && std::fs::read_dir(out)
-                .map_err(file_err(out))?
-                .next()
-                .is_some()
-        {
-            return Err(TrainError::Config(format!(
-                "{} already holds a run (use --resume to continue it, --force to replace it)",
-                out.display()
-            )));
-        }
+        crate::config::open_run(out, &run_json, resume)?;
         std::fs::create_dir_all(out).map_err(file_err(out))?;
         let mut t = Trainer {
             cfg,
@@ -195,12 +162,6 @@ impl<'t> Trainer<'t> {
                 t.state = st;
             }
             curves::truncate(&t.metrics_path(), t.state.step)?;
-        } else {
-            std::fs::write(
-                &run_path,
-                serde_json::to_vec_pretty(&run_json).unwrap_or_default(),
-            )
-            .map_err(file_err(&run_path))?;
         }
         Ok(t)
     }
