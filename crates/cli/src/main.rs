@@ -4,6 +4,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod align_cmd;
 mod commands;
 mod eval_cmd;
 mod inspect;
@@ -305,6 +306,21 @@ enum Cmd {
         #[command(flatten)]
         kd: train_cmd::KdArgs,
     },
+    /// Supervised fine-tuning on chat conversations (JSONL {"messages": [...]}, rendered with the
+    /// model's chat template): cross-entropy on the assistant's tokens only, one conversation per
+    /// row (no packing). Same trainer as distill: checkpoints, Ctrl-C + --resume, metrics.jsonl,
+    /// loss.png; writes OUT/final/ (HF).
+    Sft(align_cmd::SftArgs),
+    /// Direct preference optimisation on pairs (JSONL {"prompt", "chosen", "rejected"}): DPO
+    /// (sigmoid), IPO, or DPO-Positive (Smaug: penalises the chosen answer losing likelihood).
+    /// Reference log-probs are computed once from the starting model and cached in
+    /// OUT/ref_logps.json. Metrics: loss, rewards_chosen/rejected/margin/accuracy.
+    Dpo(align_cmd::DpoArgs),
+    /// GRPO with verifiable rewards: per prompt, sample --group completions (batched, KV cache),
+    /// score them (built-in verifiers or an external command), and push up the better ones by
+    /// their group-normalised advantage (clipped ratio objective, optional k3 KL, Dr. GRPO).
+    /// Metrics: reward_mean, reward_std, kl, completion_length, clip_fraction; OUT/samples.jsonl.
+    Grpo(align_cmd::GrpoArgs),
     /// Plain next-token cross-entropy training on the same trainer as `distill`: fine-tune a
     /// model (e.g. a pruned student, as a baseline to distillation) or train its architecture
     /// from a random initialisation (`--init random`).
@@ -393,6 +409,24 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum EvalCmd {
+    /// Mean reward of greedy completions of prompts (JSONL {"prompt", "answer"}) under the
+    /// verifiers of `orlik grpo` (accuracy for 0/1 rewards such as numeric or choice).
+    Reward {
+        /// HF model directory.
+        path: PathBuf,
+        #[arg(long)]
+        prompts: PathBuf,
+        /// exact, numeric, choice, regex:PATTERN, format:PATTERN or cmd:COMMAND (repeat to sum).
+        #[arg(long, required = true)]
+        reward: Vec<String>,
+        /// First N prompts, 0 = all.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity and bits per byte of text files (each tokenized whole, scored in windows).
     Ppl {
         /// HF model directory.
@@ -540,6 +574,12 @@ fn main() {
         Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
             trim_cmd::trim_vocab(trim_cmd::TrimArgs { model, data, min_count, keep, output, force })
         }
+        Cmd::Eval { what: EvalCmd::Reward { path, prompts, reward, limit, max_new_tokens, json } } => {
+            align_cmd::eval_reward(&path, &prompts, &reward, limit, max_new_tokens, json)
+        }
+        Cmd::Sft(a) => align_cmd::sft(a),
+        Cmd::Dpo(a) => align_cmd::dpo(a),
+        Cmd::Grpo(a) => align_cmd::grpo(a),
         Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => eval_cmd::mc(&path, &tasks, limit, context, json),
         Cmd::Eval { what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json } } => {
             eval_cmd::agree(&student, &teacher, &text, context, max_tokens, json)

@@ -191,11 +191,11 @@ fn describe(train: &Packed, val: Option<&Packed>) -> String {
     )
 }
 
-fn peak_rss_mb() -> Option<f64> {
+pub fn peak_rss_mb() -> Option<f64> {
     crate::prune_cmd::peak_rss_kb().map(|kb| kb as f64 / 1024.0)
 }
 
-fn stop_flag() -> Arc<AtomicBool> {
+pub fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     // A second signal while the checkpoint is written is ignored; SIGKILL still works.
@@ -231,19 +231,8 @@ fn finish(
         }
         Outcome::Finished => {}
     }
-    let dtype = match a.save_dtype.as_deref() {
-        Some("f16") => DType::F16,
-        Some("bf16") => DType::BF16,
-        Some(_) => DType::F32,
-        None => stored,
-    };
-    let mut files = side_files(model_dir)?;
-    files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
-    files.push(("orlik.json".into(), provenance()));
-    let weights = t.named_weights()?;
     let target = a.output.join("final");
-    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true };
-    save_pretrained(&target, cfg, &weights, &files, &opts)?;
+    write_final(model_dir, cfg, &t.named_weights()?, &target, a.save_dtype.as_deref(), stored)?;
     let rows = orlik_train::curves::read(&t.metrics_path())?;
     let last = rows.iter().rev().find(|r| r.get("loss").is_some());
     let val = rows.iter().rev().find(|r| r.get("val_loss").is_some());
@@ -266,7 +255,25 @@ fn finish(
     Ok(())
 }
 
-fn stored_dtype(hf: &HfModel) -> DType {
+/// Write trained `weights` as an HF directory at `target` with `model_dir`'s side files
+/// (tokenizer, templates, licences) and this command's provenance; `save_dtype` (f32, f16,
+/// bf16) or else `stored`.
+pub fn write_final(model_dir: &Path, cfg: &Config, weights: &[(String, candle_core::Tensor)], target: &Path, save_dtype: Option<&str>, stored: DType) -> Result<()> {
+    let dtype = match save_dtype {
+        Some("f16") => DType::F16,
+        Some("bf16") => DType::BF16,
+        Some(_) => DType::F32,
+        None => stored,
+    };
+    let mut files = side_files(model_dir)?;
+    files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
+    files.push(("orlik.json".into(), provenance()));
+    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true };
+    save_pretrained(target, cfg, weights, &files, &opts)?;
+    Ok(())
+}
+
+pub fn stored_dtype(hf: &HfModel) -> DType {
     hf.stored_dtypes().first().copied().unwrap_or(DType::F32)
 }
 
