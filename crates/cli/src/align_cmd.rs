@@ -41,7 +41,7 @@ pub struct AlignArgs {
     /// Peak learning rate [default: sft 2e-5, dpo 1e-6, grpo 1e-6].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Warmup steps [default: 2% of the steps].
+    /// Warmup steps; 0 = 2% of the steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
     /// cosine, wsd or constant.
@@ -62,12 +62,13 @@ pub struct AlignArgs {
     #[arg(long, default_value_t = 50)]
     pub save_every: u64,
     /// Longest training sequence in tokens: SFT conversations are cut at the end to it, DPO
-    /// answers are cut so prompt + answer fits.
-    #[arg(long, default_value_t = 512)]
-    pub max_len: usize,
-    /// Longest prompt (DPO, GRPO): longer prompts keep their last tokens (counted, reported).
-    #[arg(long, default_value_t = 256)]
-    pub max_prompt: usize,
+    /// answers are cut so prompt + answer fits [default: 512, or the model's limit if lower].
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Longest prompt (DPO, GRPO): longer prompts keep their last tokens (counted, reported)
+    /// [default: half of --max-len].
+    #[arg(long)]
+    pub max_prompt: Option<usize>,
     /// Skip malformed JSONL rows (counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_bad: bool,
@@ -157,6 +158,9 @@ struct Setup {
     tok: tokenizers::Tokenizer,
     template: ChatTemplate,
     eos: Vec<u32>,
+    /// --max-len and --max-prompt, resolved.
+    max_len: usize,
+    max_prompt: usize,
 }
 
 fn setup(a: &AlignArgs) -> Result<Setup> {
@@ -172,25 +176,28 @@ fn setup(a: &AlignArgs) -> Result<Setup> {
     if eos.is_empty() {
         bail!("{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json", a.model.display());
     }
-    if a.max_prompt >= a.max_len {
-        bail!("--max-prompt {} must be below --max-len {}", a.max_prompt, a.max_len);
+    let limit = hf.config.max_position_embeddings;
+    let max_len = a.max_len.unwrap_or(512.min(limit));
+    let max_prompt = a.max_prompt.unwrap_or(max_len / 2);
+    if max_prompt >= max_len || max_prompt == 0 {
+        bail!("--max-prompt {max_prompt} must be above 0 and below --max-len {max_len}");
     }
-    if a.max_len > hf.config.max_position_embeddings {
-        bail!("--max-len {} is above the model's max_position_embeddings {}", a.max_len, hf.config.max_position_embeddings);
+    if max_len > limit {
+        bail!("--max-len {max_len} is above the model's max_position_embeddings {limit}");
     }
-    Ok(Setup { hf, tok, template, eos })
+    Ok(Setup { hf, tok, template, eos, max_len, max_prompt })
 }
 
-fn encoder<'a>(s: &'a Setup, a: &AlignArgs) -> Encoder<'a> {
-    Encoder { tok: &s.tok, template: &s.template, eos: s.eos.clone(), max_len: a.max_len, max_prompt: a.max_prompt }
+fn encoder(s: &Setup) -> Encoder<'_> {
+    Encoder { tok: &s.tok, template: &s.template, eos: s.eos.clone(), max_len: s.max_len, max_prompt: s.max_prompt }
 }
 
-fn train_config(a: &AlignArgs, units: usize, default_lr: f64) -> Result<TrainConfig> {
+fn train_config(a: &AlignArgs, s: &Setup, units: usize, default_lr: f64) -> Result<TrainConfig> {
     let per_step = (a.batch * a.grad_accum).max(1);
     let c = TrainConfig {
         steps: Some(a.steps.unwrap_or(units.div_ceil(per_step) as u64)),
         tokens: None,
-        seq_len: a.max_len,
+        seq_len: s.max_len,
         batch: a.batch,
         grad_accum: a.grad_accum,
         lr: a.lr.unwrap_or(default_lr),
@@ -262,7 +269,7 @@ fn params(s: &Setup) -> Result<Params> {
 
 pub fn sft(a: SftArgs) -> Result<()> {
     let s = setup(&a.common)?;
-    let enc = encoder(&s, &a.common);
+    let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (convs, bad) = data::read_jsonl(&a.data, a.common.skip_bad, |v| data::messages(v.get("messages").unwrap_or(&Value::Null), "messages"))?;
     let mut examples = Vec::new();
@@ -274,13 +281,13 @@ pub fn sft(a: SftArgs) -> Result<()> {
             examples.push(e);
         }
     }
-    report_cuts("sft", examples.len(), bad, cuts);
     if examples.is_empty() {
         bail!("{}: no conversation left after the length rules (raise --max-len)", a.data.display());
     }
-    let cfg = train_config(&a.common, examples.len(), 2e-5)?;
-    let run = json!({"kind": "sft", "data": {"path": a.data, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?}, "max_prompt": a.common.max_prompt, "skipped_rows": bad, "cuts": cuts});
+    let cfg = train_config(&a.common, &s, examples.len(), 2e-5)?;
+    let run = json!({"kind": "sft", "data": {"path": a.data, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?}, "max_prompt": s.max_prompt, "skipped_rows": bad, "cuts": cuts});
     begin(&a.common, &s, &cfg, run)?;
+    report_cuts("sft", examples.len(), bad, cuts);
     let mut task = Sft { examples, pad: s.eos[0], chunk: 256 };
     let p = params(&s)?;
     train(&a.common, &s, &mut task, &cfg, p)
@@ -288,7 +295,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
 
 pub fn dpo(a: DpoArgs) -> Result<()> {
     let s = setup(&a.common)?;
-    let enc = encoder(&s, &a.common);
+    let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (rows, bad) = data::read_jsonl(&a.data, a.common.skip_bad, |v| {
         Ok((data::prompt(v, "prompt")?, data::answer(v, "chosen")?, data::answer(v, "rejected")?))
@@ -296,7 +303,7 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
     let mut pairs = Vec::with_capacity(rows.len());
     for (p, c, r) in &rows {
         let (prompt, _) = enc.prompt(p, &mut cuts)?;
-        let room = a.common.max_len + 1 - prompt.len();
+        let room = s.max_len + 1 - prompt.len();
         let (mut chosen, mut rejected) = (enc.answer(p, c)?, enc.answer(p, r)?);
         if chosen.len() > room || rejected.len() > room {
             chosen.truncate(room);
@@ -305,7 +312,6 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
         }
         pairs.push(PairIds { prompt, chosen, rejected });
     }
-    report_cuts("dpo", pairs.len(), bad, cuts);
     let kind = match a.loss.as_str() {
         "ipo" => DpoLoss::Ipo,
         "dpop" => DpoLoss::Dpop,
@@ -314,11 +320,12 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
     if a.beta <= 0.0 || a.lambda < 0.0 {
         bail!("--beta must be > 0 and --lambda >= 0");
     }
-    let cfg = train_config(&a.common, pairs.len(), 1e-6)?;
+    let cfg = train_config(&a.common, &s, pairs.len(), 1e-6)?;
     let data_sha = orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?;
-    let run = json!({"kind": "dpo", "loss": a.loss, "beta": a.beta, "lambda": a.lambda, "max_prompt": a.common.max_prompt,
+    let run = json!({"kind": "dpo", "loss": a.loss, "beta": a.beta, "lambda": a.lambda, "max_prompt": s.max_prompt,
         "data": {"path": a.data, "sha256": data_sha}, "skipped_rows": bad, "cuts": cuts});
     begin(&a.common, &s, &cfg, run)?;
+    report_cuts("dpo", pairs.len(), bad, cuts);
     let p = params(&s)?;
     let reference = reference_logps(&a.common, &s, &p, &pairs, &data_sha)?;
     let mut task = DpoTask { pairs, reference, kind, beta: a.beta, lambda: a.lambda, pad: s.eos[0], chunk: 256 };
@@ -329,7 +336,7 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
 /// once and kept in OUT/ref_logps.json (reused by --resume; recomputed if model or data changed).
 fn reference_logps(a: &AlignArgs, s: &Setup, p: &Params, pairs: &[PairIds], data_sha: &str) -> Result<Vec<[f64; 2]>> {
     let path = a.output.join("ref_logps.json");
-    let key = json!({"model": s.hf.content_sha256()?, "data": data_sha, "max_len": a.max_len, "max_prompt": a.max_prompt});
+    let key = json!({"model": s.hf.content_sha256()?, "data": data_sha, "max_len": s.max_len, "max_prompt": s.max_prompt});
     if let Ok(text) = std::fs::read_to_string(&path) {
         let v: Value = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         if v["key"] == key {
@@ -381,22 +388,22 @@ fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>> {
 
 pub fn grpo(a: GrpoArgs) -> Result<()> {
     let s = setup(&a.common)?;
-    let enc = encoder(&s, &a.common);
+    let enc = encoder(&s);
     let rewards = rewards(&a.reward, a.reward_timeout)?;
-    let mut cuts = Cuts::default();
-    let (prompts, bad) = read_prompts(&a.prompts, a.common.skip_bad, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;
-    report_cuts("grpo", prompts.len(), bad, cuts);
-    if a.common.max_prompt + a.max_new_tokens > s.hf.config.max_position_embeddings {
-        bail!("--max-prompt + --max-new-tokens is above the model's max_position_embeddings {}", s.hf.config.max_position_embeddings);
-    }
     if a.group < 2 {
         bail!("--group must be at least 2 (advantages compare completions of one prompt)");
     }
-    let cfg = train_config(&a.common, prompts.len(), 1e-6)?;
+    if s.max_prompt + a.max_new_tokens > s.hf.config.max_position_embeddings {
+        bail!("--max-prompt + --max-new-tokens is above the model's max_position_embeddings {}", s.hf.config.max_position_embeddings);
+    }
+    let mut cuts = Cuts::default();
+    let (prompts, bad) = read_prompts(&a.prompts, a.common.skip_bad, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;
+    let cfg = train_config(&a.common, &s, prompts.len(), 1e-6)?;
     let run = json!({"kind": "grpo", "reward": a.reward, "group": a.group, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature,
-        "top_p": a.top_p, "eps": a.eps, "eps_high": a.eps_high, "kl_beta": a.kl_beta, "dr_grpo": a.dr_grpo, "max_prompt": a.common.max_prompt,
+        "top_p": a.top_p, "eps": a.eps, "eps_high": a.eps_high, "kl_beta": a.kl_beta, "dr_grpo": a.dr_grpo, "max_prompt": s.max_prompt,
         "data": {"path": a.prompts, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.prompts))?}, "skipped_rows": bad, "cuts": cuts});
     begin(&a.common, &s, &cfg, run)?;
+    report_cuts("grpo", prompts.len(), bad, cuts);
     let reference = if a.kl_beta > 0.0 { Some(s.hf.load(ModelOptions::default())?) } else { None };
     let mut task = GrpoTask {
         prompts,
@@ -422,10 +429,10 @@ pub fn eval_reward(model: &Path, prompts: &Path, reward: &[String], limit: usize
     let common = AlignArgs {
         model: model.into(), output: PathBuf::new(), steps: None, batch: 1, grad_accum: 1, lr: None, warmup: 0,
         schedule: orlik_train::optim::Schedule::Constant, min_lr: None, weight_decay: 0.0, clip: 1.0, seed: 0, save_every: 0,
-        max_len: 512, max_prompt: 256, skip_bad: false, resume: false, force: false, save_dtype: None,
+        max_len: None, max_prompt: None, skip_bad: false, resume: false, force: false, save_dtype: None,
     };
     let s = setup(&common)?;
-    let enc = encoder(&s, &common);
+    let enc = encoder(&s);
     let rewards = rewards(reward, 30.0)?;
     let mut cuts = Cuts::default();
     let (mut rows, _) = read_prompts(prompts, false, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{fails, ok};
+use common::{fails, interrupt_after, ok, rows, trajectory, weights};
 
 struct Setup {
     _tmp: tempfile::TempDir,
@@ -56,52 +56,6 @@ fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a st
         None => args.extend([flag, value]),
     }
     args
-}
-
-fn rows(out: &str) -> Vec<Value> {
-    std::fs::read_to_string(Path::new(out).join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The trajectory without wall-clock fields.
-fn trajectory(out: &str) -> Vec<Value> {
-    rows(out)
-        .into_iter()
-        .map(|mut r| {
-            r.as_object_mut().unwrap().remove("tokens_per_s");
-            r
-        })
-        .collect()
-}
-
-fn weights(out: &str) -> Vec<u8> {
-    std::fs::read(Path::new(out).join("final/model.safetensors")).unwrap()
-}
-
-/// Start a slowed-down run, wait until `n` steps are logged, then signal it.
-fn interrupt_after(args: &[&str], out: &str, n: usize, signal: &str) -> std::process::ExitStatus {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orlik"))
-        .args(args)
-        .env("ORLIK_STEP_DELAY_MS", "300")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if signal == "KILL" {
-        child.kill().unwrap();
-    } else {
-        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
-    }
-    child.wait().unwrap()
 }
 
 #[test]

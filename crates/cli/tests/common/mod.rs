@@ -2,8 +2,10 @@
 //! one-line error.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
@@ -50,3 +52,51 @@ pub fn tiny_teacher_and_text(root: &std::path::Path, seed: u64) {
     std::fs::write(root.join("train.txt"), text(3000)).unwrap();
     std::fs::write(root.join("val.txt"), text(400)).unwrap();
 }
+
+/// Rows of OUT/metrics.jsonl; a last line still being written by a running process is left out.
+pub fn rows(out: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(Path::new(out).join("metrics.jsonl")).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The trajectory without wall-clock fields.
+pub fn trajectory(out: &str) -> Vec<Value> {
+    rows(out)
+        .into_iter()
+        .map(|mut r| {
+            let o = r.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("seconds");
+            r
+        })
+        .collect()
+}
+
+pub fn weights(out: &str) -> Vec<u8> {
+    std::fs::read(Path::new(out).join("final/model.safetensors")).unwrap()
+}
+
+/// Start a slowed-down run, wait until `n` steps are logged, then signal it.
+pub fn interrupt_after(args: &[&str], out: &str, n: usize, signal: &str) -> std::process::ExitStatus {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orlik"))
+        .args(args)
+        .env("ORLIK_STEP_DELAY_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if signal == "KILL" {
+        child.kill().unwrap();
+    } else {
+        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+    }
+    child.wait().unwrap()
+}
+
