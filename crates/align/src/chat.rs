@@ -133,6 +133,27 @@ mod tests {
         assert_eq!(t.render(&m[..1], true).unwrap(), "<|im_start|>user\nIle to 2+2?<|im_end|>\n<|im_start|>assistant\n");
     }
 
+    /// Renderings by transformers' Jinja setup (scripts/gen_chat_reference.py) of three template
+    /// shapes, every prefix of two conversations, with and without the generation prompt.
+    #[test]
+    fn matches_transformers_renderings() {
+        let v: serde_json::Value = serde_json::from_str(include_str!("../../../tests/fixtures/chat_templates.json")).unwrap();
+        let cases = v["cases"].as_array().unwrap();
+        assert!(cases.len() >= 40);
+        for c in cases {
+            let name = c["template"].as_str().unwrap();
+            let t = ChatTemplate::new(v["templates"][name].as_str().unwrap(), "<s>", "</s>", name).unwrap();
+            let m: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
+            let gen = c["add_generation_prompt"].as_bool().unwrap();
+            assert_eq!(t.render(&m, gen).unwrap(), c["text"].as_str().unwrap(), "{name}, {} messages, gen {gen}", m.len());
+            if !gen && m.last().is_some_and(|x| x.role == "assistant") {
+                let (text, spans) = t.render_with_spans(&m).unwrap();
+                let last = &text[spans[spans.len() - 1].0..spans[spans.len() - 1].1];
+                assert!(last.contains(m[m.len() - 1].content.trim()), "{name}: {last:?}");
+            }
+        }
+    }
+
     #[test]
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}{{ bos_token }}{% for m in messages %}[{{ m['content'].strip() }}]{% endfor %}";
