@@ -27,9 +27,9 @@ EVAL_N=$(n 100)
 # Disjoint slices of the training rows for each stage (SFT never sees the DPO or GRPO problems).
 slice() { sed -n "$(( $2 + 1 )),$(( $2 + $3 ))p" "$1"; }
 # Sizes match the steps below (one pass: SFT 50 x 8, DPO 40 x 4, GRPO 30 x 2).
-{ slice "$D/arith-sft.jsonl" 0 240; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-sft.jsonl" 0 160; true; } > "$D/stage-sft.jsonl"
-{ slice "$D/arith-dpo.jsonl" 600 100; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-dpo.jsonl" 600 60; true; } > "$D/stage-dpo.jsonl"
-slice "$D/arith-grpo.jsonl" 900 60 > "$D/stage-grpo.jsonl"
+{ slice "$D/arith-sft.jsonl" 0 "$(n 240)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-sft.jsonl" 0 "$(n 160)"; true; } > "$D/stage-sft.jsonl"
+{ slice "$D/arith-dpo.jsonl" 600 "$(n 100)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-dpo.jsonl" 600 "$(n 60)"; true; } > "$D/stage-dpo.jsonl"
+slice "$D/arith-grpo.jsonl" 900 "$(n 60)" > "$D/stage-grpo.jsonl"
 
 evaluate() { # name model
   local name=$1 m=$2 f=$OUT/eval/$1.json
