@@ -83,6 +83,32 @@ pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, Trai
     Ok(Forward { h, targets, width, logp })
 }
 
+/// The hand-made lm_head backward, chunk by chunk: for dL/dlogits of rows h_c, collects
+/// dL/dh_c = dL/dz · W and accumulates dL/dW += dL/dzᵀ · h_c.
+#[derive(Default)]
+pub(crate) struct HeadGrad {
+    parts: Vec<Tensor>,
+    pub w: Option<Tensor>,
+}
+
+impl HeadGrad {
+    /// `dl` (c, vocab) for hidden rows `hc` (c, hidden); `w` (vocab, hidden).
+    pub fn add(&mut self, dl: Tensor, w: &Tensor, hc: &Tensor) -> candle_core::Result<()> {
+        self.parts.push(dl.matmul(w)?); // (c, hidden)
+        let part = dl.t()?.matmul(hc)?; // (vocab, hidden)
+        self.w = Some(match self.w.take() {
+            Some(a) => (a + part)?,
+            None => part,
+        });
+        Ok(())
+    }
+
+    /// dL/dh over all rows, as (b, t, hidden).
+    pub fn hidden(&self, b: usize, t: usize, hid: usize) -> candle_core::Result<Tensor> {
+        Tensor::cat(&self.parts, 0)?.reshape((b, t, hid))
+    }
+}
+
 /// Gradients (in `p.names` order) of a loss whose derivative with respect to each position's
 /// log-probability is `coeff[row][pos]` (positions not listed, and padding, get 0).
 pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Result<Vec<Vec<f32>>, TrainError> {
@@ -96,8 +122,7 @@ pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Res
     let hd = f.h.detach().reshape((n, hid))?;
     let w = p.head_weight();
     let vocab = w.dim(0)?;
-    let mut gh_parts = Vec::new();
-    let mut gw: Option<Tensor> = None;
+    let mut hg = HeadGrad::default();
     for start in (0..n).step_by(chunk.max(1)) {
         let c = chunk.max(1).min(n - start);
         let hc = hd.narrow(0, start, c)?;
@@ -114,17 +139,10 @@ pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Res
             }
             gi[f.targets[start + i] as usize] += k;
         });
-        let dl = Tensor::from_vec(g, (c, vocab), &Device::Cpu)?;
-        gh_parts.push(dl.matmul(&w)?); // (c, hidden)
-        let part = dl.t()?.matmul(&hc)?; // (vocab, hidden)
-        gw = Some(match gw {
-            Some(a) => (a + part)?,
-            None => part,
-        });
+        hg.add(Tensor::from_vec(g, (c, vocab), &Device::Cpu)?, &w, &hc)?;
     }
-    let gh = Tensor::cat(&gh_parts, 0)?.reshape((b, t, hid))?;
-    let store = (f.h * gh)?.sum_all()?.backward()?;
-    p.gradients(&[&store], gw.as_ref())
+    let store = (f.h * hg.hidden(b, t, hid)?)?.sum_all()?.backward()?;
+    p.gradients(&[&store], hg.w.as_ref())
 }
 
 /// Σ over positions of log-probabilities in each row, for the positions marked in `mask`.

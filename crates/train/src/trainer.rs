@@ -247,8 +247,7 @@ impl<'t> Trainer<'t> {
             has_teacher,
             ..Default::default()
         };
-        let mut gh_parts = Vec::new();
-        let mut gw: Option<Tensor> = None;
+        let mut hg = crate::seqlogp::HeadGrad::default();
         let chunk = self.cfg.loss_chunk;
         let spec = self.spec;
         for start in (0..n).step_by(chunk) {
@@ -285,19 +284,13 @@ impl<'t> Trainer<'t> {
             }
             sums.rows += c;
             if grad_scale.is_some() {
-                let dl = Tensor::from_vec(g, (c, vocab), &Device::Cpu)?;
-                gh_parts.push(dl.matmul(&w)?); // (c, hidden)
-                let part = dl.t()?.matmul(&hc)?; // (vocab, hidden)
-                gw = Some(match gw {
-                    Some(a) => (a + part)?,
-                    None => part,
-                });
+                hg.add(Tensor::from_vec(g, (c, vocab), &Device::Cpu)?, &w, &hc)?;
             }
         }
         if grad_scale.is_none() {
             return Ok((sums, None));
         }
-        let gh = Tensor::cat(&gh_parts, 0)?.reshape((b, t, hid))?;
+        let gh = hg.hidden(b, t, hid)?;
         let store = (h * gh)?.sum_all()?.backward()?;
         let mut stores = vec![store];
         if let Some((ins, top)) = saved {
@@ -310,7 +303,7 @@ impl<'t> Trainer<'t> {
             }
             stores.push((self.params.model.embed(&inputs)? * &g)?.sum_all()?.backward()?);
         }
-        let grads = self.params.gradients(&stores.iter().collect::<Vec<_>>(), gw.as_ref())?;
+        let grads = self.params.gradients(&stores.iter().collect::<Vec<_>>(), hg.w.as_ref())?;
         Ok((sums, Some(grads)))
     }
 
