@@ -179,3 +179,55 @@ pub fn run(
     }
     Ok((st, Outcome::Finished))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orlik_model::init::random_weights;
+    use orlik_model::Config;
+
+    /// A task whose loss is NaN from step `from` on.
+    struct NanAfter {
+        from: u64,
+    }
+
+    impl Task for NanAfter {
+        fn units(&self) -> usize {
+            3
+        }
+        fn micro(&mut self, p: &Params, _: &[usize], step: u64, _: f32) -> Result<Micro, AlignError> {
+            let bad = step >= self.from;
+            let grads = p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
+            Ok(Micro { loss: if bad { f64::NAN } else { 1.0 }, grads, tokens: 1, metrics: vec![("x", 1.0)] })
+        }
+    }
+
+    #[test]
+    fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
+        let cfg = Config::from_json_str(
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":11,"hidden_size":8,
+            "intermediate_size":12,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+            "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0,"max_position_embeddings":32,"tie_word_embeddings":true}"#,
+            "tiny",
+        )
+        .unwrap();
+        let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
+        let tc = TrainConfig { steps: Some(20), batch: 1, max_bad_steps: 3, save_every: 0, ..TrainConfig::default() };
+        let dir = std::env::temp_dir().join(format!("orlik-runner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let e = run(&mut NanAfter { from: 2 }, &mut p, &tc, &dir, false, true, None).err().unwrap().to_string();
+        assert!(e.contains("3 non-finite steps in a row at step 5"), "{e}");
+        let rows = curves::read(&dir.join("metrics.jsonl")).unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(rows[..2].iter().all(|r| r.get("skipped").is_none()) && rows[2..].iter().all(|r| r["skipped"] == true));
+        let after_two: Vec<Vec<f32>> = p.slots.iter().map(|s| s.w.clone()).collect();
+        assert!(after_two.iter().flatten().all(|x| x.is_finite()));
+        // the checkpoint holds the weights of the last finite step
+        let mut q = Params::new(&cfg, random_weights(&cfg, 9, 0.3).unwrap()).unwrap();
+        let st = q.load_latest(&dir.join("checkpoints")).unwrap().unwrap();
+        assert_eq!((st.step, st.skipped_steps), (5, 3));
+        assert_eq!(q.slots.iter().map(|s| s.w.clone()).collect::<Vec<_>>(), after_two);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
