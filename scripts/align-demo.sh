@@ -26,7 +26,8 @@ EVAL_N=$(n 100)
 
 # Disjoint slices of the training rows for each stage (SFT never sees the DPO or GRPO problems).
 slice() { sed -n "$(( $2 + 1 )),$(( $2 + $3 ))p" "$1"; }
-# Sizes match the steps below (one pass: SFT 50 x 8, DPO 40 x 4, GRPO 30 x 2).
+# Sizes match the steps below (one pass: SFT 50 x 4 x 2, DPO 40 x 2 x 2, GRPO 30 x 1 x 2); micro-batches
+# of 4 conversations / 2 pairs / 1 prompt group keep the peak memory near 8 GB.
 { slice "$D/arith-sft.jsonl" 0 "$(n 240)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-sft.jsonl" 0 "$(n 160)"; true; } > "$D/stage-sft.jsonl"
 { slice "$D/arith-dpo.jsonl" 600 "$(n 100)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-dpo.jsonl" 600 "$(n 60)"; true; } > "$D/stage-dpo.jsonl"
 slice "$D/arith-grpo.jsonl" 900 "$(n 60)" > "$D/stage-grpo.jsonl"
@@ -54,12 +55,12 @@ stage() { # name command... (skipped when OUT/name/final exists; resumed when in
 }
 
 evaluate before "$MODEL"
-stage sft sft "$MODEL" --data "$D/stage-sft.jsonl" --steps "$(n 50)" --batch 8 --lr 5e-5 --max-len 256 --save-every 25
+stage sft sft "$MODEL" --data "$D/stage-sft.jsonl" --steps "$(n 50)" --batch 4 --grad-accum 2 --lr 5e-5 --max-len 256 --save-every 25
 evaluate sft "$OUT/sft/final"
-stage dpo dpo "$OUT/sft/final" --data "$D/stage-dpo.jsonl" --loss dpop --beta 0.1 --lambda 5 --steps "$(n 40)" --batch 4 --lr 5e-6 --max-len 256 --max-prompt 192 --save-every 20
+stage dpo dpo "$OUT/sft/final" --data "$D/stage-dpo.jsonl" --loss dpop --beta 0.1 --lambda 5 --steps "$(n 40)" --batch 2 --grad-accum 2 --lr 5e-6 --max-len 256 --max-prompt 192 --save-every 20
 evaluate dpo "$OUT/dpo/final"
 stage grpo grpo "$OUT/dpo/final" --prompts "$D/stage-grpo.jsonl" --reward numeric --group 8 --max-new-tokens 24 --temperature 1.0 \
-  --steps "$(n 30)" --batch 2 --lr 1e-5 --max-len 256 --max-prompt 96 --save-every 10 --log-samples 5
+  --steps "$(n 30)" --batch 1 --grad-accum 2 --lr 1e-5 --max-len 256 --max-prompt 96 --save-every 10 --log-samples 5
 evaluate grpo "$OUT/grpo/final"
 
 python3 - "$OUT" <<'EOF'
