@@ -22,17 +22,17 @@ mkdir -p "$OUT/eval"
 D=$OUT/data
 python3 "$HERE/make_align_data.py" "$D" >/dev/null
 HAVE_EXAMS=0; [ -f "$D/exams-sft.jsonl" ] && HAVE_EXAMS=1
-EVAL_N=$(n 100)
+EVAL_N=$(n 50)
 
 # Disjoint slices of the training rows for each stage (SFT never sees the DPO or GRPO problems).
 slice() { sed -n "$(( $2 + 1 )),$(( $2 + $3 ))p" "$1"; }
-# Sizes match the steps below (one pass: SFT 50 x 4 x 2, DPO 40 x 2 x 2, GRPO 30 x 1 x 2); micro-batches
+# Sizes match the steps below (one pass: SFT 24 x 4 x 2, DPO 20 x 2 x 2, GRPO 20 x 1 x 2); micro-batches
 # of 4 conversations / 2 pairs / 1 prompt group keep the peak memory near 8 GB.
-{ slice "$D/arith-sft.jsonl" 0 "$(n 240)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-sft.jsonl" 0 "$(n 160)"; true; } > "$D/stage-sft.jsonl"
-{ slice "$D/arith-dpo.jsonl" 600 "$(n 100)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-dpo.jsonl" 600 "$(n 60)"; true; } > "$D/stage-dpo.jsonl"
-slice "$D/arith-grpo.jsonl" 900 "$(n 60)" > "$D/stage-grpo.jsonl"
+{ slice "$D/arith-sft.jsonl" 0 "$(n 120)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-sft.jsonl" 0 "$(n 72)"; true; } > "$D/stage-sft.jsonl"
+{ slice "$D/arith-dpo.jsonl" 600 "$(n 50)"; [ $HAVE_EXAMS = 1 ] && slice "$D/exams-dpo.jsonl" 600 "$(n 30)"; true; } > "$D/stage-dpo.jsonl"
+slice "$D/arith-grpo.jsonl" 900 "$(n 40)" > "$D/stage-grpo.jsonl"
 
-evaluate() { # name model
+evaluate() { # name model [mc]: generated answers on both held-out sets; EXAMS log-likelihood with "mc"
   local name=$1 m=$2 f=$OUT/eval/$1.json
   [ -f "$f" ] && return 0
   local arith exams mc
@@ -40,7 +40,7 @@ evaluate() { # name model
   exams=null; mc=null
   if [ $HAVE_EXAMS = 1 ]; then
     exams=$("$ORLIK" eval reward "$m" --prompts "$D/exams-heldout-grpo.jsonl" --reward choice --limit "$EVAL_N" --max-new-tokens 6 --json)
-    mc=$("$ORLIK" eval mc "$m" --tasks "$D/exams-heldout.jsonl" --limit "$EVAL_N" --json)
+    [ "${3:-}" = mc ] && mc=$("$ORLIK" eval mc "$m" --tasks "$D/exams-heldout.jsonl" --limit "$EVAL_N" --json)
   fi
   printf '{"stage": "%s", "arith": %s, "exams_generated": %s, "exams_mc": %s}\n' "$name" "$arith" "$exams" "$mc" > "$f.tmp"
   mv "$f.tmp" "$f"
@@ -54,14 +54,14 @@ stage() { # name command... (skipped when OUT/name/final exists; resumed when in
   /usr/bin/time -f "$name\t%e\t%M" -a -o "$OUT/times.tsv" "$ORLIK" "$@" -o "$OUT/$name" "${resume[@]}"
 }
 
-evaluate before "$MODEL"
-stage sft sft "$MODEL" --data "$D/stage-sft.jsonl" --steps "$(n 50)" --batch 4 --grad-accum 2 --lr 5e-5 --max-len 256 --save-every 25
+evaluate before "$MODEL" mc
+stage sft sft "$MODEL" --data "$D/stage-sft.jsonl" --steps "$(n 24)" --batch 4 --grad-accum 2 --lr 5e-5 --max-len 192 --save-every 12
 evaluate sft "$OUT/sft/final"
-stage dpo dpo "$OUT/sft/final" --data "$D/stage-dpo.jsonl" --loss dpop --beta 0.1 --lambda 5 --steps "$(n 40)" --batch 2 --grad-accum 2 --lr 5e-6 --max-len 256 --max-prompt 192 --save-every 20
+stage dpo dpo "$OUT/sft/final" --data "$D/stage-dpo.jsonl" --loss dpop --beta 0.1 --lambda 5 --steps "$(n 20)" --batch 2 --grad-accum 2 --lr 5e-6 --max-len 192 --max-prompt 144 --save-every 10
 evaluate dpo "$OUT/dpo/final"
 stage grpo grpo "$OUT/dpo/final" --prompts "$D/stage-grpo.jsonl" --reward numeric --group 8 --max-new-tokens 24 --temperature 1.0 \
-  --steps "$(n 30)" --batch 1 --grad-accum 2 --lr 1e-5 --max-len 256 --max-prompt 96 --save-every 10 --log-samples 5
-evaluate grpo "$OUT/grpo/final"
+  --steps "$(n 20)" --batch 1 --grad-accum 2 --lr 1e-5 --max-len 192 --max-prompt 96 --save-every 10 --log-samples 5
+evaluate grpo "$OUT/grpo/final" mc
 
 python3 - "$OUT" <<'EOF'
 import json, os, sys

@@ -153,7 +153,8 @@ impl Task for GrpoTask<'_> {
                     r += rw.score(&pr.text, &text, &pr.answer, &pr.row)?;
                 }
                 if self.log_every > 0 && step % self.log_every == 0 {
-                    log.push(serde_json::json!({"step": step, "prompt": u, "completion": text, "reward": r}));
+                    // step numbered as in metrics.jsonl: the optimizer step this rollout feeds
+                    log.push(serde_json::json!({"step": step + 1, "prompt": u, "completion": text, "reward": r}));
                 }
                 rewards.push(r);
                 lens.push(c.len());
@@ -208,6 +209,13 @@ impl Task for GrpoTask<'_> {
                 ("clip_fraction", out.clip_fraction),
             ],
         })
+    }
+
+    fn on_resume(&mut self, step: u64) -> Result<(), AlignError> {
+        if let Some(p) = &self.samples {
+            orlik_train::curves::truncate(p, step)?;
+        }
+        Ok(())
     }
 
     fn curves(&self) -> &'static [&'static str] {

@@ -33,6 +33,11 @@ pub trait Task {
     /// Loss and gradient of the micro-batch `units` (indices) at optimizer step `step`;
     /// `scale` = 1 / micro-batches per step.
     fn micro(&mut self, p: &Params, units: &[usize], step: u64, scale: f32) -> Result<Micro, AlignError>;
+    /// Called on `--resume` with the step of the checkpoint the run continues from (tasks that
+    /// write their own logs cut them back to it).
+    fn on_resume(&mut self, _step: u64) -> Result<(), AlignError> {
+        Ok(())
+    }
     /// Metrics drawn as `OUT/<key>.png` at the end (besides loss.png).
     fn curves(&self) -> &'static [&'static str] {
         &[]
@@ -76,6 +81,7 @@ pub fn run(
             st = s;
         }
         curves::truncate(&metrics, st.step)?;
+        task.on_resume(st.step)?;
     }
     let mut order = Order::new(task.units(), cfg.seed);
     let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
