@@ -5,12 +5,15 @@
 
 pub mod config;
 pub mod init;
+pub mod kernels;
 pub mod llama;
+pub mod llama_grad;
 pub mod masked_softmax;
 pub mod ops;
 
 pub use config::{Arch, Config};
 pub use llama::{KvCache, Model, ModelOptions, Tap};
+pub use llama_grad::GradModel;
 
 use std::collections::HashMap;
 

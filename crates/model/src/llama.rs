@@ -384,6 +384,15 @@ impl Model {
         Ok(out)
     }
 
+    /// RoPE cos/sin of the first RoPE kind for positions 0..t, flat (t, hd/2) f32 (the
+    /// hand-written training path, `llama_grad.rs`).
+    pub fn rope_table(&self, t: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        let tables = self.rope_tables(&[(0..t as u32).collect()])?;
+        let (c, s) = tables.first().ok_or_else(|| ModelError::Input("no RoPE table".into()))?;
+        let flat = |x: &Tensor| -> Result<Vec<f32>, ModelError> { Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        Ok((flat(c)?, flat(s)?))
+    }
+
     /// RMSNorm with this model's weight convention (Gemma: 1 + w, computed on every call so a
     /// trained `w` is always current).
     fn norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {

@@ -79,6 +79,16 @@ impl Params {
         }
     }
 
+    /// The master weights as flat buffers, in `names` order (what `GradModel` reads).
+    pub fn weight_slices(&self) -> Vec<&[f32]> {
+        self.slots.iter().map(|s| s.w.as_slice()).collect()
+    }
+
+    /// Zero gradient buffers, one per parameter.
+    pub fn zero_grads(&self) -> Vec<Vec<f32>> {
+        self.slots.iter().map(|s| vec![0f32; s.w.len()]).collect()
+    }
+
     /// Add the gradients autograd put in `stores` (summed) and `head_extra` (the hand-made
     /// lm_head gradient, (vocab, hidden)) into flat per-parameter vectors; parameters with no
     /// gradient get zeros.
@@ -86,20 +96,14 @@ impl Params {
         let mut grads = Vec::with_capacity(self.vars.len());
         for (i, v) in self.vars.iter().enumerate() {
             let mut g = vec![0f32; v.as_tensor().elem_count()];
-            let mut add = |t: &Tensor| -> Result<(), TrainError> {
-                for (a, b) in g.iter_mut().zip(t.flatten_all()?.to_vec1::<f32>()?) {
-                    *a += b;
-                }
-                Ok(())
-            };
             for st in stores {
                 if let Some(t) = st.get(v.as_tensor()) {
-                    add(t)?;
+                    add_into(&mut g, t)?;
                 }
             }
             if i == self.head {
                 if let Some(t) = head_extra {
-                    add(t)?;
+                    add_into(&mut g, t)?;
                 }
             }
             grads.push(g);
@@ -121,4 +125,14 @@ impl Params {
         self.push_weights()?;
         Ok(gnorm)
     }
+}
+
+/// g += t elementwise (t flattened; same element count).
+pub fn add_into(g: &mut [f32], t: &Tensor) -> Result<(), TrainError> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    if v.len() != g.len() {
+        return Err(TrainError::Data(format!("gradient of {} elements added to a buffer of {}", v.len(), g.len())));
+    }
+    g.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+    Ok(())
 }

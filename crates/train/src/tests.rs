@@ -12,11 +12,16 @@ use orlik_model::llama::cross_entropy;
 use orlik_model::{Config, Model, ModelOptions, Weights};
 
 fn tiny(tied: bool) -> Config {
+    tiny_arch(tied, "LlamaForCausalLM", "llama", "")
+}
+
+/// The tiny shape as another architecture, with extra config keys (`extra` starts with a comma).
+fn tiny_arch(tied: bool, arch: &str, model_type: &str, extra: &str) -> Config {
     let s = format!(
-        r#"{{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":8,
+        r#"{{"architectures":["{arch}"],"model_type":"{model_type}","vocab_size":13,"hidden_size":8,
         "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
         "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0,"max_position_embeddings":64,
-        "tie_word_embeddings":{tied}}}"#
+        "tie_word_embeddings":{tied}{extra}}}"#
     );
     Config::from_json_str(&s, "tiny").unwrap()
 }
@@ -72,26 +77,64 @@ fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> V
     vars.iter().map(|v| g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
 }
 
+/// One micro-batch's gradients from the trainer against `reference`; returns whether the
+/// trainer used the hand-written body backward.
+fn check_against_autograd(cfg: &Config, kd: bool, ckpt: bool, autograd: bool, what: &str) -> bool {
+    let w = random_weights(cfg, 3, 0.3).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let tc = TrainConfig { steps: Some(1), seq_len: 6, batch: 2, loss_chunk: 5, temperature: 2.0, loss: KdLoss::Fkl, checkpoint_layers: ckpt, ..Default::default() };
+    let teacher: Option<Box<dyn TeacherSource>> = if kd { Some(Box::new(Fixed { logits: teacher_logits(), vocab: 13, t: 2.0 })) } else { None };
+    let mut tr = Trainer::new(tc, cfg, w.clone(), packed(), None, teacher, tmp.path(), serde_json::json!({}), false).unwrap();
+    if autograd {
+        tr.use_autograd();
+    }
+    let (_, grads) = tr.micro(Split::Train, &[0, 1], Some(1.0 / 12.0)).unwrap();
+    let grads = grads.unwrap();
+    let want = reference(cfg, &w, &tr.params.names, kd, 2.0);
+    for ((n, g), r) in tr.params.names.iter().zip(&grads).zip(&want) {
+        let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let err = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err / scale < 1e-4, "{what} kd={kd} ckpt={ckpt} autograd={autograd} {n}: max err {err} (scale {scale})");
+        assert!(g.iter().any(|x| *x != 0.0), "{what} kd={kd}: {n} got no gradient");
+    }
+    tr.hand_written_backward()
+}
+
 #[test]
 fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd_with_and_without_layer_checkpointing() {
-    for (tied, kd, ckpt) in [(true, false, false), (true, true, false), (false, false, false), (false, true, false), (true, true, true), (false, false, true)] {
-        {
-            let cfg = tiny(tied);
-            let w = random_weights(&cfg, 3, 0.3).unwrap();
-            let tmp = tempfile::tempdir().unwrap();
-            let tc = TrainConfig { steps: Some(1), seq_len: 6, batch: 2, loss_chunk: 5, temperature: 2.0, loss: KdLoss::Fkl, checkpoint_layers: ckpt, ..Default::default() };
-            let teacher: Option<Box<dyn TeacherSource>> =
-                if kd { Some(Box::new(Fixed { logits: teacher_logits(), vocab: 13, t: 2.0 })) } else { None };
-            let mut tr = Trainer::new(tc, &cfg, w.clone(), packed(), None, teacher, tmp.path(), serde_json::json!({}), false).unwrap();
-            let (_, grads) = tr.micro(Split::Train, &[0, 1], Some(1.0 / 12.0)).unwrap();
-            let grads = grads.unwrap();
-            let want = reference(&cfg, &w, &tr.params.names, kd, 2.0);
-            for ((n, g), r) in tr.params.names.iter().zip(&grads).zip(&want) {
-                let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
-                let err = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err / scale < 1e-4, "tied={tied} kd={kd} ckpt={ckpt} {n}: max err {err} (scale {scale})");
-                assert!(g.iter().any(|x| *x != 0.0), "tied={tied} kd={kd}: {n} got no gradient");
-            }
+    for (tied, kd, ckpt, autograd) in [
+        (true, false, false, false),
+        (true, true, false, false),
+        (false, false, false, false),
+        (false, true, false, false),
+        (true, true, true, false),
+        (false, false, true, false),
+        (true, true, false, true),
+        (false, false, false, true),
+    ] {
+        let hand = check_against_autograd(&tiny(tied), kd, ckpt, autograd, &format!("llama tied={tied}"));
+        assert_eq!(hand, !ckpt && !autograd, "checkpointing and use_autograd select the autograd path");
+    }
+}
+
+/// The hand-written backward on the variants it covers besides plain Llama: Qwen2's q/k/v
+/// biases, Mistral's sliding window (3 < seq_len 6), Llama-3 RoPE scaling.
+#[test]
+fn hand_written_backward_covers_biases_sliding_windows_and_rope_scaling() {
+    let cases = [
+        tiny_arch(false, "Qwen2ForCausalLM", "qwen2", ""),
+        tiny_arch(true, "MistralForCausalLM", "mistral", r#","sliding_window":3"#),
+        tiny_arch(
+            true,
+            "LlamaForCausalLM",
+            "llama",
+            r#","rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8}"#,
+        ),
+    ];
+    assert!(cases[0].qkv_bias() && cases[1].layer_window(0) == Some(3));
+    for cfg in &cases {
+        for kd in [false, true] {
+            assert!(check_against_autograd(cfg, kd, false, false, &cfg.model_type));
         }
     }
 }

@@ -5,8 +5,10 @@
 //!    teacher's rows for the same positions, the loss and dL/dlogits per row (`losses.rs`), then
 //!    dL/dh_c = dL/dlogits · W and dL/dW += dL/dlogitsᵀ · h_c — so the (positions × vocab) logits
 //!    never exist whole and never enter the autograd graph;
-//! 3. autograd runs once through the body from Σ h ⊙ dL/dh, and dL/dW joins lm_head's gradient
-//!    (the embedding's when tied);
+//! 3. the body's backward from dL/dh: for Llama-family blocks the hand-written one of
+//!    `orlik_model::llama_grad` (weights and gradients as flat f32 buffers, no autograd graph);
+//!    otherwise (Gemma 3, or with `checkpoint_layers`) autograd once through the body from
+//!    Σ h ⊙ dL/dh. dL/dW joins lm_head's gradient (the embedding's when tied);
 //! 4. global-norm clipping and AdamW on f32 master weights, copied into the model's `Var`s.
 //!
 //! Everything is deterministic for a given thread count (the data order is a pure function of
@@ -22,7 +24,7 @@ use crate::optim::{global_norm, lr_at};
 use crate::params::Params;
 use crate::{file_err, TrainError};
 use candle_core::{Device, Tensor, Var};
-use orlik_model::{Config, Weights};
+use orlik_model::{Config, GradModel, Weights};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -85,6 +87,13 @@ pub enum Outcome {
     },
 }
 
+/// The body's forward result: hidden states (n, hidden) plus what its backward needs.
+enum Body {
+    Fast(Tensor, Option<orlik_model::llama_grad::Saved>),
+    /// (b, t, hidden) in the autograd graph; with checkpointing, the layer inputs and the top.
+    Autograd(Tensor, Option<(Vec<Tensor>, Var)>),
+}
+
 /// Summed loss terms of a micro-batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Sums {
@@ -98,6 +107,8 @@ pub struct Trainer<'t> {
     cfg: TrainConfig,
     spec: KdSpec,
     pub(crate) params: Params,
+    /// The hand-written body forward/backward, when the architecture has one.
+    fast: Option<GradModel>,
     train: Packed,
     val: Option<Packed>,
     teacher: Option<Box<dyn TeacherSource + 't>>,
@@ -135,6 +146,10 @@ impl<'t> Trainer<'t> {
             )));
         }
         let params = Params::new(model_cfg, weights)?;
+        let fast = match (cfg.checkpoint_layers, GradModel::unsupported(model_cfg)) {
+            (false, None) => Some(GradModel::new(model_cfg, &params.names, &params.model, cfg.seq_len)?),
+            _ => None,
+        };
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,
@@ -150,6 +165,7 @@ impl<'t> Trainer<'t> {
             cfg,
             spec,
             params,
+            fast,
             train,
             val,
             teacher,
@@ -164,6 +180,16 @@ impl<'t> Trainer<'t> {
             curves::truncate(&t.metrics_path(), t.state.step)?;
         }
         Ok(t)
+    }
+
+    /// Whether the body runs the hand-written backward (else autograd).
+    pub fn hand_written_backward(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Force the autograd path (tests compare the two).
+    pub fn use_autograd(&mut self) {
+        self.fast = None;
     }
 
     pub fn set_quiet(&mut self, quiet: bool) {
@@ -224,9 +250,16 @@ impl<'t> Trainer<'t> {
             Some(t) => t.prepare(split, windows, &inputs)?,
             None => false,
         };
-        // With activation checkpointing only each layer's input is kept (no autograd graph);
-        // the layers are re-run one at a time under autograd in the backward below.
-        let (h, saved) = if self.cfg.checkpoint_layers && grad_scale.is_some() {
+        let (b, t) = inputs.dims2()?;
+        let hid = self.params.model.config().hidden_size;
+        let n = b * t;
+        let body = if let Some(fast) = &self.fast {
+            let ids = inputs.flatten_all()?.to_vec1::<u32>()?;
+            let (h, saved) = fast.forward(&self.params.weight_slices(), &ids, b, t, grad_scale.is_some())?;
+            Body::Fast(Tensor::from_vec(h, (n, hid), &Device::Cpu)?, saved)
+        } else if self.cfg.checkpoint_layers && grad_scale.is_some() {
+            // With activation checkpointing only each layer's input is kept (no autograd graph);
+            // the layers are re-run one at a time under autograd in the backward below.
             let mut x = self.params.model.embed(&inputs)?.detach();
             let mut ins = Vec::with_capacity(self.params.model.num_layers());
             for l in 0..self.params.model.num_layers() {
@@ -234,13 +267,14 @@ impl<'t> Trainer<'t> {
                 x = self.params.model.layer(l, &x)?.detach();
             }
             let top = Var::from_tensor(&x)?;
-            (self.params.model.final_norm(top.as_tensor())?, Some((ins, top)))
+            Body::Autograd(self.params.model.final_norm(top.as_tensor())?, Some((ins, top)))
         } else {
-            (self.params.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
+            Body::Autograd(self.params.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
         };
-        let (b, t, hid) = h.dims3()?;
-        let n = b * t;
-        let hd = h.detach().reshape((n, hid))?; // (n, hidden)
+        let hd = match &body {
+            Body::Fast(h, _) => h.clone(),
+            Body::Autograd(h, _) => h.detach().reshape((n, hid))?, // (n, hidden)
+        };
         let w = self.params.head_weight(); // (vocab, hidden)
         let vocab = w.dim(0)?;
         let mut sums = Sums {
@@ -291,6 +325,19 @@ impl<'t> Trainer<'t> {
             return Ok((sums, None));
         }
         let gh = hg.hidden(b, t, hid)?;
+        let (h, saved) = match body {
+            Body::Autograd(h, saved) => (h, saved),
+            Body::Fast(_, saved) => {
+                let saved = saved.ok_or_else(|| TrainError::Data("no saved activations".into()))?;
+                let fast = self.fast.as_ref().ok_or_else(|| TrainError::Data("no training path".into()))?;
+                let mut grads = self.params.zero_grads();
+                fast.backward(&self.params.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
+                if let Some(hw) = &hg.w {
+                    crate::params::add_into(&mut grads[self.params.head], hw)?;
+                }
+                return Ok((sums, Some(grads)));
+            }
+        };
         let store = (h * gh)?.sum_all()?.backward()?;
         let mut stores = vec![store];
         if let Some((ins, top)) = saved {

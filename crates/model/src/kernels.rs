@@ -1,0 +1,307 @@
+//! CPU kernels on flat f32 buffers for the hand-written training path (`llama_grad.rs`): strided
+//! gemm with in-place accumulation, RMSNorm, RoPE, SwiGLU and causal softmax, each with its
+//! backward. Row-parallel with rayon; every reduction runs in a fixed order, so results depend
+//! only on the inputs and the thread count (the trainer's bit-identical resume relies on it).
+
+use rayon::prelude::*;
+
+/// A read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major (rows, cols) starting at `data[0]`.
+    pub fn rows(data: &'a [f32], cols: usize) -> View<'a> {
+        View { data, rs: cols, cs: 1 }
+    }
+    /// The transpose of row-major (rows, cols): a (cols, rows) view.
+    pub fn t(data: &'a [f32], cols: usize) -> View<'a> {
+        View { data, rs: 1, cs: cols }
+    }
+}
+
+/// How many threads gemm may use: all of rayon's, or one (inside an already parallel loop).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Par {
+    All,
+    One,
+}
+
+/// c (m, n; row stride `c_rs`) = [c +] scale · a (m, k) · b (k, n).
+///
+/// Panics (a bug, not an input error) when a view is too short for its shape.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(c: &mut [f32], c_rs: usize, m: usize, n: usize, k: usize, a: View, b: View, accumulate: bool, scale: f32, par: Par) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |v: &View, r: usize, s: usize| (r - 1) * v.rs + (s - 1) * v.cs;
+    assert!(c.len() > (m - 1) * c_rs + n - 1, "gemm: c too short");
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| c[i * c_rs..i * c_rs + n].fill(0.0));
+        }
+        return;
+    }
+    assert!(a.data.len() > last(&a, m, k) && b.data.len() > last(&b, k, n), "gemm: operand too short");
+    let parallelism = match par {
+        Par::All if m * n * k >= 1 << 15 => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        _ => gemm::Parallelism::None,
+    };
+    // SAFETY: the asserts above bound every index the strides reach; `c` is borrowed mutably,
+    // so it does not alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Rows of a fixed-size block, for reductions over rows that must not depend on scheduling.
+const ROW_BLOCK: usize = 64;
+
+/// Column sums of x (rows, cols) added into `out` (cols), in a fixed order.
+pub fn add_col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
+    let parts: Vec<Vec<f32>> = x
+        .par_chunks(cols * ROW_BLOCK)
+        .map(|blk| {
+            let mut s = vec![0f32; cols];
+            for row in blk.chunks(cols) {
+                s.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            }
+            s
+        })
+        .collect();
+    for p in parts {
+        out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// RMSNorm (Zhang & Sennrich 2019): y = x · inv · w with inv = 1/sqrt(mean(x²) + eps).
+/// x (rows, d) -> (y (rows, d), inv (rows)).
+pub fn rms_forward(x: &[f32], w: &[f32], eps: f64) -> (Vec<f32>, Vec<f32>) {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    let mut inv = vec![0f32; x.len() / d];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter_mut()).for_each(|((yr, xr), iv)| {
+        let ms = xr.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / d as f64;
+        *iv = (1.0 / (ms + eps).sqrt()) as f32;
+        yr.iter_mut().zip(xr).zip(w).for_each(|((o, &xv), &wv)| *o = xv * *iv * wv);
+    });
+    (y, inv)
+}
+
+/// y = x · inv · w again from the saved `inv` (the backward recomputes instead of storing y).
+pub fn rms_apply(x: &[f32], inv: &[f32], w: &[f32]) -> Vec<f32> {
+    let d = w.len();
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(d).zip(x.par_chunks(d)).zip(inv.par_iter()).for_each(|((yr, xr), &iv)| {
+        yr.iter_mut().zip(xr).zip(w).for_each(|((o, &xv), &wv)| *o = xv * iv * wv);
+    });
+    y
+}
+
+/// RMSNorm backward. With x̂ = x · inv and g = dy · w:
+/// dx += inv · (g − x̂ · mean(g · x̂)),  dw += Σ_rows dy · x̂.
+pub fn rms_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32]) {
+    let d = w.len();
+    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv.par_iter()).for_each(|(((dxr, xr), dyr), &iv)| {
+        let dot = xr.iter().zip(dyr).zip(w).map(|((&xv, &g), &wv)| (g * wv) as f64 * (xv * iv) as f64).sum::<f64>() / d as f64;
+        let dot = dot as f32;
+        for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+            *o += iv * (g * wv - xv * iv * dot);
+        }
+    });
+    let parts: Vec<Vec<f32>> = x
+        .par_chunks(d * ROW_BLOCK)
+        .zip(dy.par_chunks(d * ROW_BLOCK))
+        .zip(inv.par_chunks(ROW_BLOCK))
+        .map(|((xb, dyb), ib)| {
+            let mut s = vec![0f32; d];
+            for ((xr, dyr), &iv) in xb.chunks(d).zip(dyb.chunks(d)).zip(ib) {
+                s.iter_mut().zip(xr).zip(dyr).for_each(|((a, &xv), &g)| *a += g * xv * iv);
+            }
+            s
+        })
+        .collect();
+    for p in parts {
+        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+    }
+}
+
+/// Half-split RoPE in place (HF `rotate_half`) on x (b·t rows, heads · hd): row r is position
+/// r mod t. cos/sin (t, hd/2). `inverse` rotates by −θ: the backward of the forward rotation.
+pub fn rope(x: &mut [f32], t: usize, heads: usize, hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+    let half = hd / 2;
+    let sign = if inverse { -1.0 } else { 1.0 };
+    x.par_chunks_mut(heads * hd).enumerate().for_each(|(r, row)| {
+        let p = r % t;
+        let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+        for h in row.chunks_mut(hd) {
+            let (x1, x2) = h.split_at_mut(half);
+            for i in 0..half {
+                let (a, b, si) = (x1[i], x2[i], sign * s[i]);
+                x1[i] = a * c[i] - b * si;
+                x2[i] = b * c[i] + a * si;
+            }
+        }
+    });
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// SwiGLU: silu(g) · u, elementwise.
+pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut a = vec![0f32; g.len()];
+    a.par_chunks_mut(1 << 12).zip(g.par_chunks(1 << 12)).zip(u.par_chunks(1 << 12)).for_each(|((a, g), u)| {
+        a.iter_mut().zip(g).zip(u).for_each(|((o, &gv), &uv)| *o = gv * sigmoid(gv) * uv);
+    });
+    a
+}
+
+/// SwiGLU backward, overwriting `g` with dg and `u` with du (the inputs are not needed after):
+/// dg = da · u · s (1 + g (1 − s)) with s = σ(g); du = da · g s.
+pub fn swiglu_backward(da: &[f32], g: &mut [f32], u: &mut [f32]) {
+    g.par_chunks_mut(1 << 12).zip(u.par_chunks_mut(1 << 12)).zip(da.par_chunks(1 << 12)).for_each(|((g, u), da)| {
+        for ((gv, uv), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
+            let s = sigmoid(*gv);
+            let silu = *gv * s;
+            let dg = d * *uv * s * (1.0 + *gv * (1.0 - s));
+            *uv = d * silu;
+            *gv = dg;
+        }
+    });
+}
+
+/// The keys query i may see under causal attention with an optional sliding window
+/// (key j allowed when j ≤ i and i − j < window, as transformers' masks): [lo, i].
+pub fn visible(i: usize, window: Option<usize>) -> (usize, usize) {
+    (window.map_or(0, |w| (i + 1).saturating_sub(w)), i + 1)
+}
+
+/// Causal softmax of each row of s (t, t) in place; masked entries become 0. Returns each row's
+/// log-sum-exp (the backward rebuilds the probabilities from it).
+pub fn causal_softmax(s: &mut [f32], t: usize, window: Option<usize>, lse: &mut [f32]) {
+    for (i, (row, l)) in s.chunks_mut(t).zip(lse.iter_mut()).enumerate() {
+        let (lo, hi) = visible(i, window);
+        let max = row[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut sum = 0f32;
+        for v in &mut row[lo..hi] {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row[lo..hi].iter_mut().for_each(|v| *v *= inv);
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+        *l = max + sum.ln();
+    }
+}
+
+/// Probabilities from raw scores s (t, t) and the forward's log-sum-exp, in place.
+pub fn causal_probs(s: &mut [f32], t: usize, window: Option<usize>, lse: &[f32]) {
+    for (i, (row, &l)) in s.chunks_mut(t).zip(lse).enumerate() {
+        let (lo, hi) = visible(i, window);
+        row[lo..hi].iter_mut().for_each(|v| *v = (*v - l).exp());
+        row[..lo].fill(0.0);
+        row[hi..].fill(0.0);
+    }
+}
+
+/// Softmax backward in place: dp (t, t) becomes ds = p ⊙ (dp − Σ_j dp·p) row by row.
+pub fn softmax_backward(p: &[f32], dp: &mut [f32], t: usize) {
+    for (pr, dr) in p.chunks(t).zip(dp.chunks_mut(t)) {
+        let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+        dr.iter_mut().zip(pr).for_each(|(d, &pv)| *d = pv * (*d - dot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn gemm_strides_and_accumulation() {
+        let (m, n, k) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32).sin()).collect();
+        let want = naive(&a, &b, m, n, k);
+        let mut c = vec![1f32; m * n];
+        gemm(&mut c, n, m, n, k, View::rows(&a, k), View::rows(&b, n), true, 2.0, Par::All);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - (1.0 + 2.0 * y)).abs() < 1e-5);
+        }
+        // aᵀ given as the transpose of a (k, m) buffer.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let mut c2 = vec![9f32; m * n];
+        gemm(&mut c2, n, m, n, k, View::t(&at, m), View::rows(&b, n), false, 1.0, Par::One);
+        for (x, y) in c2.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_mask() {
+        let t = 4;
+        let mut s: Vec<f32> = (0..t * t).map(|i| (i as f32 * 0.7).cos()).collect();
+        let raw = s.clone();
+        let mut lse = vec![0f32; t];
+        causal_softmax(&mut s, t, Some(2), &mut lse);
+        for i in 0..t {
+            let row = &s[i * t..(i + 1) * t];
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            let (lo, hi) = visible(i, Some(2));
+            assert!(row.iter().enumerate().all(|(j, &v)| (j >= lo && j < hi) || v == 0.0));
+        }
+        let mut again = raw;
+        causal_probs(&mut again, t, Some(2), &lse);
+        assert!(again.iter().zip(&s).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+
+    #[test]
+    fn rope_inverse_undoes_forward() {
+        let (t, heads, hd) = (3, 2, 4);
+        let x: Vec<f32> = (0..2 * t * heads * hd).map(|i| i as f32 * 0.1).collect();
+        let cos: Vec<f32> = (0..t * 2).map(|i| (i as f32).cos()).collect();
+        let sin: Vec<f32> = (0..t * 2).map(|i| (i as f32).sin()).collect();
+        let mut y = x.clone();
+        rope(&mut y, t, heads, hd, &cos, &sin, false);
+        assert!(y.iter().zip(&x).any(|(a, b)| (a - b).abs() > 1e-3));
+        rope(&mut y, t, heads, hd, &cos, &sin, true);
+        assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+}
