@@ -108,7 +108,7 @@ pub fn sequence_logps(p: &Params, pairs: &[PairIds], idx: &[usize], pad: u32, ch
             masks.push(m);
         }
     }
-    let f = seqlogp::forward(&p.model, &rows, chunk)?;
+    let f = seqlogp::forward_train(p, &rows, chunk)?;
     let sums = seqlogp::masked_sums(&f.logp, &masks);
     Ok((sums.chunks(2).map(|c| [c[0], c[1]]).collect(), f, masks))
 }

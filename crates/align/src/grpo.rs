@@ -169,7 +169,7 @@ impl Task for GrpoTask<'_> {
             }
         }
         let adv = advantages(&rewards, g, self.options.dr_grpo);
-        let f = seqlogp::forward(&p.model, &rows, self.chunk)?;
+        let f = seqlogp::forward_train(p, &rows, self.chunk)?;
         let refs = match &self.reference {
             Some(m) => Some(seqlogp::forward(m, &rows, self.chunk)?.logp),
             None => None,

@@ -29,7 +29,7 @@ impl Task for Sft {
             masks.push(mask[1..].to_vec());
         }
         let n = masks.iter().flatten().filter(|&&m| m).count().max(1);
-        let f = seqlogp::forward(&p.model, &rows, self.chunk)?;
+        let f = seqlogp::forward_train(p, &rows, self.chunk)?;
         let sum: f64 = seqlogp::masked_sums(&f.logp, &masks).iter().sum();
         let coeff: Vec<Vec<f32>> =
             masks.iter().map(|m| m.iter().map(|&b| if b { -scale / n as f32 } else { 0.0 }).collect()).collect();

@@ -7,7 +7,7 @@ use crate::config::TrainConfig;
 use crate::optim::{adamw_step, clip, global_norm, AdamWConfig, Slot};
 use crate::TrainError;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use orlik_model::{Config, Model, ModelOptions, Weights};
+use orlik_model::{Config, GradModel, Model, ModelOptions, Weights};
 use std::path::{Path, PathBuf};
 
 pub struct Params {
@@ -82,6 +82,15 @@ impl Params {
     /// The master weights as flat buffers, in `names` order (what `GradModel` reads).
     pub fn weight_slices(&self) -> Vec<&[f32]> {
         self.slots.iter().map(|s| s.w.as_slice()).collect()
+    }
+
+    /// The hand-written training path for rows of up to `max_t` tokens, or None when the
+    /// architecture needs autograd (`GradModel::unsupported`).
+    pub fn grad_model(&self, max_t: usize) -> Result<Option<GradModel>, TrainError> {
+        if GradModel::unsupported(self.model.config()).is_some() {
+            return Ok(None);
+        }
+        Ok(Some(GradModel::new(self.model.config(), &self.names, &self.model, max_t)?))
     }
 
     /// Zero gradient buffers, one per parameter.

@@ -1,7 +1,9 @@
 //! Objectives that are functions of the log-probabilities the model gives to chosen tokens
 //! (SFT's masked cross-entropy, DPO's sequence log-likelihoods, GRPO's per-token ratios).
 //!
-//! [`forward`] runs the body under autograd on right-padded rows and returns, for every position,
+//! [`forward_train`] runs the body on right-padded rows (the hand-written path of
+//! `orlik_model::llama_grad` when the architecture has one, else autograd; [`forward`] runs any
+//! model under autograd) and returns, for every position,
 //! log p(target | prefix); the caller turns its loss into c_r = dL/d logp_r per position, and
 //! [`backward`] pushes it through: dL/dz_r = c_r (onehot(target_r) − softmax(z_r)), computed
 //! `chunk` positions at a time outside autograd (as the KD trainer does), so (positions × vocab)
@@ -11,7 +13,8 @@
 use crate::params::Params;
 use crate::TrainError;
 use candle_core::{Device, Tensor};
-use orlik_model::Model;
+use orlik_model::llama_grad::Saved;
+use orlik_model::{GradModel, Model};
 use rayon::prelude::*;
 
 /// A batch of token rows: `inputs[r]` and `targets[r]` have equal lengths; rows may differ in
@@ -22,9 +25,18 @@ pub struct Rows {
     pub pad: u32,
 }
 
+/// Where the final hidden states came from, and what their backward needs.
+enum Body {
+    /// (b, t, hidden), attached to the autograd graph.
+    Graph(Tensor),
+    /// The hand-written path's saved activations.
+    Fast(GradModel, Saved),
+}
+
 pub struct Forward {
-    /// Final hidden states (b, t, hidden), attached to the autograd graph.
-    h: Tensor,
+    body: Body,
+    /// The same final hidden states, detached, (b · t, hidden).
+    hd: Tensor,
     /// Targets, flat (b · t) with padding positions set to `pad`.
     targets: Vec<u32>,
     pub width: usize,
@@ -38,9 +50,8 @@ fn log_softmax_at(z: &[f32], target: u32) -> (f64, f64) {
     (z[target as usize] as f64 - lse, lse)
 }
 
-/// Run `model` on `rows` and return log p(target) at every real position (the policy's
-/// `Params::model` for training, or any other model, e.g. a frozen reference).
-pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+/// Right-padded ids and targets, flat (b · width), and the width.
+fn pad(rows: &Rows) -> Result<(Vec<u32>, Vec<u32>, usize), TrainError> {
     let width = rows.inputs.iter().map(Vec::len).max().unwrap_or(0);
     if width == 0 || rows.inputs.len() != rows.targets.len() {
         return Err(TrainError::Data("empty batch, or inputs and targets of different counts".into()));
@@ -57,11 +68,42 @@ pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, Trai
         targets.extend_from_slice(tgt);
         targets.extend(std::iter::repeat_n(rows.pad, width - inp.len()));
     }
+    Ok((ids, targets, width))
+}
+
+/// Run `model` under autograd on `rows` and return log p(target) at every real position (any
+/// model, e.g. a frozen reference; `backward` works through the graph).
+pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+    let (ids, targets, width) = pad(rows)?;
+    let b = rows.inputs.len();
     let input = Tensor::from_vec(ids, (b, width), &Device::Cpu)?;
     let h = model.forward_hidden(&input, None, None, None)?; // (b, t, hidden)
     let hid = h.dim(2)?;
     let hd = h.detach().reshape((b * width, hid))?; // (n, hidden)
-    let w = model.head_weight().detach(); // (vocab, hidden)
+    let logp = logps(&hd, &model.head_weight().detach(), &targets, rows, width, chunk)?;
+    Ok(Forward { body: Body::Graph(h), hd, targets, width, logp })
+}
+
+/// The policy's forward for training: the hand-written body when `p`'s architecture has one
+/// (no autograd graph, a third of the memory), else `forward` on `p.model`.
+pub fn forward_train(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+    let (ids, targets, width) = pad(rows)?;
+    let Some(fast) = p.grad_model(width)? else {
+        return forward(&p.model, rows, chunk);
+    };
+    let b = rows.inputs.len();
+    let (h, saved) = fast.forward(&p.weight_slices(), &ids, b, width, true)?;
+    let saved = saved.ok_or_else(|| TrainError::Data("no saved activations".into()))?;
+    let hid = h.len() / (b * width);
+    let hd = Tensor::from_vec(h, (b * width, hid), &Device::Cpu)?; // (n, hidden)
+    let logp = logps(&hd, &p.head_weight(), &targets, rows, width, chunk)?;
+    Ok(Forward { body: Body::Fast(fast, saved), hd, targets, width, logp })
+}
+
+/// log p(target) per real position from final hidden states hd (n, hidden), `chunk` rows of
+/// logits at a time.
+fn logps(hd: &Tensor, w: &Tensor, targets: &[u32], rows: &Rows, width: usize, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
+    let b = rows.inputs.len();
     let vocab = w.dim(0)?;
     let mut flat = vec![0f64; b * width];
     for start in (0..b * width).step_by(chunk.max(1)) {
@@ -80,7 +122,7 @@ pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, Trai
         .enumerate()
         .map(|(r, inp)| flat[r * width..r * width + inp.len()].to_vec())
         .collect();
-    Ok(Forward { h, targets, width, logp })
+    Ok(logp)
 }
 
 /// The hand-made lm_head backward, chunk by chunk: for dL/dlogits of rows h_c, collects
@@ -112,14 +154,15 @@ impl HeadGrad {
 /// Gradients (in `p.names` order) of a loss whose derivative with respect to each position's
 /// log-probability is `coeff[row][pos]` (positions not listed, and padding, get 0).
 pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Result<Vec<Vec<f32>>, TrainError> {
-    let (b, t, hid) = f.h.dims3()?;
+    let hid = p.model.config().hidden_size;
+    let (b, t) = (f.logp.len(), f.width);
     let n = b * t;
     let mut c_flat = vec![0f32; n];
     for (r, cs) in coeff.iter().enumerate().take(b) {
         let len = cs.len().min(t);
         c_flat[r * t..r * t + len].copy_from_slice(&cs[..len]);
     }
-    let hd = f.h.detach().reshape((n, hid))?;
+    let hd = &f.hd;
     let w = p.head_weight();
     let vocab = w.dim(0)?;
     let mut hg = HeadGrad::default();
@@ -141,8 +184,21 @@ pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Res
         });
         hg.add(Tensor::from_vec(g, (c, vocab), &Device::Cpu)?, &w, &hc)?;
     }
-    let store = (f.h * hg.hidden(b, t, hid)?)?.sum_all()?.backward()?;
-    p.gradients(&[&store], hg.w.as_ref())
+    let gh = hg.hidden(b, t, hid)?; // (b, t, hidden)
+    match f.body {
+        Body::Graph(h) => {
+            let store = (h * gh)?.sum_all()?.backward()?;
+            p.gradients(&[&store], hg.w.as_ref())
+        }
+        Body::Fast(fast, saved) => {
+            let mut grads = p.zero_grads();
+            fast.backward(&p.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
+            if let Some(hw) = &hg.w {
+                crate::params::add_into(&mut grads[p.head], hw)?;
+            }
+            Ok(grads)
+        }
+    }
 }
 
 /// Σ over positions of log-probabilities in each row, for the positions marked in `mask`.

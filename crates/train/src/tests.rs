@@ -198,12 +198,12 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
 
 /// The token log-prob objective (alignment's path): right-padded rows of different lengths give
 /// each row's own log-probabilities, and the hand-written backward of Σ c·logp equals autograd
-/// through each unpadded row separately.
+/// through each unpadded row separately, with the body under autograd and hand-written.
 #[test]
 fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
     use crate::params::Params;
-    use crate::seqlogp::{backward, forward, Rows};
-    for tied in [true, false] {
+    use crate::seqlogp::{backward, forward, forward_train, Rows};
+    for (tied, hand) in [(true, false), (false, false), (true, true), (false, true)] {
         let cfg = tiny(tied);
         let w = random_weights(&cfg, 7, 0.3).unwrap();
         let rows = Rows {
@@ -213,7 +213,8 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
         };
         let coeff: Vec<Vec<f32>> = vec![vec![0.0, 0.0, -0.5, 0.25, -1.0], vec![0.7, 0.0, -0.3]];
         let p = Params::new(&cfg, w.clone()).unwrap();
-        let f = forward(&p.model, &rows, 3).unwrap();
+        // forward_train takes the hand-written body for this Llama config; forward is autograd.
+        let f = if hand { forward_train(&p, &rows, 3).unwrap() } else { forward(&p.model, &rows, 3).unwrap() };
         let logp = f.logp.clone();
         let grads = backward(&p, f, &coeff, 4).unwrap();
         // reference: each row alone, full logits, autograd
@@ -238,8 +239,8 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
             let want = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
             let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err / scale < 1e-4, "tied={tied} {n}: max err {err} (scale {scale})");
-            assert!(got.iter().any(|x| *x != 0.0), "tied={tied}: {n} got no gradient");
+            assert!(err / scale < 1e-4, "tied={tied} hand={hand} {n}: max err {err} (scale {scale})");
+            assert!(got.iter().any(|x| *x != 0.0), "tied={tied} hand={hand}: {n} got no gradient");
         }
     }
 }

@@ -146,10 +146,7 @@ impl<'t> Trainer<'t> {
             )));
         }
         let params = Params::new(model_cfg, weights)?;
-        let fast = match (cfg.checkpoint_layers, GradModel::unsupported(model_cfg)) {
-            (false, None) => Some(GradModel::new(model_cfg, &params.names, &params.model, cfg.seq_len)?),
-            _ => None,
-        };
+        let fast = if cfg.checkpoint_layers { None } else { params.grad_model(cfg.seq_len)? };
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,
