@@ -8,7 +8,8 @@
 #
 # Stages (each skipped when done): OUT/teacher-tc (teacher + STEPS of CE on OUT/train.txt, the same
 # token budget as the student runs), OUT/cache-tc (its top-64 cache), OUT/kd-tc (KD, same settings
-# as OUT/kd). Appends rows to OUT/results.md and draws OUT/val_bpb_tc.png.
+# as OUT/kd), OUT/kd-tc-ce (the same plus a CE term of weight 1, Hinton et al.'s mix). Appends rows
+# to OUT/results.md and draws OUT/val_bpb_tc.png.
 set -euo pipefail
 OUT=${1:?usage: kd_teacher_correction.sh OUT [STEPS]}
 STEPS=${2:-150}
@@ -34,13 +35,14 @@ if [ ! -f "$OUT/cache-tc/.done" ]; then
   touch "$OUT/cache-tc/.done"
 fi
 run kd-tc "$ORLIK" distill --student "$OUT/pruned" --teacher-cache "$OUT/cache-tc" --lr 3e-4 --batch 8
+run kd-tc-ce "$ORLIK" distill --student "$OUT/pruned" --teacher-cache "$OUT/cache-tc" --lr 3e-4 --batch 8 --ce-weight 1
 TEXTS=("$CACHE/corpus-pl/valid-small.txt")
 PUD="$(dirname "$0")/../../shared/data/pl/ud-pl-pud.txt"
 [ -f "$PUD" ] && TEXTS+=("$PUD")
-for m in teacher-tc/final kd-tc/final; do
+for m in teacher-tc/final kd-tc/final kd-tc-ce/final; do
   grep -q "^| $m |" "$OUT/results.md" 2>/dev/null && continue
   bash "$(dirname "$0")/bpb_row.sh" "$ORLIK" "$OUT" "$m" "${TEXTS[@]}" >> "$OUT/results.md"
 done
-"$ORLIK" curves "$OUT/kd-tc" "$OUT/kd" "$OUT/ce" "$OUT/scratch" --key val_bits_per_byte -o "$OUT/val_bpb_tc.png"
+"$ORLIK" curves "$OUT/kd-tc-ce" "$OUT/kd-tc" "$OUT/ce" --key val_bits_per_byte -o "$OUT/val_bpb_tc.png"
 cat "$OUT/results.md"
 echo; echo "stage, wall seconds, peak RSS KB:"; cat "$OUT/times.tsv"

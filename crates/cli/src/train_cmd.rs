@@ -71,8 +71,10 @@ pub struct TrainArgs {
     /// Validation tokens per evaluation, 0 = all [default: 32768].
     #[arg(long)]
     pub val_tokens: Option<usize>,
-    /// Activation checkpointing: keep each layer's input only and recompute the layer in the
-    /// backward (about one extra forward; much less memory).
+    /// Activation checkpointing: keep each layer's input only and recompute the layer under
+    /// candle's autograd in the backward (one layer's activations at a time). Slower than the
+    /// default hand-written backward of Llama/Mistral/Qwen2 blocks, which keeps every layer's
+    /// activations; use it when those do not fit in memory.
     #[arg(long)]
     pub checkpoint_layers: bool,
     /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).

@@ -23,6 +23,10 @@ pub const SIDE_FILES: &[&str] = &[
     "NOTICE.md",
 ];
 
+/// Content hashes computed in this process: each file's (path, length, mtime), and the hash.
+type Stamp = Vec<(PathBuf, u64, std::time::SystemTime)>;
+static HASHED: std::sync::Mutex<Vec<(Stamp, String)>> = std::sync::Mutex::new(Vec::new());
+
 pub struct HfModel {
     pub dir: PathBuf,
     pub config: Config,
@@ -63,10 +67,27 @@ impl HfModel {
     /// Stored dtypes of the tensors (sorted, deduplicated).
     /// sha256 over config.json and the safetensors files: what derived artefacts (scores,
     /// teacher caches) are tied to.
+    /// Memoised per process by (path, length, mtime) of every file, so a command that records
+    /// the same model at several stages reads it once.
     pub fn content_sha256(&self) -> Result<String, IoError> {
         let mut files = vec![self.dir.join("config.json")];
         files.extend(self.checkpoint.files().iter().map(|p| p.to_path_buf()));
-        sha256_files(&files)
+        let stamp = files
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).map_err(io_err(p))?;
+                Ok((p.clone(), m.len(), m.modified().map_err(io_err(p))?))
+            })
+            .collect::<Result<Vec<_>, IoError>>()?;
+        let known = HASHED.lock().ok().and_then(|v| v.iter().find(|(s, _)| *s == stamp).map(|(_, h)| h.clone()));
+        if let Some(h) = known {
+            return Ok(h);
+        }
+        let h = sha256_files(&files)?;
+        if let Ok(mut v) = HASHED.lock() {
+            v.push((stamp, h.clone()));
+        }
+        Ok(h)
     }
 
     pub fn stored_dtypes(&self) -> Vec<DType> {

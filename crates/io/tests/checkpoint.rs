@@ -164,3 +164,20 @@ fn failed_save_leaves_no_directory() {
     assert!(!out.exists());
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// The content hash is memoised per process, but a rewritten file (new length or mtime) is
+/// hashed again.
+#[test]
+fn content_hash_is_reused_until_a_file_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    copy_dir(&fixture("llama"), &dir);
+    let a = HfModel::open(&dir).unwrap().content_sha256().unwrap();
+    assert_eq!(HfModel::open(&dir).unwrap().content_sha256().unwrap(), a);
+    let cfg = dir.join("config.json");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("{text}\n")).unwrap();
+    let b = HfModel::open(&dir).unwrap().content_sha256().unwrap();
+    assert_ne!(a, b, "config.json changed, so must the hash");
+    assert_eq!(b, orlik_io::hfdir::sha256_files(&[cfg, dir.join("model.safetensors")]).unwrap());
+}

@@ -61,7 +61,8 @@ pub struct TrainConfig {
     pub loss_chunk: usize,
     /// Activation checkpointing: keep only each layer's input during the forward and re-run one
     /// layer at a time under autograd in the backward (one extra forward; activation memory of
-    /// one layer instead of all). Default false.
+    /// one layer instead of all). It replaces the hand-written body backward (`GradModel`) with
+    /// autograd. Default false.
     pub checkpoint_layers: bool,
 }
 

@@ -102,22 +102,24 @@ impl Params {
     /// lm_head gradient, (vocab, hidden)) into flat per-parameter vectors; parameters with no
     /// gradient get zeros.
     pub fn gradients(&self, stores: &[&GradStore], head_extra: Option<&Tensor>) -> Result<Vec<Vec<f32>>, TrainError> {
-        let mut grads = Vec::with_capacity(self.vars.len());
-        for (i, v) in self.vars.iter().enumerate() {
-            let mut g = vec![0f32; v.as_tensor().elem_count()];
-            for st in stores {
-                if let Some(t) = st.get(v.as_tensor()) {
-                    add_into(&mut g, t)?;
-                }
-            }
-            if i == self.head {
-                if let Some(t) = head_extra {
-                    add_into(&mut g, t)?;
-                }
-            }
-            grads.push(g);
+        let mut grads = self.zero_grads();
+        for st in stores {
+            self.add_store(&mut grads, st)?;
+        }
+        if let Some(t) = head_extra {
+            add_into(&mut grads[self.head], t)?;
         }
         Ok(grads)
+    }
+
+    /// Add the parameters' gradients found in `store` into `grads` (`names` order).
+    pub fn add_store(&self, grads: &mut [Vec<f32>], store: &GradStore) -> Result<(), TrainError> {
+        for (g, v) in grads.iter_mut().zip(&self.vars) {
+            if let Some(t) = store.get(v.as_tensor()) {
+                add_into(g, t)?;
+            }
+        }
+        Ok(())
     }
 
     /// Clip to `cfg.clip` and take one AdamW step (`t` is the 1-based update count for bias

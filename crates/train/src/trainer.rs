@@ -335,19 +335,27 @@ impl<'t> Trainer<'t> {
                 return Ok((sums, Some(grads)));
             }
         };
+        // Each GradStore also holds the gradient of every intermediate tensor of its graph, so
+        // the weights' gradients are taken out and the store dropped at once (with
+        // checkpointing, one layer's store at a time is alive, not all of them).
+        let mut grads = self.params.zero_grads();
         let store = (h * gh)?.sum_all()?.backward()?;
-        let mut stores = vec![store];
+        self.params.add_store(&mut grads, &store)?;
         if let Some((ins, top)) = saved {
-            let mut g = stores[0].get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
+            let mut g = store.get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
+            drop(store);
             for (l, xin) in ins.iter().enumerate().rev() {
                 let xin = Var::from_tensor(xin)?;
                 let st = (self.params.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
                 g = st.get(xin.as_tensor()).cloned().ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
-                stores.push(st);
+                self.params.add_store(&mut grads, &st)?;
             }
-            stores.push((self.params.model.embed(&inputs)? * &g)?.sum_all()?.backward()?);
+            let st = (self.params.model.embed(&inputs)? * &g)?.sum_all()?.backward()?;
+            self.params.add_store(&mut grads, &st)?;
         }
-        let grads = self.params.gradients(&stores.iter().collect::<Vec<_>>(), hg.w.as_ref())?;
+        if let Some(hw) = &hg.w {
+            crate::params::add_into(&mut grads[self.params.head], hw)?;
+        }
         Ok((sums, Some(grads)))
     }
 
