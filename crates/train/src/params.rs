@@ -7,6 +7,7 @@ use crate::config::TrainConfig;
 use crate::optim::{adamw_step, clip, global_norm, AdamWConfig, Slot};
 use crate::TrainError;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
+use orlik_model::llama_grad::Saved;
 use orlik_model::{Config, GradModel, Model, ModelOptions, Weights};
 use std::path::{Path, PathBuf};
 
@@ -93,23 +94,17 @@ impl Params {
         Ok(Some(GradModel::new(self.model.config(), &self.names, &self.model, max_t)?))
     }
 
+    /// The body's gradients (`names` order) from dL/dh `gh` (b, t, hidden) through the
+    /// hand-written backward, given the activations its forward saved.
+    pub fn hand_backward(&self, fast: &GradModel, saved: Saved, gh: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut grads = self.zero_grads();
+        fast.backward(&self.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
+        Ok(grads)
+    }
+
     /// Zero gradient buffers, one per parameter.
     pub fn zero_grads(&self) -> Vec<Vec<f32>> {
         self.slots.iter().map(|s| vec![0f32; s.w.len()]).collect()
-    }
-
-    /// Add the gradients autograd put in `stores` (summed) and `head_extra` (the hand-made
-    /// lm_head gradient, (vocab, hidden)) into flat per-parameter vectors; parameters with no
-    /// gradient get zeros.
-    pub fn gradients(&self, stores: &[&GradStore], head_extra: Option<&Tensor>) -> Result<Vec<Vec<f32>>, TrainError> {
-        let mut grads = self.zero_grads();
-        for st in stores {
-            self.add_store(&mut grads, st)?;
-        }
-        if let Some(t) = head_extra {
-            add_into(&mut grads[self.head], t)?;
-        }
-        Ok(grads)
     }
 
     /// Add the parameters' gradients found in `store` into `grads` (`names` order).

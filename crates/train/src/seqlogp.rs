@@ -185,20 +185,18 @@ pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Res
         hg.add(Tensor::from_vec(g, (c, vocab), &Device::Cpu)?, &w, &hc)?;
     }
     let gh = hg.hidden(b, t, hid)?; // (b, t, hidden)
-    match f.body {
+    let mut grads = match f.body {
         Body::Graph(h) => {
-            let store = (h * gh)?.sum_all()?.backward()?;
-            p.gradients(&[&store], hg.w.as_ref())
-        }
-        Body::Fast(fast, saved) => {
             let mut grads = p.zero_grads();
-            fast.backward(&p.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
-            if let Some(hw) = &hg.w {
-                crate::params::add_into(&mut grads[p.head], hw)?;
-            }
-            Ok(grads)
+            p.add_store(&mut grads, &(h * gh)?.sum_all()?.backward()?)?;
+            grads
         }
+        Body::Fast(fast, saved) => p.hand_backward(&fast, saved, &gh)?,
+    };
+    if let Some(hw) = &hg.w {
+        crate::params::add_into(&mut grads[p.head], hw)?;
     }
+    Ok(grads)
 }
 
 /// Σ over positions of log-probabilities in each row, for the positions marked in `mask`.

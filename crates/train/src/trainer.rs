@@ -322,22 +322,25 @@ impl<'t> Trainer<'t> {
             return Ok((sums, None));
         }
         let gh = hg.hidden(b, t, hid)?;
-        let (h, saved) = match body {
-            Body::Autograd(h, saved) => (h, saved),
+        let mut grads = match body {
             Body::Fast(_, saved) => {
                 let saved = saved.ok_or_else(|| TrainError::Data("no saved activations".into()))?;
                 let fast = self.fast.as_ref().ok_or_else(|| TrainError::Data("no training path".into()))?;
-                let mut grads = self.params.zero_grads();
-                fast.backward(&self.params.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
-                if let Some(hw) = &hg.w {
-                    crate::params::add_into(&mut grads[self.params.head], hw)?;
-                }
-                return Ok((sums, Some(grads)));
+                self.params.hand_backward(fast, saved, &gh)?
             }
+            Body::Autograd(h, saved) => self.autograd_backward(h, saved, gh, &inputs)?,
         };
-        // Each GradStore also holds the gradient of every intermediate tensor of its graph, so
-        // the weights' gradients are taken out and the store dropped at once (with
-        // checkpointing, one layer's store at a time is alive, not all of them).
+        if let Some(hw) = &hg.w {
+            crate::params::add_into(&mut grads[self.params.head], hw)?;
+        }
+        Ok((sums, Some(grads)))
+    }
+
+    /// The body's gradients under autograd from Σ h ⊙ gh; with checkpointing (`saved`), layer by
+    /// layer from the stored inputs. Each GradStore also holds the gradient of every
+    /// intermediate tensor of its graph, so the weights' gradients are taken out and the store
+    /// dropped at once (one layer's store at a time is alive, not all of them).
+    fn autograd_backward(&self, h: Tensor, saved: Option<(Vec<Tensor>, Var)>, gh: Tensor, inputs: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut grads = self.params.zero_grads();
         let store = (h * gh)?.sum_all()?.backward()?;
         self.params.add_store(&mut grads, &store)?;
@@ -350,13 +353,10 @@ impl<'t> Trainer<'t> {
                 g = st.get(xin.as_tensor()).cloned().ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
                 self.params.add_store(&mut grads, &st)?;
             }
-            let st = (self.params.model.embed(&inputs)? * &g)?.sum_all()?.backward()?;
+            let st = (self.params.model.embed(inputs)? * &g)?.sum_all()?.backward()?;
             self.params.add_store(&mut grads, &st)?;
         }
-        if let Some(hw) = &hg.w {
-            crate::params::add_into(&mut grads[self.params.head], hw)?;
-        }
-        Ok((sums, Some(grads)))
+        Ok(grads)
     }
 
     /// Validation: mean CE, mean KD (when the teacher covers the split) and bits per byte over
