@@ -82,21 +82,30 @@ pub fn gemm(c: &mut [f32], c_rs: usize, m: usize, n: usize, k: usize, a: View, b
 /// Rows of a fixed-size block, for reductions over rows that must not depend on scheduling.
 const ROW_BLOCK: usize = 64;
 
-/// Column sums of x (rows, cols) added into `out` (cols), in a fixed order.
-pub fn add_col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
-    let parts: Vec<Vec<f32>> = x
-        .par_chunks(cols * ROW_BLOCK)
+/// out (d) += Σ_r f(r) over rows 0..rows, where `f(r, acc)` adds row r's d values into acc.
+/// Blocks of ROW_BLOCK rows run in parallel and their partial sums are added in block order,
+/// so the result does not depend on scheduling.
+fn add_row_sums(rows: usize, d: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(ROW_BLOCK))
+        .into_par_iter()
         .map(|blk| {
-            let mut s = vec![0f32; cols];
-            for row in blk.chunks(cols) {
-                s.iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            let mut acc = vec![0f32; d];
+            for r in blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(rows) {
+                f(r, &mut acc);
             }
-            s
+            acc
         })
         .collect();
     for p in parts {
         out.iter_mut().zip(p).for_each(|(a, b)| *a += b);
     }
+}
+
+/// Column sums of x (rows, cols) added into `out` (cols), in a fixed order.
+pub fn add_col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
+    add_row_sums(x.len() / cols, cols, out, |r, acc| {
+        acc.iter_mut().zip(&x[r * cols..(r + 1) * cols]).for_each(|(a, b)| *a += b);
+    });
 }
 
 /// RMSNorm (Zhang & Sennrich 2019): y = x · inv · w with inv = 1/sqrt(mean(x²) + eps).
@@ -134,21 +143,10 @@ pub fn rms_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32
             *o += iv * (g * wv - xv * iv * dot);
         }
     });
-    let parts: Vec<Vec<f32>> = x
-        .par_chunks(d * ROW_BLOCK)
-        .zip(dy.par_chunks(d * ROW_BLOCK))
-        .zip(inv.par_chunks(ROW_BLOCK))
-        .map(|((xb, dyb), ib)| {
-            let mut s = vec![0f32; d];
-            for ((xr, dyr), &iv) in xb.chunks(d).zip(dyb.chunks(d)).zip(ib) {
-                s.iter_mut().zip(xr).zip(dyr).for_each(|((a, &xv), &g)| *a += g * xv * iv);
-            }
-            s
-        })
-        .collect();
-    for p in parts {
-        dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-    }
+    add_row_sums(inv.len(), d, dw, |r, acc| {
+        let (xr, dyr, iv) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d], inv[r]);
+        acc.iter_mut().zip(xr).zip(dyr).for_each(|((a, &xv), &g)| *a += g * xv * iv);
+    });
 }
 
 /// Half-split RoPE in place (HF `rotate_half`) on x (b·t rows, heads · hd): row r is position
@@ -271,6 +269,18 @@ mod tests {
         gemm(&mut c2, n, m, n, k, View::t(&at, m), View::rows(&b, n), false, 1.0, Par::One);
         for (x, y) in c2.iter().zip(&want) {
             assert!((x - y).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn column_sums_over_several_row_blocks() {
+        let (rows, cols) = (3 * ROW_BLOCK + 5, 3);
+        let x: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut out = vec![1f32; cols];
+        add_col_sums(&x, cols, &mut out);
+        for (j, o) in out.iter().enumerate() {
+            let want: f32 = 1.0 + (0..rows).map(|r| x[r * cols + j]).sum::<f32>();
+            assert_eq!(*o, want);
         }
     }
 
