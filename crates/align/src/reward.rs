@@ -92,9 +92,12 @@ pub fn first_letter(s: &str) -> Option<char> {
 }
 
 fn run_command(command: &str, input: &str, timeout: Duration) -> Result<f64, String> {
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
+        // Its own process group, so that a timeout ends everything it started, not only `sh`.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -109,6 +112,10 @@ fn run_command(command: &str, input: &str, timeout: Duration) -> Result<f64, Str
         match child.try_wait().map_err(|e| e.to_string())? {
             Some(_) => break,
             None if start.elapsed() > timeout => {
+                // SAFETY: kill(2) on the child's own process group (its pid, negated).
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!("timed out after {:.1} s", timeout.as_secs_f64()));
@@ -131,6 +138,29 @@ fn run_command(command: &str, input: &str, timeout: Duration) -> Result<f64, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timed_out_command_is_killed_with_everything_it_started() {
+        let d = std::env::temp_dir().join(format!("orlik-reward-{}", std::process::id()));
+        let pidfile = d.with_extension("pid");
+        let cmd = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let e = run_command(&cmd, "{}", Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let _ = std::fs::remove_file(&pidfile);
+        // The grandchild `sleep` must be gone (kill -0 fails) once the group was killed.
+        let mut alive = true;
+        for _ in 0..100 {
+            // SAFETY: signal 0 only checks that the process exists.
+            alive = unsafe { libc::kill(pid, 0) } == 0
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(false, |s| !s.contains(") Z "));
+            if !alive {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!alive, "the reward command's child {pid} survived the timeout");
+    }
 
     fn s(r: &str, completion: &str, answer: &str) -> f64 {
         Reward::parse(r, Duration::from_secs(5)).unwrap().score("p", completion, answer, &Value::Null).unwrap()

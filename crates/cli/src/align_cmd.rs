@@ -250,12 +250,16 @@ fn train(a: &AlignArgs, s: &Setup, task: &mut dyn Task, cfg: &TrainConfig, mut p
     Ok(())
 }
 
+/// Check --output before any work: not an input, not someone else's, not another command's.
+fn check_output(a: &AlignArgs, kind: &str, data: &Path) -> Result<()> {
+    orlik_io::output::check(&a.output, kind, &[&a.model, data], orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+    Ok(())
+}
+
 /// Claim --output for this run (or check that --resume continues the same run) before any
 /// file is written there.
-fn begin(a: &AlignArgs, s: &Setup, cfg: &TrainConfig, mut run: Value) -> Result<()> {
-    if a.force && a.output.exists() {
-        std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
-    }
+fn begin(a: &AlignArgs, s: &Setup, cfg: &TrainConfig, mut run: Value, kind: &str, data: &Path) -> Result<()> {
+    orlik_io::output::claim_dir(&a.output, kind, &[&a.model, data], orlik_io::output::Mode::from_flags(a.force, a.resume))?;
     run["model"] = json!({"path": a.model, "sha256": s.hf.content_sha256()?});
     run["template"] = json!(s.template.origin);
     let run_json = json!({"config": serde_json::to_value(cfg)?, "run": run});
@@ -268,6 +272,7 @@ fn params(s: &Setup) -> Result<Params> {
 }
 
 pub fn sft(a: SftArgs) -> Result<()> {
+    check_output(&a.common, "sft", &a.data)?;
     let s = setup(&a.common)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
@@ -286,7 +291,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
     }
     let cfg = train_config(&a.common, &s, examples.len(), 2e-5)?;
     let run = json!({"kind": "sft", "data": {"path": a.data, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?}, "max_prompt": s.max_prompt, "skipped_rows": bad, "cuts": cuts});
-    begin(&a.common, &s, &cfg, run)?;
+    begin(&a.common, &s, &cfg, run, "sft", &a.data)?;
     report_cuts("sft", examples.len(), bad, cuts);
     let mut task = Sft { examples, pad: s.eos[0], chunk: 256 };
     let p = params(&s)?;
@@ -294,6 +299,7 @@ pub fn sft(a: SftArgs) -> Result<()> {
 }
 
 pub fn dpo(a: DpoArgs) -> Result<()> {
+    check_output(&a.common, "dpo", &a.data)?;
     let s = setup(&a.common)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
@@ -324,7 +330,7 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
     let data_sha = orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?;
     let run = json!({"kind": "dpo", "loss": a.loss, "beta": a.beta, "lambda": a.lambda, "max_prompt": s.max_prompt,
         "data": {"path": a.data, "sha256": data_sha}, "skipped_rows": bad, "cuts": cuts});
-    begin(&a.common, &s, &cfg, run)?;
+    begin(&a.common, &s, &cfg, run, "dpo", &a.data)?;
     report_cuts("dpo", pairs.len(), bad, cuts);
     let p = params(&s)?;
     let reference = reference_logps(&a.common, &s, &p, &pairs, &data_sha)?;
@@ -387,6 +393,7 @@ fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>> {
 }
 
 pub fn grpo(a: GrpoArgs) -> Result<()> {
+    check_output(&a.common, "grpo", &a.prompts)?;
     let s = setup(&a.common)?;
     let enc = encoder(&s);
     let rewards = rewards(&a.reward, a.reward_timeout)?;
@@ -402,7 +409,7 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
     let run = json!({"kind": "grpo", "reward": a.reward, "group": a.group, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature,
         "top_p": a.top_p, "eps": a.eps, "eps_high": a.eps_high, "kl_beta": a.kl_beta, "dr_grpo": a.dr_grpo, "max_prompt": s.max_prompt,
         "data": {"path": a.prompts, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.prompts))?}, "skipped_rows": bad, "cuts": cuts});
-    begin(&a.common, &s, &cfg, run)?;
+    begin(&a.common, &s, &cfg, run, "grpo", &a.prompts)?;
     report_cuts("grpo", prompts.len(), bad, cuts);
     let reference = if a.kl_beta > 0.0 { Some(s.hf.load(ModelOptions::default())?) } else { None };
     let mut task = GrpoTask {

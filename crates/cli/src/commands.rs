@@ -46,10 +46,8 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    if out.exists() && !force {
-        bail!("{} already exists (use --force to replace it)", out.display());
-    }
-    let opts = SaveOptions { dtype, max_shard_bytes: parse_size(max_shard)?, overwrite: force };
+    orlik_io::output::check(out, "convert", &[gguf], orlik_io::output::Mode::from_flags(force, false))?;
+    let opts = SaveOptions { dtype, max_shard_bytes: parse_size(max_shard)?, overwrite: force, kind: "convert" };
     // Licence terms shipped beside the GGUF travel with the converted model (and, as side files,
     // with every model derived from it).
     let mut extra = vec![("orlik.json".to_string(), provenance())];

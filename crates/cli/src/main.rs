@@ -25,7 +25,9 @@ use std::path::PathBuf;
     evaluates teacher, pruned and distilled side by side with a report. The stages are also commands of \
     their own (score, prune, distill, train, teacher-cache, eval, trim-vocab). Models are HF directories \
     (config.json + *.safetensors + tokenizer.json); GGUF files are imported with `orlik convert`. \
-    Alignment (SFT/DPO/GRPO) is not built yet.")]
+    Alignment: `orlik sft`, `orlik dpo`, `orlik grpo`. \
+    orlik never writes over what it reads and never replaces a directory it did not write: every \
+    output carries a .orlik-output.json marker, and --force replaces only that command's own output.")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -559,7 +561,27 @@ fn compress(
 fn main() {
     pin_threads();
     tune_allocator();
-    let cli = Cli::parse();
+    orlik_io::guard::install_sigbus_handler();
+    // A bad flag is a user error like any other: exit 1 (clap's own default is 2); --help and
+    // --version print and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print(); // --help, --version
+                std::process::exit(0);
+            }
+            // One line, like every other error: the message, its possible values and tip.
+            let text = e.render().to_string();
+            let kept: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .collect();
+            eprintln!("{} (see --help)", kept.join(" "));
+            std::process::exit(1);
+        }
+    };
     let r = match cli.cmd {
         Cmd::Inspect { path, json } => inspect::run(&path, json),
         Cmd::Convert { gguf, output, dtype, max_shard_size, force } => {
@@ -634,7 +656,25 @@ fn main() {
         }
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        orlik_io::output::abandon_unused();
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each piece of context said once: a context that the
+/// next cause already contains (a path that the inner error names again) is dropped, and so is
+/// a cause that its context already contains.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain().map(|c| c.to_string()) {
+        if parts.last().is_some_and(|p| p.contains(cause.as_str())) {
+            continue;
+        }
+        while parts.last().is_some_and(|p| cause.contains(p.as_str())) {
+            parts.pop();
+        }
+        parts.push(cause);
+    }
+    parts.join(": ").replace('\n', " ")
 }

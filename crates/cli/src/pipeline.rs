@@ -47,21 +47,19 @@ fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
 
 /// How OUT relates to this recipe before anything runs.
 fn prepare(r: &Recipe, resume: bool, force: bool) -> Result<()> {
+    use orlik_io::output::{check, write_marker, Found, Mode};
     let out = &r.output;
-    let non_empty = out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false);
-    if out.exists() && !out.is_dir() {
-        bail!("{}: exists and is not a directory", out.display());
-    }
-    let inside = std::iter::once(&r.teacher).chain(&r.data).chain(&r.val).chain(&r.eval.texts).find(|p| p.starts_with(out));
-    if let Some(p) = inside {
-        bail!("{} is inside the output directory {}: choose another -o (a run may delete or replace its output)", p.display(), out.display());
-    }
-    if force && out.exists() {
+    let inputs: Vec<&Path> =
+        std::iter::once(&r.teacher).chain(&r.data).chain(&r.val).chain(&r.eval.texts).chain(&r.eval.mc_tasks).map(PathBuf::as_path).collect();
+    // A pipeline run of the same recipe continues where it stopped, so an own output is not an
+    // error without --force; anything that is not a pipeline run is refused.
+    let found = check(out, "compress", &inputs, if force { Mode::Replace } else { Mode::Resume })?;
+    if force && found == Found::Own {
         std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-    } else if non_empty {
+    } else if found == Found::Own {
         let saved = out.join("recipe.toml");
         if !saved.is_file() {
-            bail!("{}: holds something that is not an orlik pipeline run (no recipe.toml); choose another -o or pass --force to replace it", out.display());
+            bail!("{}: a pipeline run that stopped before writing recipe.toml; pass --force to start over", out.display());
         }
         let text = std::fs::read_to_string(&saved)?;
         let old = Recipe::parse(&text, &saved.display().to_string(), &[])?;
@@ -75,6 +73,9 @@ fn prepare(r: &Recipe, resume: bool, force: bool) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out).with_context(|| out.display().to_string())?;
+    if found != Found::Own || force {
+        write_marker(out, "compress")?;
+    }
     Ok(())
 }
 

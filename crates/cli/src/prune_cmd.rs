@@ -10,7 +10,7 @@ use orlik_prune::select::{build, DepthMethod, Importance, Target};
 use orlik_prune::Plan;
 use orlik_score::{calibration_batches, Agg, ScoreMeta, ScoreOptions, Scores};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub struct ScoreArgs {
     pub model: PathBuf,
@@ -29,9 +29,9 @@ pub struct ScoreArgs {
 }
 
 pub fn score(a: ScoreArgs) -> Result<()> {
-    if a.output.exists() && !a.force {
-        bail!("{} already exists (use --force to replace it)", a.output.display());
-    }
+    a.validate()?;
+    let inputs: Vec<&Path> = std::iter::once(a.model.as_path()).chain(a.data.iter().map(PathBuf::as_path)).collect();
+    orlik_io::output::check(&a.output, "score", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
     let hf = HfModel::open(&a.model)?;
     let tok = hf.tokenizer()?;
     let eos = hf.config.eos_ids().first().copied();
@@ -88,7 +88,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         let _ = writeln!(report, "\nPeak resident memory: {:.1} MB ({}; checkpoint {:.1} MB).", kb as f64 / 1024.0,
             if a.in_memory { "whole model in memory" } else { "layer by layer" }, hf.checkpoint.bytes_on_disk() as f64 / 1e6);
     }
-    write_dir_atomically::<anyhow::Error>(&a.output, a.force, |tmp| {
+    write_dir_atomically::<anyhow::Error>(&a.output, "score", a.force, |tmp| {
         scores.save(tmp, &meta)?;
         orlik_score::charts::draw(&scores, tmp)?;
         std::fs::write(tmp.join("report.md"), &report)?;
@@ -98,6 +98,56 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     print!("{report}");
     eprintln!("scores written to {}", a.output.display());
     Ok(())
+}
+
+impl ScoreArgs {
+    /// Every option checked before any work, each error naming its flag.
+    pub fn validate(&self) -> Result<()> {
+        if self.seq_len < 2 {
+            bail!("--seq-len {}: must be at least 2 tokens", self.seq_len);
+        }
+        for (flag, v) in [("--samples", self.samples), ("--batch", self.batch), ("--max-block", self.max_block)] {
+            if v == 0 {
+                bail!("{flag} 0: must be at least 1");
+            }
+        }
+        if self.data.is_empty() {
+            bail!("--data: give at least one calibration text file");
+        }
+        Ok(())
+    }
+}
+
+impl PruneArgs {
+    /// Every option checked before any work, each error naming its flag.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.target;
+        for (flag, v) in [("--layers", t.layers), ("--hidden", t.hidden), ("--heads", t.heads), ("--kv-heads", t.kv_heads), ("--ffn", t.ffn)] {
+            if v == Some(0) {
+                bail!("{flag} 0: must be at least 1");
+            }
+        }
+        if self.max_shard_bytes == 0 {
+            bail!("--max-shard-size: must be positive");
+        }
+        if let Some(s) = &self.search {
+            if let Some(e) = orlik_prune::search::budget_error(s.params) {
+                bail!("--params {e}");
+            }
+            if s.seq_len < 2 {
+                bail!("--seq-len {}: must be at least 2 tokens", s.seq_len);
+            }
+            for (flag, v) in [("--multiple", s.multiple), ("--candidates", s.candidates), ("--proxy-samples", s.proxy_samples)] {
+                if v == 0 {
+                    bail!("{flag} 0: must be at least 1");
+                }
+            }
+            if !(s.tolerance > 0.0 && s.tolerance < 1.0) {
+                bail!("--tolerance {}: must be in (0, 1)", s.tolerance);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
@@ -165,9 +215,11 @@ pub struct PruneArgs {
 }
 
 pub fn prune(a: PruneArgs) -> Result<()> {
-    if a.output.exists() && !a.force {
-        bail!("{} already exists (use --force to replace it)", a.output.display());
-    }
+    a.validate()?;
+    let mut inputs: Vec<&Path> = vec![a.model.as_path()];
+    inputs.extend(a.scores.iter().chain(&a.plan).map(PathBuf::as_path));
+    inputs.extend(a.search.iter().flat_map(|s| s.data.iter().map(PathBuf::as_path)));
+    orlik_io::output::check(&a.output, "prune", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
     let hf = HfModel::open(&a.model)?;
     let cfg = &hf.config;
     // Whole weights in memory only where a choice needs them (magnitude importance, the budget
@@ -215,7 +267,7 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     files.push(("prune_plan.json".into(), plan.to_json().into_bytes()));
     files.push(("orlik.json".into(), provenance()));
     files.extend(extra);
-    let opts = SaveOptions { dtype, max_shard_bytes: a.max_shard_bytes, overwrite: a.force };
+    let opts = SaveOptions { dtype, max_shard_bytes: a.max_shard_bytes, overwrite: a.force, kind: "prune" };
     let shapes: Vec<(String, Vec<usize>)> = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
     let pb = ProgressBar::new(specs.len() as u64);
     let mut produce = |name: &str| -> Result<candle_core::Tensor, orlik_io::IoError> {

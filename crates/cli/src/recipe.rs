@@ -203,7 +203,15 @@ impl Recipe {
     /// Parse a recipe (TOML text) with `--set` edits applied; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str, sets: &[String]) -> Result<Recipe> {
         let report = |e: toml::de::Error, src: &str, what: &str| {
-            let at = e.span().map(|r| format!(" (line {})", line_of(src, r.start))).unwrap_or_default();
+            // The line number, and the key written on that line (serde's message names only the type).
+            let at = e
+                .span()
+                .map(|r| {
+                    let n = line_of(src, r.start);
+                    let key = src.lines().nth(n - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
+                    format!(" (line {n}{})", key.map(|k| format!(", key {k}")).unwrap_or_default())
+                })
+                .unwrap_or_default();
             anyhow::anyhow!("{what}{at}: {}", e.message().trim().replace('\n', " "))
         };
         let mut table: toml::Table = text.parse().map_err(|e| report(e, text, origin))?;
@@ -279,7 +287,23 @@ impl Recipe {
         if !["bi", "block", "loo"].contains(&self.prune.depth_method.as_str()) {
             bail!("prune.depth_method {:?}: expected bi, block or loo", self.prune.depth_method);
         }
+        let s = &self.score;
+        if s.seq_len < 2 || s.samples == 0 || s.batch == 0 || s.max_block == 0 {
+            bail!("score: seq_len must be at least 2, samples, batch and max_block at least 1");
+        }
         let p = &self.prune;
+        if let Some(e) = p.params.and_then(orlik_prune::search::budget_error) {
+            bail!("prune.params {e}");
+        }
+        if p.seq_len < 2 || p.multiple == 0 || p.candidates == 0 || p.proxy_samples == 0 {
+            bail!("prune: seq_len must be at least 2, multiple, candidates and proxy_samples at least 1");
+        }
+        if !(p.tolerance > 0.0 && p.tolerance < 1.0) {
+            bail!("prune.tolerance {}: must be in (0, 1)", p.tolerance);
+        }
+        if [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].contains(&Some(0)) {
+            bail!("prune: layers, hidden, heads, kv_heads and ffn must be at least 1");
+        }
         let dims = [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].iter().any(Option::is_some);
         match (p.params, dims) {
             (None, false) => bail!("prune: give a budget (prune.params, e.g. 0.67 or 90000000) or dimensions (prune.layers, hidden, heads, kv_heads, ffn)"),

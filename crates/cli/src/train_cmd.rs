@@ -209,10 +209,23 @@ pub fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn prepare_output(a: &TrainArgs) -> Result<()> {
-    if a.force && a.output.exists() {
-        std::fs::remove_dir_all(&a.output).with_context(|| format!("removing {}", a.output.display()))?;
-    }
+/// Every file and directory a training command reads: its output must be none of them.
+fn inputs<'a>(a: &'a TrainArgs, models: &[Option<&'a Path>]) -> Vec<&'a Path> {
+    let mut v: Vec<&Path> = models.iter().flatten().copied().collect();
+    v.extend(a.data.iter().chain(&a.val).chain(&a.config).map(PathBuf::as_path));
+    v
+}
+
+/// Check --output before any work (inputs, someone else's files, another command's output).
+fn check_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
+    orlik_io::output::check(&a.output, kind, inputs, orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+    Ok(())
+}
+
+/// Claim --output: a replaced own run is removed (its marker said it is ours), the directory
+/// created and marked.
+fn prepare_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
+    orlik_io::output::claim_dir(&a.output, kind, inputs, orlik_io::output::Mode::from_flags(a.force, a.resume))?;
     Ok(())
 }
 
@@ -270,7 +283,7 @@ pub fn write_final(model_dir: &Path, cfg: &Config, weights: &[(String, candle_co
     let mut files = side_files(model_dir)?;
     files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
     files.push(("orlik.json".into(), provenance()));
-    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true };
+    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true, kind: "final" };
     save_pretrained(target, cfg, weights, &files, &opts)?;
     Ok(())
 }
@@ -295,6 +308,8 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 /// Distil with resolved settings (`a.train`'s setting flags and `a.kd` are not read).
 pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     cfg.validate()?;
+    let ins = inputs(&a.train, &[Some(&a.student), a.teacher.as_deref(), a.teacher_cache.as_deref()]);
+    check_output(&a.train, "distill", &ins)?;
     let student = HfModel::open(&a.student)?;
     let s_tok = student.tokenizer()?;
     let mut map = None;
@@ -318,7 +333,7 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     if cfg.seq_len > limit {
         bail!("--seq-len {} is above the student's max_position_embeddings {limit}", cfg.seq_len);
     }
-    prepare_output(&a.train)?;
+    prepare_output(&a.train, "distill", &ins)?;
     let eos_id = eos(&student.config, &a.student)?;
     let (train, val) = pack_all(&s_tok, &a.train, cfg.seq_len, eos_id)?;
     let teacher_sha = match &teacher {
@@ -364,9 +379,11 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
 /// or (`random`) from a random initialisation of its architecture.
 pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
     let cfg = resolve(&a, None)?;
+    let ins = inputs(&a, &[Some(model)]);
+    check_output(&a, "train", &ins)?;
     let hf = HfModel::open(model)?;
     let tok = hf.tokenizer()?;
-    prepare_output(&a)?;
+    prepare_output(&a, "train", &ins)?;
     let eos_id = eos(&hf.config, model)?;
     let (train, val) = pack_all(&tok, &a, cfg.seq_len, eos_id)?;
     let weights = match init {
@@ -402,6 +419,21 @@ pub struct CacheArgs {
 }
 
 pub fn teacher_cache(a: CacheArgs) -> Result<()> {
+    if a.seq_len < 2 {
+        bail!("--seq-len {}: must be at least 2 (a window predicts its next tokens)", a.seq_len);
+    }
+    if !(a.temperature.is_finite() && a.temperature > 0.0) {
+        bail!("--temperature {}: must be a positive number", a.temperature);
+    }
+    for (flag, v) in [("--batch", a.batch), ("--shard-windows", a.shard_windows), ("--topk", a.topk)] {
+        if v == 0 {
+            bail!("{flag} 0: must be at least 1");
+        }
+    }
+    let ins: Vec<&Path> = std::iter::once(a.teacher.as_path()).chain(a.data.iter().chain(&a.val).map(PathBuf::as_path)).collect();
+    // A cache of the same kind is continued (or, with other settings, replaced under --force) by
+    // `cache::build`; anything else there is refused.
+    orlik_io::output::check(&a.output, "teacher-cache", &ins, orlik_io::output::Mode::Resume)?;
     let hf = HfModel::open(&a.teacher)?;
     let tok = hf.tokenizer()?;
     if a.seq_len > hf.config.max_position_embeddings {
@@ -429,11 +461,18 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
+    std::fs::create_dir_all(&a.output).with_context(|| a.output.display().to_string())?;
+    if orlik_io::output::read_marker(&a.output).is_none() {
+        orlik_io::output::write_marker(&a.output, "teacher-cache")?;
+    }
     let m = orlik_distill::cache::build(&spec, &train, val.as_ref(), &a.output, a.force, &mut |d, n| {
         pb.set_length(n as u64);
         pb.set_position(d as u64);
     })?;
     pb.finish_and_clear();
+    if orlik_io::output::read_marker(&a.output).is_none() {
+        orlik_io::output::write_marker(&a.output, "teacher-cache")?; // build() replaced the directory
+    }
     let bytes: u64 = orlik_distill::cache::shard_paths(&a.output, &m).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
     std::fs::write(a.output.join("orlik.json"), provenance()).context("writing orlik.json")?;
     println!(

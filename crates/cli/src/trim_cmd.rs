@@ -24,9 +24,9 @@ fn tokens_of(tok: &tokenizers::Tokenizer, text: &str, what: &str) -> Result<toke
 }
 
 pub fn trim_vocab(a: TrimArgs) -> Result<()> {
-    if a.output.exists() && !a.force {
-        bail!("{} already exists (use --force to replace it)", a.output.display());
-    }
+    let mut inputs: Vec<&std::path::Path> = vec![a.model.as_path()];
+    inputs.extend(a.data.iter().chain(&a.keep).map(PathBuf::as_path));
+    orlik_io::output::check(&a.output, "trim-vocab", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
     let hf = HfModel::open(&a.model)?;
     let tj_path = a.model.join("tokenizer.json");
     let tj: Value = serde_json::from_slice(&std::fs::read(&tj_path).with_context(|| tj_path.display().to_string())?)
@@ -124,7 +124,7 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
         "kept_ids": p.keep,
     });
     files.push(("trim.json".into(), serde_json::to_vec_pretty(&report)?));
-    let opts = SaveOptions { dtype: stored, max_shard_bytes: 2_000_000_000, overwrite: a.force };
+    let opts = SaveOptions { dtype: stored, max_shard_bytes: 2_000_000_000, overwrite: a.force, kind: "trim-vocab" };
     save_pretrained(&a.output, &cfg, &tensors, &files, &opts)?;
     println!(
         "vocabulary {} -> {} tokens ({} used by the corpus >= {} times, {} special, {} byte, {} requested, {} for merges)",

@@ -70,7 +70,7 @@ fn bad_input_is_a_one_line_error() {
     fails(&["eval", "ppl", &dir, "--text", "/nonexistent.txt"], &["/nonexistent.txt"]);
     // converting onto an existing directory is refused, and it is left alone
     let gguf = fixtures().join("gguf/tiny-llama.gguf");
-    fails(&["convert", gguf.to_str().unwrap(), "-o", &dir], &["already exists", "--force"]);
+    fails(&["convert", gguf.to_str().unwrap(), "-o", &dir], &["already holds a `convert` output", "--force"]);
     assert!(Path::new(&dir).join("config.json").exists());
     // corrupt GGUF, unknown architecture, truncated safetensors, missing dir
     let bad = t("bad.gguf", b"GGUF\x03\x00\x00\x00\xff\xff");

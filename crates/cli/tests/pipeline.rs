@@ -182,10 +182,10 @@ fn bad_input_is_refused_before_any_work() {
     // an output directory that is not a pipeline run
     std::fs::create_dir_all(s.p("mine")).unwrap();
     std::fs::write(s.p("mine/notes.txt"), "keep me").unwrap();
-    call(base(&s.p("mine"), "0.6"), &["not an orlik pipeline run", "--force"]);
+    call(base(&s.p("mine"), "0.6"), &["did not write", "--force"]);
     assert_eq!(std::fs::read_to_string(s.p("mine/notes.txt")).unwrap(), "keep me");
     // an output directory holding the inputs
-    call(base(&s.root.to_string_lossy(), "0.6"), &["inside the output directory"]);
+    call(base(&s.root.to_string_lossy(), "0.6"), &["contains the input"]);
     // recipes: unknown key, wrong type, missing budget, missing file
     std::fs::write(s.p("r1.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = 0.5\n[distill]\nlrate = 1\n")).unwrap();
     fails(&["run", &s.p("r1.toml")], &["r1.toml (line 6)", "unknown field `lrate`"]);

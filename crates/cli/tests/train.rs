@@ -104,7 +104,7 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     // Resuming with other settings names the keys; an existing run is not overwritten.
     let changed = with(with(distill_args(&s, &c, &["--resume"]), "--lr", "2e-2"), "--batch", "3");
     fails(&changed, &["batch (2 -> 3)", "lr (0.01 -> 0.02)"]);
-    fails(&distill_args(&s, &c, &[]), &["already holds a run", "--resume"]);
+    fails(&distill_args(&s, &c, &[]), &["already holds a `distill` output", "--resume"]);
 }
 
 #[test]

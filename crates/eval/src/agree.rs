@@ -69,6 +69,9 @@ pub fn agreement(
         progress(e, n);
         s = e;
     }
+    if !kl.is_finite() {
+        return Err(EvalError::NonFinite(format!("KL(teacher || student) ({kl})")));
+    }
     Ok(Agreement { tokens: count, kl: kl / count.max(1) as f64, top1: agree as f64 / count.max(1) as f64 })
 }
 

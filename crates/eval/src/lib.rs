@@ -11,6 +11,9 @@ pub mod speed;
 pub enum EvalError {
     #[error("{0}")]
     Input(String),
+    /// A computed result that is NaN or infinite: never printed as a number.
+    #[error("{0} is not finite: the model computes NaN or infinite values (corrupt or overflowing weights?)")]
+    NonFinite(String),
     #[error(transparent)]
     Model(#[from] orlik_model::ModelError),
     #[error(transparent)]

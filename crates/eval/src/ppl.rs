@@ -150,6 +150,9 @@ pub fn score_ids(
         progress(ws[j - 1].end, ids.len());
         i = j;
     }
+    if !total.is_finite() {
+        return Err(EvalError::NonFinite(format!("the negative log-likelihood ({total})")));
+    }
     Ok(PplResult::from_totals(count, total, bytes, t0.elapsed().as_secs_f64()))
 }
 

@@ -97,6 +97,14 @@ fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
     let mut extra = serde_json::Map::new();
     extra.insert("torch_dtype".into(), json!("float32"));
     let layers = need("block_count")? as usize;
+    // Every layer has tensors of its own: more declared layers than tensors is a corrupt count,
+    // refused before anything is sized by it.
+    if layers == 0 || layers > g.tensors.len() {
+        return Err(IoError::Format {
+            path: g.path.clone(),
+            msg: format!("GGUF metadata {arch_name}.block_count = {layers} but the file holds {} tensors", g.tensors.len()),
+        });
+    }
     let gemma = arch == Arch::Gemma3;
     let (mut sliding_window, mut layer_types, mut rope_parameters) = (None, None, None);
     if gemma {
@@ -185,6 +193,9 @@ pub fn convert_gguf(
             msg: "no Hugging Face equivalent known".into(),
         })?;
         let mut w = g.dequantize(t)?;
+        let values = w.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(|source| IoError::Candle { context: t.name.clone(), source })?;
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        crate::guard::check_finite(src, &t.name, &bytes, candle_core::DType::F32)?;
         // llama.cpp stores Gemma's zero-centred RMSNorm weights shifted by +1 (convert_hf_to_gguf,
         // Gemma3Model `norm_shift`); HF keeps w and applies 1 + w.
         if arch == Arch::Gemma3 && name.ends_with("norm.weight") {

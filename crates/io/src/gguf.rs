@@ -87,6 +87,7 @@ pub struct Gguf {
     data_start: usize,
     align: usize,
     mmap: Mmap,
+    _guard: crate::guard::MapGuard,
 }
 
 struct Cursor<'a> {
@@ -211,11 +212,18 @@ impl Gguf {
             let key = c.string().map_err(fmt)?;
             let ty = c.u32().map_err(fmt)?;
             let v = c.value(ty, 0).map_err(|e| fmt(format!("key {key}: {e}")))?;
+            if metadata.contains_key(&key) {
+                return Err(fmt(format!("metadata key {key} appears twice")));
+            }
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut names = std::collections::HashSet::new();
         for _ in 0..n_tensors {
             let name = c.string().map_err(fmt)?;
+            if !names.insert(name.clone()) {
+                return Err(fmt(format!("tensor {name} appears twice in the tensor table")));
+            }
             let nd = c.u32().map_err(fmt)?;
             if nd == 0 || nd > 4 {
                 return Err(fmt(format!("tensor {name}: {nd} dimensions (1..=4 allowed)")));
@@ -230,7 +238,8 @@ impl Gguf {
             return Err(fmt(format!("general.alignment {align} is not a power of two")));
         }
         let data_start = c.pos.div_ceil(align) * align;
-        let g = Gguf { path: path.into(), version, metadata, tensors, data_start, align, mmap };
+        let _guard = crate::guard::register(path, &mmap);
+        let g = Gguf { path: path.into(), version, metadata, tensors, data_start, align, mmap, _guard };
         for t in &g.tensors {
             // Check ranges for the types we know; unknown types are reported when loaded.
             if let Some(dt) = ggml_dtype(t.ty) {

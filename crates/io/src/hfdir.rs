@@ -61,6 +61,7 @@ impl HfModel {
         }
         validate_shapes(&config, checkpoint.infos().map(|t| (t.name.as_str(), t.shape.as_slice())))
             .map_err(|source| IoError::Model { path: dir.into(), source })?;
+        checkpoint.check_finite()?;
         Ok(HfModel { dir: dir.into(), config, checkpoint })
     }
 
@@ -119,8 +120,10 @@ pub struct SaveOptions {
     /// Stored dtype of the weights.
     pub dtype: DType,
     pub max_shard_bytes: u64,
-    /// Replace an existing directory.
+    /// Replace an existing directory (only one whose marker says it is a `kind` output).
     pub overwrite: bool,
+    /// The kind of output recorded in its marker (see [`crate::output`]): the writing command.
+    pub kind: &'static str,
 }
 
 pub fn torch_dtype_name(d: DType) -> &'static str {
@@ -167,7 +170,7 @@ pub fn save_pretrained_with(
             gen.insert(k.into(), v.clone());
         }
     }
-    write_dir_atomically(target, opts.overwrite, |tmp| {
+    write_dir_atomically(target, opts.kind, opts.overwrite, |tmp| {
         let w = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)));
         w("config.json", cfg.to_json_pretty().as_bytes())?;
         if !files.iter().any(|(n, _)| n == "generation_config.json") {

@@ -5,7 +5,9 @@
 pub mod atomic;
 pub mod convert;
 pub mod gguf;
+pub mod guard;
 pub mod hfdir;
+pub mod output;
 pub mod png;
 pub mod safetensors;
 pub mod tokenizer;
@@ -26,14 +28,28 @@ pub enum IoError {
     MissingShard { index: PathBuf, shard: PathBuf },
     #[error("{path}: tensor {name}: unsupported GGML type {ty} (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)")]
     UnsupportedQuant { path: PathBuf, name: String, ty: String },
-    #[error("{path}: {source}")]
+    #[error("{}", with_path(path, source))]
     Model { path: PathBuf, source: orlik_model::ModelError },
     #[error("{path}: tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },
     #[error("{0} already exists (use --force to replace it)")]
     Exists(PathBuf),
+    #[error("{path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+    #[error("{path}: {count} non-finite value(s) in tensor {name} (first at element {first}: {value}); the checkpoint is corrupt")]
+    NonFinite { path: PathBuf, name: String, count: usize, first: usize, value: f32 },
     #[error("{context}: {source}")]
     Candle { context: String, source: candle_core::Error },
+}
+
+/// "PATH: ERROR", unless the error already names the path (said once, not twice).
+fn with_path(path: &std::path::Path, e: &dyn std::fmt::Display) -> String {
+    let (p, e) = (path.display().to_string(), e.to_string());
+    if e.contains(&p) {
+        e
+    } else {
+        format!("{p}: {e}")
+    }
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> IoError {

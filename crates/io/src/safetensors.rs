@@ -32,6 +32,8 @@ pub struct TensorInfo {
 pub struct Checkpoint {
     files: Vec<(PathBuf, Mmap)>,
     tensors: BTreeMap<String, TensorInfo>,
+    /// SIGBUS reports for the mappings (see [`crate::guard`]); dropped with them.
+    _guards: Vec<crate::guard::MapGuard>,
 }
 
 /// JSON object entries in file order, keeping duplicates so we can report them.
@@ -142,6 +144,34 @@ fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInf
             end: data_start + off[1] as usize,
         });
     }
+    // As the reference implementation: the tensors tile the data exactly, no byte aliased by two
+    // tensors and none left over after the last one.
+    let mut ranges: Vec<(usize, usize, &str)> = out.iter().map(|t| (t.start, t.end, t.name.as_str())).collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(IoError::Tensor {
+                path: path.to_path_buf(),
+                name: w[1].2.to_string(),
+                msg: format!("data_offsets overlap tensor {} (two tensors aliasing the same bytes)", w[0].2),
+            });
+        }
+    }
+    let mut at = data_start;
+    for (s, e, name) in &ranges {
+        if *s != at {
+            let what = if *s < at { "overlaps the previous tensor" } else { "leaves a gap before it" };
+            return Err(IoError::Tensor {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                msg: format!("data_offsets start at {} but the previous tensor ends at {}: {what}", s - data_start, at - data_start),
+            });
+        }
+        at = *e;
+    }
+    if at != buf.len() {
+        return Err(fmt(format!("{} bytes after the last tensor's data (corrupt or appended file)", buf.len() - at)));
+    }
     Ok(out)
 }
 
@@ -166,7 +196,24 @@ impl Checkpoint {
                     path: index.clone(),
                     msg: "no weight_map object".into(),
                 })?;
-                let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+                let mut shards: Vec<String> = Vec::new();
+                for (name, s) in map {
+                    let s = s.as_str().ok_or_else(|| IoError::Format {
+                        path: index.clone(),
+                        msg: format!("weight_map[{name:?}] is not a file name"),
+                    })?;
+                    // A shard is a plain file name in the model directory: no directories, no
+                    // `..`, no absolute paths (an index must not read files elsewhere).
+                    let plain = Path::new(s).components().count() == 1
+                        && matches!(Path::new(s).components().next(), Some(std::path::Component::Normal(_)));
+                    if !plain {
+                        return Err(IoError::Format {
+                            path: index.clone(),
+                            msg: format!("weight_map[{name:?}] = {s:?} is not a file name inside the model directory"),
+                        });
+                    }
+                    shards.push(s.to_string());
+                }
                 shards.sort();
                 shards.dedup();
                 for s in shards {
@@ -187,9 +234,10 @@ impl Checkpoint {
         } else {
             files.push(path.to_path_buf());
         }
-        let mut ck = Checkpoint { files: Vec::new(), tensors: BTreeMap::new() };
+        let mut ck = Checkpoint { files: Vec::new(), tensors: BTreeMap::new(), _guards: Vec::new() };
         for (i, p) in files.into_iter().enumerate() {
             let m = mmap(&p)?;
+            ck._guards.push(crate::guard::register(&p, &m));
             for t in read_header(&p, i, &m)? {
                 if let Some(prev) = ck.tensors.get(&t.name) {
                     return Err(IoError::Duplicate {
@@ -217,6 +265,17 @@ impl Checkpoint {
     /// Total size of the checkpoint files on disk.
     pub fn bytes_on_disk(&self) -> u64 {
         self.files.iter().map(|(_, m)| m.len() as u64).sum()
+    }
+
+    /// Refuse a checkpoint holding any NaN or infinity, naming the tensor and the count: one pass
+    /// over the mapped bytes (each tensor's pages are released after it is checked).
+    pub fn check_finite(&self) -> Result<(), IoError> {
+        for t in self.tensors.values() {
+            let (path, m) = &self.files[t.file];
+            crate::guard::check_finite(path, &t.name, &m[t.start..t.end], t.dtype)?;
+            self.release(&t.name);
+        }
+        Ok(())
     }
 
     /// One tensor in its stored dtype.

@@ -34,7 +34,7 @@ fn save_then_load_is_bit_exact_single_and_sharded() {
         for (shard, expect_index) in [(u64::MAX, false), (10_000, true)] {
             let out = tmp.path().join(format!("{name}-{shard}"));
             let files = side_files(&fixture(name)).unwrap();
-            let opts = SaveOptions { dtype, max_shard_bytes: shard, overwrite: false };
+            let opts = SaveOptions { dtype, max_shard_bytes: shard, overwrite: false, kind: "test" };
             save_pretrained(&out, &src.config, &tensors, &files, &opts).unwrap();
             assert_eq!(out.join("model.safetensors.index.json").exists(), expect_index, "{name} {shard}");
             let back = HfModel::open(&out).unwrap();
@@ -159,7 +159,7 @@ fn failed_save_leaves_no_directory() {
     tensors.retain(|(n, _)| n != "model.norm.weight"); // invalid for the config
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false };
+    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false, kind: "test" };
     assert!(save_pretrained(&out, &src.config, &tensors, &[], &opts).is_err());
     assert!(!out.exists());
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);

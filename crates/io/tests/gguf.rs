@@ -38,7 +38,7 @@ fn k_quants_dequantize_like_the_reference() {
 fn convert_unpermutes_and_dequantizes_every_model_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("hf");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 30_000, overwrite: false };
+    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 30_000, overwrite: false, kind: "test" };
     let rep = orlik_io::convert::convert_gguf(&dir().join("tiny-llama.gguf"), &out, &opts, vec![], |_, _, _| {})
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!rep.tied);
@@ -113,7 +113,7 @@ fn corrupt_and_unsupported_gguf_are_named_errors() {
 
     // not a GGUF at all for convert; and an HF dir that is not there
     let e = match orlik_io::convert::convert_gguf(&tmp.path().join("nope.gguf"), &tmp.path().join("o"),
-        &SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false }, vec![], |_, _, _| {}) {
+        &SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false, kind: "test" }, vec![], |_, _, _| {}) {
         Ok(_) => panic!("converted a missing file"),
         Err(e) => e.to_string(),
     };
@@ -127,7 +127,7 @@ fn corrupt_and_unsupported_gguf_are_named_errors() {
 fn convert_gemma3_maps_names_unshifts_norms_and_derives_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("hf");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 2_000_000_000, overwrite: false };
+    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 2_000_000_000, overwrite: false, kind: "test" };
     let rep = orlik_io::convert::convert_gguf(&dir().join("tiny-gemma3.gguf"), &out, &opts, vec![], |_, _, _| {})
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(rep.tied);

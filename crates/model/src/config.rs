@@ -125,9 +125,16 @@ pub struct Llama3Scaling {
 
 impl Config {
     pub fn from_json_str(s: &str, origin: &str) -> Result<Config, ModelError> {
-        let mut cfg: Config = serde_json::from_str(s).map_err(|e| ModelError::Config {
-            origin: origin.to_string(),
-            msg: e.to_string(),
+        let mut cfg: Config = serde_json::from_str(s).map_err(|e| {
+            // serde names the type, not the key: take the key written on the error's line.
+            let key = s
+                .lines()
+                .nth(e.line().saturating_sub(1))
+                .and_then(|l| l.trim().strip_prefix('"'))
+                .and_then(|l| l.split_once('"'))
+                .map(|(k, _)| format!("key {k}: "))
+                .filter(|_| e.is_data());
+            ModelError::Config { origin: origin.to_string(), msg: format!("{}{e}", key.unwrap_or_default()) }
         })?;
         // transformers' default differs per model: Gemma ties its embeddings unless told not to.
         if cfg.arch() == Arch::Gemma3 && !s.contains("\"tie_word_embeddings\"") {
@@ -173,6 +180,57 @@ impl Config {
                 return Err(bad(format!("{k} must be > 0")));
             }
         }
+        // Sanity limits far above any real model: a flipped byte in a count must be refused here,
+        // before anything is allocated from it.
+        for (k, v, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 18),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 4096),
+            ("num_attention_heads", self.num_attention_heads, 4096),
+            ("num_key_value_heads", self.num_kv_heads(), 4096),
+            ("head_dim", self.head_dim(), 1 << 14),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 26),
+        ] {
+            if v > max {
+                return Err(bad(format!("{k} = {v} is not plausible (more than {max}): a corrupt file?")));
+            }
+        }
+        if self.max_position_embeddings == 0 {
+            return Err(bad("max_position_embeddings must be > 0".into()));
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(bad(format!("rms_norm_eps = {} must be in (0, 1)", self.rms_norm_eps)));
+        }
+        if self.arch() != Arch::Gemma3 {
+            let t = self.rope_theta();
+            if !(t.is_finite() && t > 0.0) {
+                return Err(bad(format!("rope_theta = {t} must be a positive number")));
+            }
+        }
+        if let Some(w) = self.sliding_window {
+            if w == 0 {
+                return Err(bad("sliding_window must be > 0 (or null for none)".into()));
+            }
+        }
+        if let Some(s) = self.extra.get("query_pre_attn_scalar").filter(|v| !v.is_null()) {
+            if !s.as_f64().is_some_and(|x| x.is_finite() && x > 0.0) {
+                return Err(bad(format!("query_pre_attn_scalar = {s} must be a positive number")));
+            }
+        }
+        for (k, v) in [("bos_token_id", &self.bos_token_id), ("eos_token_id", &self.eos_token_id), ("pad_token_id", &self.pad_token_id)] {
+            let ids: Vec<&Value> = match v {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(a)) => a.iter().collect(),
+                Some(x) => vec![x],
+            };
+            for id in ids {
+                match id.as_u64() {
+                    Some(i) if (i as usize) < self.vocab_size => {}
+                    _ => return Err(bad(format!("{k} = {id} is not a token id below vocab_size {}", self.vocab_size))),
+                }
+            }
+        }
         if self.num_attention_heads % self.num_kv_heads() != 0 {
             return Err(bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -195,7 +253,10 @@ impl Config {
         }
         if self.arch() == Arch::Gemma3 {
             for kind in ["full_attention", "sliding_attention"] {
-                self.rope_for(kind).map_err(bad)?;
+                let (theta, factor) = self.rope_for(kind).map_err(bad)?;
+                if !(theta.is_finite() && theta > 0.0 && factor.is_finite() && factor > 0.0) {
+                    return Err(bad(format!("{kind}: RoPE base {theta} and scaling factor {factor} must be positive numbers")));
+                }
             }
         }
         if let Some(lt) = &self.layer_types {

@@ -189,6 +189,19 @@ pub fn validate_shapes<'a>(
     cfg: &Config,
     found: impl IntoIterator<Item = (&'a str, &'a [usize])>,
 ) -> Result<(), ModelError> {
+    let found: Vec<(&str, &[usize])> = found.into_iter().collect();
+    // Each layer has several tensors: a config declaring more layers than the checkpoint has
+    // tensors is refused before the expected-tensor map (one entry per declared tensor) is built.
+    if cfg.num_hidden_layers > found.len() {
+        return Err(ModelError::Config {
+            origin: "config.json".into(),
+            msg: format!(
+                "num_hidden_layers = {} but the checkpoint holds only {} tensors",
+                cfg.num_hidden_layers,
+                found.len()
+            ),
+        });
+    }
     let expected: HashMap<String, Vec<usize>> = cfg.expected_tensors().into_iter().collect();
     let mut seen = std::collections::HashSet::new();
     for (name, shape) in found {

@@ -27,12 +27,21 @@ impl MaskedSoftmax<'_> {
         let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w)).saturating_sub(ks).min(hi);
         let valid = |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(ks + j).copied().unwrap_or(true));
         let mut max = f32::NEG_INFINITY;
+        let mut nan = false;
         for (j, &v) in x.iter().enumerate().take(hi).skip(lo) {
-            if valid(j) && v > max {
-                max = v;
+            if valid(j) {
+                nan |= v.is_nan();
+                if v > max {
+                    max = v;
+                }
             }
         }
         out.iter_mut().for_each(|o| *o = 0.0);
+        if nan {
+            // A NaN score (corrupt weights) must reach the output, never read as "no visible key".
+            out[lo..hi].iter_mut().for_each(|o| *o = f32::NAN);
+            return;
+        }
         if max == f32::NEG_INFINITY {
             return; // no visible key (a padding query): output zeros
         }

@@ -8,6 +8,18 @@ use crate::{apply, Plan, PruneError};
 use candle_core::{Device, Tensor, D};
 use orlik_model::{ops, Config, Model, ModelOptions, Weights};
 
+/// Why a parameter budget (`--params`, `prune.params`) is unusable, if it is: a fraction of the
+/// model in (0, 1] or a whole parameter count above 1.
+pub fn budget_error(params: f64) -> Option<String> {
+    if !params.is_finite() || params <= 0.0 {
+        Some(format!("{params}: must be a fraction of the model in (0, 1] (e.g. 0.67) or a parameter count (e.g. 90000000)"))
+    } else if params > 1.0 && params.fract() != 0.0 {
+        Some(format!("{params}: above 1 it is a parameter count and must be a whole number (a fraction is at most 1, e.g. 0.67)"))
+    } else {
+        None
+    }
+}
+
 /// Parameters of a config (tied lm_head counted once).
 pub fn param_count(cfg: &Config) -> usize {
     cfg.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()

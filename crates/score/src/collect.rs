@@ -241,7 +241,9 @@ pub fn collect(
             }
         }
     }
-    Ok(acc.finish(opts))
+    let s = acc.finish(opts);
+    s.check_finite()?;
+    Ok(s)
 }
 
 /// Load layer `l` of `hf` alone, as a one-layer model (placeholder 1-token embedding, tied).
@@ -355,5 +357,7 @@ pub fn collect_streaming(
             acc.loo_kl[l] += kq;
         }
     }
-    Ok(acc.finish(opts))
+    let s = acc.finish(opts);
+    s.check_finite()?;
+    Ok(s)
 }

@@ -128,6 +128,24 @@ impl Scores {
         Ok(())
     }
 
+    /// Every score a finite number: a NaN or infinity (from a corrupt model or an overflow) is an
+    /// error naming the score, never written out for `prune` to trip over.
+    pub fn check_finite(&self) -> Result<(), ScoreError> {
+        let ones: [(&str, &[f32]); 5] =
+            [("hidden", &self.hidden), ("bi", &self.bi), ("loo_kl", &self.loo_kl), ("loo_loss", &self.loo_loss), ("full_loss", std::slice::from_ref(&self.full_loss))];
+        let rows = [("mlp", &self.mlp), ("heads", &self.heads), ("angular", &self.angular)];
+        let named = ones.into_iter().map(|(n, v)| (n, 0usize, v)).chain(rows.into_iter().flat_map(|(n, r)| r.iter().enumerate().map(move |(i, v)| (n, i, v.as_slice()))));
+        for (name, row, v) in named {
+            if let Some(j) = v.iter().position(|x| !x.is_finite()) {
+                return Err(ScoreError::Input(format!(
+                    "importance score {name}[{row}][{j}] is {}: the model computes non-finite values on the calibration data (corrupt weights?)",
+                    v[j]
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(dir: &Path) -> Result<(Scores, ScoreMeta), ScoreError> {
         let p = dir.join("scores.json");
         let text = std::fs::read_to_string(&p).map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
@@ -156,6 +174,10 @@ impl Scores {
             },
             meta,
         ))
+        .and_then(|(s, m)| {
+            s.check_finite().map_err(|e| ScoreError::Input(format!("{}: {e}", dir.display())))?;
+            Ok((s, m))
+        })
     }
 }
 

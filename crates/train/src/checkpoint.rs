@@ -81,7 +81,7 @@ pub fn save(
     }
     std::fs::create_dir_all(root).map_err(file_err(root))?;
     let target = step_dir(root, state.step);
-    orlik_io::atomic::write_dir_atomically::<TrainError>(&target, true, |tmp| {
+    orlik_io::atomic::write_dir_atomically::<TrainError>(&target, "checkpoint", true, |tmp| {
         let dev = Device::Cpu;
         let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
         let mut w = Vec::with_capacity(names.len());

@@ -152,8 +152,28 @@ impl TrainConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad("lr must be positive");
         }
-        if !(self.temperature > 0.0) {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("temperature must be positive");
+        }
+        if let Some(m) = self.min_lr {
+            if !(m >= 0.0 && m <= self.lr) {
+                return bad("min_lr must be in [0, lr]");
+            }
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay must be a number >= 0");
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return bad("eps must be positive");
+        }
+        if !(self.clip >= 0.0 && self.clip.is_finite()) {
+            return bad("clip must be a number >= 0 (0 = no clipping)");
+        }
+        if !(self.ce_weight >= 0.0 && self.ce_weight.is_finite()) {
+            return bad("ce_weight must be a number >= 0");
+        }
+        if self.save_every == 0 {
+            return bad("save_every must be positive");
         }
         if !(self.jsd_beta > 0.0 && self.jsd_beta < 1.0) {
             return bad("jsd_beta must be in (0, 1)");
@@ -184,7 +204,12 @@ pub fn open_run(out: &std::path::Path, run_json: &serde_json::Value, resume: boo
         }
         return Ok(());
     }
-    if out.exists() && std::fs::read_dir(out).map_err(crate::file_err(out))?.next().is_some() {
+    let holds_files = out.exists()
+        && std::fs::read_dir(out)
+            .map_err(crate::file_err(out))?
+            .flatten()
+            .any(|e| e.file_name() != orlik_io::output::MARKER);
+    if holds_files {
         return Err(TrainError::Config(format!(
             "{} already holds a run (use --resume to continue it, --force to replace it)",
             out.display()

@@ -1,0 +1,160 @@
+//! Guards on what orlik reads: non-finite weights, and input files that change under a mapping.
+//!
+//! orlik memory-maps checkpoints. A file truncated by another program while it is mapped makes
+//! the next read of a vanished page raise SIGBUS, which by default kills the process without a
+//! word. [`install_sigbus_handler`] turns that into a one-line error naming the file (every
+//! mapping orlik makes is registered here with [`register`]) and exit status 1. Outputs are
+//! written through temp directories, so an exit at that point leaves nothing complete-looking.
+
+use crate::IoError;
+use candle_core::DType;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const SLOTS: usize = 256;
+
+/// Registered mappings: start address, length, and the file name as a leaked byte string.
+/// Plain atomics so that the signal handler reads them without locks or allocation.
+static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static NAME_PTR: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+static NAME_LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
+/// A registered mapping; unregistered when dropped (keep it beside the mapping).
+#[derive(Debug)]
+pub struct MapGuard(Option<usize>);
+
+impl Drop for MapGuard {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            LEN[i].store(0, Ordering::SeqCst);
+            START[i].store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Register the mapping `bytes` of `path` so that a SIGBUS inside it names the file.
+pub fn register(path: &Path, bytes: &[u8]) -> MapGuard {
+    let name: &'static [u8] = Box::leak(path.display().to_string().into_bytes().into_boxed_slice());
+    for i in 0..SLOTS {
+        if START[i].compare_exchange(0, bytes.as_ptr() as usize, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            NAME_PTR[i].store(name.as_ptr() as usize, Ordering::SeqCst);
+            NAME_LEN[i].store(name.len(), Ordering::SeqCst);
+            LEN[i].store(bytes.len(), Ordering::SeqCst);
+            return MapGuard(Some(i));
+        }
+    }
+    MapGuard(None) // table full: the fault is still reported, without the file's name
+}
+
+fn write_stderr(b: &[u8]) {
+    // SAFETY: write(2) on fd 2 with a valid buffer; async-signal-safe.
+    unsafe {
+        libc::write(2, b.as_ptr().cast(), b.len());
+    }
+}
+
+extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers; si_addr is the fault.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    write_stderr(b"error: ");
+    let mut named = false;
+    for i in 0..SLOTS {
+        let (s, l) = (START[i].load(Ordering::SeqCst), LEN[i].load(Ordering::SeqCst));
+        if s != 0 && addr >= s && addr < s + l {
+            let (p, n) = (NAME_PTR[i].load(Ordering::SeqCst), NAME_LEN[i].load(Ordering::SeqCst));
+            // SAFETY: registered names are leaked, never freed.
+            write_stderr(unsafe { std::slice::from_raw_parts(p as *const u8, n) });
+            named = true;
+            break;
+        }
+    }
+    if !named {
+        write_stderr(b"an input file");
+    }
+    write_stderr(b": changed while orlik was reading it (truncated or rewritten by another program); stopped, no output was completed\n");
+    // SAFETY: _exit is async-signal-safe; nothing may be unwound from a signal handler.
+    unsafe { libc::_exit(1) }
+}
+
+/// Install the SIGBUS handler (once, at start-up of the binary).
+pub fn install_sigbus_handler() {
+    // SAFETY: a zeroed sigaction with a valid handler and SA_SIGINFO is a well-formed request.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_sigbus as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Count the non-finite values of little-endian `bytes` of `dtype` (NaN or ±inf: every exponent
+/// bit set), with the index and value of the first. Integer dtypes have none.
+pub fn non_finite(bytes: &[u8], dtype: DType) -> (usize, Option<(usize, f32)>) {
+    fn scan<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool, val: impl Fn([u8; N]) -> f32) -> (usize, Option<(usize, f32)>) {
+        let mut count = 0usize;
+        let mut first = None;
+        // Count in blocks without branching (vectorises), then locate the first bad element.
+        for (b, block) in bytes.chunks(N * 4096).enumerate() {
+            let c = block.chunks_exact(N).filter(|x| bad(x[..N].try_into().unwrap_or([0; N]))).count();
+            if c > 0 && first.is_none() {
+                first = block.chunks_exact(N).position(|x| bad(x[..N].try_into().unwrap_or([0; N]))).map(|i| {
+                    let x: [u8; N] = block[i * N..i * N + N].try_into().unwrap_or([0; N]);
+                    (b * 4096 + i, val(x))
+                });
+            }
+            count += c;
+        }
+        (count, first)
+    }
+    match dtype {
+        DType::F32 => scan::<4>(bytes, |x| u32::from_le_bytes(x) & 0x7f80_0000 == 0x7f80_0000, f32::from_le_bytes),
+        DType::BF16 => scan::<2>(bytes, |x| u16::from_le_bytes(x) & 0x7f80 == 0x7f80, |x| half::bf16::from_le_bytes(x).to_f32()),
+        DType::F16 => scan::<2>(bytes, |x| u16::from_le_bytes(x) & 0x7c00 == 0x7c00, |x| half::f16::from_le_bytes(x).to_f32()),
+        DType::F64 => scan::<8>(
+            bytes,
+            |x| u64::from_le_bytes(x) & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000,
+            |x| f64::from_le_bytes(x) as f32,
+        ),
+        _ => (0, None),
+    }
+}
+
+/// [`non_finite`] as an error naming the file and the tensor.
+pub fn check_finite(path: &Path, name: &str, bytes: &[u8], dtype: DType) -> Result<(), IoError> {
+    match non_finite(bytes, dtype) {
+        (0, _) => Ok(()),
+        (count, first) => {
+            let (first, value) = first.unwrap_or((0, f32::NAN));
+            Err(IoError::NonFinite { path: path.into(), name: name.into(), count, first, value })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_counted_in_every_float_dtype() {
+        let v = [1.0f32, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e5, f32::MIN_POSITIVE];
+        let f32b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(non_finite(&f32b, DType::F32).0, 3);
+        assert_eq!(non_finite(&f32b, DType::F32).1.map(|f| f.0), Some(1));
+        let bf: Vec<u8> = v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(non_finite(&bf, DType::BF16).0, 3);
+        // 1e5 overflows f16 (max 65504) to +inf: four non-finite there.
+        let h: Vec<u8> = v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
+        assert_eq!(non_finite(&h, DType::F16).0, 4);
+        let d: Vec<u8> = v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect();
+        assert_eq!(non_finite(&d, DType::F64).0, 3);
+        // the first bad element past the first block is located exactly
+        let mut big = vec![0u8; 4 * 10_000];
+        big[4 * 9_000..4 * 9_001].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert_eq!(non_finite(&big, DType::F32).0, 1);
+        assert_eq!(non_finite(&big, DType::F32).1.map(|f| f.0), Some(9_000));
+        let e = check_finite(Path::new("m.safetensors"), "w", &f32b, DType::F32).unwrap_err().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("tensor w") && e.contains("3 non-finite"), "{e}");
+    }
+}
