@@ -61,15 +61,69 @@ impl Manifest {
         };
         let text =
             std::fs::read_to_string(&p).map_err(|e| err(format!("{e} (not a teacher cache?)")))?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Manifest::parse(&text).map_err(err)
+    }
+
+    /// Parse and check `cache.json`'s text: every count consistent with the others before
+    /// anything is sized by it, shard names plain file names inside the cache directory.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if m.format != FORMAT || m.version != VERSION {
-            return Err(err(format!(
+            return Err(format!(
                 "format {} v{} (this orlik reads {FORMAT} v{VERSION})",
                 m.format, m.version
-            )));
+            ));
+        }
+        if m.vocab_size == 0 || m.topk == 0 || m.topk > m.vocab_size || m.topk > 1 << 24 || m.seq_len == 0 {
+            return Err(format!(
+                "vocab_size {}, topk {}, seq_len {}: need 1 <= topk <= vocab_size and seq_len >= 1",
+                m.vocab_size, m.topk, m.seq_len
+            ));
+        }
+        if !(m.temperature.is_finite() && m.temperature > 0.0) {
+            return Err(format!("temperature {} is not a positive number", m.temperature));
+        }
+        for (name, s) in std::iter::once(("train", &m.train)).chain(m.val.as_ref().map(|v| ("val", v))) {
+            if s.shard_windows == 0 || s.shards.len() != s.windows.div_ceil(s.shard_windows) {
+                return Err(format!(
+                    "{name}: {} shards for {} windows of {} per shard",
+                    s.shards.len(),
+                    s.windows,
+                    s.shard_windows
+                ));
+            }
+            s.shard_windows
+                .checked_mul(m.seq_len)
+                .and_then(|x| x.checked_mul(m.record_bytes()))
+                .ok_or_else(|| format!("{name}: shard size overflows"))?;
+            for f in &s.shards {
+                if !orlik_io::output::plain_file_name(f) {
+                    return Err(format!("{name}: shard {f:?} is not a file name inside the cache directory"));
+                }
+            }
         }
         Ok(m)
     }
+}
+
+/// One record of a shard: the top-k token ids, their log-probabilities and the tail bucket's.
+/// Ids outside the vocabulary and non-finite values are corruption, named.
+pub fn parse_record(b: &[u8], k: usize, vocab: usize) -> Result<(Vec<u32>, Vec<f32>, f32), String> {
+    if b.len() != 8 * k + 4 {
+        return Err(format!("record of {} bytes, expected {}", b.len(), 8 * k + 4));
+    }
+    let word = |i: usize| [b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]];
+    let ids: Vec<u32> = (0..k).map(|i| u32::from_le_bytes(word(i))).collect();
+    let logp: Vec<f32> = (k..2 * k).map(|i| f32::from_le_bytes(word(i))).collect();
+    let tail = f32::from_le_bytes(word(2 * k));
+    if let Some(id) = ids.iter().find(|&&i| i as usize >= vocab) {
+        return Err(format!("token id {id} outside the vocabulary of {vocab}"));
+    }
+    // log-probabilities are <= 0; -inf is allowed (a token the teacher gives probability 0)
+    if let Some(x) = logp.iter().chain(std::iter::once(&tail)).find(|x| x.is_nan() || **x > 1e-3) {
+        return Err(format!("log-probability {x} is not a number <= 0"));
+    }
+    Ok((ids, logp, tail))
 }
 
 fn split_info(p: &Packed, name: &str, shard_windows: usize) -> SplitInfo {
@@ -225,6 +279,8 @@ pub struct CacheTeacher {
     val: Vec<memmap2::Mmap>,
     split: Split,
     windows: Vec<usize>,
+    /// SIGBUS reports naming the shard if one is truncated while mapped.
+    _guards: Vec<orlik_io::guard::MapGuard>,
 }
 
 impl CacheTeacher {
@@ -312,12 +368,14 @@ impl CacheTeacher {
             (Some(info), Some(v)) if info.data_sha256 == v.hash() => open(info)?,
             _ => Vec::new(), // no teacher rows for this validation text: val_kl is not reported
         };
+        let _guards = shard_paths(dir, &m).iter().zip(tr.iter().chain(va.iter())).map(|(p, mm)| orlik_io::guard::register(p, mm)).collect();
         Ok(CacheTeacher {
             m,
             train: tr,
             val: va,
             split: Split::Train,
             windows: Vec::new(),
+            _guards,
         })
     }
 
@@ -365,11 +423,12 @@ impl TeacherSource for CacheTeacher {
                 .get(w / info.shard_windows)
                 .ok_or_else(|| TrainError::Teacher(format!("window {w} not in the cache")))?;
             let off = ((w % info.shard_windows) * t + r % t) * rec;
-            let b = &shard[off..off + rec];
-            let word = |i: usize| [b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]];
-            ids.extend((0..k).map(|i| u32::from_le_bytes(word(i))));
-            logp.extend((k..2 * k).map(|i| f32::from_le_bytes(word(i))));
-            tail.push(f32::from_le_bytes(word(2 * k)));
+            let b = shard.get(off..off + rec).ok_or_else(|| TrainError::Teacher(format!("window {w} past the end of its shard")))?;
+            let (i, l, tl) = parse_record(b, k, self.m.vocab_size)
+                .map_err(|e| TrainError::Teacher(format!("corrupt teacher cache (window {w}): {e}")))?;
+            ids.extend(i);
+            logp.extend(l);
+            tail.push(tl);
         }
         Ok(StepRows::TopK { k, ids, logp, tail })
     }

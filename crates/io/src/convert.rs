@@ -65,7 +65,8 @@ pub fn unpermute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
         .reshape(dims)
 }
 
-fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
+/// The HF config a GGUF's metadata describes (checked like any config.json).
+pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
     let arch_name = g.get("general.architecture").and_then(GValue::as_str).unwrap_or("<none>");
     let arch = match arch_name {
         "llama" => Arch::Llama,

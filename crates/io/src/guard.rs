@@ -136,6 +136,40 @@ pub fn check_finite(path: &Path, name: &str, bytes: &[u8], dtype: DType) -> Resu
 mod tests {
     use super::*;
 
+    /// In a child process (this same test, re-run with ORLIK_SIGBUS_CHILD=FILE): map a
+    /// checkpoint, truncate it behind the mapping's back, read the tensor.
+    fn truncated_read_child(path: &Path) {
+        let n = 1 << 18;
+        let header = format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":[{n}],\"data_offsets\":[0,{}]}}}}", 4 * n);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + 4 * n, 0);
+        std::fs::write(path, &bytes).unwrap();
+        let ck = crate::safetensors::Checkpoint::open(path).unwrap();
+        install_sigbus_handler();
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(100).unwrap();
+        let t = ck.tensor("w"); // faults: the pages past byte 100 are gone
+        panic!("read a truncated mapping without a fault: {:?}", t.map(|t| t.dims().to_vec()));
+    }
+
+    #[test]
+    fn a_file_truncated_under_its_mapping_is_a_one_line_error_naming_it() {
+        if let Some(p) = std::env::var_os("ORLIK_SIGBUS_CHILD") {
+            return truncated_read_child(Path::new(&p));
+        }
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("model.safetensors");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["guard::tests::a_file_truncated_under_its_mapping_is_a_one_line_error_naming_it", "--exact", "--nocapture", "--test-threads=1"])
+            .env("ORLIK_SIGBUS_CHILD", &file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "child: {:?} {err}", out.status);
+        let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
+        assert!(line.contains(&file.display().to_string()) && line.contains("changed while orlik was reading it"), "{err}");
+    }
+
     #[test]
     fn non_finite_values_are_counted_in_every_float_dtype() {
         let v = [1.0f32, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e5, f32::MIN_POSITIVE];

@@ -99,6 +99,13 @@ pub fn resolve(path: &Path) -> PathBuf {
     }
 }
 
+/// Whether `name` is a plain file name (one normal component: no directory, no `..`, not
+/// absolute): what an index or manifest may name inside its own directory.
+pub fn plain_file_name(name: &str) -> bool {
+    let mut c = Path::new(name).components();
+    matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
+}
+
 /// Read the marker of `dir`, if it has a readable one.
 pub fn read_marker(dir: &Path) -> Option<Marker> {
     let text = std::fs::read(dir.join(MARKER)).ok()?;

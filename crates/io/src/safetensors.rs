@@ -85,6 +85,41 @@ pub fn dtype_name(d: DType) -> &'static str {
     }
 }
 
+/// Parse and validate a whole safetensors file's bytes (header and data layout); `path` names
+/// it in errors. Returns tensors with absolute offsets.
+pub fn parse(path: &Path, buf: &[u8]) -> Result<Vec<TensorInfo>, IoError> {
+    read_header(path, 0, buf)
+}
+
+/// The shard file names a `model.safetensors.index.json` (text) refers to, sorted and
+/// deduplicated; each must be a plain file name inside the model directory.
+pub fn index_shards(index: &Path, text: &str) -> Result<Vec<String>, IoError> {
+    let v: Value = serde_json::from_str(text).map_err(|e| IoError::Format { path: index.into(), msg: e.to_string() })?;
+    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| IoError::Format {
+        path: index.into(),
+        msg: "no weight_map object".into(),
+    })?;
+    let mut shards: Vec<String> = Vec::new();
+    for (name, s) in map {
+        let s = s.as_str().ok_or_else(|| IoError::Format {
+            path: index.into(),
+            msg: format!("weight_map[{name:?}] is not a file name"),
+        })?;
+        // A shard is a plain file name in the model directory: no directories, no `..`, no
+        // absolute paths (an index must not read files elsewhere).
+        if !crate::output::plain_file_name(s) {
+            return Err(IoError::Format {
+                path: index.into(),
+                msg: format!("weight_map[{name:?}] = {s:?} is not a file name inside the model directory"),
+            });
+        }
+        shards.push(s.to_string());
+    }
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
 /// Parse and validate one file's header. Returns tensors with absolute offsets.
 fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInfo>, IoError> {
     let fmt = |msg: String| IoError::Format { path: path.to_path_buf(), msg };
@@ -190,32 +225,7 @@ impl Checkpoint {
             let index = path.join(INDEX_NAME);
             if index.exists() {
                 let text = std::fs::read_to_string(&index).map_err(io_err(&index))?;
-                let v: Value = serde_json::from_str(&text)
-                    .map_err(|e| IoError::Format { path: index.clone(), msg: e.to_string() })?;
-                let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| IoError::Format {
-                    path: index.clone(),
-                    msg: "no weight_map object".into(),
-                })?;
-                let mut shards: Vec<String> = Vec::new();
-                for (name, s) in map {
-                    let s = s.as_str().ok_or_else(|| IoError::Format {
-                        path: index.clone(),
-                        msg: format!("weight_map[{name:?}] is not a file name"),
-                    })?;
-                    // A shard is a plain file name in the model directory: no directories, no
-                    // `..`, no absolute paths (an index must not read files elsewhere).
-                    let plain = Path::new(s).components().count() == 1
-                        && matches!(Path::new(s).components().next(), Some(std::path::Component::Normal(_)));
-                    if !plain {
-                        return Err(IoError::Format {
-                            path: index.clone(),
-                            msg: format!("weight_map[{name:?}] = {s:?} is not a file name inside the model directory"),
-                        });
-                    }
-                    shards.push(s.to_string());
-                }
-                shards.sort();
-                shards.dedup();
+                let shards = index_shards(&index, &text)?;
                 for s in shards {
                     let p = path.join(&s);
                     if !p.exists() {

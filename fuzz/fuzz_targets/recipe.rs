@@ -1,0 +1,16 @@
+//! Recipe TOML with `--set` edits: the pipeline's settings parser (the CLI's own module).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code)]
+#[path = "../../crates/cli/src/recipe.rs"]
+mod recipe;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    // The last line, when it looks like `key=value`, is also tried as a --set edit.
+    let sets: Vec<String> = text.lines().last().filter(|l| l.contains('=')).map(|l| vec![l.to_string()]).unwrap_or_default();
+    if let Ok(r) = recipe::Recipe::parse(text, "fuzz.toml", &sets) {
+        let _ = r.to_toml();
+    }
+});
