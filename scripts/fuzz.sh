@@ -17,6 +17,7 @@ TOTAL=${1:-300}
 CACHE=${ORLIK_CACHE:-$HOME/.cache/orlik}
 CORPUS=$CACHE/fuzz-corpus
 ART=$CACHE/fuzz-artifacts
+TDIR=$CACHE/fuzz-target   # outside the repository, kept between runs (a first build takes ~14 min on 2 cores)
 TARGETS=${FUZZ_TARGETS:-safetensors shard_index gguf gguf_tokenizer config_json jsonl_rows recipe teacher_cache}
 
 if ! command -v cargo-fuzz >/dev/null; then
@@ -28,11 +29,11 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain: stable with RUSTC_BOOTSTRAP=1, without sanitizer"
 fi
 t0=$(date +%s)
-if ! cargo "${TC[@]}" fuzz build "${SAN[@]}" >/tmp/orlik-fuzz-build.log 2>&1; then
+if ! cargo "${TC[@]}" fuzz build "${SAN[@]}" --target-dir "$TDIR" >/tmp/orlik-fuzz-build.log 2>&1; then
   if [ ${#SAN[@]} -eq 0 ]; then
     echo "fuzz: the sanitizer build failed; retrying without sanitizer"
     SAN=(-s none)
-    cargo "${TC[@]}" fuzz build "${SAN[@]}" >/tmp/orlik-fuzz-build.log 2>&1 || { tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0; }
+    cargo "${TC[@]}" fuzz build "${SAN[@]}" --target-dir "$TDIR" >/tmp/orlik-fuzz-build.log 2>&1 || { tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0; }
   else
     tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0
   fi
@@ -59,7 +60,7 @@ per=$(( TOTAL / n )); [ "$per" -lt 5 ] && per=5
 status=0
 for t in $TARGETS; do
   log=$ART/$t.log
-  cargo "${TC[@]}" fuzz run "${SAN[@]}" "$t" "$CORPUS/$t" -- -max_total_time="$per" -rss_limit_mb=2048 -timeout=20 \
+  cargo "${TC[@]}" fuzz run "${SAN[@]}" --target-dir "$TDIR" "$t" "$CORPUS/$t" -- -max_total_time="$per" -rss_limit_mb=2048 -timeout=20 \
     -print_final_stats=1 -artifact_prefix="$ART/$t/" >"$log" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

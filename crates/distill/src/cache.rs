@@ -161,6 +161,12 @@ pub fn build(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Manifest, DistillError> {
     let vocab = spec.teacher.config().vocab_size;
+    if train.seq_len < 2 || spec.batch == 0 || spec.shard_windows == 0 || !(spec.temperature.is_finite() && spec.temperature > 0.0) {
+        return Err(DistillError::Mismatch(format!(
+            "teacher cache: seq_len {} must be at least 2, batch {} and shard_windows {} at least 1, temperature {} positive",
+            train.seq_len, spec.batch, spec.shard_windows, spec.temperature
+        )));
+    }
     if spec.topk == 0 || spec.topk > vocab {
         return Err(DistillError::Mismatch(format!(
             "--topk must be in 1..={vocab} (the vocabulary size)"

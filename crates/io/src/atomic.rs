@@ -40,7 +40,15 @@ pub fn clean_stale(parent: &Path) {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let path = e.path();
-        if !name.starts_with('.') || !path.is_dir() || path.is_symlink() {
+        if !name.starts_with('.') || path.is_symlink() {
+            continue;
+        }
+        if path.is_file() {
+            // `write_file_atomically`'s temp file: `.NAME.orlik-tmp-PID`, no room for a marker.
+            let pid = name.rsplit_once(".orlik-tmp-").and_then(|(_, p)| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !writer_alive(p, None)) {
+                let _ = fs::remove_file(&path);
+            }
             continue;
         }
         let (marker_ok, pid_ticks) = if name.contains(".orlik-tmp-") {
@@ -127,6 +135,9 @@ pub fn write_dir_atomically<E: From<IoError>>(
 pub fn write_file_atomically(target: &Path, bytes: &[u8]) -> Result<(), IoError> {
     let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp = target.with_file_name(format!(".{name}.orlik-tmp-{}", std::process::id()));
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        clean_stale(parent);
+    }
     let r = (|| {
         let mut f = File::create(&tmp)?;
         std::io::Write::write_all(&mut f, bytes)?;
@@ -184,8 +195,10 @@ mod tests {
         // Not orlik's: same name shape, no marker.
         let foreign = d.path().join(format!(".m.orlik-tmp-{dead}-4"));
         fs::create_dir(&foreign).unwrap();
+        let stale_file = d.path().join(format!(".state.json.orlik-tmp-{dead}"));
+        fs::write(&stale_file, b"{").unwrap();
         write_dir_atomically::<IoError>(&d.path().join("m"), "test", false, |_| Ok(())).unwrap();
-        assert!(!stale.exists() && !reused.exists());
+        assert!(!stale.exists() && !reused.exists() && !stale_file.exists());
         assert!(live.exists() && foreign.exists());
         assert!(!d.path().join("m").join(TMP_MARKER).exists());
         assert!(d.path().join("m").join(crate::output::MARKER).exists());

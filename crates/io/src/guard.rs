@@ -13,12 +13,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const SLOTS: usize = 256;
 
-/// Registered mappings: start address, length, and the file name as a leaked byte string.
-/// Plain atomics so that the signal handler reads them without locks or allocation.
+const NAME_MAX: usize = 512;
+
+/// Registered mappings: start address, length, and the file name in a fixed buffer per slot.
+/// Plain atomics and static buffers, so that the signal handler reads them without locks or
+/// allocation, and nothing is leaked per mapping.
 static START: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
-static NAME_PTR: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static NAME_LEN: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
+struct Names(std::cell::UnsafeCell<[[u8; NAME_MAX]; SLOTS]>);
+// SAFETY: slot i's buffer is written only by the thread that won slot i's compare-exchange on
+// START, before it publishes LEN (SeqCst); readers read it only while LEN is non-zero.
+unsafe impl Sync for Names {}
+static NAMES: Names = Names(std::cell::UnsafeCell::new([[0; NAME_MAX]; SLOTS]));
 
 /// A registered mapping; unregistered when dropped (keep it beside the mapping).
 #[derive(Debug)]
@@ -28,6 +36,7 @@ impl Drop for MapGuard {
     fn drop(&mut self) {
         if let Some(i) = self.0 {
             LEN[i].store(0, Ordering::SeqCst);
+            NAME_LEN[i].store(0, Ordering::SeqCst);
             START[i].store(0, Ordering::SeqCst);
         }
     }
@@ -35,10 +44,16 @@ impl Drop for MapGuard {
 
 /// Register the mapping `bytes` of `path` so that a SIGBUS inside it names the file.
 pub fn register(path: &Path, bytes: &[u8]) -> MapGuard {
-    let name: &'static [u8] = Box::leak(path.display().to_string().into_bytes().into_boxed_slice());
+    let name = path.display().to_string();
+    let name = &name.as_bytes()[..name.len().min(NAME_MAX)];
+    // An empty mapping cannot fault, and address 0 marks a free slot.
+    if bytes.is_empty() {
+        return MapGuard(None);
+    }
     for i in 0..SLOTS {
         if START[i].compare_exchange(0, bytes.as_ptr() as usize, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            NAME_PTR[i].store(name.as_ptr() as usize, Ordering::SeqCst);
+            // SAFETY: this thread owns slot i (won the exchange above); see `Names`.
+            unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (NAMES.0.get() as *mut u8).add(i * NAME_MAX), name.len()) };
             NAME_LEN[i].store(name.len(), Ordering::SeqCst);
             LEN[i].store(bytes.len(), Ordering::SeqCst);
             return MapGuard(Some(i));
@@ -61,10 +76,10 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     let mut named = false;
     for i in 0..SLOTS {
         let (s, l) = (START[i].load(Ordering::SeqCst), LEN[i].load(Ordering::SeqCst));
-        if s != 0 && addr >= s && addr < s + l {
-            let (p, n) = (NAME_PTR[i].load(Ordering::SeqCst), NAME_LEN[i].load(Ordering::SeqCst));
-            // SAFETY: registered names are leaked, never freed.
-            write_stderr(unsafe { std::slice::from_raw_parts(p as *const u8, n) });
+        if s != 0 && l != 0 && addr >= s && addr < s + l {
+            let n = NAME_LEN[i].load(Ordering::SeqCst).min(NAME_MAX);
+            // SAFETY: static buffer, published before LEN; see `Names`.
+            write_stderr(unsafe { std::slice::from_raw_parts((NAMES.0.get() as *const u8).add(i * NAME_MAX), n) });
             named = true;
             break;
         }

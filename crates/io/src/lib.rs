@@ -1,6 +1,8 @@
 //! Checkpoint IO for orlik: safetensors (single or sharded, mmap, validated both ways, atomic
-//! sharded writes), GGUF import (v2/v3, dequantisation, llama.cpp Q/K un-permutation) and
-//! `tokenizer.json` built from a GGUF's embedded vocabulary.
+//! sharded writes), GGUF import (v2/v3, dequantisation, llama.cpp Q/K un-permutation),
+//! `tokenizer.json` built from a GGUF's embedded vocabulary, and the guards every command uses:
+//! output directories that never overwrite inputs or foreign files (`output`), atomic writes that
+//! clean up after killed writers (`atomic`), non-finite weights and SIGBUS on mapped files (`guard`).
 
 pub mod atomic;
 pub mod convert;

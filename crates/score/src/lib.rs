@@ -190,6 +190,12 @@ pub fn calibration_batches(
     seq_len: usize,
     batch: usize,
 ) -> Result<Vec<(Vec<Vec<u32>>, Vec<Vec<bool>>)>, ScoreError> {
+    // Checked here too, so that every caller (not only the CLI's flags) gets the same errors.
+    if seq_len < 2 || samples == 0 || batch == 0 {
+        return Err(ScoreError::Input(format!(
+            "calibration: seq_len {seq_len} must be at least 2, samples {samples} and batch {batch} at least 1"
+        )));
+    }
     let mut stream = Vec::new();
     for d in docs {
         stream.extend_from_slice(d);
