@@ -422,7 +422,7 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     if a.seq_len < 2 {
         bail!("--seq-len {}: must be at least 2 (a window predicts its next tokens)", a.seq_len);
     }
-    if !(a.temperature.is_finite() && a.temperature > 0.0) {
+    if !a.temperature.is_finite() || a.temperature <= 0.0 {
         bail!("--temperature {}: must be a positive number", a.temperature);
     }
     for (flag, v) in [("--batch", a.batch), ("--shard-windows", a.shard_windows), ("--topk", a.topk)] {

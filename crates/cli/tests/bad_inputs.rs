@@ -183,6 +183,8 @@ fn corrupt_safetensors_shards_and_configs_are_refused_with_their_name() {
     case("ppl on a NaN model", &["eval", "ppl", s(&nan), "--text", s(&text)], &[q, "non-finite"], &[&nan], None);
     let out = t.join("nan-scores");
     case("score a NaN model", &["score", s(&nan), "--data", s(&text), "--samples", "2", "--seq-len", "8", "-o", s(&out)], &[q, "non-finite"], &[&nan], Some(&out));
+    let out = t.join("nan-pruned");
+    case("prune a NaN model by magnitude", &["prune", s(&nan), "--importance", "magnitude", "--layers", "1", "-o", s(&out)], &[q, "non-finite"], &[&nan], Some(&out));
     let out = t.join("nan-kd");
     case("distill from a NaN teacher", &["distill", "--teacher", s(&nan), "--student", s(&m), "--data", s(&text), "--steps", "1", "-o", s(&out)], &[q, "non-finite"], &[&nan, &m], Some(&out));
 

@@ -102,8 +102,10 @@ pub fn resolve(path: &Path) -> PathBuf {
 /// Whether `name` is a plain file name (one normal component: no directory, no `..`, not
 /// absolute): what an index or manifest may name inside its own directory.
 pub fn plain_file_name(name: &str) -> bool {
+    // Checked on the text: `Path::components` forgets a trailing slash ("x/" names a directory;
+    // found by the shard_index fuzz target).
     let mut c = Path::new(name).components();
-    matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
+    !name.contains('/') && !name.contains('\0') && matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
 }
 
 /// Read the marker of `dir`, if it has a readable one.
@@ -286,6 +288,16 @@ mod tests {
         let empty = d.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         assert_eq!(check(&empty, "prune", &[], Mode::New).unwrap(), Found::Empty);
+    }
+
+    #[test]
+    fn only_plain_file_names_are_plain() {
+        for ok in ["model-00001-of-00002.safetensors", "a b", ".hidden"] {
+            assert!(plain_file_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "/etc/passwd", "x/", "a/b", "./x", "x\0y"] {
+            assert!(!plain_file_name(bad), "{bad:?}");
+        }
     }
 
     #[test]
