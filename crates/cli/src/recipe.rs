@@ -383,7 +383,7 @@ mod tests {
     #[test]
     fn unknown_keys_and_wrong_types_are_errors_naming_them() {
         let e = Recipe::parse(&format!("{BASE}samples = 3\n"), "r.toml", &[]).unwrap_err().to_string();
-        assert!(e.contains("r.toml (line 5)") && e.contains("samples"), "{e}");
+        assert!(e.contains("r.toml (line 5, key samples)") && e.contains("samples"), "{e}");
         let e = Recipe::parse(BASE, "r.toml", &["distill.lrr=1".into()]).unwrap_err().to_string();
         assert!(e.contains("after --set") && e.contains("lrr"), "{e}");
         let e = Recipe::parse(BASE, "r.toml", &["prune.params=lots".into()]).unwrap_err().to_string();

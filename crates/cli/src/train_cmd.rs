@@ -439,9 +439,6 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     if a.seq_len > hf.config.max_position_embeddings {
         bail!("--seq-len {} is above the teacher's max_position_embeddings {}", a.seq_len, hf.config.max_position_embeddings);
     }
-    if !(a.temperature > 0.0) || a.batch == 0 || a.shard_windows == 0 {
-        bail!("--temperature, --batch and --shard-windows must be positive");
-    }
     let eos_id = eos(&hf.config, &a.teacher)?;
     let train = pack(&tok, &a.data, a.seq_len, eos_id, 1)?;
     let val = if a.val.is_empty() { None } else { Some(pack(&tok, &a.val, a.seq_len, eos_id, 1)?) };

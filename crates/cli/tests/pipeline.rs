@@ -188,7 +188,7 @@ fn bad_input_is_refused_before_any_work() {
     call(base(&s.root.to_string_lossy(), "0.6"), &["contains the input"]);
     // recipes: unknown key, wrong type, missing budget, missing file
     std::fs::write(s.p("r1.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = 0.5\n[distill]\nlrate = 1\n")).unwrap();
-    fails(&["run", &s.p("r1.toml")], &["r1.toml (line 6)", "unknown field `lrate`"]);
+    fails(&["run", &s.p("r1.toml")], &["r1.toml (line 6, key lrate)", "unknown field `lrate`"]);
     std::fs::write(s.p("r2.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = \"half\"\n")).unwrap();
     fails(&["run", &s.p("r2.toml")], &["r2.toml (line 4)", "invalid type"]);
     std::fs::write(s.p("r3.toml"), format!("teacher = {t:?}\noutput = \"x\"\n")).unwrap();

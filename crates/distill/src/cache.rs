@@ -208,7 +208,9 @@ pub fn build(
         }
     };
     std::fs::create_dir_all(dir).map_err(ioe(dir))?;
-    std::fs::write(&mp, serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(ioe(&mp))?;
+    // Atomically: a build killed here must leave no half-written manifest (read as "other settings").
+    orlik_io::atomic::write_file_atomically(&mp, &serde_json::to_vec_pretty(&m).unwrap_or_default())
+        .map_err(|e| DistillError::Cache { path: mp.clone(), msg: e.to_string() })?;
     let total = m.train.windows + m.val.as_ref().map_or(0, |v| v.windows);
     let mut done = 0;
     let rec = m.record_bytes();

@@ -51,25 +51,22 @@ pub fn clean_stale(parent: &Path) {
             }
             continue;
         }
-        let (marker_ok, pid_ticks) = if name.contains(".orlik-tmp-") {
-            match fs::read_to_string(path.join(TMP_MARKER)) {
-                Ok(t) => {
-                    let mut it = t.split_whitespace();
-                    let pid = it.next().and_then(|p| p.parse::<u32>().ok());
-                    (pid.is_some(), pid.map(|p| (p, it.next().and_then(|t| t.parse().ok()))))
-                }
-                Err(_) => (false, None),
-            }
+        let name_pid = |rest: &str| rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        let (ours, pid, ticks) = if let Some(rest) = name.split(".orlik-tmp-").nth(1) {
+            // orlik's: it holds the writer marker (possibly half-written: killed while writing
+            // it), or the output marker (killed after the writer marker came down, just before
+            // the rename), or nothing yet (killed right after creating it).
+            let writer = fs::read_to_string(path.join(TMP_MARKER)).ok();
+            let ticks = writer.as_deref().and_then(|t| t.split_whitespace().nth(1)).and_then(|t| t.parse().ok());
+            let empty = fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
+            (writer.is_some() || path.join(crate::output::MARKER).is_file() || empty, name_pid(rest), ticks)
         } else if let Some(rest) = name.split(".orlik-old-").nth(1) {
-            let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            (path.join(crate::output::MARKER).is_file(), pid.map(|p| (p, None)))
+            (path.join(crate::output::MARKER).is_file(), name_pid(rest), None)
         } else {
             continue;
         };
-        if let (true, Some((pid, ticks))) = (marker_ok, pid_ticks) {
-            if !writer_alive(pid, ticks) {
-                let _ = fs::remove_dir_all(&path);
-            }
+        if ours && pid.is_some_and(|p| !writer_alive(p, ticks)) {
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }
@@ -195,10 +192,16 @@ mod tests {
         // Not orlik's: same name shape, no marker.
         let foreign = d.path().join(format!(".m.orlik-tmp-{dead}-4"));
         fs::create_dir(&foreign).unwrap();
+        fs::write(foreign.join("data"), b"not orlik's").unwrap(); // same name shape, no marker, content
+        let unmarked = d.path().join(format!(".m.orlik-tmp-{dead}-5")); // killed before its marker
+        fs::create_dir(&unmarked).unwrap();
+        let renaming = d.path().join(format!(".m.orlik-tmp-{dead}-6")); // killed just before the rename
+        fs::create_dir(&renaming).unwrap();
+        fs::write(renaming.join(crate::output::MARKER), b"{}").unwrap();
         let stale_file = d.path().join(format!(".state.json.orlik-tmp-{dead}"));
         fs::write(&stale_file, b"{").unwrap();
         write_dir_atomically::<IoError>(&d.path().join("m"), "test", false, |_| Ok(())).unwrap();
-        assert!(!stale.exists() && !reused.exists() && !stale_file.exists());
+        assert!(!stale.exists() && !reused.exists() && !stale_file.exists() && !unmarked.exists() && !renaming.exists());
         assert!(live.exists() && foreign.exists());
         assert!(!d.path().join("m").join(TMP_MARKER).exists());
         assert!(d.path().join("m").join(crate::output::MARKER).exists());

@@ -118,8 +118,8 @@ pub fn read_marker(dir: &Path) -> Option<Marker> {
 pub fn write_marker(dir: &Path, kind: &str) -> Result<(), IoError> {
     let written = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let m = Marker { format: 1, kind: kind.into(), command: command_line(), written };
-    let p = dir.join(MARKER);
-    std::fs::write(&p, serde_json::to_vec_pretty(&m).unwrap_or_default()).map_err(io_err(&p))
+    // Atomically: a kill mid-write must not leave a marker that reads as someone else's file.
+    crate::atomic::write_file_atomically(&dir.join(MARKER), &serde_json::to_vec_pretty(&m).unwrap_or_default())
 }
 
 fn refuse(out: &Path, msg: String) -> IoError {
@@ -161,6 +161,8 @@ pub fn check(out: &Path, kind: &str, inputs: &[&Path], mode: Mode) -> Result<Fou
     let mut names: Vec<String> = std::fs::read_dir(out)
         .map_err(io_err(out))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+        // orlik's own temp files of a killed write (removed by the next atomic write)
+        .filter(|n| !n.contains(".orlik-tmp-"))
         .collect();
     if names.is_empty() {
         return Ok(Found::Empty);

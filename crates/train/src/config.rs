@@ -216,7 +216,9 @@ pub fn open_run(out: &std::path::Path, run_json: &serde_json::Value, resume: boo
         )));
     }
     std::fs::create_dir_all(out).map_err(crate::file_err(out))?;
-    std::fs::write(&run_path, serde_json::to_vec_pretty(run_json).unwrap_or_default()).map_err(crate::file_err(&run_path))
+    // Atomically: a run killed here must leave no half-written run.json that --resume trips on.
+    orlik_io::atomic::write_file_atomically(&run_path, &serde_json::to_vec_pretty(run_json).unwrap_or_default())
+        .map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// Keys whose values differ between two JSON objects (recursively, dotted), ignoring `skip`.
