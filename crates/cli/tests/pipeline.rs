@@ -190,7 +190,7 @@ fn bad_input_is_refused_before_any_work() {
     std::fs::write(s.p("r1.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = 0.5\n[distill]\nlrate = 1\n")).unwrap();
     fails(&["run", &s.p("r1.toml")], &["r1.toml (line 6, key lrate)", "unknown field `lrate`"]);
     std::fs::write(s.p("r2.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = \"half\"\n")).unwrap();
-    fails(&["run", &s.p("r2.toml")], &["r2.toml (line 4)", "invalid type"]);
+    fails(&["run", &s.p("r2.toml")], &["r2.toml (line 4, key params)", "invalid type"]);
     std::fs::write(s.p("r3.toml"), format!("teacher = {t:?}\noutput = \"x\"\n")).unwrap();
     fails(&["run", &s.p("r3.toml"), "--set", "data=[\"/nonexistent.txt\"]"], &["/nonexistent.txt: no such file"]);
     fails(&["run", &s.p("r3.toml"), "--set", &format!("data=[{:?}]", s.p("train.txt")), "--set", &format!("val=[{:?}]", s.p("val.txt"))], &["give a budget (prune.params"]);
