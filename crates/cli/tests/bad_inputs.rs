@@ -478,6 +478,11 @@ fn outputs_never_overwrite_inputs_or_someone_elses_files() {
     let file = t.join("notes.txt");
     std::fs::write(&file, b"mine").unwrap();
     case("score -o a file", &["score", s(&m), "--data", s(&train), "--force", "-o", s(&file)], &["is a file"], &[&m, &file], None);
+    // a chart never overwrites a file that is not a chart
+    let run1 = t.join("run1");
+    ok(&["train", s(&m), "--data", s(&train), "--steps", "2", "--batch", "2", "--seq-len", "16", "-o", s(&run1)]);
+    case("curves --output over a text file", &["curves", s(&run1), "--output", s(&file)], &["notes.txt", "not a PNG"], &[&file, &run1], None);
+    case("curves --output over a run's metrics", &["curves", s(&run1), "--output", s(&run1.join("metrics.jsonl"))], &["metrics.jsonl", "not a PNG"], &[&run1], None);
     // another command's output is not replaced by --force
     let scores = t.join("scores");
     ok(&["score", s(&m), "--data", s(&train), "--samples", "2", "--seq-len", "8", "-o", s(&scores)]);

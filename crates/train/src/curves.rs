@@ -93,6 +93,11 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
 /// One chart comparing runs: `key` (e.g. `val_bits_per_byte`, `loss`) against `step`, one series
 /// per run directory (its metrics.jsonl), smoothed when `smooth`. Returns "colour: run" captions.
 pub fn compare(runs: &[std::path::PathBuf], key: &str, smooth: bool, out: &Path) -> Result<Vec<String>, TrainError> {
+    // The chart replaces only a PNG: never a user's other file, never a run it reads.
+    let is_png = std::fs::read(out).map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n")).unwrap_or(false);
+    if out.is_dir() || (out.exists() && !is_png) {
+        return Err(TrainError::Data(format!("{}: exists and is not a PNG chart; choose another --output", out.display())));
+    }
     let mut all = Vec::new();
     let mut captions = Vec::new();
     for (i, r) in runs.iter().enumerate() {
