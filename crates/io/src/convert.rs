@@ -195,8 +195,7 @@ pub fn convert_gguf(
         })?;
         let mut w = g.dequantize(t)?;
         let values = w.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(|source| IoError::Candle { context: t.name.clone(), source })?;
-        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
-        crate::guard::check_finite(src, &t.name, &bytes, candle_core::DType::F32)?;
+        crate::guard::check_finite_f32(src, &t.name, &values)?;
         // llama.cpp stores Gemma's zero-centred RMSNorm weights shifted by +1 (convert_hf_to_gguf,
         // Gemma3Model `norm_shift`); HF keeps w and applies 1 + w.
         if arch == Arch::Gemma3 && name.ends_with("norm.weight") {

@@ -138,13 +138,23 @@ pub fn non_finite(bytes: &[u8], dtype: DType) -> (usize, Option<(usize, f32)>) {
 
 /// [`non_finite`] as an error naming the file and the tensor.
 pub fn check_finite(path: &Path, name: &str, bytes: &[u8], dtype: DType) -> Result<(), IoError> {
-    match non_finite(bytes, dtype) {
-        (0, _) => Ok(()),
-        (count, first) => {
-            let (first, value) = first.unwrap_or((0, f32::NAN));
-            Err(IoError::NonFinite { path: path.into(), name: name.into(), count, first, value })
-        }
+    finite_or_error(path, name, non_finite(bytes, dtype))
+}
+
+/// [`check_finite`] for values already decoded to f32 (a dequantised GGUF tensor), without
+/// re-encoding them to bytes.
+pub fn check_finite_f32(path: &Path, name: &str, v: &[f32]) -> Result<(), IoError> {
+    let count = v.iter().filter(|x| !x.is_finite()).count();
+    let first = (count > 0).then(|| v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))).flatten();
+    finite_or_error(path, name, (count, first))
+}
+
+fn finite_or_error(path: &Path, name: &str, (count, first): (usize, Option<(usize, f32)>)) -> Result<(), IoError> {
+    if count == 0 {
+        return Ok(());
     }
+    let (first, value) = first.unwrap_or((0, f32::NAN));
+    Err(IoError::NonFinite { path: path.into(), name: name.into(), count, first, value })
 }
 
 #[cfg(test)]
@@ -203,7 +213,10 @@ mod tests {
         big[4 * 9_000..4 * 9_001].copy_from_slice(&f32::NAN.to_le_bytes());
         assert_eq!(non_finite(&big, DType::F32).0, 1);
         assert_eq!(non_finite(&big, DType::F32).1.map(|f| f.0), Some(9_000));
+        let e2 = check_finite_f32(Path::new("m.safetensors"), "w", &v).unwrap_err().to_string();
         let e = check_finite(Path::new("m.safetensors"), "w", &f32b, DType::F32).unwrap_err().to_string();
+        assert_eq!(e, e2, "bytes and decoded values give the same report");
+        assert!(check_finite_f32(Path::new("m"), "w", &[0.0, -1.5]).is_ok());
         assert!(e.contains("m.safetensors") && e.contains("tensor w") && e.contains("3 non-finite"), "{e}");
     }
 }
