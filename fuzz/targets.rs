@@ -4,7 +4,9 @@
 
 /// safetensors: header JSON, dtypes, shapes, data_offsets tiling, as `Checkpoint::open` parses them.
 pub fn safetensors(data: &[u8]) {
-    if let Ok(tensors) = orlik_io::safetensors::parse(std::path::Path::new("fuzz.safetensors"), data) {
+    if let Ok(tensors) =
+        orlik_io::safetensors::parse(std::path::Path::new("fuzz.safetensors"), data)
+    {
         for t in tensors {
             // Every accepted range lies inside the buffer: reading it and scanning it must not panic.
             let bytes = &data[t.start..t.end];
@@ -16,7 +18,9 @@ pub fn safetensors(data: &[u8]) {
 /// `model.safetensors.index.json`: the weight map and its shard names.
 pub fn shard_index(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(shards) = orlik_io::safetensors::index_shards(std::path::Path::new("index.json"), text) {
+        if let Ok(shards) =
+            orlik_io::safetensors::index_shards(std::path::Path::new("index.json"), text)
+        {
             for s in shards {
                 // accepted names never leave the model directory
                 assert!(!s.contains('/') && s != ".." && s != ".", "{s:?}");
@@ -29,12 +33,15 @@ pub fn shard_index(data: &[u8]) {
 /// of small tensors. The reader maps a file, so each input is written to a scratch file first.
 pub fn gguf(data: &[u8]) {
     use orlik_io::gguf::Gguf;
-    let p = std::path::PathBuf::from(format!("/dev/shm/orlik-fuzz-gguf-{}.gguf", std::process::id()));
+    let p =
+        std::path::PathBuf::from(format!("/dev/shm/orlik-fuzz-gguf-{}.gguf", std::process::id()));
     if std::fs::write(&p, data).is_err() {
         return;
     }
     if let Ok(g) = Gguf::open(&p) {
-        let vocab = g.tensor_info("token_embd.weight").and_then(|t| t.ne.get(1).copied()).unwrap_or(32) as usize;
+        let vocab =
+            g.tensor_info("token_embd.weight").and_then(|t| t.ne.get(1).copied()).unwrap_or(32)
+                as usize;
         if let Ok((cfg, _)) = orlik_io::convert::config_from_gguf(&g, vocab) {
             let _ = cfg.expected_tensors();
         }
@@ -51,7 +58,8 @@ pub fn gguf(data: &[u8]) {
 /// then used on a short Polish text. Slow: each input builds a tokenizer.
 pub fn gguf_tokenizer(data: &[u8]) {
     use orlik_io::gguf::Gguf;
-    let p = std::path::PathBuf::from(format!("/dev/shm/orlik-fuzz-tok-{}.gguf", std::process::id()));
+    let p =
+        std::path::PathBuf::from(format!("/dev/shm/orlik-fuzz-tok-{}.gguf", std::process::id()));
     if std::fs::write(&p, data).is_err() {
         return;
     }
@@ -88,7 +96,8 @@ pub fn jsonl_rows(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     for line in text.lines() {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-            let _ = data::messages(v.get("messages").unwrap_or(&serde_json::Value::Null), "messages");
+            let _ =
+                data::messages(v.get("messages").unwrap_or(&serde_json::Value::Null), "messages");
             let _ = data::prompt(v.get("prompt").unwrap_or(&serde_json::Value::Null), "prompt");
             let _ = data::answer(v.get("chosen").unwrap_or(&serde_json::Value::Null), "chosen");
         }

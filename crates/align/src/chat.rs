@@ -30,13 +30,20 @@ pub struct ChatTemplate {
 fn token_text(v: Option<&serde_json::Value>) -> String {
     match v {
         Some(serde_json::Value::String(s)) => s.clone(),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+        Some(serde_json::Value::Object(o)) => {
+            o.get("content").and_then(|c| c.as_str()).unwrap_or("").to_string()
+        }
         _ => String::new(),
     }
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos: &str, eos: &str, origin: &str) -> Result<ChatTemplate, AlignError> {
+    pub fn new(
+        source: &str,
+        bos: &str,
+        eos: &str,
+        origin: &str,
+    ) -> Result<ChatTemplate, AlignError> {
         let mut env = minijinja::Environment::new();
         // transformers' Jinja setup: Python string methods (.strip(), .startswith() ...) and
         // raise_exception(); whitespace is kept as written (trim_blocks and lstrip_blocks on).
@@ -56,7 +63,8 @@ impl ChatTemplate {
     pub fn for_model(dir: &Path) -> Result<ChatTemplate, AlignError> {
         let p = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = match std::fs::read_to_string(&p) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| AlignError::Template(format!("{}: {e}", p.display())))?,
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| AlignError::Template(format!("{}: {e}", p.display())))?,
             Err(_) => serde_json::Value::Null,
         };
         let (bos, eos) = (token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")));
@@ -68,7 +76,9 @@ impl ChatTemplate {
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                     .and_then(|t| t.get("template")?.as_str())
-                    .ok_or_else(|| AlignError::Template(format!("{origin}: no template named \"default\"")))?;
+                    .ok_or_else(|| {
+                        AlignError::Template(format!("{origin}: no template named \"default\""))
+                    })?;
                 ChatTemplate::new(t, &bos, &eos, &origin)
             }
             _ => {
@@ -78,7 +88,11 @@ impl ChatTemplate {
         }
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, AlignError> {
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, AlignError> {
         let t = self.env.get_template("chat").map_err(|e| AlignError::Template(e.to_string()))?;
         t.render(minijinja::context! {
             messages => messages,
@@ -90,7 +104,10 @@ impl ChatTemplate {
     }
 
     /// The rendered conversation and the byte ranges of its assistant turns.
-    pub fn render_with_spans(&self, messages: &[Message]) -> Result<(String, Vec<(usize, usize)>), AlignError> {
+    pub fn render_with_spans(
+        &self,
+        messages: &[Message],
+    ) -> Result<(String, Vec<(usize, usize)>), AlignError> {
         let full = self.render(messages, false)?;
         let mut spans = Vec::new();
         for (i, m) in messages.iter().enumerate() {
@@ -122,7 +139,12 @@ mod tests {
     #[test]
     fn chatml_renders_as_transformers_and_finds_assistant_turns() {
         let t = ChatTemplate::new(CHATML, "", "<|im_end|>", "test").unwrap();
-        let m = msgs(&[("user", "Ile to 2+2?"), ("assistant", "4"), ("user", "A 3+3?"), ("assistant", "6")]);
+        let m = msgs(&[
+            ("user", "Ile to 2+2?"),
+            ("assistant", "4"),
+            ("user", "A 3+3?"),
+            ("assistant", "6"),
+        ]);
         let (text, spans) = t.render_with_spans(&m).unwrap();
         assert_eq!(
             text,
@@ -130,22 +152,33 @@ mod tests {
         );
         let got: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
         assert_eq!(got, ["4<|im_end|>\n", "6<|im_end|>\n"]);
-        assert_eq!(t.render(&m[..1], true).unwrap(), "<|im_start|>user\nIle to 2+2?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            t.render(&m[..1], true).unwrap(),
+            "<|im_start|>user\nIle to 2+2?<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     /// Renderings by transformers' Jinja setup (scripts/gen_chat_reference.py) of three template
     /// shapes, every prefix of two conversations, with and without the generation prompt.
     #[test]
     fn matches_transformers_renderings() {
-        let v: serde_json::Value = serde_json::from_str(include_str!("../../../tests/fixtures/chat_templates.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/chat_templates.json"))
+                .unwrap();
         let cases = v["cases"].as_array().unwrap();
         assert!(cases.len() >= 40);
         for c in cases {
             let name = c["template"].as_str().unwrap();
-            let t = ChatTemplate::new(v["templates"][name].as_str().unwrap(), "<s>", "</s>", name).unwrap();
+            let t = ChatTemplate::new(v["templates"][name].as_str().unwrap(), "<s>", "</s>", name)
+                .unwrap();
             let m: Vec<Message> = serde_json::from_value(c["messages"].clone()).unwrap();
             let gen = c["add_generation_prompt"].as_bool().unwrap();
-            assert_eq!(t.render(&m, gen).unwrap(), c["text"].as_str().unwrap(), "{name}, {} messages, gen {gen}", m.len());
+            assert_eq!(
+                t.render(&m, gen).unwrap(),
+                c["text"].as_str().unwrap(),
+                "{name}, {} messages, gen {gen}",
+                m.len()
+            );
             if !gen && m.last().is_some_and(|x| x.role == "assistant") {
                 let (text, spans) = t.render_with_spans(&m).unwrap();
                 let last = &text[spans[spans.len() - 1].0..spans[spans.len() - 1].1];

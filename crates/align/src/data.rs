@@ -21,13 +21,15 @@ pub fn read_jsonl<T>(
     skip_bad: bool,
     mut parse: impl FnMut(&Value) -> Result<T, String>,
 ) -> Result<(Vec<T>, usize), AlignError> {
-    let text = std::fs::read_to_string(path).map_err(|e| AlignError::Data(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AlignError::Data(format!("{}: {e}", path.display())))?;
     let (mut rows, mut bad) = (Vec::new(), 0);
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let r = serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| parse(&v));
+        let r =
+            serde_json::from_str::<Value>(line).map_err(|e| e.to_string()).and_then(|v| parse(&v));
         match r {
             Ok(x) => rows.push(x),
             Err(e) if skip_bad => {
@@ -35,7 +37,11 @@ pub fn read_jsonl<T>(
                 eprintln!("warning: {}:{}: {e} (skipped)", path.display(), i + 1);
             }
             Err(e) => {
-                return Err(AlignError::Data(format!("{}:{}: {e} (use --skip-bad to skip such rows)", path.display(), i + 1)))
+                return Err(AlignError::Data(format!(
+                    "{}:{}: {e} (use --skip-bad to skip such rows)",
+                    path.display(),
+                    i + 1
+                )))
             }
         }
     }
@@ -46,13 +52,17 @@ pub fn read_jsonl<T>(
 }
 
 pub fn messages(v: &Value, key: &str) -> Result<Vec<Message>, String> {
-    let arr = v.as_array().ok_or_else(|| format!("\"{key}\" must be a list of {{\"role\", \"content\"}} objects"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| format!("\"{key}\" must be a list of {{\"role\", \"content\"}} objects"))?;
     let mut out = Vec::with_capacity(arr.len());
     for (i, m) in arr.iter().enumerate() {
         let get = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
         match (get("role"), get("content")) {
             (Some(role), Some(content)) => out.push(Message { role, content }),
-            _ => return Err(format!("\"{key}\"[{i}] needs string fields \"role\" and \"content\"")),
+            _ => {
+                return Err(format!("\"{key}\"[{i}] needs string fields \"role\" and \"content\""))
+            }
         }
     }
     if out.is_empty() {
@@ -82,7 +92,9 @@ pub fn prompt(v: &Value, key: &str) -> Result<Prompt, String> {
 pub fn answer(v: &Value, key: &str) -> Result<String, String> {
     match v.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(m @ Value::Array(_)) => Ok(messages(m, key)?.into_iter().map(|m| m.content).collect::<Vec<_>>().join("\n")),
+        Some(m @ Value::Array(_)) => {
+            Ok(messages(m, key)?.into_iter().map(|m| m.content).collect::<Vec<_>>().join("\n"))
+        }
         _ => Err(format!("missing \"{key}\" (a string or a list of messages)")),
     }
 }
@@ -106,17 +118,30 @@ pub struct Cuts {
 
 impl Encoder<'_> {
     pub fn ids(&self, text: &str) -> Result<Vec<u32>, AlignError> {
-        let e = self.tok.encode(text, false).map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
+        let e = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
         Ok(e.get_ids().to_vec())
     }
 
     /// SFT: ids of the rendered conversation and, per id, whether it is the assistant's.
-    pub fn conversation(&self, msgs: &[Message], cuts: &mut Cuts) -> Result<Option<(Vec<u32>, Vec<bool>)>, AlignError> {
+    pub fn conversation(
+        &self,
+        msgs: &[Message],
+        cuts: &mut Cuts,
+    ) -> Result<Option<(Vec<u32>, Vec<bool>)>, AlignError> {
         let (text, spans) = self.template.render_with_spans(msgs)?;
-        let e = self.tok.encode(text.as_str(), false).map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
+        let e = self
+            .tok
+            .encode(text.as_str(), false)
+            .map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
         let mut ids = e.get_ids().to_vec();
-        let mut mask: Vec<bool> =
-            e.get_offsets().iter().map(|&(s, _)| spans.iter().any(|&(a, b)| s >= a && s < b)).collect();
+        let mut mask: Vec<bool> = e
+            .get_offsets()
+            .iter()
+            .map(|&(s, _)| spans.iter().any(|&(a, b)| s >= a && s < b))
+            .collect();
         if ids.len() > self.max_len + 1 {
             ids.truncate(self.max_len + 1);
             mask.truncate(self.max_len + 1);
@@ -159,7 +184,10 @@ impl Encoder<'_> {
                 all.push(Message { role: "assistant".into(), content: answer.into() });
                 let full = self.template.render(&all, false)?;
                 let rest = full.strip_prefix(before.as_str()).ok_or_else(|| {
-                    AlignError::Template(format!("{}: the answer's rendering does not extend the prompt's", self.template.origin))
+                    AlignError::Template(format!(
+                        "{}: the answer's rendering does not extend the prompt's",
+                        self.template.origin
+                    ))
                 })?;
                 self.ids(rest)
             }

@@ -71,12 +71,18 @@ pub fn dpo(p: &Pair, kind: DpoLoss, beta: f64, lambda: f64) -> DpoOut {
             let penalty = lambda * gap.max(0.0);
             let z = beta * (h - penalty);
             let d = -beta * sigmoid(-z); // d loss / d (h − penalty)
-            // d(h − penalty)/d π_w = 1 + λ [gap > 0]; d/d π_l = −1
+                                         // d(h − penalty)/d π_w = 1 + λ [gap > 0]; d/d π_l = −1
             let dw = d * (1.0 + if gap > 0.0 { lambda } else { 0.0 });
             (-log_sigmoid(z), dw, -d)
         }
     };
-    DpoOut { loss, grad_chosen: g_w, grad_rejected: g_l, reward_chosen: beta * cw, reward_rejected: beta * cl }
+    DpoOut {
+        loss,
+        grad_chosen: g_w,
+        grad_rejected: g_l,
+        reward_chosen: beta * cw,
+        reward_rejected: beta * cl,
+    }
 }
 
 /// One tokenised preference pair: the prompt and the two answers.
@@ -98,7 +104,13 @@ impl PairIds {
 }
 
 /// Summed log-probabilities of each pair's chosen and rejected answers under `p`'s weights.
-pub fn sequence_logps(p: &Params, pairs: &[PairIds], idx: &[usize], pad: u32, chunk: usize) -> Result<(Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>), AlignError> {
+pub fn sequence_logps(
+    p: &Params,
+    pairs: &[PairIds],
+    idx: &[usize],
+    pad: u32,
+    chunk: usize,
+) -> Result<(Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>), AlignError> {
     let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad };
     let mut masks = Vec::new();
     for &i in idx {
@@ -130,14 +142,25 @@ impl Task for DpoTask {
         self.pairs.len()
     }
 
-    fn micro(&mut self, p: &Params, units: &[usize], _step: u64, scale: f32) -> Result<Micro, AlignError> {
+    fn micro(
+        &mut self,
+        p: &Params,
+        units: &[usize],
+        _step: u64,
+        scale: f32,
+    ) -> Result<Micro, AlignError> {
         let (lp, f, masks) = sequence_logps(p, &self.pairs, units, self.pad, self.chunk)?;
         let n = units.len() as f64;
         let (mut loss, mut rc, mut rr, mut acc, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0u64);
         let mut coeff = Vec::with_capacity(masks.len());
         for (k, &u) in units.iter().enumerate() {
             let [rw, rl] = self.reference[u];
-            let pair = Pair { policy_chosen: lp[k][0], policy_rejected: lp[k][1], ref_chosen: rw, ref_rejected: rl };
+            let pair = Pair {
+                policy_chosen: lp[k][0],
+                policy_rejected: lp[k][1],
+                ref_chosen: rw,
+                ref_rejected: rl,
+            };
             let o = dpo(&pair, self.kind, self.beta, self.lambda);
             loss += o.loss / n;
             rc += o.reward_chosen / n;
@@ -145,7 +168,11 @@ impl Task for DpoTask {
             acc += f64::from(u8::from(o.reward_chosen > o.reward_rejected)) / n;
             for (g, m) in [o.grad_chosen, o.grad_rejected].iter().zip(&masks[2 * k..2 * k + 2]) {
                 tokens += m.iter().filter(|&&b| b).count() as u64;
-                coeff.push(m.iter().map(|&b| if b { (*g / n) as f32 * scale } else { 0.0 }).collect::<Vec<f32>>());
+                coeff.push(
+                    m.iter()
+                        .map(|&b| if b { (*g / n) as f32 * scale } else { 0.0 })
+                        .collect::<Vec<f32>>(),
+                );
             }
         }
         let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
@@ -174,26 +201,47 @@ mod tests {
     /// Values and gradients from PyTorch autograd (scripts/gen_align_reference.py).
     #[test]
     fn matches_pytorch_reference() {
-        let v: serde_json::Value = serde_json::from_str(include_str!("../../../tests/fixtures/align_losses.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/align_losses.json"))
+                .unwrap();
         let cases = v["dpo"].as_array().unwrap();
         assert!(cases.len() >= 9);
         for c in cases {
             let f = |k: &str| c[k].as_f64().unwrap();
-            let p = Pair { policy_chosen: f("pc"), policy_rejected: f("pr"), ref_chosen: f("rc"), ref_rejected: f("rr") };
+            let p = Pair {
+                policy_chosen: f("pc"),
+                policy_rejected: f("pr"),
+                ref_chosen: f("rc"),
+                ref_rejected: f("rr"),
+            };
             let kind: DpoLoss = serde_json::from_value(c["loss_type"].clone()).unwrap();
             let o = dpo(&p, kind, f("beta"), f("lambda"));
-            for (got, want, what) in [(o.loss, f("loss"), "loss"), (o.grad_chosen, f("grad_pc"), "grad_pc"), (o.grad_rejected, f("grad_pr"), "grad_pr")] {
-                assert!((got - want).abs() <= 1e-9 * (1.0 + want.abs()), "{c}: {what} {got} vs {want}");
+            for (got, want, what) in [
+                (o.loss, f("loss"), "loss"),
+                (o.grad_chosen, f("grad_pc"), "grad_pc"),
+                (o.grad_rejected, f("grad_pr"), "grad_pr"),
+            ] {
+                assert!(
+                    (got - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                    "{c}: {what} {got} vs {want}"
+                );
             }
         }
     }
 
     #[test]
     fn dpop_equals_dpo_when_the_chosen_answer_gains_likelihood() {
-        let p = Pair { policy_chosen: -10.0, policy_rejected: -12.0, ref_chosen: -11.0, ref_rejected: -11.5 };
+        let p = Pair {
+            policy_chosen: -10.0,
+            policy_rejected: -12.0,
+            ref_chosen: -11.0,
+            ref_rejected: -11.5,
+        };
         let (a, b) = (dpo(&p, DpoLoss::Sigmoid, 0.1, 0.0), dpo(&p, DpoLoss::Dpop, 0.1, 50.0));
         assert_eq!(a, b);
         let lost = Pair { policy_chosen: -12.0, ..p };
-        assert!(dpo(&lost, DpoLoss::Dpop, 0.1, 50.0).loss > dpo(&lost, DpoLoss::Sigmoid, 0.1, 0.0).loss);
+        assert!(
+            dpo(&lost, DpoLoss::Dpop, 0.1, 50.0).loss > dpo(&lost, DpoLoss::Sigmoid, 0.1, 0.0).loss
+        );
     }
 }

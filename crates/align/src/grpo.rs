@@ -33,7 +33,11 @@ pub fn advantages(rewards: &[f64], group: usize, dr_grpo: bool) -> Vec<f64> {
         .flat_map(|g| {
             let n = g.len() as f64;
             let mean = g.iter().sum::<f64>() / n;
-            let var = if g.len() > 1 { g.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+            let var = if g.len() > 1 {
+                g.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0)
+            } else {
+                0.0
+            };
             let scale = if dr_grpo { 1.0 } else { var.sqrt() + 1e-4 };
             g.iter().map(move |r| (r - mean) / scale)
         })
@@ -134,20 +138,41 @@ impl Task for GrpoTask<'_> {
         self.prompts.len()
     }
 
-    fn micro(&mut self, p: &Params, units: &[usize], step: u64, scale: f32) -> Result<Micro, AlignError> {
+    fn micro(
+        &mut self,
+        p: &Params,
+        units: &[usize],
+        step: u64,
+        scale: f32,
+    ) -> Result<Micro, AlignError> {
         // Sampling runs on a detached copy of the current weights (no autograd graph).
         let w: orlik_model::Weights = p.named_weights().into_iter().collect();
-        let policy = Model::new(&self.config, &w, ModelOptions { dtype: DType::F32, differentiable: false })?;
+        let policy = Model::new(
+            &self.config,
+            &w,
+            ModelOptions { dtype: DType::F32, differentiable: false },
+        )?;
         let g = self.sampling.group.max(1);
-        let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad: self.stop.first().copied().unwrap_or(0) };
+        let mut rows = Rows {
+            inputs: Vec::new(),
+            targets: Vec::new(),
+            pad: self.stop.first().copied().unwrap_or(0),
+        };
         let (mut rewards, mut lens) = (Vec::new(), Vec::new());
         let mut log = Vec::new();
         for &u in units {
             let pr = &self.prompts[u];
-            let mut rng = StdRng::seed_from_u64(self.seed ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            let mut rng = StdRng::seed_from_u64(
+                self.seed
+                    ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (u as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
             let group = sample_group(&policy, &pr.ids, &self.stop, &self.sampling, &mut rng)?;
             for c in group {
-                let text = self.tokenizer.decode(&c, true).map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
+                let text = self
+                    .tokenizer
+                    .decode(&c, true)
+                    .map_err(|e| AlignError::Data(format!("tokenizer: {e}")))?;
                 let mut r = 0.0;
                 for rw in &self.rewards {
                     r += rw.score(&pr.text, &text, &pr.answer, &pr.row)?;
@@ -175,12 +200,19 @@ impl Task for GrpoTask<'_> {
             None => None,
         };
         // log-probabilities of the completion tokens only
-        let plen: Vec<usize> = units.iter().flat_map(|&u| std::iter::repeat_n(self.prompts[u].ids.len(), g)).collect();
+        let plen: Vec<usize> =
+            units.iter().flat_map(|&u| std::iter::repeat_n(self.prompts[u].ids.len(), g)).collect();
         let comp = |l: &Vec<f64>, k: usize| l[plen[k] - 1..].to_vec();
         let news: Vec<Vec<f64>> = f.logp.iter().enumerate().map(|(k, l)| comp(l, k)).collect();
-        let refv: Option<Vec<Vec<f64>>> = refs.map(|r| r.iter().enumerate().map(|(k, l)| comp(l, k)).collect());
+        let refv: Option<Vec<Vec<f64>>> =
+            refs.map(|r| r.iter().enumerate().map(|(k, l)| comp(l, k)).collect());
         let cs: Vec<Completion> = (0..news.len())
-            .map(|k| Completion { new: &news[k], old: &news[k], reference: refv.as_ref().map(|r| r[k].as_slice()), advantage: adv[k] })
+            .map(|k| Completion {
+                new: &news[k],
+                old: &news[k],
+                reference: refv.as_ref().map(|r| r[k].as_slice()),
+                advantage: adv[k],
+            })
             .collect();
         let out = grpo_loss(&cs, &self.options);
         let coeff: Vec<Vec<f32>> = out
@@ -230,11 +262,15 @@ mod tests {
     /// Values and gradients from PyTorch autograd (scripts/gen_align_reference.py).
     #[test]
     fn matches_pytorch_reference() {
-        let v: serde_json::Value = serde_json::from_str(include_str!("../../../tests/fixtures/align_losses.json")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/fixtures/align_losses.json"))
+                .unwrap();
         let cases = v["grpo"].as_array().unwrap();
         assert!(cases.len() >= 4);
         let mut any_clipped = false;
-        let vec = |x: &serde_json::Value| -> Vec<f64> { x.as_array().unwrap().iter().map(|y| y.as_f64().unwrap()).collect() };
+        let vec = |x: &serde_json::Value| -> Vec<f64> {
+            x.as_array().unwrap().iter().map(|y| y.as_f64().unwrap()).collect()
+        };
         for c in cases {
             let rewards = vec(&c["rewards"]);
             let dr = c["dr_grpo"].as_bool().unwrap();
@@ -246,7 +282,12 @@ mod tests {
             let olds: Vec<Vec<f64>> = c["old"].as_array().unwrap().iter().map(vec).collect();
             let refs: Vec<Vec<f64>> = c["ref"].as_array().unwrap().iter().map(vec).collect();
             let cs: Vec<Completion> = (0..news.len())
-                .map(|i| Completion { new: &news[i], old: &olds[i], reference: Some(&refs[i]), advantage: adv[i] })
+                .map(|i| Completion {
+                    new: &news[i],
+                    old: &olds[i],
+                    reference: Some(&refs[i]),
+                    advantage: adv[i],
+                })
                 .collect();
             let o = GrpoOptions {
                 eps_low: c["eps_low"].as_f64().unwrap(),
@@ -258,14 +299,21 @@ mod tests {
             let out = grpo_loss(&cs, &o);
             any_clipped |= out.clip_fraction > 0.0 && out.clip_fraction < 1.0;
             let want = c["loss"].as_f64().unwrap();
-            assert!((out.loss - want).abs() <= 1e-9 * (1.0 + want.abs()), "{c}: loss {} vs {want}", out.loss);
+            assert!(
+                (out.loss - want).abs() <= 1e-9 * (1.0 + want.abs()),
+                "{c}: loss {} vs {want}",
+                out.loss
+            );
             for (g, w) in out.grads.iter().zip(c["grads"].as_array().unwrap()) {
                 for (a, b) in g.iter().zip(vec(w)) {
                     assert!((a - b).abs() <= 1e-9 * (1.0 + b.abs()), "grad {a} vs {b}");
                 }
             }
         }
-        assert!(any_clipped, "the reference must exercise both the clipped and the unclipped branch");
+        assert!(
+            any_clipped,
+            "the reference must exercise both the clipped and the unclipped branch"
+        );
     }
 
     #[test]

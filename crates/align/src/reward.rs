@@ -54,7 +54,13 @@ impl Reward {
         matches!(self, Reward::Exact | Reward::Numeric | Reward::Choice)
     }
 
-    pub fn score(&self, prompt: &str, completion: &str, answer: &str, row: &Value) -> Result<f64, AlignError> {
+    pub fn score(
+        &self,
+        prompt: &str,
+        completion: &str,
+        answer: &str,
+        row: &Value,
+    ) -> Result<f64, AlignError> {
         let b = |x: bool| if x { 1.0 } else { 0.0 };
         Ok(match self {
             Reward::Exact => b(completion.trim().to_lowercase() == answer.trim().to_lowercase()),
@@ -62,13 +68,19 @@ impl Reward {
                 (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
                 _ => false,
             }),
-            Reward::Choice => b(first_letter(completion).is_some_and(|c| Some(c) == first_letter(answer))),
+            Reward::Choice => {
+                b(first_letter(completion).is_some_and(|c| Some(c) == first_letter(answer)))
+            }
             Reward::Regex(r) => b(r.is_match(completion)),
             Reward::Format(r) => b(r.is_match(completion.trim())),
             Reward::Cmd { command, timeout } => {
                 let input = json!({"prompt": prompt, "completion": completion, "answer": answer, "row": row});
-                run_command(command, &input.to_string(), *timeout)
-                    .map_err(|e| AlignError::Reward(format!("reward command {command:?} on prompt {:?}: {e}", short(prompt))))?
+                run_command(command, &input.to_string(), *timeout).map_err(|e| {
+                    AlignError::Reward(format!(
+                        "reward command {command:?} on prompt {:?}: {e}",
+                        short(prompt)
+                    ))
+                })?
             }
         })
     }
@@ -76,7 +88,11 @@ impl Reward {
 
 fn short(s: &str) -> String {
     let t: String = s.chars().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect();
-    if t.len() < s.len() { format!("…{t}") } else { t }
+    if t.len() < s.len() {
+        format!("…{t}")
+    } else {
+        t
+    }
 }
 
 /// The last number written in `s` ("12", "-3,5", "4.25").
@@ -125,10 +141,15 @@ fn run_command(command: &str, input: &str, timeout: Duration) -> Result<f64, Str
     }
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("{} (stderr: {})", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{} (stderr: {})",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let v: f64 = text.trim().parse().map_err(|_| format!("printed {:?}, not a number", text.trim()))?;
+    let v: f64 =
+        text.trim().parse().map_err(|_| format!("printed {:?}, not a number", text.trim()))?;
     if !v.is_finite() {
         return Err(format!("printed {v}"));
     }
@@ -153,7 +174,8 @@ mod tests {
         for _ in 0..100 {
             // SAFETY: signal 0 only checks that the process exists.
             alive = unsafe { libc::kill(pid, 0) } == 0
-                && std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(false, |s| !s.contains(") Z "));
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map_or(false, |s| !s.contains(") Z "));
             if !alive {
                 break;
             }
@@ -163,7 +185,10 @@ mod tests {
     }
 
     fn s(r: &str, completion: &str, answer: &str) -> f64 {
-        Reward::parse(r, Duration::from_secs(5)).unwrap().score("p", completion, answer, &Value::Null).unwrap()
+        Reward::parse(r, Duration::from_secs(5))
+            .unwrap()
+            .score("p", completion, answer, &Value::Null)
+            .unwrap()
     }
 
     #[test]
@@ -187,7 +212,11 @@ mod tests {
         assert_eq!(s(&format!("cmd:{ok}"), "x", "x"), 1.0);
         assert_eq!(s(&format!("cmd:{ok}"), "x", "y"), 0.25);
         let err = |c: &str, t: u64| {
-            Reward::parse(&format!("cmd:{c}"), Duration::from_millis(t)).unwrap().score("Ile to 2+2?", "4", "4", &Value::Null).unwrap_err().to_string()
+            Reward::parse(&format!("cmd:{c}"), Duration::from_millis(t))
+                .unwrap()
+                .score("Ile to 2+2?", "4", "4", &Value::Null)
+                .unwrap_err()
+                .to_string()
         };
         let e = err("exit 3", 5000);
         assert!(e.contains("exit") && e.contains("Ile to 2+2?"), "{e}");

@@ -79,9 +79,15 @@ mod tests {
         )
         .unwrap();
         let w = random_weights(&cfg, 3, 1.0).unwrap();
-        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false }).unwrap();
+        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
+            .unwrap();
         let prompt = [1u32, 5, 9, 2];
-        let go = orlik_eval::generate::GenOptions { max_new_tokens: 12, temperature: 0.0, top_p: 1.0, seed: 0 };
+        let go = orlik_eval::generate::GenOptions {
+            max_new_tokens: 12,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        };
         let want = orlik_eval::generate::generate(&m, &prompt, &[], &go, |_| true).unwrap();
         let o = SampleOptions { group: 3, max_new_tokens: 12, temperature: 0.0, top_p: 1.0 };
         let got = sample_group(&m, &prompt, &[], &o, &mut StdRng::seed_from_u64(0)).unwrap();

@@ -32,7 +32,13 @@ pub trait Task {
     fn units(&self) -> usize;
     /// Loss and gradient of the micro-batch `units` (indices) at optimizer step `step`;
     /// `scale` = 1 / micro-batches per step.
-    fn micro(&mut self, p: &Params, units: &[usize], step: u64, scale: f32) -> Result<Micro, AlignError>;
+    fn micro(
+        &mut self,
+        p: &Params,
+        units: &[usize],
+        step: u64,
+        scale: f32,
+    ) -> Result<Micro, AlignError>;
     /// Called on `--resume` with the step of the checkpoint the run continues from (tasks that
     /// write their own logs cut them back to it).
     fn on_resume(&mut self, _step: u64) -> Result<(), AlignError> {
@@ -84,10 +90,13 @@ pub fn run(
         task.on_resume(st.step)?;
     }
     let mut order = Order::new(task.units(), cfg.seed);
-    let pb = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    let pb =
+        if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     pb.set_position(st.step);
     let started = Instant::now();
@@ -108,7 +117,8 @@ pub fn run(
         let (mut grads, mut loss, mut tokens) = (None, 0.0, 0u64);
         let mut sums: Vec<(&'static str, f64)> = Vec::new();
         for _ in 0..cfg.grad_accum {
-            let units: Vec<usize> = (0..cfg.batch as u64).map(|i| order.window(st.cursor + i)).collect();
+            let units: Vec<usize> =
+                (0..cfg.batch as u64).map(|i| order.window(st.cursor + i)).collect();
             st.cursor += cfg.batch as u64;
             let m = task.micro(p, &units, st.step, scale)?;
             loss += m.loss / cfg.grad_accum as f64;
@@ -123,7 +133,8 @@ pub fn run(
         }
         let mut grads = grads.ok_or_else(|| AlignError::Data("no micro-batches".into()))?;
         let t = st.step + 1 - st.skipped_steps;
-        let gnorm = if loss.is_finite() { p.update(&mut grads, lr, t, cfg)? } else { global_norm(&grads) };
+        let gnorm =
+            if loss.is_finite() { p.update(&mut grads, lr, t, cfg)? } else { global_norm(&grads) };
         let finite = loss.is_finite() && gnorm.is_finite();
         if finite {
             st.bad_in_a_row = 0;
@@ -201,10 +212,22 @@ mod tests {
         fn units(&self) -> usize {
             3
         }
-        fn micro(&mut self, p: &Params, _: &[usize], step: u64, _: f32) -> Result<Micro, AlignError> {
+        fn micro(
+            &mut self,
+            p: &Params,
+            _: &[usize],
+            step: u64,
+            _: f32,
+        ) -> Result<Micro, AlignError> {
             let bad = step >= self.from;
-            let grads = p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
-            Ok(Micro { loss: if bad { f64::NAN } else { 1.0 }, grads, tokens: 1, metrics: vec![("x", 1.0)] })
+            let grads =
+                p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
+            Ok(Micro {
+                loss: if bad { f64::NAN } else { 1.0 },
+                grads,
+                tokens: 1,
+                metrics: vec![("x", 1.0)],
+            })
         }
     }
 
@@ -218,15 +241,27 @@ mod tests {
         )
         .unwrap();
         let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
-        let tc = TrainConfig { steps: Some(20), batch: 1, max_bad_steps: 3, save_every: 0, ..TrainConfig::default() };
+        let tc = TrainConfig {
+            steps: Some(20),
+            batch: 1,
+            max_bad_steps: 3,
+            save_every: 0,
+            ..TrainConfig::default()
+        };
         let dir = std::env::temp_dir().join(format!("orlik-runner-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let e = run(&mut NanAfter { from: 2 }, &mut p, &tc, &dir, false, true, None).err().unwrap().to_string();
+        let e = run(&mut NanAfter { from: 2 }, &mut p, &tc, &dir, false, true, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("3 non-finite steps in a row at step 5"), "{e}");
         let rows = curves::read(&dir.join("metrics.jsonl")).unwrap();
         assert_eq!(rows.len(), 5);
-        assert!(rows[..2].iter().all(|r| r.get("skipped").is_none()) && rows[2..].iter().all(|r| r["skipped"] == true));
+        assert!(
+            rows[..2].iter().all(|r| r.get("skipped").is_none())
+                && rows[2..].iter().all(|r| r["skipped"] == true)
+        );
         let after_two: Vec<Vec<f32>> = p.slots.iter().map(|s| s.w.clone()).collect();
         assert!(after_two.iter().flatten().all(|x| x.is_finite()));
         // the checkpoint holds the weights of the last finite step

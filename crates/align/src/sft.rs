@@ -19,7 +19,13 @@ impl Task for Sft {
         self.examples.len()
     }
 
-    fn micro(&mut self, p: &Params, units: &[usize], _step: u64, scale: f32) -> Result<Micro, AlignError> {
+    fn micro(
+        &mut self,
+        p: &Params,
+        units: &[usize],
+        _step: u64,
+        scale: f32,
+    ) -> Result<Micro, AlignError> {
         let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad: self.pad };
         let mut masks = Vec::new();
         for &u in units {
@@ -31,9 +37,16 @@ impl Task for Sft {
         let n = masks.iter().flatten().filter(|&&m| m).count().max(1);
         let f = seqlogp::forward_train(p, &rows, self.chunk)?;
         let sum: f64 = seqlogp::masked_sums(&f.logp, &masks).iter().sum();
-        let coeff: Vec<Vec<f32>> =
-            masks.iter().map(|m| m.iter().map(|&b| if b { -scale / n as f32 } else { 0.0 }).collect()).collect();
+        let coeff: Vec<Vec<f32>> = masks
+            .iter()
+            .map(|m| m.iter().map(|&b| if b { -scale / n as f32 } else { 0.0 }).collect())
+            .collect();
         let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
-        Ok(Micro { loss: -sum / n as f64, grads, tokens: n as u64, metrics: vec![("assistant_tokens", n as f64)] })
+        Ok(Micro {
+            loss: -sum / n as f64,
+            grads,
+            tokens: n as u64,
+            metrics: vec![("assistant_tokens", n as f64)],
+        })
     }
 }

@@ -174,7 +174,10 @@ fn setup(a: &AlignArgs) -> Result<Setup> {
         }
     }
     if eos.is_empty() {
-        bail!("{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json", a.model.display());
+        bail!(
+            "{}: no eos_token_id in config.json and no eos_token in tokenizer_config.json",
+            a.model.display()
+        );
     }
     let limit = hf.config.max_position_embeddings;
     let max_len = a.max_len.unwrap_or(512.min(limit));
@@ -189,7 +192,13 @@ fn setup(a: &AlignArgs) -> Result<Setup> {
 }
 
 fn encoder(s: &Setup) -> Encoder<'_> {
-    Encoder { tok: &s.tok, template: &s.template, eos: s.eos.clone(), max_len: s.max_len, max_prompt: s.max_prompt }
+    Encoder {
+        tok: &s.tok,
+        template: &s.template,
+        eos: s.eos.clone(),
+        max_len: s.max_len,
+        max_prompt: s.max_prompt,
+    }
 }
 
 fn train_config(a: &AlignArgs, s: &Setup, units: usize, default_lr: f64) -> Result<TrainConfig> {
@@ -222,24 +231,43 @@ fn report_cuts(what: &str, rows: usize, bad: usize, cuts: Cuts) {
 }
 
 /// Train `task` from `s`'s weights into `a.output`, then write OUT/final/.
-fn train(a: &AlignArgs, s: &Setup, task: &mut dyn Task, cfg: &TrainConfig, mut params: Params) -> Result<()> {
+fn train(
+    a: &AlignArgs,
+    s: &Setup,
+    task: &mut dyn Task,
+    cfg: &TrainConfig,
+    mut params: Params,
+) -> Result<()> {
     let stop = stop_flag();
-    let (st, outcome) = runner::run(task, &mut params, cfg, &a.output, a.resume, false, Some(&stop))?;
+    let (st, outcome) =
+        runner::run(task, &mut params, cfg, &a.output, a.resume, false, Some(&stop))?;
     if let Outcome::Interrupted { step } = outcome {
         eprintln!("stopped at step {step}; continue with the same command and --resume");
         std::process::exit(130);
     }
     let target = a.output.join("final");
-    write_final(&a.model, &s.hf.config, &params.named_weights(), &target, a.save_dtype.as_deref(), stored_dtype(&s.hf))?;
+    write_final(
+        &a.model,
+        &s.hf.config,
+        &params.named_weights(),
+        &target,
+        a.save_dtype.as_deref(),
+        stored_dtype(&s.hf),
+    )?;
     let rows = orlik_train::curves::read(&a.output.join("metrics.jsonl"))?;
     let mean = |k: &str, from: usize, to: usize| -> Option<f64> {
-        let v: Vec<f64> = rows[from.min(rows.len())..to.min(rows.len())].iter().filter_map(|r| r.get(k)?.as_f64()).collect();
+        let v: Vec<f64> = rows[from.min(rows.len())..to.min(rows.len())]
+            .iter()
+            .filter_map(|r| r.get(k)?.as_f64())
+            .collect();
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     };
     let q = (rows.len() / 4).max(1);
     println!("trained {} steps in {:.0} s", st.step, st.train_seconds);
     for k in ["loss", "rewards_accuracy", "rewards_margin", "reward_mean", "completion_length"] {
-        if let (Some(a0), Some(a1)) = (mean(k, 0, q), mean(k, rows.len().saturating_sub(q), rows.len())) {
+        if let (Some(a0), Some(a1)) =
+            (mean(k, 0, q), mean(k, rows.len().saturating_sub(q), rows.len()))
+        {
             println!("{k}: first quarter {a0:.4}, last quarter {a1:.4}");
         }
     }
@@ -252,14 +280,31 @@ fn train(a: &AlignArgs, s: &Setup, task: &mut dyn Task, cfg: &TrainConfig, mut p
 
 /// Check --output before any work: not an input, not someone else's, not another command's.
 fn check_output(a: &AlignArgs, kind: &str, data: &Path) -> Result<()> {
-    orlik_io::output::check(&a.output, kind, &[&a.model, data], orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+    orlik_io::output::check(
+        &a.output,
+        kind,
+        &[&a.model, data],
+        orlik_io::output::Mode::from_flags(a.force, a.resume),
+    )?;
     Ok(())
 }
 
 /// Claim --output for this run (or check that --resume continues the same run) before any
 /// file is written there.
-fn begin(a: &AlignArgs, s: &Setup, cfg: &TrainConfig, mut run: Value, kind: &str, data: &Path) -> Result<()> {
-    orlik_io::output::claim_dir(&a.output, kind, &[&a.model, data], orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+fn begin(
+    a: &AlignArgs,
+    s: &Setup,
+    cfg: &TrainConfig,
+    mut run: Value,
+    kind: &str,
+    data: &Path,
+) -> Result<()> {
+    orlik_io::output::claim_dir(
+        &a.output,
+        kind,
+        &[&a.model, data],
+        orlik_io::output::Mode::from_flags(a.force, a.resume),
+    )?;
     run["model"] = json!({"path": a.model, "sha256": s.hf.content_sha256()?});
     run["template"] = json!(s.template.origin);
     let run_json = json!({"config": serde_json::to_value(cfg)?, "run": run});
@@ -276,18 +321,27 @@ pub fn sft(a: SftArgs) -> Result<()> {
     let s = setup(&a.common)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
-    let (convs, bad) = data::read_jsonl(&a.data, a.common.skip_bad, |v| data::messages(v.get("messages").unwrap_or(&Value::Null), "messages"))?;
+    let (convs, bad) = data::read_jsonl(&a.data, a.common.skip_bad, |v| {
+        data::messages(v.get("messages").unwrap_or(&Value::Null), "messages")
+    })?;
     let mut examples = Vec::new();
     for m in &convs {
         if !m.iter().any(|x| x.role == "assistant") {
-            bail!("{}: a conversation has no assistant message (nothing to learn): {:?}", a.data.display(), m.first().map(|x| &x.content));
+            bail!(
+                "{}: a conversation has no assistant message (nothing to learn): {:?}",
+                a.data.display(),
+                m.first().map(|x| &x.content)
+            );
         }
         if let Some(e) = enc.conversation(m, &mut cuts)? {
             examples.push(e);
         }
     }
     if examples.is_empty() {
-        bail!("{}: no conversation left after the length rules (raise --max-len)", a.data.display());
+        bail!(
+            "{}: no conversation left after the length rules (raise --max-len)",
+            a.data.display()
+        );
     }
     let cfg = train_config(&a.common, &s, examples.len(), 2e-5)?;
     let run = json!({"kind": "sft", "data": {"path": a.data, "sha256": orlik_io::hfdir::sha256_files(std::slice::from_ref(&a.data))?}, "max_prompt": s.max_prompt, "skipped_rows": bad, "cuts": cuts});
@@ -334,13 +388,27 @@ pub fn dpo(a: DpoArgs) -> Result<()> {
     report_cuts("dpo", pairs.len(), bad, cuts);
     let p = params(&s)?;
     let reference = reference_logps(&a.common, &s, &p, &pairs, &data_sha)?;
-    let mut task = DpoTask { pairs, reference, kind, beta: a.beta, lambda: a.lambda, pad: s.eos[0], chunk: 256 };
+    let mut task = DpoTask {
+        pairs,
+        reference,
+        kind,
+        beta: a.beta,
+        lambda: a.lambda,
+        pad: s.eos[0],
+        chunk: 256,
+    };
     train(&a.common, &s, &mut task, &cfg, p)
 }
 
 /// The reference model's log-probabilities of every pair (the model before training), computed
 /// once and kept in OUT/ref_logps.json (reused by --resume; recomputed if model or data changed).
-fn reference_logps(a: &AlignArgs, s: &Setup, p: &Params, pairs: &[PairIds], data_sha: &str) -> Result<Vec<[f64; 2]>> {
+fn reference_logps(
+    a: &AlignArgs,
+    s: &Setup,
+    p: &Params,
+    pairs: &[PairIds],
+    data_sha: &str,
+) -> Result<Vec<[f64; 2]>> {
     let path = a.output.join("ref_logps.json");
     let key = json!({"model": s.hf.content_sha256()?, "data": data_sha, "max_len": s.max_len, "max_prompt": s.max_prompt});
     if let Ok(text) = std::fs::read_to_string(&path) {
@@ -362,18 +430,31 @@ fn reference_logps(a: &AlignArgs, s: &Setup, p: &Params, pairs: &[PairIds], data
         pb.inc(ch.len() as u64);
     }
     pb.finish_and_clear();
-    orlik_io::atomic::write_file_atomically(&path, serde_json::to_string(&json!({"key": key, "logps": out}))?.as_bytes())?;
+    orlik_io::atomic::write_file_atomically(
+        &path,
+        serde_json::to_string(&json!({"key": key, "logps": out}))?.as_bytes(),
+    )?;
     Ok(out)
 }
 
-fn read_prompts(path: &Path, skip_bad: bool, enc: &Encoder, needs_answer: bool, cuts: &mut Cuts) -> Result<(Vec<PromptRow>, usize)> {
+fn read_prompts(
+    path: &Path,
+    skip_bad: bool,
+    enc: &Encoder,
+    needs_answer: bool,
+    cuts: &mut Cuts,
+) -> Result<(Vec<PromptRow>, usize)> {
     let (rows, bad) = data::read_jsonl(path, skip_bad, |v| {
         let p = data::prompt(v, "prompt")?;
         let answer = match v.get("answer") {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Number(n)) => n.to_string(),
             None if !needs_answer => String::new(),
-            _ => return Err("missing \"answer\" (a string or number; the reward compares with it)".into()),
+            _ => {
+                return Err(
+                    "missing \"answer\" (a string or number; the reward compares with it)".into()
+                )
+            }
         };
         Ok((p, answer, v.clone()))
     })?;
@@ -389,7 +470,10 @@ fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>> {
     if !(timeout > 0.0) {
         bail!("--reward-timeout must be > 0");
     }
-    Ok(specs.iter().map(|r| Reward::parse(r, Duration::from_secs_f64(timeout))).collect::<Result<_, _>>()?)
+    Ok(specs
+        .iter()
+        .map(|r| Reward::parse(r, Duration::from_secs_f64(timeout)))
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn grpo(a: GrpoArgs) -> Result<()> {
@@ -401,10 +485,19 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
         bail!("--group must be at least 2 (advantages compare completions of one prompt)");
     }
     if s.max_prompt + a.max_new_tokens > s.hf.config.max_position_embeddings {
-        bail!("--max-prompt + --max-new-tokens is above the model's max_position_embeddings {}", s.hf.config.max_position_embeddings);
+        bail!(
+            "--max-prompt + --max-new-tokens is above the model's max_position_embeddings {}",
+            s.hf.config.max_position_embeddings
+        );
     }
     let mut cuts = Cuts::default();
-    let (prompts, bad) = read_prompts(&a.prompts, a.common.skip_bad, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;
+    let (prompts, bad) = read_prompts(
+        &a.prompts,
+        a.common.skip_bad,
+        &enc,
+        rewards.iter().any(Reward::needs_answer),
+        &mut cuts,
+    )?;
     let cfg = train_config(&a.common, &s, prompts.len(), 1e-6)?;
     let run = json!({"kind": "grpo", "reward": a.reward, "group": a.group, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature,
         "top_p": a.top_p, "eps": a.eps, "eps_high": a.eps_high, "kl_beta": a.kl_beta, "dr_grpo": a.dr_grpo, "max_prompt": s.max_prompt,
@@ -415,8 +508,19 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
     let mut task = GrpoTask {
         prompts,
         rewards,
-        sampling: SampleOptions { group: a.group, max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p },
-        options: GrpoOptions { eps_low: a.eps, eps_high: a.eps_high.unwrap_or(a.eps), beta: a.kl_beta, dr_grpo: a.dr_grpo, max_len: a.max_new_tokens },
+        sampling: SampleOptions {
+            group: a.group,
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+        },
+        options: GrpoOptions {
+            eps_low: a.eps,
+            eps_high: a.eps_high.unwrap_or(a.eps),
+            beta: a.kl_beta,
+            dr_grpo: a.dr_grpo,
+            max_len: a.max_new_tokens,
+        },
         config: s.hf.config.clone(),
         reference,
         tokenizer: &s.tok,
@@ -432,17 +536,41 @@ pub fn grpo(a: GrpoArgs) -> Result<()> {
 
 /// `orlik eval reward`: greedy completions of each prompt and their mean reward (accuracy for
 /// 0/1 verifiers).
-pub fn eval_reward(model: &Path, prompts: &Path, reward: &[String], limit: usize, max_new_tokens: usize, json_out: bool) -> Result<()> {
+pub fn eval_reward(
+    model: &Path,
+    prompts: &Path,
+    reward: &[String],
+    limit: usize,
+    max_new_tokens: usize,
+    json_out: bool,
+) -> Result<()> {
     let common = AlignArgs {
-        model: model.into(), output: PathBuf::new(), steps: None, batch: 1, grad_accum: 1, lr: None, warmup: 0,
-        schedule: orlik_train::optim::Schedule::Constant, min_lr: None, weight_decay: 0.0, clip: 1.0, seed: 0, save_every: 0,
-        max_len: None, max_prompt: None, skip_bad: false, resume: false, force: false, save_dtype: None,
+        model: model.into(),
+        output: PathBuf::new(),
+        steps: None,
+        batch: 1,
+        grad_accum: 1,
+        lr: None,
+        warmup: 0,
+        schedule: orlik_train::optim::Schedule::Constant,
+        min_lr: None,
+        weight_decay: 0.0,
+        clip: 1.0,
+        seed: 0,
+        save_every: 0,
+        max_len: None,
+        max_prompt: None,
+        skip_bad: false,
+        resume: false,
+        force: false,
+        save_dtype: None,
     };
     let s = setup(&common)?;
     let enc = encoder(&s);
     let rewards = rewards(reward, 30.0)?;
     let mut cuts = Cuts::default();
-    let (mut rows, _) = read_prompts(prompts, false, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;
+    let (mut rows, _) =
+        read_prompts(prompts, false, &enc, rewards.iter().any(Reward::needs_answer), &mut cuts)?;
     if limit > 0 {
         rows.truncate(limit);
     }

@@ -11,10 +11,18 @@ use std::path::Path;
 
 pub fn parse_size(s: &str) -> Result<u64> {
     let t = s.trim().to_ascii_uppercase();
-    let (num, mult) = [("GIB", 1u64 << 30), ("MIB", 1 << 20), ("KIB", 1 << 10), ("GB", 1_000_000_000), ("MB", 1_000_000), ("KB", 1_000), ("B", 1)]
-        .iter()
-        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
-        .unwrap_or((t.clone(), 1));
+    let (num, mult) = [
+        ("GIB", 1u64 << 30),
+        ("MIB", 1 << 20),
+        ("KIB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+    .unwrap_or((t.clone(), 1));
     let n: f64 = num.parse().with_context(|| format!("bad size {s:?} (e.g. 500MB, 2GB)"))?;
     if n <= 0.0 {
         bail!("size must be positive: {s:?}");
@@ -46,16 +54,32 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    orlik_io::output::check(out, "convert", &[gguf], orlik_io::output::Mode::from_flags(force, false))?;
-    let opts = SaveOptions { dtype, max_shard_bytes: parse_size(max_shard)?, overwrite: force, kind: "convert" };
+    orlik_io::output::check(
+        out,
+        "convert",
+        &[gguf],
+        orlik_io::output::Mode::from_flags(force, false),
+    )?;
+    let opts = SaveOptions {
+        dtype,
+        max_shard_bytes: parse_size(max_shard)?,
+        overwrite: force,
+        kind: "convert",
+    };
     // Licence terms shipped beside the GGUF travel with the converted model (and, as side files,
     // with every model derived from it).
     let mut extra = vec![("orlik.json".to_string(), provenance())];
     let dir = gguf.parent().unwrap_or(Path::new("."));
-    for name in orlik_io::hfdir::SIDE_FILES.iter().filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE")) {
+    for name in orlik_io::hfdir::SIDE_FILES
+        .iter()
+        .filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE"))
+    {
         let p = dir.join(name);
         if p.is_file() {
-            extra.push((name.to_string(), std::fs::read(&p).with_context(|| p.display().to_string())?));
+            extra.push((
+                name.to_string(),
+                std::fs::read(&p).with_context(|| p.display().to_string())?,
+            ));
             eprintln!("licence: {name} copied into {}", out.display());
         }
     }
@@ -93,7 +117,15 @@ pub(crate) fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
     Ok((hf, m))
 }
 
-pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top_p: f64, seed: u64, chat: bool) -> Result<()> {
+pub fn generate(
+    path: &Path,
+    prompt: &str,
+    max_new: usize,
+    temperature: f64,
+    top_p: f64,
+    seed: u64,
+    chat: bool,
+) -> Result<()> {
     if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
         bail!("--top-p must be in (0, 1], got {top_p}");
     }
@@ -102,8 +134,14 @@ pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top
     }
     let (hf, model) = load(path)?;
     let tok = hf.tokenizer()?;
-    let text = if chat { format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n") } else { prompt.to_string() };
-    let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
+    let text = if chat {
+        format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    } else {
+        prompt.to_string()
+    };
+    let enc = tok
+        .encode(text.as_str(), true)
+        .map_err(|e| anyhow::anyhow!("tokenizing the prompt: {e}"))?;
     let mut stop = hf.config.eos_ids();
     for s in ["<|im_end|>", "<|endoftext|>", "</s>"] {
         if let Some(id) = tok.token_to_id(s) {
@@ -139,7 +177,11 @@ pub fn generate(path: &Path, prompt: &str, max_new: usize, temperature: f64, top
         true
     })?;
     println!();
-    eprintln!("[{} tokens, {:.1} tokens/s]", new.len(), new.len() as f64 / t0.elapsed().as_secs_f64());
+    eprintln!(
+        "[{} tokens, {:.1} tokens/s]",
+        new.len(),
+        new.len() as f64 / t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -21,16 +21,25 @@ pub struct PplReport {
     pub stride: usize,
 }
 
-pub fn ppl_report(model: &orlik_model::Model, hf: &HfModel, texts: &[PathBuf], opts: PplOptions) -> Result<PplReport> {
+pub fn ppl_report(
+    model: &orlik_model::Model,
+    hf: &HfModel,
+    texts: &[PathBuf],
+    opts: PplOptions,
+) -> Result<PplReport> {
     let tok = hf.tokenizer()?;
     let mut files = Vec::new();
     for f in texts {
         let text = orlik_eval::read_text(f)?;
-        let enc = tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
+        let enc = tok
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
         let ids = enc.get_ids();
         let pb = bar(ids.len() as u64, "ppl");
-        let r = orlik_eval::ppl::score_ids(model, ids, text.len(), &opts, |done, _| pb.set_position(done as u64))
-            .with_context(|| f.display().to_string())?;
+        let r = orlik_eval::ppl::score_ids(model, ids, text.len(), &opts, |done, _| {
+            pb.set_position(done as u64)
+        })
+        .with_context(|| f.display().to_string())?;
         pb.finish_and_clear();
         files.push((f.display().to_string(), r));
     }
@@ -38,14 +47,24 @@ pub fn ppl_report(model: &orlik_model::Model, hf: &HfModel, texts: &[PathBuf], o
     Ok(PplReport { files, total, context: opts.context, stride: opts.stride })
 }
 
-pub fn ppl(path: &Path, texts: &[PathBuf], context: usize, stride: usize, batch: usize, json_out: bool) -> Result<()> {
+pub fn ppl(
+    path: &Path,
+    texts: &[PathBuf],
+    context: usize,
+    stride: usize,
+    batch: usize,
+    json_out: bool,
+) -> Result<()> {
     let (hf, model) = load(path)?;
     let r = ppl_report(&model, &hf, texts, PplOptions { context, stride, batch })?;
     if json_out {
         let mut v = serde_json::to_value(&r.total)?;
         if let Some(o) = v.as_object_mut() {
-            let files: serde_json::Map<String, Value> =
-                r.files.iter().map(|(f, x)| (f.clone(), serde_json::to_value(x).unwrap_or_default())).collect();
+            let files: serde_json::Map<String, Value> = r
+                .files
+                .iter()
+                .map(|(f, x)| (f.clone(), serde_json::to_value(x).unwrap_or_default()))
+                .collect();
             o.insert("files".into(), Value::Object(files));
             o.insert("context".into(), context.into());
             o.insert("stride".into(), stride.into());
@@ -60,20 +79,35 @@ pub fn ppl(path: &Path, texts: &[PathBuf], context: usize, stride: usize, batch:
         );
     }
     if r.files.len() > 1 {
-        println!("total: {} tokens, ppl {:.3}, bits/byte {:.4}", r.total.tokens, r.total.ppl, r.total.bits_per_byte);
+        println!(
+            "total: {} tokens, ppl {:.3}, bits/byte {:.4}",
+            r.total.tokens, r.total.ppl, r.total.bits_per_byte
+        );
     }
     Ok(())
 }
 
 /// Multiple-choice accuracy of one model on the first `limit` questions (0 = all).
-pub fn mc_result(model: &orlik_model::Model, hf: &HfModel, tasks: &Path, limit: usize, context: usize) -> Result<McResult> {
+pub fn mc_result(
+    model: &orlik_model::Model,
+    hf: &HfModel,
+    tasks: &Path,
+    limit: usize,
+    context: usize,
+) -> Result<McResult> {
     let mut qs = orlik_eval::mc::load(tasks)?;
     if limit > 0 {
         qs.truncate(limit);
     }
     let tok = hf.tokenizer()?;
     let pb = bar(qs.len() as u64, "mc");
-    let r = orlik_eval::mc::evaluate(model, &tok, &qs, context.min(hf.config.max_position_embeddings), |d, _| pb.set_position(d as u64))?;
+    let r = orlik_eval::mc::evaluate(
+        model,
+        &tok,
+        &qs,
+        context.min(hf.config.max_position_embeddings),
+        |d, _| pb.set_position(d as u64),
+    )?;
     pb.finish_and_clear();
     Ok(r)
 }
@@ -82,7 +116,12 @@ pub fn mc(path: &Path, tasks: &Path, limit: usize, context: usize, json_out: boo
     let (hf, model) = load(path)?;
     let r = mc_result(&model, &hf, tasks, limit, context)?;
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&json!({"tasks": tasks.display().to_string(), "result": r}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"tasks": tasks.display().to_string(), "result": r})
+            )?
+        );
     } else {
         println!(
             "{}: {} questions, accuracy {:.2}% (length-normalised {:.2}%), chance {:.2}%{}",
@@ -91,7 +130,11 @@ pub fn mc(path: &Path, tasks: &Path, limit: usize, context: usize, json_out: boo
             100.0 * r.accuracy,
             100.0 * r.accuracy_norm,
             100.0 * r.chance,
-            if r.truncated > 0 { format!(", {} choices truncated from the left to {context} tokens", r.truncated) } else { String::new() }
+            if r.truncated > 0 {
+                format!(", {} choices truncated from the left to {context} tokens", r.truncated)
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())
@@ -110,25 +153,44 @@ pub fn agree_result(
     let mut ids = Vec::new();
     for f in texts {
         let text = orlik_eval::read_text(f)?;
-        let enc = s_tok.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
+        let enc = s_tok
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("{}: tokenizing: {e}", f.display()))?;
         ids.extend_from_slice(enc.get_ids());
     }
-    let context = context.min(student.1.config.max_position_embeddings).min(teacher.1.config.max_position_embeddings);
+    let context = context
+        .min(student.1.config.max_position_embeddings)
+        .min(teacher.1.config.max_position_embeddings);
     let total = if max_tokens == 0 { ids.len() } else { ids.len().min(max_tokens) };
     let pb = bar(total as u64, "agree");
-    let r = orlik_eval::agree::agreement(teacher.0, student.0, &ids, context, max_tokens, |d, _| pb.set_position(d as u64))?;
+    let r =
+        orlik_eval::agree::agreement(teacher.0, student.0, &ids, context, max_tokens, |d, _| {
+            pb.set_position(d as u64)
+        })?;
     pb.finish_and_clear();
     Ok(r)
 }
 
-pub fn agree(student: &Path, teacher: &Path, texts: &[PathBuf], context: usize, max_tokens: usize, json_out: bool) -> Result<()> {
+pub fn agree(
+    student: &Path,
+    teacher: &Path,
+    texts: &[PathBuf],
+    context: usize,
+    max_tokens: usize,
+    json_out: bool,
+) -> Result<()> {
     let (s_hf, s) = load(student)?;
     let (t_hf, t) = load(teacher)?;
     let r = agree_result((&s, &s_hf), (&t, &t_hf), texts, context, max_tokens)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!("{} tokens: KL(teacher || student) {:.4} nats/token, top-1 agreement {:.2}%", r.tokens, r.kl, 100.0 * r.top1);
+        println!(
+            "{} tokens: KL(teacher || student) {:.4} nats/token, top-1 agreement {:.2}%",
+            r.tokens,
+            r.kl,
+            100.0 * r.top1
+        );
     }
     Ok(())
 }
@@ -146,7 +208,8 @@ pub fn speed_rows(models: &[(String, &orlik_model::Model)], reps: usize) -> Resu
     if models.is_empty() {
         bail!("give at least one model");
     }
-    let mut rows: Vec<SpeedRow> = models.iter().map(|(n, _)| SpeedRow { model: n.clone(), timings: Vec::new() }).collect();
+    let mut rows: Vec<SpeedRow> =
+        models.iter().map(|(n, _)| SpeedRow { model: n.clone(), timings: Vec::new() }).collect();
     type Measure = fn(&orlik_model::Model, usize) -> Result<Timing, orlik_eval::EvalError>;
     let plan: [Measure; 4] = [
         |m, r| orlik_eval::speed::prefill(m, 1, 256, r),
@@ -167,7 +230,8 @@ pub fn speed_rows(models: &[(String, &orlik_model::Model)], reps: usize) -> Resu
 
 pub fn speed(models: &[PathBuf], reps: usize, json_out: bool) -> Result<()> {
     let loaded = models.iter().map(|p| load(p).map(|(_, m)| m)).collect::<Result<Vec<_>>>()?;
-    let named: Vec<(String, &orlik_model::Model)> = models.iter().map(|p| p.display().to_string()).zip(loaded.iter()).collect();
+    let named: Vec<(String, &orlik_model::Model)> =
+        models.iter().map(|p| p.display().to_string()).zip(loaded.iter()).collect();
     let rows = speed_rows(&named, reps)?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -32,7 +32,8 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         *counts.entry(component(&t.name)).or_default() += t.shape.iter().product::<usize>() as u64;
     }
     let total: u64 = counts.values().sum(); // tied lm_head is not stored, so counted once
-    let dtypes: Vec<&str> = hf.stored_dtypes().iter().map(|d| orlik_io::safetensors::dtype_name(*d)).collect();
+    let dtypes: Vec<&str> =
+        hf.stored_dtypes().iter().map(|d| orlik_io::safetensors::dtype_name(*d)).collect();
     let windows: Vec<Option<usize>> = (0..c.num_hidden_layers).map(|i| c.layer_window(i)).collect();
     let v = json!({
         "path": path.display().to_string(),
@@ -80,10 +81,20 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         c.head_dim(),
         c.vocab_size,
         c.max_position_embeddings,
-        match (c.arch() == orlik_model::Arch::Gemma3, c.rope_for("full_attention"), c.rope_for("sliding_attention")) {
+        match (
+            c.arch() == orlik_model::Arch::Gemma3,
+            c.rope_for("full_attention"),
+            c.rope_for("sliding_attention")
+        ) {
             (true, Ok(g), Ok(l)) => {
-                let local = (0..c.num_hidden_layers).filter(|&i| c.layer_window(i).is_some()).count();
-                format!("rope_theta {} global / {} local ({local} sliding-window layers of {})", g.0, l.0, c.sliding_window.unwrap_or(0))
+                let local =
+                    (0..c.num_hidden_layers).filter(|&i| c.layer_window(i).is_some()).count();
+                format!(
+                    "rope_theta {} global / {} local ({local} sliding-window layers of {})",
+                    g.0,
+                    l.0,
+                    c.sliding_window.unwrap_or(0)
+                )
             }
             _ => format!("rope_theta {}", c.rope_theta()),
         }

@@ -19,7 +19,10 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "orlik", version, about = "Make language models smaller without making them dumber.",
+#[command(
+    name = "orlik",
+    version,
+    about = "Make language models smaller without making them dumber.",
     long_about = "orlik compresses Hugging Face decoder-only language models (Llama, Mistral, Qwen2, Gemma 3 text) \
     on CPU: `orlik compress` (or `orlik run RECIPE.toml`) scores, prunes, distils from the original and \
     evaluates teacher, pruned and distilled side by side with a report. The stages are also commands of \
@@ -27,7 +30,8 @@ use std::path::PathBuf;
     (config.json + *.safetensors + tokenizer.json); GGUF files are imported with `orlik convert`. \
     Alignment: `orlik sft`, `orlik dpo`, `orlik grpo`. \
     orlik never writes over what it reads and never replaces a directory it did not write: every \
-    output carries a .orlik-output.json marker, and --force replaces only that command's own output.")]
+    output carries a .orlik-output.json marker, and --force replaces only that command's own output."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -539,7 +543,9 @@ fn compress(
     let mut t = toml::Table::new();
     t.insert("teacher".into(), toml::Value::String(teacher.display().to_string()));
     t.insert("output".into(), toml::Value::String(output.display().to_string()));
-    let paths = |v: &[PathBuf]| toml::Value::Array(v.iter().map(|p| toml::Value::String(p.display().to_string())).collect());
+    let paths = |v: &[PathBuf]| {
+        toml::Value::Array(v.iter().map(|p| toml::Value::String(p.display().to_string())).collect())
+    };
     t.insert("data".into(), paths(&data));
     t.insert("val".into(), paths(&val));
     let mut prune = toml::Table::new();
@@ -576,7 +582,11 @@ fn main() {
             let kept: Vec<&str> = text
                 .lines()
                 .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
                 .collect();
             eprintln!("{} (see --help)", kept.join(" "));
             std::process::exit(1);
@@ -596,20 +606,34 @@ fn main() {
         Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
             trim_cmd::trim_vocab(trim_cmd::TrimArgs { model, data, min_count, keep, output, force })
         }
-        Cmd::Eval { what: EvalCmd::Reward { path, prompts, reward, limit, max_new_tokens, json } } => {
-            align_cmd::eval_reward(&path, &prompts, &reward, limit, max_new_tokens, json)
-        }
+        Cmd::Eval {
+            what: EvalCmd::Reward { path, prompts, reward, limit, max_new_tokens, json },
+        } => align_cmd::eval_reward(&path, &prompts, &reward, limit, max_new_tokens, json),
         Cmd::Sft(a) => align_cmd::sft(a),
         Cmd::Dpo(a) => align_cmd::dpo(a),
         Cmd::Grpo(a) => align_cmd::grpo(a),
-        Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => eval_cmd::mc(&path, &tasks, limit, context, json),
-        Cmd::Eval { what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json } } => {
-            eval_cmd::agree(&student, &teacher, &text, context, max_tokens, json)
+        Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => {
+            eval_cmd::mc(&path, &tasks, limit, context, json)
         }
-        Cmd::Eval { what: EvalCmd::Speed { models, reps, json } } => eval_cmd::speed(&models, reps, json),
-        Cmd::Compress { teacher, params, data, val, tokens, mc_tasks, sets, output, resume, force } => {
-            compress(teacher, params, data, val, tokens, mc_tasks, &sets, output).and_then(|r| pipeline::run(r, resume, force))
+        Cmd::Eval {
+            what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json },
+        } => eval_cmd::agree(&student, &teacher, &text, context, max_tokens, json),
+        Cmd::Eval { what: EvalCmd::Speed { models, reps, json } } => {
+            eval_cmd::speed(&models, reps, json)
         }
+        Cmd::Compress {
+            teacher,
+            params,
+            data,
+            val,
+            tokens,
+            mc_tasks,
+            sets,
+            output,
+            resume,
+            force,
+        } => compress(teacher, params, data, val, tokens, mc_tasks, &sets, output)
+            .and_then(|r| pipeline::run(r, resume, force)),
         Cmd::Run { recipe, sets, output, resume, force } => std::fs::read_to_string(&recipe)
             .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))
             .and_then(|text| recipe::Recipe::parse(&text, &recipe.display().to_string(), &sets))
@@ -625,32 +649,123 @@ fn main() {
         }
         Cmd::Bench { path, reps, json, .. } => commands::bench(&path, reps, json),
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
-            train_cmd::distill(train_cmd::DistillArgs { teacher, student, teacher_cache, train, kd })
-        }
-        Cmd::Curves { runs, key, smooth, output } => orlik_train::curves::compare(&runs, &key, smooth, &output)
-            .map(|caps| caps.iter().for_each(|c| println!("{c}")))
-            .map_err(Into::into),
-        Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
-        Cmd::TeacherCache { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force } => {
-            train_cmd::teacher_cache(train_cmd::CacheArgs { teacher, data, val, topk, seq_len, temperature, batch, shard_windows, output, force })
-        }
-        Cmd::Score { model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, in_memory, measure_cost, output, force } => {
-            prune_cmd::score(prune_cmd::ScoreArgs {
-                model, data, samples, seq_len, batch, seq_agg, batch_agg, max_block, loo_batches, output, force, in_memory, measure_cost,
+            train_cmd::distill(train_cmd::DistillArgs {
+                teacher,
+                student,
+                teacher_cache,
+                train,
+                kd,
             })
         }
+        Cmd::Curves { runs, key, smooth, output } => {
+            orlik_train::curves::compare(&runs, &key, smooth, &output)
+                .map(|caps| caps.iter().for_each(|c| println!("{c}")))
+                .map_err(Into::into)
+        }
+        Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
+        Cmd::TeacherCache {
+            teacher,
+            data,
+            val,
+            topk,
+            seq_len,
+            temperature,
+            batch,
+            shard_windows,
+            output,
+            force,
+        } => train_cmd::teacher_cache(train_cmd::CacheArgs {
+            teacher,
+            data,
+            val,
+            topk,
+            seq_len,
+            temperature,
+            batch,
+            shard_windows,
+            output,
+            force,
+        }),
+        Cmd::Score {
+            model,
+            data,
+            samples,
+            seq_len,
+            batch,
+            seq_agg,
+            batch_agg,
+            max_block,
+            loo_batches,
+            in_memory,
+            measure_cost,
+            output,
+            force,
+        } => prune_cmd::score(prune_cmd::ScoreArgs {
+            model,
+            data,
+            samples,
+            seq_len,
+            batch,
+            seq_agg,
+            batch_agg,
+            max_block,
+            loo_batches,
+            output,
+            force,
+            in_memory,
+            measure_cost,
+        }),
         Cmd::Prune {
-            model, scores, plan, layers, hidden, heads, kv_heads, ffn, depth_method, importance, seed, params, data,
-            multiple, tolerance, axes, candidates, export_candidates, proxy_samples, seq_len, max_shard_size, output, force,
+            model,
+            scores,
+            plan,
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            ffn,
+            depth_method,
+            importance,
+            seed,
+            params,
+            data,
+            multiple,
+            tolerance,
+            axes,
+            candidates,
+            export_candidates,
+            proxy_samples,
+            seq_len,
+            max_shard_size,
+            output,
+            force,
         } => {
             let search = params.map(|params| prune_cmd::Search {
-                params, data, multiple, tolerance, axes, candidates, export: export_candidates, proxy_samples, seq_len,
+                params,
+                data,
+                multiple,
+                tolerance,
+                axes,
+                candidates,
+                export: export_candidates,
+                proxy_samples,
+                seq_len,
             });
             let depth = prune_cmd::depth_method(&depth_method);
             let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
             commands::parse_size(&max_shard_size).and_then(|max_shard_bytes| {
                 prune_cmd::prune(prune_cmd::PruneArgs {
-                    search, model, scores, plan, target, depth, importance, seed, output, force, max_shard_bytes,
+                    search,
+                    model,
+                    scores,
+                    plan,
+                    target,
+                    depth,
+                    importance,
+                    seed,
+                    output,
+                    force,
+                    max_shard_bytes,
                 })
             })
         }

@@ -42,15 +42,21 @@ fn sha(v: &Value) -> String {
 }
 
 fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    orlik_io::atomic::write_file_atomically(path, &serde_json::to_vec_pretty(v)?).with_context(|| path.display().to_string())
+    orlik_io::atomic::write_file_atomically(path, &serde_json::to_vec_pretty(v)?)
+        .with_context(|| path.display().to_string())
 }
 
 /// How OUT relates to this recipe before anything runs.
 fn prepare(r: &Recipe, resume: bool, force: bool) -> Result<()> {
     use orlik_io::output::{check, write_marker, Found, Mode};
     let out = &r.output;
-    let inputs: Vec<&Path> =
-        std::iter::once(&r.teacher).chain(&r.data).chain(&r.val).chain(&r.eval.texts).chain(&r.eval.mc_tasks).map(PathBuf::as_path).collect();
+    let inputs: Vec<&Path> = std::iter::once(&r.teacher)
+        .chain(&r.data)
+        .chain(&r.val)
+        .chain(&r.eval.texts)
+        .chain(&r.eval.mc_tasks)
+        .map(PathBuf::as_path)
+        .collect();
     // A pipeline run of the same recipe continues where it stopped, so an own output is not an
     // error without --force; anything that is not a pipeline run is refused.
     let found = check(out, "compress", &inputs, if force { Mode::Replace } else { Mode::Resume })?;
@@ -94,9 +100,14 @@ impl Runner {
     fn open(out: &Path) -> Result<Runner> {
         let p = out.join(STATE);
         let state = if p.is_file() {
-            let s: State = serde_json::from_slice(&std::fs::read(&p)?).with_context(|| p.display().to_string())?;
+            let s: State = serde_json::from_slice(&std::fs::read(&p)?)
+                .with_context(|| p.display().to_string())?;
             if s.format_version != FORMAT_VERSION {
-                bail!("{}: format version {} (this orlik writes {FORMAT_VERSION}); use --force", p.display(), s.format_version);
+                bail!(
+                    "{}: format version {} (this orlik writes {FORMAT_VERSION}); use --force",
+                    p.display(),
+                    s.format_version
+                );
             }
             s
         } else {
@@ -121,7 +132,14 @@ impl Runner {
     /// Run one stage: skip it, or mark it started, run `work(resume)`, mark it done. Only a
     /// `resumable` stage (distillation: checkpoints) continues an interrupted attempt; the others
     /// start again.
-    fn stage(&mut self, name: &str, fp: &str, product: &Path, resumable: bool, work: impl FnOnce(bool) -> Result<()>) -> Result<()> {
+    fn stage(
+        &mut self,
+        name: &str,
+        fp: &str,
+        product: &Path,
+        resumable: bool,
+        work: impl FnOnce(bool) -> Result<()>,
+    ) -> Result<()> {
         let act = self.action(name, fp, product);
         if let Action::Skip = act {
             eprintln!("== {name}: unchanged, kept ({})", product.display());
@@ -129,14 +147,29 @@ impl Runner {
         }
         let interrupted = matches!(act, Action::Resume);
         let resume = interrupted && resumable;
-        eprintln!("== {name}{}", if resume { ": resuming" } else if interrupted { ": interrupted before, starting again" } else { "" });
-        let prior = if resume { self.state.stages.get(name).map_or(0.0, |s| s.seconds) } else { 0.0 };
-        self.state.stages.insert(name.into(), StageState { fingerprint: fp.into(), done: false, seconds: prior });
+        eprintln!(
+            "== {name}{}",
+            if resume {
+                ": resuming"
+            } else if interrupted {
+                ": interrupted before, starting again"
+            } else {
+                ""
+            }
+        );
+        let prior =
+            if resume { self.state.stages.get(name).map_or(0.0, |s| s.seconds) } else { 0.0 };
+        self.state.stages.insert(
+            name.into(),
+            StageState { fingerprint: fp.into(), done: false, seconds: prior },
+        );
         self.save()?;
         let t = Instant::now();
         work(resume).with_context(|| format!("stage {name}"))?;
         let seconds = prior + t.elapsed().as_secs_f64();
-        self.state.stages.insert(name.into(), StageState { fingerprint: fp.into(), done: true, seconds });
+        self.state
+            .stages
+            .insert(name.into(), StageState { fingerprint: fp.into(), done: true, seconds });
         self.save()?;
         eprintln!("== {name}: done in {seconds:.0} s");
         Ok(())
@@ -168,7 +201,8 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
     prepare(&r, resume, force)?;
     let out = r.output.clone();
     std::fs::write(out.join("recipe.toml"), r.to_toml()?).context("writing recipe.toml")?;
-    std::fs::write(out.join("orlik.json"), crate::commands::provenance()).context("writing orlik.json")?;
+    std::fs::write(out.join("orlik.json"), crate::commands::provenance())
+        .context("writing orlik.json")?;
     let mut runner = Runner::open(&out)?;
     let started = Instant::now();
 
@@ -179,7 +213,9 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
     drop(teacher);
 
     let (scores, pruned, final_dir) = (out.join("scores"), out.join("pruned"), out.join("final"));
-    let fp_score = sha(&json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}));
+    let fp_score = sha(
+        &json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}),
+    );
     runner.stage("score", &fp_score, &scores, false, |_| {
         let s = &r.score;
         crate::prune_cmd::score(crate::prune_cmd::ScoreArgs {
@@ -199,7 +235,8 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         })
     })?;
 
-    let fp_prune = sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
+    let fp_prune =
+        sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
     runner.stage("prune", &fp_prune, &pruned, false, |_| {
         let p = &r.prune;
         let search = p.params.map(|params| crate::prune_cmd::Search {
@@ -219,7 +256,13 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
             model: r.teacher.clone(),
             scores: Some(scores.clone()),
             plan: None,
-            target: orlik_prune::select::Target { layers: p.layers, hidden: p.hidden, heads: p.heads, kv_heads: p.kv_heads, ffn: p.ffn },
+            target: orlik_prune::select::Target {
+                layers: p.layers,
+                hidden: p.hidden,
+                heads: p.heads,
+                kv_heads: p.kv_heads,
+                ffn: p.ffn,
+            },
             depth,
             importance: "minitron".into(),
             seed: 0,
@@ -229,14 +272,21 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         })
     })?;
 
-    let fp_distill = sha(&json!({"stage": "distill", "settings": r.distill, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}));
+    let fp_distill = sha(
+        &json!({"stage": "distill", "settings": r.distill, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+    );
     let run_dir = out.join("distill");
     runner.stage("distill", &fp_distill, &final_dir, true, |resume| {
         let resume = resume && run_dir.join("run.json").is_file();
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }
-        let train = crate::train_cmd::TrainArgs::for_pipeline(r.data.clone(), r.val.clone(), run_dir.clone(), resume);
+        let train = crate::train_cmd::TrainArgs::for_pipeline(
+            r.data.clone(),
+            r.val.clone(),
+            run_dir.clone(),
+            resume,
+        );
         crate::train_cmd::distill_with(
             crate::train_cmd::DistillArgs {
                 teacher: Some(r.teacher.clone()),
@@ -248,7 +298,8 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
             r.distill.clone(),
         )?;
         // The distilled model is the run's product: OUT/final/, beside its training record.
-        std::fs::rename(run_dir.join("final"), &final_dir).context("moving distill/final to final")?;
+        std::fs::rename(run_dir.join("final"), &final_dir)
+            .context("moving distill/final to final")?;
         Ok(())
     })?;
 
@@ -256,16 +307,26 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
     for t in r.eval.texts.iter().chain(r.eval.mc_tasks.iter()) {
         texts_sha.push(orlik_io::hfdir::sha256_files(std::slice::from_ref(t))?);
     }
-    let fp_eval = sha(&json!({"stage": "eval", "format": crate::report::FORMAT_VERSION, "settings": r.eval, "distill": fp_distill, "texts": texts_sha}));
+    let fp_eval = sha(
+        &json!({"stage": "eval", "format": crate::report::FORMAT_VERSION, "settings": r.eval, "distill": fp_distill, "texts": texts_sha}),
+    );
     let eval_json = out.join("eval.json");
     runner.stage("eval", &fp_eval, &eval_json, false, |_| {
-        let ev = crate::report::evaluate(&r, &[("teacher", &r.teacher), ("pruned", &pruned), ("distilled", &final_dir)])?;
+        let ev = crate::report::evaluate(
+            &r,
+            &[("teacher", &r.teacher), ("pruned", &pruned), ("distilled", &final_dir)],
+        )?;
         write_json(&eval_json, &ev)
     })?;
 
-    let ev: crate::report::Eval = serde_json::from_slice(&std::fs::read(&eval_json)?).context("reading eval.json")?;
+    let ev: crate::report::Eval =
+        serde_json::from_slice(&std::fs::read(&eval_json)?).context("reading eval.json")?;
     let table = crate::report::write(&out, &r, &ev, &runner.seconds())?;
     println!("{table}");
-    println!("report: {} ({:.0} s this session)", out.join("report.md").display(), started.elapsed().as_secs_f64());
+    println!(
+        "report: {} ({:.0} s this session)",
+        out.join("report.md").display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -30,17 +30,31 @@ pub struct ScoreArgs {
 
 pub fn score(a: ScoreArgs) -> Result<()> {
     a.validate()?;
-    let inputs: Vec<&Path> = std::iter::once(a.model.as_path()).chain(a.data.iter().map(PathBuf::as_path)).collect();
-    orlik_io::output::check(&a.output, "score", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
+    let inputs: Vec<&Path> =
+        std::iter::once(a.model.as_path()).chain(a.data.iter().map(PathBuf::as_path)).collect();
+    orlik_io::output::check(
+        &a.output,
+        "score",
+        &inputs,
+        orlik_io::output::Mode::from_flags(a.force, false),
+    )?;
     let hf = HfModel::open(&a.model)?;
     let tok = hf.tokenizer()?;
     let eos = hf.config.eos_ids().first().copied();
     // Paragraphs (blank-line separated), tokenized until enough tokens for the samples.
     let docs = tokenize_paragraphs(&tok, &a.data, a.samples * a.seq_len, false)?;
     let batches = calibration_batches(&docs, eos, a.samples, a.seq_len, a.batch)?;
-    let opts = ScoreOptions { seq: a.seq_agg, batch: a.batch_agg, max_block: a.max_block, loo_batches: a.loo_batches };
+    let opts = ScoreOptions {
+        seq: a.seq_agg,
+        batch: a.batch_agg,
+        max_block: a.max_block,
+        loo_batches: a.loo_batches,
+    };
     let pb = ProgressBar::new(batches.len() as u64);
-    pb.set_style(ProgressStyle::with_template("{msg:16} [{bar:30}] {pos}/{len} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    pb.set_style(
+        ProgressStyle::with_template("{msg:16} [{bar:30}] {pos}/{len} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let t0 = std::time::Instant::now();
     let show = |what: &str, i: usize, n: usize| {
         pb.set_message(what.to_string());
@@ -73,7 +87,11 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         let plain = std::time::Instant::now();
         for (ids, valid) in &batches {
             let t = ids.first().map_or(0, Vec::len);
-            let x = candle_core::Tensor::from_vec(ids.iter().flatten().copied().collect::<Vec<u32>>(), (ids.len(), t), &candle_core::Device::Cpu)?;
+            let x = candle_core::Tensor::from_vec(
+                ids.iter().flatten().copied().collect::<Vec<u32>>(),
+                (ids.len(), t),
+                &candle_core::Device::Cpu,
+            )?;
             model.forward_hidden(&x, Some(valid), None, None)?; // without lm_head: the strict comparison
         }
         let plain = plain.elapsed().as_secs_f64();
@@ -85,8 +103,13 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     }
     let _ = writeln!(report, "\n## Charts\n\n![depth](depth.png)\n![heads](heads.png)\n![mlp](mlp.png)\n![hidden](hidden.png)\n\n{}", orlik_score::charts::CAPTIONS);
     if let Some(kb) = peak_rss_kb() {
-        let _ = writeln!(report, "\nPeak resident memory: {:.1} MB ({}; checkpoint {:.1} MB).", kb as f64 / 1024.0,
-            if a.in_memory { "whole model in memory" } else { "layer by layer" }, hf.checkpoint.bytes_on_disk() as f64 / 1e6);
+        let _ = writeln!(
+            report,
+            "\nPeak resident memory: {:.1} MB ({}; checkpoint {:.1} MB).",
+            kb as f64 / 1024.0,
+            if a.in_memory { "whole model in memory" } else { "layer by layer" },
+            hf.checkpoint.bytes_on_disk() as f64 / 1e6
+        );
     }
     write_dir_atomically::<anyhow::Error>(&a.output, "score", a.force, |tmp| {
         scores.save(tmp, &meta)?;
@@ -106,7 +129,9 @@ impl ScoreArgs {
         if self.seq_len < 2 {
             bail!("--seq-len {}: must be at least 2 tokens", self.seq_len);
         }
-        for (flag, v) in [("--samples", self.samples), ("--batch", self.batch), ("--max-block", self.max_block)] {
+        for (flag, v) in
+            [("--samples", self.samples), ("--batch", self.batch), ("--max-block", self.max_block)]
+        {
             if v == 0 {
                 bail!("{flag} 0: must be at least 1");
             }
@@ -122,7 +147,13 @@ impl PruneArgs {
     /// Every option checked before any work, each error naming its flag.
     pub fn validate(&self) -> Result<()> {
         let t = &self.target;
-        for (flag, v) in [("--layers", t.layers), ("--hidden", t.hidden), ("--heads", t.heads), ("--kv-heads", t.kv_heads), ("--ffn", t.ffn)] {
+        for (flag, v) in [
+            ("--layers", t.layers),
+            ("--hidden", t.hidden),
+            ("--heads", t.heads),
+            ("--kv-heads", t.kv_heads),
+            ("--ffn", t.ffn),
+        ] {
             if v == Some(0) {
                 bail!("{flag} 0: must be at least 1");
             }
@@ -137,7 +168,11 @@ impl PruneArgs {
             if s.seq_len < 2 {
                 bail!("--seq-len {}: must be at least 2 tokens", s.seq_len);
             }
-            for (flag, v) in [("--multiple", s.multiple), ("--candidates", s.candidates), ("--proxy-samples", s.proxy_samples)] {
+            for (flag, v) in [
+                ("--multiple", s.multiple),
+                ("--candidates", s.candidates),
+                ("--proxy-samples", s.proxy_samples),
+            ] {
                 if v == 0 {
                     bail!("{flag} 0: must be at least 1");
                 }
@@ -162,7 +197,11 @@ fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
     let _ = writeln!(r, "| layer | block influence | angular (n=1) | LOO KL | LOO loss |\n| --- | --- | --- | --- | --- |");
     for l in 0..s.bi.len() {
         let a = s.angular.first().and_then(|v| v.get(l)).copied().unwrap_or(f32::NAN);
-        let _ = writeln!(r, "| {l} | {:.4} | {:.4} | {:.4} | {:.4} |", s.bi[l], a, s.loo_kl[l], s.loo_loss[l]);
+        let _ = writeln!(
+            r,
+            "| {l} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            s.bi[l], a, s.loo_kl[l], s.loo_loss[l]
+        );
     }
     let _ = writeln!(r, "\n## Width\n");
     let _ = writeln!(r, "| layer | MLP min / median / max | head scores |\n| --- | --- | --- |");
@@ -170,11 +209,24 @@ fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
         let mut v = s.mlp[l].clone();
         v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         let heads: Vec<String> = s.heads[l].iter().map(|x| format!("{x:.2}")).collect();
-        let _ = writeln!(r, "| {l} | {:.3} / {:.3} / {:.3} | {} |", v[0], v[v.len() / 2], v[v.len() - 1], heads.join(" "));
+        let _ = writeln!(
+            r,
+            "| {l} | {:.3} / {:.3} / {:.3} | {} |",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1],
+            heads.join(" ")
+        );
     }
     let mut h = s.hidden.clone();
     h.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let _ = writeln!(r, "\nHidden channels: min {:.3}, median {:.3}, max {:.3}.", h[0], h[h.len() / 2], h[h.len() - 1]);
+    let _ = writeln!(
+        r,
+        "\nHidden channels: min {:.3}, median {:.3}, max {:.3}.",
+        h[0],
+        h[h.len() / 2],
+        h[h.len() - 1]
+    );
     r
 }
 
@@ -219,13 +271,22 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     let mut inputs: Vec<&Path> = vec![a.model.as_path()];
     inputs.extend(a.scores.iter().chain(&a.plan).map(PathBuf::as_path));
     inputs.extend(a.search.iter().flat_map(|s| s.data.iter().map(PathBuf::as_path)));
-    orlik_io::output::check(&a.output, "prune", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
+    orlik_io::output::check(
+        &a.output,
+        "prune",
+        &inputs,
+        orlik_io::output::Mode::from_flags(a.force, false),
+    )?;
     let hf = HfModel::open(&a.model)?;
     let cfg = &hf.config;
     // Whole weights in memory only where a choice needs them (magnitude importance, the budget
     // search); the final slicing streams tensor by tensor from the mmap'd checkpoint.
     let needs_weights = a.plan.is_none() && (a.importance == "magnitude" || a.search.is_some());
-    let weights = if needs_weights { hf.checkpoint.load_all(candle_core::DType::F32)? } else { orlik_model::Weights::new() };
+    let weights = if needs_weights {
+        hf.checkpoint.load_all(candle_core::DType::F32)?
+    } else {
+        orlik_model::Weights::new()
+    };
     let mut extra: Vec<(String, Vec<u8>)> = Vec::new();
     let plan = if let Some(p) = &a.plan {
         let text = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
@@ -233,15 +294,28 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     } else {
         let imp = match a.importance.as_str() {
             "minitron" => {
-                let dir = a.scores.as_ref().context("--importance minitron needs --scores DIR (from `orlik score`)")?;
+                let dir = a
+                    .scores
+                    .as_ref()
+                    .context("--importance minitron needs --scores DIR (from `orlik score`)")?;
                 let (s, meta) = Scores::load(dir)?;
-                if meta.num_hidden_layers != cfg.num_hidden_layers || s.mlp.first().map(Vec::len) != Some(cfg.intermediate_size) {
-                    bail!("{}: scores are for another model ({} layers)", dir.display(), meta.num_hidden_layers);
+                if meta.num_hidden_layers != cfg.num_hidden_layers
+                    || s.mlp.first().map(Vec::len) != Some(cfg.intermediate_size)
+                {
+                    bail!(
+                        "{}: scores are for another model ({} layers)",
+                        dir.display(),
+                        meta.num_hidden_layers
+                    );
                 }
                 let here = hf.content_sha256()?;
                 if meta.model_sha256 != here {
-                    bail!("{}: scores were computed on another checkpoint (model sha256 {} vs {})", dir.display(),
-                        &meta.model_sha256[..12.min(meta.model_sha256.len())], &here[..12]);
+                    bail!(
+                        "{}: scores were computed on another checkpoint (model sha256 {} vs {})",
+                        dir.display(),
+                        &meta.model_sha256[..12.min(meta.model_sha256.len())],
+                        &here[..12]
+                    );
                 }
                 Importance::from_scores(&s, a.depth)
             }
@@ -267,8 +341,14 @@ pub fn prune(a: PruneArgs) -> Result<()> {
     files.push(("prune_plan.json".into(), plan.to_json().into_bytes()));
     files.push(("orlik.json".into(), provenance()));
     files.extend(extra);
-    let opts = SaveOptions { dtype, max_shard_bytes: a.max_shard_bytes, overwrite: a.force, kind: "prune" };
-    let shapes: Vec<(String, Vec<usize>)> = specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
+    let opts = SaveOptions {
+        dtype,
+        max_shard_bytes: a.max_shard_bytes,
+        overwrite: a.force,
+        kind: "prune",
+    };
+    let shapes: Vec<(String, Vec<usize>)> =
+        specs.iter().map(|s| (s.name.clone(), s.shape.clone())).collect();
     let pb = ProgressBar::new(specs.len() as u64);
     let mut produce = |name: &str| -> Result<candle_core::Tensor, orlik_io::IoError> {
         pb.inc(1);
@@ -278,14 +358,19 @@ pub fn prune(a: PruneArgs) -> Result<()> {
             msg: "not in the plan".into(),
         })?;
         let t = hf.checkpoint.tensor(&s.src)?;
-        let out = orlik_prune::slice::cut(&t, s)
-            .map_err(|e| orlik_io::IoError::Tensor { path: a.model.clone(), name: s.src.clone(), msg: e.to_string() });
+        let out = orlik_prune::slice::cut(&t, s).map_err(|e| orlik_io::IoError::Tensor {
+            path: a.model.clone(),
+            name: s.src.clone(),
+            msg: e.to_string(),
+        });
         hf.checkpoint.release(&s.src);
         out
     };
     save_pretrained_with(&a.output, &pcfg, &shapes, &mut produce, &files, &opts)?;
     pb.finish_and_clear();
-    let count = |c: &orlik_model::Config| c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>();
+    let count = |c: &orlik_model::Config| {
+        c.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>()
+    };
     let (before, after) = (count(cfg), count(&pcfg));
     println!(
         "pruned {} -> {}: layers {}->{}, hidden {}->{}, heads {}->{} (kv {}->{}), ffn {}->{}; parameters {} -> {} ({:.1}%)",
@@ -310,11 +395,20 @@ pub fn prune(a: PruneArgs) -> Result<()> {
 
 /// `--params`: enumerate shapes within the tolerance of the budget, rank a shortlist by
 /// KL(teacher ‖ pruned) on the last paragraphs of `--data`, return the best plan and a JSON table.
-fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth: DepthMethod, s: &Search) -> Result<(Plan, String)> {
-    use orlik_prune::search::{enumerate, evaluate, param_count, shortlist, teacher_logprobs, Axes};
+fn search(
+    hf: &HfModel,
+    weights: &orlik_model::Weights,
+    imp: &Importance,
+    depth: DepthMethod,
+    s: &Search,
+) -> Result<(Plan, String)> {
+    use orlik_prune::search::{
+        enumerate, evaluate, param_count, shortlist, teacher_logprobs, Axes,
+    };
     let cfg = &hf.config;
     let total = param_count(cfg);
-    let budget = if s.params <= 1.0 { (s.params * total as f64) as usize } else { s.params as usize };
+    let budget =
+        if s.params <= 1.0 { (s.params * total as f64) as usize } else { s.params as usize };
     if s.params <= 0.0 || budget > total {
         bail!("--params {}: budget {budget} must be positive and at most the model's {total} parameters", s.params);
     }
@@ -327,7 +421,8 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
     if s.data.is_empty() {
         bail!("--params ranks candidates by KL to the original model on held-out text: give --data FILE");
     }
-    let axes = Axes { depth: has("depth"), hidden: has("hidden"), heads: has("heads"), mlp: has("mlp") };
+    let axes =
+        Axes { depth: has("depth"), hidden: has("hidden"), heads: has("heads"), mlp: has("mlp") };
     let all = enumerate(cfg, budget, s.tolerance, s.multiple, axes);
     if all.is_empty() {
         bail!("no architecture within {:.1}% of {budget} parameters on multiples of {} along {}; widen --tolerance or --axes",
@@ -335,15 +430,21 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
     }
     // held out: the last paragraphs (scoring reads from the start)
     let docs = tokenize_paragraphs(&hf.tokenizer()?, &s.data, s.proxy_samples * s.seq_len, true)?;
-    let batches: Vec<Vec<Vec<u32>>> = calibration_batches(&docs, cfg.eos_ids().first().copied(), s.proxy_samples, s.seq_len, 2)?
-        .into_iter()
-        .map(|b| b.0)
-        .collect();
+    let batches: Vec<Vec<Vec<u32>>> =
+        calibration_batches(&docs, cfg.eos_ids().first().copied(), s.proxy_samples, s.seq_len, 2)?
+            .into_iter()
+            .map(|b| b.0)
+            .collect();
     let teacher_model = orlik_model::Model::new(cfg, weights, ModelOptions::default())?;
     let teacher = teacher_logprobs(&teacher_model, &batches)?;
     drop(teacher_model);
     let mut short = shortlist(all.clone(), s.candidates);
-    eprintln!("{} shapes within {:.1}% of {budget} parameters; ranking {} by KL to the original", all.len(), 100.0 * s.tolerance, short.len());
+    eprintln!(
+        "{} shapes within {:.1}% of {budget} parameters; ranking {} by KL to the original",
+        all.len(),
+        100.0 * s.tolerance,
+        short.len()
+    );
     let pb = ProgressBar::new(short.len() as u64);
     let mut plans = Vec::new();
     for c in short.iter_mut() {
@@ -354,14 +455,29 @@ fn search(hf: &HfModel, weights: &orlik_model::Weights, imp: &Importance, depth:
     }
     pb.finish_and_clear();
     let mut order: Vec<usize> = (0..short.len()).collect();
-    order.sort_by(|&a, &b| short[a].kl.partial_cmp(&short[b].kl).unwrap_or(std::cmp::Ordering::Equal));
-    println!("{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10}", "rank", "layers", "hidden", "heads", "kv", "ffn", "params", "KL");
+    order.sort_by(|&a, &b| {
+        short[a].kl.partial_cmp(&short[b].kl).unwrap_or(std::cmp::Ordering::Equal)
+    });
+    println!(
+        "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10}",
+        "rank", "layers", "hidden", "heads", "kv", "ffn", "params", "KL"
+    );
     let mut rows = Vec::new();
     for (rank, &i) in order.iter().enumerate() {
         let c = &short[i];
         let t = c.target;
         let g = |x: Option<usize>| x.unwrap_or(0);
-        println!("{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10.4}", rank + 1, g(t.layers), g(t.hidden), g(t.heads), g(t.kv_heads), g(t.ffn), c.params, c.kl.unwrap_or(f64::NAN));
+        println!(
+            "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10.4}",
+            rank + 1,
+            g(t.layers),
+            g(t.hidden),
+            g(t.heads),
+            g(t.kv_heads),
+            g(t.ffn),
+            c.params,
+            c.kl.unwrap_or(f64::NAN)
+        );
         let mut row = serde_json::json!({"rank": rank + 1, "layers": t.layers, "hidden": t.hidden, "heads": t.heads,
             "kv_heads": t.kv_heads, "ffn": t.ffn, "params": c.params, "kl": c.kl});
         if rank < s.export {
@@ -384,7 +500,12 @@ pub(crate) fn peak_rss_kb() -> Option<u64> {
 
 /// Paragraphs (blank-line separated) of `files`, tokenized without special tokens until about
 /// `need` tokens are collected; taken from the end of the text when `from_end` (held-out text).
-fn tokenize_paragraphs(tok: &tokenizers::Tokenizer, files: &[PathBuf], need: usize, from_end: bool) -> Result<Vec<Vec<u32>>> {
+fn tokenize_paragraphs(
+    tok: &tokenizers::Tokenizer,
+    files: &[PathBuf],
+    need: usize,
+    from_end: bool,
+) -> Result<Vec<Vec<u32>>> {
     let mut paras: Vec<String> = Vec::new();
     for f in files {
         let text = orlik_eval::read_text(f)?;
@@ -396,7 +517,9 @@ fn tokenize_paragraphs(tok: &tokenizers::Tokenizer, files: &[PathBuf], need: usi
     let mut docs = Vec::new();
     let mut have = 0;
     for p in &paras {
-        let ids = tok.encode(p.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizing calibration text: {e}"))?;
+        let ids = tok
+            .encode(p.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizing calibration text: {e}"))?;
         have += ids.len() + 1;
         docs.push(ids.get_ids().to_vec());
         if have >= need {

@@ -164,7 +164,13 @@ impl Default for EvalStage {
 pub const DEFAULT_TOKENS: u64 = 100_000;
 
 fn distill_defaults() -> TrainConfig {
-    TrainConfig { tokens: Some(DEFAULT_TOKENS), eval_every: 10, save_every: 10, val_tokens: 8192, ..TrainConfig::default() }
+    TrainConfig {
+        tokens: Some(DEFAULT_TOKENS),
+        eval_every: 10,
+        save_every: 10,
+        val_tokens: 8192,
+        ..TrainConfig::default()
+    }
 }
 
 /// Line of a byte offset, for error messages.
@@ -184,7 +190,9 @@ fn set_value(v: &str) -> toml::Value {
 /// Apply `key=value` edits (dotted keys reach into the stage tables).
 pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     for s in sets {
-        let (k, v) = s.split_once('=').with_context(|| format!("--set {s:?}: expected key=value (e.g. prune.params=0.5)"))?;
+        let (k, v) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s:?}: expected key=value (e.g. prune.params=0.5)"))?;
         let path: Vec<&str> = k.trim().split('.').collect();
         let mut t = &mut *table;
         for p in &path[..path.len() - 1] {
@@ -208,7 +216,12 @@ impl Recipe {
                 .span()
                 .map(|r| {
                     let n = line_of(src, r.start);
-                    let key = src.lines().nth(n - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim()).filter(|k| !k.is_empty());
+                    let key = src
+                        .lines()
+                        .nth(n - 1)
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| k.trim())
+                        .filter(|k| !k.is_empty());
                     format!(" (line {n}{})", key.map(|k| format!(", key {k}")).unwrap_or_default())
                 })
                 .unwrap_or_default();
@@ -229,7 +242,8 @@ impl Recipe {
         table.insert("distill".into(), toml::Value::Table(merged));
         apply_sets(&mut table, sets)?;
         let edited = toml::to_string(&table)?;
-        let what = if sets.is_empty() { origin.to_string() } else { format!("{origin} after --set") };
+        let what =
+            if sets.is_empty() { origin.to_string() } else { format!("{origin} after --set") };
         toml::from_str(&edited).map_err(|e| report(e, &edited, &what))
     }
 
@@ -271,10 +285,19 @@ impl Recipe {
         if let Some(m) = &self.eval.mc_tasks {
             self.eval.mc_tasks = Some(abs(m)?);
         }
-        let inputs = self.data.iter().chain(&self.val).chain(&self.eval.texts).chain(self.eval.mc_tasks.iter());
+        let inputs = self
+            .data
+            .iter()
+            .chain(&self.val)
+            .chain(&self.eval.texts)
+            .chain(self.eval.mc_tasks.iter());
         for p in inputs {
             if !p.is_file() {
-                let hint = if p.starts_with(&corpus) { " (fetch the Polish corpus with `bash scripts/fetch-assets.sh corpus`)" } else { "" };
+                let hint = if p.starts_with(&corpus) {
+                    " (fetch the Polish corpus with `bash scripts/fetch-assets.sh corpus`)"
+                } else {
+                    ""
+                };
                 bail!("{}: no such file{hint}", p.display());
             }
         }
@@ -322,7 +345,10 @@ impl Recipe {
 
     /// Keys whose values differ between two recipes (dotted, sorted), for refusing to mix runs.
     pub fn differing_keys(&self, other: &Recipe) -> Vec<String> {
-        let (a, b) = (serde_json::to_value(self).unwrap_or_default(), serde_json::to_value(other).unwrap_or_default());
+        let (a, b) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(other).unwrap_or_default(),
+        );
         let mut out = Vec::new();
         diff("", &a, &b, &mut out);
         out
@@ -345,7 +371,12 @@ fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Ve
             keys.dedup();
             for k in keys {
                 let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                diff(&p, x.get(k).unwrap_or(&serde_json::Value::Null), y.get(k).unwrap_or(&serde_json::Value::Null), out);
+                diff(
+                    &p,
+                    x.get(k).unwrap_or(&serde_json::Value::Null),
+                    y.get(k).unwrap_or(&serde_json::Value::Null),
+                    out,
+                );
             }
         }
         _ if a != b => out.push(format!("{prefix} ({a} -> {b})")),
@@ -364,10 +395,19 @@ mod tests {
         let r = Recipe::parse(BASE, "r.toml", &[]).unwrap();
         assert_eq!(r.score, ScoreStage::default());
         assert_eq!(r.distill, distill_defaults());
-        let r3 = Recipe::parse(&format!("{BASE}[distill]\nsteps = 5\nlr = 0.001\n"), "r.toml", &[]).unwrap();
-        assert_eq!((r3.distill.steps, r3.distill.tokens, r3.distill.eval_every, r3.distill.lr), (Some(5), None, 10, 0.001));
+        let r3 = Recipe::parse(&format!("{BASE}[distill]\nsteps = 5\nlr = 0.001\n"), "r.toml", &[])
+            .unwrap();
+        assert_eq!(
+            (r3.distill.steps, r3.distill.tokens, r3.distill.eval_every, r3.distill.lr),
+            (Some(5), None, 10, 0.001)
+        );
         assert_eq!(r.prune.params, Some(0.67));
-        let sets = ["prune.params=0.5".to_string(), "distill.lr=1e-3".into(), "eval.mc_tasks=a/b.jsonl".into(), "score.in_memory=false".into()];
+        let sets = [
+            "prune.params=0.5".to_string(),
+            "distill.lr=1e-3".into(),
+            "eval.mc_tasks=a/b.jsonl".into(),
+            "score.in_memory=false".into(),
+        ];
         let r2 = Recipe::parse(BASE, "r.toml", &sets).unwrap();
         assert_eq!(r2.prune.params, Some(0.5));
         assert_eq!(r2.distill.lr, 1e-3);
@@ -382,11 +422,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_are_errors_naming_them() {
-        let e = Recipe::parse(&format!("{BASE}samples = 3\n"), "r.toml", &[]).unwrap_err().to_string();
+        let e =
+            Recipe::parse(&format!("{BASE}samples = 3\n"), "r.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("r.toml (line 5, key samples)") && e.contains("samples"), "{e}");
         let e = Recipe::parse(BASE, "r.toml", &["distill.lrr=1".into()]).unwrap_err().to_string();
         assert!(e.contains("after --set") && e.contains("lrr"), "{e}");
-        let e = Recipe::parse(BASE, "r.toml", &["prune.params=lots".into()]).unwrap_err().to_string();
+        let e =
+            Recipe::parse(BASE, "r.toml", &["prune.params=lots".into()]).unwrap_err().to_string();
         assert!(e.contains("invalid type") && e.contains("lots"), "{e}");
         let e = Recipe::parse(BASE, "r.toml", &["noequals".into()]).unwrap_err().to_string();
         assert!(e.contains("key=value"), "{e}");
@@ -394,7 +436,10 @@ mod tests {
 
     #[test]
     fn shipped_recipes_parse() {
-        for (name, text) in [("demo.toml", include_str!("../../../recipes/demo.toml")), ("bielik-style.toml", include_str!("../../../recipes/bielik-style.toml"))] {
+        for (name, text) in [
+            ("demo.toml", include_str!("../../../recipes/demo.toml")),
+            ("bielik-style.toml", include_str!("../../../recipes/bielik-style.toml")),
+        ] {
             let r = Recipe::parse(text, name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
             r.distill.validate().unwrap();
             assert!(r.prune.params.is_some() || r.prune.layers.is_some(), "{name}");

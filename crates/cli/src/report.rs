@@ -65,29 +65,56 @@ fn speed_of(m: &ModelEval, what: &str) -> Option<f64> {
 pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
     let e = &r.eval;
     let hfs = models.iter().map(|(_, p)| HfModel::open(p)).collect::<Result<Vec<_>, _>>()?;
-    let loaded = hfs.iter().map(|h| h.load(ModelOptions::default())).collect::<Result<Vec<_>, _>>()?;
+    let loaded =
+        hfs.iter().map(|h| h.load(ModelOptions::default())).collect::<Result<Vec<_>, _>>()?;
     let mut out = Vec::new();
     for (i, ((name, path), (hf, m))) in models.iter().zip(hfs.iter().zip(&loaded)).enumerate() {
         eprintln!("-- {name}");
         let c = &hf.config;
-        let ppl = ppl_report(m, hf, &e.texts, orlik_eval::ppl::PplOptions { context: e.context, stride: e.context, batch: 1 })?;
+        let ppl = ppl_report(
+            m,
+            hf,
+            &e.texts,
+            orlik_eval::ppl::PplOptions { context: e.context, stride: e.context, batch: 1 },
+        )?;
         let mut bpb: BTreeMap<String, f64> = ppl
             .files
             .iter()
-            .map(|(f, x)| (Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().to_string()), x.bits_per_byte))
+            .map(|(f, x)| {
+                (
+                    Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().to_string()),
+                    x.bits_per_byte,
+                )
+            })
             .collect();
         bpb.insert("total".into(), ppl.total.bits_per_byte);
         let mc = match &e.mc_tasks {
             Some(t) => Some(mc_result(m, hf, t, e.mc_limit, e.mc_context)?),
             None => None,
         };
-        let agree = if i == 0 { None } else { Some(agree_result((m, hf), (&loaded[0], &hfs[0]), &e.texts, e.agree_context, e.agree_tokens)?) };
+        let agree = if i == 0 {
+            None
+        } else {
+            Some(agree_result(
+                (m, hf),
+                (&loaded[0], &hfs[0]),
+                &e.texts,
+                e.agree_context,
+                e.agree_tokens,
+            )?)
+        };
         out.push(ModelEval {
             name: name.to_string(),
             path: path.display().to_string(),
             parameters: orlik_prune::search::param_count(c),
             bytes: bytes_on_disk(path),
-            shape: [c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_kv_heads(), c.intermediate_size],
+            shape: [
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.num_attention_heads,
+                c.num_kv_heads(),
+                c.intermediate_size,
+            ],
             bits_per_byte: bpb,
             mc,
             kl: agree.as_ref().map(|a| a.kl),
@@ -97,7 +124,8 @@ pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
     }
     if e.speed {
         eprintln!("-- speed (all models, interleaved)");
-        let named: Vec<(String, &orlik_model::Model)> = models.iter().map(|(n, _)| n.to_string()).zip(loaded.iter()).collect();
+        let named: Vec<(String, &orlik_model::Model)> =
+            models.iter().map(|(n, _)| n.to_string()).zip(loaded.iter()).collect();
         for (row, me) in speed_rows(&named, e.speed_reps)?.into_iter().zip(out.iter_mut()) {
             me.speed = row.timings.iter().map(|t| (short(&t.what), t.tokens_per_s)).collect();
         }
@@ -135,47 +163,90 @@ pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>)
         }
         tab.push('\n');
     };
-    row("parameters", &|m| format!("{} ({:.0}%)", millions(m.parameters), 100.0 * m.parameters as f64 / t.parameters as f64));
-    row("size on disk", &|m| if m.bytes < 10_000_000 { format!("{:.1} KB", m.bytes as f64 / 1e3) } else { format!("{:.0} MB", m.bytes as f64 / 1e6) });
-    row("layers / hidden / heads / KV heads / MLP", &|m| m.shape.map(|x| x.to_string()).join(" / "));
+    row("parameters", &|m| {
+        format!(
+            "{} ({:.0}%)",
+            millions(m.parameters),
+            100.0 * m.parameters as f64 / t.parameters as f64
+        )
+    });
+    row("size on disk", &|m| {
+        if m.bytes < 10_000_000 {
+            format!("{:.1} KB", m.bytes as f64 / 1e3)
+        } else {
+            format!("{:.0} MB", m.bytes as f64 / 1e6)
+        }
+    });
+    row("layers / hidden / heads / KV heads / MLP", &|m| {
+        m.shape.map(|x| x.to_string()).join(" / ")
+    });
     let texts: Vec<String> = t.bits_per_byte.keys().filter(|k| *k != "total").cloned().collect();
     for f in &texts {
-        row(&format!("bits/byte, {f} (lower is better)"), &|m| m.bits_per_byte.get(f).map_or("—".into(), |b| format!("{b:.4}")));
+        row(&format!("bits/byte, {f} (lower is better)"), &|m| {
+            m.bits_per_byte.get(f).map_or("—".into(), |b| format!("{b:.4}"))
+        });
     }
     let pruned = ms.iter().find(|m| m.name == "pruned");
     let key = if texts.len() == 1 { texts[0].clone() } else { "total".to_string() };
     let closed = |m: &ModelEval| -> String {
-        match (t.bits_per_byte.get(&key), pruned.and_then(|p| p.bits_per_byte.get(&key)), m.bits_per_byte.get(&key)) {
-            (Some(&a), Some(&b), Some(&c)) if m.name != t.name => gap_closed(a, b, c).map_or("—".into(), |g| format!("{:.1}%", 100.0 * g)),
+        match (
+            t.bits_per_byte.get(&key),
+            pruned.and_then(|p| p.bits_per_byte.get(&key)),
+            m.bits_per_byte.get(&key),
+        ) {
+            (Some(&a), Some(&b), Some(&c)) if m.name != t.name => {
+                gap_closed(a, b, c).map_or("—".into(), |g| format!("{:.1}%", 100.0 * g))
+            }
             _ => "—".into(),
         }
     };
     row(&format!("pruned→teacher gap closed ({key})"), &closed);
     if t.mc.is_some() {
         row("multiple choice accuracy (raw / length-normalised)", &|m| {
-            m.mc.as_ref().map_or("—".into(), |x| format!("{:.1}% / {:.1}%", 100.0 * x.accuracy, 100.0 * x.accuracy_norm))
+            m.mc.as_ref().map_or("—".into(), |x| {
+                format!("{:.1}% / {:.1}%", 100.0 * x.accuracy, 100.0 * x.accuracy_norm)
+            })
         });
     }
     row("KL(teacher ‖ model), nats/token", &|m| m.kl.map_or("—".into(), |k| format!("{k:.4}")));
-    row("top-1 agreement with the teacher", &|m| m.top1.map_or("—".into(), |a| format!("{:.1}%", 100.0 * a)));
+    row("top-1 agreement with the teacher", &|m| {
+        m.top1.map_or("—".into(), |a| format!("{:.1}%", 100.0 * a))
+    });
     for (what, _) in &t.speed {
-        row(&format!("{what}, tokens/s (speed-up)"), &|m| match (speed_of(m, what), speed_of(t, what)) {
+        row(&format!("{what}, tokens/s (speed-up)"), &|m| match (
+            speed_of(m, what),
+            speed_of(t, what),
+        ) {
             (Some(v), Some(b)) => format!("{v:.1} ({:.2}x)", v / b),
             _ => "—".into(),
         });
     }
 
     // quality vs parameters: one point per model (blue teacher, red pruned, green distilled)
-    let pts: Vec<Vec<(f64, f64)>> =
-        ms.iter().map(|m| vec![(m.parameters as f64 / 1e6, m.bits_per_byte.get(&key).copied().unwrap_or(f64::NAN))]).collect();
+    let pts: Vec<Vec<(f64, f64)>> = ms
+        .iter()
+        .map(|m| {
+            vec![(
+                m.parameters as f64 / 1e6,
+                m.bits_per_byte.get(&key).copied().unwrap_or(f64::NAN),
+            )]
+        })
+        .collect();
     orlik_io::png::line_chart(&pts, 600, 400, false).save(&out.join("quality.png"))?;
-    let groups: Vec<Vec<f64>> =
-        t.speed.iter().map(|(w, _)| ms.iter().map(|m| speed_of(m, w).unwrap_or(f64::NAN)).collect()).collect();
+    let groups: Vec<Vec<f64>> = t
+        .speed
+        .iter()
+        .map(|(w, _)| ms.iter().map(|m| speed_of(m, w).unwrap_or(f64::NAN)).collect())
+        .collect();
     if !groups.is_empty() {
         orlik_io::png::bar_chart(&groups, 800, 400).save(&out.join("speed.png"))?;
     }
 
-    let colours: Vec<String> = ms.iter().enumerate().map(|(i, m)| format!("{} {}", orlik_io::png::COLOUR_NAMES[i % 6], m.name)).collect();
+    let colours: Vec<String> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("{} {}", orlik_io::png::COLOUR_NAMES[i % 6], m.name))
+        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Compression report\n");
     let _ = writeln!(
@@ -204,7 +275,10 @@ pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>)
         let names: Vec<String> = t.speed.iter().map(|s| s.0.clone()).collect();
         let _ = writeln!(md, "Speed (groups left to right: {}; each group scaled to its fastest model; {}):\n\n![speed](speed.png)\n", names.join(", "), colours.join(", "));
     }
-    for (f, what) in [("loss.png", "Distillation loss per step (blue raw, red smoothed, green validation KL)"), ("val_bpb.png", "Validation bits/byte during distillation (context = training window)")] {
+    for (f, what) in [
+        ("loss.png", "Distillation loss per step (blue raw, red smoothed, green validation KL)"),
+        ("val_bpb.png", "Validation bits/byte during distillation (context = training window)"),
+    ] {
         if out.join("distill").join(f).is_file() {
             let _ = writeln!(md, "{what}:\n\n![{f}](distill/{f})\n");
         }

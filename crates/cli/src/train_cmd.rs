@@ -96,7 +96,12 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The pipeline's distillation run: settings come whole from the recipe, not from flags.
-    pub fn for_pipeline(data: Vec<PathBuf>, val: Vec<PathBuf>, output: PathBuf, resume: bool) -> TrainArgs {
+    pub fn for_pipeline(
+        data: Vec<PathBuf>,
+        val: Vec<PathBuf>,
+        output: PathBuf,
+        resume: bool,
+    ) -> TrainArgs {
         TrainArgs {
             data,
             val,
@@ -147,13 +152,30 @@ pub struct KdArgs {
 
 fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     let mut c = match &a.config {
-        Some(p) => TrainConfig::from_toml(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?, &p.display().to_string())?,
+        Some(p) => TrainConfig::from_toml(
+            &std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
+            &p.display().to_string(),
+        )?,
         None => TrainConfig::default(),
     };
     macro_rules! set {
         ($src:expr, $($f:ident),*) => { $( if let Some(v) = $src.$f.clone() { c.$f = v; } )* };
     }
-    set!(a, seq_len, batch, grad_accum, lr, warmup, schedule, weight_decay, clip, seed, save_every, eval_every, val_tokens);
+    set!(
+        a,
+        seq_len,
+        batch,
+        grad_accum,
+        lr,
+        warmup,
+        schedule,
+        weight_decay,
+        clip,
+        seed,
+        save_every,
+        eval_every,
+        val_tokens
+    );
     if a.steps.is_some() || a.tokens.is_some() {
         c.steps = a.steps;
         c.tokens = a.tokens;
@@ -172,10 +194,20 @@ fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
 }
 
 fn eos(cfg: &Config, origin: &Path) -> Result<u32> {
-    cfg.eos_ids().first().copied().with_context(|| format!("{}: config.json has no eos_token_id (needed to separate documents)", origin.display()))
+    cfg.eos_ids().first().copied().with_context(|| {
+        format!(
+            "{}: config.json has no eos_token_id (needed to separate documents)",
+            origin.display()
+        )
+    })
 }
 
-fn pack_all(tok: &tokenizers::Tokenizer, a: &TrainArgs, seq_len: usize, eos: u32) -> Result<(Packed, Option<Packed>)> {
+fn pack_all(
+    tok: &tokenizers::Tokenizer,
+    a: &TrainArgs,
+    seq_len: usize,
+    eos: u32,
+) -> Result<(Packed, Option<Packed>)> {
     let train = pack(tok, &a.data, seq_len, eos, 1)?;
     let val = if a.val.is_empty() { None } else { Some(pack(tok, &a.val, seq_len, eos, 1)?) };
     Ok((train, val))
@@ -218,14 +250,24 @@ fn inputs<'a>(a: &'a TrainArgs, models: &[Option<&'a Path>]) -> Vec<&'a Path> {
 
 /// Check --output before any work (inputs, someone else's files, another command's output).
 fn check_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
-    orlik_io::output::check(&a.output, kind, inputs, orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+    orlik_io::output::check(
+        &a.output,
+        kind,
+        inputs,
+        orlik_io::output::Mode::from_flags(a.force, a.resume),
+    )?;
     Ok(())
 }
 
 /// Claim --output: a replaced own run is removed (its marker said it is ours), the directory
 /// created and marked.
 fn prepare_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
-    orlik_io::output::claim_dir(&a.output, kind, inputs, orlik_io::output::Mode::from_flags(a.force, a.resume))?;
+    orlik_io::output::claim_dir(
+        &a.output,
+        kind,
+        inputs,
+        orlik_io::output::Mode::from_flags(a.force, a.resume),
+    )?;
     Ok(())
 }
 
@@ -258,7 +300,9 @@ fn finish(
         st.tokens_seen,
         st.train_seconds,
         st.tokens_seen as f64 / st.train_seconds.max(1e-9),
-        last.and_then(|r| r.get("loss")).map(|v| format!("{:.4}", v.as_f64().unwrap_or(f64::NAN))).unwrap_or_default()
+        last.and_then(|r| r.get("loss"))
+            .map(|v| format!("{:.4}", v.as_f64().unwrap_or(f64::NAN)))
+            .unwrap_or_default()
     );
     if let Some(v) = val {
         println!("validation: {v}");
@@ -273,7 +317,14 @@ fn finish(
 /// Write trained `weights` as an HF directory at `target` with `model_dir`'s side files
 /// (tokenizer, templates, licences) and this command's provenance; `save_dtype` (f32, f16,
 /// bf16) or else `stored`.
-pub fn write_final(model_dir: &Path, cfg: &Config, weights: &[(String, candle_core::Tensor)], target: &Path, save_dtype: Option<&str>, stored: DType) -> Result<()> {
+pub fn write_final(
+    model_dir: &Path,
+    cfg: &Config,
+    weights: &[(String, candle_core::Tensor)],
+    target: &Path,
+    save_dtype: Option<&str>,
+    stored: DType,
+) -> Result<()> {
     let dtype = match save_dtype {
         Some("f16") => DType::F16,
         Some("bf16") => DType::BF16,
@@ -283,7 +334,8 @@ pub fn write_final(model_dir: &Path, cfg: &Config, weights: &[(String, candle_co
     let mut files = side_files(model_dir)?;
     files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
     files.push(("orlik.json".into(), provenance()));
-    let opts = SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true, kind: "final" };
+    let opts =
+        SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true, kind: "final" };
     save_pretrained(target, cfg, weights, &files, &opts)?;
     Ok(())
 }
@@ -308,7 +360,8 @@ pub fn distill(a: DistillArgs) -> Result<()> {
 /// Distil with resolved settings (`a.train`'s setting flags and `a.kd` are not read).
 pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     cfg.validate()?;
-    let ins = inputs(&a.train, &[Some(&a.student), a.teacher.as_deref(), a.teacher_cache.as_deref()]);
+    let ins =
+        inputs(&a.train, &[Some(&a.student), a.teacher.as_deref(), a.teacher_cache.as_deref()]);
     check_output(&a.train, "distill", &ins)?;
     let student = HfModel::open(&a.student)?;
     let s_tok = student.tokenizer()?;
@@ -326,7 +379,9 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
             }
             Some(hf)
         }
-        None if a.teacher_cache.is_none() => bail!("give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)"),
+        None if a.teacher_cache.is_none() => {
+            bail!("give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)")
+        }
         None => None,
     };
     let limit = student.config.max_position_embeddings;
@@ -342,14 +397,28 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     };
     let source: Box<dyn TeacherSource> = match (&a.teacher_cache, &teacher) {
         (Some(dir), _) => {
-            let c = CacheTeacher::open(dir, teacher_sha.as_deref(), &vocab_sha256(&s_tok), cfg.temperature, cfg.topk, &train, val.as_ref())?;
+            let c = CacheTeacher::open(
+                dir,
+                teacher_sha.as_deref(),
+                &vocab_sha256(&s_tok),
+                cfg.temperature,
+                cfg.topk,
+                &train,
+                val.as_ref(),
+            )?;
             if c.manifest().vocab_size != student.config.vocab_size {
-                bail!("{}: cache vocabulary {} != student vocab_size {}", dir.display(), c.manifest().vocab_size, student.config.vocab_size);
+                bail!(
+                    "{}: cache vocabulary {} != student vocab_size {}",
+                    dir.display(),
+                    c.manifest().vocab_size,
+                    student.config.vocab_size
+                );
             }
             Box::new(c)
         }
         (None, Some(hf)) => {
-            let t = OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
+            let t =
+                OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
             Box::new(match map {
                 Some(m) => t.with_vocab_map(m)?,
                 None => t,
@@ -370,7 +439,17 @@ pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
     });
     let about = describe(&train, val.as_ref());
     let weights = student.checkpoint.load_all(DType::F32)?;
-    let t = Trainer::new(cfg, &student.config, weights, train, val, Some(source), &a.train.output, run, a.train.resume)?;
+    let t = Trainer::new(
+        cfg,
+        &student.config,
+        weights,
+        train,
+        val,
+        Some(source),
+        &a.train.output,
+        run,
+        a.train.resume,
+    )?;
     eprintln!("{about}");
     finish(t, &a.train, &student.config, &a.student, stored_dtype(&student))
 }
@@ -425,19 +504,27 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     if !a.temperature.is_finite() || a.temperature <= 0.0 {
         bail!("--temperature {}: must be a positive number", a.temperature);
     }
-    for (flag, v) in [("--batch", a.batch), ("--shard-windows", a.shard_windows), ("--topk", a.topk)] {
+    for (flag, v) in
+        [("--batch", a.batch), ("--shard-windows", a.shard_windows), ("--topk", a.topk)]
+    {
         if v == 0 {
             bail!("{flag} 0: must be at least 1");
         }
     }
-    let ins: Vec<&Path> = std::iter::once(a.teacher.as_path()).chain(a.data.iter().chain(&a.val).map(PathBuf::as_path)).collect();
+    let ins: Vec<&Path> = std::iter::once(a.teacher.as_path())
+        .chain(a.data.iter().chain(&a.val).map(PathBuf::as_path))
+        .collect();
     // A cache of the same kind is continued (or, with other settings, replaced under --force) by
     // `cache::build`; anything else there is refused.
     orlik_io::output::check(&a.output, "teacher-cache", &ins, orlik_io::output::Mode::Resume)?;
     let hf = HfModel::open(&a.teacher)?;
     let tok = hf.tokenizer()?;
     if a.seq_len > hf.config.max_position_embeddings {
-        bail!("--seq-len {} is above the teacher's max_position_embeddings {}", a.seq_len, hf.config.max_position_embeddings);
+        bail!(
+            "--seq-len {} is above the teacher's max_position_embeddings {}",
+            a.seq_len,
+            hf.config.max_position_embeddings
+        );
     }
     let eos_id = eos(&hf.config, &a.teacher)?;
     let train = pack(&tok, &a.data, a.seq_len, eos_id, 1)?;
@@ -454,23 +541,36 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     };
     let pb = indicatif::ProgressBar::new(0);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&a.output).with_context(|| a.output.display().to_string())?;
     if orlik_io::output::read_marker(&a.output).is_none() {
         orlik_io::output::write_marker(&a.output, "teacher-cache")?;
     }
-    let m = orlik_distill::cache::build(&spec, &train, val.as_ref(), &a.output, a.force, &mut |d, n| {
-        pb.set_length(n as u64);
-        pb.set_position(d as u64);
-    })?;
+    let m = orlik_distill::cache::build(
+        &spec,
+        &train,
+        val.as_ref(),
+        &a.output,
+        a.force,
+        &mut |d, n| {
+            pb.set_length(n as u64);
+            pb.set_position(d as u64);
+        },
+    )?;
     pb.finish_and_clear();
     if orlik_io::output::read_marker(&a.output).is_none() {
         orlik_io::output::write_marker(&a.output, "teacher-cache")?; // build() replaced the directory
     }
-    let bytes: u64 = orlik_distill::cache::shard_paths(&a.output, &m).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
+    let bytes: u64 = orlik_distill::cache::shard_paths(&a.output, &m)
+        .iter()
+        .filter_map(|p| p.metadata().ok())
+        .map(|m| m.len())
+        .sum();
     std::fs::write(a.output.join("orlik.json"), provenance()).context("writing orlik.json")?;
     println!(
         "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s",
@@ -488,15 +588,39 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
 
 /// Training-step speed: forward + backward + AdamW on random tokens, plain CE, model's own
 /// weights. Prints tokens/s of each timed step (after one warm-up step).
-pub fn bench_train(model: &Path, batch: usize, seq_len: usize, steps: usize, checkpoint_layers: bool, json_out: bool) -> Result<()> {
+pub fn bench_train(
+    model: &Path,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    checkpoint_layers: bool,
+    json_out: bool,
+) -> Result<()> {
     let hf = HfModel::open(model)?;
-    let cfg = TrainConfig { steps: Some(steps as u64 + 1), batch, seq_len, save_every: 0, checkpoint_layers, ..Default::default() };
+    let cfg = TrainConfig {
+        steps: Some(steps as u64 + 1),
+        batch,
+        seq_len,
+        save_every: 0,
+        checkpoint_layers,
+        ..Default::default()
+    };
     let n = (batch * (steps + 1) + 1) * (seq_len + 1);
     let tokens = orlik_eval::speed::bench_ids(n, hf.config.vocab_size);
     let data = Packed { tokens, seq_len, bytes: n, stream_tokens: n };
     let dir = tempfile_dir()?;
     let weights = hf.checkpoint.load_all(DType::F32)?;
-    let mut t = Trainer::new(cfg, &hf.config, weights, data, None, None, &dir, json!({"kind": "bench"}), false)?;
+    let mut t = Trainer::new(
+        cfg,
+        &hf.config,
+        weights,
+        data,
+        None,
+        None,
+        &dir,
+        json!({"kind": "bench"}),
+        false,
+    )?;
     let secs = t.time_steps(steps + 1)?;
     let _ = std::fs::remove_dir_all(&dir);
     let tps: Vec<f64> = secs[1..].iter().map(|s| (batch * seq_len) as f64 / s).collect();
@@ -504,7 +628,10 @@ pub fn bench_train(model: &Path, batch: usize, seq_len: usize, steps: usize, che
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     if json_out {
-        println!("{}", json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": peak_rss_mb()}));
+        println!(
+            "{}",
+            json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": peak_rss_mb()})
+        );
     } else {
         println!("train step {batch}x{seq_len}: median {median:.1} tokens/s over {steps} steps");
     }

@@ -26,15 +26,27 @@ fn tokens_of(tok: &tokenizers::Tokenizer, text: &str, what: &str) -> Result<toke
 pub fn trim_vocab(a: TrimArgs) -> Result<()> {
     let mut inputs: Vec<&std::path::Path> = vec![a.model.as_path()];
     inputs.extend(a.data.iter().chain(&a.keep).map(PathBuf::as_path));
-    orlik_io::output::check(&a.output, "trim-vocab", &inputs, orlik_io::output::Mode::from_flags(a.force, false))?;
+    orlik_io::output::check(
+        &a.output,
+        "trim-vocab",
+        &inputs,
+        orlik_io::output::Mode::from_flags(a.force, false),
+    )?;
     let hf = HfModel::open(&a.model)?;
     let tj_path = a.model.join("tokenizer.json");
-    let tj: Value = serde_json::from_slice(&std::fs::read(&tj_path).with_context(|| tj_path.display().to_string())?)
-        .with_context(|| tj_path.display().to_string())?;
+    let tj: Value = serde_json::from_slice(
+        &std::fs::read(&tj_path).with_context(|| tj_path.display().to_string())?,
+    )
+    .with_context(|| tj_path.display().to_string())?;
     let bpe = Bpe::from_json(&tj).with_context(|| tj_path.display().to_string())?;
     let tok = hf.tokenizer()?;
     let keep: Vec<String> = match &a.keep {
-        Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?.lines().filter(|l| !l.is_empty()).map(String::from).collect(),
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| p.display().to_string())?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
         None => Vec::new(),
     };
     // Usage counts over the corpus, and its token strings for the check afterwards.
@@ -58,12 +70,18 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
         bail!("the tokenizer has ids beyond the model's vocab_size {}", hf.config.vocab_size);
     }
     let new_tj = trim_tokenizer(&tj, &bpe, &p)?;
-    let new_tok = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&new_tj)?).map_err(|e| anyhow::anyhow!("trimmed tokenizer.json: {e}"))?;
+    let new_tok = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&new_tj)?)
+        .map_err(|e| anyhow::anyhow!("trimmed tokenizer.json: {e}"))?;
     // The guarantee, checked: the corpus tokenizes to exactly the same token strings.
     for (f, text, want) in &texts {
         let got = tokens_of(&new_tok, text, &f.display().to_string())?;
         if got.get_tokens() != want.as_slice() {
-            let i = got.get_tokens().iter().zip(want).position(|(x, y)| x != y).unwrap_or(want.len().min(got.len()));
+            let i = got
+                .get_tokens()
+                .iter()
+                .zip(want)
+                .position(|(x, y)| x != y)
+                .unwrap_or(want.len().min(got.len()));
             bail!("{}: the trimmed tokenizer differs from the original at token {i} (a bug: please report)", f.display());
         }
     }
@@ -73,14 +91,24 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
     let mut tensors = Vec::new();
     for info in hf.checkpoint.infos() {
         let t = hf.checkpoint.tensor(&info.name)?;
-        let t = if info.name == "model.embed_tokens.weight" || info.name == "lm_head.weight" { t.index_select(&idx, 0)? } else { t };
+        let t = if info.name == "model.embed_tokens.weight" || info.name == "lm_head.weight" {
+            t.index_select(&idx, 0)?
+        } else {
+            t
+        };
         tensors.push((info.name.clone(), t));
     }
-    tensors.sort_by(|x, y| orlik_io::convert::layer_order(&x.0).cmp(&orlik_io::convert::layer_order(&y.0)));
+    tensors.sort_by(|x, y| {
+        orlik_io::convert::layer_order(&x.0).cmp(&orlik_io::convert::layer_order(&y.0))
+    });
     let mut cfg = hf.config.clone();
     cfg.vocab_size = p.keep.len();
     let mut ids = serde_json::Map::new();
-    for (k, v) in [("bos_token_id", &cfg.bos_token_id), ("eos_token_id", &cfg.eos_token_id), ("pad_token_id", &cfg.pad_token_id)] {
+    for (k, v) in [
+        ("bos_token_id", &cfg.bos_token_id),
+        ("eos_token_id", &cfg.eos_token_id),
+        ("pad_token_id", &cfg.pad_token_id),
+    ] {
         if let Some(v) = v {
             ids.insert(k.into(), v.clone());
         }
@@ -93,7 +121,10 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
     for (name, bytes) in side_files(&a.model)? {
         let out = match name.as_str() {
             "tokenizer.json" => serde_json::to_vec(&new_tj)?,
-            "tokenizer_config.json" => serde_json::to_vec_pretty(&trim_tokenizer_config(&serde_json::from_slice(&bytes)?, &p))?,
+            "tokenizer_config.json" => serde_json::to_vec_pretty(&trim_tokenizer_config(
+                &serde_json::from_slice(&bytes)?,
+                &p,
+            ))?,
             "generation_config.json" => {
                 let mut g: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)?;
                 remap_id_fields(&mut g, &p)?;
@@ -124,7 +155,12 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
         "kept_ids": p.keep,
     });
     files.push(("trim.json".into(), serde_json::to_vec_pretty(&report)?));
-    let opts = SaveOptions { dtype: stored, max_shard_bytes: 2_000_000_000, overwrite: a.force, kind: "trim-vocab" };
+    let opts = SaveOptions {
+        dtype: stored,
+        max_shard_bytes: 2_000_000_000,
+        overwrite: a.force,
+        kind: "trim-vocab",
+    };
     save_pretrained(&a.output, &cfg, &tensors, &files, &opts)?;
     println!(
         "vocabulary {} -> {} tokens ({} used by the corpus >= {} times, {} special, {} byte, {} requested, {} for merges)",

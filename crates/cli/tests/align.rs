@@ -55,10 +55,29 @@ fn sft_learns_assistant_turns_and_resume_after_sigkill_is_bit_identical() {
     let data = s.write("sft.jsonl", &convs);
     let (a, b) = (s.p("a"), s.p("b"));
     let args = |out: &str| -> Vec<String> {
-        ["sft", &s.model, "--data", &data, "--steps", "12", "--batch", "4", "--lr", "1e-2", "--save-every", "3", "--max-len", "64", "--max-prompt", "32", "-o", out]
-            .iter()
-            .map(|x| x.to_string())
-            .collect()
+        [
+            "sft",
+            &s.model,
+            "--data",
+            &data,
+            "--steps",
+            "12",
+            "--batch",
+            "4",
+            "--lr",
+            "1e-2",
+            "--save-every",
+            "3",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "32",
+            "-o",
+            out,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
     };
     let av = args(&a);
     let out = ok(&av.iter().map(String::as_str).collect::<Vec<_>>());
@@ -72,7 +91,8 @@ fn sft_learns_assistant_turns_and_resume_after_sigkill_is_bit_identical() {
     assert!(r.iter().all(|x| x["assistant_tokens"].as_f64().unwrap() == 4.0 * turn), "{r:?}");
     // the trained model is an HF directory the other commands load
     ok(&["inspect", &format!("{a}/final")]);
-    let run: Value = serde_json::from_str(&std::fs::read_to_string(format!("{a}/run.json")).unwrap()).unwrap();
+    let run: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{a}/run.json")).unwrap()).unwrap();
     assert_eq!(run["run"]["template"], "ChatML (the model has no chat_template)");
 
     let bv = args(&b);
@@ -98,11 +118,34 @@ fn dpo_raises_reward_accuracy_caches_the_reference_and_checks_resume_settings() 
     let data = s.write("dpo.jsonl", &pairs);
     for loss in ["sigmoid", "ipo", "dpop"] {
         let out = s.p(&format!("dpo-{loss}"));
-        let args = ["dpo", &s.model, "--data", &data, "--loss", loss, "--lambda", "5", "--steps", "10", "--batch", "4", "--lr", "5e-3", "--max-len", "64", "--max-prompt", "32", "-o", &out];
+        let args = [
+            "dpo",
+            &s.model,
+            "--data",
+            &data,
+            "--loss",
+            loss,
+            "--lambda",
+            "5",
+            "--steps",
+            "10",
+            "--batch",
+            "4",
+            "--lr",
+            "5e-3",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "32",
+            "-o",
+            &out,
+        ];
         ok(&args);
         let r = rows(&out);
         assert_eq!(r.len(), 10);
-        for k in ["loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"] {
+        for k in
+            ["loss", "rewards_chosen", "rewards_rejected", "rewards_margin", "rewards_accuracy"]
+        {
             assert!(r.iter().all(|x| x.get(k).is_some_and(Value::is_f64)), "{loss}: no {k}");
         }
         assert_eq!(r[0]["rewards_accuracy"], 0.0, "policy = reference at the first step");
@@ -124,15 +167,39 @@ fn dpo_raises_reward_accuracy_caches_the_reference_and_checks_resume_settings() 
 #[test]
 fn grpo_raises_the_reward_of_a_verifier_and_of_an_external_command() {
     let s = setup();
-    let prompts: Vec<Value> = (0..6).map(|i| json!({"prompt": format!("{} {}", word(i), word(i + 1)), "answer": "hat"})).collect();
+    let prompts: Vec<Value> = (0..6)
+        .map(|i| json!({"prompt": format!("{} {}", word(i), word(i + 1)), "answer": "hat"}))
+        .collect();
     let data = s.write("grpo.jsonl", &prompts);
     // The letter "a" in a completion: about 40% of the tiny model's samples at first.
     let command = r#"cmd:grep -o '"completion":"[^"]*"' | grep -q a && echo 1 || echo 0"#;
     for reward in ["regex:a", command] {
         let out = s.p(if reward.starts_with("cmd") { "grpo-cmd" } else { "grpo-re" });
         ok(&[
-            "grpo", &s.model, "--prompts", &data, "--reward", reward, "--group", "8", "--max-new-tokens", "6", "--steps", "16", "--batch", "2",
-            "--lr", "2e-2", "--max-len", "64", "--max-prompt", "16", "--log-samples", "5", "-o", &out,
+            "grpo",
+            &s.model,
+            "--prompts",
+            &data,
+            "--reward",
+            reward,
+            "--group",
+            "8",
+            "--max-new-tokens",
+            "6",
+            "--steps",
+            "16",
+            "--batch",
+            "2",
+            "--lr",
+            "2e-2",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "16",
+            "--log-samples",
+            "5",
+            "-o",
+            &out,
         ]);
         let r = rows(&out);
         assert_eq!(r.len(), 16);
@@ -149,11 +216,37 @@ fn grpo_raises_the_reward_of_a_verifier_and_of_an_external_command() {
     // (seed, step, prompt))
     let (a, b) = (s.p("grpo-a"), s.p("grpo-b"));
     let args = |out: &str| -> Vec<String> {
-        ["grpo", &s.model, "--prompts", &data, "--reward", "regex:a", "--group", "4", "--max-new-tokens", "5", "--steps", "8", "--batch", "2",
-            "--lr", "2e-2", "--max-len", "64", "--max-prompt", "16", "--save-every", "2", "--log-samples", "1", "-o", out]
-            .iter()
-            .map(|x| x.to_string())
-            .collect()
+        [
+            "grpo",
+            &s.model,
+            "--prompts",
+            &data,
+            "--reward",
+            "regex:a",
+            "--group",
+            "4",
+            "--max-new-tokens",
+            "5",
+            "--steps",
+            "8",
+            "--batch",
+            "2",
+            "--lr",
+            "2e-2",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "16",
+            "--save-every",
+            "2",
+            "--log-samples",
+            "1",
+            "-o",
+            out,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
     };
     let av = args(&a);
     ok(&av.iter().map(String::as_str).collect::<Vec<_>>());
@@ -168,10 +261,48 @@ fn grpo_raises_the_reward_of_a_verifier_and_of_an_external_command() {
     assert_eq!(samples(&a), samples(&b), "samples.jsonl repeats or misses rows after resume");
     // Dr. GRPO with a KL term to the reference runs and reports a KL
     let out = s.p("grpo-dr");
-    ok(&["grpo", &s.model, "--prompts", &data, "--reward", "regex:a", "--group", "4", "--max-new-tokens", "4", "--steps", "3", "--batch", "2", "--lr", "2e-2", "--dr-grpo", "--kl-beta", "0.1", "--max-len", "64", "--max-prompt", "16", "-o", &out]);
+    ok(&[
+        "grpo",
+        &s.model,
+        "--prompts",
+        &data,
+        "--reward",
+        "regex:a",
+        "--group",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "2e-2",
+        "--dr-grpo",
+        "--kl-beta",
+        "0.1",
+        "--max-len",
+        "64",
+        "--max-prompt",
+        "16",
+        "-o",
+        &out,
+    ]);
     assert!(rows(&out)[2]["kl"].as_f64().unwrap() > 0.0);
     // greedy evaluation of the same prompts
-    let e: Value = serde_json::from_str(&ok(&["eval", "reward", &format!("{}/final", s.p("grpo-re")), "--prompts", &data, "--reward", "regex:a", "--max-new-tokens", "6", "--json"])).unwrap();
+    let e: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "reward",
+        &format!("{}/final", s.p("grpo-re")),
+        "--prompts",
+        &data,
+        "--reward",
+        "regex:a",
+        "--max-new-tokens",
+        "6",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(e["n"], 6);
 }
 
@@ -180,30 +311,99 @@ fn bad_input_is_refused_naming_the_file_and_line() {
     let s = setup();
     let good = json!({"messages": [{"role": "user", "content": "the"}, {"role": "assistant", "content": "hat"}]});
     let path = s.root.join("bad.jsonl");
-    std::fs::write(&path, format!("{good}\n{good}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\nnot json\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("{good}\n{good}\n{{\"messages\": [{{\"role\": \"user\"}}]}}\nnot json\n"),
+    )
+    .unwrap();
     let bad = path.to_str().unwrap();
     let out = s.p("o");
-    fails(&["sft", &s.model, "--data", bad, "--steps", "1", "-o", &out], &["bad.jsonl:3", "content", "--skip-bad"]);
+    fails(
+        &["sft", &s.model, "--data", bad, "--steps", "1", "-o", &out],
+        &["bad.jsonl:3", "content", "--skip-bad"],
+    );
     assert!(!Path::new(&out).exists(), "nothing written on bad input");
-    let o = orlik(&["sft", &s.model, "--data", bad, "--steps", "1", "--batch", "2", "--skip-bad", "-o", &out]);
+    let o = orlik(&[
+        "sft",
+        &s.model,
+        "--data",
+        bad,
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--skip-bad",
+        "-o",
+        &out,
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("bad.jsonl:4") && err.contains("2 rows used; 2 malformed skipped"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:4") && err.contains("2 rows used; 2 malformed skipped"),
+        "{err}"
+    );
 
     let dpo = s.write("dpo.jsonl", &[json!({"prompt": "the", "chosen": "hat"})]);
     fails(&["dpo", &s.model, "--data", &dpo, "-o", &s.p("d")], &["dpo.jsonl:1", "rejected"]);
     let grpo = s.write("g.jsonl", &[json!({"prompt": "the hat"})]);
-    fails(&["grpo", &s.model, "--prompts", &grpo, "--reward", "numeric", "-o", &s.p("g")], &["g.jsonl:1", "answer"]);
-    fails(&["grpo", &s.model, "--prompts", &grpo, "--reward", "bogus", "-o", &s.p("g")], &["unknown reward"]);
-    fails(&["grpo", &s.model, "--prompts", &grpo, "--reward", "regex:a", "--group", "1", "-o", &s.p("g")], &["--group"]);
+    fails(
+        &["grpo", &s.model, "--prompts", &grpo, "--reward", "numeric", "-o", &s.p("g")],
+        &["g.jsonl:1", "answer"],
+    );
+    fails(
+        &["grpo", &s.model, "--prompts", &grpo, "--reward", "bogus", "-o", &s.p("g")],
+        &["unknown reward"],
+    );
+    fails(
+        &[
+            "grpo",
+            &s.model,
+            "--prompts",
+            &grpo,
+            "--reward",
+            "regex:a",
+            "--group",
+            "1",
+            "-o",
+            &s.p("g"),
+        ],
+        &["--group"],
+    );
     // a failing or hanging reward command stops the run with the reason, never scores 0
-    for (cmd, why) in [("cmd:exit 3", "exit status: 3"), ("cmd:sleep 10", "timed out"), ("cmd:echo x", "not a number")] {
+    for (cmd, why) in [
+        ("cmd:exit 3", "exit status: 3"),
+        ("cmd:sleep 10", "timed out"),
+        ("cmd:echo x", "not a number"),
+    ] {
         let o = orlik(&[
-            "grpo", &s.model, "--prompts", &grpo, "--reward", cmd, "--reward-timeout", "0.5", "--group", "2", "--max-new-tokens", "2",
-            "--steps", "1", "--batch", "1", "--max-len", "64", "--max-prompt", "16", "-o", &s.p(&format!("g-{}", why.len())),
+            "grpo",
+            &s.model,
+            "--prompts",
+            &grpo,
+            "--reward",
+            cmd,
+            "--reward-timeout",
+            "0.5",
+            "--group",
+            "2",
+            "--max-new-tokens",
+            "2",
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "16",
+            "-o",
+            &s.p(&format!("g-{}", why.len())),
         ]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{err}");
-        assert!(err.contains("reward command") && err.contains(why) && err.contains("the hat"), "{cmd}: {err}");
+        assert!(
+            err.contains("reward command") && err.contains(why) && err.contains("the hat"),
+            "{cmd}: {err}"
+        );
     }
 }

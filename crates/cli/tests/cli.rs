@@ -9,7 +9,14 @@ use common::{fails, fixtures, ok};
 fn converted(tmp: &Path) -> String {
     let out = tmp.join("tiny");
     let gguf = fixtures().join("gguf/tiny-llama.gguf");
-    ok(&["convert", gguf.to_str().unwrap(), "-o", out.to_str().unwrap(), "--max-shard-size", "30KB"]);
+    ok(&[
+        "convert",
+        gguf.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--max-shard-size",
+        "30KB",
+    ]);
     out.to_str().unwrap().to_string()
 }
 
@@ -22,23 +29,41 @@ fn convert_inspect_generate_ppl() {
     assert_eq!(v["architecture"], "LlamaForCausalLM");
     assert_eq!(v["head_dim"], 8);
     let p = &v["parameters"];
-    let sum: u64 = ["embeddings", "attention", "mlp", "norms", "lm_head"].iter().map(|k| p[k].as_u64().unwrap()).sum();
+    let sum: u64 = ["embeddings", "attention", "mlp", "norms", "lm_head"]
+        .iter()
+        .map(|k| p[k].as_u64().unwrap())
+        .sum();
     assert_eq!(p["total"].as_u64().unwrap(), sum);
     assert_eq!(p["embeddings"], 64 * 32);
     assert!(ok(&["inspect", &dir]).contains("total"));
     // tied embeddings are counted once
-    let v: serde_json::Value =
-        serde_json::from_str(&ok(&["inspect", fixtures().join("llama").to_str().unwrap(), "--json"])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "inspect",
+        fixtures().join("llama").to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(v["parameters"]["lm_head"], "tied to embeddings");
 
     let g = ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]);
     assert!(g.starts_with("the"));
-    assert_eq!(g, ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]), "seeded");
+    assert_eq!(
+        g,
+        ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]),
+        "seeded"
+    );
 
     let text = tmp.path().join("t.txt");
     std::fs::write(&text, "the theater then the anthem ".repeat(20)).unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(&[
-        "eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--context", "16", "--json",
+        "eval",
+        "ppl",
+        &dir,
+        "--text",
+        text.to_str().unwrap(),
+        "--context",
+        "16",
+        "--json",
     ]))
     .unwrap();
     for k in ["tokens", "nll", "ppl", "bits_per_byte", "tokens_per_s"] {
@@ -48,7 +73,16 @@ fn convert_inspect_generate_ppl() {
     assert!((v["ppl"].as_f64().unwrap() - nll.exp()).abs() < 1e-9);
     // stride < context scores the same tokens (every token but the first)
     let v2: serde_json::Value = serde_json::from_str(&ok(&[
-        "eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--context", "16", "--stride", "8", "--json",
+        "eval",
+        "ppl",
+        &dir,
+        "--text",
+        text.to_str().unwrap(),
+        "--context",
+        "16",
+        "--stride",
+        "8",
+        "--json",
     ]))
     .unwrap();
     assert!(v2["tokens"].as_u64() > v["tokens"].as_u64());
@@ -70,7 +104,10 @@ fn bad_input_is_a_one_line_error() {
     fails(&["eval", "ppl", &dir, "--text", "/nonexistent.txt"], &["/nonexistent.txt"]);
     // converting onto an existing directory is refused, and it is left alone
     let gguf = fixtures().join("gguf/tiny-llama.gguf");
-    fails(&["convert", gguf.to_str().unwrap(), "-o", &dir], &["already holds a `convert` output", "--force"]);
+    fails(
+        &["convert", gguf.to_str().unwrap(), "-o", &dir],
+        &["already holds a `convert` output", "--force"],
+    );
     assert!(Path::new(&dir).join("config.json").exists());
     // corrupt GGUF, unknown architecture, truncated safetensors, missing dir
     let bad = t("bad.gguf", b"GGUF\x03\x00\x00\x00\xff\xff");
@@ -82,7 +119,9 @@ fn bad_input_is_a_one_line_error() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures().join("llama").join(f), arch.join(f)).unwrap();
     }
-    let cfg = std::fs::read_to_string(arch.join("config.json")).unwrap().replace("LlamaForCausalLM", "FalconForCausalLM");
+    let cfg = std::fs::read_to_string(arch.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "FalconForCausalLM");
     std::fs::write(arch.join("config.json"), cfg).unwrap();
     fails(&["inspect", arch.to_str().unwrap()], &["FalconForCausalLM", "config.json"]);
     let trunc = tmp.path().join("trunc");
@@ -104,7 +143,20 @@ fn score_prune_and_reapply_plan() {
     std::fs::write(&data, &para).unwrap();
     let scores = tmp.path().join("scores");
     let s = scores.to_str().unwrap();
-    let report = ok(&["score", &dir, "--data", data.to_str().unwrap(), "--samples", "4", "--seq-len", "16", "--batch", "2", "-o", s]);
+    let report = ok(&[
+        "score",
+        &dir,
+        "--data",
+        data.to_str().unwrap(),
+        "--samples",
+        "4",
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "-o",
+        s,
+    ]);
     assert!(report.contains("block influence"));
     for f in ["scores.safetensors", "scores.json", "report.md", "orlik.json"] {
         assert!(scores.join(f).exists(), "{f}");
@@ -115,33 +167,138 @@ fn score_prune_and_reapply_plan() {
         assert!(report.contains(f), "report links {f}");
     }
     let a = tmp.path().join("a");
-    let out = ok(&["prune", &dir, "--scores", s, "--layers", "1", "--ffn", "24", "--heads", "2", "--kv-heads", "1",
-        "-o", a.to_str().unwrap()]);
+    let out = ok(&[
+        "prune",
+        &dir,
+        "--scores",
+        s,
+        "--layers",
+        "1",
+        "--ffn",
+        "24",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "-o",
+        a.to_str().unwrap(),
+    ]);
     assert!(out.contains("layers 2->1"), "{out}");
-    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", a.to_str().unwrap(), "--json"])).unwrap();
-    assert_eq!((v["num_hidden_layers"].as_u64(), v["intermediate_size"].as_u64(), v["num_key_value_heads"].as_u64()), (Some(1), Some(24), Some(1)));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", a.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!(
+        (
+            v["num_hidden_layers"].as_u64(),
+            v["intermediate_size"].as_u64(),
+            v["num_key_value_heads"].as_u64()
+        ),
+        (Some(1), Some(24), Some(1))
+    );
     assert_eq!(v["head_dim"], 8);
     assert!(a.join("tokenizer.json").exists() && a.join("prune_plan.json").exists());
     // the plan re-applied to a sibling checkpoint gives a bit-identical result
     let b = tmp.path().join("b");
-    ok(&["prune", &dir, "--plan", a.join("prune_plan.json").to_str().unwrap(), "-o", b.to_str().unwrap()]);
-    assert_eq!(std::fs::read(a.join("model.safetensors")).unwrap(), std::fs::read(b.join("model.safetensors")).unwrap());
+    ok(&[
+        "prune",
+        &dir,
+        "--plan",
+        a.join("prune_plan.json").to_str().unwrap(),
+        "-o",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
     // baselines at the same dims, and bad requests
     for imp in ["magnitude", "random"] {
         let o = tmp.path().join(imp);
-        ok(&["prune", &dir, "--importance", imp, "--layers", "1", "--ffn", "24", "-o", o.to_str().unwrap()]);
+        ok(&[
+            "prune",
+            &dir,
+            "--importance",
+            imp,
+            "--layers",
+            "1",
+            "--ffn",
+            "24",
+            "-o",
+            o.to_str().unwrap(),
+        ]);
     }
-    fails(&["prune", &dir, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()], &["--scores"]);
-    fails(&["prune", &dir, "--scores", s, "--ffn", "999", "-o", tmp.path().join("c").to_str().unwrap()], &["--ffn 999"]);
-    fails(&["prune", &dir, "--scores", s, "--hidden", "30", "-o", tmp.path().join("c").to_str().unwrap()], &["not a multiple"]);
-    fails(&["prune", &dir, "--scores", s, "--layers", "5", "-o", tmp.path().join("c").to_str().unwrap()], &["--layers 5"]);
-    fails(&["prune", &dir, "--scores", "/no/scores", "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()], &["/no/scores"]);
+    fails(
+        &["prune", &dir, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()],
+        &["--scores"],
+    );
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--scores",
+            s,
+            "--ffn",
+            "999",
+            "-o",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+        &["--ffn 999"],
+    );
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--scores",
+            s,
+            "--hidden",
+            "30",
+            "-o",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+        &["not a multiple"],
+    );
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--scores",
+            s,
+            "--layers",
+            "5",
+            "-o",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+        &["--layers 5"],
+    );
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--scores",
+            "/no/scores",
+            "--layers",
+            "1",
+            "-o",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+        &["/no/scores"],
+    );
     // scores of another checkpoint (same shapes, weights stored in f16) are refused
     let other = tmp.path().join("other");
     let gguf = fixtures().join("gguf/tiny-llama.gguf");
     ok(&["convert", gguf.to_str().unwrap(), "-o", other.to_str().unwrap(), "--dtype", "f16"]);
-    fails(&["prune", other.to_str().unwrap(), "--scores", s, "--layers", "1", "-o", tmp.path().join("c").to_str().unwrap()],
-        &["another checkpoint"]);
+    fails(
+        &[
+            "prune",
+            other.to_str().unwrap(),
+            "--scores",
+            s,
+            "--layers",
+            "1",
+            "-o",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+        &["another checkpoint"],
+    );
     assert!(!tmp.path().join("c").exists());
 }
 
@@ -153,10 +310,32 @@ fn params_budget_search() {
     std::fs::write(&data, "the theater then the anthem in the hearth\n\n".repeat(40)).unwrap();
     let d = data.to_str().unwrap();
     let out = tmp.path().join("p");
-    let table = ok(&["prune", &dir, "--importance", "magnitude", "--params", "0.7", "--multiple", "8", "--tolerance", "0.05",
-        "--data", d, "--proxy-samples", "2", "--seq-len", "16", "--export-candidates", "2", "-o", out.to_str().unwrap()]);
+    let table = ok(&[
+        "prune",
+        &dir,
+        "--importance",
+        "magnitude",
+        "--params",
+        "0.7",
+        "--multiple",
+        "8",
+        "--tolerance",
+        "0.05",
+        "--data",
+        d,
+        "--proxy-samples",
+        "2",
+        "--seq-len",
+        "16",
+        "--export-candidates",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(table.contains("rank") && table.contains("KL"), "{table}");
-    let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("candidates.json")).unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("candidates.json")).unwrap())
+            .unwrap();
     let cands = c["candidates"].as_array().unwrap();
     assert!(!cands.is_empty());
     let budget = c["budget"].as_f64().unwrap();
@@ -165,10 +344,35 @@ fn params_budget_search() {
     }
     assert!(cands[0]["plan"].is_object());
     // the written model has the best candidate's parameter count
-    let v: serde_json::Value = serde_json::from_str(&ok(&["inspect", out.to_str().unwrap(), "--json"])).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["inspect", out.to_str().unwrap(), "--json"])).unwrap();
     assert_eq!(v["parameters"]["total"], cands[0]["params"]);
-    fails(&["prune", &dir, "--importance", "magnitude", "--params", "2000000000", "--data", d, "-o", tmp.path().join("x").to_str().unwrap()],
-        &["at most the model's"]);
-    fails(&["prune", &dir, "--importance", "magnitude", "--params", "0.7", "-o", tmp.path().join("x").to_str().unwrap()],
-        &["--data"]);
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--importance",
+            "magnitude",
+            "--params",
+            "2000000000",
+            "--data",
+            d,
+            "-o",
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+        &["at most the model's"],
+    );
+    fails(
+        &[
+            "prune",
+            &dir,
+            "--importance",
+            "magnitude",
+            "--params",
+            "0.7",
+            "-o",
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+        &["--data"],
+    );
 }

@@ -20,7 +20,8 @@ fn kept_fuzz_inputs_replay_without_a_crash() {
     let mut per_target = std::collections::BTreeMap::new();
     for dir in std::fs::read_dir(kept()).unwrap().flatten() {
         let target = dir.file_name().to_string_lossy().to_string();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).collect();
         files.sort();
         for f in &files {
             let data = std::fs::read(f).unwrap();
@@ -34,7 +35,14 @@ fn kept_fuzz_inputs_replay_without_a_crash() {
                 "teacher_cache" => targets::teacher_cache(&data),
                 "recipe" => {
                     // The teacher does not exist, so nothing runs past parsing and checking.
-                    let o = common::orlik(&["run", f.to_str().unwrap(), "--set", "teacher=/nonexistent/teacher", "-o", "/nonexistent/out"]);
+                    let o = common::orlik(&[
+                        "run",
+                        f.to_str().unwrap(),
+                        "--set",
+                        "teacher=/nonexistent/teacher",
+                        "-o",
+                        "/nonexistent/out",
+                    ]);
                     let err = String::from_utf8_lossy(&o.stderr);
                     assert_eq!(o.status.code(), Some(1), "{}: {err}", f.display());
                     assert_eq!(err.trim_end().lines().count(), 1, "{}: {err}", f.display());
@@ -42,14 +50,26 @@ fn kept_fuzz_inputs_replay_without_a_crash() {
                 other => panic!("tests/fuzz-regressions/{other}: no such fuzz target"),
             };
             if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(replay)) {
-                let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
                 panic!("{}: {}", f.display(), msg.unwrap_or_default());
             }
         }
         per_target.insert(target, files.len());
     }
     println!("replayed: {per_target:?}");
-    for t in ["safetensors", "shard_index", "gguf", "gguf_tokenizer", "config_json", "jsonl_rows", "recipe", "teacher_cache"] {
+    for t in [
+        "safetensors",
+        "shard_index",
+        "gguf",
+        "gguf_tokenizer",
+        "config_json",
+        "jsonl_rows",
+        "recipe",
+        "teacher_cache",
+    ] {
         assert!(per_target.get(t).is_some_and(|&n| n > 0), "no kept input for fuzz target {t}");
     }
 }

@@ -38,12 +38,35 @@ fn setup() -> Setup {
 
 /// compress flags for the tiny model: everything small.
 fn compress_args<'a>(s: &'a Setup, out: &'a str, extra: &[&'a str]) -> Vec<String> {
-    let mut a: Vec<String> = vec!["compress".into(), s.p("teacher"), "--params".into(), "0.6".into(), "--data".into(), s.p("train.txt")];
-    a.extend(["--val".into(), s.p("val.txt"), "--tokens".into(), "3000".into(), "--mc-tasks".into(), s.p("mc.jsonl")]);
+    let mut a: Vec<String> = vec![
+        "compress".into(),
+        s.p("teacher"),
+        "--params".into(),
+        "0.6".into(),
+        "--data".into(),
+        s.p("train.txt"),
+    ];
+    a.extend([
+        "--val".into(),
+        s.p("val.txt"),
+        "--tokens".into(),
+        "3000".into(),
+        "--mc-tasks".into(),
+        s.p("mc.jsonl"),
+    ]);
     for kv in [
-        "distill.seq_len=16", "distill.batch=4", "distill.save_every=5", "distill.eval_every=5", "score.samples=8",
-        "score.seq_len=16", "prune.proxy_samples=2", "prune.seq_len=16", "prune.multiple=8", "eval.context=32",
-        "eval.speed_reps=1", "eval.agree_tokens=256",
+        "distill.seq_len=16",
+        "distill.batch=4",
+        "distill.save_every=5",
+        "distill.eval_every=5",
+        "score.samples=8",
+        "score.seq_len=16",
+        "prune.proxy_samples=2",
+        "prune.seq_len=16",
+        "prune.multiple=8",
+        "eval.context=32",
+        "eval.speed_reps=1",
+        "eval.agree_tokens=256",
     ] {
         a.extend(["--set".into(), kv.into()]);
     }
@@ -55,7 +78,10 @@ fn compress_args<'a>(s: &'a Setup, out: &'a str, extra: &[&'a str]) -> Vec<Strin
 fn run(args: &[String]) -> (String, String) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = orlik(&refs);
-    let (so, se) = (String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string());
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
     assert!(o.status.success(), "{args:?} failed: {se}");
     (so, se)
 }
@@ -69,14 +95,33 @@ fn compress_writes_every_stage_and_report_and_reruns_only_what_changed() {
     let s = setup();
     let out = s.p("out");
     let (table, log) = run(&compress_args(&s, &out, &[]));
-    for f in ["scores/scores.json", "pruned/config.json", "pruned/prune_plan.json", "final/config.json", "final/model.safetensors",
-        "distill/metrics.jsonl", "eval.json", "report.md", "quality.png", "speed.png", "recipe.toml", "pipeline.json"] {
+    for f in [
+        "scores/scores.json",
+        "pruned/config.json",
+        "pruned/prune_plan.json",
+        "final/config.json",
+        "final/model.safetensors",
+        "distill/metrics.jsonl",
+        "eval.json",
+        "report.md",
+        "quality.png",
+        "speed.png",
+        "recipe.toml",
+        "pipeline.json",
+    ] {
         assert!(Path::new(&out).join(f).is_file(), "{f} missing; log: {log}");
     }
-    assert!(table.contains("| | teacher | pruned | distilled |") && table.contains("bits/byte, val.txt"), "{table}");
+    assert!(
+        table.contains("| | teacher | pruned | distilled |")
+            && table.contains("bits/byte, val.txt"),
+        "{table}"
+    );
     let ev = eval_json(&out);
     let ms = ev["models"].as_array().unwrap();
-    assert_eq!(ms.iter().map(|m| m["name"].as_str().unwrap()).collect::<Vec<_>>(), ["teacher", "pruned", "distilled"]);
+    assert_eq!(
+        ms.iter().map(|m| m["name"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["teacher", "pruned", "distilled"]
+    );
     let (t, p, d) = (&ms[0], &ms[1], &ms[2]);
     assert!(p["parameters"].as_u64().unwrap() < t["parameters"].as_u64().unwrap());
     assert_eq!(p["parameters"], d["parameters"]);
@@ -85,7 +130,10 @@ fn compress_writes_every_stage_and_report_and_reruns_only_what_changed() {
     assert!(t["kl"].is_null() && t["mc"]["questions"] == 6);
     assert_eq!(t["speed"].as_array().unwrap().len(), 4);
     let report = std::fs::read_to_string(Path::new(&out).join("report.md")).unwrap();
-    assert!(report.contains("![quality](quality.png)") && report.contains("gap closed"), "{report}");
+    assert!(
+        report.contains("![quality](quality.png)") && report.contains("gap closed"),
+        "{report}"
+    );
 
     // Same command again: every stage kept, results unchanged.
     let before = std::fs::read(Path::new(&out).join("eval.json")).unwrap();
@@ -104,13 +152,18 @@ fn compress_writes_every_stage_and_report_and_reruns_only_what_changed() {
     let refs: Vec<&str> = changed.iter().map(String::as_str).collect();
     fails(&refs, &["holds another run", "distill.lr (0.0003 -> 0.001)", "--resume", "--force"]);
     let (_, log) = run(&compress_args(&s, &out, &["--set", "distill.lr=0.001", "--resume"]));
-    assert!(log.contains("== score: unchanged, kept") && log.contains("== prune: unchanged, kept"), "{log}");
+    assert!(
+        log.contains("== score: unchanged, kept") && log.contains("== prune: unchanged, kept"),
+        "{log}"
+    );
     assert!(log.contains("== distill\n") && log.contains("== eval\n"), "{log}");
     assert_ne!(std::fs::read(Path::new(&out).join("eval.json")).unwrap(), before);
 }
 
 fn rows(run_dir: &Path) -> usize {
-    std::fs::read_to_string(run_dir.join("metrics.jsonl")).map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count()).unwrap_or(0)
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .map(|t| t.lines().filter(|l| l.contains("\"loss\"")).count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -133,7 +186,9 @@ fn an_interrupted_distillation_resumes_where_it_stopped() {
     }
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(130));
-    let state: Value = serde_json::from_slice(&std::fs::read(Path::new(&out).join("pipeline.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&out).join("pipeline.json")).unwrap())
+            .unwrap();
     assert_eq!(state["stages"]["distill"]["done"], false);
     let (_, log) = run(&args);
     assert!(log.contains("== distill: resuming"), "{log}");
@@ -149,19 +204,47 @@ fn an_interrupted_distillation_resumes_where_it_stopped() {
 fn eval_commands_stand_alone() {
     let s = setup();
     let t = s.p("teacher");
-    let v: Value = serde_json::from_str(&ok(&["eval", "agree", &t, "--teacher", &t, "--text", &s.p("val.txt"), "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "agree",
+        &t,
+        "--teacher",
+        &t,
+        "--text",
+        &s.p("val.txt"),
+        "--json",
+    ]))
+    .unwrap();
     assert!(v["kl"].as_f64().unwrap().abs() < 1e-6 && v["top1"] == 1.0, "{v}");
-    let v: Value = serde_json::from_str(&ok(&["eval", "mc", &t, "--tasks", &s.p("mc.jsonl"), "--limit", "4", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "mc",
+        &t,
+        "--tasks",
+        &s.p("mc.jsonl"),
+        "--limit",
+        "4",
+        "--json",
+    ]))
+    .unwrap();
     assert_eq!(v["result"]["questions"], 4);
     assert!((v["result"]["chance"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
     let acc = v["result"]["accuracy"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&acc));
     let text = ok(&["eval", "speed", &t, &t, "--reps", "1"]);
-    assert!(text.contains("prefill b1x256") && text.contains("decode b8") && text.lines().count() == 3, "{text}");
-    let ppl = ok(&["eval", "ppl", &t, "--text", &s.p("val.txt"), &s.p("train.txt"), "--context", "32"]);
+    assert!(
+        text.contains("prefill b1x256") && text.contains("decode b8") && text.lines().count() == 3,
+        "{text}"
+    );
+    let ppl =
+        ok(&["eval", "ppl", &t, "--text", &s.p("val.txt"), &s.p("train.txt"), "--context", "32"]);
     assert!(ppl.contains("total:"), "{ppl}");
     // bad MC file: the line is named
-    std::fs::write(s.p("bad.jsonl"), "{\"question\": {\"stem\": \"x\", \"choices\": []}, \"answerKey\": \"A\"}\n").unwrap();
+    std::fs::write(
+        s.p("bad.jsonl"),
+        "{\"question\": {\"stem\": \"x\", \"choices\": []}, \"answerKey\": \"A\"}\n",
+    )
+    .unwrap();
     fails(&["eval", "mc", &t, "--tasks", &s.p("bad.jsonl")], &["bad.jsonl:1", "at least 2"]);
 }
 
@@ -170,7 +253,18 @@ fn bad_input_is_refused_before_any_work() {
     let s = setup();
     let t = s.p("teacher");
     let base = |out: &str, params: &str| -> Vec<String> {
-        vec!["compress".into(), t.clone(), "--params".into(), params.into(), "--data".into(), s.p("train.txt"), "--val".into(), s.p("val.txt"), "-o".into(), out.into()]
+        vec![
+            "compress".into(),
+            t.clone(),
+            "--params".into(),
+            params.into(),
+            "--data".into(),
+            s.p("train.txt"),
+            "--val".into(),
+            s.p("val.txt"),
+            "-o".into(),
+            out.into(),
+        ]
     };
     let call = |a: Vec<String>, needles: &[&str]| {
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -187,12 +281,33 @@ fn bad_input_is_refused_before_any_work() {
     // an output directory holding the inputs
     call(base(&s.root.to_string_lossy(), "0.6"), &["contains the input"]);
     // recipes: unknown key, wrong type, missing budget, missing file
-    std::fs::write(s.p("r1.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = 0.5\n[distill]\nlrate = 1\n")).unwrap();
+    std::fs::write(
+        s.p("r1.toml"),
+        format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = 0.5\n[distill]\nlrate = 1\n"),
+    )
+    .unwrap();
     fails(&["run", &s.p("r1.toml")], &["r1.toml (line 6, key lrate)", "unknown field `lrate`"]);
-    std::fs::write(s.p("r2.toml"), format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = \"half\"\n")).unwrap();
+    std::fs::write(
+        s.p("r2.toml"),
+        format!("teacher = {t:?}\noutput = \"x\"\n[prune]\nparams = \"half\"\n"),
+    )
+    .unwrap();
     fails(&["run", &s.p("r2.toml")], &["r2.toml (line 4, key params)", "invalid type"]);
     std::fs::write(s.p("r3.toml"), format!("teacher = {t:?}\noutput = \"x\"\n")).unwrap();
-    fails(&["run", &s.p("r3.toml"), "--set", "data=[\"/nonexistent.txt\"]"], &["/nonexistent.txt: no such file"]);
-    fails(&["run", &s.p("r3.toml"), "--set", &format!("data=[{:?}]", s.p("train.txt")), "--set", &format!("val=[{:?}]", s.p("val.txt"))], &["give a budget (prune.params"]);
+    fails(
+        &["run", &s.p("r3.toml"), "--set", "data=[\"/nonexistent.txt\"]"],
+        &["/nonexistent.txt: no such file"],
+    );
+    fails(
+        &[
+            "run",
+            &s.p("r3.toml"),
+            "--set",
+            &format!("data=[{:?}]", s.p("train.txt")),
+            "--set",
+            &format!("val=[{:?}]", s.p("val.txt")),
+        ],
+        &["give a budget (prune.params"],
+    );
     fails(&["run", &s.p("r3.toml"), "--set", "prune.params"], &["expected key=value"]);
 }

@@ -34,16 +34,49 @@ fn setup() -> Setup {
     common::tiny_teacher_and_text(&root, 12345);
     let (teacher, data, val) = (root.join("teacher"), root.join("train.txt"), root.join("val.txt"));
     let student = root.join("student");
-    ok(&["prune", teacher.to_str().unwrap(), "--importance", "magnitude", "--layers", "1", "--ffn", "24", "-o", student.to_str().unwrap()]);
+    ok(&[
+        "prune",
+        teacher.to_str().unwrap(),
+        "--importance",
+        "magnitude",
+        "--layers",
+        "1",
+        "--ffn",
+        "24",
+        "-o",
+        student.to_str().unwrap(),
+    ]);
     let s = |p: PathBuf| p.to_str().unwrap().to_string();
     Setup { teacher: s(teacher), student: s(student), data: s(data), val: s(val), root, _tmp: tmp }
 }
 
 fn distill_args<'a>(s: &'a Setup, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
-        "distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "--val", &s.val, "--seq-len", "16",
-        "--batch", "2", "--steps", "12", "--save-every", "3", "--eval-every", "6", "--val-tokens", "64", "--lr", "1e-2",
-        "-o", out,
+        "distill",
+        "--teacher",
+        &s.teacher,
+        "--student",
+        &s.student,
+        "--data",
+        &s.data,
+        "--val",
+        &s.val,
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "12",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "6",
+        "--val-tokens",
+        "64",
+        "--lr",
+        "1e-2",
+        "-o",
+        out,
     ];
     a.extend_from_slice(extra);
     a
@@ -66,7 +99,11 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     assert!(out.contains("trained 12 steps"), "{out}");
     let ta = trajectory(&a);
     assert_eq!(ta.iter().filter(|r| r.get("loss").is_some()).count(), 12);
-    assert_eq!(ta.iter().filter(|r| r.get("val_kl").is_some()).count(), 2, "validation at 6 and 12");
+    assert_eq!(
+        ta.iter().filter(|r| r.get("val_kl").is_some()).count(),
+        2,
+        "validation at 6 and 12"
+    );
     for k in ["loss", "kl", "lr", "grad_norm", "tokens"] {
         assert!(ta[0].get(k).is_some(), "metrics row lacks {k}: {}", ta[0]);
     }
@@ -74,7 +111,10 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     assert!(Path::new(&a).join("final/tokenizer.json").exists());
     let png = s.p("cmp.png");
     let legend = ok(&["curves", &a, &a, "--key", "val_kl", "-o", &png]);
-    assert!(legend.starts_with("blue: ") && legend.contains("red: ") && Path::new(&png).exists(), "{legend}");
+    assert!(
+        legend.starts_with("blue: ") && legend.contains("red: ") && Path::new(&png).exists(),
+        "{legend}"
+    );
     fails(&["curves", &a, "--key", "nope", "-o", &png], &["no \"nope\""]);
     let ckpts = std::fs::read_dir(Path::new(&a).join("checkpoints")).unwrap().count();
     assert_eq!(ckpts, 2, "keeps the last 2 checkpoints");
@@ -93,11 +133,18 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
     let st = interrupt_after(&distill_args(&s, &c, &[]), &c, 4, "INT");
     assert_eq!(st.code(), Some(130));
     let last = rows(&c).iter().filter_map(|r| r["step"].as_u64()).max().unwrap();
-    assert!(Path::new(&c).join(format!("checkpoints/step-{last:08}")).exists(), "checkpoint of step {last} saved");
+    assert!(
+        Path::new(&c).join(format!("checkpoints/step-{last:08}")).exists(),
+        "checkpoint of step {last} saved"
+    );
     ok(&distill_args(&s, &c, &["--resume"]));
     assert!(weights(&c) == weights(&a), "SIGINT-resumed weights differ");
     let d = s.p("d");
-    assert_eq!(interrupt_after(&distill_args(&s, &d, &[]), &d, 2, "TERM").code(), Some(130), "SIGTERM saves and exits too");
+    assert_eq!(
+        interrupt_after(&distill_args(&s, &d, &[]), &d, 2, "TERM").code(),
+        Some(130),
+        "SIGTERM saves and exits too"
+    );
     ok(&distill_args(&s, &d, &["--resume"]));
     assert!(weights(&d) == weights(&a), "SIGTERM-resumed weights differ");
 
@@ -111,10 +158,28 @@ fn distill_resume_after_sigkill_and_sigint_is_bit_identical() {
 fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
     let s = setup();
     let cache = s.p("cache");
-    let args = ["teacher-cache", "--teacher", &s.teacher, "--data", &s.data, "--val", &s.val, "--topk", "64", "--seq-len", "16",
-        "--shard-windows", "16", "-o", &cache];
+    let args = [
+        "teacher-cache",
+        "--teacher",
+        &s.teacher,
+        "--data",
+        &s.data,
+        "--val",
+        &s.val,
+        "--topk",
+        "64",
+        "--seq-len",
+        "16",
+        "--shard-windows",
+        "16",
+        "-o",
+        &cache,
+    ];
     ok(&args);
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(Path::new(&cache).join("cache.json")).unwrap()).unwrap();
+    let m: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&cache).join("cache.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(m["topk"], 64);
     assert_eq!(m["vocab_size"], 64);
     let shards = m["train"]["shards"].as_array().unwrap();
@@ -146,25 +211,71 @@ fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
             if let (Some(p), Some(q)) = (a[k].as_f64(), b[k].as_f64()) {
                 assert!((p - q).abs() <= 1e-4 * p.abs().max(1e-3), "{k}: online {p} vs cached {q}");
             } else {
-                assert_eq!(a.get(k).is_some(), b.get(k).is_some(), "{k} present in one only: {a} {b}");
+                assert_eq!(
+                    a.get(k).is_some(),
+                    b.get(k).is_some(),
+                    "{k} present in one only: {a} {b}"
+                );
             }
         }
     }
 
     // A cache from another teacher, another seq-len or temperature is refused.
     let other = s.p("cached2");
-    fails(&with(distill_args(&s, &other, &["--teacher-cache", &cache]), "--teacher", &s.student), &["another teacher"]);
-    fails(&distill_args(&s, &other, &["--teacher-cache", &cache, "--temperature", "2"]), &["temperature"]);
-    fails(&["distill", "--student", &s.student, "--teacher-cache", &cache, "--data", &s.data, "--seq-len", "8", "--steps", "1",
-        "-o", &other], &["seq_len 16"]);
+    fails(
+        &with(distill_args(&s, &other, &["--teacher-cache", &cache]), "--teacher", &s.student),
+        &["another teacher"],
+    );
+    fails(
+        &distill_args(&s, &other, &["--teacher-cache", &cache, "--temperature", "2"]),
+        &["temperature"],
+    );
+    fails(
+        &[
+            "distill",
+            "--student",
+            &s.student,
+            "--teacher-cache",
+            &cache,
+            "--data",
+            &s.data,
+            "--seq-len",
+            "8",
+            "--steps",
+            "1",
+            "-o",
+            &other,
+        ],
+        &["seq_len 16"],
+    );
 }
 
 #[test]
 fn train_from_random_init_learns_and_bad_input_is_refused() {
     let s = setup();
     let r = s.p("scratch");
-    ok(&["train", &s.student, "--init", "random", "--data", &s.data, "--val", &s.val, "--seq-len", "16", "--batch", "4",
-        "--steps", "40", "--lr", "1e-2", "--warmup", "4", "-o", &r]);
+    ok(&[
+        "train",
+        &s.student,
+        "--init",
+        "random",
+        "--data",
+        &s.data,
+        "--val",
+        &s.val,
+        "--seq-len",
+        "16",
+        "--batch",
+        "4",
+        "--steps",
+        "40",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "4",
+        "-o",
+        &r,
+    ]);
     let l: Vec<f64> = rows(&r).iter().filter_map(|x| x["loss"].as_f64()).collect();
     let head = l[..5].iter().sum::<f64>() / 5.0;
     let tail = l[35..].iter().sum::<f64>() / 5.0;
@@ -183,24 +294,89 @@ fn train_from_random_init_learns_and_bad_input_is_refused() {
     let mut tok: Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
     let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
     // a filler token no merge uses (the tiny vocabulary's "x<n>" entries)
-    let k1 = vocab.keys().find(|k| k.starts_with('x') && k[1..].parse::<u32>().is_ok()).unwrap().clone();
+    let k1 =
+        vocab.keys().find(|k| k.starts_with('x') && k[1..].parse::<u32>().is_ok()).unwrap().clone();
     let v1 = vocab.remove(&k1).unwrap();
     vocab.insert("qqqq".into(), v1);
     std::fs::write(&tj, tok.to_string()).unwrap();
     let out = s.p("x");
-    fails(&["distill", "--teacher", &s.teacher, "--student", odd.to_str().unwrap(), "--data", &s.data, "--steps", "1", "-o", &out],
-        &["\"qqqq\"", "is not in the teacher's vocabulary"]);
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &s.teacher,
+            "--student",
+            odd.to_str().unwrap(),
+            "--data",
+            &s.data,
+            "--steps",
+            "1",
+            "-o",
+            &out,
+        ],
+        &["\"qqqq\"", "is not in the teacher's vocabulary"],
+    );
     let empty = s.root.join("empty.txt");
     std::fs::write(&empty, "\n\n").unwrap();
-    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", empty.to_str().unwrap(), "--steps", "1",
-        "--seq-len", "16", "-o", &out],
-        &["empty.txt", "empty"]);
-    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "--steps", "1", "--seq-len", "100000",
-        "-o", &out], &["max_position_embeddings"]);
-    fails(&["distill", "--student", &s.student, "--data", &s.data, "--steps", "1", "-o", &out], &["--teacher"]);
-    fails(&["distill", "--teacher", &s.teacher, "--student", &s.student, "--data", &s.data, "-o", &out], &["--steps or --tokens"]);
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &s.teacher,
+            "--student",
+            &s.student,
+            "--data",
+            empty.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--seq-len",
+            "16",
+            "-o",
+            &out,
+        ],
+        &["empty.txt", "empty"],
+    );
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &s.teacher,
+            "--student",
+            &s.student,
+            "--data",
+            &s.data,
+            "--steps",
+            "1",
+            "--seq-len",
+            "100000",
+            "-o",
+            &out,
+        ],
+        &["max_position_embeddings"],
+    );
+    fails(
+        &["distill", "--student", &s.student, "--data", &s.data, "--steps", "1", "-o", &out],
+        &["--teacher"],
+    );
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &s.teacher,
+            "--student",
+            &s.student,
+            "--data",
+            &s.data,
+            "-o",
+            &out,
+        ],
+        &["--steps or --tokens"],
+    );
     let toml = s.root.join("bad.toml");
     std::fs::write(&toml, "stepz = 3\n").unwrap();
-    fails(&["train", &s.student, "--data", &s.data, "--config", toml.to_str().unwrap(), "-o", &out], &["bad.toml", "stepz"]);
+    fails(
+        &["train", &s.student, "--data", &s.data, "--config", toml.to_str().unwrap(), "-o", &out],
+        &["bad.toml", "stepz"],
+    );
     assert!(!Path::new(&out).exists(), "nothing written on bad input");
 }

@@ -20,7 +20,17 @@ fn tokenizer(dir: &str) -> tokenizers::Tokenizer {
 }
 
 fn total_nll(model: &str, text: &str) -> f64 {
-    let v: Value = serde_json::from_str(&ok(&["eval", "ppl", model, "--text", text, "--context", "64", "--json"])).unwrap();
+    let v: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "ppl",
+        model,
+        "--text",
+        text,
+        "--context",
+        "64",
+        "--json",
+    ]))
+    .unwrap();
     v["total_nll"].as_f64().unwrap()
 }
 
@@ -28,23 +38,38 @@ fn total_nll(model: &str, text: &str) -> f64 {
 fn trimmed_tokenizers_keep_the_corpus_tokens_and_still_cover_other_text() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus.txt");
-    std::fs::write(&corpus, "the theater then anthem\n\nin the hearth at a tea\n\nthe heart of the earth\n").unwrap();
+    std::fs::write(
+        &corpus,
+        "the theater then anthem\n\nin the hearth at a tea\n\nthe heart of the earth\n",
+    )
+    .unwrap();
     let c = corpus.to_str().unwrap();
     for gguf in ["tiny-llama.gguf", "tiny-gemma3.gguf"] {
         let orig = convert(gguf, &tmp.path().join(format!("{gguf}-hf")));
         let out = tmp.path().join(format!("{gguf}-trim")).to_str().unwrap().to_string();
         let text = ok(&["trim-vocab", &orig, "--data", c, "-o", &out]);
         assert!(text.contains("identical tokenization, checked"), "{text}");
-        let report: Value = serde_json::from_slice(&std::fs::read(Path::new(&out).join("trim.json")).unwrap()).unwrap();
-        let (before, after) = (report["vocab_before"].as_u64().unwrap(), report["vocab_after"].as_u64().unwrap());
+        let report: Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&out).join("trim.json")).unwrap())
+                .unwrap();
+        let (before, after) =
+            (report["vocab_before"].as_u64().unwrap(), report["vocab_after"].as_u64().unwrap());
         assert!(after < before, "{gguf}: {report}");
         assert!(report["parameters_after"].as_u64() < report["parameters_before"].as_u64());
         let (t0, t1) = (tokenizer(&orig), tokenizer(&out));
         let body = std::fs::read_to_string(&corpus).unwrap();
-        assert_eq!(t0.encode(body.as_str(), true).unwrap().get_tokens(), t1.encode(body.as_str(), true).unwrap().get_tokens(), "{gguf}");
+        assert_eq!(
+            t0.encode(body.as_str(), true).unwrap().get_tokens(),
+            t1.encode(body.as_str(), true).unwrap().get_tokens(),
+            "{gguf}"
+        );
         // Special tokens survive though the corpus never uses them.
         for special in t0.get_added_tokens_decoder().values() {
-            assert!(t1.token_to_id(&special.content).is_some(), "{gguf}: {} dropped", special.content);
+            assert!(
+                t1.token_to_id(&special.content).is_some(),
+                "{gguf}: {} dropped",
+                special.content
+            );
         }
         // Other text still tokenizes (byte fallback / byte-level alphabet) and decodes to what
         // the original decodes it to (the tiny vocabularies lack most bytes, so that is not
@@ -52,15 +77,36 @@ fn trimmed_tokenizers_keep_the_corpus_tokens_and_still_cover_other_text() {
         for other in ["zebra quartz 123 ąę", "hat tea"] {
             let (e0, e1) = (t0.encode(other, false).unwrap(), t1.encode(other, false).unwrap());
             assert!(!e1.get_ids().is_empty());
-            assert_eq!(t1.decode(e1.get_ids(), false).unwrap(), t0.decode(e0.get_ids(), false).unwrap(), "{gguf}: {other}");
+            assert_eq!(
+                t1.decode(e1.get_ids(), false).unwrap(),
+                t0.decode(e0.get_ids(), false).unwrap(),
+                "{gguf}: {other}"
+            );
         }
-        assert_eq!(t1.decode(t1.encode("hat tea", false).unwrap().get_ids(), false).unwrap(), "hat tea", "{gguf}");
+        assert_eq!(
+            t1.decode(t1.encode("hat tea", false).unwrap().get_ids(), false).unwrap(),
+            "hat tea",
+            "{gguf}"
+        );
         // Renormalising over fewer tokens never lowers a corpus token's probability.
         let (a, b) = (total_nll(&orig, c), total_nll(&out, c));
         assert!(b <= a + 1e-6, "{gguf}: corpus NLL {a} -> {b}");
         // A trimmed model goes through the other stages.
         let scores = tmp.path().join(format!("{gguf}-scores")).to_str().unwrap().to_string();
-        ok(&["score", &out, "--data", c, "--samples", "2", "--seq-len", "8", "--batch", "2", "-o", &scores]);
+        ok(&[
+            "score",
+            &out,
+            "--data",
+            c,
+            "--samples",
+            "2",
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+            "-o",
+            &scores,
+        ]);
         let pruned = tmp.path().join(format!("{gguf}-pruned")).to_str().unwrap().to_string();
         ok(&["prune", &out, "--scores", &scores, "--ffn", "24", "-o", &pruned]);
         assert_eq!(tokenizer(&pruned).get_vocab_size(true), t1.get_vocab_size(true));
@@ -77,13 +123,19 @@ fn bad_trim_input_is_refused() {
     let keep = tmp.path().join("keep.txt");
     std::fs::write(&keep, "▁t\nnot-a-token\n").unwrap();
     let out = tmp.path().join("o").to_str().unwrap().to_string();
-    fails(&["trim-vocab", &orig, "--data", c, "--keep", keep.to_str().unwrap(), "-o", &out], &["--keep names 1 token(s)", "\"not-a-token\""]);
+    fails(
+        &["trim-vocab", &orig, "--data", c, "--keep", keep.to_str().unwrap(), "-o", &out],
+        &["--keep names 1 token(s)", "\"not-a-token\""],
+    );
     // an unsupported tokenizer model
     let tj = Path::new(&orig).join("tokenizer.json");
     let mut v: Value = serde_json::from_slice(&std::fs::read(&tj).unwrap()).unwrap();
     v["model"]["type"] = Value::String("WordPiece".into());
     std::fs::write(&tj, serde_json::to_vec(&v).unwrap()).unwrap();
-    fails(&["trim-vocab", &orig, "--data", c, "-o", &out], &["\"WordPiece\" is not supported", "supported: BPE"]);
+    fails(
+        &["trim-vocab", &orig, "--data", c, "-o", &out],
+        &["\"WordPiece\" is not supported", "supported: BPE"],
+    );
     assert!(!Path::new(&out).exists());
 }
 
@@ -95,15 +147,54 @@ fn bad_trim_input_is_refused() {
 fn distillation_into_a_trimmed_student_uses_the_shared_vocabulary() {
     let tmp = tempfile::tempdir().unwrap();
     let corpus = tmp.path().join("corpus.txt");
-    std::fs::write(&corpus, "the theater then anthem in the hearth at a tea\n\n".repeat(30)).unwrap();
+    std::fs::write(&corpus, "the theater then anthem in the hearth at a tea\n\n".repeat(30))
+        .unwrap();
     let c = corpus.to_str().unwrap();
     let teacher = convert("tiny-gemma3.gguf", &tmp.path().join("hf"));
     let student = tmp.path().join("trim").to_str().unwrap().to_string();
     ok(&["trim-vocab", &teacher, "--data", c, "-o", &student]);
     let out = tmp.path().join("kd").to_str().unwrap().to_string();
-    ok(&["distill", "--teacher", &teacher, "--student", &student, "--data", c, "--steps", "2", "--seq-len", "8", "--batch", "2", "-o", &out]);
-    let first: Value = serde_json::from_str(std::fs::read_to_string(Path::new(&out).join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    ok(&[
+        "distill",
+        "--teacher",
+        &teacher,
+        "--student",
+        &student,
+        "--data",
+        c,
+        "--steps",
+        "2",
+        "--seq-len",
+        "8",
+        "--batch",
+        "2",
+        "-o",
+        &out,
+    ]);
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(Path::new(&out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(first["kl"].as_f64().unwrap().abs() < 1e-5, "{first}");
     let out2 = tmp.path().join("kd2").to_str().unwrap().to_string();
-    fails(&["distill", "--teacher", &student, "--student", &teacher, "--data", c, "--steps", "1", "-o", &out2], &["is not in the teacher's vocabulary"]);
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &student,
+            "--student",
+            &teacher,
+            "--data",
+            c,
+            "--steps",
+            "1",
+            "-o",
+            &out2,
+        ],
+        &["is not in the teacher's vocabulary"],
+    );
 }

@@ -55,10 +55,7 @@ impl Manifest {
     }
     pub fn read(dir: &Path) -> Result<Manifest, DistillError> {
         let p = dir.join("cache.json");
-        let err = |msg: String| DistillError::Cache {
-            path: p.clone(),
-            msg,
-        };
+        let err = |msg: String| DistillError::Cache { path: p.clone(), msg };
         let text =
             std::fs::read_to_string(&p).map_err(|e| err(format!("{e} (not a teacher cache?)")))?;
         Manifest::parse(&text).map_err(err)
@@ -74,7 +71,12 @@ impl Manifest {
                 m.format, m.version
             ));
         }
-        if m.vocab_size == 0 || m.topk == 0 || m.topk > m.vocab_size || m.topk > 1 << 24 || m.seq_len == 0 {
+        if m.vocab_size == 0
+            || m.topk == 0
+            || m.topk > m.vocab_size
+            || m.topk > 1 << 24
+            || m.seq_len == 0
+        {
             return Err(format!(
                 "vocab_size {}, topk {}, seq_len {}: need 1 <= topk <= vocab_size and seq_len >= 1",
                 m.vocab_size, m.topk, m.seq_len
@@ -83,7 +85,9 @@ impl Manifest {
         if !(m.temperature.is_finite() && m.temperature > 0.0) {
             return Err(format!("temperature {} is not a positive number", m.temperature));
         }
-        for (name, s) in std::iter::once(("train", &m.train)).chain(m.val.as_ref().map(|v| ("val", v))) {
+        for (name, s) in
+            std::iter::once(("train", &m.train)).chain(m.val.as_ref().map(|v| ("val", v)))
+        {
             if s.shard_windows == 0 || s.shards.len() != s.windows.div_ceil(s.shard_windows) {
                 return Err(format!(
                     "{name}: {} shards for {} windows of {} per shard",
@@ -98,7 +102,9 @@ impl Manifest {
                 .ok_or_else(|| format!("{name}: shard size overflows"))?;
             for f in &s.shards {
                 if !orlik_io::output::plain_file_name(f) {
-                    return Err(format!("{name}: shard {f:?} is not a file name inside the cache directory"));
+                    return Err(format!(
+                        "{name}: shard {f:?} is not a file name inside the cache directory"
+                    ));
                 }
             }
         }
@@ -128,15 +134,8 @@ pub fn parse_record(b: &[u8], k: usize, vocab: usize) -> Result<(Vec<u32>, Vec<f
 
 fn split_info(p: &Packed, name: &str, shard_windows: usize) -> SplitInfo {
     let n = p.windows();
-    let shards = (0..n.div_ceil(shard_windows))
-        .map(|i| format!("{name}-{i:05}.bin"))
-        .collect();
-    SplitInfo {
-        data_sha256: p.hash(),
-        windows: n,
-        shard_windows,
-        shards,
-    }
+    let shards = (0..n.div_ceil(shard_windows)).map(|i| format!("{name}-{i:05}.bin")).collect();
+    SplitInfo { data_sha256: p.hash(), windows: n, shard_windows, shards }
 }
 
 /// What a cache is built from.
@@ -161,7 +160,11 @@ pub fn build(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Manifest, DistillError> {
     let vocab = spec.teacher.config().vocab_size;
-    if train.seq_len < 2 || spec.batch == 0 || spec.shard_windows == 0 || !(spec.temperature.is_finite() && spec.temperature > 0.0) {
+    if train.seq_len < 2
+        || spec.batch == 0
+        || spec.shard_windows == 0
+        || !(spec.temperature.is_finite() && spec.temperature > 0.0)
+    {
         return Err(DistillError::Mismatch(format!(
             "teacher cache: seq_len {} must be at least 2, batch {} and shard_windows {} at least 1, temperature {} positive",
             train.seq_len, spec.batch, spec.shard_windows, spec.temperature
@@ -194,23 +197,21 @@ pub fn build(
                     msg: "holds a cache of other settings, teacher or data (use --force to replace it)".into(),
                 });
             }
-            std::fs::remove_dir_all(dir).map_err(|e| DistillError::Cache {
-                path: dir.into(),
-                msg: e.to_string(),
-            })?;
+            std::fs::remove_dir_all(dir)
+                .map_err(|e| DistillError::Cache { path: dir.into(), msg: e.to_string() })?;
         }
     }
     let ioe = |p: &Path| {
         let p = p.to_path_buf();
-        move |e: std::io::Error| DistillError::Cache {
-            path: p,
-            msg: e.to_string(),
-        }
+        move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
     };
     std::fs::create_dir_all(dir).map_err(ioe(dir))?;
     // Atomically: a build killed here must leave no half-written manifest (read as "other settings").
-    orlik_io::atomic::write_file_atomically(&mp, &serde_json::to_vec_pretty(&m).unwrap_or_default())
-        .map_err(|e| DistillError::Cache { path: mp.clone(), msg: e.to_string() })?;
+    orlik_io::atomic::write_file_atomically(
+        &mp,
+        &serde_json::to_vec_pretty(&m).unwrap_or_default(),
+    )
+    .map_err(|e| DistillError::Cache { path: mp.clone(), msg: e.to_string() })?;
     let total = m.train.windows + m.val.as_ref().map_or(0, |v| v.windows);
     let mut done = 0;
     let rec = m.record_bytes();
@@ -266,17 +267,14 @@ pub fn build(
                 done += b;
                 progress(done, total);
             }
-            let f = f.into_inner().map_err(|e| DistillError::Cache {
-                path: tmp.clone(),
-                msg: e.to_string(),
-            })?;
+            let f = f
+                .into_inner()
+                .map_err(|e| DistillError::Cache { path: tmp.clone(), msg: e.to_string() })?;
             f.sync_all().map_err(ioe(&tmp))?;
             std::fs::rename(&tmp, &path).map_err(ioe(&path))?;
         }
     }
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ioe(dir))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(ioe(dir))?;
     Ok(m)
 }
 
@@ -304,12 +302,7 @@ impl CacheTeacher {
         val: Option<&Packed>,
     ) -> Result<CacheTeacher, DistillError> {
         let m = Manifest::read(dir)?;
-        let bad = |msg: String| {
-            Err(DistillError::Cache {
-                path: dir.into(),
-                msg,
-            })
-        };
+        let bad = |msg: String| Err(DistillError::Cache { path: dir.into(), msg });
         if let Some(t) = teacher_sha256 {
             if t != m.teacher_sha256 {
                 return bad(format!(
@@ -329,10 +322,7 @@ impl CacheTeacher {
             ));
         }
         if topk != 0 && topk != m.topk {
-            return bad(format!(
-                "holds top-{} rows, training asks for --topk {topk}",
-                m.topk
-            ));
+            return bad(format!("holds top-{} rows, training asks for --topk {topk}", m.topk));
         }
         if m.seq_len != train.seq_len {
             return bad(format!(
@@ -353,10 +343,8 @@ impl CacheTeacher {
                     msg: format!("{e} (incomplete cache: rerun orlik teacher-cache)"),
                 })?;
                 // SAFETY: read-only mapping of a shard orlik wrote by rename and never modifies.
-                let mm = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| DistillError::Cache {
-                    path: p.clone(),
-                    msg: e.to_string(),
-                })?;
+                let mm = unsafe { memmap2::Mmap::map(&f) }
+                    .map_err(|e| DistillError::Cache { path: p.clone(), msg: e.to_string() })?;
                 if mm.len() != w * m.seq_len * m.record_bytes() {
                     return Err(DistillError::Cache {
                         path: p,
@@ -376,7 +364,11 @@ impl CacheTeacher {
             (Some(info), Some(v)) if info.data_sha256 == v.hash() => open(info)?,
             _ => Vec::new(), // no teacher rows for this validation text: val_kl is not reported
         };
-        let _guards = shard_paths(dir, &m).iter().zip(tr.iter().chain(va.iter())).map(|(p, mm)| orlik_io::guard::register(p, mm)).collect();
+        let _guards = shard_paths(dir, &m)
+            .iter()
+            .zip(tr.iter().chain(va.iter()))
+            .map(|(p, mm)| orlik_io::guard::register(p, mm))
+            .collect();
         Ok(CacheTeacher {
             m,
             train: tr,
@@ -411,11 +403,7 @@ impl TeacherSource for CacheTeacher {
             Split::Train => (&self.train, &self.m.train),
             Split::Val => match &self.m.val {
                 Some(i) => (&self.val, i),
-                None => {
-                    return Err(TrainError::Teacher(
-                        "no validation rows in the cache".into(),
-                    ))
-                }
+                None => return Err(TrainError::Teacher("no validation rows in the cache".into())),
             },
         };
         let (k, t, rec) = (self.m.topk, self.m.seq_len, self.m.record_bytes());
@@ -431,9 +419,12 @@ impl TeacherSource for CacheTeacher {
                 .get(w / info.shard_windows)
                 .ok_or_else(|| TrainError::Teacher(format!("window {w} not in the cache")))?;
             let off = ((w % info.shard_windows) * t + r % t) * rec;
-            let b = shard.get(off..off + rec).ok_or_else(|| TrainError::Teacher(format!("window {w} past the end of its shard")))?;
-            let (i, l, tl) = parse_record(b, k, self.m.vocab_size)
-                .map_err(|e| TrainError::Teacher(format!("corrupt teacher cache (window {w}): {e}")))?;
+            let b = shard.get(off..off + rec).ok_or_else(|| {
+                TrainError::Teacher(format!("window {w} past the end of its shard"))
+            })?;
+            let (i, l, tl) = parse_record(b, k, self.m.vocab_size).map_err(|e| {
+                TrainError::Teacher(format!("corrupt teacher cache (window {w}): {e}"))
+            })?;
             ids.extend(i);
             logp.extend(l);
             tail.push(tl);

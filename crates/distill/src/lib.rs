@@ -19,10 +19,7 @@ pub enum DistillError {
     #[error("{0}")]
     Mismatch(String),
     #[error("{path}: {msg}")]
-    Cache {
-        path: std::path::PathBuf,
-        msg: String,
-    },
+    Cache { path: std::path::PathBuf, msg: String },
     #[error(transparent)]
     Train(#[from] TrainError),
     #[error(transparent)]
@@ -65,12 +62,7 @@ pub fn check_vocab(
         let diff = tv
             .iter()
             .find(|(s, id)| sv.get(*s) != Some(id))
-            .map(|(s, id)| {
-                format!(
-                    "{s:?} is {id} in the teacher, {:?} in the student",
-                    sv.get(s)
-                )
-            });
+            .map(|(s, id)| format!("{s:?} is {id} in the teacher, {:?} in the student", sv.get(s)));
         return Err(DistillError::Mismatch(format!(
             "teacher and student tokenizers differ ({}): logit distillation needs the same vocabulary",
             diff.unwrap_or_else(|| "different sizes".into())
@@ -94,7 +86,10 @@ pub fn vocab_map(
     let mut map = Vec::with_capacity(student.0.vocab_size);
     for id in 0..student.0.vocab_size as u32 {
         let s = student.1.id_to_token(id).ok_or_else(|| {
-            DistillError::Mismatch(format!("student id {id} has no token string (vocab_size {} > tokenizer)", student.0.vocab_size))
+            DistillError::Mismatch(format!(
+                "student id {id} has no token string (vocab_size {} > tokenizer)",
+                student.0.vocab_size
+            ))
         })?;
         let t = teacher.1.token_to_id(&s).ok_or_else(|| {
             DistillError::Mismatch(format!(
@@ -102,7 +97,10 @@ pub fn vocab_map(
             ))
         })?;
         if t as usize >= teacher.0.vocab_size {
-            return Err(DistillError::Mismatch(format!("teacher id {t} of {s:?} is beyond its vocab_size {}", teacher.0.vocab_size)));
+            return Err(DistillError::Mismatch(format!(
+                "teacher id {t} of {s:?} is beyond its vocab_size {}",
+                teacher.0.vocab_size
+            )));
         }
         map.push(t);
     }
@@ -119,10 +117,8 @@ pub fn rows_from_logits(z: &[f32], vocab: usize, t: f32, topk: usize) -> StepRow
             .collect();
         return StepRows::Full { vocab, logp };
     }
-    let parts: Vec<(Vec<u32>, Vec<f32>, f32)> = z
-        .par_chunks(vocab)
-        .map(|r| top_k(&log_softmax(r, t), topk))
-        .collect();
+    let parts: Vec<(Vec<u32>, Vec<f32>, f32)> =
+        z.par_chunks(vocab).map(|r| top_k(&log_softmax(r, t), topk)).collect();
     let k = topk.min(vocab);
     let mut ids = Vec::with_capacity(parts.len() * k);
     let mut logp = Vec::with_capacity(parts.len() * k);
@@ -147,13 +143,7 @@ pub struct OnlineTeacher {
 
 impl OnlineTeacher {
     pub fn new(model: Model, temperature: f32, topk: usize) -> OnlineTeacher {
-        OnlineTeacher {
-            model,
-            temperature,
-            topk,
-            hidden: None,
-            map: None,
-        }
+        OnlineTeacher { model, temperature, topk, hidden: None, map: None }
     }
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {

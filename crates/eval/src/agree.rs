@@ -58,8 +58,16 @@ pub fn agreement(
     while s < n {
         let e = (s + context).min(n);
         let x = Tensor::new(&ids[s..e], &Device::Cpu)?.unsqueeze(0)?; // (1, t)
-        let lt = teacher.forward(&x, None, None, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (t, vocab)
-        let ls = student.forward(&x, None, None, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let lt = teacher
+            .forward(&x, None, None, None)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?; // (t, vocab)
+        let ls = student
+            .forward(&x, None, None, None)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
         for (a, b) in lt.iter().zip(&ls) {
             let (k, same) = compare_row(a, b);
             kl += k;
@@ -72,7 +80,11 @@ pub fn agreement(
     if !kl.is_finite() {
         return Err(EvalError::NonFinite(format!("KL(teacher || student) ({kl})")));
     }
-    Ok(Agreement { tokens: count, kl: kl / count.max(1) as f64, top1: agree as f64 / count.max(1) as f64 })
+    Ok(Agreement {
+        tokens: count,
+        kl: kl / count.max(1) as f64,
+        top1: agree as f64 / count.max(1) as f64,
+    })
 }
 
 #[cfg(test)]

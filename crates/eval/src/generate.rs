@@ -20,10 +20,15 @@ pub fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) 
         return argmax(logits);
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let mut p: Vec<(u32, f64)> =
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp())).collect();
+    let mut p: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, ((l as f64 - max) / temperature).exp()))
+        .collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
-    p.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+    p.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0))
+    });
     let mut keep = 0;
     let mut mass = 0.0;
     for (_, w) in &p {
@@ -74,7 +79,8 @@ pub fn generate(
     for _ in 0..opts.max_new_tokens {
         let logits = model.forward(&input, None, None, Some(&mut cache))?; // (1, t, v)
         let t = logits.dim(1)?;
-        let last: Vec<f32> = logits.get(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let last: Vec<f32> =
+            logits.get(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         let next = sample(&last, opts.temperature, opts.top_p, &mut rng);
         out.push(next);
         if stop_ids.contains(&next) || !on_token(next) {

@@ -47,16 +47,18 @@ pub fn parse_jsonl(text: &str, origin: &str) -> Result<Vec<Question>, EvalError>
             continue;
         }
         let at = |m: String| EvalError::Input(format!("{origin}:{}: {m}", i + 1));
-        let r: RawRow = serde_json::from_str(line).map_err(|e| at(format!("not an EXAMS row ({e})")))?;
+        let r: RawRow =
+            serde_json::from_str(line).map_err(|e| at(format!("not an EXAMS row ({e})")))?;
         if r.question.choices.len() < 2 {
-            return Err(at(format!("{} choice(s); at least 2 are needed", r.question.choices.len())));
+            return Err(at(format!(
+                "{} choice(s); at least 2 are needed",
+                r.question.choices.len()
+            )));
         }
-        let answer = r
-            .question
-            .choices
-            .iter()
-            .position(|c| c.label == r.answer_key)
-            .ok_or_else(|| at(format!("answerKey {:?} is not one of the choice labels", r.answer_key)))?;
+        let answer =
+            r.question.choices.iter().position(|c| c.label == r.answer_key).ok_or_else(|| {
+                at(format!("answerKey {:?} is not one of the choice labels", r.answer_key))
+            })?;
         out.push(Question {
             id: r.id.unwrap_or_else(|| format!("line{}", i + 1)),
             stem: r.question.stem,
@@ -105,7 +107,12 @@ fn best(v: &[f64]) -> usize {
 /// Log-likelihood of each continuation after its context, one forward per question: the rows
 /// (context + choice) are right-padded, which a causal model never sees.
 /// Returns (sum log p per choice, whether the row was truncated).
-fn score_question(model: &Model, ctx: &[u32], conts: &[Vec<u32>], max_len: usize) -> Result<Vec<(f64, bool)>, EvalError> {
+fn score_question(
+    model: &Model,
+    ctx: &[u32],
+    conts: &[Vec<u32>],
+    max_len: usize,
+) -> Result<Vec<(f64, bool)>, EvalError> {
     let rows: Vec<(Vec<u32>, usize, bool)> = conts
         .iter()
         .map(|c| {
@@ -154,18 +161,30 @@ pub fn evaluate(
         return Err(EvalError::Input(format!("context {max_len} is too short")));
     }
     let enc = |s: &str, special: bool| -> Result<Vec<u32>, EvalError> {
-        Ok(tok.encode(s, special).map_err(|e| EvalError::Input(format!("tokenizer: {e}")))?.get_ids().to_vec())
+        Ok(tok
+            .encode(s, special)
+            .map_err(|e| EvalError::Input(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec())
     };
     let (mut right, mut right_norm, mut chance, mut truncated) = (0usize, 0usize, 0.0, 0usize);
     for (qi, q) in questions.iter().enumerate() {
         let ctx = enc(&prompt(q), true)?;
-        let conts = q.choices.iter().map(|(_, t)| enc(&format!(" {}", t.trim()), false)).collect::<Result<Vec<_>, _>>()?;
+        let conts = q
+            .choices
+            .iter()
+            .map(|(_, t)| enc(&format!(" {}", t.trim()), false))
+            .collect::<Result<Vec<_>, _>>()?;
         if conts.iter().any(Vec::is_empty) {
             return Err(EvalError::Input(format!("question {}: a choice has no tokens", q.id)));
         }
         let scored = score_question(model, &ctx, &conts, max_len)?;
         let raw: Vec<f64> = scored.iter().map(|s| s.0).collect();
-        let norm: Vec<f64> = raw.iter().zip(&q.choices).map(|(l, (_, t))| l / (t.trim().len().max(1) as f64)).collect();
+        let norm: Vec<f64> = raw
+            .iter()
+            .zip(&q.choices)
+            .map(|(l, (_, t))| l / (t.trim().len().max(1) as f64))
+            .collect();
         right += usize::from(best(&raw) == q.answer);
         right_norm += usize::from(best(&norm) == q.answer);
         chance += 1.0 / q.choices.len() as f64;
@@ -195,9 +214,14 @@ mod tests {
         assert_eq!(qs[0].answer, 1);
         assert_eq!(qs[0].choices[0], ("A".to_string(), "3".to_string()));
         assert_eq!(prompt(&qs[0]), "Pytanie: 2 + 2 =\nOdpowiedź:");
-        let e = parse_jsonl(&format!("{ROW}\n{{\"question\": 1}}\n"), "t.jsonl").unwrap_err().to_string();
+        let e = parse_jsonl(&format!("{ROW}\n{{\"question\": 1}}\n"), "t.jsonl")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("t.jsonl:2: not an EXAMS row"), "{e}");
-        let e = parse_jsonl(&ROW.replace("\"answerKey\": \"B\"", "\"answerKey\": \"E\""), "t.jsonl").unwrap_err().to_string();
+        let e =
+            parse_jsonl(&ROW.replace("\"answerKey\": \"B\"", "\"answerKey\": \"E\""), "t.jsonl")
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("t.jsonl:1: answerKey \"E\""), "{e}");
         assert!(parse_jsonl("\n", "e.jsonl").unwrap_err().to_string().contains("no questions"));
     }
@@ -223,7 +247,8 @@ mod tests {
             assert!((alone.0 - got.0).abs() < 1e-5, "{alone:?} vs {got:?}");
             let row: Vec<u32> = ctx.iter().chain(c).copied().collect();
             let x = Tensor::new(row.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let logits: Vec<Vec<f32>> = m.forward(&x, None, None, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+            let logits: Vec<Vec<f32>> =
+                m.forward(&x, None, None, None).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
             let mut want = 0.0;
             for k in 0..c.len() {
                 let r = &logits[ctx.len() - 1 + k];

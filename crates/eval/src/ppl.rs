@@ -86,7 +86,13 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
 /// Sum of -log p(target) over positions [from, to) of one row's hidden states (t, h), in chunks
 /// of positions so a large vocabulary never materialises (t, vocab) at once. Each logit row is
 /// read once: -log p = logsumexp(row) - row[target], accumulated in f64.
-fn row_nll(model: &Model, hidden: &Tensor, ids: &[u32], from: usize, to: usize) -> Result<f64, EvalError> {
+fn row_nll(
+    model: &Model,
+    hidden: &Tensor,
+    ids: &[u32],
+    from: usize,
+    to: usize,
+) -> Result<f64, EvalError> {
     const CHUNK: usize = 256;
     let mut total = 0.0;
     let mut p = from;
@@ -120,7 +126,10 @@ pub fn score_ids(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<PplResult, EvalError> {
     if ids.len() < 2 {
-        return Err(EvalError::Input(format!("text has {} tokens; at least 2 are needed", ids.len())));
+        return Err(EvalError::Input(format!(
+            "text has {} tokens; at least 2 are needed",
+            ids.len()
+        )));
     }
     if opts.context < 2 || opts.stride == 0 || opts.stride > opts.context {
         return Err(EvalError::Input(format!(
@@ -139,12 +148,19 @@ pub fn score_ids(
         while j < ws.len() && j - i < opts.batch.max(1) && ws[j].end - ws[j].start == len {
             j += 1;
         }
-        let rows: Vec<u32> = ws[i..j].iter().flat_map(|w| ids[w.start..w.end].iter().copied()).collect();
+        let rows: Vec<u32> =
+            ws[i..j].iter().flat_map(|w| ids[w.start..w.end].iter().copied()).collect();
         let x = Tensor::from_vec(rows, (j - i, len), &Device::Cpu)?;
         let hidden = model.forward_hidden(&x, None, None, None)?; // (b, len, h)
         for (r, w) in ws[i..j].iter().enumerate() {
             let h = hidden.get(r)?; // (len, h)
-            total += row_nll(model, &h, &ids[w.start..w.end], w.first_scored - w.start, w.end - w.start)?;
+            total += row_nll(
+                model,
+                &h,
+                &ids[w.start..w.end],
+                w.first_scored - w.start,
+                w.end - w.start,
+            )?;
             count += w.end - w.first_scored;
         }
         progress(ws[j - 1].end, ids.len());

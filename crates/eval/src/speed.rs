@@ -36,15 +36,27 @@ pub fn prefill(model: &Model, batch: usize, len: usize, reps: usize) -> Result<T
         times.push(t.elapsed().as_secs_f64());
     }
     let s = median(times);
-    Ok(Timing { what: format!("prefill b{batch}x{len}"), tokens_per_s: (batch * len) as f64 / s, seconds: s })
+    Ok(Timing {
+        what: format!("prefill b{batch}x{len}"),
+        tokens_per_s: (batch * len) as f64 / s,
+        seconds: s,
+    })
 }
 
 /// Decode `new` tokens per row one step at a time for `batch` rows after a `prompt`-token prefill
 /// (prefill time excluded); tokens/s counts every row's tokens.
-pub fn decode(model: &Model, batch: usize, prompt: usize, new: usize, reps: usize) -> Result<Timing, EvalError> {
+pub fn decode(
+    model: &Model,
+    batch: usize,
+    prompt: usize,
+    new: usize,
+    reps: usize,
+) -> Result<Timing, EvalError> {
     let b = batch.max(1);
     let ids = bench_ids(b * (prompt + new), model.config().vocab_size);
-    let row = |r: usize, from: usize, to: usize| ids[r * (prompt + new) + from..r * (prompt + new) + to].to_vec();
+    let row = |r: usize, from: usize, to: usize| {
+        ids[r * (prompt + new) + from..r * (prompt + new) + to].to_vec()
+    };
     let mut times = Vec::new();
     for r in 0..reps.max(1) + 1 {
         let mut cache = KvCache::new();
@@ -62,5 +74,9 @@ pub fn decode(model: &Model, batch: usize, prompt: usize, new: usize, reps: usiz
         }
     }
     let s = median(times);
-    Ok(Timing { what: format!("decode b{b} {new} tokens after {prompt}"), tokens_per_s: (b * new) as f64 / s, seconds: s })
+    Ok(Timing {
+        what: format!("decode b{b} {new} tokens after {prompt}"),
+        tokens_per_s: (b * new) as f64 / s,
+        seconds: s,
+    })
 }

@@ -35,7 +35,10 @@ fn main() {
         let t = Instant::now();
         let mut acc = 0u64;
         for n in &names {
-            let x = ck.tensor(n).and_then(|t| t.flatten_all().map_err(|e| orlik_io::IoError::Candle { context: n.clone(), source: e }));
+            let x = ck.tensor(n).and_then(|t| {
+                t.flatten_all()
+                    .map_err(|e| orlik_io::IoError::Candle { context: n.clone(), source: e })
+            });
             // read through the raw buffer: candle's from_raw_buffer copies it, so this is a full pass
             if let Ok(x) = x {
                 acc = acc.wrapping_add(x.elem_count() as u64);
@@ -50,5 +53,9 @@ fn main() {
         v[v.len() / 2]
     };
     let (s, c) = (med(&mut scan), med(&mut sum));
-    println!("{gb:.2} GB: median scan {s:.2} s ({:.1} GB/s), median copy {c:.2} s, scan / copy = {:.2}", gb / s, s / c);
+    println!(
+        "{gb:.2} GB: median scan {s:.2} s ({:.1} GB/s), median copy {c:.2} s, scan / copy = {:.2}",
+        gb / s,
+        s / c
+    );
 }

@@ -57,9 +57,16 @@ pub fn clean_stale(parent: &Path) {
             // it), or the output marker (killed after the writer marker came down, just before
             // the rename), or nothing yet (killed right after creating it).
             let writer = fs::read_to_string(path.join(TMP_MARKER)).ok();
-            let ticks = writer.as_deref().and_then(|t| t.split_whitespace().nth(1)).and_then(|t| t.parse().ok());
+            let ticks = writer
+                .as_deref()
+                .and_then(|t| t.split_whitespace().nth(1))
+                .and_then(|t| t.parse().ok());
             let empty = fs::read_dir(&path).is_ok_and(|mut d| d.next().is_none());
-            (writer.is_some() || path.join(crate::output::MARKER).is_file() || empty, name_pid(rest), ticks)
+            (
+                writer.is_some() || path.join(crate::output::MARKER).is_file() || empty,
+                name_pid(rest),
+                ticks,
+            )
         } else if let Some(rest) = name.split(".orlik-old-").nth(1) {
             (path.join(crate::output::MARKER).is_file(), name_pid(rest), None)
         } else {
@@ -93,17 +100,22 @@ pub fn write_dir_atomically<E: From<IoError>>(
     };
     fs::create_dir_all(&parent).map_err(|e| E::from(io_err(&parent)(e)))?;
     clean_stale(&parent);
-    let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let name =
+        target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let pid = std::process::id();
     let tmp = parent.join(format!(".{name}.orlik-tmp-{pid}-{nanos}"));
     fs::create_dir(&tmp).map_err(|e| E::from(io_err(&tmp)(e)))?;
     let writer = format!("{pid} {}", start_ticks(pid).map_or(String::new(), |t| t.to_string()));
     let result = (|| -> Result<(), E> {
-        fs::write(tmp.join(TMP_MARKER), writer).map_err(|e| E::from(io_err(tmp.join(TMP_MARKER))(e)))?;
+        fs::write(tmp.join(TMP_MARKER), writer)
+            .map_err(|e| E::from(io_err(tmp.join(TMP_MARKER))(e)))?;
         crate::output::write_marker(&tmp, kind)?;
         fill(&tmp)?;
-        fs::remove_file(tmp.join(TMP_MARKER)).map_err(|e| E::from(io_err(tmp.join(TMP_MARKER))(e)))?;
+        fs::remove_file(tmp.join(TMP_MARKER))
+            .map_err(|e| E::from(io_err(tmp.join(TMP_MARKER))(e)))?;
         for entry in fs::read_dir(&tmp).map_err(|e| E::from(io_err(&tmp)(e)))? {
             let p = entry.map_err(|e| E::from(io_err(&tmp)(e)))?.path();
             if p.is_file() {
@@ -130,7 +142,8 @@ pub fn write_dir_atomically<E: From<IoError>>(
 
 /// Write one file atomically: a temp file beside it, fsync, rename over `target`.
 pub fn write_file_atomically(target: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let name = target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let name =
+        target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
     let tmp = target.with_file_name(format!(".{name}.orlik-tmp-{}", std::process::id()));
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         clean_stale(parent);
@@ -162,10 +175,16 @@ mod tests {
         assert!(r.is_err());
         assert!(!target.exists());
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "temp dir not cleaned");
-        write_dir_atomically::<IoError>(&target, "test", false, |tmp| Ok(fs::write(tmp.join("a"), b"1").unwrap())).unwrap();
+        write_dir_atomically::<IoError>(&target, "test", false, |tmp| {
+            Ok(fs::write(tmp.join("a"), b"1").unwrap())
+        })
+        .unwrap();
         let e = write_dir_atomically::<IoError>(&target, "test", false, |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("already exists"));
-        write_dir_atomically::<IoError>(&target, "test", true, |tmp| Ok(fs::write(tmp.join("b"), b"2").unwrap())).unwrap();
+        write_dir_atomically::<IoError>(&target, "test", true, |tmp| {
+            Ok(fs::write(tmp.join("b"), b"2").unwrap())
+        })
+        .unwrap();
         assert!(target.join("b").exists() && !target.join("a").exists());
         let e = write_dir_atomically::<IoError>(&target, "other", true, |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("another command"), "{e}");
@@ -201,7 +220,13 @@ mod tests {
         let stale_file = d.path().join(format!(".state.json.orlik-tmp-{dead}"));
         fs::write(&stale_file, b"{").unwrap();
         write_dir_atomically::<IoError>(&d.path().join("m"), "test", false, |_| Ok(())).unwrap();
-        assert!(!stale.exists() && !reused.exists() && !stale_file.exists() && !unmarked.exists() && !renaming.exists());
+        assert!(
+            !stale.exists()
+                && !reused.exists()
+                && !stale_file.exists()
+                && !unmarked.exists()
+                && !renaming.exists()
+        );
         assert!(live.exists() && foreign.exists());
         assert!(!d.path().join("m").join(TMP_MARKER).exists());
         assert!(d.path().join("m").join(crate::output::MARKER).exists());

@@ -76,7 +76,10 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         other => {
             return Err(IoError::Model {
                 path: g.path.clone(),
-                source: ModelError::UnknownArchitecture { origin: "general.architecture".into(), name: other.into() },
+                source: ModelError::UnknownArchitecture {
+                    origin: "general.architecture".into(),
+                    name: other.into(),
+                },
             })
         }
     };
@@ -88,13 +91,17 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
     };
     let hidden = need("embedding_length")? as usize;
     let heads = need("attention.head_count")? as usize;
-    let kv = g.get(&format!("{arch_name}.attention.head_count_kv")).and_then(GValue::as_u64).map_or(heads, |x| x as usize);
+    let kv = g
+        .get(&format!("{arch_name}.attention.head_count_kv"))
+        .and_then(GValue::as_u64)
+        .map_or(heads, |x| x as usize);
     // GGUF states key_length when it differs from hidden/heads; otherwise that is the definition.
     let head_dim = g
         .get(&format!("{arch_name}.attention.key_length"))
         .and_then(GValue::as_u64)
         .map_or(hidden / heads.max(1), |x| x as usize);
-    let f = |k: &str, d: f64| g.get(&format!("{arch_name}.{k}")).and_then(GValue::as_f64).unwrap_or(d);
+    let f =
+        |k: &str, d: f64| g.get(&format!("{arch_name}.{k}")).and_then(GValue::as_f64).unwrap_or(d);
     let mut extra = serde_json::Map::new();
     extra.insert("torch_dtype".into(), json!("float32"));
     let layers = need("block_count")? as usize;
@@ -103,7 +110,10 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
     if layers == 0 || layers > g.tensors.len() {
         return Err(IoError::Format {
             path: g.path.clone(),
-            msg: format!("GGUF metadata {arch_name}.block_count = {layers} but the file holds {} tensors", g.tensors.len()),
+            msg: format!(
+                "GGUF metadata {arch_name}.block_count = {layers} but the file holds {} tensors",
+                g.tensors.len()
+            ),
         });
     }
     let gemma = arch == Arch::Gemma3;
@@ -113,8 +123,16 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         // every 6th layer is global, the others slide over `attention.sliding_window` tokens
         // with RoPE base 10000; queries are scaled by 1/sqrt(head_dim) except on the 27B
         // (62 layers), which uses hidden / heads.
-        sliding_window = g.get("gemma3.attention.sliding_window").and_then(GValue::as_u64).map(|x| x as usize);
-        layer_types = Some((0..layers).map(|i| if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }.to_string()).collect());
+        sliding_window =
+            g.get("gemma3.attention.sliding_window").and_then(GValue::as_u64).map(|x| x as usize);
+        layer_types = Some(
+            (0..layers)
+                .map(|i| {
+                    if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }
+                        .to_string()
+                })
+                .collect(),
+        );
         let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
         extra.insert("query_pre_attn_scalar".into(), json!(scalar));
         extra.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
@@ -124,7 +142,9 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         if g.get("gemma3.rope.scaling.type").and_then(GValue::as_str) == Some("linear") {
             full = json!({"rope_type": "linear", "rope_theta": full["rope_theta"], "factor": f("rope.scaling.factor", 1.0)});
         }
-        rope_parameters = Some(json!({"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}));
+        rope_parameters = Some(
+            json!({"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+        );
     }
     let tid = |k: &str| g.get(k).and_then(GValue::as_u64).map(|x| json!(x));
     let cfg = Config {
@@ -138,13 +158,22 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         num_key_value_heads: Some(kv),
         head_dim: Some(head_dim),
         // llama.cpp stores eps as f32; round-trip through f32 text gives e.g. 1e-5 exactly.
-        rms_norm_eps: format!("{}", f("attention.layer_norm_rms_epsilon", 1e-6) as f32).parse().unwrap_or(1e-6),
+        rms_norm_eps: format!("{}", f("attention.layer_norm_rms_epsilon", 1e-6) as f32)
+            .parse()
+            .unwrap_or(1e-6),
         rope_theta: if gemma { None } else { Some(f("rope.freq_base", 10000.0) as f32 as f64) },
         rope_scaling: None,
         rope_parameters,
-        max_position_embeddings: g.get(&format!("{arch_name}.context_length")).and_then(GValue::as_u64).unwrap_or(2048) as usize,
+        max_position_embeddings: g
+            .get(&format!("{arch_name}.context_length"))
+            .and_then(GValue::as_u64)
+            .unwrap_or(2048) as usize,
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
-        attention_bias: if arch == Arch::Llama { Some(g.tensor_info("blk.0.attn_q.bias").is_some()) } else { None },
+        attention_bias: if arch == Arch::Llama {
+            Some(g.tensor_info("blk.0.attn_q.bias").is_some())
+        } else {
+            None
+        },
         mlp_bias: if arch == Arch::Llama { Some(false) } else { None },
         sliding_window,
         use_sliding_window: if arch == Arch::Qwen2 { Some(false) } else { None },
@@ -157,7 +186,8 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         extra,
     };
     let s = serde_json::to_string(&cfg).unwrap_or_default();
-    let cfg = Config::from_json_str(&s, &g.path.display().to_string()).map_err(|source| IoError::Model { path: g.path.clone(), source })?;
+    let cfg = Config::from_json_str(&s, &g.path.display().to_string())
+        .map_err(|source| IoError::Model { path: g.path.clone(), source })?;
     Ok((cfg, arch))
 }
 
@@ -194,16 +224,23 @@ pub fn convert_gguf(
             msg: "no Hugging Face equivalent known".into(),
         })?;
         let mut w = g.dequantize(t)?;
-        let values = w.flatten_all().and_then(|v| v.to_vec1::<f32>()).map_err(|source| IoError::Candle { context: t.name.clone(), source })?;
+        let values = w
+            .flatten_all()
+            .and_then(|v| v.to_vec1::<f32>())
+            .map_err(|source| IoError::Candle { context: t.name.clone(), source })?;
         crate::guard::check_finite_f32(src, &t.name, &values)?;
         // llama.cpp stores Gemma's zero-centred RMSNorm weights shifted by +1 (convert_hf_to_gguf,
         // Gemma3Model `norm_shift`); HF keeps w and applies 1 + w.
         if arch == Arch::Gemma3 && name.ends_with("norm.weight") {
-            w = (w - 1.0).map_err(|source| IoError::Candle { context: format!("unshifting {}", t.name), source })?;
+            w = (w - 1.0).map_err(|source| IoError::Candle {
+                context: format!("unshifting {}", t.name),
+                source,
+            })?;
         }
         // llama.cpp permutes Q/K for its interleaved RoPE only for the llama family.
         if matches!(arch, Arch::Llama | Arch::Mistral) {
-            let cerr = |source| IoError::Candle { context: format!("un-permuting {}", t.name), source };
+            let cerr =
+                |source| IoError::Candle { context: format!("un-permuting {}", t.name), source };
             if name.contains("self_attn.q_proj") {
                 w = unpermute_qk(&w, cfg.num_attention_heads).map_err(cerr)?;
             } else if name.contains("self_attn.k_proj") {
@@ -216,7 +253,10 @@ pub fn convert_gguf(
     tensors.sort_by(|a, b| layer_order(&a.0).cmp(&layer_order(&b.0)));
     let mut files = vec![
         ("tokenizer.json".to_string(), serde_json::to_vec(&tok.tokenizer_json).unwrap_or_default()),
-        ("tokenizer_config.json".to_string(), serde_json::to_vec_pretty(&tok.tokenizer_config).unwrap_or_default()),
+        (
+            "tokenizer_config.json".to_string(),
+            serde_json::to_vec_pretty(&tok.tokenizer_config).unwrap_or_default(),
+        ),
     ];
     let mut special = serde_json::Map::new();
     for k in ["bos_token", "eos_token", "unk_token", "pad_token"] {
@@ -224,7 +264,10 @@ pub fn convert_gguf(
             special.insert(k.into(), v.clone());
         }
     }
-    files.push(("special_tokens_map.json".into(), serde_json::to_vec_pretty(&Value::Object(special)).unwrap_or_default()));
+    files.push((
+        "special_tokens_map.json".into(),
+        serde_json::to_vec_pretty(&Value::Object(special)).unwrap_or_default(),
+    ));
     files.extend(extra_files);
     save_pretrained(target, &cfg, &tensors, &files, opts)?;
     Ok(ConvertReport { tied: cfg.tie_word_embeddings, config: cfg, tensors: tensors.len() })

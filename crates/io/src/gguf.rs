@@ -98,7 +98,11 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if n > self.buf.len() - self.pos {
-            return Err(format!("truncated: need {n} bytes at offset {}, file has {}", self.pos, self.buf.len()));
+            return Err(format!(
+                "truncated: need {n} bytes at offset {}, file has {}",
+                self.pos,
+                self.buf.len()
+            ));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -118,10 +122,14 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Result<String, String> {
         let n = self.u64()?;
         if n > (self.buf.len() - self.pos) as u64 {
-            return Err(format!("string length {n} at offset {} runs past the end of the file", self.pos));
+            return Err(format!(
+                "string length {n} at offset {} runs past the end of the file",
+                self.pos
+            ));
         }
         let b = self.take(n as usize)?;
-        String::from_utf8(b.to_vec()).map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| format!("string at offset {} is not UTF-8", self.pos))
     }
     fn value(&mut self, ty: u32, depth: usize) -> Result<GValue, String> {
         Ok(match ty {
@@ -142,7 +150,10 @@ impl<'a> Cursor<'a> {
                 let n = self.u64()?;
                 // every element takes at least one byte: a length beyond the file is corrupt
                 if n > (self.buf.len() - self.pos) as u64 {
-                    return Err(format!("array length {n} at offset {} runs past the end of the file", self.pos));
+                    return Err(format!(
+                        "array length {n} at offset {} runs past the end of the file",
+                        self.pos
+                    ));
                 }
                 let mut v = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -180,9 +191,9 @@ pub fn ggml_dtype(ty: u32) -> Option<GgmlDType> {
 
 pub fn ggml_type_name(ty: u32) -> String {
     let names = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-        "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-        "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
+        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
+        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
     ];
     names.get(ty as usize).map_or(format!("type {ty}"), |n| format!("{n} (type {ty})"))
 }
@@ -192,11 +203,17 @@ impl Gguf {
         let f = std::fs::File::open(path).map_err(io_err(path))?;
         // SAFETY: read-only mapping of a file orlik does not modify.
         let mmap = unsafe { Mmap::map(&f) }.map_err(io_err(path))?;
-        let fmt = |msg: String| IoError::Format { path: path.to_path_buf(), msg: format!("corrupt GGUF: {msg}") };
+        let fmt = |msg: String| IoError::Format {
+            path: path.to_path_buf(),
+            msg: format!("corrupt GGUF: {msg}"),
+        };
         let mut c = Cursor { buf: &mmap, pos: 0 };
         let magic = c.take(4).map_err(|_| fmt("shorter than the magic".into()))?;
         if magic != MAGIC {
-            return Err(IoError::Format { path: path.into(), msg: "not a GGUF file (bad magic)".into() });
+            return Err(IoError::Format {
+                path: path.into(),
+                msg: "not a GGUF file (bad magic)".into(),
+            });
         }
         let version = c.u32().map_err(fmt)?;
         if !(2..=3).contains(&version) {
@@ -205,7 +222,9 @@ impl Gguf {
         let n_tensors = c.u64().map_err(fmt)?;
         let n_kv = c.u64().map_err(fmt)?;
         if n_tensors > mmap.len() as u64 || n_kv > mmap.len() as u64 {
-            return Err(fmt(format!("tensor count {n_tensors} / metadata count {n_kv} larger than the file")));
+            return Err(fmt(format!(
+                "tensor count {n_tensors} / metadata count {n_kv} larger than the file"
+            )));
         }
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
@@ -233,13 +252,15 @@ impl Gguf {
             let offset = c.u64().map_err(fmt)?;
             tensors.push(GTensor { name, ne, ty, offset });
         }
-        let align = metadata.get("general.alignment").and_then(GValue::as_u64).unwrap_or(32) as usize;
+        let align =
+            metadata.get("general.alignment").and_then(GValue::as_u64).unwrap_or(32) as usize;
         if align == 0 || !align.is_power_of_two() {
             return Err(fmt(format!("general.alignment {align} is not a power of two")));
         }
         let data_start = c.pos.div_ceil(align) * align;
         let _guard = crate::guard::register(path, &mmap);
-        let g = Gguf { path: path.into(), version, metadata, tensors, data_start, align, mmap, _guard };
+        let g =
+            Gguf { path: path.into(), version, metadata, tensors, data_start, align, mmap, _guard };
         for t in &g.tensors {
             // Check ranges for the types we know; unknown types are reported when loaded.
             if let Some(dt) = ggml_dtype(t.ty) {
@@ -254,7 +275,8 @@ impl Gguf {
     }
 
     fn range(&self, t: &GTensor, dt: GgmlDType) -> Result<(usize, usize), String> {
-        let numel = t.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
+        let numel =
+            t.ne.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
         let bs = dt.block_size() as u64;
         if numel % bs != 0 {
             return Err(format!("{numel} elements not a multiple of block size {bs}"));
@@ -295,7 +317,10 @@ impl Gguf {
             msg: m,
         })?;
         let dims: Vec<usize> = t.ne.iter().rev().map(|&d| d as usize).collect();
-        let cand = |source| IoError::Candle { context: format!("{}: tensor {}", self.path.display(), t.name), source };
+        let cand = |source| IoError::Candle {
+            context: format!("{}: tensor {}", self.path.display(), t.name),
+            source,
+        };
         // Copy into an 8-byte aligned buffer: candle reinterprets the bytes as block structs.
         let mut aligned = vec![0u64; len.div_ceil(8)];
         let bytes: &mut [u8] = bytemuck_cast(&mut aligned);

@@ -51,9 +51,18 @@ pub fn register(path: &Path, bytes: &[u8]) -> MapGuard {
         return MapGuard(None);
     }
     for i in 0..SLOTS {
-        if START[i].compare_exchange(0, bytes.as_ptr() as usize, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        if START[i]
+            .compare_exchange(0, bytes.as_ptr() as usize, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
             // SAFETY: this thread owns slot i (won the exchange above); see `Names`.
-            unsafe { std::ptr::copy_nonoverlapping(name.as_ptr(), (NAMES.0.get() as *mut u8).add(i * NAME_MAX), name.len()) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    name.as_ptr(),
+                    (NAMES.0.get() as *mut u8).add(i * NAME_MAX),
+                    name.len(),
+                )
+            };
             NAME_LEN[i].store(name.len(), Ordering::SeqCst);
             LEN[i].store(bytes.len(), Ordering::SeqCst);
             return MapGuard(Some(i));
@@ -79,7 +88,9 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         if s != 0 && l != 0 && addr >= s && addr < s + l {
             let n = NAME_LEN[i].load(Ordering::SeqCst).min(NAME_MAX);
             // SAFETY: static buffer, published before LEN; see `Names`.
-            write_stderr(unsafe { std::slice::from_raw_parts((NAMES.0.get() as *const u8).add(i * NAME_MAX), n) });
+            write_stderr(unsafe {
+                std::slice::from_raw_parts((NAMES.0.get() as *const u8).add(i * NAME_MAX), n)
+            });
             named = true;
             break;
         }
@@ -107,26 +118,46 @@ pub fn install_sigbus_handler() {
 /// Count the non-finite values of little-endian `bytes` of `dtype` (NaN or ±inf: every exponent
 /// bit set), with the index and value of the first. Integer dtypes have none.
 pub fn non_finite(bytes: &[u8], dtype: DType) -> (usize, Option<(usize, f32)>) {
-    fn scan<const N: usize>(bytes: &[u8], bad: impl Fn([u8; N]) -> bool, val: impl Fn([u8; N]) -> f32) -> (usize, Option<(usize, f32)>) {
+    fn scan<const N: usize>(
+        bytes: &[u8],
+        bad: impl Fn([u8; N]) -> bool,
+        val: impl Fn([u8; N]) -> f32,
+    ) -> (usize, Option<(usize, f32)>) {
         let mut count = 0usize;
         let mut first = None;
         // Count in blocks without branching (vectorises), then locate the first bad element.
         for (b, block) in bytes.chunks(N * 4096).enumerate() {
-            let c = block.chunks_exact(N).filter(|x| bad(x[..N].try_into().unwrap_or([0; N]))).count();
+            let c =
+                block.chunks_exact(N).filter(|x| bad(x[..N].try_into().unwrap_or([0; N]))).count();
             if c > 0 && first.is_none() {
-                first = block.chunks_exact(N).position(|x| bad(x[..N].try_into().unwrap_or([0; N]))).map(|i| {
-                    let x: [u8; N] = block[i * N..i * N + N].try_into().unwrap_or([0; N]);
-                    (b * 4096 + i, val(x))
-                });
+                first = block
+                    .chunks_exact(N)
+                    .position(|x| bad(x[..N].try_into().unwrap_or([0; N])))
+                    .map(|i| {
+                        let x: [u8; N] = block[i * N..i * N + N].try_into().unwrap_or([0; N]);
+                        (b * 4096 + i, val(x))
+                    });
             }
             count += c;
         }
         (count, first)
     }
     match dtype {
-        DType::F32 => scan::<4>(bytes, |x| u32::from_le_bytes(x) & 0x7f80_0000 == 0x7f80_0000, f32::from_le_bytes),
-        DType::BF16 => scan::<2>(bytes, |x| u16::from_le_bytes(x) & 0x7f80 == 0x7f80, |x| half::bf16::from_le_bytes(x).to_f32()),
-        DType::F16 => scan::<2>(bytes, |x| u16::from_le_bytes(x) & 0x7c00 == 0x7c00, |x| half::f16::from_le_bytes(x).to_f32()),
+        DType::F32 => scan::<4>(
+            bytes,
+            |x| u32::from_le_bytes(x) & 0x7f80_0000 == 0x7f80_0000,
+            f32::from_le_bytes,
+        ),
+        DType::BF16 => scan::<2>(
+            bytes,
+            |x| u16::from_le_bytes(x) & 0x7f80 == 0x7f80,
+            |x| half::bf16::from_le_bytes(x).to_f32(),
+        ),
+        DType::F16 => scan::<2>(
+            bytes,
+            |x| u16::from_le_bytes(x) & 0x7c00 == 0x7c00,
+            |x| half::f16::from_le_bytes(x).to_f32(),
+        ),
         DType::F64 => scan::<8>(
             bytes,
             |x| u64::from_le_bytes(x) & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000,
@@ -145,11 +176,16 @@ pub fn check_finite(path: &Path, name: &str, bytes: &[u8], dtype: DType) -> Resu
 /// re-encoding them to bytes.
 pub fn check_finite_f32(path: &Path, name: &str, v: &[f32]) -> Result<(), IoError> {
     let count = v.iter().filter(|x| !x.is_finite()).count();
-    let first = (count > 0).then(|| v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))).flatten();
+    let first =
+        (count > 0).then(|| v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))).flatten();
     finite_or_error(path, name, (count, first))
 }
 
-fn finite_or_error(path: &Path, name: &str, (count, first): (usize, Option<(usize, f32)>)) -> Result<(), IoError> {
+fn finite_or_error(
+    path: &Path,
+    name: &str,
+    (count, first): (usize, Option<(usize, f32)>),
+) -> Result<(), IoError> {
     if count == 0 {
         return Ok(());
     }
@@ -165,7 +201,10 @@ mod tests {
     /// checkpoint, truncate it behind the mapping's back, read the tensor.
     fn truncated_read_child(path: &Path) {
         let n = 1 << 18;
-        let header = format!("{{\"w\":{{\"dtype\":\"F32\",\"shape\":[{n}],\"data_offsets\":[0,{}]}}}}", 4 * n);
+        let header = format!(
+            "{{\"w\":{{\"dtype\":\"F32\",\"shape\":[{n}],\"data_offsets\":[0,{}]}}}}",
+            4 * n
+        );
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header.as_bytes());
         bytes.resize(bytes.len() + 4 * n, 0);
@@ -185,19 +224,29 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("model.safetensors");
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["guard::tests::a_file_truncated_under_its_mapping_is_a_one_line_error_naming_it", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "guard::tests::a_file_truncated_under_its_mapping_is_a_one_line_error_naming_it",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("ORLIK_SIGBUS_CHILD", &file)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "child: {:?} {err}", out.status);
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap_or_default();
-        assert!(line.contains(&file.display().to_string()) && line.contains("changed while orlik was reading it"), "{err}");
+        assert!(
+            line.contains(&file.display().to_string())
+                && line.contains("changed while orlik was reading it"),
+            "{err}"
+        );
     }
 
     #[test]
     fn non_finite_values_are_counted_in_every_float_dtype() {
-        let v = [1.0f32, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e5, f32::MIN_POSITIVE];
+        let v =
+            [1.0f32, f32::NAN, -2.0, f32::INFINITY, f32::NEG_INFINITY, 0.0, 1e5, f32::MIN_POSITIVE];
         let f32b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         assert_eq!(non_finite(&f32b, DType::F32).0, 3);
         assert_eq!(non_finite(&f32b, DType::F32).1.map(|f| f.0), Some(1));
@@ -214,9 +263,14 @@ mod tests {
         assert_eq!(non_finite(&big, DType::F32).0, 1);
         assert_eq!(non_finite(&big, DType::F32).1.map(|f| f.0), Some(9_000));
         let e2 = check_finite_f32(Path::new("m.safetensors"), "w", &v).unwrap_err().to_string();
-        let e = check_finite(Path::new("m.safetensors"), "w", &f32b, DType::F32).unwrap_err().to_string();
+        let e = check_finite(Path::new("m.safetensors"), "w", &f32b, DType::F32)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, e2, "bytes and decoded values give the same report");
         assert!(check_finite_f32(Path::new("m"), "w", &[0.0, -1.5]).is_ok());
-        assert!(e.contains("m.safetensors") && e.contains("tensor w") && e.contains("3 non-finite"), "{e}");
+        assert!(
+            e.contains("m.safetensors") && e.contains("tensor w") && e.contains("3 non-finite"),
+            "{e}"
+        );
     }
 }

@@ -42,20 +42,27 @@ impl HfModel {
             });
         }
         if !dir.is_dir() {
-            return Err(IoError::Format { path: dir.into(), msg: "not a directory (expected an HF model directory)".into() });
+            return Err(IoError::Format {
+                path: dir.into(),
+                msg: "not a directory (expected an HF model directory)".into(),
+            });
         }
         let cpath = dir.join("config.json");
         if !cpath.exists() {
             return Err(IoError::Format { path: cpath, msg: "missing".into() });
         }
-        let config = Config::from_file(&cpath).map_err(|source| IoError::Model { path: cpath.clone(), source })?;
+        let config = Config::from_file(&cpath)
+            .map_err(|source| IoError::Model { path: cpath.clone(), source })?;
         let checkpoint = Checkpoint::open(dir)?;
         for t in checkpoint.infos() {
             if !t.dtype.is_float() {
                 return Err(IoError::Tensor {
                     path: checkpoint.files()[t.file].to_path_buf(),
                     name: t.name.clone(),
-                    msg: format!("dtype {} is not a float type (F32, F16, BF16, F64)", crate::safetensors::dtype_name(t.dtype)),
+                    msg: format!(
+                        "dtype {} is not a float type (F32, F16, BF16, F64)",
+                        crate::safetensors::dtype_name(t.dtype)
+                    ),
                 });
             }
         }
@@ -80,7 +87,10 @@ impl HfModel {
                 Ok((p.clone(), m.len(), m.modified().map_err(io_err(p))?))
             })
             .collect::<Result<Vec<_>, IoError>>()?;
-        let known = HASHED.lock().ok().and_then(|v| v.iter().find(|(s, _)| *s == stamp).map(|(_, h)| h.clone()));
+        let known = HASHED
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().find(|(s, _)| *s == stamp).map(|(_, h)| h.clone()));
         if let Some(h) = known {
             return Ok(h);
         }
@@ -100,7 +110,8 @@ impl HfModel {
 
     pub fn load(&self, opts: ModelOptions) -> Result<Model, IoError> {
         let w = self.checkpoint.load_all(opts.dtype)?;
-        Model::new(&self.config, &w, opts).map_err(|source| IoError::Model { path: self.dir.clone(), source })
+        Model::new(&self.config, &w, opts)
+            .map_err(|source| IoError::Model { path: self.dir.clone(), source })
     }
 
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, IoError> {
@@ -113,7 +124,8 @@ pub fn load_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, IoError> {
     if !p.exists() {
         return Err(IoError::Tokenizer { path: p, msg: "missing".into() });
     }
-    tokenizers::Tokenizer::from_file(&p).map_err(|e| IoError::Tokenizer { path: p, msg: e.to_string() })
+    tokenizers::Tokenizer::from_file(&p)
+        .map_err(|e| IoError::Tokenizer { path: p, msg: e.to_string() })
 }
 
 pub struct SaveOptions {
@@ -165,16 +177,25 @@ pub fn save_pretrained_with(
     cfg.extra.insert("torch_dtype".into(), json!(torch_dtype_name(opts.dtype)));
     let mut gen = serde_json::Map::new();
     gen.insert("_from_model_config".into(), json!(true));
-    for (k, v) in [("bos_token_id", &cfg.bos_token_id), ("eos_token_id", &cfg.eos_token_id), ("pad_token_id", &cfg.pad_token_id)] {
+    for (k, v) in [
+        ("bos_token_id", &cfg.bos_token_id),
+        ("eos_token_id", &cfg.eos_token_id),
+        ("pad_token_id", &cfg.pad_token_id),
+    ] {
         if let Some(v) = v {
             gen.insert(k.into(), v.clone());
         }
     }
     write_dir_atomically(target, opts.kind, opts.overwrite, |tmp| {
-        let w = |name: &str, bytes: &[u8]| std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)));
+        let w = |name: &str, bytes: &[u8]| {
+            std::fs::write(tmp.join(name), bytes).map_err(io_err(tmp.join(name)))
+        };
         w("config.json", cfg.to_json_pretty().as_bytes())?;
         if !files.iter().any(|(n, _)| n == "generation_config.json") {
-            w("generation_config.json", serde_json::to_string_pretty(&Value::Object(gen)).unwrap_or_default().as_bytes())?;
+            w(
+                "generation_config.json",
+                serde_json::to_string_pretty(&Value::Object(gen)).unwrap_or_default().as_bytes(),
+            )?;
         }
         for (name, bytes) in files {
             w(name, bytes)?;

@@ -68,7 +68,10 @@ pub struct Marker {
 
 /// The command line of this process, as recorded in markers and outputs.
 pub fn command_line() -> String {
-    std::env::args().map(|a| if a.contains(' ') { format!("'{a}'") } else { a }).collect::<Vec<_>>().join(" ")
+    std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Resolve links and `..` in a path that may not exist yet: the deepest existing ancestor is
@@ -105,7 +108,9 @@ pub fn plain_file_name(name: &str) -> bool {
     // Checked on the text: `Path::components` forgets a trailing slash ("x/" names a directory;
     // found by the shard_index fuzz target).
     let mut c = Path::new(name).components();
-    !name.contains('/') && !name.contains('\0') && matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
+    !name.contains('/')
+        && !name.contains('\0')
+        && matches!((c.next(), c.next()), (Some(std::path::Component::Normal(_)), None))
 }
 
 /// Read the marker of `dir`, if it has a readable one.
@@ -116,10 +121,15 @@ pub fn read_marker(dir: &Path) -> Option<Marker> {
 
 /// Write the marker of `kind` into `dir` (which must exist).
 pub fn write_marker(dir: &Path, kind: &str) -> Result<(), IoError> {
-    let written = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let written = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let m = Marker { format: 1, kind: kind.into(), command: command_line(), written };
     // Atomically: a kill mid-write must not leave a marker that reads as someone else's file.
-    crate::atomic::write_file_atomically(&dir.join(MARKER), &serde_json::to_vec_pretty(&m).unwrap_or_default())
+    crate::atomic::write_file_atomically(
+        &dir.join(MARKER),
+        &serde_json::to_vec_pretty(&m).unwrap_or_default(),
+    )
 }
 
 fn refuse(out: &Path, msg: String) -> IoError {
@@ -155,8 +165,15 @@ pub fn check(out: &Path, kind: &str, inputs: &[&Path], mode: Mode) -> Result<Fou
         Ok(m) => m,
     };
     if !out.is_dir() {
-        let what = if meta.file_type().is_symlink() { "a link that does not lead to a directory" } else { "a file" };
-        return Err(refuse(out, format!("exists and is {what}, not an orlik output directory; choose another -o")));
+        let what = if meta.file_type().is_symlink() {
+            "a link that does not lead to a directory"
+        } else {
+            "a file"
+        };
+        return Err(refuse(
+            out,
+            format!("exists and is {what}, not an orlik output directory; choose another -o"),
+        ));
     }
     let mut names: Vec<String> = std::fs::read_dir(out)
         .map_err(io_err(out))?
@@ -170,7 +187,8 @@ pub fn check(out: &Path, kind: &str, inputs: &[&Path], mode: Mode) -> Result<Fou
     let Some(marker) = read_marker(out) else {
         names.sort();
         let shown: Vec<&str> = names.iter().take(4).map(String::as_str).collect();
-        let more = if names.len() > 4 { format!(" and {} more", names.len() - 4) } else { String::new() };
+        let more =
+            if names.len() > 4 { format!(" and {} more", names.len() - 4) } else { String::new() };
         return Err(refuse(
             out,
             format!(
@@ -230,7 +248,8 @@ static CLAIMED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new(
 pub fn abandon_unused() {
     let claimed = CLAIMED.lock().map(|v| v.clone()).unwrap_or_default();
     for dir in claimed {
-        let only_marker = std::fs::read_dir(&dir).is_ok_and(|d| d.flatten().all(|e| e.file_name() == MARKER));
+        let only_marker =
+            std::fs::read_dir(&dir).is_ok_and(|d| d.flatten().all(|e| e.file_name() == MARKER));
         if only_marker {
             let _ = std::fs::remove_file(dir.join(MARKER));
             let _ = std::fs::remove_dir(&dir);
@@ -251,7 +270,11 @@ mod tests {
         let data = d.path().join("data.txt");
         std::fs::write(&data, b"x").unwrap();
         // equal, inside, containing
-        for (out, want) in [(model.clone(), "is the input"), (model.join("sub"), "is inside"), (d.path().to_path_buf(), "contains")] {
+        for (out, want) in [
+            (model.clone(), "is the input"),
+            (model.join("sub"), "is inside"),
+            (d.path().to_path_buf(), "contains"),
+        ] {
             for mode in [Mode::New, Mode::Replace, Mode::Resume] {
                 let e = check(&out, "train", &[&model, &data], mode).unwrap_err().to_string();
                 assert!(e.contains(want), "{e}");
@@ -260,14 +283,20 @@ mod tests {
         // through a link
         let link = d.path().join("link");
         std::os::unix::fs::symlink(&model, &link).unwrap();
-        assert!(check(&link, "train", &[&model], Mode::Replace).unwrap_err().to_string().contains("is the input"));
+        assert!(check(&link, "train", &[&model], Mode::Replace)
+            .unwrap_err()
+            .to_string()
+            .contains("is the input"));
         // foreign contents, even with --force
         let foreign = d.path().join("foreign");
         std::fs::create_dir(&foreign).unwrap();
         std::fs::write(foreign.join("notes.txt"), b"mine").unwrap();
         let e = check(&foreign, "train", &[], Mode::Replace).unwrap_err().to_string();
         assert!(e.contains("did not write") && e.contains("notes.txt"), "{e}");
-        assert!(check(&data, "train", &[], Mode::Replace).unwrap_err().to_string().contains("is a file"));
+        assert!(check(&data, "train", &[], Mode::Replace)
+            .unwrap_err()
+            .to_string()
+            .contains("is a file"));
         assert_eq!(std::fs::read(foreign.join("notes.txt")).unwrap(), b"mine");
     }
 

@@ -46,7 +46,8 @@ impl Canvas {
 }
 
 /// Series colours in order, and their names for captions.
-pub const PALETTE: [[u8; 3]; 6] = [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
+pub const PALETTE: [[u8; 3]; 6] =
+    [[31, 119, 180], [214, 39, 40], [44, 160, 44], [148, 103, 189], [255, 127, 14], [23, 190, 207]];
 pub const COLOUR_NAMES: [&str; 6] = ["blue", "red", "green", "purple", "orange", "cyan"];
 
 /// Line chart of several series (x, y) sharing axes, with light grid lines at y quartiles;
@@ -54,7 +55,8 @@ pub const COLOUR_NAMES: [&str; 6] = ["blue", "red", "green", "purple", "orange",
 pub fn line_chart(series: &[Vec<(f64, f64)>], w: usize, h: usize, log_y: bool) -> Canvas {
     let mut c = Canvas::new(w, h);
     let ty = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
-    let pts: Vec<(f64, f64)> = series.iter().flatten().filter(|p| p.1.is_finite()).map(|&(x, y)| (x, ty(y))).collect();
+    let pts: Vec<(f64, f64)> =
+        series.iter().flatten().filter(|p| p.1.is_finite()).map(|&(x, y)| (x, ty(y))).collect();
     if pts.is_empty() {
         return c;
     }
@@ -82,7 +84,8 @@ pub fn line_chart(series: &[Vec<(f64, f64)>], w: usize, h: usize, log_y: bool) -
     c.rect(m as usize - 1, m as usize, m as usize, h - m as usize, [0, 0, 0]);
     for (i, s) in series.iter().enumerate() {
         let col = PALETTE[i % PALETTE.len()];
-        let s: Vec<(f64, f64)> = s.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (px(x), py(ty(y)))).collect();
+        let s: Vec<(f64, f64)> =
+            s.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (px(x), py(ty(y)))).collect();
         for pair in s.windows(2) {
             c.line(pair[0], pair[1], col);
         }
@@ -118,7 +121,13 @@ pub fn bar_chart(groups: &[Vec<f64>], w: usize, h: usize) -> Canvas {
             }
             let x0 = m + g * gw + gw / 8 + s * bw;
             let bh = ((h - 2 * m) as f64 * v / top) as usize;
-            c.rect(x0, h - m - bh, x0 + bw.saturating_sub(2).max(1), h - m, PALETTE[s % PALETTE.len()]);
+            c.rect(
+                x0,
+                h - m - bh,
+                x0 + bw.saturating_sub(2).max(1),
+                h - m,
+                PALETTE[s % PALETTE.len()],
+            );
         }
     }
     c
@@ -132,9 +141,12 @@ mod tests {
     fn bar_heights_are_proportional_within_a_group() {
         let c = bar_chart(&[vec![1.0, 0.5]], 120, 120);
         // column of the middle of each bar: count coloured pixels
-        let count = |x: usize, col: [u8; 3]| (0..120).filter(|&y| c.px[(y * 120 + x) * 3..(y * 120 + x) * 3 + 3] == col).count();
+        let count = |x: usize, col: [u8; 3]| {
+            (0..120).filter(|&y| c.px[(y * 120 + x) * 3..(y * 120 + x) * 3 + 3] == col).count()
+        };
         let bw = (80 * 3 / 4) / 2;
-        let (a, b) = (count(20 + 10 + bw / 2, PALETTE[0]), count(20 + 10 + bw + bw / 2, PALETTE[1]));
+        let (a, b) =
+            (count(20 + 10 + bw / 2, PALETTE[0]), count(20 + 10 + bw + bw / 2, PALETTE[1]));
         assert_eq!(a, 80);
         assert_eq!(b, 40);
     }

@@ -94,7 +94,8 @@ pub fn parse(path: &Path, buf: &[u8]) -> Result<Vec<TensorInfo>, IoError> {
 /// The shard file names a `model.safetensors.index.json` (text) refers to, sorted and
 /// deduplicated; each must be a plain file name inside the model directory.
 pub fn index_shards(index: &Path, text: &str) -> Result<Vec<String>, IoError> {
-    let v: Value = serde_json::from_str(text).map_err(|e| IoError::Format { path: index.into(), msg: e.to_string() })?;
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| IoError::Format { path: index.into(), msg: e.to_string() })?;
     let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| IoError::Format {
         path: index.into(),
         msg: "no weight_map object".into(),
@@ -110,7 +111,9 @@ pub fn index_shards(index: &Path, text: &str) -> Result<Vec<String>, IoError> {
         if !crate::output::plain_file_name(s) {
             return Err(IoError::Format {
                 path: index.into(),
-                msg: format!("weight_map[{name:?}] = {s:?} is not a file name inside the model directory"),
+                msg: format!(
+                    "weight_map[{name:?}] = {s:?} is not a file name inside the model directory"
+                ),
             });
         }
         shards.push(s.to_string());
@@ -143,12 +146,15 @@ fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInf
         if name == "__metadata__" {
             continue;
         }
-        let terr = |msg: String| IoError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
+        let terr =
+            |msg: String| IoError::Tensor { path: path.to_path_buf(), name: name.clone(), msg };
         if !seen.insert(name.clone()) {
             return Err(IoError::Duplicate { name, first: path.into(), second: path.into() });
         }
         let dt = v.get("dtype").and_then(Value::as_str).ok_or_else(|| terr("no dtype".into()))?;
-        let dtype = parse_dtype(dt).ok_or_else(|| terr(format!("dtype {dt} is not supported (F32, F16, BF16, F64, I64, U32, U8)")))?;
+        let dtype = parse_dtype(dt).ok_or_else(|| {
+            terr(format!("dtype {dt} is not supported (F32, F16, BF16, F64, I64, U32, U8)"))
+        })?;
         let shape: Vec<usize> = v
             .get("shape")
             .and_then(Value::as_array)
@@ -160,10 +166,17 @@ fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInf
             .and_then(|a| a.iter().map(Value::as_u64).collect())
             .ok_or_else(|| terr("bad or missing data_offsets".into()))?;
         if off.len() != 2 || off[0] > off[1] || off[1] > data_len as u64 {
-            return Err(terr(format!("data_offsets {off:?} outside the {data_len} data bytes (truncated file?)")));
+            return Err(terr(format!(
+                "data_offsets {off:?} outside the {data_len} data bytes (truncated file?)"
+            )));
         }
-        let numel = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| terr("shape overflows".into()))?;
-        let want = numel.checked_mul(dtype.size_in_bytes()).ok_or_else(|| terr("shape overflows".into()))?;
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| terr("shape overflows".into()))?;
+        let want = numel
+            .checked_mul(dtype.size_in_bytes())
+            .ok_or_else(|| terr("shape overflows".into()))?;
         if (off[1] - off[0]) as usize != want {
             return Err(terr(format!(
                 "shape {shape:?} {dt} needs {want} bytes, data_offsets give {}",
@@ -181,31 +194,43 @@ fn read_header(path: &Path, file_idx: usize, buf: &[u8]) -> Result<Vec<TensorInf
     }
     // As the reference implementation: the tensors tile the data exactly, no byte aliased by two
     // tensors and none left over after the last one.
-    let mut ranges: Vec<(usize, usize, &str)> = out.iter().map(|t| (t.start, t.end, t.name.as_str())).collect();
+    let mut ranges: Vec<(usize, usize, &str)> =
+        out.iter().map(|t| (t.start, t.end, t.name.as_str())).collect();
     ranges.sort();
     for w in ranges.windows(2) {
         if w[1].0 < w[0].1 {
             return Err(IoError::Tensor {
                 path: path.to_path_buf(),
                 name: w[1].2.to_string(),
-                msg: format!("data_offsets overlap tensor {} (two tensors aliasing the same bytes)", w[0].2),
+                msg: format!(
+                    "data_offsets overlap tensor {} (two tensors aliasing the same bytes)",
+                    w[0].2
+                ),
             });
         }
     }
     let mut at = data_start;
     for (s, e, name) in &ranges {
         if *s != at {
-            let what = if *s < at { "overlaps the previous tensor" } else { "leaves a gap before it" };
+            let what =
+                if *s < at { "overlaps the previous tensor" } else { "leaves a gap before it" };
             return Err(IoError::Tensor {
                 path: path.to_path_buf(),
                 name: name.to_string(),
-                msg: format!("data_offsets start at {} but the previous tensor ends at {}: {what}", s - data_start, at - data_start),
+                msg: format!(
+                    "data_offsets start at {} but the previous tensor ends at {}: {what}",
+                    s - data_start,
+                    at - data_start
+                ),
             });
         }
         at = *e;
     }
     if at != buf.len() {
-        return Err(fmt(format!("{} bytes after the last tensor's data (corrupt or appended file)", buf.len() - at)));
+        return Err(fmt(format!(
+            "{} bytes after the last tensor's data (corrupt or appended file)",
+            buf.len() - at
+        )));
     }
     Ok(out)
 }
@@ -244,7 +269,8 @@ impl Checkpoint {
         } else {
             files.push(path.to_path_buf());
         }
-        let mut ck = Checkpoint { files: Vec::new(), tensors: BTreeMap::new(), _guards: Vec::new() };
+        let mut ck =
+            Checkpoint { files: Vec::new(), tensors: BTreeMap::new(), _guards: Vec::new() };
         for (i, p) in files.into_iter().enumerate() {
             let m = mmap(&p)?;
             ck._guards.push(crate::guard::register(&p, &m));
@@ -296,8 +322,12 @@ impl Checkpoint {
             msg: "not in checkpoint".into(),
         })?;
         let (path, m) = &self.files[t.file];
-        Tensor::from_raw_buffer(&m[t.start..t.end], t.dtype, &t.shape, &Device::Cpu)
-            .map_err(|source| IoError::Candle { context: format!("{}: tensor {name}", path.display()), source })
+        Tensor::from_raw_buffer(&m[t.start..t.end], t.dtype, &t.shape, &Device::Cpu).map_err(
+            |source| IoError::Candle {
+                context: format!("{}: tensor {name}", path.display()),
+                source,
+            },
+        )
     }
 
     /// Drop the pages of a tensor already read from this process's memory (they stay in the page
@@ -313,7 +343,9 @@ impl Checkpoint {
             if end > start {
                 // SAFETY: read-only file mapping; MADV_DONTNEED only discards our page-table
                 // entries, later reads fault the same file contents back in.
-                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
             }
         }
     }
@@ -323,8 +355,13 @@ impl Checkpoint {
         let mut w = orlik_model::Weights::new();
         for name in self.tensors.keys() {
             let t = self.tensor(name)?;
-            let t = if t.dtype() == dtype { t } else {
-                t.to_dtype(dtype).map_err(|source| IoError::Candle { context: format!("tensor {name}"), source })?
+            let t = if t.dtype() == dtype {
+                t
+            } else {
+                t.to_dtype(dtype).map_err(|source| IoError::Candle {
+                    context: format!("tensor {name}"),
+                    source,
+                })?
             };
             w.insert(name.clone(), t);
         }
@@ -385,7 +422,10 @@ pub fn write_file_with(
                 msg: format!("expected shape {shape:?}, produced {:?}", t.dims()),
             });
         }
-        let b = tensor_bytes(&t, dtype).map_err(|source| IoError::Candle { context: format!("writing tensor {name}"), source })?;
+        let b = tensor_bytes(&t, dtype).map_err(|source| IoError::Candle {
+            context: format!("writing tensor {name}"),
+            source,
+        })?;
         w.write_all(&b).map_err(io_err(path))?;
     }
     w.flush().map_err(io_err(path))?;
@@ -401,7 +441,10 @@ pub struct InMemory<'a> {
 
 impl<'a> InMemory<'a> {
     /// `path` names the destination in errors.
-    pub fn new(tensors: impl IntoIterator<Item = &'a (String, Tensor)>, path: &'a Path) -> InMemory<'a> {
+    pub fn new(
+        tensors: impl IntoIterator<Item = &'a (String, Tensor)>,
+        path: &'a Path,
+    ) -> InMemory<'a> {
         let (mut specs, mut by_name) = (Vec::new(), std::collections::HashMap::new());
         for (n, t) in tensors {
             specs.push((n.clone(), t.dims().to_vec()));
@@ -420,7 +463,11 @@ impl<'a> InMemory<'a> {
 }
 
 /// Write one safetensors file from tensors in memory; returns the data bytes written.
-pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> Result<u64, IoError> {
+pub fn write_file(
+    path: &Path,
+    tensors: &[&(String, Tensor)],
+    dtype: DType,
+) -> Result<u64, IoError> {
     let m = InMemory::new(tensors.iter().copied(), path);
     let refs: Vec<&Spec> = m.specs.iter().collect();
     write_file_with(path, &refs, dtype, &mut |n| m.produce(n))
@@ -428,7 +475,12 @@ pub fn write_file(path: &Path, tensors: &[&(String, Tensor)], dtype: DType) -> R
 
 /// Write `tensors` as safetensors into `dir`: `model.safetensors` when they fit in one shard of
 /// `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` plus the index. Returns file names.
-pub fn write_shards(dir: &Path, tensors: &[(String, Tensor)], dtype: DType, max_shard_bytes: u64) -> Result<Vec<String>, IoError> {
+pub fn write_shards(
+    dir: &Path,
+    tensors: &[(String, Tensor)],
+    dtype: DType,
+    max_shard_bytes: u64,
+) -> Result<Vec<String>, IoError> {
     let m = InMemory::new(tensors, dir);
     write_shards_with(dir, &m.specs, dtype, max_shard_bytes, &mut |n| m.produce(n))
 }
@@ -460,7 +512,11 @@ pub fn write_shards_with(
     let mut weight_map = serde_json::Map::new();
     let mut total = 0u64;
     for (i, shard) in shards.iter().enumerate() {
-        let fname = if n == 1 { SINGLE_NAME.to_string() } else { format!("model-{:05}-of-{:05}.safetensors", i + 1, n) };
+        let fname = if n == 1 {
+            SINGLE_NAME.to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", i + 1, n)
+        };
         for (name, _) in shard.iter() {
             weight_map.insert(name.clone(), Value::String(fname.clone()));
         }
@@ -468,9 +524,11 @@ pub fn write_shards_with(
         names.push(fname);
     }
     if n > 1 {
-        let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        let index =
+            serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         let p = dir.join(INDEX_NAME);
-        std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap_or_default()).map_err(io_err(&p))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&index).unwrap_or_default())
+            .map_err(io_err(&p))?;
         names.push(INDEX_NAME.to_string());
     }
     Ok(names)

@@ -40,8 +40,12 @@ fn strings(g: &Gguf, key: &str) -> Option<Vec<String>> {
 
 pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
     let err = |msg: String| IoError::Tokenizer { path: g.path.clone(), msg };
-    let model = g.get("tokenizer.ggml.model").and_then(GValue::as_str).ok_or_else(|| err("no tokenizer.ggml.model".into()))?;
-    let tokens = strings(g, "tokenizer.ggml.tokens").ok_or_else(|| err("no tokenizer.ggml.tokens".into()))?;
+    let model = g
+        .get("tokenizer.ggml.model")
+        .and_then(GValue::as_str)
+        .ok_or_else(|| err("no tokenizer.ggml.model".into()))?;
+    let tokens = strings(g, "tokenizer.ggml.tokens")
+        .ok_or_else(|| err("no tokenizer.ggml.tokens".into()))?;
     let types: Vec<i64> = match g.get("tokenizer.ggml.token_type").and_then(GValue::as_array) {
         Some(a) => a.iter().map(|v| v.as_f64().map_or(1, |x| x as i64)).collect(),
         None => vec![1; tokens.len()],
@@ -49,8 +53,14 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
     if types.len() != tokens.len() {
         return Err(err(format!("{} token types for {} tokens", types.len(), tokens.len())));
     }
-    let id = |k: &str| g.get(k).and_then(GValue::as_u64).map(|x| x as u32).filter(|&x| (x as usize) < tokens.len());
-    let (bos, eos, unk) = (id("tokenizer.ggml.bos_token_id"), id("tokenizer.ggml.eos_token_id"), id("tokenizer.ggml.unknown_token_id"));
+    let id = |k: &str| {
+        g.get(k).and_then(GValue::as_u64).map(|x| x as u32).filter(|&x| (x as usize) < tokens.len())
+    };
+    let (bos, eos, unk) = (
+        id("tokenizer.ggml.bos_token_id"),
+        id("tokenizer.ggml.eos_token_id"),
+        id("tokenizer.ggml.unknown_token_id"),
+    );
     let pad = id("tokenizer.ggml.padding_token_id");
     let flag = |k: &str, d: bool| g.get(k).and_then(GValue::as_bool).unwrap_or(d);
 
@@ -73,7 +83,8 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
 
     let (normalizer, pre, decoder, bpe) = match model {
         "gpt2" => {
-            let merges = strings(g, "tokenizer.ggml.merges").ok_or_else(|| err("byte-level BPE without tokenizer.ggml.merges".into()))?;
+            let merges = strings(g, "tokenizer.ggml.merges")
+                .ok_or_else(|| err("byte-level BPE without tokenizer.ggml.merges".into()))?;
             let merges: Vec<Value> = merges
                 .iter()
                 .map(|m| {
@@ -81,7 +92,8 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
                     json!([a, b])
                 })
                 .collect();
-            let pre_name = g.get("tokenizer.ggml.pre").and_then(GValue::as_str).unwrap_or("default");
+            let pre_name =
+                g.get("tokenizer.ggml.pre").and_then(GValue::as_str).unwrap_or("default");
             let (normalizer, pre) = match pre_name {
                 "default" | "gpt-2" => (Value::Null, byte_level(true)),
                 "smollm" => (
@@ -114,7 +126,11 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
         "llama" => {
             let scores: Vec<f64> = match g.get("tokenizer.ggml.scores").and_then(GValue::as_array) {
                 Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect(),
-                None => return Err(err("SentencePiece vocabulary without tokenizer.ggml.scores".into())),
+                None => {
+                    return Err(
+                        err("SentencePiece vocabulary without tokenizer.ggml.scores".into()),
+                    )
+                }
             };
             if scores.len() != tokens.len() {
                 return Err(err(format!("{} scores for {} tokens", scores.len(), tokens.len())));
@@ -137,9 +153,16 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
             let bpe = json!({"type": "BPE", "dropout": null, "unk_token": unk.map(|u| tokens[u as usize].clone()),
                 "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": true,
                 "byte_fallback": true, "ignore_merges": false, "vocab": vocab, "merges": merges});
-            (json!({"type": "Sequence", "normalizers": norm}), Value::Null, json!({"type": "Sequence", "decoders": dec}), bpe)
+            (
+                json!({"type": "Sequence", "normalizers": norm}),
+                Value::Null,
+                json!({"type": "Sequence", "decoders": dec}),
+                bpe,
+            )
         }
-        other => return Err(err(format!("tokenizer model {other:?} is not supported (gpt2, llama)"))),
+        other => {
+            return Err(err(format!("tokenizer model {other:?} is not supported (gpt2, llama)")))
+        }
     };
 
     let tok = |i: Option<u32>| i.map(|i| tokens[i as usize].clone());
@@ -148,14 +171,20 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
     if add_bos {
         if let Some(b) = bos {
             single.push(json!({"SpecialToken": {"id": tokens[b as usize], "type_id": 0}}));
-            special.insert(tokens[b as usize].clone(), json!({"id": tokens[b as usize], "ids": [b], "tokens": [tokens[b as usize]]}));
+            special.insert(
+                tokens[b as usize].clone(),
+                json!({"id": tokens[b as usize], "ids": [b], "tokens": [tokens[b as usize]]}),
+            );
         }
     }
     single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
     if add_eos {
         if let Some(e) = eos {
             single.push(json!({"SpecialToken": {"id": tokens[e as usize], "type_id": 0}}));
-            special.insert(tokens[e as usize].clone(), json!({"id": tokens[e as usize], "ids": [e], "tokens": [tokens[e as usize]]}));
+            special.insert(
+                tokens[e as usize].clone(),
+                json!({"id": tokens[e as usize], "ids": [e], "tokens": [tokens[e as usize]]}),
+            );
         }
     }
     let mut pair = single.clone();
@@ -178,7 +207,12 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
     cfg.insert("add_bos_token".into(), json!(add_bos));
     cfg.insert("add_eos_token".into(), json!(add_eos));
     cfg.insert("clean_up_tokenization_spaces".into(), json!(false));
-    for (k, v) in [("bos_token", tok(bos)), ("eos_token", tok(eos)), ("unk_token", tok(unk)), ("pad_token", tok(pad))] {
+    for (k, v) in [
+        ("bos_token", tok(bos)),
+        ("eos_token", tok(eos)),
+        ("unk_token", tok(unk)),
+        ("pad_token", tok(pad)),
+    ] {
         if let Some(v) = v {
             cfg.insert(k.into(), json!(v));
         }
@@ -186,19 +220,32 @@ pub fn from_gguf(g: &Gguf) -> Result<BuiltTokenizer, IoError> {
     if let Some(t) = g.get("tokenizer.chat_template").and_then(GValue::as_str) {
         cfg.insert("chat_template".into(), json!(t));
     }
-    if let Some(n) = g.get(&format!("{}.context_length", g.get("general.architecture").and_then(GValue::as_str).unwrap_or(""))).and_then(GValue::as_u64) {
+    if let Some(n) = g
+        .get(&format!(
+            "{}.context_length",
+            g.get("general.architecture").and_then(GValue::as_str).unwrap_or("")
+        ))
+        .and_then(GValue::as_u64)
+    {
         cfg.insert("model_max_length".into(), json!(n));
     }
     // Prove the result loads before anyone writes it.
     let text = tokenizer_json.to_string();
-    tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| err(format!("built tokenizer does not load: {e}")))?;
-    Ok(BuiltTokenizer { tokenizer_json, tokenizer_config: Value::Object(cfg), bos_id: bos, eos_id: eos })
+    tokenizers::Tokenizer::from_bytes(text.as_bytes())
+        .map_err(|e| err(format!("built tokenizer does not load: {e}")))?;
+    Ok(BuiltTokenizer {
+        tokenizer_json,
+        tokenizer_config: Value::Object(cfg),
+        bos_id: bos,
+        eos_id: eos,
+    })
 }
 
 /// Merges of a SentencePiece BPE vocabulary: every split of a piece into two pieces, ordered by
 /// the merged piece's score (descending, stable in id order); within a piece by (left, right) id.
 pub fn spm_merges(tokens: &[String], scores: &[f64]) -> Vec<Value> {
-    let ids: HashMap<&str, usize> = tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
+    let ids: HashMap<&str, usize> =
+        tokens.iter().enumerate().rev().map(|(i, t)| (t.as_str(), i)).collect();
     let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new(); // (score, order, left, right)
     let mut order = 0;
     for (pi, piece) in tokens.iter().enumerate() {
@@ -217,6 +264,8 @@ pub fn spm_merges(tokens: &[String], scores: &[f64]) -> Vec<Value> {
             order += 1;
         }
     }
-    merges.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    merges.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1))
+    });
     merges.into_iter().map(|(_, _, l, r)| json!([tokens[l], tokens[r]])).collect()
 }

@@ -28,27 +28,44 @@ fn bits(t: &Tensor) -> Vec<u8> {
 fn save_then_load_is_bit_exact_single_and_sharded() {
     for (name, dtype) in [("llama", DType::F32), ("qwen2", DType::BF16), ("mistral", DType::F32)] {
         let src = HfModel::open(&fixture(name)).unwrap();
-        let tensors: Vec<(String, Tensor)> =
-            src.checkpoint.infos().map(|i| (i.name.clone(), src.checkpoint.tensor(&i.name).unwrap())).collect();
+        let tensors: Vec<(String, Tensor)> = src
+            .checkpoint
+            .infos()
+            .map(|i| (i.name.clone(), src.checkpoint.tensor(&i.name).unwrap()))
+            .collect();
         let tmp = tempfile::tempdir().unwrap();
         for (shard, expect_index) in [(u64::MAX, false), (10_000, true)] {
             let out = tmp.path().join(format!("{name}-{shard}"));
             let files = side_files(&fixture(name)).unwrap();
-            let opts = SaveOptions { dtype, max_shard_bytes: shard, overwrite: false, kind: "test" };
+            let opts =
+                SaveOptions { dtype, max_shard_bytes: shard, overwrite: false, kind: "test" };
             save_pretrained(&out, &src.config, &tensors, &files, &opts).unwrap();
-            assert_eq!(out.join("model.safetensors.index.json").exists(), expect_index, "{name} {shard}");
+            assert_eq!(
+                out.join("model.safetensors.index.json").exists(),
+                expect_index,
+                "{name} {shard}"
+            );
             let back = HfModel::open(&out).unwrap();
             assert_eq!(back.config.hidden_size, src.config.hidden_size);
             for (n, t) in &tensors {
                 let b = back.checkpoint.tensor(n).unwrap();
                 assert_eq!(b.dtype(), dtype);
                 assert_eq!(b.dims(), t.dims());
-                assert_eq!(bits(&b), bits(&t.to_dtype(dtype).unwrap()), "{name}: {n} not bit-exact");
+                assert_eq!(
+                    bits(&b),
+                    bits(&t.to_dtype(dtype).unwrap()),
+                    "{name}: {n} not bit-exact"
+                );
             }
             // and the loaded model computes the same logits
             let ids = Tensor::new(&[[3u32, 7, 9, 11]], &Device::Cpu).unwrap();
-            let a = src.load(ModelOptions::default()).unwrap().forward(&ids, None, None, None).unwrap();
-            let b = back.load(ModelOptions::default()).unwrap().forward(&ids, None, None, None).unwrap();
+            let a =
+                src.load(ModelOptions::default()).unwrap().forward(&ids, None, None, None).unwrap();
+            let b = back
+                .load(ModelOptions::default())
+                .unwrap()
+                .forward(&ids, None, None, None)
+                .unwrap();
             assert_eq!(bits(&a), bits(&b));
         }
     }
@@ -104,25 +121,39 @@ fn bad_checkpoints_are_named_errors() {
     // dtype not supported / not float
     let d = tmp.path().join("dtype");
     copy_dir(&base, &d);
-    write_raw(&d.join("model.safetensors"), r#"{"model.norm.weight":{"dtype":"I8","shape":[4],"data_offsets":[0,4]}}"#, &[0; 4]);
+    write_raw(
+        &d.join("model.safetensors"),
+        r#"{"model.norm.weight":{"dtype":"I8","shape":[4],"data_offsets":[0,4]}}"#,
+        &[0; 4],
+    );
     let e = err_of(&d);
     assert!(e.contains("model.norm.weight") && e.contains("I8"), "{e}");
 
     // shape mismatch vs config
     let d = tmp.path().join("shape");
     copy_dir(&base, &d);
-    let cfg = fs::read_to_string(d.join("config.json")).unwrap().replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
+    let cfg = fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"intermediate_size\": 48", "\"intermediate_size\": 40");
     fs::write(d.join("config.json"), cfg).unwrap();
     let e = err_of(&d);
-    assert!(e.contains("model.layers.0.mlp.down_proj.weight: expected shape [32, 40], found [32, 48]"), "{e}");
+    assert!(
+        e.contains("model.layers.0.mlp.down_proj.weight: expected shape [32, 40], found [32, 48]"),
+        "{e}"
+    );
 
     // unknown architecture
     let d = tmp.path().join("arch");
     copy_dir(&base, &d);
-    let cfg = fs::read_to_string(d.join("config.json")).unwrap().replace("LlamaForCausalLM", "GPT2LMHeadModel");
+    let cfg = fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("LlamaForCausalLM", "GPT2LMHeadModel");
     fs::write(d.join("config.json"), cfg).unwrap();
     let e = err_of(&d);
-    assert!(e.contains("config.json") && e.contains("GPT2LMHeadModel") && e.contains("supported"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("GPT2LMHeadModel") && e.contains("supported"),
+        "{e}"
+    );
 
     // missing shard of a sharded checkpoint; duplicate across shards
     let d = tmp.path().join("shard");
@@ -132,7 +163,11 @@ fn bad_checkpoints_are_named_errors() {
     assert!(e.contains("model-00003-of-00005.safetensors") && e.contains("missing"), "{e}");
     let d = tmp.path().join("dup2");
     copy_dir(&fixture("mistral"), &d);
-    fs::copy(d.join("model-00002-of-00005.safetensors"), d.join("model-00003-of-00005.safetensors")).unwrap();
+    fs::copy(
+        d.join("model-00002-of-00005.safetensors"),
+        d.join("model-00003-of-00005.safetensors"),
+    )
+    .unwrap();
     let e = err_of(&d);
     assert!(e.contains("duplicate tensor"), "{e}");
 
@@ -140,9 +175,13 @@ fn bad_checkpoints_are_named_errors() {
     let d = tmp.path().join("extra");
     copy_dir(&base, &d);
     let ck = Checkpoint::open(&d).unwrap();
-    let mut t: Vec<(String, Tensor)> = ck.infos().map(|i| (i.name.clone(), ck.tensor(&i.name).unwrap())).collect();
+    let mut t: Vec<(String, Tensor)> =
+        ck.infos().map(|i| (i.name.clone(), ck.tensor(&i.name).unwrap())).collect();
     drop(ck);
-    t.push(("model.layers.9.mlp.up_proj.weight".into(), Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap()));
+    t.push((
+        "model.layers.9.mlp.up_proj.weight".into(),
+        Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+    ));
     orlik_io::safetensors::write_shards(&d, &t, DType::F32, u64::MAX).unwrap();
     assert!(err_of(&d).contains("unexpected tensor model.layers.9.mlp.up_proj.weight"));
     t.pop();
@@ -154,12 +193,20 @@ fn bad_checkpoints_are_named_errors() {
 #[test]
 fn failed_save_leaves_no_directory() {
     let src = HfModel::open(&fixture("llama")).unwrap();
-    let mut tensors: Vec<(String, Tensor)> =
-        src.checkpoint.infos().map(|i| (i.name.clone(), src.checkpoint.tensor(&i.name).unwrap())).collect();
+    let mut tensors: Vec<(String, Tensor)> = src
+        .checkpoint
+        .infos()
+        .map(|i| (i.name.clone(), src.checkpoint.tensor(&i.name).unwrap()))
+        .collect();
     tensors.retain(|(n, _)| n != "model.norm.weight"); // invalid for the config
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false, kind: "test" };
+    let opts = SaveOptions {
+        dtype: DType::F32,
+        max_shard_bytes: u64::MAX,
+        overwrite: false,
+        kind: "test",
+    };
     assert!(save_pretrained(&out, &src.config, &tensors, &[], &opts).is_err());
     assert!(!out.exists());
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);

@@ -38,13 +38,23 @@ fn k_quants_dequantize_like_the_reference() {
 fn convert_unpermutes_and_dequantizes_every_model_tensor() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("hf");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 30_000, overwrite: false, kind: "test" };
-    let rep = orlik_io::convert::convert_gguf(&dir().join("tiny-llama.gguf"), &out, &opts, vec![], |_, _, _| {})
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opts =
+        SaveOptions { dtype: DType::F32, max_shard_bytes: 30_000, overwrite: false, kind: "test" };
+    let rep = orlik_io::convert::convert_gguf(
+        &dir().join("tiny-llama.gguf"),
+        &out,
+        &opts,
+        vec![],
+        |_, _, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!rep.tied);
     assert!(out.join("model.safetensors.index.json").exists(), "max_shard_size honoured");
     let hf = HfModel::open(&out).unwrap();
-    assert_eq!((hf.config.num_attention_heads, hf.config.num_kv_heads(), hf.config.head_dim()), (4, 2, 8));
+    assert_eq!(
+        (hf.config.num_attention_heads, hf.config.num_kv_heads(), hf.config.head_dim()),
+        (4, 2, 8)
+    );
     let golden = Checkpoint::open(&dir().join("golden.safetensors")).unwrap();
     let mut checked = 0;
     for info in hf.checkpoint.infos() {
@@ -60,7 +70,13 @@ fn convert_unpermutes_and_dequantizes_every_model_tensor() {
     let ids = tok.encode("the cat", false).unwrap().get_ids().to_vec();
     assert_eq!(tok.decode(&ids, false).unwrap(), "the cat");
     // an existing output is refused and left alone
-    let e = orlik_io::convert::convert_gguf(&dir().join("tiny-llama.gguf"), &out, &opts, vec![], |_, _, _| {});
+    let e = orlik_io::convert::convert_gguf(
+        &dir().join("tiny-llama.gguf"),
+        &out,
+        &opts,
+        vec![],
+        |_, _, _| {},
+    );
     assert!(e.is_err_and(|e| e.to_string().contains("already exists")));
 }
 
@@ -112,8 +128,18 @@ fn corrupt_and_unsupported_gguf_are_named_errors() {
     assert!(e.contains("quant.Q2_K") && e.contains("IQ2_XXS") && e.contains("unsupported"), "{e}");
 
     // not a GGUF at all for convert; and an HF dir that is not there
-    let e = match orlik_io::convert::convert_gguf(&tmp.path().join("nope.gguf"), &tmp.path().join("o"),
-        &SaveOptions { dtype: DType::F32, max_shard_bytes: u64::MAX, overwrite: false, kind: "test" }, vec![], |_, _, _| {}) {
+    let e = match orlik_io::convert::convert_gguf(
+        &tmp.path().join("nope.gguf"),
+        &tmp.path().join("o"),
+        &SaveOptions {
+            dtype: DType::F32,
+            max_shard_bytes: u64::MAX,
+            overwrite: false,
+            kind: "test",
+        },
+        vec![],
+        |_, _, _| {},
+    ) {
         Ok(_) => panic!("converted a missing file"),
         Err(e) => e.to_string(),
     };
@@ -127,9 +153,20 @@ fn corrupt_and_unsupported_gguf_are_named_errors() {
 fn convert_gemma3_maps_names_unshifts_norms_and_derives_the_config() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("hf");
-    let opts = SaveOptions { dtype: DType::F32, max_shard_bytes: 2_000_000_000, overwrite: false, kind: "test" };
-    let rep = orlik_io::convert::convert_gguf(&dir().join("tiny-gemma3.gguf"), &out, &opts, vec![], |_, _, _| {})
-        .unwrap_or_else(|e| panic!("{e}"));
+    let opts = SaveOptions {
+        dtype: DType::F32,
+        max_shard_bytes: 2_000_000_000,
+        overwrite: false,
+        kind: "test",
+    };
+    let rep = orlik_io::convert::convert_gguf(
+        &dir().join("tiny-gemma3.gguf"),
+        &out,
+        &opts,
+        vec![],
+        |_, _, _| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(rep.tied);
     let hf = HfModel::open(&out).unwrap();
     let c = &hf.config;
@@ -154,6 +191,10 @@ fn convert_gemma3_maps_names_unshifts_norms_and_derives_the_config() {
     hf.load(orlik_model::ModelOptions::default()).unwrap();
     let tok = hf.tokenizer().unwrap();
     let enc = tok.encode("the an\n", true).unwrap();
-    assert_eq!(enc.get_tokens(), ["<bos>", "t", "he", "▁an", "<0x0A>"], "no space prefix, byte fallback");
+    assert_eq!(
+        enc.get_tokens(),
+        ["<bos>", "t", "he", "▁an", "<0x0A>"],
+        "no space prefix, byte fallback"
+    );
     assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "the an\n");
 }

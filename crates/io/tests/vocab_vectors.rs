@@ -6,9 +6,9 @@ use orlik_io::{gguf::Gguf, tokenizer};
 use std::path::PathBuf;
 
 fn vocab_dir() -> PathBuf {
-    let cache = std::env::var_os("ORLIK_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/orlik"));
+    let cache = std::env::var_os("ORLIK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/orlik")
+    });
     let d = cache.join("vocab");
     assert!(
         d.join("ggml-vocab-gpt-2.gguf").exists(),
@@ -22,7 +22,8 @@ fn check(name: &str) {
     let d = vocab_dir();
     let g = Gguf::open(&d.join(format!("ggml-vocab-{name}.gguf"))).unwrap();
     let built = tokenizer::from_gguf(&g).unwrap();
-    let tok = tokenizers::Tokenizer::from_bytes(built.tokenizer_json.to_string().as_bytes()).unwrap();
+    let tok =
+        tokenizers::Tokenizer::from_bytes(built.tokenizer_json.to_string().as_bytes()).unwrap();
     let inp = std::fs::read_to_string(d.join(format!("ggml-vocab-{name}.gguf.inp"))).unwrap();
     let out = std::fs::read_to_string(d.join(format!("ggml-vocab-{name}.gguf.out"))).unwrap();
     let mut inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
@@ -40,7 +41,13 @@ fn check(name: &str) {
             failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{name}: {}/{} vectors differ:\n{}", failures.len(), inputs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{name}: {}/{} vectors differ:\n{}",
+        failures.len(),
+        inputs.len(),
+        failures.join("\n")
+    );
     eprintln!("{name}: {} vectors match", inputs.len());
 }
 

@@ -134,7 +134,10 @@ impl Config {
                 .and_then(|l| l.split_once('"'))
                 .map(|(k, _)| format!("key {k}: "))
                 .filter(|_| e.is_data());
-            ModelError::Config { origin: origin.to_string(), msg: format!("{}{e}", key.unwrap_or_default()) }
+            ModelError::Config {
+                origin: origin.to_string(),
+                msg: format!("{}{e}", key.unwrap_or_default()),
+            }
         })?;
         // transformers' default differs per model: Gemma ties its embeddings unless told not to.
         if cfg.arch() == Arch::Gemma3 && !s.contains("\"tie_word_embeddings\"") {
@@ -146,10 +149,8 @@ impl Config {
 
     pub fn from_file(path: &Path) -> Result<Config, ModelError> {
         let origin = path.display().to_string();
-        let s = std::fs::read_to_string(path).map_err(|e| ModelError::Config {
-            origin: origin.clone(),
-            msg: e.to_string(),
-        })?;
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| ModelError::Config { origin: origin.clone(), msg: e.to_string() })?;
         Config::from_json_str(&s, &origin)
     }
 
@@ -193,7 +194,9 @@ impl Config {
             ("max_position_embeddings", self.max_position_embeddings, 1 << 26),
         ] {
             if v > max {
-                return Err(bad(format!("{k} = {v} is not plausible (more than {max}): a corrupt file?")));
+                return Err(bad(format!(
+                    "{k} = {v} is not plausible (more than {max}): a corrupt file?"
+                )));
             }
         }
         if self.max_position_embeddings == 0 {
@@ -218,7 +221,11 @@ impl Config {
                 return Err(bad(format!("query_pre_attn_scalar = {s} must be a positive number")));
             }
         }
-        for (k, v) in [("bos_token_id", &self.bos_token_id), ("eos_token_id", &self.eos_token_id), ("pad_token_id", &self.pad_token_id)] {
+        for (k, v) in [
+            ("bos_token_id", &self.bos_token_id),
+            ("eos_token_id", &self.eos_token_id),
+            ("pad_token_id", &self.pad_token_id),
+        ] {
             let ids: Vec<&Value> = match v {
                 None | Some(Value::Null) => Vec::new(),
                 Some(Value::Array(a)) => a.iter().collect(),
@@ -227,7 +234,12 @@ impl Config {
             for id in ids {
                 match id.as_u64() {
                     Some(i) if (i as usize) < self.vocab_size => {}
-                    _ => return Err(bad(format!("{k} = {id} is not a token id below vocab_size {}", self.vocab_size))),
+                    _ => {
+                        return Err(bad(format!(
+                            "{k} = {id} is not a token id below vocab_size {}",
+                            self.vocab_size
+                        )))
+                    }
                 }
             }
         }
@@ -244,11 +256,15 @@ impl Config {
         let act = self.activation();
         let want = if self.arch() == Arch::Gemma3 { "gelu_pytorch_tanh" } else { "silu" };
         if act != want {
-            return Err(bad(format!("hidden activation {act:?} is not supported for {name} (only {want:?})")));
+            return Err(bad(format!(
+                "hidden activation {act:?} is not supported for {name} (only {want:?})"
+            )));
         }
         for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
             if self.extra.get(k).is_some_and(|v| !v.is_null()) {
-                return Err(bad(format!("{k} is set: logit soft-capping (Gemma 2) is not supported")));
+                return Err(bad(format!(
+                    "{k} is set: logit soft-capping (Gemma 2) is not supported"
+                )));
             }
         }
         if self.arch() == Arch::Gemma3 {
@@ -294,7 +310,11 @@ impl Config {
     /// Attention scores are multiplied by this: 1/sqrt(head_dim), or Gemma's
     /// 1/sqrt(query_pre_attn_scalar).
     pub fn attn_scale(&self) -> f64 {
-        let s = self.extra.get("query_pre_attn_scalar").and_then(Value::as_f64).filter(|_| self.arch() == Arch::Gemma3);
+        let s = self
+            .extra
+            .get("query_pre_attn_scalar")
+            .and_then(Value::as_f64)
+            .filter(|_| self.arch() == Arch::Gemma3);
         1.0 / s.unwrap_or(self.head_dim() as f64).sqrt()
     }
     /// Gemma 3: RoPE base and linear scaling factor of a layer kind ("full_attention" or
@@ -302,22 +322,41 @@ impl Config {
     /// `rope_theta` / `rope_local_base_freq` / `rope_scaling`.
     pub fn rope_for(&self, kind: &str) -> Result<(f64, f64), String> {
         if let Some(p) = self.rope_parameters.as_ref().and_then(|p| p.get(kind)) {
-            let theta = p.get("rope_theta").and_then(Value::as_f64).ok_or(format!("rope_parameters.{kind}.rope_theta missing"))?;
+            let theta = p
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .ok_or(format!("rope_parameters.{kind}.rope_theta missing"))?;
             return match p.get("rope_type").and_then(Value::as_str).unwrap_or("default") {
                 "default" => Ok((theta, 1.0)),
-                "linear" => Ok((theta, p.get("factor").and_then(Value::as_f64).ok_or(format!("rope_parameters.{kind}.factor missing"))?)),
-                other => Err(format!("rope_parameters.{kind}.rope_type {other:?} is not supported (default, linear)")),
+                "linear" => Ok((
+                    theta,
+                    p.get("factor")
+                        .and_then(Value::as_f64)
+                        .ok_or(format!("rope_parameters.{kind}.factor missing"))?,
+                )),
+                other => Err(format!(
+                    "rope_parameters.{kind}.rope_type {other:?} is not supported (default, linear)"
+                )),
             };
         }
         if kind == "sliding_attention" {
-            return Ok((self.extra.get("rope_local_base_freq").and_then(Value::as_f64).unwrap_or(10_000.0), 1.0));
+            return Ok((
+                self.extra.get("rope_local_base_freq").and_then(Value::as_f64).unwrap_or(10_000.0),
+                1.0,
+            ));
         }
         let factor = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             None => 1.0,
             Some(v) => match v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str) {
-                Some("linear") => v.get("factor").and_then(Value::as_f64).ok_or("rope_scaling.factor missing")?,
+                Some("linear") => {
+                    v.get("factor").and_then(Value::as_f64).ok_or("rope_scaling.factor missing")?
+                }
                 None | Some("default") => 1.0,
-                Some(other) => return Err(format!("rope_scaling type {other:?} is not supported for Gemma 3 (linear)")),
+                Some(other) => {
+                    return Err(format!(
+                        "rope_scaling type {other:?} is not supported for Gemma 3 (linear)"
+                    ))
+                }
             },
         };
         Ok((self.rope_theta.unwrap_or(1_000_000.0), factor))
@@ -420,7 +459,9 @@ impl Config {
     pub fn eos_ids(&self) -> Vec<u32> {
         match &self.eos_token_id {
             Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+            Some(Value::Array(a)) => {
+                a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect()
+            }
             _ => vec![],
         }
     }
@@ -432,7 +473,8 @@ impl Config {
     /// The HF tensor names and shapes this config implies, in checkpoint order.
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) = (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
+        let (q, kv) =
+            (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -503,7 +545,10 @@ mod tests {
 
     #[test]
     fn transformers5_rope_parameters() {
-        let s = TINY.replace("\"rope_theta\":10000.0", "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":500.0}");
+        let s = TINY.replace(
+            "\"rope_theta\":10000.0",
+            "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":500.0}",
+        );
         let c = Config::from_json_str(&s, "t").unwrap();
         assert_eq!(c.rope_theta(), 500.0);
         assert_eq!(c.llama3_scaling().unwrap(), None);

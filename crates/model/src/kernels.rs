@@ -35,7 +35,18 @@ pub enum Par {
 ///
 /// Panics (a bug, not an input error) when a view is too short for its shape.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(c: &mut [f32], c_rs: usize, m: usize, n: usize, k: usize, a: View, b: View, accumulate: bool, scale: f32, par: Par) {
+pub fn gemm(
+    c: &mut [f32],
+    c_rs: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    accumulate: bool,
+    scale: f32,
+    par: Par,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -47,7 +58,10 @@ pub fn gemm(c: &mut [f32], c_rs: usize, m: usize, n: usize, k: usize, a: View, b
         }
         return;
     }
-    assert!(a.data.len() > last(&a, m, k) && b.data.len() > last(&b, k, n), "gemm: operand too short");
+    assert!(
+        a.data.len() > last(&a, m, k) && b.data.len() > last(&b, k, n),
+        "gemm: operand too short"
+    );
     let parallelism = match par {
         Par::All if m * n * k >= 1 << 15 => gemm::Parallelism::Rayon(rayon::current_num_threads()),
         _ => gemm::Parallelism::None,
@@ -136,13 +150,21 @@ pub fn rms_apply(x: &[f32], inv: &[f32], w: &[f32]) -> Vec<f32> {
 /// dx += inv · (g − x̂ · mean(g · x̂)),  dw += Σ_rows dy · x̂.
 pub fn rms_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32]) {
     let d = w.len();
-    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv.par_iter()).for_each(|(((dxr, xr), dyr), &iv)| {
-        let dot = xr.iter().zip(dyr).zip(w).map(|((&xv, &g), &wv)| (g * wv) as f64 * (xv * iv) as f64).sum::<f64>() / d as f64;
-        let dot = dot as f32;
-        for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
-            *o += iv * (g * wv - xv * iv * dot);
-        }
-    });
+    dx.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(inv.par_iter()).for_each(
+        |(((dxr, xr), dyr), &iv)| {
+            let dot = xr
+                .iter()
+                .zip(dyr)
+                .zip(w)
+                .map(|((&xv, &g), &wv)| (g * wv) as f64 * (xv * iv) as f64)
+                .sum::<f64>()
+                / d as f64;
+            let dot = dot as f32;
+            for (((o, &xv), &g), &wv) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+                *o += iv * (g * wv - xv * iv * dot);
+            }
+        },
+    );
     add_row_sums(inv.len(), d, dw, |r, acc| {
         let (xr, dyr, iv) = (&x[r * d..(r + 1) * d], &dy[r * d..(r + 1) * d], inv[r]);
         acc.iter_mut().zip(xr).zip(dyr).for_each(|((a, &xv), &g)| *a += g * xv * iv);
@@ -151,7 +173,15 @@ pub fn rms_backward(x: &[f32], inv: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32
 
 /// Half-split RoPE in place (HF `rotate_half`) on x (b·t rows, heads · hd): row r is position
 /// r mod t. cos/sin (t, hd/2). `inverse` rotates by −θ: the backward of the forward rotation.
-pub fn rope(x: &mut [f32], t: usize, heads: usize, hd: usize, cos: &[f32], sin: &[f32], inverse: bool) {
+pub fn rope(
+    x: &mut [f32],
+    t: usize,
+    heads: usize,
+    hd: usize,
+    cos: &[f32],
+    sin: &[f32],
+    inverse: bool,
+) {
     let half = hd / 2;
     let sign = if inverse { -1.0 } else { 1.0 };
     x.par_chunks_mut(heads * hd).enumerate().for_each(|(r, row)| {
@@ -175,24 +205,28 @@ fn sigmoid(x: f32) -> f32 {
 /// SwiGLU: silu(g) · u, elementwise.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut a = vec![0f32; g.len()];
-    a.par_chunks_mut(1 << 12).zip(g.par_chunks(1 << 12)).zip(u.par_chunks(1 << 12)).for_each(|((a, g), u)| {
-        a.iter_mut().zip(g).zip(u).for_each(|((o, &gv), &uv)| *o = gv * sigmoid(gv) * uv);
-    });
+    a.par_chunks_mut(1 << 12).zip(g.par_chunks(1 << 12)).zip(u.par_chunks(1 << 12)).for_each(
+        |((a, g), u)| {
+            a.iter_mut().zip(g).zip(u).for_each(|((o, &gv), &uv)| *o = gv * sigmoid(gv) * uv);
+        },
+    );
     a
 }
 
 /// SwiGLU backward, overwriting `g` with dg and `u` with du (the inputs are not needed after):
 /// dg = da · u · s (1 + g (1 − s)) with s = σ(g); du = da · g s.
 pub fn swiglu_backward(da: &[f32], g: &mut [f32], u: &mut [f32]) {
-    g.par_chunks_mut(1 << 12).zip(u.par_chunks_mut(1 << 12)).zip(da.par_chunks(1 << 12)).for_each(|((g, u), da)| {
-        for ((gv, uv), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
-            let s = sigmoid(*gv);
-            let silu = *gv * s;
-            let dg = d * *uv * s * (1.0 + *gv * (1.0 - s));
-            *uv = d * silu;
-            *gv = dg;
-        }
-    });
+    g.par_chunks_mut(1 << 12).zip(u.par_chunks_mut(1 << 12)).zip(da.par_chunks(1 << 12)).for_each(
+        |((g, u), da)| {
+            for ((gv, uv), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
+                let s = sigmoid(*gv);
+                let silu = *gv * s;
+                let dg = d * *uv * s * (1.0 + *gv * (1.0 - s));
+                *uv = d * silu;
+                *gv = dg;
+            }
+        },
+    );
 }
 
 /// The keys query i may see under causal attention with an optional sliding window

@@ -167,7 +167,9 @@ impl KvCache {
         let layers = self
             .layers
             .iter()
-            .map(|l| l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((rep(k)?, rep(v)?))).transpose())
+            .map(|l| {
+                l.as_ref().map(|(k, v)| Ok::<_, candle_core::Error>((rep(k)?, rep(v)?))).transpose()
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(KvCache { layers, len: self.len })
     }
@@ -235,8 +237,14 @@ fn inv_freqs(cfg: &Config) -> Result<Vec<Vec<f64>>, ModelError> {
     let d = cfg.head_dim();
     let mut out = Vec::new();
     for kind in ["full_attention", "sliding_attention"] {
-        let (base, factor) = cfg.rope_for(kind).map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
-        out.push((0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64) / factor) as f32 as f64).collect());
+        let (base, factor) = cfg
+            .rope_for(kind)
+            .map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
+        out.push(
+            (0..d / 2)
+                .map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64) / factor) as f32 as f64)
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -247,9 +255,8 @@ fn inv_freq(cfg: &Config) -> Result<Vec<f64>, ModelError> {
     // transformers computes inv_freq in f32; round the same way so long positions agree.
     let mut f: Vec<f64> =
         (0..d / 2).map(|i| (1.0 / base.powf((2 * i) as f64 / d as f64)) as f32 as f64).collect();
-    let scaling = cfg
-        .llama3_scaling()
-        .map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
+    let scaling =
+        cfg.llama3_scaling().map_err(|msg| ModelError::Config { origin: "config".into(), msg })?;
     if let Some(s) = scaling {
         // transformers' `_compute_llama3_parameters` (Llama 3.1 report, §A): long wavelengths
         // divided by `factor`, short ones kept, a linear blend between.
@@ -288,7 +295,13 @@ impl Model {
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let gemma = cfg.arch() == crate::config::Arch::Gemma3;
-        let opt = |name: String| -> Result<Option<Tensor>, ModelError> { if gemma { Ok(Some(get(&name)?)) } else { Ok(None) } };
+        let opt = |name: String| -> Result<Option<Tensor>, ModelError> {
+            if gemma {
+                Ok(Some(get(&name)?))
+            } else {
+                Ok(None)
+            }
+        };
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(Layer {
@@ -311,7 +324,8 @@ impl Model {
                 gate_up: None,
             });
             if !opts.differentiable {
-                let layer = layers.last_mut().ok_or_else(|| ModelError::Input("no layer".into()))?;
+                let layer =
+                    layers.last_mut().ok_or_else(|| ModelError::Input("no layer".into()))?;
                 layer.qkv = Some(fuse(&mut [&mut layer.q, &mut layer.k, &mut layer.v])?);
                 layer.gate_up = Some(fuse(&mut [&mut layer.gate, &mut layer.up])?);
             }
@@ -353,7 +367,12 @@ impl Model {
             push_lin(&mut out, format!("{p}.self_attn.k_proj"), &l.k);
             push_lin(&mut out, format!("{p}.self_attn.v_proj"), &l.v);
             push_lin(&mut out, format!("{p}.self_attn.o_proj"), &l.o);
-            for (n, t) in [("self_attn.q_norm", &l.q_norm), ("self_attn.k_norm", &l.k_norm), ("pre_feedforward_layernorm", &l.pre_ffn_norm), ("post_feedforward_layernorm", &l.post_ffn_norm)] {
+            for (n, t) in [
+                ("self_attn.q_norm", &l.q_norm),
+                ("self_attn.k_norm", &l.k_norm),
+                ("pre_feedforward_layernorm", &l.pre_ffn_norm),
+                ("post_feedforward_layernorm", &l.post_ffn_norm),
+            ] {
                 if let Some(t) = t {
                     out.push((format!("{p}.{n}.weight"), t.clone()));
                 }
@@ -379,7 +398,8 @@ impl Model {
         let mut out = Vec::with_capacity(self.inv_freq.len());
         for inv in &self.inv_freq {
             let half = inv.len();
-            let (mut c, mut s) = (Vec::with_capacity(b * t * half), Vec::with_capacity(b * t * half));
+            let (mut c, mut s) =
+                (Vec::with_capacity(b * t * half), Vec::with_capacity(b * t * half));
             for row in positions {
                 for &p in row {
                     for &f in inv {
@@ -402,7 +422,9 @@ impl Model {
     pub fn rope_table(&self, t: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let tables = self.rope_tables(&[(0..t as u32).collect()])?;
         let (c, s) = tables.first().ok_or_else(|| ModelError::Input("no RoPE table".into()))?;
-        let flat = |x: &Tensor| -> Result<Vec<f32>, ModelError> { Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
+        let flat = |x: &Tensor| -> Result<Vec<f32>, ModelError> {
+            Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
         Ok((flat(c)?, flat(s)?))
     }
 
@@ -420,7 +442,11 @@ impl Model {
     /// Token embeddings (b, t) -> (b, t, hidden), scaled for Gemma.
     fn embed_ids(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, self.cfg.hidden_size))?;
+        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         match self.cfg.embed_scale() {
             Some(s) => x * s,
             None => Ok(x),
@@ -506,7 +532,15 @@ impl Model {
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for l in self.layers.iter().filter(|_| !fused) {
             if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(l.window) {
-                let m = ops::attention_mask(b, t, offset, l.window, key_valid, self.opts.dtype, self.device())?;
+                let m = ops::attention_mask(
+                    b,
+                    t,
+                    offset,
+                    l.window,
+                    key_valid,
+                    self.opts.dtype,
+                    self.device(),
+                )?;
                 e.insert(m.unsqueeze(1)?); // (b, 1, 1, t, tk)
             }
         }
@@ -525,8 +559,11 @@ impl Model {
             }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             let mask = Mask { offset, key_valid, tensor: masks.get(&layer.window) };
-            let mut layer_tap = tap.as_deref_mut().map(|f| move |what: Tap, t: &Tensor| f(li, what, t));
-            let lt = layer_tap.as_mut().map(|f| f as &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>);
+            let mut layer_tap =
+                tap.as_deref_mut().map(|f| move |what: Tap, t: &Tensor| f(li, what, t));
+            let lt = layer_tap
+                .as_mut()
+                .map(|f| f as &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>);
             let (cos, sin) = &tables[layer.rope];
             x = self.block(layer, &x, cos, sin, &mask, slot, lt)?;
         }
@@ -558,7 +595,8 @@ impl Model {
 
     /// Layer `li` on a residual stream x (b, t, hidden) -> (b, t, hidden).
     pub fn layer(&self, li: usize, x: &Tensor) -> Result<Tensor, ModelError> {
-        let layer = self.layers.get(li).ok_or_else(|| ModelError::Input(format!("no layer {li}")))?;
+        let layer =
+            self.layers.get(li).ok_or_else(|| ModelError::Input(format!("no layer {li}")))?;
         let (b, t, _) = x.dims3()?;
         let tables = self.rope_tables(&vec![(0..t as u32).collect(); b])?;
         let (cos, sin) = &tables[layer.rope];
@@ -566,7 +604,10 @@ impl Model {
         let m = if fused {
             None
         } else {
-            Some(ops::attention_mask(b, t, 0, layer.window, None, self.opts.dtype, self.device())?.unsqueeze(1)?) // (b, 1, 1, t, t)
+            Some(
+                ops::attention_mask(b, t, 0, layer.window, None, self.opts.dtype, self.device())?
+                    .unsqueeze(1)?,
+            ) // (b, 1, 1, t, t)
         };
         let mask = Mask { offset: 0, key_valid: None, tensor: m.as_ref() };
         Ok(self.block(layer, x, cos, sin, &mask, None, None)?)
@@ -617,7 +658,8 @@ impl Model {
         emit(Tap::LayerInput, x)?;
         let diff = self.opts.differentiable;
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
+        let (nh, nkv, hd) =
+            (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
         let rep = nh / nkv;
 
         let h = self.norm(x, &l.input_norm)?;
@@ -625,7 +667,11 @@ impl Model {
         let (q, k, v) = match &l.qkv {
             Some(f) => {
                 let y = f.forward(&h)?; // (b, t, (nh + 2 kv) hd)
-                (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
+                (
+                    y.narrow(2, 0, nh * hd)?,
+                    y.narrow(2, nh * hd, nkv * hd)?,
+                    y.narrow(2, (nh + nkv) * hd, nkv * hd)?,
+                )
             }
             None => (l.q.forward(&h)?, l.k.forward(&h)?, l.v.forward(&h)?),
         };
@@ -713,9 +759,14 @@ impl Model {
 
 /// Mean next-token cross-entropy of logits (b, t, v) against targets (b, t) u32, over positions
 /// where `weights` (b, t) is 1 (differentiable; used by tests and training).
-pub fn cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+pub fn cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
     let logp = ops::log_softmax_last(logits)?; // (b, t, v)
-    let picked = logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?; // (b, t)
+    let picked =
+        logp.gather(&targets.contiguous()?.unsqueeze(D::Minus1)?, D::Minus1)?.squeeze(D::Minus1)?; // (b, t)
     let w = weights.to_dtype(picked.dtype())?;
     let total = (picked * &w)?.sum_all()?.neg()?;
     let n = w.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;

@@ -80,7 +80,10 @@ pub struct Saved {
 }
 
 fn find(names: &[String], name: &str) -> Result<usize, ModelError> {
-    names.iter().position(|n| n == name).ok_or_else(|| ModelError::MissingTensor { name: name.into(), expected: vec![] })
+    names
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| ModelError::MissingTensor { name: name.into(), expected: vec![] })
 }
 
 impl GradModel {
@@ -106,15 +109,27 @@ impl GradModel {
 
     /// `names`: the parameter list whose order the weight and gradient buffers follow.
     /// `model` supplies the RoPE tables (with the config's scaling) for positions 0..max_t.
-    pub fn new(cfg: &Config, names: &[String], model: &Model, max_t: usize) -> Result<GradModel, ModelError> {
+    pub fn new(
+        cfg: &Config,
+        names: &[String],
+        model: &Model,
+        max_t: usize,
+    ) -> Result<GradModel, ModelError> {
         if let Some(why) = Self::unsupported(cfg) {
-            return Err(ModelError::Config { origin: "training path".into(), msg: format!("not supported: {why}") });
+            return Err(ModelError::Config {
+                origin: "training path".into(),
+                msg: format!("not supported: {why}"),
+            });
         }
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = |s: &str| find(names, &format!("model.layers.{l}.{s}"));
             let bias = if cfg.qkv_bias() {
-                Some([p("self_attn.q_proj.bias")?, p("self_attn.k_proj.bias")?, p("self_attn.v_proj.bias")?])
+                Some([
+                    p("self_attn.q_proj.bias")?,
+                    p("self_attn.k_proj.bias")?,
+                    p("self_attn.v_proj.bias")?,
+                ])
             } else {
                 None
             };
@@ -152,10 +167,21 @@ impl GradModel {
 
     /// Final hidden states (b·t, hidden) after the last norm for ids (b, t), and with `keep` the
     /// activations `backward` needs.
-    pub fn forward(&self, w: &[&[f32]], ids: &[u32], b: usize, t: usize, keep: bool) -> Result<(Vec<f32>, Option<Saved>), ModelError> {
+    pub fn forward(
+        &self,
+        w: &[&[f32]],
+        ids: &[u32],
+        b: usize,
+        t: usize,
+        keep: bool,
+    ) -> Result<(Vec<f32>, Option<Saved>), ModelError> {
         let (hid, n) = (self.hidden, b * t);
         if ids.len() != n || t > self.max_t {
-            return Err(ModelError::Input(format!("ids must be (b {b}, t {t}) with t ≤ {}, got {} ids", self.max_t, ids.len())));
+            return Err(ModelError::Input(format!(
+                "ids must be (b {b}, t {t}) with t ≤ {}, got {} ids",
+                self.max_t,
+                ids.len()
+            )));
         }
         let vocab = w[self.embed].len() / hid;
         let mut x = vec![0f32; n * hid]; // (n, hidden)
@@ -175,7 +201,8 @@ impl GradModel {
             }
         }
         let (h, inv) = kernels::rms_forward(&x, w[self.norm], self.eps);
-        let saved = keep.then(|| Saved { b, t, ids: ids.to_vec(), layers: saved, top: x, top_inv: inv });
+        let saved =
+            keep.then(|| Saved { b, t, ids: ids.to_vec(), layers: saved, top: x, top_inv: inv });
         Ok((h, saved))
     }
 
@@ -187,7 +214,14 @@ impl GradModel {
     }
 
     /// Attention half of a block, up to x2 = x + o_proj(attn); the MLP half is `layer_output`.
-    fn layer_forward(&self, w: &[&[f32]], l: &LayerIdx, x: Vec<f32>, b: usize, t: usize) -> LayerSaved {
+    fn layer_forward(
+        &self,
+        w: &[&[f32]],
+        l: &LayerIdx,
+        x: Vec<f32>,
+        b: usize,
+        t: usize,
+    ) -> LayerSaved {
         let (hid, hd, n) = (self.hidden, self.hd, b * t);
         let (qd, kd) = (self.heads * hd, self.kv * hd);
         let (h1, inv1) = kernels::rms_forward(&x, w[l.input_norm], self.eps);
@@ -196,7 +230,8 @@ impl GradModel {
         let mut v = Self::linear(&h1, w[l.v], n, hid, kd);
         if let Some([bq, bk, bv]) = l.bias {
             for (y, bias, d) in [(&mut q, bq, qd), (&mut k, bk, kd), (&mut v, bv, kd)] {
-                y.par_chunks_mut(d).for_each(|row| row.iter_mut().zip(w[bias]).for_each(|(a, b)| *a += b));
+                y.par_chunks_mut(d)
+                    .for_each(|row| row.iter_mut().zip(w[bias]).for_each(|(a, b)| *a += b));
             }
         }
         kernels::rope(&mut q, t, self.heads, hd, &self.cos, &self.sin, false);
@@ -231,7 +266,18 @@ impl GradModel {
             lse[task * t..(task + 1) * t].copy_from_slice(&ls);
         }
         let mut x2 = x.clone(); // x2 = x + attn · Woᵀ
-        gemm(&mut x2, hid, n, hid, qd, View::rows(&attn, qd), View::t(w[l.o], qd), true, 1.0, Par::All);
+        gemm(
+            &mut x2,
+            hid,
+            n,
+            hid,
+            qd,
+            View::rows(&attn, qd),
+            View::t(w[l.o], qd),
+            true,
+            1.0,
+            Par::All,
+        );
         let (h2, inv2) = kernels::rms_forward(&x2, w[l.post_norm], self.eps);
         let g = Self::linear(&h2, w[l.gate], n, hid, self.ffn); // (n, ffn)
         let u = Self::linear(&h2, w[l.up], n, hid, self.ffn);
@@ -243,16 +289,38 @@ impl GradModel {
         let n = s.x2.len() / self.hidden;
         let a = kernels::swiglu(&s.g, &s.u);
         let mut out = s.x2.clone();
-        gemm(&mut out, self.hidden, n, self.hidden, self.ffn, View::rows(&a, self.ffn), View::t(w[l.down], self.ffn), true, 1.0, Par::All);
+        gemm(
+            &mut out,
+            self.hidden,
+            n,
+            self.hidden,
+            self.ffn,
+            View::rows(&a, self.ffn),
+            View::t(w[l.down], self.ffn),
+            true,
+            1.0,
+            Par::All,
+        );
         out
     }
 
     /// Add the gradient of Σ dh ⊙ forward(ids) into `grads` (same order and sizes as the weights).
-    pub fn backward(&self, w: &[&[f32]], saved: Saved, dh: &[f32], grads: &mut [Vec<f32>]) -> Result<(), ModelError> {
+    pub fn backward(
+        &self,
+        w: &[&[f32]],
+        saved: Saved,
+        dh: &[f32],
+        grads: &mut [Vec<f32>],
+    ) -> Result<(), ModelError> {
         let Saved { b, t, ids, layers, top, top_inv } = saved;
         let (hid, n) = (self.hidden, b * t);
-        if dh.len() != n * hid || grads.len() != w.len() || grads.iter().zip(w).any(|(g, w)| g.len() != w.len()) {
-            return Err(ModelError::Input(format!("backward: dh must be ({n}, {hid}) and grads shaped like the weights")));
+        if dh.len() != n * hid
+            || grads.len() != w.len()
+            || grads.iter().zip(w).any(|(g, w)| g.len() != w.len())
+        {
+            return Err(ModelError::Input(format!(
+                "backward: dh must be ({n}, {hid}) and grads shaped like the weights"
+            )));
         }
         let mut dx = vec![0f32; n * hid]; // d(loss)/d(residual stream), walked down the layers
         kernels::rms_backward(&top, &top_inv, w[self.norm], dh, &mut dx, &mut grads[self.norm]);
@@ -262,40 +330,140 @@ impl GradModel {
         let ge = &mut grads[self.embed];
         for (r, &id) in ids.iter().enumerate() {
             let id = id as usize;
-            ge[id * hid..(id + 1) * hid].iter_mut().zip(&dx[r * hid..(r + 1) * hid]).for_each(|(a, b)| *a += b);
+            ge[id * hid..(id + 1) * hid]
+                .iter_mut()
+                .zip(&dx[r * hid..(r + 1) * hid])
+                .for_each(|(a, b)| *a += b);
         }
         Ok(())
     }
 
     /// dx: d(layer output) in, d(layer input) out.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, w: &[&[f32]], l: &LayerIdx, s: LayerSaved, b: usize, t: usize, dx: &mut [f32], grads: &mut [Vec<f32>]) {
+    fn layer_backward(
+        &self,
+        w: &[&[f32]],
+        l: &LayerIdx,
+        s: LayerSaved,
+        b: usize,
+        t: usize,
+        dx: &mut [f32],
+        grads: &mut [Vec<f32>],
+    ) {
         let (hid, hd, ffn, n) = (self.hidden, self.hd, self.ffn, b * t);
         let (qd, kd) = (self.heads * hd, self.kv * hd);
         let LayerSaved { x, inv1, q, k, v, lse, attn, x2, inv2, mut g, mut u } = s;
         // MLP: out = x2 + a · Wdᵀ, a = silu(g) · u.
         let a = kernels::swiglu(&g, &u);
-        gemm(&mut grads[l.down], ffn, hid, ffn, n, View::t(dx, hid), View::rows(&a, ffn), true, 1.0, Par::All);
+        gemm(
+            &mut grads[l.down],
+            ffn,
+            hid,
+            ffn,
+            n,
+            View::t(dx, hid),
+            View::rows(&a, ffn),
+            true,
+            1.0,
+            Par::All,
+        );
         drop(a);
         let mut da = vec![0f32; n * ffn]; // (n, ffn)
-        gemm(&mut da, ffn, n, ffn, hid, View::rows(dx, hid), View::rows(w[l.down], ffn), false, 1.0, Par::All);
+        gemm(
+            &mut da,
+            ffn,
+            n,
+            ffn,
+            hid,
+            View::rows(dx, hid),
+            View::rows(w[l.down], ffn),
+            false,
+            1.0,
+            Par::All,
+        );
         kernels::swiglu_backward(&da, &mut g, &mut u); // g, u now hold dg, du
         drop(da);
         let h2 = kernels::rms_apply(&x2, &inv2, w[l.post_norm]);
-        gemm(&mut grads[l.gate], hid, ffn, hid, n, View::t(&g, ffn), View::rows(&h2, hid), true, 1.0, Par::All);
-        gemm(&mut grads[l.up], hid, ffn, hid, n, View::t(&u, ffn), View::rows(&h2, hid), true, 1.0, Par::All);
+        gemm(
+            &mut grads[l.gate],
+            hid,
+            ffn,
+            hid,
+            n,
+            View::t(&g, ffn),
+            View::rows(&h2, hid),
+            true,
+            1.0,
+            Par::All,
+        );
+        gemm(
+            &mut grads[l.up],
+            hid,
+            ffn,
+            hid,
+            n,
+            View::t(&u, ffn),
+            View::rows(&h2, hid),
+            true,
+            1.0,
+            Par::All,
+        );
         drop(h2);
         let mut dh2 = vec![0f32; n * hid];
-        gemm(&mut dh2, hid, n, hid, ffn, View::rows(&g, ffn), View::rows(w[l.gate], hid), false, 1.0, Par::All);
-        gemm(&mut dh2, hid, n, hid, ffn, View::rows(&u, ffn), View::rows(w[l.up], hid), true, 1.0, Par::All);
+        gemm(
+            &mut dh2,
+            hid,
+            n,
+            hid,
+            ffn,
+            View::rows(&g, ffn),
+            View::rows(w[l.gate], hid),
+            false,
+            1.0,
+            Par::All,
+        );
+        gemm(
+            &mut dh2,
+            hid,
+            n,
+            hid,
+            ffn,
+            View::rows(&u, ffn),
+            View::rows(w[l.up], hid),
+            true,
+            1.0,
+            Par::All,
+        );
         drop((g, u));
         kernels::rms_backward(&x2, &inv2, w[l.post_norm], &dh2, dx, &mut grads[l.post_norm]); // dx = d(x2)
         drop((dh2, x2));
         // x2 = x + attn · Woᵀ.
-        gemm(&mut grads[l.o], qd, hid, qd, n, View::t(dx, hid), View::rows(&attn, qd), true, 1.0, Par::All);
+        gemm(
+            &mut grads[l.o],
+            qd,
+            hid,
+            qd,
+            n,
+            View::t(dx, hid),
+            View::rows(&attn, qd),
+            true,
+            1.0,
+            Par::All,
+        );
         drop(attn);
         let mut dattn = vec![0f32; n * qd]; // (n, heads · hd)
-        gemm(&mut dattn, qd, n, qd, hid, View::rows(dx, hid), View::rows(w[l.o], qd), false, 1.0, Par::All);
+        gemm(
+            &mut dattn,
+            qd,
+            n,
+            qd,
+            hid,
+            View::rows(dx, hid),
+            View::rows(w[l.o], qd),
+            false,
+            1.0,
+            Par::All,
+        );
         // Attention, one task per (window, kv head) so the rep query heads sharing it add their
         // dk, dv in a fixed order. P is rebuilt from the saved log-sum-exp.
         let rep = self.heads / self.kv;
@@ -316,12 +484,29 @@ impl GradModel {
                     let qh = View { data: &q[bi * t * qd + h * hd..], rs: qd, cs: 1 }; // (t, hd)
                     let doh = View { data: &dattn[bi * t * qd + h * hd..], rs: qd, cs: 1 }; // (t, hd)
                     gemm(&mut p, t, t, t, hd, qh, kt, false, self.scale, Par::One);
-                    kernels::causal_probs(&mut p, t, l.window, &lse[(bi * self.heads + h) * t..(bi * self.heads + h + 1) * t]);
+                    kernels::causal_probs(
+                        &mut p,
+                        t,
+                        l.window,
+                        &lse[(bi * self.heads + h) * t..(bi * self.heads + h + 1) * t],
+                    );
                     gemm(&mut dp, t, t, t, hd, doh, vt, false, 1.0, Par::One); // dP = dO vᵀ
                     gemm(&mut dv, hd, t, hd, t, View::t(&p, t), doh, true, 1.0, Par::One); // dv += Pᵀ dO
                     kernels::softmax_backward(&p, &mut dp, t); // dp = dS
-                    gemm(&mut dq[r * t * hd..(r + 1) * t * hd], hd, t, hd, t, View::rows(&dp, t), kg, false, self.scale, Par::One);
-                    gemm(&mut dk, hd, t, hd, t, View::t(&dp, t), qh, true, self.scale, Par::One); // dk += scale dSᵀ q
+                    gemm(
+                        &mut dq[r * t * hd..(r + 1) * t * hd],
+                        hd,
+                        t,
+                        hd,
+                        t,
+                        View::rows(&dp, t),
+                        kg,
+                        false,
+                        self.scale,
+                        Par::One,
+                    );
+                    gemm(&mut dk, hd, t, hd, t, View::t(&dp, t), qh, true, self.scale, Par::One);
+                    // dk += scale dSᵀ q
                 }
                 (dq, dk, dv)
             })
@@ -353,10 +538,35 @@ impl GradModel {
         }
         let h1 = kernels::rms_apply(&x, &inv1, w[l.input_norm]);
         let mut dh1 = vec![0f32; n * hid];
-        for (d, wi, dim, first) in [(&dq, l.q, qd, true), (&dk, l.k, kd, false), (&dv, l.v, kd, false)] {
-            gemm(&mut grads[wi], hid, dim, hid, n, View::t(d, dim), View::rows(&h1, hid), true, 1.0, Par::All);
-            gemm(&mut dh1, hid, n, hid, dim, View::rows(d, dim), View::rows(w[wi], hid), !first, 1.0, Par::All);
+        for (d, wi, dim, first) in
+            [(&dq, l.q, qd, true), (&dk, l.k, kd, false), (&dv, l.v, kd, false)]
+        {
+            gemm(
+                &mut grads[wi],
+                hid,
+                dim,
+                hid,
+                n,
+                View::t(d, dim),
+                View::rows(&h1, hid),
+                true,
+                1.0,
+                Par::All,
+            );
+            gemm(
+                &mut dh1,
+                hid,
+                n,
+                hid,
+                dim,
+                View::rows(d, dim),
+                View::rows(w[wi], hid),
+                !first,
+                1.0,
+                Par::All,
+            );
         }
-        kernels::rms_backward(&x, &inv1, w[l.input_norm], &dh1, dx, &mut grads[l.input_norm]); // dx = d(x)
+        kernels::rms_backward(&x, &inv1, w[l.input_norm], &dh1, dx, &mut grads[l.input_norm]);
+        // dx = d(x)
     }
 }

@@ -25,7 +25,8 @@ impl MaskedSoftmax<'_> {
         let ks = self.key_start;
         let hi = (q + 1).saturating_sub(ks).min(x.len());
         let lo = self.window.map_or(0, |w| (q + 1).saturating_sub(w)).saturating_sub(ks).min(hi);
-        let valid = |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(ks + j).copied().unwrap_or(true));
+        let valid =
+            |j: usize| self.key_valid.is_none_or(|kv| kv[b].get(ks + j).copied().unwrap_or(true));
         let mut max = f32::NEG_INFINITY;
         let mut nan = false;
         for (j, &v) in x.iter().enumerate().take(hi).skip(lo) {
@@ -160,7 +161,8 @@ impl CustomOp1 for SwiGlu {
 pub fn swiglu(x: &Tensor) -> Result<Tensor> {
     if x.dtype() != candle_core::DType::F32 {
         let f = x.dim(candle_core::D::Minus1)? / 2;
-        return x.narrow(candle_core::D::Minus1, 0, f)?.silu()? * x.narrow(candle_core::D::Minus1, f, f)?;
+        return x.narrow(candle_core::D::Minus1, 0, f)?.silu()?
+            * x.narrow(candle_core::D::Minus1, f, f)?;
     }
     x.contiguous()?.apply_op1_no_bwd(&SwiGlu)
 }

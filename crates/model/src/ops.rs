@@ -118,11 +118,24 @@ mod tests {
     fn fused_and_composed_agree() {
         let x = rand(&[2, 3, 5, 8], 1);
         let w = rand(&[8], 2);
-        assert!(max_abs_diff(&rms_norm(&x, &w, 1e-6, true).unwrap(), &rms_norm(&x, &w, 1e-6, false).unwrap()) < 1e-5);
-        assert!(max_abs_diff(&softmax_last(&x, true).unwrap(), &softmax_last(&x, false).unwrap()) < 1e-6);
+        assert!(
+            max_abs_diff(
+                &rms_norm(&x, &w, 1e-6, true).unwrap(),
+                &rms_norm(&x, &w, 1e-6, false).unwrap()
+            ) < 1e-5
+        );
+        assert!(
+            max_abs_diff(&softmax_last(&x, true).unwrap(), &softmax_last(&x, false).unwrap())
+                < 1e-6
+        );
         let cos = rand(&[2, 5, 4], 3);
         let sin = rand(&[2, 5, 4], 4);
-        assert!(max_abs_diff(&rope(&x, &cos, &sin, true).unwrap(), &rope(&x, &cos, &sin, false).unwrap()) < 1e-5);
+        assert!(
+            max_abs_diff(
+                &rope(&x, &cos, &sin, true).unwrap(),
+                &rope(&x, &cos, &sin, false).unwrap()
+            ) < 1e-5
+        );
     }
 
     #[test]
@@ -130,7 +143,8 @@ mod tests {
         let kv = vec![vec![false, true, true, true]];
         let m = attention_mask(1, 4, 0, Some(2), Some(&kv), DType::F32, &Device::Cpu).unwrap();
         let m: Vec<Vec<f32>> = m.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
-        let allowed: Vec<Vec<bool>> = m.iter().map(|r| r.iter().map(|&x| x == 0.0).collect()).collect();
+        let allowed: Vec<Vec<bool>> =
+            m.iter().map(|r| r.iter().map(|&x| x == 0.0).collect()).collect();
         assert_eq!(
             allowed,
             vec![

@@ -57,7 +57,8 @@ fn f64_weights(cfg: &Config, seed: u64) -> Weights {
 /// Central differences in f64 against autograd, a few coordinates of every tensor.
 fn gradcheck(cfg: &Config) {
     let w = f64_weights(cfg, 7);
-    let vars: Vec<(String, Var)> = w.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
+    let vars: Vec<(String, Var)> =
+        w.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
     let wv: Weights = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     let loss = loss_of(cfg, &wv, DType::F64);
     let grads = loss.backward().unwrap();
@@ -118,7 +119,8 @@ fn every_parameter_gets_nonzero_gradient_in_f32() {
 fn nonzero_gradients(cfg: &Config) {
     let cfg = cfg.clone();
     let w = random_weights(&cfg, 3, 0.3).unwrap();
-    let vars: Vec<(String, Var)> = w.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
+    let vars: Vec<(String, Var)> =
+        w.iter().map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap())).collect();
     let wv: Weights = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
     let grads = loss_of(&cfg, &wv, DType::F32).backward().unwrap();
     for (name, var) in &vars {
@@ -136,7 +138,10 @@ fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
 fn fused_inference_equals_differentiable_forward() {
     for cfg in [tiny("MistralForCausalLM", r#","sliding_window":3"#), tiny_gemma()] {
         let w = random_weights(&cfg, 5, 0.3).unwrap();
-        let a = Model::new(&cfg, &w, ModelOptions::default()).unwrap().forward(&ids(), None, None, None).unwrap();
+        let a = Model::new(&cfg, &w, ModelOptions::default())
+            .unwrap()
+            .forward(&ids(), None, None, None)
+            .unwrap();
         let b = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true })
             .unwrap()
             .forward(&ids(), None, None, None)
@@ -147,15 +152,22 @@ fn fused_inference_equals_differentiable_forward() {
 
 #[test]
 fn kv_cache_incremental_equals_full_forward() {
-    for cfg in [tiny("MistralForCausalLM", r#","sliding_window":3"#), tiny("Qwen2ForCausalLM", ""), tiny_gemma()] {
+    for cfg in [
+        tiny("MistralForCausalLM", r#","sliding_window":3"#),
+        tiny("Qwen2ForCausalLM", ""),
+        tiny_gemma(),
+    ] {
         let w = random_weights(&cfg, 9, 0.3).unwrap();
         let m = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
         let full = m.forward(&ids(), None, None, None).unwrap(); // (2, 6, v)
         let mut cache = KvCache::new();
-        let first = m.forward(&ids().narrow(1, 0, 3).unwrap(), None, None, Some(&mut cache)).unwrap();
+        let first =
+            m.forward(&ids().narrow(1, 0, 3).unwrap(), None, None, Some(&mut cache)).unwrap();
         let mut parts = vec![first];
         for p in 3..6 {
-            parts.push(m.forward(&ids().narrow(1, p, 1).unwrap(), None, None, Some(&mut cache)).unwrap());
+            parts.push(
+                m.forward(&ids().narrow(1, p, 1).unwrap(), None, None, Some(&mut cache)).unwrap(),
+            );
         }
         assert_eq!(cache.len(), 6);
         let inc = Tensor::cat(&parts, 1).unwrap();
@@ -170,7 +182,7 @@ fn left_padding_with_mask_and_positions_equals_unpadded() {
     let m = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
     let short = Tensor::new(&[[5u32, 3, 9]], &Device::Cpu).unwrap();
     let alone = m.forward(&short, None, None, None).unwrap(); // (1, 3, v)
-    // Batch: row 0 is the short sequence left-padded by 2; row 1 is unrelated.
+                                                              // Batch: row 0 is the short sequence left-padded by 2; row 1 is unrelated.
     let batch = Tensor::new(&[[0u32, 0, 5, 3, 9], [1, 2, 3, 4, 5]], &Device::Cpu).unwrap();
     let valid = vec![vec![false, false, true, true, true], vec![true; 5]];
     let pos = vec![vec![0, 0, 0, 1, 2], vec![0, 1, 2, 3, 4]];
@@ -185,14 +197,25 @@ fn left_padding_with_mask_and_positions_equals_unpadded() {
 fn shape_errors_name_the_tensor() {
     let cfg = tiny("LlamaForCausalLM", "");
     let mut w = random_weights(&cfg, 1, 0.3).unwrap();
-    w.insert("model.layers.1.mlp.up_proj.weight".into(), Tensor::zeros((12, 9), DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        "model.layers.1.mlp.up_proj.weight".into(),
+        Tensor::zeros((12, 9), DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = Model::new(&cfg, &w, ModelOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("model.layers.1.mlp.up_proj.weight") && e.contains("[12, 8]") && e.contains("[12, 9]"), "{e}");
+    assert!(
+        e.contains("model.layers.1.mlp.up_proj.weight")
+            && e.contains("[12, 8]")
+            && e.contains("[12, 9]"),
+        "{e}"
+    );
     w.remove("model.layers.1.mlp.up_proj.weight");
     let e = Model::new(&cfg, &w, ModelOptions::default()).unwrap_err().to_string();
     assert!(e.contains("missing tensor model.layers.1.mlp.up_proj.weight"), "{e}");
     let mut w = random_weights(&cfg, 1, 0.3).unwrap();
-    w.insert("model.layers.2.mlp.up_proj.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    w.insert(
+        "model.layers.2.mlp.up_proj.weight".into(),
+        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+    );
     let e = Model::new(&cfg, &w, ModelOptions::default()).unwrap_err().to_string();
     assert!(e.contains("unexpected tensor model.layers.2.mlp.up_proj.weight"), "{e}");
 }
@@ -204,7 +227,8 @@ fn blocked_fused_attention_equals_masked_composed_attention_on_long_inputs() {
     let cfg = tiny("MistralForCausalLM", r#","sliding_window":50"#);
     let w = random_weights(&cfg, 13, 0.3).unwrap();
     let fused = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
-    let slow = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let slow =
+        Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
     let n = 300;
     let ids: Vec<u32> = (0..2 * n).map(|i| (i * 7 % 11) as u32).collect();
     let x = Tensor::from_vec(ids, (2, n), &Device::Cpu).unwrap();
@@ -222,7 +246,9 @@ fn blocked_fused_attention_equals_masked_composed_attention_on_long_inputs() {
         let full = m.forward(&x, None, None, None).unwrap();
         let mut cache = KvCache::new();
         let p1 = m.forward(&x.narrow(1, 0, split).unwrap(), None, None, Some(&mut cache)).unwrap();
-        let p2 = m.forward(&x.narrow(1, split, n - split).unwrap(), None, None, Some(&mut cache)).unwrap();
+        let p2 = m
+            .forward(&x.narrow(1, split, n - split).unwrap(), None, None, Some(&mut cache))
+            .unwrap();
         assert!(max_abs(&full, &Tensor::cat(&[p1, p2], 1).unwrap()) < 1e-4, "{cfg_extra}");
     }
 }

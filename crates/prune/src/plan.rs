@@ -61,7 +61,9 @@ fn check_sorted(what: &str, v: &[usize], bound: usize) -> Result<(), PruneError>
         return Err(PruneError::Plan(format!("{what}: indices must be strictly ascending")));
     }
     if let Some(&x) = v.iter().find(|&&x| x >= bound) {
-        return Err(PruneError::Plan(format!("{what}: index {x} out of range (source has {bound})")));
+        return Err(PruneError::Plan(format!(
+            "{what}: index {x} out of range (source has {bound})"
+        )));
     }
     Ok(())
 }
@@ -83,7 +85,8 @@ impl Plan {
     }
 
     pub fn from_json(text: &str, origin: &str) -> Result<Plan, PruneError> {
-        let p: Plan = serde_json::from_str(text).map_err(|e| PruneError::Plan(format!("{origin}: {e}")))?;
+        let p: Plan =
+            serde_json::from_str(text).map_err(|e| PruneError::Plan(format!("{origin}: {e}")))?;
         if p.format_version != FORMAT_VERSION {
             return Err(PruneError::Plan(format!(
                 "{origin}: plan format_version {} (this orlik reads {FORMAT_VERSION})",
@@ -109,9 +112,15 @@ impl Plan {
         check_sorted("layers", &self.layers, s.num_hidden_layers)?;
         check_sorted("hidden", &self.hidden, s.hidden_size)?;
         let n = self.layers.len();
-        for (what, len) in [("mlp", self.mlp.len()), ("kv_heads", self.kv_heads.len()), ("heads", self.heads.len())] {
+        for (what, len) in [
+            ("mlp", self.mlp.len()),
+            ("kv_heads", self.kv_heads.len()),
+            ("heads", self.heads.len()),
+        ] {
             if len != n {
-                return Err(PruneError::Plan(format!("{what} has {len} entries for {n} kept layers")));
+                return Err(PruneError::Plan(format!(
+                    "{what} has {len} entries for {n} kept layers"
+                )));
             }
         }
         let rep = s.num_attention_heads / s.num_key_value_heads;
@@ -136,8 +145,12 @@ impl Plan {
                     )));
                 }
             }
-            if let Some(&h) = self.heads[i].iter().find(|&&h| !self.kv_heads[i].contains(&(h / rep))) {
-                return Err(PruneError::Plan(format!("layer {l}: query head {h} belongs to a dropped KV group")));
+            if let Some(&h) =
+                self.heads[i].iter().find(|&&h| !self.kv_heads[i].contains(&(h / rep)))
+            {
+                return Err(PruneError::Plan(format!(
+                    "layer {l}: query head {h} belongs to a dropped KV group"
+                )));
             }
         }
         // transformers (5.x) refuses Llama-family configs whose hidden_size is not a multiple of
@@ -164,7 +177,13 @@ impl Plan {
             c.layer_types = Some(self.layers.iter().map(|&l| lt[l].clone()).collect());
         } else if cfg.arch() == orlik_model::Arch::Gemma3 {
             // A periodic sliding/global pattern does not survive dropping layers: spell it out.
-            let kind = |l: usize| if cfg.layer_window(l).is_some() { "sliding_attention" } else { "full_attention" };
+            let kind = |l: usize| {
+                if cfg.layer_window(l).is_some() {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            };
             c.layer_types = Some(self.layers.iter().map(|&l| kind(l).to_string()).collect());
         }
         if let Some(m) = cfg.max_window_layers {

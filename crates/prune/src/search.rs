@@ -65,9 +65,19 @@ fn sizes(full: usize, multiple: usize, vary: bool) -> Vec<usize> {
 }
 
 /// Every shape within `tol` (relative) of `budget` parameters.
-pub fn enumerate(cfg: &Config, budget: usize, tol: f64, multiple: usize, axes: Axes) -> Vec<Candidate> {
+pub fn enumerate(
+    cfg: &Config,
+    budget: usize,
+    tol: f64,
+    multiple: usize,
+    axes: Axes,
+) -> Vec<Candidate> {
     let (nkv, rep) = (cfg.num_kv_heads(), cfg.num_attention_heads / cfg.num_kv_heads());
-    let layers: Vec<usize> = if axes.depth { (1..=cfg.num_hidden_layers).collect() } else { vec![cfg.num_hidden_layers] };
+    let layers: Vec<usize> = if axes.depth {
+        (1..=cfg.num_hidden_layers).collect()
+    } else {
+        vec![cfg.num_hidden_layers]
+    };
     let mut heads: Vec<(usize, usize)> = vec![(nkv, nkv * rep)];
     if axes.heads {
         heads = (1..=nkv).flat_map(|k| (1..=rep).map(move |r| (k, k * r))).collect();
@@ -80,7 +90,13 @@ pub fn enumerate(cfg: &Config, budget: usize, tol: f64, multiple: usize, axes: A
                     if h % nh != 0 {
                         continue; // transformers refuses such configs
                     }
-                    let t = Target { layers: Some(l), hidden: Some(h), heads: Some(nh), kv_heads: Some(kv), ffn: Some(f) };
+                    let t = Target {
+                        layers: Some(l),
+                        hidden: Some(h),
+                        heads: Some(nh),
+                        kv_heads: Some(kv),
+                        ffn: Some(f),
+                    };
                     let p = param_count(&with_target(cfg, &t));
                     if (p as f64 - budget as f64).abs() <= tol * budget as f64 {
                         out.push(Candidate { target: t, params: p, kl: None });
@@ -105,14 +121,22 @@ pub fn shortlist(mut c: Vec<Candidate>, k: usize) -> Vec<Candidate> {
 }
 
 /// Teacher log-probabilities for the proxy batches (each (b, t, vocab)).
-pub fn teacher_logprobs(model: &Model, batches: &[Vec<Vec<u32>>]) -> Result<Vec<Tensor>, PruneError> {
+pub fn teacher_logprobs(
+    model: &Model,
+    batches: &[Vec<Vec<u32>>],
+) -> Result<Vec<Tensor>, PruneError> {
     batches.iter().map(|b| logprobs(model, b)).collect()
 }
 
 fn logprobs(model: &Model, rows: &[Vec<u32>]) -> Result<Tensor, PruneError> {
     let t = rows.first().map_or(0, Vec::len);
-    let x = Tensor::from_vec(rows.iter().flatten().copied().collect::<Vec<u32>>(), (rows.len(), t), &Device::Cpu)?;
-    let logits = model.forward(&x, None, None, None).map_err(|e| PruneError::Plan(e.to_string()))?;
+    let x = Tensor::from_vec(
+        rows.iter().flatten().copied().collect::<Vec<u32>>(),
+        (rows.len(), t),
+        &Device::Cpu,
+    )?;
+    let logits =
+        model.forward(&x, None, None, None).map_err(|e| PruneError::Plan(e.to_string()))?;
     Ok(ops::log_softmax_last(&logits)?)
 }
 
@@ -129,7 +153,8 @@ pub fn evaluate(
 ) -> Result<(f64, Plan), PruneError> {
     let plan = build(cfg, imp, &cand.target, depth)?;
     let (pc, pw) = apply(cfg, weights, &plan)?;
-    let m = Model::new(&pc, &pw, ModelOptions::default()).map_err(|e| PruneError::Plan(e.to_string()))?;
+    let m = Model::new(&pc, &pw, ModelOptions::default())
+        .map_err(|e| PruneError::Plan(e.to_string()))?;
     let (mut kl, mut n) = (0.0, 0.0);
     for (rows, p) in batches.iter().zip(teacher) {
         let q = logprobs(&m, rows)?;

@@ -66,13 +66,20 @@ impl Importance {
         for l in 0..cfg.num_hidden_layers {
             let o = col_norms(&format!("model.layers.{l}.self_attn.o_proj.weight"))?;
             let d = col_norms(&format!("model.layers.{l}.mlp.down_proj.weight"))?;
-            let h: Vec<f32> = o.chunks(hd).map(|c| c.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+            let h: Vec<f32> =
+                o.chunks(hd).map(|c| c.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
             let frob = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
             layers.push(frob(&o) + frob(&d));
             heads.push(h);
             mlp.push(d);
         }
-        Ok(Importance { layers, angular: vec![], mlp, heads, hidden: col_norms("model.embed_tokens.weight")? })
+        Ok(Importance {
+            layers,
+            angular: vec![],
+            mlp,
+            heads,
+            hidden: col_norms("model.embed_tokens.weight")?,
+        })
     }
 
     /// Seeded random baseline.
@@ -93,13 +100,20 @@ impl Importance {
 /// Indices of the `k` largest values (ties: lower index first), ascending.
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     let mut i: Vec<usize> = (0..v.len()).collect();
-    i.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    i.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+    });
     i.truncate(k);
     i.sort();
     i
 }
 
-pub fn build(cfg: &Config, imp: &Importance, target: &Target, depth: DepthMethod) -> Result<Plan, PruneError> {
+pub fn build(
+    cfg: &Config,
+    imp: &Importance,
+    target: &Target,
+    depth: DepthMethod,
+) -> Result<Plan, PruneError> {
     let s = SourceDims::of(cfg);
     let bad = |m: String| Err(PruneError::Plan(m));
     let nl = target.layers.unwrap_or(s.num_hidden_layers);
@@ -129,7 +143,10 @@ pub fn build(cfg: &Config, imp: &Importance, target: &Target, depth: DepthMethod
     } else if depth == DepthMethod::Block && !imp.angular.is_empty() {
         let n = s.num_hidden_layers - nl;
         let a = imp.angular.get(n - 1).ok_or_else(|| {
-            PruneError::Plan(format!("scores hold angular distances for blocks up to {} layers, need {n}", imp.angular.len()))
+            PruneError::Plan(format!(
+                "scores hold angular distances for blocks up to {} layers, need {n}",
+                imp.angular.len()
+            ))
         })?;
         let start = top_k(&a.iter().map(|x| -x).collect::<Vec<_>>(), 1)[0];
         (0..s.num_hidden_layers).filter(|l| *l < start || *l >= start + n).collect()
@@ -148,11 +165,14 @@ pub fn build(cfg: &Config, imp: &Importance, target: &Target, depth: DepthMethod
     for &l in &plan.layers {
         plan.mlp.push(top_k(&imp.mlp[l], ffn));
         let hs = &imp.heads[l];
-        let group: Vec<f32> = (0..s.num_key_value_heads).map(|g| hs[g * rep..(g + 1) * rep].iter().sum()).collect();
+        let group: Vec<f32> =
+            (0..s.num_key_value_heads).map(|g| hs[g * rep..(g + 1) * rep].iter().sum()).collect();
         let groups = top_k(&group, kv);
         let mut heads = vec![];
         for &g in &groups {
-            heads.extend(top_k(&hs[g * rep..(g + 1) * rep], nh / kv).into_iter().map(|i| g * rep + i));
+            heads.extend(
+                top_k(&hs[g * rep..(g + 1) * rep], nh / kv).into_iter().map(|i| g * rep + i),
+            );
         }
         plan.kv_heads.push(groups);
         plan.heads.push(heads);

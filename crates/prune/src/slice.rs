@@ -48,7 +48,8 @@ pub fn slices(cfg: &Config, plan: &Plan) -> Result<Vec<SliceSpec>, PruneError> {
     let mut out = Vec::new();
     for (name, shape) in pcfg.expected_tensors() {
         let (src, rows, cols) = if let Some(rest) = name.strip_prefix("model.layers.") {
-            let (new, leaf) = rest.split_once('.').ok_or_else(|| PruneError::Missing(name.clone()))?;
+            let (new, leaf) =
+                rest.split_once('.').ok_or_else(|| PruneError::Missing(name.clone()))?;
             let i: usize = new.parse().map_err(|_| PruneError::Missing(name.clone()))?;
             let q = Some(head_rows(&plan.heads[i], hd));
             let kv = Some(head_rows(&plan.kv_heads[i], hd));
@@ -90,7 +91,11 @@ pub fn cut(t: &Tensor, spec: &SliceSpec) -> Result<Tensor, PruneError> {
 }
 
 /// Prune `weights` (source model `cfg`) with `plan`. Returns the pruned config and weights.
-pub fn apply(cfg: &Config, weights: &Weights, plan: &Plan) -> Result<(Config, Weights), PruneError> {
+pub fn apply(
+    cfg: &Config,
+    weights: &Weights,
+    plan: &Plan,
+) -> Result<(Config, Weights), PruneError> {
     let mut out = Weights::new();
     for s in slices(cfg, plan)? {
         let t = weights.get(&s.src).ok_or_else(|| PruneError::Missing(s.src.clone()))?;

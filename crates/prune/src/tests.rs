@@ -26,9 +26,15 @@ fn configs() -> Vec<Config> {
         tiny("Qwen2ForCausalLM", r#","tie_word_embeddings":true"#),
         // Gemma 3 with explicit layer kinds, and with transformers 4.x's periodic pattern (layer 1
         // global): dropping layer 1 must keep layer 2 a sliding layer.
-        tiny("Gemma3ForCausalLM", r#","sliding_window":3,"query_pre_attn_scalar":5,
-            "layer_types":["sliding_attention","full_attention","sliding_attention"]"#),
-        tiny("Gemma3ForCausalLM", r#","sliding_window":3,"sliding_window_pattern":2,"rope_local_base_freq":10.0"#),
+        tiny(
+            "Gemma3ForCausalLM",
+            r#","sliding_window":3,"query_pre_attn_scalar":5,
+            "layer_types":["sliding_attention","full_attention","sliding_attention"]"#,
+        ),
+        tiny(
+            "Gemma3ForCausalLM",
+            r#","sliding_window":3,"sliding_window_pattern":2,"rope_local_base_freq":10.0"#,
+        ),
     ]
 }
 
@@ -112,7 +118,8 @@ fn pruned_heads_and_kv_groups_equal_masked_heads() {
         assert_eq!((c2.num_attention_heads, c2.num_kv_heads(), c2.head_dim()), (2, 1, hd));
         let mut masked = w.clone();
         for (l, keep) in plan.heads.iter().enumerate() {
-            let drop: Vec<usize> = (0..4).filter(|h| !keep.contains(h)).flat_map(|h| h * hd..(h + 1) * hd).collect();
+            let drop: Vec<usize> =
+                (0..4).filter(|h| !keep.contains(h)).flat_map(|h| h * hd..(h + 1) * hd).collect();
             zero_cols(&mut masked, &format!("model.layers.{l}.self_attn.o_proj.weight"), &drop);
         }
         assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5);
@@ -142,7 +149,12 @@ fn dropped_layer_equals_identity_block() {
         assert_eq!(c2.num_hidden_layers, 2);
         // A block whose o_proj and down_proj (and their biases) are zero adds nothing to the residual.
         let mut masked = w.clone();
-        for n in ["self_attn.o_proj.weight", "self_attn.o_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias"] {
+        for n in [
+            "self_attn.o_proj.weight",
+            "self_attn.o_proj.bias",
+            "mlp.down_proj.weight",
+            "mlp.down_proj.bias",
+        ] {
             zero(&mut masked, &format!("model.layers.1.{n}"));
         }
         assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5);
@@ -162,7 +174,11 @@ fn hidden_pruning_gives_a_consistent_loadable_model() {
         plan.hidden = vec![0, 2, 3, 6];
         let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
         assert_eq!(c2.hidden_size, 4);
-        assert_eq!(c2.head_dim, Some(6), "head_dim written explicitly (4 / 2 heads would be wrong)");
+        assert_eq!(
+            c2.head_dim,
+            Some(6),
+            "head_dim written explicitly (4 / 2 heads would be wrong)"
+        );
         let l = logits(&c2, &w2);
         assert_eq!(l.dims(), &[2, 6, 13]);
         // embeddings keep exactly the selected columns
@@ -199,12 +215,24 @@ fn build_plans_from_importance_at_exact_dims() {
     use crate::select::{build, DepthMethod, Importance, Target};
     let cfg = configs().remove(0);
     let w = random_weights(&cfg, 6, 0.3).unwrap();
-    let t = Target { layers: Some(2), hidden: Some(6), heads: Some(2), kv_heads: Some(1), ffn: Some(8) };
+    let t = Target {
+        layers: Some(2),
+        hidden: Some(6),
+        heads: Some(2),
+        kv_heads: Some(1),
+        ffn: Some(8),
+    };
     for imp in [Importance::magnitude(&cfg, &w).unwrap(), Importance::random(&cfg, 1)] {
         let plan = build(&cfg, &imp, &t, DepthMethod::Bi).unwrap();
         let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
         assert_eq!(
-            (c2.num_hidden_layers, c2.hidden_size, c2.num_attention_heads, c2.num_kv_heads(), c2.intermediate_size),
+            (
+                c2.num_hidden_layers,
+                c2.hidden_size,
+                c2.num_attention_heads,
+                c2.num_kv_heads(),
+                c2.intermediate_size
+            ),
             (2, 6, 2, 1, 8)
         );
         assert_eq!(logits(&c2, &w2).dims(), &[2, 6, 13]);
@@ -212,11 +240,15 @@ fn build_plans_from_importance_at_exact_dims() {
     // block depth: drop the contiguous pair with the smallest angular distance
     let mut imp = Importance::random(&cfg, 2);
     imp.angular = vec![vec![0.5, 0.4, 0.6], vec![0.3, 0.1]];
-    let plan = build(&cfg, &imp, &Target { layers: Some(1), ..Default::default() }, DepthMethod::Block).unwrap();
+    let plan =
+        build(&cfg, &imp, &Target { layers: Some(1), ..Default::default() }, DepthMethod::Block)
+            .unwrap();
     assert_eq!(plan.layers, vec![0]);
-    let e = build(&cfg, &imp, &Target { heads: Some(3), ..Default::default() }, DepthMethod::Bi).unwrap_err();
+    let e = build(&cfg, &imp, &Target { heads: Some(3), ..Default::default() }, DepthMethod::Bi)
+        .unwrap_err();
     assert!(e.to_string().contains("multiple of"), "{e}");
-    let e = build(&cfg, &imp, &Target { ffn: Some(99), ..Default::default() }, DepthMethod::Bi).unwrap_err();
+    let e = build(&cfg, &imp, &Target { ffn: Some(99), ..Default::default() }, DepthMethod::Bi)
+        .unwrap_err();
     assert!(e.to_string().contains("--ffn 99"), "{e}");
 }
 
@@ -224,15 +256,21 @@ fn build_plans_from_importance_at_exact_dims() {
 fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
     let cases = [
         // SmolLM2-like 9 query heads over 3 KV groups: keep two heads per group
-        (r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":18,
+        (
+            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":18,
             "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":9,"num_key_value_heads":3,
             "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0,"tie_word_embeddings":true}"#,
-         vec![0, 1, 3, 4, 6, 7], vec![0, 1, 2]),
+            vec![0, 1, 3, 4, 6, 7],
+            vec![0, 1, 2],
+        ),
         // MQA: one KV head shared by 4 query heads
-        (r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":13,"hidden_size":8,
+        (
+            r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":13,"hidden_size":8,
             "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":1,
             "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
-         vec![0, 2], vec![0]),
+            vec![0, 2],
+            vec![0],
+        ),
     ];
     for (json, heads, kv) in cases {
         let cfg = Config::from_json_str(json, "t").unwrap();
@@ -244,11 +282,17 @@ fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
         let (c2, w2) = apply(&cfg, &w, &plan).unwrap();
         assert_eq!(c2.num_attention_heads, heads.len());
         let mut masked = w.clone();
-        let drop: Vec<usize> =
-            (0..cfg.num_attention_heads).filter(|h| !heads.contains(h)).flat_map(|h| h * hd..(h + 1) * hd).collect();
+        let drop: Vec<usize> = (0..cfg.num_attention_heads)
+            .filter(|h| !heads.contains(h))
+            .flat_map(|h| h * hd..(h + 1) * hd)
+            .collect();
         for l in 0..2 {
             zero_cols(&mut masked, &format!("model.layers.{l}.self_attn.o_proj.weight"), &drop);
         }
-        assert!(max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5, "{}", cfg.num_attention_heads);
+        assert!(
+            max_abs(&logits(&c2, &w2), &logits(&cfg, &masked)) < 1e-5,
+            "{}",
+            cfg.num_attention_heads
+        );
     }
 }

@@ -33,14 +33,19 @@ pub struct Bpe {
 fn merge_pair(m: &Value) -> Option<(String, String)> {
     match m {
         Value::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())),
-        Value::Array(a) if a.len() == 2 => Some((a[0].as_str()?.to_string(), a[1].as_str()?.to_string())),
+        Value::Array(a) if a.len() == 2 => {
+            Some((a[0].as_str()?.to_string(), a[1].as_str()?.to_string()))
+        }
         _ => None,
     }
 }
 
 fn mentions_byte_level(v: &Value) -> bool {
     match v {
-        Value::Object(o) => o.get("type").and_then(Value::as_str) == Some("ByteLevel") || o.values().any(mentions_byte_level),
+        Value::Object(o) => {
+            o.get("type").and_then(Value::as_str) == Some("ByteLevel")
+                || o.values().any(mentions_byte_level)
+        }
         Value::Array(a) => a.iter().any(mentions_byte_level),
         _ => false,
     }
@@ -60,24 +65,44 @@ impl Bpe {
             .and_then(Value::as_object)
             .ok_or_else(|| err("tokenizer.json model.vocab missing"))?
             .iter()
-            .map(|(k, v)| Ok((k.clone(), v.as_u64().ok_or_else(|| err(format!("vocab id of {k:?} is not a number")))? as u32)))
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    v.as_u64().ok_or_else(|| err(format!("vocab id of {k:?} is not a number")))?
+                        as u32,
+                ))
+            })
             .collect::<Result<_, PruneError>>()?;
         let merges = model
             .get("merges")
             .and_then(Value::as_array)
-            .map(|a| a.iter().map(|m| merge_pair(m).ok_or_else(|| err(format!("bad merge {m}")))).collect::<Result<Vec<_>, _>>())
+            .map(|a| {
+                a.iter()
+                    .map(|m| merge_pair(m).ok_or_else(|| err(format!("bad merge {m}"))))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .transpose()?
             .unwrap_or_default();
         let added = tj
             .get("added_tokens")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|t| Some((t.get("id")?.as_u64()? as u32, t.get("content")?.as_str()?.to_string()))).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| {
+                        Some((
+                            t.get("id")?.as_u64()? as u32,
+                            t.get("content")?.as_str()?.to_string(),
+                        ))
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Bpe {
             vocab,
             merges,
             byte_fallback: model.get("byte_fallback").and_then(Value::as_bool).unwrap_or(false),
-            byte_level: mentions_byte_level(tj.get("pre_tokenizer").unwrap_or(&Value::Null)) || mentions_byte_level(tj.get("decoder").unwrap_or(&Value::Null)),
+            byte_level: mentions_byte_level(tj.get("pre_tokenizer").unwrap_or(&Value::Null))
+                || mentions_byte_level(tj.get("decoder").unwrap_or(&Value::Null)),
             added,
         })
     }
@@ -86,10 +111,13 @@ impl Bpe {
     /// intermediates, the token itself), by replaying merges in rank order.
     pub fn closure_of(&self, token: &str, ranks: &HashMap<(&str, &str), usize>) -> Vec<String> {
         let mut syms: Vec<String> = token.chars().map(String::from).collect();
-        let mut out: Vec<String> = syms.iter().filter(|s| self.vocab.contains_key(*s)).cloned().collect();
+        let mut out: Vec<String> =
+            syms.iter().filter(|s| self.vocab.contains_key(*s)).cloned().collect();
         loop {
             let best = (0..syms.len().saturating_sub(1))
-                .filter_map(|i| ranks.get(&(syms[i].as_str(), syms[i + 1].as_str())).map(|&r| (r, i)))
+                .filter_map(|i| {
+                    ranks.get(&(syms[i].as_str(), syms[i + 1].as_str())).map(|&r| (r, i))
+                })
                 .min();
             let Some((_, i)) = best else { break };
             let merged = format!("{}{}", syms[i], syms[i + 1]);
@@ -114,7 +142,8 @@ pub struct VocabPlan {
 
 /// The GPT-2 byte-level alphabet: the 256 characters bytes map to.
 fn byte_level_alphabet() -> Vec<String> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> =
+        (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -128,11 +157,18 @@ fn byte_level_alphabet() -> Vec<String> {
 }
 
 /// Plan a trim from per-id usage counts of the corpus.
-pub fn plan(bpe: &Bpe, counts: &[u64], min_count: u64, keep: &[String]) -> Result<VocabPlan, PruneError> {
+pub fn plan(
+    bpe: &Bpe,
+    counts: &[u64],
+    min_count: u64,
+    keep: &[String],
+) -> Result<VocabPlan, PruneError> {
     let n = bpe.vocab.len().max(bpe.added.iter().map(|a| a.0 as usize + 1).max().unwrap_or(0));
     let by_id: HashMap<u32, &str> = bpe.vocab.iter().map(|(k, &v)| (v, k.as_str())).collect();
     let mut kept: BTreeSet<u32> = BTreeSet::new();
-    let add = |ids: &mut dyn Iterator<Item = u32>, kept: &mut BTreeSet<u32>| ids.filter(|&i| kept.insert(i)).count();
+    let add = |ids: &mut dyn Iterator<Item = u32>, kept: &mut BTreeSet<u32>| {
+        ids.filter(|&i| kept.insert(i)).count()
+    };
     let special = add(&mut bpe.added.iter().map(|a| a.0), &mut kept);
     if special == 0 {
         return Err(err("the tokenizer declares no special tokens (added_tokens): refusing to trim a vocabulary whose control tokens cannot be identified"));
@@ -145,11 +181,22 @@ pub fn plan(bpe: &Bpe, counts: &[u64], min_count: u64, keep: &[String]) -> Resul
         Vec::new()
     };
     let bytes = add(&mut byte_names.iter().filter_map(|b| bpe.vocab.get(b).copied()), &mut kept);
-    let used = add(&mut counts.iter().enumerate().filter(|(_, &c)| c >= min_count.max(1)).map(|(i, _)| i as u32), &mut kept);
+    let used = add(
+        &mut counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c >= min_count.max(1))
+            .map(|(i, _)| i as u32),
+        &mut kept,
+    );
     let unknown: Vec<&String> = keep.iter().filter(|k| !bpe.vocab.contains_key(*k)).collect();
     if !unknown.is_empty() {
         let shown: Vec<String> = unknown.iter().take(5).map(|s| format!("{s:?}")).collect();
-        return Err(err(format!("--keep names {} token(s) not in the vocabulary: {}", unknown.len(), shown.join(", "))));
+        return Err(err(format!(
+            "--keep names {} token(s) not in the vocabulary: {}",
+            unknown.len(),
+            shown.join(", ")
+        )));
     }
     let requested = add(&mut keep.iter().filter_map(|k| bpe.vocab.get(k).copied()), &mut kept);
     // The closure of what the text uses or the user asked for (special and byte tokens are
@@ -161,7 +208,8 @@ pub fn plan(bpe: &Bpe, counts: &[u64], min_count: u64, keep: &[String]) -> Resul
         .map(|(i, _)| i as u32)
         .chain(keep.iter().filter_map(|k| bpe.vocab.get(k).copied()))
         .collect();
-    let ranks: HashMap<(&str, &str), usize> = bpe.merges.iter().enumerate().map(|(r, (a, b))| ((a.as_str(), b.as_str()), r)).collect();
+    let ranks: HashMap<(&str, &str), usize> =
+        bpe.merges.iter().enumerate().map(|(r, (a, b))| ((a.as_str(), b.as_str()), r)).collect();
     let mut closure = 0;
     for id in core {
         if let Some(tok) = by_id.get(&id) {
@@ -191,7 +239,9 @@ fn remap_processor(v: &mut Value, map: &HashMap<u32, u32>) -> Result<(), PruneEr
             for key in ["sep", "cls"] {
                 if let Some(Value::Array(pair)) = o.get_mut(key) {
                     if let Some(id) = pair.get(1).and_then(Value::as_u64) {
-                        pair[1] = json!(map.get(&(id as u32)).ok_or_else(|| err(format!("post-processor {key} id {id} was dropped")))?);
+                        pair[1] = json!(map.get(&(id as u32)).ok_or_else(|| err(format!(
+                            "post-processor {key} id {id} was dropped"
+                        )))?);
                     }
                 }
             }
@@ -200,7 +250,9 @@ fn remap_processor(v: &mut Value, map: &HashMap<u32, u32>) -> Result<(), PruneEr
                     if let Some(Value::Array(ids)) = t.get_mut("ids") {
                         for x in ids.iter_mut() {
                             let id = x.as_u64().unwrap_or(u64::MAX) as u32;
-                            *x = json!(map.get(&id).ok_or_else(|| err(format!("post-processor token {name} (id {id}) was dropped")))?);
+                            *x = json!(map.get(&id).ok_or_else(|| err(format!(
+                                "post-processor token {name} (id {id}) was dropped"
+                            )))?);
                         }
                     }
                 }
@@ -241,14 +293,18 @@ pub fn trim_tokenizer(tj: &Value, bpe: &Bpe, plan: &VocabPlan) -> Result<Value, 
         .filter(|(a, b)| kept_str(a) && kept_str(b) && kept_str(&format!("{a}{b}")))
         .map(|(a, b)| json!([a, b]))
         .collect();
-    let model = out.get_mut("model").and_then(Value::as_object_mut).ok_or_else(|| err("tokenizer.json has no model"))?;
+    let model = out
+        .get_mut("model")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| err("tokenizer.json has no model"))?;
     // serde_json without preserve_order sorts keys; transformers reads the map by value.
     model.insert("vocab".into(), Value::Object(vocab));
     model.insert("merges".into(), Value::Array(merges));
     if let Some(Value::Array(added)) = out.get_mut("added_tokens") {
         for t in added.iter_mut() {
             let id = t.get("id").and_then(Value::as_u64).unwrap_or(u64::MAX) as u32;
-            let new = map.get(&id).ok_or_else(|| err(format!("added token id {id} was dropped")))?;
+            let new =
+                map.get(&id).ok_or_else(|| err(format!("added token id {id} was dropped")))?;
             t["id"] = json!(new);
         }
     }
@@ -265,7 +321,12 @@ pub fn trim_tokenizer_config(tc: &Value, plan: &VocabPlan) -> Value {
     if let Some(Value::Object(dec)) = out.get_mut("added_tokens_decoder") {
         let renamed: Map<String, Value> = dec
             .iter()
-            .filter_map(|(k, v)| k.parse::<u32>().ok().and_then(|id| map.get(&id)).map(|n| (n.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.parse::<u32>()
+                    .ok()
+                    .and_then(|id| map.get(&id))
+                    .map(|n| (n.to_string(), v.clone()))
+            })
             .collect();
         *dec = renamed;
     }
@@ -309,7 +370,8 @@ mod tests {
     #[test]
     fn closure_replays_merges_in_rank_order() {
         let b = Bpe::from_json(&tj()).unwrap();
-        let ranks: HashMap<(&str, &str), usize> = b.merges.iter().enumerate().map(|(r, (x, y))| ((x.as_str(), y.as_str()), r)).collect();
+        let ranks: HashMap<(&str, &str), usize> =
+            b.merges.iter().enumerate().map(|(r, (x, y))| ((x.as_str(), y.as_str()), r)).collect();
         assert_eq!(b.closure_of("abc", &ranks), ["a", "b", "c", "ab", "abc"]);
     }
 
@@ -323,11 +385,18 @@ mod tests {
         assert_eq!((p.special, p.bytes, p.used, p.closure), (1, 1, 1, 4));
         let t = trim_tokenizer(&tj(), &b, &p).unwrap();
         assert_eq!(t["model"]["vocab"]["abc"], 6);
-        assert_eq!(t["model"]["merges"], json!([["a", "b"], ["ab", "c"]]), "merges with a dropped token go");
+        assert_eq!(
+            t["model"]["merges"],
+            json!([["a", "b"], ["ab", "c"]]),
+            "merges with a dropped token go"
+        );
         assert_eq!(t["post_processor"]["special_tokens"]["<s>"]["ids"], json!([0]));
         let e = plan(&b, &counts, 1, &["zz".to_string()]).unwrap_err().to_string();
         assert!(e.contains("\"zz\"") && e.contains("not in the vocabulary"), "{e}");
-        let mut cfg = json!({"bos_token_id": 0, "eos_token_id": [0], "pad_token_id": null}).as_object().unwrap().clone();
+        let mut cfg = json!({"bos_token_id": 0, "eos_token_id": [0], "pad_token_id": null})
+            .as_object()
+            .unwrap()
+            .clone();
         remap_id_fields(&mut cfg, &p).unwrap();
         assert_eq!(cfg["eos_token_id"], json!([0]));
     }

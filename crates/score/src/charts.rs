@@ -30,7 +30,8 @@ fn heatmap(rows: &[Vec<f32>], cell_w: usize, cell_h: usize, per_row_max: bool) -
     let mut c = Canvas::new(cols * cell_w, rows.len() * cell_h);
     let gmax = rows.iter().flatten().copied().fold(0f32, f32::max).max(1e-12);
     for (r, row) in rows.iter().enumerate() {
-        let m = if per_row_max { row.iter().copied().fold(0f32, f32::max).max(1e-12) } else { gmax };
+        let m =
+            if per_row_max { row.iter().copied().fold(0f32, f32::max).max(1e-12) } else { gmax };
         for (j, &x) in row.iter().enumerate() {
             c.rect(j * cell_w, r * cell_h, (j + 1) * cell_w, (r + 1) * cell_h, colour(x / m));
         }
@@ -44,9 +45,14 @@ pub fn draw(s: &Scores, dir: &Path) -> Result<Vec<&'static str>, ScoreError> {
     let mut depth = Canvas::new(bw * nl, 4 * 110);
     let inc: Vec<f32> = s.loo_loss.iter().map(|x| x - s.full_loss).collect();
     let ang = s.angular.first().cloned().unwrap_or_default();
-    for (k, (v, col)) in [(&s.bi, [31, 119, 180]), (&ang, [44, 160, 44]), (&s.loo_kl, [214, 39, 40]), (&inc, [148, 103, 189])]
-        .into_iter()
-        .enumerate()
+    for (k, (v, col)) in [
+        (&s.bi, [31, 119, 180]),
+        (&ang, [44, 160, 44]),
+        (&s.loo_kl, [214, 39, 40]),
+        (&inc, [148, 103, 189]),
+    ]
+    .into_iter()
+    .enumerate()
     {
         if !v.is_empty() {
             bars(&mut depth, v, k * 110 + 5, 100, col);

@@ -42,7 +42,12 @@ impl Acc {
 }
 
 /// Reduce (b, t, u) over valid tokens of each row with `seq`; push one value per (row, unit).
-fn push_rows(accs: &mut [Acc], x: &Tensor, valid: &[Vec<bool>], seq: Agg) -> candle_core::Result<()> {
+fn push_rows(
+    accs: &mut [Acc],
+    x: &Tensor,
+    valid: &[Vec<bool>],
+    seq: Agg,
+) -> candle_core::Result<()> {
     let (b, t, u) = x.dims3()?;
     let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     for r in 0..b {
@@ -91,7 +96,12 @@ fn log_probs(model: &Model, hidden: &Tensor) -> Result<Tensor, ScoreError> {
 }
 
 /// Mean next-token loss and per-token KL(p ‖ q) sums over valid positions.
-fn loss_and_kl(p: &Tensor, q: &Tensor, ids: &[Vec<u32>], valid: &[Vec<bool>]) -> Result<(f64, f64, f64), ScoreError> {
+fn loss_and_kl(
+    p: &Tensor,
+    q: &Tensor,
+    ids: &[Vec<u32>],
+    valid: &[Vec<bool>],
+) -> Result<(f64, f64, f64), ScoreError> {
     let (b, t, _) = q.dims3()?;
     let kl: Vec<Vec<f32>> = (p.exp()? * (p - q)?)?.sum(D::Minus1)?.to_vec2()?;
     let (mut loss, mut kls, mut n) = (0.0, 0.0, 0.0);
@@ -147,10 +157,19 @@ impl Accums {
     }
 
     /// Width importance from one tapped activation of layer `l`.
-    fn record(&mut self, l: usize, what: Tap, a: &Tensor, valid: &[Vec<bool>], seq: Agg) -> candle_core::Result<()> {
+    fn record(
+        &mut self,
+        l: usize,
+        what: Tap,
+        a: &Tensor,
+        valid: &[Vec<bool>],
+        seq: Agg,
+    ) -> candle_core::Result<()> {
         match what {
             Tap::MlpAct => push_rows(&mut self.mlp[l], a, valid, seq),
-            Tap::Heads => push_rows(&mut self.heads[l], &a.sqr()?.sum(D::Minus1)?.sqrt()?, valid, seq),
+            Tap::Heads => {
+                push_rows(&mut self.heads[l], &a.sqr()?.sum(D::Minus1)?.sqrt()?, valid, seq)
+            }
             Tap::InputNorm => push_rows(&mut self.hidden[2 * l], a, valid, seq),
             Tap::PostAttnNorm => push_rows(&mut self.hidden[2 * l + 1], a, valid, seq),
             Tap::FinalNorm => push_rows(&mut self.hidden[2 * self.nl], a, valid, seq),
@@ -159,27 +178,40 @@ impl Accums {
     }
 
     /// Depth metrics between boundary state `from` (input of layer `l`) and the state `n` layers on.
-    fn depth(&mut self, l: usize, n: usize, from: &Tensor, to: &Tensor, valid: &[Vec<bool>]) -> candle_core::Result<()> {
+    fn depth(
+        &mut self,
+        l: usize,
+        n: usize,
+        from: &Tensor,
+        to: &Tensor,
+        valid: &[Vec<bool>],
+    ) -> candle_core::Result<()> {
         let c = cosine(from, to)?;
         if n == 1 {
             self.bi[l] += mean_valid(&c, valid, |x| 1.0 - x as f64).0;
         }
-        self.ang[n][l] += mean_valid(&c, valid, |x| (x.clamp(-1.0, 1.0) as f64).acos() / std::f64::consts::PI).0;
+        self.ang[n][l] +=
+            mean_valid(&c, valid, |x| (x.clamp(-1.0, 1.0) as f64).acos() / std::f64::consts::PI).0;
         Ok(())
     }
 
     fn finish(self, opts: &ScoreOptions) -> Scores {
-        let fin = |accs: &[Vec<Acc>]| -> Vec<Vec<f32>> { accs.iter().map(|r| r.iter().map(|a| a.get(opts.batch)).collect()).collect() };
+        let fin = |accs: &[Vec<Acc>]| -> Vec<Vec<f32>> {
+            accs.iter().map(|r| r.iter().map(|a| a.get(opts.batch)).collect()).collect()
+        };
         let hid_parts = fin(&self.hidden);
         let h = hid_parts.first().map_or(0, Vec::len);
         let tokens = self.tokens.max(1.0);
-        let per_tok = |v: &[f64], n: f64| v.iter().map(|s| (s / n.max(1.0)) as f32).collect::<Vec<_>>();
+        let per_tok =
+            |v: &[f64], n: f64| v.iter().map(|s| (s / n.max(1.0)) as f32).collect::<Vec<_>>();
         Scores {
             mlp: fin(&self.mlp),
             heads: fin(&self.heads),
             hidden: (0..h).map(|j| hid_parts.iter().map(|r| r[j]).sum()).collect(),
             bi: per_tok(&self.bi, tokens),
-            angular: (1..=self.max_n).map(|n| per_tok(&self.ang[n][..=self.nl - n], tokens)).collect(),
+            angular: (1..=self.max_n)
+                .map(|n| per_tok(&self.ang[n][..=self.nl - n], tokens))
+                .collect(),
             loo_kl: per_tok(&self.loo_kl, self.loss_n),
             loo_loss: per_tok(&self.loo_loss, self.loss_n),
             full_loss: (self.full_loss / self.loss_n.max(1.0)) as f32,
@@ -190,7 +222,11 @@ impl Accums {
 
 fn ids_tensor(ids: &[Vec<u32>]) -> candle_core::Result<Tensor> {
     let t = ids.first().map_or(0, Vec::len);
-    Tensor::from_vec(ids.iter().flatten().copied().collect::<Vec<u32>>(), (ids.len(), t), &Device::Cpu)
+    Tensor::from_vec(
+        ids.iter().flatten().copied().collect::<Vec<u32>>(),
+        (ids.len(), t),
+        &Device::Cpu,
+    )
 }
 
 fn count_tokens(valid: &[Vec<bool>]) -> f64 {
@@ -234,7 +270,10 @@ pub fn collect(
             acc.loss_n += n0;
             for l in 0..nl {
                 progress("leave-one-out", l, nl);
-                let q = log_probs(model, &model.forward_tapped(&x, Some(valid), &[l], &mut |_, _, _| Ok(()))?)?;
+                let q = log_probs(
+                    model,
+                    &model.forward_tapped(&x, Some(valid), &[l], &mut |_, _, _| Ok(()))?,
+                )?;
                 let (lq, kq, _) = loss_and_kl(&p, &q, ids, valid)?;
                 acc.loo_loss[l] += lq;
                 acc.loo_kl[l] += kq;
@@ -263,12 +302,21 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
     let prefix = format!("model.layers.{l}.");
     for t in hf.checkpoint.infos() {
         if let Some(rest) = t.name.strip_prefix(&prefix) {
-            w.insert(format!("model.layers.0.{rest}"), hf.checkpoint.tensor(&t.name)?.to_dtype(DType::F32)?);
+            w.insert(
+                format!("model.layers.0.{rest}"),
+                hf.checkpoint.tensor(&t.name)?.to_dtype(DType::F32)?,
+            );
             hf.checkpoint.release(&t.name);
         }
     }
-    w.insert("model.embed_tokens.weight".into(), Tensor::zeros((1, cfg.hidden_size), DType::F32, &Device::Cpu)?);
-    w.insert("model.norm.weight".into(), hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?);
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        Tensor::zeros((1, cfg.hidden_size), DType::F32, &Device::Cpu)?,
+    );
+    w.insert(
+        "model.norm.weight".into(),
+        hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?,
+    );
     Ok(Model::new(&c, &w, orlik_model::ModelOptions::default())?)
 }
 
@@ -288,7 +336,11 @@ pub fn collect_streaming(
     let mut xs: Vec<Tensor> = Vec::with_capacity(batches.len());
     for (ids, _) in batches {
         let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let x = embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((b, t, cfg.hidden_size))?;
+        let x = embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            cfg.hidden_size,
+        ))?;
         xs.push(match cfg.embed_scale() {
             Some(s) => (x * s)?, // Gemma
             None => x,
@@ -306,7 +358,9 @@ pub fn collect_streaming(
                 loo_inputs[bi].push(xs[bi].clone());
             }
             ring[bi].push_back(xs[bi].clone());
-            let out = m.forward_layers(&xs[bi], Some(valid), &mut |_, what, a| acc.record(l, what, a, valid, opts.seq))?;
+            let out = m.forward_layers(&xs[bi], Some(valid), &mut |_, what, a| {
+                acc.record(l, what, a, valid, opts.seq)
+            })?;
             // depth: blocks of n layers ending after layer l
             for n in 1..=acc.max_n.min(ring[bi].len()) {
                 let from = &ring[bi][ring[bi].len() - n];
@@ -322,7 +376,8 @@ pub fn collect_streaming(
     // final norm and lm_head (the embedding when tied)
     let norm = hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?;
     let norm = if cfg.norm_offset() { (norm + 1.0)? } else { norm }; // Gemma: (1 + w)
-    let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    let head_name =
+        if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head = hf.checkpoint.tensor(head_name)?.to_dtype(DType::F32)?;
     let logp = |x: &Tensor| -> Result<Tensor, ScoreError> {
         let h = ops::rms_norm(x, &norm, cfg.rms_norm_eps, false)?;

@@ -121,7 +121,11 @@ impl Scores {
             t.push((format!("angular.{}", i + 1), v(a)?));
         }
         let refs: Vec<&(String, Tensor)> = t.iter().collect();
-        orlik_io::safetensors::write_file(&dir.join("scores.safetensors"), &refs, candle_core::DType::F32)?;
+        orlik_io::safetensors::write_file(
+            &dir.join("scores.safetensors"),
+            &refs,
+            candle_core::DType::F32,
+        )?;
         let p = dir.join("scores.json");
         std::fs::write(&p, serde_json::to_string_pretty(meta).unwrap_or_default())
             .map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
@@ -131,10 +135,18 @@ impl Scores {
     /// Every score a finite number: a NaN or infinity (from a corrupt model or an overflow) is an
     /// error naming the score, never written out for `prune` to trip over.
     pub fn check_finite(&self) -> Result<(), ScoreError> {
-        let ones: [(&str, &[f32]); 5] =
-            [("hidden", &self.hidden), ("bi", &self.bi), ("loo_kl", &self.loo_kl), ("loo_loss", &self.loo_loss), ("full_loss", std::slice::from_ref(&self.full_loss))];
+        let ones: [(&str, &[f32]); 5] = [
+            ("hidden", &self.hidden),
+            ("bi", &self.bi),
+            ("loo_kl", &self.loo_kl),
+            ("loo_loss", &self.loo_loss),
+            ("full_loss", std::slice::from_ref(&self.full_loss)),
+        ];
         let rows = [("mlp", &self.mlp), ("heads", &self.heads), ("angular", &self.angular)];
-        let named = ones.into_iter().map(|(n, v)| (n, 0usize, v)).chain(rows.into_iter().flat_map(|(n, r)| r.iter().enumerate().map(move |(i, v)| (n, i, v.as_slice()))));
+        let named = ones.into_iter().map(|(n, v)| (n, 0usize, v)).chain(
+            rows.into_iter()
+                .flat_map(|(n, r)| r.iter().enumerate().map(move |(i, v)| (n, i, v.as_slice()))),
+        );
         for (name, row, v) in named {
             if let Some(j) = v.iter().position(|x| !x.is_finite()) {
                 return Err(ScoreError::Input(format!(
@@ -148,10 +160,16 @@ impl Scores {
 
     pub fn load(dir: &Path) -> Result<(Scores, ScoreMeta), ScoreError> {
         let p = dir.join("scores.json");
-        let text = std::fs::read_to_string(&p).map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
-        let meta: ScoreMeta = serde_json::from_str(&text).map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
+        let meta: ScoreMeta = serde_json::from_str(&text)
+            .map_err(|e| ScoreError::Input(format!("{}: {e}", p.display())))?;
         if meta.format_version != FORMAT_VERSION {
-            return Err(ScoreError::Input(format!("{}: scores format {} (this orlik reads {FORMAT_VERSION})", p.display(), meta.format_version)));
+            return Err(ScoreError::Input(format!(
+                "{}: scores format {} (this orlik reads {FORMAT_VERSION})",
+                p.display(),
+                meta.format_version
+            )));
         }
         let ck = Checkpoint::open(&dir.join("scores.safetensors"))?;
         let v1 = |n: &str| -> Result<Vec<f32>, ScoreError> { Ok(ck.tensor(n)?.to_vec1()?) };
@@ -208,10 +226,17 @@ pub fn calibration_batches(
     }
     let n = (stream.len() / seq_len.max(1)).min(samples);
     if n == 0 {
-        return Err(ScoreError::Input(format!("calibration data has {} tokens, fewer than one window of {seq_len}", stream.len())));
+        return Err(ScoreError::Input(format!(
+            "calibration data has {} tokens, fewer than one window of {seq_len}",
+            stream.len()
+        )));
     }
-    let rows: Vec<Vec<u32>> = (0..n).map(|i| stream[i * seq_len..(i + 1) * seq_len].to_vec()).collect();
-    Ok(rows.chunks(batch.max(1)).map(|c| (c.to_vec(), vec![vec![true; seq_len]; c.len()])).collect())
+    let rows: Vec<Vec<u32>> =
+        (0..n).map(|i| stream[i * seq_len..(i + 1) * seq_len].to_vec()).collect();
+    Ok(rows
+        .chunks(batch.max(1))
+        .map(|c| (c.to_vec(), vec![vec![true; seq_len]; c.len()]))
+        .collect())
 }
 
 #[cfg(test)]

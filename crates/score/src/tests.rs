@@ -38,10 +38,12 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
         w.insert(format!("model.layers.2.{n}"), t); // layer 2 is the identity
     }
     let m = Model::new(&c, &w, ModelOptions::default()).unwrap();
-    let docs: Vec<Vec<u32>> = (0..6).map(|d| (0..20).map(|i| ((i * 7 + d * 3) % 13) as u32).collect()).collect();
+    let docs: Vec<Vec<u32>> =
+        (0..6).map(|d| (0..20).map(|i| ((i * 7 + d * 3) % 13) as u32).collect()).collect();
     let batches = calibration_batches(&docs, Some(2), 6, 16, 2).unwrap();
     let s = collect(&m, &batches, &ScoreOptions::default(), |_, _, _| {}).unwrap();
-    let argmin = |v: &[f32]| v.iter().enumerate().min_by(|a, b| a.1.partial_cmp(b.1).unwrap()).unwrap().0;
+    let argmin =
+        |v: &[f32]| v.iter().enumerate().min_by(|a, b| a.1.partial_cmp(b.1).unwrap()).unwrap().0;
     assert_eq!(s.mlp[0][5], 0.0);
     assert_eq!(argmin(&s.mlp[0]), 5);
     assert_eq!(s.heads[1][2], 0.0);
@@ -75,10 +77,13 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
 #[test]
 fn layer_by_layer_streaming_equals_in_memory_scoring() {
     for name in ["llama", "qwen2", "mistral", "gemma3"] {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name);
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures")
+            .join(name);
         let hf = orlik_io::hfdir::HfModel::open(&dir).unwrap();
         let m = hf.load(ModelOptions::default()).unwrap();
-        let docs: Vec<Vec<u32>> = (0..8).map(|d| (0..30).map(|i| ((i * 5 + d * 11) % 64) as u32).collect()).collect();
+        let docs: Vec<Vec<u32>> =
+            (0..8).map(|d| (0..30).map(|i| ((i * 5 + d * 11) % 64) as u32).collect()).collect();
         let batches = calibration_batches(&docs, Some(2), 6, 16, 2).unwrap();
         let opts = ScoreOptions { max_block: 2, ..ScoreOptions::default() };
         let a = collect(&m, &batches, &opts, |_, _, _| {}).unwrap();

@@ -33,7 +33,16 @@ pub struct State {
 impl State {
     /// The state before the first step of a run with data-order seed `seed`.
     pub fn fresh(seed: u64) -> State {
-        State { version: STATE_VERSION, step: 0, cursor: 0, seed, tokens_seen: 0, bad_in_a_row: 0, skipped_steps: 0, train_seconds: 0.0 }
+        State {
+            version: STATE_VERSION,
+            step: 0,
+            cursor: 0,
+            seed,
+            tokens_seen: 0,
+            bad_in_a_row: 0,
+            skipped_steps: 0,
+            train_seconds: 0.0,
+        }
     }
 }
 
@@ -49,14 +58,8 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     }
     for e in std::fs::read_dir(root).map_err(file_err(root))? {
         let p = e.map_err(file_err(root))?.path();
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        if let Some(n) = name
-            .strip_prefix("step-")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
+        let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if let Some(n) = name.strip_prefix("step-").and_then(|s| s.parse::<u64>().ok()) {
             if p.join("state.json").exists() {
                 out.push((n, p));
             }
@@ -91,16 +94,8 @@ pub fn save(
             o.push((format!("m.{n}"), t(&s.m)?));
             o.push((format!("v.{n}"), t(&s.v)?));
         }
-        write_file(
-            &tmp.join("weights.safetensors"),
-            &w.iter().collect::<Vec<_>>(),
-            DType::F32,
-        )?;
-        write_file(
-            &tmp.join("optimizer.safetensors"),
-            &o.iter().collect::<Vec<_>>(),
-            DType::F32,
-        )?;
+        write_file(&tmp.join("weights.safetensors"), &w.iter().collect::<Vec<_>>(), DType::F32)?;
+        write_file(&tmp.join("optimizer.safetensors"), &o.iter().collect::<Vec<_>>(), DType::F32)?;
         let p = tmp.join("state.json");
         std::fs::write(&p, serde_json::to_vec_pretty(state).unwrap_or_default())
             .map_err(file_err(&p))?;
@@ -131,11 +126,7 @@ pub fn load(dir: &Path, names: &[String], slots: &mut [Slot]) -> Result<State, T
     let w = Checkpoint::open(&dir.join("weights.safetensors"))?;
     let o = Checkpoint::open(&dir.join("optimizer.safetensors"))?;
     let read = |ck: &Checkpoint, name: &str, want: usize| -> Result<Vec<f32>, TrainError> {
-        let v = ck
-            .tensor(name)?
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let v = ck.tensor(name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if v.len() != want {
             return Err(TrainError::Resume(format!(
                 "{}: {name} has {} values, the model needs {want}",

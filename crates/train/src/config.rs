@@ -119,24 +119,18 @@ impl TrainConfig {
 
     pub fn total_steps(&self) -> Result<u64, TrainError> {
         match (self.steps, self.tokens) {
-            (Some(_), Some(_)) => Err(TrainError::Config(
-                "give --steps or --tokens, not both".into(),
-            )),
+            (Some(_), Some(_)) => {
+                Err(TrainError::Config("give --steps or --tokens, not both".into()))
+            }
             (Some(s), None) if s > 0 => Ok(s),
             (None, Some(t)) if t > 0 => Ok(t.div_ceil(self.tokens_per_step())),
-            _ => Err(TrainError::Config(
-                "give a positive --steps or --tokens".into(),
-            )),
+            _ => Err(TrainError::Config("give a positive --steps or --tokens".into())),
         }
     }
 
     pub fn warmup_steps(&self) -> Result<u64, TrainError> {
         let total = self.total_steps()?;
-        Ok(if self.warmup > 0 {
-            self.warmup.min(total)
-        } else {
-            (total / 50).max(1)
-        })
+        Ok(if self.warmup > 0 { self.warmup.min(total) } else { (total / 50).max(1) })
     }
 
     pub fn min_lr(&self) -> f64 {
@@ -191,16 +185,24 @@ impl TrainConfig {
 /// Check a run directory before training into it and record the run there: a new run needs an
 /// empty (or absent) `out` and writes `out/run.json`; `resume` needs `out/run.json` with the same
 /// settings (`run_json`) except the keys that may change on resume, and names those that differ.
-pub fn open_run(out: &std::path::Path, run_json: &serde_json::Value, resume: bool) -> Result<(), TrainError> {
+pub fn open_run(
+    out: &std::path::Path,
+    run_json: &serde_json::Value,
+    resume: bool,
+) -> Result<(), TrainError> {
     let run_path = out.join("run.json");
     if resume {
-        let text = std::fs::read_to_string(&run_path)
-            .map_err(|e| TrainError::Resume(format!("{}: {e} (nothing to resume)", run_path.display())))?;
-        let saved: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| TrainError::Resume(format!("{}: {e}", run_path.display())))?;
+        let text = std::fs::read_to_string(&run_path).map_err(|e| {
+            TrainError::Resume(format!("{}: {e} (nothing to resume)", run_path.display()))
+        })?;
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Resume(format!("{}: {e}", run_path.display())))?;
         let diff = differing_keys(&saved, run_json, RESUMABLE_KEYS);
         if !diff.is_empty() {
-            return Err(TrainError::Resume(format!("the run's settings changed since it started: {}", diff.join("; "))));
+            return Err(TrainError::Resume(format!(
+                "the run's settings changed since it started: {}",
+                diff.join("; ")
+            )));
         }
         return Ok(());
     }
@@ -217,8 +219,11 @@ pub fn open_run(out: &std::path::Path, run_json: &serde_json::Value, resume: boo
     }
     std::fs::create_dir_all(out).map_err(crate::file_err(out))?;
     // Atomically: a run killed here must leave no half-written run.json that --resume trips on.
-    orlik_io::atomic::write_file_atomically(&run_path, &serde_json::to_vec_pretty(run_json).unwrap_or_default())
-        .map_err(|e| TrainError::Config(e.to_string()))
+    orlik_io::atomic::write_file_atomically(
+        &run_path,
+        &serde_json::to_vec_pretty(run_json).unwrap_or_default(),
+    )
+    .map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// Keys whose values differ between two JSON objects (recursively, dotted), ignoring `skip`.
@@ -236,22 +241,12 @@ pub fn differing_keys(a: &serde_json::Value, b: &serde_json::Value, skip: &[&str
                 keys.sort();
                 keys.dedup();
                 for k in keys {
-                    let path = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
+                    let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
                     if skip.contains(&k.as_str()) {
                         continue;
                     }
                     let n = serde_json::Value::Null;
-                    walk(
-                        &path,
-                        x.get(k).unwrap_or(&n),
-                        y.get(k).unwrap_or(&n),
-                        skip,
-                        out,
-                    );
+                    walk(&path, x.get(k).unwrap_or(&n), y.get(k).unwrap_or(&n), skip, out);
                 }
             }
             _ if a != b => out.push(format!("{prefix} ({a} -> {b})")),
@@ -271,32 +266,16 @@ mod tests {
     fn toml_rejects_unknown_keys_and_wrong_types_and_fills_defaults() {
         let c = TrainConfig::from_toml("steps = 10\nlr = 1e-3\nschedule = \"wsd\"\n", "a.toml")
             .unwrap();
-        assert_eq!(
-            (c.steps, c.lr, c.schedule, c.batch),
-            (Some(10), 1e-3, Schedule::Wsd, 8)
-        );
-        let e = TrainConfig::from_toml("stepz = 10\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        assert_eq!((c.steps, c.lr, c.schedule, c.batch), (Some(10), 1e-3, Schedule::Wsd, 8));
+        let e = TrainConfig::from_toml("stepz = 10\n", "a.toml").unwrap_err().to_string();
         assert!(e.contains("stepz") && e.contains("a.toml"), "{e}");
-        let e = TrainConfig::from_toml("lr = \"fast\"\n", "a.toml")
-            .unwrap_err()
-            .to_string();
+        let e = TrainConfig::from_toml("lr = \"fast\"\n", "a.toml").unwrap_err().to_string();
         assert!(e.contains("lr") || e.contains("invalid type"), "{e}");
-        let c = TrainConfig {
-            tokens: Some(1000),
-            seq_len: 10,
-            batch: 2,
-            ..Default::default()
-        };
+        let c = TrainConfig { tokens: Some(1000), seq_len: 10, batch: 2, ..Default::default() };
         assert_eq!(c.total_steps().unwrap(), 50);
-        assert!(TrainConfig {
-            steps: Some(1),
-            tokens: Some(1),
-            ..Default::default()
-        }
-        .validate()
-        .is_err());
+        assert!(TrainConfig { steps: Some(1), tokens: Some(1), ..Default::default() }
+            .validate()
+            .is_err());
     }
 
     #[test]
@@ -307,9 +286,6 @@ mod tests {
             serde_json::json!({"lr": 2.0, "batch": 8, "save_every": 6, "run": {"teacher": "y"}});
         let d = differing_keys(&a, &b, RESUMABLE_KEYS);
         assert_eq!(d.len(), 2, "{d:?}");
-        assert!(
-            d[0].starts_with("lr") && d[1].starts_with("run.teacher"),
-            "{d:?}"
-        );
+        assert!(d[0].starts_with("lr") && d[1].starts_with("run.teacher"), "{d:?}");
     }
 }

@@ -13,21 +13,14 @@ pub fn read(path: &Path) -> Result<Vec<Value>, TrainError> {
     }
     let text = std::fs::read_to_string(path).map_err(file_err(path))?;
     // A killed writer may leave a partial last line: ignore lines that do not parse.
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
 /// Keep only rows with `step` ≤ `last_step` (rewritten atomically).
 pub fn truncate(path: &Path, last_step: u64) -> Result<(), TrainError> {
     let rows: Vec<Value> = read(path)?
         .into_iter()
-        .filter(|r| {
-            r.get("step")
-                .and_then(Value::as_u64)
-                .is_some_and(|s| s <= last_step)
-        })
+        .filter(|r| r.get("step").and_then(Value::as_u64).is_some_and(|s| s <= last_step))
         .collect();
     let tmp = path.with_extension("jsonl.tmp");
     let mut text = String::new();
@@ -40,19 +33,14 @@ pub fn truncate(path: &Path, last_step: u64) -> Result<(), TrainError> {
 }
 
 pub fn append(path: &Path, row: &Value) -> Result<(), TrainError> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(file_err(path))?;
+    let mut f =
+        std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(file_err(path))?;
     writeln!(f, "{row}").map_err(file_err(path))?;
     f.flush().map_err(file_err(path))
 }
 
 fn series(rows: &[Value], key: &str) -> Vec<(f64, f64)> {
-    rows.iter()
-        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
-        .collect()
+    rows.iter().filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?))).collect()
 }
 
 /// Smooth a noisy series with an exponential moving average (debiased like Adam's moments).
@@ -77,7 +65,8 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
     if !loss.is_empty() {
         let smooth = ema(&loss, 0.9);
         // The validation series on the training loss's scale: KL for distillation, CE otherwise.
-        let val_key = if rows.iter().any(|r| r.get("kl").is_some()) { "val_kl" } else { "val_loss" };
+        let val_key =
+            if rows.iter().any(|r| r.get("kl").is_some()) { "val_kl" } else { "val_loss" };
         let c = orlik_io::png::line_chart(&[loss, smooth, series(&rows, val_key)], 800, 400, false);
         c.save(&dir.join("loss.png"))?;
         out.push("loss.png".into());
@@ -92,11 +81,19 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
 
 /// One chart comparing runs: `key` (e.g. `val_bits_per_byte`, `loss`) against `step`, one series
 /// per run directory (its metrics.jsonl), smoothed when `smooth`. Returns "colour: run" captions.
-pub fn compare(runs: &[std::path::PathBuf], key: &str, smooth: bool, out: &Path) -> Result<Vec<String>, TrainError> {
+pub fn compare(
+    runs: &[std::path::PathBuf],
+    key: &str,
+    smooth: bool,
+    out: &Path,
+) -> Result<Vec<String>, TrainError> {
     // The chart replaces only a PNG: never a user's other file, never a run it reads.
     let is_png = std::fs::read(out).map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n")).unwrap_or(false);
     if out.is_dir() || (out.exists() && !is_png) {
-        return Err(TrainError::Data(format!("{}: exists and is not a PNG chart; choose another --output", out.display())));
+        return Err(TrainError::Data(format!(
+            "{}: exists and is not a PNG chart; choose another --output",
+            out.display()
+        )));
     }
     let mut all = Vec::new();
     let mut captions = Vec::new();

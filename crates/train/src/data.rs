@@ -50,17 +50,9 @@ pub fn read_documents(files: &[PathBuf]) -> Result<Vec<String>, TrainError> {
         let text = std::fs::read_to_string(f)
             .map_err(|e| TrainError::Data(format!("{}: {e}", f.display())))?;
         let before = docs.len();
-        docs.extend(
-            text.split("\n\n")
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from),
-        );
+        docs.extend(text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).map(String::from));
         if docs.len() == before {
-            return Err(TrainError::Data(format!(
-                "{}: no text (empty file)",
-                f.display()
-            )));
+            return Err(TrainError::Data(format!("{}: no text (empty file)", f.display())));
         }
     }
     Ok(docs)
@@ -100,20 +92,11 @@ pub fn pack(
         )));
     }
     tokens.truncate(n * w);
-    Ok(Packed {
-        tokens,
-        seq_len,
-        bytes,
-        stream_tokens,
-    })
+    Ok(Packed { tokens, seq_len, bytes, stream_tokens })
 }
 
 fn names(files: &[PathBuf]) -> String {
-    files
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Window index of sample `cursor` in a shuffled, epoch-wise order over `n` windows.
@@ -125,11 +108,7 @@ pub struct Order {
 
 impl Order {
     pub fn new(n: usize, seed: u64) -> Order {
-        Order {
-            n,
-            seed,
-            epoch: None,
-        }
+        Order { n, seed, epoch: None }
     }
     pub fn window(&mut self, cursor: u64) -> usize {
         let e = cursor / self.n as u64;
@@ -143,11 +122,7 @@ impl Order {
             }
             self.epoch = Some((e, p));
         }
-        let p = &self
-            .epoch
-            .as_ref()
-            .map(|(_, p)| p.as_slice())
-            .unwrap_or(&[]);
+        let p = &self.epoch.as_ref().map(|(_, p)| p.as_slice()).unwrap_or(&[]);
         p[(cursor % self.n as u64) as usize] as usize
     }
 }
@@ -162,10 +137,7 @@ mod tests {
         let seq: Vec<usize> = (0..30).map(|c| a.window(c)).collect();
         let mut b = Order::new(10, 7);
         // Jumping straight to a cursor gives the same windows as walking there.
-        assert_eq!(
-            (15..30).map(|c| b.window(c)).collect::<Vec<_>>(),
-            seq[15..].to_vec()
-        );
+        assert_eq!((15..30).map(|c| b.window(c)).collect::<Vec<_>>(), seq[15..].to_vec());
         for e in 0..3 {
             let mut ep = seq[e * 10..(e + 1) * 10].to_vec();
             ep.sort();
@@ -173,9 +145,6 @@ mod tests {
         }
         assert_ne!(seq[..10], seq[10..20], "epochs reshuffled");
         let mut c = Order::new(10, 8);
-        assert_ne!(
-            (0..10).map(|x| c.window(x)).collect::<Vec<_>>(),
-            seq[..10].to_vec()
-        );
+        assert_ne!((0..10).map(|x| c.window(x)).collect::<Vec<_>>(), seq[..10].to_vec());
     }
 }

@@ -40,10 +40,7 @@ pub enum TrainError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]
-    File {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    File { path: std::path::PathBuf, source: std::io::Error },
 }
 
 pub(crate) fn file_err(

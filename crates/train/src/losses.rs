@@ -59,11 +59,7 @@ pub enum TeacherRow<'a> {
     /// Log-probabilities over the whole vocabulary.
     Full(&'a [f32]),
     /// Top-k token ids, their log-probabilities, and the probability mass of all other tokens.
-    TopK {
-        ids: &'a [u32],
-        logp: &'a [f32],
-        tail: f32,
-    },
+    TopK { ids: &'a [u32], logp: &'a [f32], tail: f32 },
 }
 
 /// Loss terms of one row (unweighted).
@@ -82,15 +78,8 @@ const LOG_FLOOR: f64 = -69.0;
 /// log-softmax of `z / t` in f64.
 pub fn log_softmax(z: &[f32], t: f32) -> Vec<f64> {
     let t = t as f64;
-    let max = z
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-    let lse = z
-        .iter()
-        .map(|&x| (x as f64 / t - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
+    let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
+    let lse = z.iter().map(|&x| (x as f64 / t - max).exp()).sum::<f64>().ln() + max;
     z.iter().map(|&x| x as f64 / t - lse).collect()
 }
 
@@ -98,11 +87,7 @@ pub fn log_softmax(z: &[f32], t: f32) -> Vec<f64> {
 pub fn top_k(logp: &[f64], k: usize) -> (Vec<u32>, Vec<f32>, f32) {
     let mut idx: Vec<u32> = (0..logp.len() as u32).collect();
     let k = k.min(logp.len());
-    let cmp = |a: &u32, b: &u32| {
-        logp[*b as usize]
-            .total_cmp(&logp[*a as usize])
-            .then(a.cmp(b))
-    };
+    let cmp = |a: &u32, b: &u32| logp[*b as usize].total_cmp(&logp[*a as usize]).then(a.cmp(b));
     if k < idx.len() {
         idx.select_nth_unstable_by(k, cmp);
         idx.truncate(k);
@@ -113,12 +98,7 @@ pub fn top_k(logp: &[f64], k: usize) -> (Vec<u32>, Vec<f32>, f32) {
         is_in[i as usize] = true;
     }
     // Sum the rest directly rather than 1 - inside, which cancels catastrophically.
-    let tail: f64 = logp
-        .iter()
-        .zip(&is_in)
-        .filter(|(_, &i)| !i)
-        .map(|(l, _)| l.exp())
-        .sum();
+    let tail: f64 = logp.iter().zip(&is_in).filter(|(_, &i)| !i).map(|(l, _)| l.exp()).sum();
     let lp = idx.iter().map(|&i| logp[i as usize] as f32).collect();
     (idx, lp, tail as f32)
 }
@@ -146,19 +126,8 @@ fn bucket(loss: KdLoss, beta: f64, ls: f64, lp: f64) -> (f64, f64) {
             }
             let lm = m.ln();
             let tp = if p > 0.0 { beta * p * (lp - lm) } else { 0.0 };
-            let ts = if s > 0.0 {
-                (1.0 - beta) * s * (ls - lm)
-            } else {
-                0.0
-            };
-            (
-                tp + ts,
-                if s > 0.0 {
-                    (1.0 - beta) * s * (ls - lm)
-                } else {
-                    0.0
-                },
-            )
+            let ts = if s > 0.0 { (1.0 - beta) * s * (ls - lm) } else { 0.0 };
+            (tp + ts, if s > 0.0 { (1.0 - beta) * s * (ls - lm) } else { 0.0 })
         }
     }
 }
@@ -168,7 +137,14 @@ fn bucket(loss: KdLoss, beta: f64, ls: f64, lp: f64) -> (f64, f64) {
 ///
 /// One exponential per vocabulary entry on the student side: e_j = exp(u_j − max u) is kept (in
 /// `grad`, before it is overwritten) and every student quantity derives from it; sums are f64.
-pub fn row_loss(z: &[f32], teacher: Option<TeacherRow>, target: Option<u32>, spec: &KdSpec, scale: f32, grad: &mut [f32]) -> RowLoss {
+pub fn row_loss(
+    z: &[f32],
+    teacher: Option<TeacherRow>,
+    target: Option<u32>,
+    spec: &KdSpec,
+    scale: f32,
+    grad: &mut [f32],
+) -> RowLoss {
     let v = z.len();
     let t = spec.temperature as f64;
     let inv_t = 1.0 / spec.temperature;
@@ -213,11 +189,16 @@ pub fn row_loss(z: &[f32], teacher: Option<TeacherRow>, target: Option<u32>, spe
                     kd_sum_a += aj;
                 }
                 // Student tail mass, summed directly (no cancellation): Σ_{j∉K} e_j / Z.
-                let rest: f64 = grad.iter().zip(&in_k).filter(|(_, &k)| !k).map(|(&e, _)| e as f64).sum();
-                let ls_tail = if rest > 0.0 { rest.ln() + max as f64 - log_z } else { f64::NEG_INFINITY };
+                let rest: f64 =
+                    grad.iter().zip(&in_k).filter(|(_, &k)| !k).map(|(&e, _)| e as f64).sum();
+                let ls_tail =
+                    if rest > 0.0 { rest.ln() + max as f64 - log_z } else { f64::NEG_INFINITY };
                 let lp_tail = if tail > 0.0 { (tail as f64).ln() } else { f64::NEG_INFINITY };
-                let (term, a_tail) =
-                    if rest <= 0.0 && tail <= 0.0 { (0.0, 0.0) } else { bucket(spec.loss, beta, ls_tail, lp_tail) };
+                let (term, a_tail) = if rest <= 0.0 && tail <= 0.0 {
+                    (0.0, 0.0)
+                } else {
+                    bucket(spec.loss, beta, ls_tail, lp_tail)
+                };
                 kd += term;
                 kd_sum_a += a_tail;
                 tail_factor = if rest > 0.0 { a_tail / (rest * inv_zsum) } else { 0.0 };
@@ -253,7 +234,11 @@ pub fn row_loss(z: &[f32], teacher: Option<TeacherRow>, target: Option<u32>, spe
             g = t * (c - s * kd_sum_a);
         }
         if ce_on {
-            let s1 = if spec.temperature == 1.0 { s } else { ((z[j] - ce_max) as f64).exp() / (ce_log_z - ce_max as f64).exp() };
+            let s1 = if spec.temperature == 1.0 {
+                s
+            } else {
+                ((z[j] - ce_max) as f64).exp() / (ce_log_z - ce_max as f64).exp()
+            };
             g += ce_w * s1;
         }
         grad[j] = (g * sc) as f32;
@@ -283,12 +268,7 @@ mod tests {
     use super::*;
 
     fn spec(loss: KdLoss, t: f32) -> KdSpec {
-        KdSpec {
-            loss,
-            temperature: t,
-            beta: 0.5,
-            ce_weight: 0.0,
-        }
+        KdSpec { loss, temperature: t, beta: 0.5, ce_weight: 0.0 }
     }
 
     fn numeric(z: &[f32], f: &dyn Fn(&[f32]) -> f64) -> Vec<f64> {
@@ -314,29 +294,16 @@ mod tests {
                 sp.ce_weight = 0.3;
                 let lp: Vec<f32> = log_softmax(&zt, t).iter().map(|&x| x as f32).collect();
                 let (ids, tlp, tail) = top_k(&log_softmax(&zt, t), 3);
-                for row in [
-                    TeacherRow::Full(&lp),
-                    TeacherRow::TopK {
-                        ids: &ids,
-                        logp: &tlp,
-                        tail,
-                    },
-                ] {
+                for row in [TeacherRow::Full(&lp), TeacherRow::TopK { ids: &ids, logp: &tlp, tail }]
+                {
                     let mut g = vec![0f32; 7];
                     row_loss(&z, Some(row), Some(2), &sp, 1.0, &mut g);
                     let f = |zz: &[f32]| {
                         let mut gg = vec![0f32; 7];
-                        total(
-                            &row_loss(zz, Some(row), Some(2), &sp, 1.0, &mut gg),
-                            &sp,
-                            true,
-                        )
+                        total(&row_loss(zz, Some(row), Some(2), &sp, 1.0, &mut gg), &sp, true)
                     };
                     for (a, b) in g.iter().zip(numeric(&z, &f)) {
-                        assert!(
-                            (*a as f64 - b).abs() < 2e-3,
-                            "{loss:?} T={t} {row:?}: {a} vs {b}"
-                        );
+                        assert!((*a as f64 - b).abs() < 2e-3, "{loss:?} T={t} {row:?}: {a} vs {b}");
                     }
                 }
             }
@@ -357,11 +324,7 @@ mod tests {
             let a = row_loss(&z, Some(TeacherRow::Full(&lp)), None, &sp, 1.0, &mut g1);
             let b = row_loss(
                 &z,
-                Some(TeacherRow::TopK {
-                    ids: &ids,
-                    logp: &tlp,
-                    tail,
-                }),
+                Some(TeacherRow::TopK { ids: &ids, logp: &tlp, tail }),
                 None,
                 &sp,
                 1.0,
@@ -373,10 +336,7 @@ mod tests {
             }
             let own: Vec<f32> = log_softmax(&z, 1.5).iter().map(|&x| x as f32).collect();
             let c = row_loss(&z, Some(TeacherRow::Full(&own)), None, &sp, 1.0, &mut g1);
-            assert!(
-                c.kd.abs() < 1e-6 && g1.iter().all(|x| x.abs() < 1e-6),
-                "{loss:?} {c:?}"
-            );
+            assert!(c.kd.abs() < 1e-6 && g1.iter().all(|x| x.abs() < 1e-6), "{loss:?} {c:?}");
         }
     }
 }
@@ -390,10 +350,13 @@ mod reference {
     #[test]
     fn losses_and_gradients_match_pytorch() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/losses.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let cases = v["cases"].as_array().unwrap();
         assert_eq!(cases.len(), 24);
-        let f32s = |x: &serde_json::Value| x.as_array().unwrap().iter().map(|y| y.as_f64().unwrap() as f32).collect::<Vec<f32>>();
+        let f32s = |x: &serde_json::Value| {
+            x.as_array().unwrap().iter().map(|y| y.as_f64().unwrap() as f32).collect::<Vec<f32>>()
+        };
         for c in cases {
             let spec = KdSpec {
                 loss: c["loss"].as_str().unwrap().parse().unwrap(),
@@ -406,11 +369,26 @@ mod reference {
             let full: Vec<f32> = lt.iter().map(|&x| x as f32).collect();
             let k = c["topk"].as_u64().unwrap() as usize;
             let (ids, tlp, tail) = top_k(&lt, k);
-            let row = if k == 0 { TeacherRow::Full(&full) } else { TeacherRow::TopK { ids: &ids, logp: &tlp, tail } };
+            let row = if k == 0 {
+                TeacherRow::Full(&full)
+            } else {
+                TeacherRow::TopK { ids: &ids, logp: &tlp, tail }
+            };
             let mut g = vec![0f32; zs.len()];
-            let r = row_loss(&zs, Some(row), Some(c["target"].as_u64().unwrap() as u32), &spec, 1.0, &mut g);
+            let r = row_loss(
+                &zs,
+                Some(row),
+                Some(c["target"].as_u64().unwrap() as u32),
+                &spec,
+                1.0,
+                &mut g,
+            );
             let want = c["kd"].as_f64().unwrap();
-            assert!((r.kd - want).abs() <= 1e-5 * want.abs().max(1.0), "{c}: kd {} vs {want}", r.kd);
+            assert!(
+                (r.kd - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{c}: kd {} vs {want}",
+                r.kd
+            );
             assert!((r.ce - c["ce"].as_f64().unwrap()).abs() < 1e-5);
             for (a, b) in g.iter().zip(f32s(&c["grad"])) {
                 assert!((a - b).abs() < 2e-5, "{}: grad {a} vs {b}", c["loss"]);

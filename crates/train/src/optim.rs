@@ -89,11 +89,7 @@ pub fn adamw_step(slots: &mut [Slot], grads: &[Vec<f32>], lr: f64, t: u64, c: &A
     let bc2_sqrt = bc2.sqrt() as f32;
     let eps = c.eps as f32;
     for (s, g) in slots.iter_mut().zip(grads) {
-        let shrink = if s.decay {
-            (1.0 - lr * c.weight_decay) as f32
-        } else {
-            1.0
-        };
+        let shrink = if s.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 };
         // Chunks are independent elementwise work: the result does not depend on the split.
         s.w.par_chunks_mut(1 << 14)
             .zip(s.m.par_chunks_mut(1 << 14))
@@ -139,25 +135,12 @@ mod tests {
         // torch.optim.AdamW(lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01), two steps
         // on w = [1, -2] with gradients [0.5, 0.1] then [-0.2, 0.3]; values computed by hand
         // from the documented update (decay first, then the bias-corrected Adam step).
-        let c = AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        };
-        let mut s = vec![Slot {
-            w: vec![1.0, -2.0],
-            m: vec![0.0; 2],
-            v: vec![0.0; 2],
-            decay: true,
-        }];
+        let c = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let mut s =
+            vec![Slot { w: vec![1.0, -2.0], m: vec![0.0; 2], v: vec![0.0; 2], decay: true }];
         adamw_step(&mut s, &[vec![0.5, 0.1]], 0.1, 1, &c);
         // step 1: m̂ = g, v̂ = g², update = lr·sign(g) (up to eps)
-        assert!(
-            (s[0].w[0] - (1.0 * 0.999 - 0.1)).abs() < 1e-6,
-            "{:?}",
-            s[0].w
-        );
+        assert!((s[0].w[0] - (1.0 * 0.999 - 0.1)).abs() < 1e-6, "{:?}", s[0].w);
         assert!((s[0].w[1] - (-2.0 * 0.999 - 0.1)).abs() < 1e-6);
         adamw_step(&mut s, &[vec![-0.2, 0.3]], 0.1, 2, &c);
         let m = 0.9 * 0.05 + 0.1 * -0.2; // 0.025
@@ -165,11 +148,7 @@ mod tests {
         let mh = m / (1.0 - 0.81);
         let vh = v / (1.0 - 0.999f64.powi(2));
         let want = (0.899f64) * 0.999 - 0.1 * mh / (vh.sqrt() + 1e-8);
-        assert!(
-            (s[0].w[0] as f64 - want).abs() < 1e-5,
-            "{} vs {want}",
-            s[0].w[0]
-        );
+        assert!((s[0].w[0] as f64 - want).abs() < 1e-5, "{} vs {want}", s[0].w[0]);
     }
 
     #[test]
@@ -177,10 +156,7 @@ mod tests {
         for sch in [Schedule::Cosine, Schedule::Wsd] {
             assert!((lr_at(sch, 0, 100, 10, 1.0, 0.1, 0.2) - 0.1).abs() < 1e-12);
             assert!((lr_at(sch, 9, 100, 10, 1.0, 0.1, 0.2) - 1.0).abs() < 1e-12);
-            assert!(
-                (lr_at(sch, 99, 100, 10, 1.0, 0.1, 0.2) - 0.1).abs() < 0.01,
-                "{sch:?}"
-            );
+            assert!((lr_at(sch, 99, 100, 10, 1.0, 0.1, 0.2) - 0.1).abs() < 0.01, "{sch:?}");
         }
         assert_eq!(lr_at(Schedule::Wsd, 79, 100, 10, 1.0, 0.1, 0.2), 1.0);
         assert!(lr_at(Schedule::Wsd, 80, 100, 10, 1.0, 0.1, 0.2) < 1.0);

@@ -33,12 +33,22 @@ impl Params {
             let w = t.flatten_all()?.to_vec1::<f32>()?;
             let var = Var::from_tensor(&t)?;
             held.insert(n.clone(), var.as_tensor().clone());
-            slots.push(Slot { m: vec![0.0; w.len()], v: vec![0.0; w.len()], decay: t.rank() >= 2, w });
+            slots.push(Slot {
+                m: vec![0.0; w.len()],
+                v: vec![0.0; w.len()],
+                decay: t.rank() >= 2,
+                w,
+            });
             vars.push(var);
         }
         drop(weights);
-        let model = Model::new(model_cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })?;
-        let head_name = if model_cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let model =
+            Model::new(model_cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })?;
+        let head_name = if model_cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
         let head = names
             .iter()
             .position(|n| n == head_name)
@@ -61,7 +71,11 @@ impl Params {
 
     /// The current weights by HF name (f32).
     pub fn named_weights(&self) -> Vec<(String, Tensor)> {
-        self.names.iter().zip(&self.vars).map(|(n, v)| (n.clone(), v.as_tensor().detach())).collect()
+        self.names
+            .iter()
+            .zip(&self.vars)
+            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
+            .collect()
     }
 
     pub fn save(&self, root: &Path, state: &State) -> Result<PathBuf, TrainError> {
@@ -96,9 +110,19 @@ impl Params {
 
     /// The body's gradients (`names` order) from dL/dh `gh` (b, t, hidden) through the
     /// hand-written backward, given the activations its forward saved.
-    pub fn hand_backward(&self, fast: &GradModel, saved: Saved, gh: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+    pub fn hand_backward(
+        &self,
+        fast: &GradModel,
+        saved: Saved,
+        gh: &Tensor,
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut grads = self.zero_grads();
-        fast.backward(&self.weight_slices(), saved, &gh.flatten_all()?.to_vec1::<f32>()?, &mut grads)?;
+        fast.backward(
+            &self.weight_slices(),
+            saved,
+            &gh.flatten_all()?.to_vec1::<f32>()?,
+            &mut grads,
+        )?;
         Ok(grads)
     }
 
@@ -120,13 +144,24 @@ impl Params {
     /// Clip to `cfg.clip` and take one AdamW step (`t` is the 1-based update count for bias
     /// correction). Returns the gradient's global norm before clipping; with a non-finite norm
     /// nothing is updated and the norm is returned for the caller's guard.
-    pub fn update(&mut self, grads: &mut [Vec<f32>], lr: f64, t: u64, cfg: &TrainConfig) -> Result<f64, TrainError> {
+    pub fn update(
+        &mut self,
+        grads: &mut [Vec<f32>],
+        lr: f64,
+        t: u64,
+        cfg: &TrainConfig,
+    ) -> Result<f64, TrainError> {
         let gnorm = global_norm(grads);
         if !gnorm.is_finite() {
             return Ok(gnorm);
         }
         clip(grads, gnorm, cfg.clip);
-        let adam = AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        let adam = AdamWConfig {
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: cfg.weight_decay,
+        };
         adamw_step(&mut self.slots, grads, lr, t, &adam);
         self.push_weights()?;
         Ok(gnorm)
@@ -137,7 +172,11 @@ impl Params {
 pub fn add_into(g: &mut [f32], t: &Tensor) -> Result<(), TrainError> {
     let v = t.flatten_all()?.to_vec1::<f32>()?;
     if v.len() != g.len() {
-        return Err(TrainError::Data(format!("gradient of {} elements added to a buffer of {}", v.len(), g.len())));
+        return Err(TrainError::Data(format!(
+            "gradient of {} elements added to a buffer of {}",
+            v.len(),
+            g.len()
+        )));
     }
     g.iter_mut().zip(v).for_each(|(a, b)| *a += b);
     Ok(())

@@ -54,14 +54,20 @@ fn log_softmax_at(z: &[f32], target: u32) -> (f64, f64) {
 fn pad(rows: &Rows) -> Result<(Vec<u32>, Vec<u32>, usize), TrainError> {
     let width = rows.inputs.iter().map(Vec::len).max().unwrap_or(0);
     if width == 0 || rows.inputs.len() != rows.targets.len() {
-        return Err(TrainError::Data("empty batch, or inputs and targets of different counts".into()));
+        return Err(TrainError::Data(
+            "empty batch, or inputs and targets of different counts".into(),
+        ));
     }
     let b = rows.inputs.len();
     let mut ids = Vec::with_capacity(b * width);
     let mut targets = Vec::with_capacity(b * width);
     for (inp, tgt) in rows.inputs.iter().zip(&rows.targets) {
         if inp.len() != tgt.len() {
-            return Err(TrainError::Data(format!("row of {} inputs has {} targets", inp.len(), tgt.len())));
+            return Err(TrainError::Data(format!(
+                "row of {} inputs has {} targets",
+                inp.len(),
+                tgt.len()
+            )));
         }
         ids.extend_from_slice(inp);
         ids.extend(std::iter::repeat_n(rows.pad, width - inp.len()));
@@ -102,7 +108,14 @@ pub fn forward_train(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, T
 
 /// log p(target) per real position from final hidden states hd (n, hidden), `chunk` rows of
 /// logits at a time.
-fn logps(hd: &Tensor, w: &Tensor, targets: &[u32], rows: &Rows, width: usize, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
+fn logps(
+    hd: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    rows: &Rows,
+    width: usize,
+    chunk: usize,
+) -> Result<Vec<Vec<f64>>, TrainError> {
     let b = rows.inputs.len();
     let vocab = w.dim(0)?;
     let mut flat = vec![0f64; b * width];
@@ -153,7 +166,12 @@ impl HeadGrad {
 
 /// Gradients (in `p.names` order) of a loss whose derivative with respect to each position's
 /// log-probability is `coeff[row][pos]` (positions not listed, and padding, get 0).
-pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+pub fn backward(
+    p: &Params,
+    f: Forward,
+    coeff: &[Vec<f32>],
+    chunk: usize,
+) -> Result<Vec<Vec<f32>>, TrainError> {
     let hid = p.model.config().hidden_size;
     let (b, t) = (f.logp.len(), f.width);
     let n = b * t;
@@ -201,5 +219,8 @@ pub fn backward(p: &Params, f: Forward, coeff: &[Vec<f32>], chunk: usize) -> Res
 
 /// Σ over positions of log-probabilities in each row, for the positions marked in `mask`.
 pub fn masked_sums(logp: &[Vec<f64>], mask: &[Vec<bool>]) -> Vec<f64> {
-    logp.iter().zip(mask).map(|(l, m)| l.iter().zip(m).filter(|x| *x.1).map(|x| x.0).sum()).collect()
+    logp.iter()
+        .zip(mask)
+        .map(|(l, m)| l.iter().zip(m).filter(|x| *x.1).map(|x| x.0).sum())
+        .collect()
 }

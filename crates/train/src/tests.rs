@@ -44,7 +44,11 @@ impl TeacherSource for Fixed {
     }
     fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError> {
         let z = &self.logits[start * self.vocab..(start + n) * self.vocab];
-        let logp = z.chunks(self.vocab).flat_map(|r| crate::losses::log_softmax(r, self.t)).map(|x| x as f32).collect();
+        let logp = z
+            .chunks(self.vocab)
+            .flat_map(|r| crate::losses::log_softmax(r, self.t))
+            .map(|x| x as f32)
+            .collect();
         Ok(StepRows::Full { vocab: self.vocab, logp })
     }
 }
@@ -56,8 +60,10 @@ fn teacher_logits() -> Vec<f32> {
 /// Reference gradients: autograd through the full model and the loss composed from candle ops.
 fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> Vec<Vec<f32>> {
     let vars: Vec<Var> = names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
-    let held: Weights = names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
-    let m = Model::new(cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let held: Weights =
+        names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
+    let m =
+        Model::new(cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
     let p = packed();
     let ids: Vec<u32> = (0..2).flat_map(|i| p.window(i)[..6].to_vec()).collect();
     let tg: Vec<u32> = (0..2).flat_map(|i| p.window(i)[1..].to_vec()).collect();
@@ -71,10 +77,13 @@ fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> V
         (kl.mean_all().unwrap() * (t * t)).unwrap()
     } else {
         let tgt = Tensor::from_vec(tg, (2, 6), &Device::Cpu).unwrap();
-        cross_entropy(&logits, &tgt, &Tensor::ones((2, 6), DType::F32, &Device::Cpu).unwrap()).unwrap()
+        cross_entropy(&logits, &tgt, &Tensor::ones((2, 6), DType::F32, &Device::Cpu).unwrap())
+            .unwrap()
     };
     let g = loss.backward().unwrap();
-    vars.iter().map(|v| g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    vars.iter()
+        .map(|v| g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
 }
 
 /// One micro-batch's gradients from the trainer against `reference`; returns whether the
@@ -82,9 +91,33 @@ fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> V
 fn check_against_autograd(cfg: &Config, kd: bool, ckpt: bool, autograd: bool, what: &str) -> bool {
     let w = random_weights(cfg, 3, 0.3).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let tc = TrainConfig { steps: Some(1), seq_len: 6, batch: 2, loss_chunk: 5, temperature: 2.0, loss: KdLoss::Fkl, checkpoint_layers: ckpt, ..Default::default() };
-    let teacher: Option<Box<dyn TeacherSource>> = if kd { Some(Box::new(Fixed { logits: teacher_logits(), vocab: 13, t: 2.0 })) } else { None };
-    let mut tr = Trainer::new(tc, cfg, w.clone(), packed(), None, teacher, tmp.path(), serde_json::json!({}), false).unwrap();
+    let tc = TrainConfig {
+        steps: Some(1),
+        seq_len: 6,
+        batch: 2,
+        loss_chunk: 5,
+        temperature: 2.0,
+        loss: KdLoss::Fkl,
+        checkpoint_layers: ckpt,
+        ..Default::default()
+    };
+    let teacher: Option<Box<dyn TeacherSource>> = if kd {
+        Some(Box::new(Fixed { logits: teacher_logits(), vocab: 13, t: 2.0 }))
+    } else {
+        None
+    };
+    let mut tr = Trainer::new(
+        tc,
+        cfg,
+        w.clone(),
+        packed(),
+        None,
+        teacher,
+        tmp.path(),
+        serde_json::json!({}),
+        false,
+    )
+    .unwrap();
     if autograd {
         tr.use_autograd();
     }
@@ -94,7 +127,10 @@ fn check_against_autograd(cfg: &Config, kd: bool, ckpt: bool, autograd: bool, wh
     for ((n, g), r) in tr.params.names.iter().zip(&grads).zip(&want) {
         let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let err = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(err / scale < 1e-4, "{what} kd={kd} ckpt={ckpt} autograd={autograd} {n}: max err {err} (scale {scale})");
+        assert!(
+            err / scale < 1e-4,
+            "{what} kd={kd} ckpt={ckpt} autograd={autograd} {n}: max err {err} (scale {scale})"
+        );
         assert!(g.iter().any(|x| *x != 0.0), "{what} kd={kd}: {n} got no gradient");
     }
     tr.hand_written_backward()
@@ -112,8 +148,13 @@ fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd_with_and_without_layer
         (true, true, false, true),
         (false, false, false, true),
     ] {
-        let hand = check_against_autograd(&tiny(tied), kd, ckpt, autograd, &format!("llama tied={tied}"));
-        assert_eq!(hand, !ckpt && !autograd, "checkpointing and use_autograd select the autograd path");
+        let hand =
+            check_against_autograd(&tiny(tied), kd, ckpt, autograd, &format!("llama tied={tied}"));
+        assert_eq!(
+            hand,
+            !ckpt && !autograd,
+            "checkpointing and use_autograd select the autograd path"
+        );
     }
 }
 
@@ -143,30 +184,86 @@ fn hand_written_backward_covers_biases_sliding_windows_and_rope_scaling() {
 fn steps_reduce_the_loss_and_resume_checks_settings_and_restores_state() {
     let cfg = tiny(true);
     let w = random_weights(&cfg, 5, 0.3).unwrap();
-    let tc = TrainConfig { steps: Some(8), seq_len: 6, batch: 1, lr: 3e-2, save_every: 4, ..Default::default() };
+    let tc = TrainConfig {
+        steps: Some(8),
+        seq_len: 6,
+        batch: 1,
+        lr: 3e-2,
+        save_every: 4,
+        ..Default::default()
+    };
     let a = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(tc.clone(), &cfg, w.clone(), packed(), None, None, a.path(), serde_json::json!({}), false).unwrap();
+    let mut t = Trainer::new(
+        tc.clone(),
+        &cfg,
+        w.clone(),
+        packed(),
+        None,
+        None,
+        a.path(),
+        serde_json::json!({}),
+        false,
+    )
+    .unwrap();
     t.set_quiet(true);
     t.run(None).unwrap();
     let rows = crate::curves::read(&t.metrics_path()).unwrap();
     let loss = |r: &serde_json::Value| r["loss"].as_f64().unwrap();
     assert!(loss(&rows[7]) < loss(&rows[0]), "{} -> {}", loss(&rows[0]), loss(&rows[7]));
-    let full: Vec<Vec<f32>> = t.named_weights().unwrap().iter().map(|(_, x)| x.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let full: Vec<Vec<f32>> = t
+        .named_weights()
+        .unwrap()
+        .iter()
+        .map(|(_, x)| x.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
     drop(t);
-    let e = Trainer::new(TrainConfig { lr: 1.0, ..tc.clone() }, &cfg, w.clone(), packed(), None, None, a.path(), serde_json::json!({}), true);
+    let e = Trainer::new(
+        TrainConfig { lr: 1.0, ..tc.clone() },
+        &cfg,
+        w.clone(),
+        packed(),
+        None,
+        None,
+        a.path(),
+        serde_json::json!({}),
+        true,
+    );
     let msg = e.err().unwrap().to_string();
     assert!(msg.contains("lr (0.03 -> 1.0)"), "changed key named: {msg}");
-    let e = Trainer::new(tc.clone(), &cfg, w.clone(), packed(), None, None, a.path(), serde_json::json!({}), false);
-    assert!(e.err().unwrap().to_string().contains("--resume"), "existing run refused without --resume");
+    let e = Trainer::new(
+        tc.clone(),
+        &cfg,
+        w.clone(),
+        packed(),
+        None,
+        None,
+        a.path(),
+        serde_json::json!({}),
+        false,
+    );
+    assert!(
+        e.err().unwrap().to_string().contains("--resume"),
+        "existing run refused without --resume"
+    );
     // Resuming a finished run loads the last checkpoint: exactly the final weights.
-    let mut t2 = Trainer::new(tc, &cfg, w, packed(), None, None, a.path(), serde_json::json!({}), true).unwrap();
+    let mut t2 =
+        Trainer::new(tc, &cfg, w, packed(), None, None, a.path(), serde_json::json!({}), true)
+            .unwrap();
     assert_eq!(t2.state().step, 8);
-    let again: Vec<Vec<f32>> = t2.named_weights().unwrap().iter().map(|(_, x)| x.flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let again: Vec<Vec<f32>> = t2
+        .named_weights()
+        .unwrap()
+        .iter()
+        .map(|(_, x)| x.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
     assert_eq!(again, full);
     t2.set_quiet(true);
     assert_eq!(t2.run(None).unwrap(), crate::Outcome::Finished);
-    assert_eq!(crate::checkpoint::list(&a.path().join("checkpoints")).unwrap().len(), 2, "keeps the last 2");
-
+    assert_eq!(
+        crate::checkpoint::list(&a.path().join("checkpoints")).unwrap().len(),
+        2,
+        "keeps the last 2"
+    );
 }
 
 #[test]
@@ -174,12 +271,29 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
     let cfg = tiny(true);
     let w = random_weights(&cfg, 7, 0.3).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let tc = TrainConfig { steps: Some(10), seq_len: 6, batch: 1, max_bad_steps: 3, ..Default::default() };
+    let tc = TrainConfig {
+        steps: Some(10),
+        seq_len: 6,
+        batch: 1,
+        max_bad_steps: 3,
+        ..Default::default()
+    };
     let mut bad = teacher_logits();
     bad[5] = f32::NAN; // row 0 of window 0: every step that draws window 0 sees a NaN teacher
     let teacher: Box<dyn TeacherSource> = Box::new(Fixed { logits: bad, vocab: 13, t: 1.0 });
     // Both windows give the NaN row (row 0 of every micro-batch), so every step is non-finite.
-    let mut t = Trainer::new(tc, &cfg, w.clone(), packed(), None, Some(teacher), tmp.path(), serde_json::json!({}), false).unwrap();
+    let mut t = Trainer::new(
+        tc,
+        &cfg,
+        w.clone(),
+        packed(),
+        None,
+        Some(teacher),
+        tmp.path(),
+        serde_json::json!({}),
+        false,
+    )
+    .unwrap();
     t.set_quiet(true);
     let e = t.run(None).unwrap_err().to_string();
     assert!(e.contains("3 non-finite steps in a row"), "{e}");
@@ -214,17 +328,26 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
         let coeff: Vec<Vec<f32>> = vec![vec![0.0, 0.0, -0.5, 0.25, -1.0], vec![0.7, 0.0, -0.3]];
         let p = Params::new(&cfg, w.clone()).unwrap();
         // forward_train takes the hand-written body for this Llama config; forward is autograd.
-        let f = if hand { forward_train(&p, &rows, 3).unwrap() } else { forward(&p.model, &rows, 3).unwrap() };
+        let f = if hand {
+            forward_train(&p, &rows, 3).unwrap()
+        } else {
+            forward(&p.model, &rows, 3).unwrap()
+        };
         let logp = f.logp.clone();
         let grads = backward(&p, f, &coeff, 4).unwrap();
         // reference: each row alone, full logits, autograd
         let vars: Vec<Var> = p.names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
-        let held: Weights = p.names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
-        let m = Model::new(&cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+        let held: Weights =
+            p.names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
+        let m = Model::new(&cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })
+            .unwrap();
         let mut total: Option<Tensor> = None;
         for (r, (inp, tgt)) in rows.inputs.iter().zip(&rows.targets).enumerate() {
             let x = Tensor::new(inp.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-            let ls = orlik_model::ops::log_softmax_last(&m.forward(&x, None, None, None).unwrap()).unwrap().squeeze(0).unwrap(); // (t, v)
+            let ls = orlik_model::ops::log_softmax_last(&m.forward(&x, None, None, None).unwrap())
+                .unwrap()
+                .squeeze(0)
+                .unwrap(); // (t, v)
             let idx = Tensor::new(tgt.as_slice(), &Device::Cpu).unwrap().unsqueeze(1).unwrap();
             let lp = ls.gather(&idx, 1).unwrap().squeeze(1).unwrap(); // (t,)
             for (a, b) in lp.to_vec1::<f32>().unwrap().iter().zip(&logp[r]) {
@@ -232,14 +355,21 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
             }
             let c = Tensor::new(coeff[r].as_slice(), &Device::Cpu).unwrap();
             let term = (lp * c).unwrap().sum_all().unwrap();
-            total = Some(match total { Some(t) => (t + term).unwrap(), None => term });
+            total = Some(match total {
+                Some(t) => (t + term).unwrap(),
+                None => term,
+            });
         }
         let g = total.unwrap().backward().unwrap();
         for ((n, got), v) in p.names.iter().zip(&grads).zip(&vars) {
-            let want = g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want =
+                g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
             let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err / scale < 1e-4, "tied={tied} hand={hand} {n}: max err {err} (scale {scale})");
+            assert!(
+                err / scale < 1e-4,
+                "tied={tied} hand={hand} {n}: max err {err} (scale {scale})"
+            );
             assert!(got.iter().any(|x| *x != 0.0), "tied={tied} hand={hand}: {n} got no gradient");
         }
     }

@@ -42,12 +42,7 @@ pub enum StepRows {
     /// Log-probabilities over the whole vocabulary, (rows, vocab).
     Full { vocab: usize, logp: Vec<f32> },
     /// Top-k ids and log-probabilities (rows, k), tail mass (rows).
-    TopK {
-        k: usize,
-        ids: Vec<u32>,
-        logp: Vec<f32>,
-        tail: Vec<f32>,
-    },
+    TopK { k: usize, ids: Vec<u32>, logp: Vec<f32>, tail: Vec<f32> },
 }
 
 impl StepRows {
@@ -221,10 +216,7 @@ impl<'t> Trainer<'t> {
             inp.extend_from_slice(&ids[..t]);
             tgt.extend_from_slice(&ids[1..]);
         }
-        Ok((
-            Tensor::from_vec(inp, (windows.len(), t), &Device::Cpu)?,
-            tgt,
-        ))
+        Ok((Tensor::from_vec(inp, (windows.len(), t), &Device::Cpu)?, tgt))
     }
 
     /// Loss sums of one micro-batch and, with `grad_scale`, the gradient of
@@ -237,10 +229,9 @@ impl<'t> Trainer<'t> {
     ) -> Result<(Sums, Option<Vec<Vec<f32>>>), TrainError> {
         let data = match split {
             Split::Train => &self.train,
-            Split::Val => self
-                .val
-                .as_ref()
-                .ok_or_else(|| TrainError::Data("no validation data".into()))?,
+            Split::Val => {
+                self.val.as_ref().ok_or_else(|| TrainError::Data("no validation data".into()))?
+            }
         };
         let (inputs, targets) = self.batch(data, windows)?;
         let has_teacher = match self.teacher.as_mut() {
@@ -252,7 +243,8 @@ impl<'t> Trainer<'t> {
         let n = b * t;
         let body = if let Some(fast) = &self.fast {
             let ids = inputs.flatten_all()?.to_vec1::<u32>()?;
-            let (h, saved) = fast.forward(&self.params.weight_slices(), &ids, b, t, grad_scale.is_some())?;
+            let (h, saved) =
+                fast.forward(&self.params.weight_slices(), &ids, b, t, grad_scale.is_some())?;
             Body::Fast(Tensor::from_vec(h, (n, hid), &Device::Cpu)?, saved)
         } else if self.cfg.checkpoint_layers && grad_scale.is_some() {
             // With activation checkpointing only each layer's input is kept (no autograd graph);
@@ -266,7 +258,8 @@ impl<'t> Trainer<'t> {
             let top = Var::from_tensor(&x)?;
             Body::Autograd(self.params.model.final_norm(top.as_tensor())?, Some((ins, top)))
         } else {
-            Body::Autograd(self.params.model.forward_hidden(&inputs, None, None, None)?, None) // (b, t, hidden)
+            Body::Autograd(self.params.model.forward_hidden(&inputs, None, None, None)?, None)
+            // (b, t, hidden)
         };
         let hd = match &body {
             Body::Fast(h, _) => h.clone(),
@@ -274,10 +267,7 @@ impl<'t> Trainer<'t> {
         };
         let w = self.params.head_weight(); // (vocab, hidden)
         let vocab = w.dim(0)?;
-        let mut sums = Sums {
-            has_teacher,
-            ..Default::default()
-        };
+        let mut sums = Sums { has_teacher, ..Default::default() };
         let mut hg = crate::seqlogp::HeadGrad::default();
         let chunk = self.cfg.loss_chunk;
         let spec = self.spec;
@@ -325,7 +315,10 @@ impl<'t> Trainer<'t> {
         let mut grads = match body {
             Body::Fast(_, saved) => {
                 let saved = saved.ok_or_else(|| TrainError::Data("no saved activations".into()))?;
-                let fast = self.fast.as_ref().ok_or_else(|| TrainError::Data("no training path".into()))?;
+                let fast = self
+                    .fast
+                    .as_ref()
+                    .ok_or_else(|| TrainError::Data("no training path".into()))?;
                 self.params.hand_backward(fast, saved, &gh)?
             }
             Body::Autograd(h, saved) => self.autograd_backward(h, saved, gh, &inputs)?,
@@ -340,17 +333,30 @@ impl<'t> Trainer<'t> {
     /// layer from the stored inputs. Each GradStore also holds the gradient of every
     /// intermediate tensor of its graph, so the weights' gradients are taken out and the store
     /// dropped at once (one layer's store at a time is alive, not all of them).
-    fn autograd_backward(&self, h: Tensor, saved: Option<(Vec<Tensor>, Var)>, gh: Tensor, inputs: &Tensor) -> Result<Vec<Vec<f32>>, TrainError> {
+    fn autograd_backward(
+        &self,
+        h: Tensor,
+        saved: Option<(Vec<Tensor>, Var)>,
+        gh: Tensor,
+        inputs: &Tensor,
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut grads = self.params.zero_grads();
         let store = (h * gh)?.sum_all()?.backward()?;
         self.params.add_store(&mut grads, &store)?;
         if let Some((ins, top)) = saved {
-            let mut g = store.get(top.as_tensor()).cloned().ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
+            let mut g = store
+                .get(top.as_tensor())
+                .cloned()
+                .ok_or_else(|| TrainError::Data("no gradient at the top layer".into()))?;
             drop(store);
             for (l, xin) in ins.iter().enumerate().rev() {
                 let xin = Var::from_tensor(xin)?;
-                let st = (self.params.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
-                g = st.get(xin.as_tensor()).cloned().ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
+                let st =
+                    (self.params.model.layer(l, xin.as_tensor())? * &g)?.sum_all()?.backward()?;
+                g = st
+                    .get(xin.as_tensor())
+                    .cloned()
+                    .ok_or_else(|| TrainError::Data(format!("no gradient into layer {l}")))?;
                 self.params.add_store(&mut grads, &st)?;
             }
             let st = (self.params.model.embed(inputs)? * &g)?.sum_all()?.backward()?;
@@ -399,7 +405,11 @@ impl<'t> Trainer<'t> {
 
     /// One optimizer step (all micro-batches, clip, AdamW); returns the metrics row (not yet
     /// written), the loss, the learning rate and tokens per second.
-    fn one_step(&mut self, order: &mut Order, pb: &indicatif::ProgressBar) -> Result<(Value, f64, f64, f64), TrainError> {
+    fn one_step(
+        &mut self,
+        order: &mut Order,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<(Value, f64, f64, f64), TrainError> {
         let total_steps = self.cfg.total_steps()?;
         let warmup = self.cfg.warmup_steps()?;
         let per_micro = self.cfg.batch;
@@ -418,9 +428,8 @@ impl<'t> Trainer<'t> {
         let mut grads: Option<Vec<Vec<f32>>> = None;
         let mut sums = Sums::default();
         for _ in 0..accum {
-            let wins: Vec<usize> = (0..per_micro as u64)
-                .map(|i| order.window(self.state.cursor + i))
-                .collect();
+            let wins: Vec<usize> =
+                (0..per_micro as u64).map(|i| order.window(self.state.cursor + i)).collect();
             self.state.cursor += per_micro as u64;
             let (s, g) = self.micro(Split::Train, &wins, Some(scale))?;
             sums.kd += s.kd;
@@ -440,13 +449,14 @@ impl<'t> Trainer<'t> {
         }
         let mut grads = grads.ok_or_else(|| TrainError::Data("no micro-batches".into()))?;
         let rows = sums.rows.max(1) as f64;
-        let row = RowLoss {
-            kd: sums.kd / rows,
-            ce: sums.ce / rows,
-        };
+        let row = RowLoss { kd: sums.kd / rows, ce: sums.ce / rows };
         let loss = total(&row, &self.spec, sums.has_teacher);
         let t = self.state.step + 1 - self.state.skipped_steps;
-        let gnorm = if loss.is_finite() { self.params.update(&mut grads, lr, t, &self.cfg)? } else { global_norm(&grads) };
+        let gnorm = if loss.is_finite() {
+            self.params.update(&mut grads, lr, t, &self.cfg)?
+        } else {
+            global_norm(&grads)
+        };
         let finite = loss.is_finite() && gnorm.is_finite();
         if finite {
             self.state.bad_in_a_row = 0;
@@ -526,9 +536,7 @@ impl<'t> Trainer<'t> {
                     "interrupted: checkpoint at step {}",
                     self.state.step
                 ));
-                return Ok(Outcome::Interrupted {
-                    step: self.state.step,
-                });
+                return Ok(Outcome::Interrupted { step: self.state.step });
             }
             let (m, loss, lr, tps) = self.one_step(&mut order, &pb)?;
             curves::append(&self.metrics_path(), &m)?;

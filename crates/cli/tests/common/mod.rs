@@ -38,7 +38,10 @@ pub fn fails(args: &[&str], needles: &[&str]) {
 pub fn tiny_teacher_and_text(root: &std::path::Path, seed: u64) {
     let gguf = fixtures().join("gguf/tiny-llama.gguf");
     ok(&["convert", gguf.to_str().unwrap(), "-o", root.join("teacher").to_str().unwrap()]);
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea", "hat"];
+    let words = [
+        "the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "a", "tea",
+        "hat",
+    ];
     let mut x = seed;
     let mut text = |n: usize| {
         let mut s = String::new();
@@ -78,7 +81,12 @@ pub fn weights(out: &str) -> Vec<u8> {
 }
 
 /// Start a slowed-down run, wait until `n` steps are logged, then signal it.
-pub fn interrupt_after(args: &[&str], out: &str, n: usize, signal: &str) -> std::process::ExitStatus {
+pub fn interrupt_after(
+    args: &[&str],
+    out: &str,
+    n: usize,
+    signal: &str,
+) -> std::process::ExitStatus {
     let mut child = Command::new(env!("CARGO_BIN_EXE_orlik"))
         .args(args)
         .env("ORLIK_STEP_DELAY_MS", "300")
@@ -95,8 +103,10 @@ pub fn interrupt_after(args: &[&str], out: &str, n: usize, signal: &str) -> std:
     if signal == "KILL" {
         child.kill().unwrap();
     } else {
-        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
     }
     child.wait().unwrap()
 }
-
