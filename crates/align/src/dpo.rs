@@ -1,6 +1,6 @@
 //! DPO-family losses on one preference pair, from summed sequence log-probabilities.
 
-use crate::runner::{Micro, Task};
+use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use orlik_train::params::Params;
 use orlik_train::seqlogp::{self, Rows};
@@ -138,6 +138,8 @@ pub struct DpoTask {
 }
 
 impl Task for DpoTask {
+    type Error = AlignError;
+
     fn units(&self) -> usize {
         self.pairs.len()
     }

@@ -3,7 +3,7 @@
 
 use crate::reward::Reward;
 use crate::rollout::{sample_group, SampleOptions};
-use crate::runner::{Micro, Task};
+use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use candle_core::DType;
 use orlik_model::{Model, ModelOptions};
@@ -134,6 +134,8 @@ pub struct GrpoTask<'a> {
 }
 
 impl Task for GrpoTask<'_> {
+    type Error = AlignError;
+
     fn units(&self) -> usize {
         self.prompts.len()
     }

@@ -2,8 +2,8 @@
 //! (sigmoid, IPO, DPO-Positive) on preference pairs, GRPO on prompts with verifiable rewards.
 //! The objectives are pure functions of sequence / token log-probabilities returning the loss and
 //! its gradient with respect to them (`dpo.rs`, `grpo.rs`); `orlik_train::seqlogp` turns those
-//! into a backward through the model; `runner.rs` is the loop (resume, checkpoints, metrics,
-//! non-finite guard).
+//! into a backward through the model. Each objective is a `Task` of the one training loop,
+//! `orlik_train::runner` (resume, checkpoints, metrics, the non-finite guard).
 //!
 //! - DPO (Rafailov et al. 2023): `-log σ(β·h)`, h = (log π(y_w) − log π_ref(y_w)) −
 //!   (log π(y_l) − log π_ref(y_l)); IPO (Azar et al. 2023): `(h − 1/(2β))²`; DPO-Positive
@@ -19,7 +19,6 @@ pub mod dpo;
 pub mod grpo;
 pub mod reward;
 pub mod rollout;
-pub mod runner;
 pub mod sft;
 
 #[derive(Debug, thiserror::Error)]

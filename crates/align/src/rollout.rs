@@ -64,20 +64,18 @@ pub fn sample_group(
 mod tests {
     use super::*;
     use orlik_model::init::random_weights;
-    use orlik_model::{Config, ModelOptions};
+    use orlik_model::ModelOptions;
     use rand::SeedableRng;
 
     /// At temperature 0 every row of the batched group is exactly the single-row greedy
     /// generation (the repeated cache and the batched decode change nothing).
     #[test]
     fn batched_group_equals_single_greedy_generation() {
-        let cfg = Config::from_json_str(
-            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":23,"hidden_size":16,
-            "intermediate_size":24,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-            "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0,"max_position_embeddings":64,"tie_word_embeddings":true}"#,
-            "tiny",
-        )
-        .unwrap();
+        let cfg = orlik_model::testing::tiny(
+            "LlamaForCausalLM",
+            serde_json::json!({"vocab_size": 23, "hidden_size": 16, "intermediate_size": 24,
+                "head_dim": 4, "max_position_embeddings": 64, "tie_word_embeddings": true}),
+        );
         let w = random_weights(&cfg, 3, 1.0).unwrap();
         let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
             .unwrap();

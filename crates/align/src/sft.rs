@@ -2,7 +2,7 @@
 //! conversation per row (no packing, so no attention across conversations), rows right-padded.
 //! The loss of a micro-batch is the mean over its assistant tokens.
 
-use crate::runner::{Micro, Task};
+use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use orlik_train::params::Params;
 use orlik_train::seqlogp::{self, Rows};
@@ -15,6 +15,8 @@ pub struct Sft {
 }
 
 impl Task for Sft {
+    type Error = AlignError;
+
     fn units(&self) -> usize {
         self.examples.len()
     }

@@ -1,6 +1,6 @@
 //! sft, dpo, grpo and `eval reward`: argument resolution and wiring; the work is in orlik-align.
 
-use crate::train_cmd::{peak_rss_mb, stop_flag, stored_dtype, write_final};
+use crate::train_cmd::{peak_rss_mb, step_delay, stop_flag, stored_dtype, write_final};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
@@ -10,7 +10,8 @@ use orlik_align::dpo::{sequence_logps, DpoLoss, DpoTask, PairIds};
 use orlik_align::grpo::{GrpoOptions, GrpoTask, PromptRow};
 use orlik_align::reward::Reward;
 use orlik_align::rollout::{sample_group, SampleOptions};
-use orlik_align::runner::{self, Outcome, Task};
+use orlik_align::AlignError;
+use orlik_train::runner::{self, Options, Outcome, Task};
 use orlik_align::sft::Sft;
 use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
@@ -234,13 +235,19 @@ fn report_cuts(what: &str, rows: usize, bad: usize, cuts: Cuts) {
 fn train(
     a: &AlignArgs,
     s: &Setup,
-    task: &mut dyn Task,
+    task: &mut dyn Task<Error = AlignError>,
     cfg: &TrainConfig,
     mut params: Params,
 ) -> Result<()> {
     let stop = stop_flag();
-    let (st, outcome) =
-        runner::run(task, &mut params, cfg, &a.output, a.resume, false, Some(&stop))?;
+    let hook = step_delay();
+    let opts = Options {
+        quiet: false,
+        stop: Some(&stop),
+        after_step: hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)),
+    };
+    let mut st = runner::start(task, &mut params, cfg, &a.output, a.resume)?;
+    let outcome = runner::run(task, &mut params, cfg, &a.output, &mut st, opts)?;
     if let Outcome::Interrupted { step } = outcome {
         eprintln!("stopped at step {step}; continue with the same command and --resume");
         std::process::exit(130);

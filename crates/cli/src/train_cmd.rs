@@ -241,6 +241,14 @@ pub fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// Testing aid: `ORLIK_STEP_DELAY_MS=N` pauses N ms after each training step, so that the
+/// interruption tests can kill a run mid-way on any machine. Read here in the binary and handed
+/// to the loop as its `after_step` hook; the libraries never read it.
+pub fn step_delay() -> Option<impl Fn(u64) + Sync> {
+    let ms = std::env::var("ORLIK_STEP_DELAY_MS").ok()?.parse::<u64>().ok()?;
+    Some(move |_| std::thread::sleep(std::time::Duration::from_millis(ms)))
+}
+
 /// Every file and directory a training command reads: its output must be none of them.
 fn inputs<'a>(a: &'a TrainArgs, models: &[Option<&'a Path>]) -> Vec<&'a Path> {
     let mut v: Vec<&Path> = models.iter().flatten().copied().collect();
@@ -280,6 +288,9 @@ fn finish(
     stored: DType,
 ) -> Result<()> {
     let stop = stop_flag();
+    if let Some(hook) = step_delay() {
+        t.set_after_step(hook);
+    }
     let started = std::time::Instant::now();
     match t.run(Some(&stop))? {
         Outcome::Interrupted { step } => {

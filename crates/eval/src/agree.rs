@@ -5,6 +5,7 @@
 use crate::generate::argmax;
 use crate::EvalError;
 use candle_core::{DType, Device, Tensor};
+use orlik_model::prob::log_softmax;
 use orlik_model::Model;
 use serde::Serialize;
 
@@ -18,17 +19,10 @@ pub struct Agreement {
     pub top1: f64,
 }
 
-/// log-softmax of one row, in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
-    row.iter().map(|&v| v as f64 - lse).collect()
-}
-
 /// KL(p ‖ q) and whether the argmaxes agree, for one position's teacher and student logits.
 pub fn compare_row(teacher: &[f32], student: &[f32]) -> (f64, bool) {
-    let (lp, lq) = (log_softmax(teacher), log_softmax(student));
-    let kl = lp.iter().zip(&lq).map(|(&a, &b)| a.exp() * (a - b)).sum::<f64>();
+    let (lp, lq) = (log_softmax(teacher, 1.0), log_softmax(student, 1.0));
+    let kl = orlik_model::prob::kl(&lp, &lq);
     (kl.max(0.0), argmax(teacher) == argmax(student))
 }
 

@@ -140,9 +140,7 @@ fn score_question(
         let mut ll = 0.0;
         for (k, row) in rows_v.iter().enumerate() {
             let target = r[start + 1 + k] as usize;
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let lse = max as f64 + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln();
-            ll += row[target] as f64 - lse;
+            ll += row[target] as f64 - orlik_model::prob::logsumexp(row, 1.0);
         }
         out.push((ll, *cut));
     }
@@ -230,13 +228,10 @@ mod tests {
     /// the sum of log-softmax entries of a plain forward: padding never leaks into the result.
     #[test]
     fn batched_choice_scores_equal_single_row_log_likelihoods() {
-        let cfg = orlik_model::Config::from_json_str(
-            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":8,
-            "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
-            "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
-            "tiny",
-        )
-        .unwrap();
+        let cfg = orlik_model::testing::tiny(
+            "LlamaForCausalLM",
+            serde_json::json!({"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4}),
+        );
         let w = orlik_model::init::random_weights(&cfg, 3, 0.5).unwrap();
         let m = Model::new(&cfg, &w, orlik_model::ModelOptions::default()).unwrap();
         let ctx = [1u32, 4, 7];

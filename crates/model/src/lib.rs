@@ -10,6 +10,8 @@ pub mod llama;
 pub mod llama_grad;
 pub mod masked_softmax;
 pub mod ops;
+pub mod prob;
+pub mod testing;
 
 pub use config::{Arch, Config};
 pub use llama::{KvCache, Model, ModelOptions, Tap};

@@ -7,19 +7,11 @@ use crate::llama::cross_entropy;
 use crate::{Config, KvCache, Model, ModelOptions, Weights};
 use candle_core::{DType, Device, Tensor, Var};
 
+/// The shared tiny shape (`crate::testing`) with vocabulary 11 and the extra keys `extra`
+/// (a JSON object's members, starting with a comma).
 fn tiny(arch: &str, extra: &str) -> Config {
-    let mt = match arch {
-        "LlamaForCausalLM" => "llama",
-        "MistralForCausalLM" => "mistral",
-        "Gemma3ForCausalLM" => "gemma3_text",
-        _ => "qwen2",
-    };
-    let s = format!(
-        r#"{{"architectures":["{arch}"],"model_type":"{mt}","vocab_size":11,"hidden_size":8,
-        "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-        "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0 {extra}}}"#
-    );
-    Config::from_json_str(&s, "tiny").unwrap()
+    let patch = format!("{{\"vocab_size\":11{extra}}}");
+    crate::testing::tiny(arch, serde_json::from_str(&patch).unwrap())
 }
 
 /// Tiny Gemma 3: a sliding layer (window 3 < 6 tokens) and a global one, different RoPE bases,

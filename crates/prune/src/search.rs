@@ -5,7 +5,7 @@
 
 use crate::select::{build, DepthMethod, Importance, Target};
 use crate::{apply, Plan, PruneError};
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use orlik_model::{ops, Config, Model, ModelOptions, Weights};
 
 /// Why a parameter budget (`--params`, `prune.params`) is unusable, if it is: a fraction of the
@@ -158,7 +158,7 @@ pub fn evaluate(
     let (mut kl, mut n) = (0.0, 0.0);
     for (rows, p) in batches.iter().zip(teacher) {
         let q = logprobs(&m, rows)?;
-        let per_tok = (p.exp()? * (p - &q)?)?.sum(D::Minus1)?; // (b, t)
+        let per_tok = orlik_model::prob::kl_last(p, &q)?; // (b, t)
         kl += per_tok.sum_all()?.to_scalar::<f32>()? as f64;
         n += per_tok.elem_count() as f64;
     }

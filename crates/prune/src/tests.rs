@@ -6,18 +6,11 @@ use candle_core::{Device, Tensor};
 use orlik_model::init::random_weights;
 use orlik_model::{Config, Model, ModelOptions, Weights};
 
+/// The shared tiny shape (`orlik_model::testing`) with 3 layers and the extra keys `extra` (a
+/// JSON object's members, starting with a comma).
 fn tiny(arch: &str, extra: &str) -> Config {
-    let mt = match arch {
-        "LlamaForCausalLM" => "llama",
-        "Gemma3ForCausalLM" => "gemma3_text",
-        _ => "qwen2",
-    };
-    let s = format!(
-        r#"{{"architectures":["{arch}"],"model_type":"{mt}","vocab_size":13,"hidden_size":8,
-        "intermediate_size":12,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
-        "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0 {extra}}}"#
-    );
-    Config::from_json_str(&s, "tiny").unwrap()
+    let patch = format!("{{\"num_hidden_layers\":3{extra}}}");
+    orlik_model::testing::tiny(arch, serde_json::from_str(&patch).unwrap())
 }
 
 fn configs() -> Vec<Config> {
@@ -257,23 +250,19 @@ fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
     let cases = [
         // SmolLM2-like 9 query heads over 3 KV groups: keep two heads per group
         (
-            r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":18,
-            "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":9,"num_key_value_heads":3,
-            "head_dim":4,"rms_norm_eps":1e-5,"rope_theta":100.0,"tie_word_embeddings":true}"#,
+            tiny("LlamaForCausalLM", r#","num_hidden_layers":2,"hidden_size":18,"num_attention_heads":9,
+            "num_key_value_heads":3,"head_dim":4,"tie_word_embeddings":true"#),
             vec![0, 1, 3, 4, 6, 7],
             vec![0, 1, 2],
         ),
         // MQA: one KV head shared by 4 query heads
         (
-            r#"{"architectures":["Qwen2ForCausalLM"],"model_type":"qwen2","vocab_size":13,"hidden_size":8,
-            "intermediate_size":12,"num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":1,
-            "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
+            tiny("Qwen2ForCausalLM", r#","num_hidden_layers":2,"num_key_value_heads":1"#),
             vec![0, 2],
             vec![0],
         ),
     ];
-    for (json, heads, kv) in cases {
-        let cfg = Config::from_json_str(json, "t").unwrap();
+    for (cfg, heads, kv) in cases {
         let w = random_weights(&cfg, 8, 0.3).unwrap();
         let hd = cfg.head_dim();
         let mut plan = Plan::identity(&cfg);

@@ -103,7 +103,7 @@ fn loss_and_kl(
     valid: &[Vec<bool>],
 ) -> Result<(f64, f64, f64), ScoreError> {
     let (b, t, _) = q.dims3()?;
-    let kl: Vec<Vec<f32>> = (p.exp()? * (p - q)?)?.sum(D::Minus1)?.to_vec2()?;
+    let kl: Vec<Vec<f32>> = orlik_model::prob::kl_last(p, q)?.to_vec2()?;
     let (mut loss, mut kls, mut n) = (0.0, 0.0, 0.0);
     for r in 0..b {
         let qr = q.get(r)?; // (t, vocab)

@@ -8,13 +8,7 @@ use orlik_model::init::random_weights;
 use orlik_model::{Config, Model, ModelOptions, Weights};
 
 fn cfg() -> Config {
-    Config::from_json_str(
-        r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","vocab_size":13,"hidden_size":8,
-        "intermediate_size":12,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":2,
-        "head_dim":6,"rms_norm_eps":1e-5,"rope_theta":100.0}"#,
-        "t",
-    )
-    .unwrap()
+    orlik_model::testing::tiny("LlamaForCausalLM", serde_json::json!({"num_hidden_layers": 3}))
 }
 
 fn zero_rows(w: &mut Weights, name: &str, rows: std::ops::Range<usize>) {

@@ -8,6 +8,7 @@
 //! positions, and its gradient is pushed back through lm_head by hand; autograd runs only through
 //! the transformer body. See `trainer.rs`.
 
+pub mod body;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
@@ -15,11 +16,13 @@ pub mod data;
 pub mod losses;
 pub mod optim;
 pub mod params;
+pub mod runner;
 pub mod seqlogp;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use trainer::{Outcome, StepRows, TeacherSource, Trainer};
+pub use runner::{Micro, Outcome, Task};
+pub use trainer::{LmTask, StepRows, TeacherSource, Trainer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

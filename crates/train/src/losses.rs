@@ -75,13 +75,8 @@ pub struct RowLoss {
 /// mass (reverse KL would be infinite): e^-69 ≈ 1e-30.
 const LOG_FLOOR: f64 = -69.0;
 
-/// log-softmax of `z / t` in f64.
-pub fn log_softmax(z: &[f32], t: f32) -> Vec<f64> {
-    let t = t as f64;
-    let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t));
-    let lse = z.iter().map(|&x| (x as f64 / t - max).exp()).sum::<f64>().ln() + max;
-    z.iter().map(|&x| x as f64 / t - lse).collect()
-}
+/// log-softmax of `z / t` in f64 (one implementation for every crate: `orlik_model::prob`).
+pub use orlik_model::prob::log_softmax;
 
 /// Top-k of log-probabilities (descending, ties by lower id) and the mass of the rest.
 pub fn top_k(logp: &[f64], k: usize) -> (Vec<u32>, Vec<f32>, f32) {

@@ -1,0 +1,356 @@
+//! The training loop, one for every objective: KD and CE (`trainer.rs`), SFT, DPO and GRPO
+//! (`orlik_align`) are [`Task`]s plugged into it. The loop owns what they share: the data order,
+//! gradient accumulation, the learning-rate schedule, global-norm clipping and AdamW (through
+//! `Params::update`), the non-finite-step guard, periodic validation, checkpoints and resume,
+//! interruption by SIGINT / SIGTERM (the caller's `stop` flag), metrics.jsonl, the progress bar,
+//! the final save and the curves.
+//!
+//! The order of the units (packed windows, conversations, pairs, prompts) is a pure function of
+//! (seed, cursor), and a task's own randomness is seeded from (seed, step), so a resumed run
+//! repeats the uninterrupted one bit for bit.
+
+use crate::checkpoint::{self, State};
+use crate::config::TrainConfig;
+use crate::curves;
+use crate::data::Order;
+use crate::optim::{global_norm, lr_at};
+use crate::params::Params;
+use crate::TrainError;
+use serde_json::{json, Map, Value};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// One micro-batch's result: the loss, its gradient (in `Params::names` order, already scaled
+/// for averaging over the step's micro-batches), tokens trained on, and metrics to average.
+pub struct Micro {
+    pub loss: f64,
+    pub grads: Vec<Vec<f32>>,
+    pub tokens: u64,
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// What one objective computes; the loop does the rest.
+pub trait Task {
+    type Error: From<TrainError>;
+    /// Number of units the data order permutes.
+    fn units(&self) -> usize;
+    /// Loss and gradient of the micro-batch `units` (indices) at optimizer step `step`;
+    /// `scale` = 1 / micro-batches per step.
+    fn micro(
+        &mut self,
+        p: &Params,
+        units: &[usize],
+        step: u64,
+        scale: f32,
+    ) -> Result<Micro, Self::Error>;
+    /// Called on `--resume` with the step of the checkpoint the run continues from (tasks that
+    /// write their own logs cut them back to it).
+    fn on_resume(&mut self, _step: u64) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// A validation row for metrics.jsonl (keys starting with `val_`), or None when the task
+    /// has no held-out data. Called every `eval_every` steps and after the last one.
+    fn validate(&mut self, _p: &Params, _step: u64) -> Result<Option<Value>, Self::Error> {
+        Ok(None)
+    }
+    /// Metrics drawn as `OUT/<key>.png` at the end (besides loss.png).
+    fn curves(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished,
+    /// Interrupted by the stop flag; a checkpoint of this step was saved.
+    Interrupted { step: u64 },
+}
+
+/// What the caller controls besides the settings.
+#[derive(Default, Clone, Copy)]
+pub struct Options<'a> {
+    /// No progress bar.
+    pub quiet: bool,
+    /// Raised by a signal handler: save a checkpoint and return `Outcome::Interrupted`.
+    pub stop: Option<&'a AtomicBool>,
+    /// Called after each step's metrics are written, with the step (the interruption tests
+    /// pause here so that a kill lands mid-run on any machine).
+    pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// The state a run starts from in `out`: fresh, or on `resume` the newest checkpoint's (its
+/// weights loaded into `p`, metrics.jsonl cut back to its step, the task told).
+pub fn start<T: Task + ?Sized>(
+    task: &mut T,
+    p: &mut Params,
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+) -> Result<State, T::Error> {
+    let mut st = State::fresh(cfg.seed);
+    if resume {
+        if let Some(s) = p.load_latest(&out.join("checkpoints"))? {
+            st = s;
+        }
+        curves::truncate(&out.join("metrics.jsonl"), st.step)?;
+        task.on_resume(st.step)?;
+    }
+    Ok(st)
+}
+
+/// One step's figures besides the metrics row.
+pub struct Stepped {
+    pub row: Map<String, Value>,
+    pub loss: f64,
+    pub lr: f64,
+    pub tokens_per_s: f64,
+    /// The task's first few metrics, for the progress bar.
+    pub shown: String,
+}
+
+/// One optimizer step: `grad_accum` micro-batches of `batch` units, then the update (skipped,
+/// with a warning through `warn`, when the loss or the gradient norm is not finite).
+pub fn step<T: Task + ?Sized>(
+    task: &mut T,
+    p: &mut Params,
+    cfg: &TrainConfig,
+    st: &mut State,
+    order: &mut Order,
+    warn: &dyn Fn(String),
+) -> Result<Stepped, T::Error> {
+    let total = cfg.total_steps()?;
+    let warmup = cfg.warmup_steps()?;
+    let t0 = Instant::now();
+    let lr = lr_at(cfg.schedule, st.step, total, warmup, cfg.lr, cfg.min_lr(), cfg.wsd_decay);
+    let per = 1.0 / cfg.grad_accum as f64;
+    let (mut grads, mut loss, mut tokens) = (None::<Vec<Vec<f32>>>, 0.0, 0u64);
+    let mut sums: Vec<(&'static str, f64)> = Vec::new();
+    for _ in 0..cfg.grad_accum {
+        let units: Vec<usize> =
+            (0..cfg.batch as u64).map(|i| order.window(st.cursor + i)).collect();
+        st.cursor += cfg.batch as u64;
+        let m = task.micro(p, &units, st.step, per as f32)?;
+        loss += m.loss * per;
+        tokens += m.tokens;
+        for (k, v) in m.metrics {
+            match sums.iter_mut().find(|x| x.0 == k) {
+                Some(x) => x.1 += v * per,
+                None => sums.push((k, v * per)),
+            }
+        }
+        match grads.as_mut() {
+            None => grads = Some(m.grads),
+            Some(acc) => {
+                for (a, g) in acc.iter_mut().zip(m.grads) {
+                    a.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+                }
+            }
+        }
+    }
+    let mut grads = grads.ok_or_else(|| TrainError::Config("grad_accum is 0".into()))?;
+    let t = st.step + 1 - st.skipped_steps;
+    let gnorm =
+        if loss.is_finite() { p.update(&mut grads, lr, t, cfg)? } else { global_norm(&grads) };
+    let finite = loss.is_finite() && gnorm.is_finite();
+    if finite {
+        st.bad_in_a_row = 0;
+    } else {
+        st.bad_in_a_row += 1;
+        st.skipped_steps += 1;
+        warn(format!(
+            "warning: step {}: non-finite loss {loss} or gradient norm {gnorm}; step skipped \
+             ({} in a row)",
+            st.step, st.bad_in_a_row
+        ));
+    }
+    st.step += 1;
+    st.tokens_seen += tokens;
+    let dt = t0.elapsed().as_secs_f64();
+    let mut row = Map::new();
+    row.insert("step".into(), json!(st.step));
+    row.insert("loss".into(), json!(loss));
+    for (k, v) in &sums {
+        row.insert(k.to_string(), json!(v));
+    }
+    row.insert("lr".into(), json!(lr));
+    row.insert("grad_norm".into(), json!(gnorm));
+    row.insert("tokens".into(), json!(st.tokens_seen));
+    row.insert("tokens_per_s".into(), json!(tokens as f64 / dt));
+    row.insert("seconds".into(), json!(dt));
+    if !finite {
+        row.insert("skipped".into(), json!(true));
+    }
+    let shown: Vec<String> = sums.iter().take(3).map(|(k, v)| format!("{k} {v:.3}")).collect();
+    Ok(Stepped { row, loss, lr, tokens_per_s: tokens as f64 / dt, shown: shown.join("  ") })
+}
+
+fn progress_bar(quiet: bool, total: u64, at: u64) -> indicatif::ProgressBar {
+    let pb =
+        if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(total) };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise}<{eta_precise}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_position(at);
+    pb
+}
+
+/// Train `p` with `task` from `st` (see [`start`]) to `cfg`'s number of steps, into `out`
+/// (checkpoints/, metrics.jsonl, curves).
+pub fn run<T: Task + ?Sized>(
+    task: &mut T,
+    p: &mut Params,
+    cfg: &TrainConfig,
+    out: &Path,
+    st: &mut State,
+    opts: Options,
+) -> Result<Outcome, T::Error> {
+    let total = cfg.total_steps()?;
+    let ck = out.join("checkpoints");
+    let metrics = out.join("metrics.jsonl");
+    let mut order = Order::new(task.units(), cfg.seed);
+    let pb = progress_bar(opts.quiet, total, st.step);
+    let started = Instant::now();
+    let base = st.train_seconds;
+    let mut last_saved = st.step;
+    let save = |p: &Params, st: &mut State| -> Result<(), TrainError> {
+        st.train_seconds = base + started.elapsed().as_secs_f64();
+        p.save(&ck, st).map(drop)
+    };
+    while st.step < total {
+        if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            save(p, st)?;
+            pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
+            return Ok(Outcome::Interrupted { step: st.step });
+        }
+        let s = step(task, p, cfg, st, &mut order, &|m| pb.println(m))?;
+        curves::append(&metrics, &Value::Object(s.row))?;
+        if let Some(hook) = opts.after_step {
+            hook(st.step);
+        }
+        pb.set_position(st.step);
+        pb.set_message(format!(
+            "loss {:.4}  {}  lr {:.2e}  {:.0} tok/s",
+            s.loss, s.shown, s.lr, s.tokens_per_s
+        ));
+        if st.bad_in_a_row >= cfg.max_bad_steps {
+            save(p, st)?;
+            pb.abandon();
+            return Err(TrainError::NonFinite(format!(
+                "{} non-finite steps in a row at step {} (lower --lr or check the data); last \
+                 finite weights saved",
+                st.bad_in_a_row, st.step
+            ))
+            .into());
+        }
+        if cfg.eval_every > 0 && st.step % cfg.eval_every == 0 && st.step < total {
+            if let Some(v) = task.validate(p, st.step)? {
+                curves::append(&metrics, &v)?;
+                pb.println(format!("step {}: {v}", st.step));
+            }
+        }
+        if cfg.save_every > 0 && st.step % cfg.save_every == 0 {
+            save(p, st)?;
+            last_saved = st.step;
+        }
+    }
+    pb.finish_and_clear();
+    if last_saved != st.step || checkpoint::list(&ck)?.is_empty() {
+        save(p, st)?;
+    }
+    st.train_seconds = base + started.elapsed().as_secs_f64();
+    let validated = curves::read(&metrics)?.iter().any(|r| {
+        r.get("step").and_then(Value::as_u64) == Some(st.step)
+            && r.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("val_")))
+    });
+    if !validated {
+        if let Some(v) = task.validate(p, st.step)? {
+            curves::append(&metrics, &v)?;
+        }
+    }
+    curves::draw(&metrics, out)?;
+    for key in task.curves() {
+        curves::draw_key(&metrics, key, &out.join(format!("{key}.png")))?;
+    }
+    Ok(Outcome::Finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orlik_model::init::random_weights;
+
+    /// A task whose loss is NaN from step `from` on.
+    struct NanAfter {
+        from: u64,
+    }
+
+    impl Task for NanAfter {
+        type Error = TrainError;
+        fn units(&self) -> usize {
+            3
+        }
+        fn micro(&mut self, p: &Params, _: &[usize], step: u64, _: f32) -> Result<Micro, TrainError> {
+            let bad = step >= self.from;
+            let grads =
+                p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
+            let loss = if bad { f64::NAN } else { 1.0 };
+            Ok(Micro { loss, grads, tokens: 1, metrics: vec![("x", 1.0)] })
+        }
+    }
+
+    #[test]
+    fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
+        let cfg = orlik_model::testing::tiny(
+            "LlamaForCausalLM",
+            serde_json::json!({"vocab_size": 11, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "head_dim": 4, "max_position_embeddings": 32,
+                "tie_word_embeddings": true}),
+        );
+        let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
+        let tc = TrainConfig {
+            steps: Some(20),
+            batch: 1,
+            max_bad_steps: 3,
+            save_every: 0,
+            ..TrainConfig::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = NanAfter { from: 2 };
+        let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
+        let opts = Options { quiet: true, ..Options::default() };
+        let e = run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).err().unwrap().to_string();
+        assert!(e.contains("3 non-finite steps in a row at step 5"), "{e}");
+        let rows = curves::read(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(rows.len(), 5);
+        assert!(rows[..2].iter().all(|r| r.get("skipped").is_none()));
+        assert!(rows[2..].iter().all(|r| r["skipped"] == true));
+        let after_two: Vec<Vec<f32>> = p.slots.iter().map(|s| s.w.clone()).collect();
+        assert!(after_two.iter().flatten().all(|x| x.is_finite()));
+        // the checkpoint holds the weights of the last finite step
+        let mut q = Params::new(&cfg, random_weights(&cfg, 9, 0.3).unwrap()).unwrap();
+        let st = q.load_latest(&dir.path().join("checkpoints")).unwrap().unwrap();
+        assert_eq!((st.step, st.skipped_steps), (5, 3));
+        assert_eq!(q.slots.iter().map(|s| s.w.clone()).collect::<Vec<_>>(), after_two);
+    }
+
+    /// The loop calls the injected hook once per step, in order.
+    #[test]
+    fn after_step_hook_sees_every_step() {
+        let cfg = orlik_model::testing::tiny("LlamaForCausalLM", serde_json::json!({}));
+        let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
+        let tc = TrainConfig { steps: Some(4), batch: 1, ..TrainConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = NanAfter { from: 99 };
+        let seen = std::sync::Mutex::new(Vec::new());
+        let hook = |s: u64| seen.lock().unwrap().push(s);
+        let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
+        let opts = Options { quiet: true, stop: None, after_step: Some(&hook) };
+        assert_eq!(run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).unwrap(), Outcome::Finished);
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4]);
+    }
+}
