@@ -109,6 +109,9 @@ pub struct Encoder<'a> {
     pub max_prompt: usize,
 }
 
+/// Token ids of a rendered conversation and, per token, whether it is trained on.
+pub type Masked = (Vec<u32>, Vec<bool>);
+
 /// Counts of rows changed by the length rules.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct Cuts {
@@ -130,7 +133,7 @@ impl Encoder<'_> {
         &self,
         msgs: &[Message],
         cuts: &mut Cuts,
-    ) -> Result<Option<(Vec<u32>, Vec<bool>)>, AlignError> {
+    ) -> Result<Option<Masked>, AlignError> {
         let (text, spans) = self.template.render_with_spans(msgs)?;
         let e = self
             .tok

@@ -1,8 +1,8 @@
 //! DPO-family losses on one preference pair, from summed sequence log-probabilities.
 
-use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use orlik_train::params::Params;
+use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,10 @@ pub fn dpo(p: &Pair, kind: DpoLoss, beta: f64, lambda: f64) -> DpoOut {
     }
 }
 
+/// Each pair's [chosen, rejected] summed log-probabilities, the forward they came from, and
+/// the answer-token masks of its rows.
+pub type PairForward = (Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>);
+
 /// One tokenised preference pair: the prompt and the two answers.
 pub struct PairIds {
     pub prompt: Vec<u32>,
@@ -110,7 +114,7 @@ pub fn sequence_logps(
     idx: &[usize],
     pad: u32,
     chunk: usize,
-) -> Result<(Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>), AlignError> {
+) -> Result<PairForward, AlignError> {
     let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad };
     let mut masks = Vec::new();
     for &i in idx {

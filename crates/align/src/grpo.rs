@@ -3,11 +3,11 @@
 
 use crate::reward::Reward;
 use crate::rollout::{sample_group, SampleOptions};
-use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use candle_core::DType;
 use orlik_model::{Model, ModelOptions};
 use orlik_train::params::Params;
+use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -179,7 +179,7 @@ impl Task for GrpoTask<'_> {
                 for rw in &self.rewards {
                     r += rw.score(&pr.text, &text, &pr.answer, &pr.row)?;
                 }
-                if self.log_every > 0 && step % self.log_every == 0 {
+                if self.log_every > 0 && step.is_multiple_of(self.log_every) {
                     // step numbered as in metrics.jsonl: the optimizer step this rollout feeds
                     log.push(serde_json::json!({"step": step + 1, "prompt": u, "completion": text, "reward": r}));
                 }

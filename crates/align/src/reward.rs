@@ -175,7 +175,7 @@ mod tests {
             // SAFETY: signal 0 only checks that the process exists.
             alive = unsafe { libc::kill(pid, 0) } == 0
                 && std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map_or(false, |s| !s.contains(") Z "));
+                    .is_ok_and(|s| !s.contains(") Z "));
             if !alive {
                 break;
             }

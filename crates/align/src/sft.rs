@@ -2,9 +2,9 @@
 //! conversation per row (no packing, so no attention across conversations), rows right-padded.
 //! The loss of a micro-batch is the mean over its assistant tokens.
 
-use orlik_train::runner::{Micro, Task};
 use crate::AlignError;
 use orlik_train::params::Params;
+use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
 
 pub struct Sft {

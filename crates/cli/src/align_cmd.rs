@@ -10,12 +10,12 @@ use orlik_align::dpo::{sequence_logps, DpoLoss, DpoTask, PairIds};
 use orlik_align::grpo::{GrpoOptions, GrpoTask, PromptRow};
 use orlik_align::reward::Reward;
 use orlik_align::rollout::{sample_group, SampleOptions};
-use orlik_align::AlignError;
-use orlik_train::runner::{self, Options, Outcome, Task};
 use orlik_align::sft::Sft;
+use orlik_align::AlignError;
 use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
 use orlik_train::params::Params;
+use orlik_train::runner::{self, Options, Outcome, Task};
 use orlik_train::TrainConfig;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -474,13 +474,14 @@ fn read_prompts(
 }
 
 fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>> {
-    if !(timeout > 0.0) {
+    if timeout.is_nan() || timeout <= 0.0 {
         bail!("--reward-timeout must be > 0");
     }
-    Ok(specs
-        .iter()
-        .map(|r| Reward::parse(r, Duration::from_secs_f64(timeout)))
-        .collect::<Result<_, _>>()?)
+    let mut out = Vec::with_capacity(specs.len());
+    for r in specs {
+        out.push(Reward::parse(r, Duration::from_secs_f64(timeout))?);
+    }
+    Ok(out)
 }
 
 pub fn grpo(a: GrpoArgs) -> Result<()> {

@@ -185,7 +185,7 @@ fn check_budget(r: &Recipe, teacher: &orlik_model::Config) -> Result<()> {
     if let Some(p) = r.prune.params {
         let total = orlik_prune::search::param_count(teacher);
         let budget = if p <= 1.0 { p * total as f64 } else { p };
-        if !(p > 0.0) || budget >= total as f64 {
+        if p.is_nan() || p <= 0.0 || budget >= total as f64 {
             bail!(
                 "prune.params {p}: a budget of {budget:.0} parameters is not smaller than the model's {total}; give a fraction below 1 (e.g. 0.67) or a smaller count"
             );

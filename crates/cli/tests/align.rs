@@ -3,6 +3,8 @@
 //! raises its reward accuracy and caches the reference; GRPO raises the reward of a built-in
 //! verifier and of an external command; bad input is refused with the file and line named.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

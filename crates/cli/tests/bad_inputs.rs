@@ -5,6 +5,8 @@
 //! teacher-cache / distill) assert no complete-looking output, untouched inputs, and that the
 //! next run succeeds and cleans up after the killed one.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,8 @@
 //! End-to-end: the `orlik` binary on tiny fixtures. Convert a GGUF, inspect, generate, eval ppl;
 //! and bad input gives a one-line error, a non-zero exit, no panic, nothing half-written.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use std::path::Path;
 
 mod common;

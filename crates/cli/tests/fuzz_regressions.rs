@@ -3,7 +3,8 @@
 //! target runs (`fuzz/targets.rs`); the recipe parser, which lives in the binary, through
 //! `orlik run`. A replay passes when it returns (or, for the binary, exits 0 or 1) without a panic.
 
-#[allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 #[path = "../../../fuzz/targets.rs"]
 mod targets;
 

@@ -3,6 +3,8 @@
 //! only what changed, an interrupted distillation resumed, the standalone eval commands, and bad
 //! input.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

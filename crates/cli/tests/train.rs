@@ -3,10 +3,10 @@
 //! (checkpoint saved, clean exit), cached vs online teacher (same losses with k = vocabulary),
 //! `orlik train` from random init, and bad input.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 mod common;
 use common::{fails, interrupt_after, ok, rows, trajectory, weights};

@@ -3,6 +3,8 @@
 //! round-trips, special tokens survive a corpus that never uses them, the corpus log-likelihood
 //! does not drop, the trimmed model can be scored and pruned, and bad input is refused.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use serde_json::Value;
 use std::path::Path;
 

@@ -183,9 +183,7 @@ mod tests {
             let mut scored = vec![0; n];
             for w in &ws {
                 assert!(w.end - w.start <= c && w.first_scored > w.start);
-                for p in w.first_scored..w.end {
-                    scored[p] += 1;
-                }
+                scored[w.first_scored..w.end].iter_mut().for_each(|k| *k += 1);
             }
             assert_eq!(scored[0], 0);
             for (p, &k) in scored.iter().enumerate().skip(1) {

@@ -176,13 +176,15 @@ mod tests {
         assert!(!target.exists());
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 0, "temp dir not cleaned");
         write_dir_atomically::<IoError>(&target, "test", false, |tmp| {
-            Ok(fs::write(tmp.join("a"), b"1").unwrap())
+            let _: () = fs::write(tmp.join("a"), b"1").unwrap();
+            Ok(())
         })
         .unwrap();
         let e = write_dir_atomically::<IoError>(&target, "test", false, |_| Ok(())).unwrap_err();
         assert!(e.to_string().contains("already exists"));
         write_dir_atomically::<IoError>(&target, "test", true, |tmp| {
-            Ok(fs::write(tmp.join("b"), b"2").unwrap())
+            let _: () = fs::write(tmp.join("b"), b"2").unwrap();
+            Ok(())
         })
         .unwrap();
         assert!(target.join("b").exists() && !target.join("a").exists());

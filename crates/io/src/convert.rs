@@ -250,7 +250,7 @@ pub fn convert_gguf(
         tensors.push((name, w));
     }
     progress(n, n, "writing");
-    tensors.sort_by(|a, b| layer_order(&a.0).cmp(&layer_order(&b.0)));
+    tensors.sort_by_key(|a| layer_order(&a.0));
     let mut files = vec![
         ("tokenizer.json".to_string(), serde_json::to_vec(&tok.tokenizer_json).unwrap_or_default()),
         (

@@ -283,7 +283,7 @@ impl Gguf {
         }
         let len = (numel / bs).checked_mul(dt.type_size() as u64).ok_or("size overflows")?;
         let start = (self.data_start as u64).checked_add(t.offset).ok_or("offset overflows")?;
-        if t.offset % self.align as u64 != 0 {
+        if !t.offset.is_multiple_of(self.align as u64) {
             return Err(format!("data offset {} is not aligned", t.offset));
         }
         if start.checked_add(len).is_none_or(|e| e > self.mmap.len() as u64) {

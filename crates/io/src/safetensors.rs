@@ -406,7 +406,7 @@ pub fn write_file_with(
         off += s;
     }
     let mut h = serde_json::to_vec(&Value::Object(header)).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let f = File::create(path).map_err(io_err(path))?;

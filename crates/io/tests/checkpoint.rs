@@ -1,6 +1,8 @@
 //! Checkpoint IO: load(save(m)) is bit-exact (single file and sharded, every dtype), and every kind
 //! of bad input is a clear error naming the file and tensor, with nothing half-written.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use candle_core::{DType, Device, Tensor};
 use orlik_io::hfdir::{save_pretrained, side_files, HfModel, SaveOptions};
 use orlik_io::safetensors::Checkpoint;

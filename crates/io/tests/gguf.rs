@@ -2,6 +2,8 @@
 //! the `gguf` package's reference code, llama.cpp's Q/K permutation is undone exactly, and corrupt
 //! or unsupported files are named errors.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use candle_core::DType;
 use orlik_io::gguf::Gguf;
 use orlik_io::hfdir::{HfModel, SaveOptions};

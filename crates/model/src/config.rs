@@ -243,14 +243,14 @@ impl Config {
                 }
             }
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(bad(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.num_kv_heads()
             )));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(bad(format!("head_dim {} must be even for RoPE", self.head_dim())));
         }
         let act = self.activation();
@@ -410,7 +410,7 @@ impl Config {
                 .iter()
                 .find_map(|k| self.extra.get(*k).and_then(Value::as_u64))
                 .unwrap_or(6) as usize;
-            return if (i + 1) % pattern.max(1) == 0 { None } else { self.sliding_window };
+            return if (i + 1).is_multiple_of(pattern.max(1)) { None } else { self.sliding_window };
         }
         match self.arch() {
             Arch::Mistral => self.sliding_window,

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor, D};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
+
 pub struct ModelOptions {
     /// Compute dtype: F32 (default) or F64. Stored f16/bf16 weights are upcast.
     pub dtype: DType,
@@ -174,6 +175,11 @@ impl KvCache {
         Ok(KvCache { layers, len: self.len })
     }
 }
+
+/// A caller's look at a layer's activations: (layer, which one, the tensor).
+pub type LayerTap<'a> = &'a mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>;
+/// The same inside one block (the layer is known).
+type BlockTap<'a> = &'a mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>;
 
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -498,7 +504,7 @@ impl Model {
         positions: Option<&[Vec<u32>]>,
         mut cache: Option<&mut KvCache>,
         skip: &[usize],
-        mut tap: Option<&mut dyn FnMut(usize, Tap, &Tensor) -> candle_core::Result<()>>,
+        mut tap: Option<LayerTap>,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = match input {
             Input::Ids(ids) => ids.dims2()?,
@@ -641,6 +647,7 @@ impl Model {
         self.lm_head(&h)
     }
 
+    #[allow(clippy::too_many_arguments)] // the block's inputs, each a different tensor
     fn block(
         &self,
         l: &Layer,
@@ -649,7 +656,7 @@ impl Model {
         sin: &Tensor,
         mask: &Mask,
         slot: Option<&mut Option<(Tensor, Tensor)>>,
-        mut tap: Option<&mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>>,
+        mut tap: Option<BlockTap>,
     ) -> candle_core::Result<Tensor> {
         let mut emit = |what: Tap, t: &Tensor| match tap.as_deref_mut() {
             Some(f) => f(what, t),

@@ -101,7 +101,7 @@ impl GradModel {
         if cfg.embed_scale().is_some() || cfg.norm_offset() {
             return Some("scaled embeddings or offset norms".into());
         }
-        if cfg.head_dim() % 2 != 0 {
+        if !cfg.head_dim().is_multiple_of(2) {
             return Some("odd head_dim".into());
         }
         None

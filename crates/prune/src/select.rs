@@ -133,7 +133,7 @@ pub fn build(
             return bad(format!("--{what} {want}: must be between 1 and the model's {have}"));
         }
     }
-    if nh % kv != 0 || nh / kv > rep {
+    if !nh.is_multiple_of(kv) || nh / kv > rep {
         return bad(format!(
             "--heads {nh} must be a multiple of --kv-heads {kv} with at most {rep} query heads per KV group"
         ));

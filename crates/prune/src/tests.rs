@@ -250,8 +250,11 @@ fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
     let cases = [
         // SmolLM2-like 9 query heads over 3 KV groups: keep two heads per group
         (
-            tiny("LlamaForCausalLM", r#","num_hidden_layers":2,"hidden_size":18,"num_attention_heads":9,
-            "num_key_value_heads":3,"head_dim":4,"tie_word_embeddings":true"#),
+            tiny(
+                "LlamaForCausalLM",
+                r#","num_hidden_layers":2,"hidden_size":18,"num_attention_heads":9,
+            "num_key_value_heads":3,"head_dim":4,"tie_word_embeddings":true"#,
+            ),
             vec![0, 1, 3, 4, 6, 7],
             vec![0, 1, 2],
         ),

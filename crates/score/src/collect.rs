@@ -5,6 +5,7 @@
 //! - MLP neuron i of layer l: activation at the down_proj input (after SwiGLU).
 //! - Attention head: L2 norm over head_dim of its output before o_proj, per token.
 //! - Hidden channel: |output| of every RMSNorm (input, post-attention, final), summed over norms.
+//!
 //! Depth, side by side:
 //! - Block Influence (Men et al. 2024, ShortGPT): 1 − cos(layer input, layer output), token mean.
 //! - Angular distance of n contiguous layers (Gromov et al. 2024): arccos(cos(h_l, h_{l+n}))/π.
@@ -50,10 +51,10 @@ fn push_rows(
 ) -> candle_core::Result<()> {
     let (b, t, u) = x.dims3()?;
     let v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    for r in 0..b {
+    for (r, vr) in valid.iter().enumerate().take(b) {
         let mut row = vec![Acc::default(); u];
-        for p in 0..t {
-            if !valid[r][p] {
+        for (p, &ok) in vr.iter().enumerate().take(t) {
+            if !ok {
                 continue;
             }
             let base = (r * t + p) * u;
@@ -237,7 +238,7 @@ fn count_tokens(valid: &[Vec<bool>]) -> f64 {
 /// of equal length.
 pub fn collect(
     model: &Model,
-    batches: &[(Vec<Vec<u32>>, Vec<Vec<bool>>)],
+    batches: &[crate::Batch],
     opts: &ScoreOptions,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
@@ -325,7 +326,7 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
 /// batches. Leave-one-out re-runs the layers after the left-out one from its stored input.
 pub fn collect_streaming(
     hf: &orlik_io::hfdir::HfModel,
-    batches: &[(Vec<Vec<u32>>, Vec<Vec<bool>>)],
+    batches: &[crate::Batch],
     opts: &ScoreOptions,
     mut progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
@@ -397,6 +398,7 @@ pub fn collect_streaming(
         acc.loss_n += n0;
     }
     let loo_layers = if nloo > 0 { nl } else { 0 };
+    #[allow(clippy::needless_range_loop)] // l indexes the inner lists of loo_inputs
     for l in 0..loo_layers {
         progress("leave-one-out", l, nl);
         let mut ys: Vec<Tensor> = (0..nloo).map(|bi| loo_inputs[bi][l].clone()).collect();

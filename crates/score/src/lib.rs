@@ -26,6 +26,9 @@ pub enum ScoreError {
     Candle(#[from] candle_core::Error),
 }
 
+/// One calibration batch: token rows and, per position, whether it is real text (not padding).
+pub type Batch = (Vec<Vec<u32>>, Vec<Vec<bool>>);
+
 /// Reduction over the sequence or over the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -207,7 +210,7 @@ pub fn calibration_batches(
     samples: usize,
     seq_len: usize,
     batch: usize,
-) -> Result<Vec<(Vec<Vec<u32>>, Vec<Vec<bool>>)>, ScoreError> {
+) -> Result<Vec<Batch>, ScoreError> {
     // Checked here too, so that every caller (not only the CLI's flags) gets the same errors.
     if seq_len < 2 || samples == 0 || batch == 0 {
         return Err(ScoreError::Input(format!(

@@ -11,6 +11,9 @@ use orlik_model::llama_grad::Saved;
 use orlik_model::{Config, GradModel, Model, ModelOptions, Weights};
 use std::path::{Path, PathBuf};
 
+/// One gradient buffer per parameter, in `Params::names` order.
+pub type Grads = Vec<Vec<f32>>;
+
 pub struct Params {
     pub model: Model,
     /// HF tensor names, in layer order; `vars`, `slots` and every gradient list follow it.

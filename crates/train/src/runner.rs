@@ -65,7 +65,9 @@ pub trait Task {
 pub enum Outcome {
     Finished,
     /// Interrupted by the stop flag; a checkpoint of this step was saved.
-    Interrupted { step: u64 },
+    Interrupted {
+        step: u64,
+    },
 }
 
 /// What the caller controls besides the settings.
@@ -247,13 +249,13 @@ pub fn run<T: Task + ?Sized>(
             ))
             .into());
         }
-        if cfg.eval_every > 0 && st.step % cfg.eval_every == 0 && st.step < total {
+        if cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every) && st.step < total {
             if let Some(v) = task.validate(p, st.step)? {
                 curves::append(&metrics, &v)?;
                 pb.println(format!("step {}: {v}", st.step));
             }
         }
-        if cfg.save_every > 0 && st.step % cfg.save_every == 0 {
+        if cfg.save_every > 0 && st.step.is_multiple_of(cfg.save_every) {
             save(p, st)?;
             last_saved = st.step;
         }
@@ -294,7 +296,13 @@ mod tests {
         fn units(&self) -> usize {
             3
         }
-        fn micro(&mut self, p: &Params, _: &[usize], step: u64, _: f32) -> Result<Micro, TrainError> {
+        fn micro(
+            &mut self,
+            p: &Params,
+            _: &[usize],
+            step: u64,
+            _: f32,
+        ) -> Result<Micro, TrainError> {
             let bad = step >= self.from;
             let grads =
                 p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
@@ -350,7 +358,10 @@ mod tests {
         let hook = |s: u64| seen.lock().unwrap().push(s);
         let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
         let opts = Options { quiet: true, stop: None, after_step: Some(&hook) };
-        assert_eq!(run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).unwrap(), Outcome::Finished);
+        assert_eq!(
+            run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).unwrap(),
+            Outcome::Finished
+        );
         assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4]);
     }
 }

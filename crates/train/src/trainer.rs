@@ -19,7 +19,7 @@ use crate::checkpoint::State;
 use crate::config::TrainConfig;
 use crate::data::{Order, Packed};
 use crate::losses::{row_loss, total, KdSpec, RowLoss, TeacherRow};
-use crate::params::Params;
+use crate::params::{Grads, Params};
 use crate::runner::{self, Micro, Options, Outcome, Task};
 use crate::{file_err, TrainError};
 use candle_core::{Device, Tensor};
@@ -71,7 +71,6 @@ pub trait TeacherSource {
     fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError>;
 }
 
-
 /// Summed loss terms of a micro-batch.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Sums {
@@ -108,7 +107,7 @@ impl LmTask<'_> {
         split: Split,
         windows: &[usize],
         grad_scale: Option<f32>,
-    ) -> Result<(Sums, Option<Vec<Vec<f32>>>), TrainError> {
+    ) -> Result<(Sums, Option<Grads>), TrainError> {
         let data = match split {
             Split::Train => &self.train,
             Split::Val => {
@@ -344,7 +343,7 @@ impl<'t> Trainer<'t> {
         split: Split,
         windows: &[usize],
         grad_scale: Option<f32>,
-    ) -> Result<(Sums, Option<Vec<Vec<f32>>>), TrainError> {
+    ) -> Result<(Sums, Option<Grads>), TrainError> {
         self.task.micro_split(&self.params, split, windows, grad_scale)
     }
 
