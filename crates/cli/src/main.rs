@@ -659,7 +659,15 @@ fn main() {
         }
         Cmd::Curves { runs, key, smooth, output } => {
             orlik_train::curves::compare(&runs, &key, smooth, &output)
-                .map(|caps| caps.iter().for_each(|c| println!("{c}")))
+                .map(|runs| {
+                    let svg = output.with_extension("svg");
+                    println!(
+                        "wrote {} and {}: {}",
+                        output.display(),
+                        svg.display(),
+                        runs.join(", ")
+                    )
+                })
                 .map_err(Into::into)
         }
         Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),

@@ -183,7 +183,7 @@ impl Runner {
 /// Refuse a budget the model cannot meet before any work.
 fn check_budget(r: &Recipe, teacher: &orlik_model::Config) -> Result<()> {
     if let Some(p) = r.prune.params {
-        let total = orlik_prune::search::param_count(teacher);
+        let total = teacher.param_count();
         let budget = if p <= 1.0 { p * total as f64 } else { p };
         if p.is_nan() || p <= 0.0 || budget >= total as f64 {
             bail!(

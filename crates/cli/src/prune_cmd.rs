@@ -402,11 +402,9 @@ fn search(
     depth: DepthMethod,
     s: &Search,
 ) -> Result<(Plan, String)> {
-    use orlik_prune::search::{
-        enumerate, evaluate, param_count, shortlist, teacher_logprobs, Axes,
-    };
+    use orlik_prune::search::{enumerate, evaluate, shortlist, teacher_logprobs, Axes};
     let cfg = &hf.config;
-    let total = param_count(cfg);
+    let total = cfg.param_count();
     let budget =
         if s.params <= 1.0 { (s.params * total as f64) as usize } else { s.params as usize };
     if s.params <= 0.0 || budget > total {

@@ -1,6 +1,6 @@
 //! The pipeline's eval stage (teacher, pruned and distilled model measured the same way, speed in
 //! one interleaved run) and its report: OUT/eval.json, OUT/report.md with quality.png and
-//! speed.png beside it, and the distillation curves from OUT/distill/.
+//! speed.png (and their SVGs) beside it, and the distillation curves from OUT/distill/.
 
 use crate::eval_cmd::{agree_result, mc_result, ppl_report, speed_rows};
 use crate::recipe::Recipe;
@@ -106,7 +106,7 @@ pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
         out.push(ModelEval {
             name: name.to_string(),
             path: path.display().to_string(),
-            parameters: orlik_prune::search::param_count(c),
+            parameters: c.param_count(),
             bytes: bytes_on_disk(path),
             shape: [
                 c.num_hidden_layers,
@@ -222,31 +222,40 @@ pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>)
         });
     }
 
-    // quality vs parameters: one point per model (blue teacher, red pruned, green distilled)
-    let pts: Vec<Vec<(f64, f64)>> = ms
-        .iter()
-        .map(|m| {
-            vec![(
-                m.parameters as f64 / 1e6,
-                m.bits_per_byte.get(&key).copied().unwrap_or(f64::NAN),
-            )]
-        })
-        .collect();
-    orlik_io::png::line_chart(&pts, 600, 400, false).save(&out.join("quality.png"))?;
-    let groups: Vec<Vec<f64>> = t
-        .speed
-        .iter()
-        .map(|(w, _)| ms.iter().map(|m| speed_of(m, w).unwrap_or(f64::NAN)).collect())
-        .collect();
-    if !groups.is_empty() {
-        orlik_io::png::bar_chart(&groups, 800, 400).save(&out.join("speed.png"))?;
+    // quality vs parameters: each model a labelled point, the teacher's level a dashed line
+    let bpb = |m: &ModelEval| m.bits_per_byte.get(&key).copied().unwrap_or(f64::NAN);
+    let quality = orlik_plot::Lines {
+        title: format!("Quality against size (bits/byte on {key}; lower is better)"),
+        x_label: "parameters (millions)".into(),
+        y_label: "bits per byte".into(),
+        series: vec![orlik_plot::Series {
+            name: "models".into(),
+            points: ms.iter().map(|m| (m.parameters as f64 / 1e6, bpb(m))).collect(),
+            mark: orlik_plot::Mark::Points,
+            labels: ms.iter().map(|m| format!("{} ({:.3})", m.name, bpb(m))).collect(),
+        }],
+        reference: Some((format!("teacher ({:.3})", bpb(t)), bpb(t))),
+    };
+    quality.save(&out.join("quality.png"))?;
+    let has_speed = !t.speed.is_empty();
+    if has_speed {
+        orlik_plot::Bars {
+            title: "Speed on this machine (higher is better)".into(),
+            x_label: "measurement".into(),
+            y_label: "tokens / s".into(),
+            categories: t.speed.iter().map(|(w, _)| w.clone()).collect(),
+            series: ms
+                .iter()
+                .map(|m| {
+                    let v = t.speed.iter().map(|(w, _)| speed_of(m, w).unwrap_or(f64::NAN));
+                    (m.name.clone(), v.collect())
+                })
+                .collect(),
+            values_on_bars: true,
+        }
+        .save(&out.join("speed.png"))?;
     }
 
-    let colours: Vec<String> = ms
-        .iter()
-        .enumerate()
-        .map(|(i, m)| format!("{} {}", orlik_io::png::COLOUR_NAMES[i % 6], m.name))
-        .collect();
     let mut md = String::new();
     let _ = writeln!(md, "# Compression report\n");
     let _ = writeln!(
@@ -270,13 +279,13 @@ pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>)
     let _ = writeln!(md, "- **KL / top-1 agreement**: how closely the model's next-token predictions follow the teacher's on {} tokens of the same text.", r.eval.agree_tokens);
     let _ = writeln!(md, "- **speed**: tokens per second on this machine, all models measured in the same run, one measurement at a time for each; prefill = reading a prompt, decode = generating one token per step with a KV cache, at batch 1 and 8.\n");
     let _ = writeln!(md, "## Charts\n");
-    let _ = writeln!(md, "Quality against size (bits/byte on {key} vs millions of parameters; {}):\n\n![quality](quality.png)\n", colours.join(", "));
-    if !groups.is_empty() {
-        let names: Vec<String> = t.speed.iter().map(|s| s.0.clone()).collect();
-        let _ = writeln!(md, "Speed (groups left to right: {}; each group scaled to its fastest model; {}):\n\n![speed](speed.png)\n", names.join(", "), colours.join(", "));
+    let _ = writeln!(md, "Quality against size (also `quality.svg`):\n\n![quality](quality.png)\n");
+    if has_speed {
+        let _ =
+            writeln!(md, "Speed, tokens per second (also `speed.svg`):\n\n![speed](speed.png)\n");
     }
     for (f, what) in [
-        ("loss.png", "Distillation loss per step (blue raw, red smoothed, green validation KL)"),
+        ("loss.png", "Distillation loss per step, raw and smoothed, with the validation KL"),
         ("val_bpb.png", "Validation bits/byte during distillation (context = training window)"),
     ] {
         if out.join("distill").join(f).is_file() {

@@ -99,7 +99,7 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
         tensors.push((info.name.clone(), t));
     }
     tensors.sort_by(|x, y| {
-        orlik_io::convert::layer_order(&x.0).cmp(&orlik_io::convert::layer_order(&y.0))
+        orlik_model::config::layer_order(&x.0).cmp(&orlik_model::config::layer_order(&y.0))
     });
     let mut cfg = hf.config.clone();
     cfg.vocab_size = p.keep.len();
@@ -136,8 +136,8 @@ pub fn trim_vocab(a: TrimArgs) -> Result<()> {
         files.push((name, out));
     }
     files.push(("orlik.json".into(), provenance()));
-    let before = orlik_prune::search::param_count(&hf.config);
-    let after = orlik_prune::search::param_count(&cfg);
+    let before = hf.config.param_count();
+    let after = cfg.param_count();
     let report = json!({
         "format_version": 1,
         "model": a.model.display().to_string(),

@@ -126,8 +126,12 @@ pub fn parse_record(b: &[u8], k: usize, vocab: usize) -> Result<(Vec<u32>, Vec<f
         return Err(format!("token id {id} outside the vocabulary of {vocab}"));
     }
     // log-probabilities are <= 0; -inf is allowed (a token the teacher gives probability 0)
-    if let Some(x) = logp.iter().chain(std::iter::once(&tail)).find(|x| x.is_nan() || **x > 1e-3) {
+    if let Some(x) = logp.iter().find(|x| x.is_nan() || **x > 1e-3) {
         return Err(format!("log-probability {x} is not a number <= 0"));
+    }
+    // the tail is a probability mass (not a logarithm): in [0, 1]
+    if !(0.0..=1.0 + 1e-3).contains(&tail) {
+        return Err(format!("tail mass {tail} is not a probability in [0, 1]"));
     }
     Ok((ids, logp, tail))
 }
@@ -441,4 +445,187 @@ pub fn shard_paths(dir: &Path, m: &Manifest) -> Vec<PathBuf> {
         .chain(m.val.iter().flat_map(|v| v.shards.iter()))
         .map(|s| dir.join(s))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orlik_model::{init::random_weights, testing, ModelOptions};
+
+    fn teacher() -> Model {
+        let cfg = testing::tiny("LlamaForCausalLM", serde_json::json!({}));
+        let w = random_weights(&cfg, 4, 0.5).unwrap();
+        Model::new(&cfg, &w, ModelOptions::default()).unwrap()
+    }
+
+    /// 5 windows of 6 + 1 tokens.
+    fn packed(shift: u32) -> Packed {
+        let tokens: Vec<u32> = (0..5 * 7).map(|i| (i * 7 + 3 + shift) % 13).collect();
+        Packed { tokens, seq_len: 6, bytes: 35, stream_tokens: 35 }
+    }
+
+    fn spec(m: &Model) -> CacheSpec<'_> {
+        CacheSpec {
+            teacher: m,
+            teacher_sha256: "t".repeat(64),
+            tokenizer_sha256: "v".repeat(64),
+            topk: 3,
+            temperature: 2.0,
+            batch: 2,
+            shard_windows: 2,
+        }
+    }
+
+    fn open(
+        dir: &Path,
+        temperature: f32,
+        topk: usize,
+        tr: &Packed,
+    ) -> Result<CacheTeacher, DistillError> {
+        CacheTeacher::open(dir, Some(&"t".repeat(64)), &"v".repeat(64), temperature, topk, tr, None)
+    }
+
+    /// The cache's rows are exactly the top-k rows of the teacher's logits, across shards, and a
+    /// build that lost a shard redoes only that one, byte for byte.
+    #[test]
+    fn rows_equal_the_teachers_top_k_and_a_lost_shard_is_rebuilt_identically() {
+        let m = teacher();
+        let (tr, va) = (packed(0), packed(5));
+        let dir = tempfile::tempdir().unwrap();
+        let man = build(&spec(&m), &tr, Some(&va), dir.path(), false, &mut |_, _| {}).unwrap();
+        assert_eq!(man.train.shards.len(), 3, "5 windows, 2 per shard");
+        let mut c = CacheTeacher::open(
+            dir.path(),
+            Some(&"t".repeat(64)),
+            &"v".repeat(64),
+            2.0,
+            3,
+            &tr,
+            Some(&va),
+        )
+        .unwrap();
+        // windows 4 (last shard) and 1 (first shard), in that order
+        let wins = [4usize, 1];
+        let ids: Vec<u32> = wins.iter().flat_map(|&w| tr.window(w)[..6].to_vec()).collect();
+        let x = Tensor::from_vec(ids, (2, 6), &Device::Cpu).unwrap();
+        assert!(c.prepare(Split::Train, &wins, &x).unwrap());
+        let StepRows::TopK { ids: got, logp: got_lp, tail: got_tail, .. } = c.rows(0, 12).unwrap()
+        else {
+            panic!("top-k rows expected")
+        };
+        let z = m.forward(&x, None, None, None).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let StepRows::TopK { ids: want, logp: want_lp, tail: want_tail, .. } =
+            rows_from_logits(&z, 13, 2.0, 3)
+        else {
+            panic!("top-k rows expected")
+        };
+        assert_eq!(got, want);
+        for (a, b) in got_lp.iter().zip(&want_lp).chain(got_tail.iter().zip(&want_tail)) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        assert!(c.prepare(Split::Val, &[0], &x).unwrap(), "the validation split is cached");
+        // lose the middle shard: the rebuild writes it again, the same bytes
+        let mid = dir.path().join(&man.train.shards[1]);
+        let before = std::fs::read(&mid).unwrap();
+        let first = dir.path().join(&man.train.shards[0]);
+        let t0 = std::fs::metadata(&first).unwrap().modified().unwrap();
+        std::fs::remove_file(&mid).unwrap();
+        build(&spec(&m), &tr, Some(&va), dir.path(), false, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read(&mid).unwrap(), before);
+        assert_eq!(std::fs::metadata(&first).unwrap().modified().unwrap(), t0, "kept, not redone");
+    }
+
+    #[test]
+    fn a_cache_is_refused_for_other_settings_and_data_naming_what_differs() {
+        let m = teacher();
+        let tr = packed(0);
+        let dir = tempfile::tempdir().unwrap();
+        build(&spec(&m), &tr, None, dir.path(), false, &mut |_, _| {}).unwrap();
+        let msg = |r: Result<CacheTeacher, DistillError>| r.err().unwrap().to_string();
+        assert!(msg(open(dir.path(), 1.0, 3, &tr)).contains("temperature 2"));
+        assert!(msg(open(dir.path(), 2.0, 5, &tr)).contains("--topk 5"));
+        assert!(msg(open(dir.path(), 2.0, 3, &packed(1))).contains("other training data"));
+        let other = CacheTeacher::open(
+            dir.path(),
+            Some(&"x".repeat(64)),
+            &"v".repeat(64),
+            2.0,
+            3,
+            &tr,
+            None,
+        );
+        assert!(msg(other).contains("another teacher"));
+        let other = CacheTeacher::open(dir.path(), None, &"w".repeat(64), 2.0, 3, &tr, None);
+        assert!(msg(other).contains("another tokenizer"));
+        // rebuilding over it with other settings needs overwrite
+        let mut s = spec(&m);
+        s.topk = 4;
+        let e = build(&s, &tr, None, dir.path(), false, &mut |_, _| {}).err().unwrap();
+        assert!(e.to_string().contains("other settings"), "{e}");
+        build(&s, &tr, None, dir.path(), true, &mut |_, _| {}).unwrap();
+        assert!(open(dir.path(), 2.0, 4, &tr).is_ok());
+        // a truncated shard is named with both sizes
+        let man = Manifest::read(dir.path()).unwrap();
+        let p = dir.path().join(&man.train.shards[0]);
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::write(&p, vec![0u8; len as usize - 4]).unwrap();
+        let e = msg(open(dir.path(), 2.0, 4, &tr));
+        assert!(e.contains(&format!("{} bytes, expected {len}", len - 4)), "{e}");
+    }
+
+    #[test]
+    fn records_and_manifests_with_impossible_values_are_corruption() {
+        let rec = |ids: [u32; 2], lp: [f32; 2], tail: f32| {
+            let mut b = Vec::new();
+            ids.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            lp.iter().for_each(|x| b.extend_from_slice(&x.to_le_bytes()));
+            b.extend_from_slice(&tail.to_le_bytes());
+            b
+        };
+        let ok = parse_record(&rec([1, 2], [-0.5, -1.0], 0.25), 2, 13).unwrap();
+        assert_eq!(ok, (vec![1, 2], vec![-0.5, -1.0], 0.25));
+        assert!(parse_record(&rec([1, 2], [-0.5, f32::NEG_INFINITY], 0.25), 2, 13).is_ok());
+        let e = parse_record(&rec([1, 13], [-0.5, -1.0], 0.25), 2, 13).unwrap_err();
+        assert!(e.contains("token id 13 outside the vocabulary of 13"), "{e}");
+        let e = parse_record(&rec([1, 2], [f32::NAN, -1.0], 0.25), 2, 13).unwrap_err();
+        assert!(e.contains("NaN"), "{e}");
+        assert!(parse_record(&rec([1, 2], [0.5, -1.0], 0.25), 2, 13).is_err());
+        assert!(parse_record(&[0u8; 7], 2, 13).unwrap_err().contains("expected 20"));
+        // the tail is a mass: a logarithm there (or a NaN) is corruption
+        for bad in [-3.0, 1.5, f32::NAN] {
+            let e = parse_record(&rec([1, 2], [-0.5, -1.0], bad), 2, 13).unwrap_err();
+            assert!(e.contains("tail mass"), "{e}");
+        }
+        let m = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            teacher_sha256: "t".into(),
+            tokenizer_sha256: "v".into(),
+            vocab_size: 13,
+            topk: 3,
+            temperature: 1.0,
+            seq_len: 6,
+            train: SplitInfo {
+                data_sha256: "d".into(),
+                windows: 5,
+                shard_windows: 2,
+                shards: vec!["a.bin".into(), "b.bin".into(), "c.bin".into()],
+            },
+            val: None,
+        };
+        let text = |m: &Manifest| serde_json::to_string(m).unwrap();
+        assert_eq!(Manifest::parse(&text(&m)).unwrap(), m);
+        let mut bad = m.clone();
+        bad.train.shards.pop();
+        assert!(Manifest::parse(&text(&bad)).unwrap_err().contains("2 shards for 5 windows"));
+        let mut bad = m.clone();
+        bad.train.shards[0] = "../escape.bin".into();
+        assert!(Manifest::parse(&text(&bad)).unwrap_err().contains("not a file name"));
+        let mut bad = m.clone();
+        bad.topk = 14;
+        assert!(Manifest::parse(&text(&bad)).is_err());
+        let mut bad = m;
+        bad.version = 99;
+        assert!(Manifest::parse(&text(&bad)).unwrap_err().contains("v99"));
+    }
 }

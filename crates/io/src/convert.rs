@@ -250,7 +250,7 @@ pub fn convert_gguf(
         tensors.push((name, w));
     }
     progress(n, n, "writing");
-    tensors.sort_by_key(|a| layer_order(&a.0));
+    tensors.sort_by_key(|a| orlik_model::config::layer_order(&a.0));
     let mut files = vec![
         ("tokenizer.json".to_string(), serde_json::to_vec(&tok.tokenizer_json).unwrap_or_default()),
         (
@@ -271,19 +271,4 @@ pub fn convert_gguf(
     files.extend(extra_files);
     save_pretrained(target, &cfg, &tensors, &files, opts)?;
     Ok(ConvertReport { tied: cfg.tie_word_embeddings, config: cfg, tensors: tensors.len() })
-}
-
-/// Sort key: embeddings, layers in numeric order, final norm, lm_head.
-pub fn layer_order(name: &str) -> (usize, usize, String) {
-    if name.starts_with("model.embed_tokens") {
-        return (0, 0, name.into());
-    }
-    if let Some(rest) = name.strip_prefix("model.layers.") {
-        let (l, leaf) = rest.split_once('.').unwrap_or((rest, ""));
-        return (1, l.parse().unwrap_or(0), leaf.into());
-    }
-    if name.starts_with("model.norm") {
-        return (2, 0, name.into());
-    }
-    (3, 0, name.into())
 }

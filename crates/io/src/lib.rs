@@ -10,7 +10,6 @@ pub mod gguf;
 pub mod guard;
 pub mod hfdir;
 pub mod output;
-pub mod png;
 pub mod safetensors;
 pub mod tokenizer;
 

@@ -7,21 +7,29 @@
 use orlik_io::{gguf::Gguf, tokenizer};
 use std::path::PathBuf;
 
-fn vocab_dir() -> PathBuf {
+/// The vectors' directory, or None (with the reason printed) when they are not there: offline,
+/// without `scripts/fetch-assets.sh vocab`, the test is skipped. `scripts/test.sh` fetches them
+/// and sets ORLIK_REQUIRE_ASSETS=1, so under the README's test command a missing vector fails
+/// instead of passing silently.
+fn vocab_dir() -> Option<PathBuf> {
     let cache = std::env::var_os("ORLIK_CACHE").map(PathBuf::from).unwrap_or_else(|| {
         PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/orlik")
     });
     let d = cache.join("vocab");
-    assert!(
-        d.join("ggml-vocab-gpt-2.gguf").exists(),
+    if d.join("ggml-vocab-gpt-2.gguf").exists() {
+        return Some(d);
+    }
+    let why = format!(
         "tokenizer test vectors missing in {}: run `scripts/fetch-assets.sh vocab`",
         d.display()
     );
-    d
+    assert!(std::env::var_os("ORLIK_REQUIRE_ASSETS").is_none(), "{why}");
+    eprintln!("SKIPPED (not passed): {why}");
+    None
 }
 
 fn check(name: &str) {
-    let d = vocab_dir();
+    let Some(d) = vocab_dir() else { return };
     let g = Gguf::open(&d.join(format!("ggml-vocab-{name}.gguf"))).unwrap();
     let built = tokenizer::from_gguf(&g).unwrap();
     let tok =

@@ -471,6 +471,11 @@ impl Config {
     }
 
     /// The HF tensor names and shapes this config implies, in checkpoint order.
+    /// Parameters of the config (a tied lm_head counted once).
+    pub fn param_count(&self) -> usize {
+        self.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let (q, kv) =
@@ -513,6 +518,21 @@ impl Config {
         }
         out
     }
+}
+
+/// Sort key: embeddings, layers in numeric order, final norm, lm_head.
+pub fn layer_order(name: &str) -> (usize, usize, String) {
+    if name.starts_with("model.embed_tokens") {
+        return (0, 0, name.into());
+    }
+    if let Some(rest) = name.strip_prefix("model.layers.") {
+        let (l, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+        return (1, l.parse().unwrap_or(0), leaf.into());
+    }
+    if name.starts_with("model.norm") {
+        return (2, 0, name.into());
+    }
+    (3, 0, name.into())
 }
 
 #[cfg(test)]

@@ -20,11 +20,6 @@ pub fn budget_error(params: f64) -> Option<String> {
     }
 }
 
-/// Parameters of a config (tied lm_head counted once).
-pub fn param_count(cfg: &Config) -> usize {
-    cfg.expected_tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
-}
-
 fn with_target(cfg: &Config, t: &Target) -> Config {
     let mut c = cfg.clone();
     c.num_hidden_layers = t.layers.unwrap_or(c.num_hidden_layers);
@@ -97,7 +92,7 @@ pub fn enumerate(
                         kv_heads: Some(kv),
                         ffn: Some(f),
                     };
-                    let p = param_count(&with_target(cfg, &t));
+                    let p = with_target(cfg, &t).param_count();
                     if (p as f64 - budget as f64).abs() <= tol * budget as f64 {
                         out.push(Candidate { target: t, params: p, kl: None });
                     }

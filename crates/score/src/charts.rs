@@ -1,92 +1,108 @@
-//! PNG charts of the scores, drawn pixel by pixel (no font: the report's captions name the axes).
-//! - depth.png: one bar panel per depth metric (BI, angular n=1, LOO KL, LOO loss increase), x = layer.
-//! - heads.png: heatmap, rows = layers (top = 0), columns = heads, colour = importance / layer max.
-//! - mlp.png: heatmap, rows = layers, columns = neurons sorted by importance (percentiles), colour =
-//!   importance / global max: the distribution per layer.
-//! - hidden.png: hidden-channel importance sorted descending, bars.
+//! Charts of the scores (`orlik_plot`: axes, ticks, titles, colour scales in the image; each as
+//! PNG and SVG):
+//! - depth.png: one bar panel per depth metric (Block Influence, angular distance n = 1,
+//!   leave-one-out KL, leave-one-out loss increase), x = layer;
+//! - heads.png: heatmap, rows = layers (layer 0 on top), columns = heads, colour = importance
+//!   as a fraction of the layer's most important head;
+//! - mlp.png: heatmap, rows = layers, columns = that layer's neurons sorted from most to least
+//!   important (200 percentiles), colour = log(1 + score / layer median);
+//! - hidden.png: hidden-channel importance sorted descending.
 
 use crate::{ScoreError, Scores};
-use orlik_io::png::Canvas;
+use orlik_plot::{Bars, Heatmap};
 use std::path::Path;
 
-/// White -> dark blue.
-fn colour(v: f32) -> [u8; 3] {
-    let v = if v.is_finite() { v.clamp(0.0, 1.0) } else { 0.0 };
-    [(255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - 0.8 * v)) as u8, (255.0 - 100.0 * v) as u8]
-}
-
-fn bars(c: &mut Canvas, v: &[f32], y0: usize, height: usize, col: [u8; 3]) {
-    let max = v.iter().copied().filter(|x| x.is_finite()).fold(0f32, f32::max).max(1e-12);
-    let bw = (c.w / v.len().max(1)).max(1);
-    c.rect(0, y0 + height, c.w, y0 + height + 1, [0, 0, 0]); // baseline
-    for (i, &x) in v.iter().enumerate() {
-        let hgt = ((x.max(0.0) / max) * height as f32) as usize;
-        c.rect(i * bw + 1, y0 + height - hgt, (i + 1) * bw - 1, y0 + height, col);
+fn per_layer(title: &str, y_label: &str, v: &[f32]) -> Bars {
+    Bars {
+        title: title.into(),
+        x_label: "layer".into(),
+        y_label: y_label.into(),
+        categories: (0..v.len()).map(|l| l.to_string()).collect(),
+        series: vec![(title.into(), v.iter().map(|&x| x as f64).collect())],
+        values_on_bars: false,
     }
 }
 
-fn heatmap(rows: &[Vec<f32>], cell_w: usize, cell_h: usize, per_row_max: bool) -> Canvas {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(1);
-    let mut c = Canvas::new(cols * cell_w, rows.len() * cell_h);
-    let gmax = rows.iter().flatten().copied().fold(0f32, f32::max).max(1e-12);
-    for (r, row) in rows.iter().enumerate() {
-        let m =
-            if per_row_max { row.iter().copied().fold(0f32, f32::max).max(1e-12) } else { gmax };
-        for (j, &x) in row.iter().enumerate() {
-            c.rect(j * cell_w, r * cell_h, (j + 1) * cell_w, (r + 1) * cell_h, colour(x / m));
-        }
-    }
-    c
+fn sorted_desc(v: &[f32]) -> Vec<f32> {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+    v
 }
 
 pub fn draw(s: &Scores, dir: &Path) -> Result<Vec<&'static str>, ScoreError> {
-    let nl = s.bi.len();
-    let bw = (600 / nl.max(1)).max(4);
-    let mut depth = Canvas::new(bw * nl, 4 * 110);
     let inc: Vec<f32> = s.loo_loss.iter().map(|x| x - s.full_loss).collect();
     let ang = s.angular.first().cloned().unwrap_or_default();
-    for (k, (v, col)) in [
-        (&s.bi, [31, 119, 180]),
-        (&ang, [44, 160, 44]),
-        (&s.loo_kl, [214, 39, 40]),
-        (&inc, [148, 103, 189]),
+    let panels: Vec<Bars> = [
+        ("Block Influence (1 − cos(in, out))", "BI", &s.bi),
+        ("Angular distance, one layer (arccos(cos) / π)", "distance", &ang),
+        ("Leave-one-out KL(full ‖ without layer)", "nats / token", &s.loo_kl),
+        ("Leave-one-out loss increase", "nats / token", &inc),
     ]
     .into_iter()
-    .enumerate()
-    {
-        if !v.is_empty() {
-            bars(&mut depth, v, k * 110 + 5, 100, col);
-        }
+    .filter(|(_, _, v)| !v.is_empty())
+    .map(|(t, y, v)| per_layer(t, y, v))
+    .collect();
+    Bars::save_panels(&panels, &dir.join("depth.png"))?;
+    let heads: Vec<Vec<f64>> = s
+        .heads
+        .iter()
+        .map(|r| {
+            let m = r.iter().copied().fold(0f32, f32::max).max(1e-12);
+            r.iter().map(|&x| (x / m) as f64).collect()
+        })
+        .collect();
+    Heatmap {
+        title: "Attention-head importance".into(),
+        x_label: "head".into(),
+        y_label: "layer".into(),
+        rows: heads,
+        scale_label: "importance / layer's largest".into(),
     }
-    depth.save(&dir.join("depth.png"))?;
-    heatmap(&s.heads, 24, 12, true).save(&dir.join("heads.png"))?;
-    // MLP: each layer's neurons sorted descending, resampled to 200 percentiles
-    let pct: Vec<Vec<f32>> = s
+    .save(&dir.join("heads.png"))?;
+    // MLP: each layer's neurons sorted descending, resampled to 200 percentiles; log scale
+    // against the layer's median, since a few huge activations would hide the rest.
+    let pct: Vec<Vec<f64>> = s
         .mlp
         .iter()
         .map(|r| {
-            let mut v = r.clone();
-            v.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-            // log scale against the layer's median: a few huge activations would hide the rest
-            let med = v[v.len() / 2].max(1e-12);
-            (0..200).map(|i| (1.0 + v[i * v.len() / 200] / med).ln()).collect()
+            let v = sorted_desc(r);
+            let med = v.get(v.len() / 2).copied().unwrap_or(0.0).max(1e-12);
+            (0..200).map(|i| (1.0 + v[i * v.len() / 200] / med).ln() as f64).collect()
         })
+        .filter(|r: &Vec<f64>| !r.is_empty())
         .collect();
-    heatmap(&pct, 3, 12, true).save(&dir.join("mlp.png"))?;
-    let mut hid = s.hidden.clone();
-    hid.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-    let mut hc = Canvas::new(hid.len().clamp(200, 1200), 160);
-    bars(&mut hc, &hid, 5, 150, [255, 127, 14]);
-    hc.save(&dir.join("hidden.png"))?;
+    Heatmap {
+        title: "MLP neuron importance, each layer sorted (200 percentiles)".into(),
+        x_label: "percentile of the layer's neurons (most important first), × 0.5".into(),
+        y_label: "layer".into(),
+        rows: pct,
+        scale_label: "ln(1 + score / layer median)".into(),
+    }
+    .save(&dir.join("mlp.png"))?;
+    let hid = sorted_desc(&s.hidden);
+    // one bar per channel would be unreadable for thousands: 100 quantiles
+    let n = hid.len().clamp(1, 100);
+    let q: Vec<f64> =
+        (0..n).map(|i| hid.get(i * hid.len() / n).copied().unwrap_or(0.0) as f64).collect();
+    Bars {
+        title: "Hidden-channel importance, sorted".into(),
+        x_label: format!("channel rank (of {}), in {} quantiles", hid.len(), n),
+        y_label: "importance".into(),
+        categories: (0..n).map(|i| (i * hid.len() / n).to_string()).collect(),
+        series: vec![("hidden".into(), q)],
+        values_on_bars: false,
+    }
+    .save(&dir.join("hidden.png"))?;
     Ok(vec!["depth.png", "heads.png", "mlp.png", "hidden.png"])
 }
 
 pub const CAPTIONS: &str = "\
-- `depth.png`: four panels, top to bottom: Block Influence, angular distance (n = 1), leave-one-out KL, \
-leave-one-out loss increase; x = layer 0 → last, bars scaled to each panel's maximum.
+Each chart is also written as SVG beside its PNG (depth.svg, heads.svg, mlp.svg, hidden.svg).
+- `depth.png`: one panel per depth metric, x = layer: Block Influence, angular distance (n = 1), \
+leave-one-out KL, leave-one-out loss increase.
 - `heads.png`: rows = layers (layer 0 on top), columns = attention heads; darker = more important \
 (scaled per layer).
 - `mlp.png`: rows = layers, columns = that layer's neurons sorted from most to least important \
-(200 percentiles); darker = more important (log(1 + score / layer median), scaled per layer).
+(200 percentiles); darker = more important.
 - `hidden.png`: hidden channels sorted from most to least important.
 ";

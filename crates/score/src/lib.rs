@@ -1,8 +1,9 @@
 //! Activation-based importance scoring (Minitron) for every pruning axis, and the versioned
 //! scores file the pruning stage reads.
 //!
-//! Status (issue 3, partial): scores are computed in one in-memory pass over calibration batches,
-//! not yet streamed layer by layer.
+//! Two passes compute the same scores (`collect.rs`): `collect` on a model held whole in memory,
+//! and `collect_streaming`, which loads one layer's weights at a time (the default of `orlik
+//! score`), so a model larger than memory can be scored.
 
 pub mod charts;
 pub mod collect;
@@ -22,6 +23,8 @@ pub enum ScoreError {
     Model(#[from] orlik_model::ModelError),
     #[error(transparent)]
     Io(#[from] orlik_io::IoError),
+    #[error(transparent)]
+    Plot(#[from] orlik_plot::PlotError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

@@ -1,8 +1,10 @@
 //! metrics.jsonl: one JSON object per optimizer step (and one per validation), appended and
 //! flushed as training goes; truncated back to the checkpoint on resume so the file always
-//! describes one uninterrupted trajectory. PNG curves are drawn from it at the end.
+//! describes one uninterrupted trajectory. Curves (PNG + SVG, `orlik_plot`) are drawn from it at
+//! the end.
 
 use crate::{file_err, TrainError};
+use orlik_plot::{Lines, Series};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
@@ -55,9 +57,31 @@ fn ema(s: &[(f64, f64)], beta: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Draw `loss.png` (training loss per step, raw and smoothed; blue raw, red smoothed, green
-/// validation KL for distillation runs, validation loss otherwise) and `val_bpb.png` (validation bits per byte) when there are rows for them.
-/// Returns the files written.
+fn chart(title: &str, y_label: &str, series: Vec<Series>) -> Lines {
+    Lines {
+        title: title.into(),
+        x_label: "optimizer step".into(),
+        y_label: y_label.into(),
+        series: series.into_iter().filter(|s| !s.points.is_empty()).collect(),
+        reference: None,
+    }
+}
+
+/// What a metric is, for axis labels.
+fn unit(key: &str) -> String {
+    match key {
+        "loss" | "val_loss" | "ce" => format!("{key} (nats / token)"),
+        "kl" | "val_kl" => format!("{key} (nats / token, T²-scaled)"),
+        "val_bits_per_byte" => "bits per byte".into(),
+        "lr" => "learning rate".into(),
+        "tokens_per_s" => "tokens / s".into(),
+        _ => key.into(),
+    }
+}
+
+/// Draw `loss.png` (training loss per step, raw and smoothed, with the validation KL for
+/// distillation runs or the validation loss otherwise) and `val_bpb.png` (validation bits per
+/// byte) when there are rows for them, each with its `.svg`. Returns the PNGs written.
 pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
     let rows = read(metrics)?;
     let mut out = Vec::new();
@@ -67,20 +91,34 @@ pub fn draw(metrics: &Path, dir: &Path) -> Result<Vec<String>, TrainError> {
         // The validation series on the training loss's scale: KL for distillation, CE otherwise.
         let val_key =
             if rows.iter().any(|r| r.get("kl").is_some()) { "val_kl" } else { "val_loss" };
-        let c = orlik_io::png::line_chart(&[loss, smooth, series(&rows, val_key)], 800, 400, false);
+        let c = chart(
+            "Training loss",
+            "loss (nats / token)",
+            vec![
+                Series::line("train loss", loss),
+                Series::line("train loss, smoothed (EMA 0.9)", smooth),
+                Series::line(val_key.replace('_', " "), series(&rows, val_key)),
+            ],
+        );
         c.save(&dir.join("loss.png"))?;
         out.push("loss.png".into());
     }
     let bpb = series(&rows, "val_bits_per_byte");
     if !bpb.is_empty() {
-        orlik_io::png::line_chart(&[bpb], 800, 400, false).save(&dir.join("val_bpb.png"))?;
+        let c = chart(
+            "Validation bits per byte",
+            "bits per byte",
+            vec![Series::line("validation", bpb)],
+        );
+        c.save(&dir.join("val_bpb.png"))?;
         out.push("val_bpb.png".into());
     }
     Ok(out)
 }
 
 /// One chart comparing runs: `key` (e.g. `val_bits_per_byte`, `loss`) against `step`, one series
-/// per run directory (its metrics.jsonl), smoothed when `smooth`. Returns "colour: run" captions.
+/// per run directory (its metrics.jsonl, named in the legend), smoothed when `smooth`. Returns
+/// the runs in legend order.
 pub fn compare(
     runs: &[std::path::PathBuf],
     key: &str,
@@ -95,29 +133,44 @@ pub fn compare(
             out.display()
         )));
     }
+    let svg = out.with_extension("svg");
+    let svg_ok = std::fs::read_to_string(&svg).map(|t| t.contains("<svg")).unwrap_or(false);
+    if svg.is_dir() || (svg.exists() && !svg_ok) {
+        return Err(TrainError::Data(format!(
+            "{}: exists and is not an SVG chart (the chart's SVG goes there); choose another --output",
+            svg.display()
+        )));
+    }
     let mut all = Vec::new();
-    let mut captions = Vec::new();
-    for (i, r) in runs.iter().enumerate() {
+    let mut names = Vec::new();
+    for r in runs {
         let rows = read(&r.join("metrics.jsonl"))?;
         let s = series(&rows, key);
         if s.is_empty() {
             return Err(TrainError::Data(format!("{}: no {key:?} in metrics.jsonl", r.display())));
         }
-        let name = orlik_io::png::COLOUR_NAMES[i % orlik_io::png::COLOUR_NAMES.len()];
-        captions.push(format!("{name}: {}", r.display()));
-        all.push(if smooth { ema(&s, 0.9) } else { s });
+        let name = r.display().to_string();
+        names.push(name.clone());
+        all.push(Series::line(name, if smooth { ema(&s, 0.9) } else { s }));
     }
-    orlik_io::png::line_chart(&all, 800, 400, false).save(out)?;
-    Ok(captions)
+    let title = if smooth { format!("{key} (smoothed, EMA 0.9)") } else { key.to_string() };
+    chart(&title, &unit(key), all).save(out)?;
+    Ok(names)
 }
 
-/// `key` per step as a PNG at `out`: raw (blue) and smoothed (red). False when no row has it.
+/// `key` per step as a chart at `out` (and its `.svg`): raw and smoothed. False when no row
+/// has it.
 pub fn draw_key(metrics: &Path, key: &str, out: &Path) -> Result<bool, TrainError> {
     let s = series(&read(metrics)?, key);
     if s.is_empty() {
         return Ok(false);
     }
     let smooth = ema(&s, 0.9);
-    orlik_io::png::line_chart(&[s, smooth], 800, 400, false).save(out)?;
+    let c = chart(
+        &key.replace('_', " "),
+        &unit(key),
+        vec![Series::line(key, s), Series::line(format!("{key}, smoothed (EMA 0.9)"), smooth)],
+    );
+    c.save(out)?;
     Ok(true)
 }

@@ -39,6 +39,8 @@ pub enum TrainError {
     #[error(transparent)]
     Io(#[from] orlik_io::IoError),
     #[error(transparent)]
+    Plot(#[from] orlik_plot::PlotError),
+    #[error(transparent)]
     Model(#[from] orlik_model::ModelError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -27,7 +27,7 @@ pub struct Params {
 impl Params {
     pub fn new(model_cfg: &Config, weights: Weights) -> Result<Params, TrainError> {
         let mut names: Vec<String> = weights.keys().cloned().collect();
-        names.sort_by_key(|n| orlik_io::convert::layer_order(n));
+        names.sort_by_key(|n| orlik_model::config::layer_order(n));
         let mut vars = Vec::with_capacity(names.len());
         let mut slots = Vec::with_capacity(names.len());
         let mut held = Weights::new();
