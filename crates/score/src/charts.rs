@@ -73,7 +73,7 @@ pub fn draw(s: &Scores, dir: &Path) -> Result<Vec<&'static str>, ScoreError> {
         .collect();
     Heatmap {
         title: "MLP neuron importance, each layer sorted (200 percentiles)".into(),
-        x_label: "percentile of the layer's neurons (most important first), × 0.5".into(),
+        x_label: "neurons sorted, most important first (one column = half a percentile)".into(),
         y_label: "layer".into(),
         rows: pct,
         scale_label: "ln(1 + score / layer median)".into(),
