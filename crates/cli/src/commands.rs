@@ -42,11 +42,7 @@ pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 /// The command line, recorded in every output directory.
-pub fn provenance() -> Vec<u8> {
-    let argv: Vec<String> = std::env::args().collect();
-    let v = serde_json::json!({"orlik_version": env!("CARGO_PKG_VERSION"), "command": argv});
-    serde_json::to_vec_pretty(&v).unwrap_or_default()
-}
+pub use orlik_io::text::provenance;
 
 pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: bool) -> Result<()> {
     let dtype = match dtype {

@@ -708,21 +708,20 @@ fn main() {
             measure_cost,
             output,
             force,
-        } => prune_cmd::score(prune_cmd::ScoreArgs {
-            model,
-            data,
-            samples,
-            seq_len,
-            batch,
-            seq_agg,
-            batch_agg,
-            max_block,
-            loo_batches,
-            output,
-            force,
-            in_memory,
-            measure_cost,
-        }),
+        } => {
+            let s = orlik_score::ScoreSettings {
+                samples,
+                seq_len,
+                batch,
+                seq_agg,
+                batch_agg,
+                max_block,
+                loo_batches,
+                in_memory,
+                measure_cost,
+            };
+            prune_cmd::score(&s, &model, &data, &output, force)
+        }
         Cmd::Prune {
             model,
             scores,
@@ -748,33 +747,35 @@ fn main() {
             output,
             force,
         } => {
-            let search = params.map(|params| prune_cmd::Search {
-                params,
-                data,
-                multiple,
-                tolerance,
-                axes,
-                candidates,
-                export: export_candidates,
-                proxy_samples,
-                seq_len,
-            });
-            let depth = prune_cmd::depth_method(&depth_method);
-            let target = orlik_prune::select::Target { layers, hidden, heads, kv_heads, ffn };
-            commands::parse_size(&max_shard_size).and_then(|max_shard_bytes| {
-                prune_cmd::prune(prune_cmd::PruneArgs {
-                    search,
-                    model,
-                    scores,
-                    plan,
-                    target,
-                    depth,
-                    importance,
+            let settings = || -> anyhow::Result<orlik_prune::PruneSettings> {
+                Ok(orlik_prune::PruneSettings {
+                    params,
+                    layers,
+                    hidden,
+                    heads,
+                    kv_heads,
+                    ffn,
+                    depth_method: prune_cmd::parse_name("--depth-method", &depth_method)?,
+                    importance: prune_cmd::parse_name("--importance", &importance)?,
                     seed,
-                    output,
-                    force,
-                    max_shard_bytes,
+                    axes,
+                    multiple,
+                    tolerance,
+                    candidates,
+                    proxy_samples,
+                    seq_len,
+                    export: export_candidates,
+                    max_shard_bytes: commands::parse_size(&max_shard_size)?,
                 })
+            };
+            settings().and_then(|s| {
+                let inputs = orlik_prune::PruneInputs {
+                    model: &model,
+                    scores: scores.as_deref(),
+                    plan: plan.as_deref(),
+                    data: &data,
+                };
+                prune_cmd::prune(&s, &inputs, &output, force)
             })
         }
     };

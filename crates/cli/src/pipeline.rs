@@ -217,59 +217,19 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         &json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}),
     );
     runner.stage("score", &fp_score, &scores, false, |_| {
-        let s = &r.score;
-        crate::prune_cmd::score(crate::prune_cmd::ScoreArgs {
-            model: r.teacher.clone(),
-            data: r.data.clone(),
-            samples: s.samples,
-            seq_len: s.seq_len,
-            batch: s.batch,
-            seq_agg: s.seq_agg.parse().map_err(anyhow::Error::msg)?,
-            batch_agg: s.batch_agg.parse().map_err(anyhow::Error::msg)?,
-            max_block: s.max_block,
-            loo_batches: s.loo_batches,
-            output: scores.clone(),
-            force: true,
-            in_memory: s.in_memory,
-            measure_cost: false,
-        })
+        crate::prune_cmd::score(&r.score, &r.teacher, &r.data, &scores, true)
     })?;
 
     let fp_prune =
         sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
     runner.stage("prune", &fp_prune, &pruned, false, |_| {
-        let p = &r.prune;
-        let search = p.params.map(|params| crate::prune_cmd::Search {
-            params,
-            data: r.data.clone(),
-            multiple: p.multiple,
-            tolerance: p.tolerance,
-            axes: p.axes.clone(),
-            candidates: p.candidates,
-            export: 0,
-            proxy_samples: p.proxy_samples,
-            seq_len: p.seq_len,
-        });
-        let depth = crate::prune_cmd::depth_method(&p.depth_method);
-        crate::prune_cmd::prune(crate::prune_cmd::PruneArgs {
-            search,
-            model: r.teacher.clone(),
-            scores: Some(scores.clone()),
+        let inputs = orlik_prune::PruneInputs {
+            model: &r.teacher,
+            scores: Some(&scores),
             plan: None,
-            target: orlik_prune::select::Target {
-                layers: p.layers,
-                hidden: p.hidden,
-                heads: p.heads,
-                kv_heads: p.kv_heads,
-                ffn: p.ffn,
-            },
-            depth,
-            importance: "minitron".into(),
-            seed: 0,
-            output: pruned.clone(),
-            force: true,
-            max_shard_bytes: 2_000_000_000,
-        })
+            data: &r.data,
+        };
+        crate::prune_cmd::prune(&r.prune, &inputs, &pruned, true)
     })?;
 
     let fp_distill = sha(

@@ -25,9 +25,9 @@ pub struct Recipe {
     #[serde(default)]
     pub val: Vec<PathBuf>,
     #[serde(default)]
-    pub score: ScoreStage,
+    pub score: orlik_score::ScoreSettings,
     #[serde(default)]
-    pub prune: PruneStage,
+    pub prune: orlik_prune::PruneSettings,
     /// Distillation settings: the keys of `orlik distill --config` (forward KL, T = 1, no CE by
     /// default). Pipeline defaults: tokens 100,000, validation and a checkpoint every 10 steps on
     /// 8192 validation tokens.
@@ -35,90 +35,6 @@ pub struct Recipe {
     pub distill: TrainConfig,
     #[serde(default)]
     pub eval: EvalStage,
-}
-
-/// `orlik score` options (see `orlik score --help`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ScoreStage {
-    /// Calibration windows. Default 64.
-    pub samples: usize,
-    /// Default 256.
-    pub seq_len: usize,
-    /// Windows per forward. Default 4.
-    pub batch: usize,
-    /// mean, l2, max, var. Default mean.
-    pub seq_agg: String,
-    /// Default l2.
-    pub batch_agg: String,
-    /// Default 8.
-    pub max_block: usize,
-    /// Default 2.
-    pub loo_batches: usize,
-    /// Load the whole model instead of streaming layers (faster, more memory). Default true.
-    pub in_memory: bool,
-}
-
-impl Default for ScoreStage {
-    fn default() -> Self {
-        ScoreStage {
-            samples: 64,
-            seq_len: 256,
-            batch: 4,
-            seq_agg: "mean".into(),
-            batch_agg: "l2".into(),
-            max_block: 8,
-            loo_batches: 2,
-            in_memory: true,
-        }
-    }
-}
-
-/// `orlik prune` options: a parameter budget (searched) or explicit dimensions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PruneStage {
-    /// Budget: a fraction of the model (0.67) or a parameter count (90000000).
-    pub params: Option<f64>,
-    pub layers: Option<usize>,
-    pub hidden: Option<usize>,
-    pub heads: Option<usize>,
-    pub kv_heads: Option<usize>,
-    pub ffn: Option<usize>,
-    /// bi, block or loo. Default bi.
-    pub depth_method: String,
-    /// all, or a comma list of depth, hidden, heads, mlp. Default all.
-    pub axes: String,
-    /// Default 64.
-    pub multiple: usize,
-    /// Default 0.02.
-    pub tolerance: f64,
-    /// Default 8.
-    pub candidates: usize,
-    /// Default 4.
-    pub proxy_samples: usize,
-    /// Default 128.
-    pub seq_len: usize,
-}
-
-impl Default for PruneStage {
-    fn default() -> Self {
-        PruneStage {
-            params: None,
-            layers: None,
-            hidden: None,
-            heads: None,
-            kv_heads: None,
-            ffn: None,
-            depth_method: "bi".into(),
-            axes: "all".into(),
-            multiple: 64,
-            tolerance: 0.02,
-            candidates: 8,
-            proxy_samples: 4,
-            seq_len: 128,
-        }
-    }
 }
 
 /// What the eval stage measures on the teacher, the pruned and the distilled model.
@@ -304,29 +220,9 @@ impl Recipe {
         if !self.teacher.join("config.json").is_file() {
             bail!("{}: not an HF model directory (no config.json)", self.teacher.display());
         }
-        for a in [&self.score.seq_agg, &self.score.batch_agg] {
-            a.parse::<orlik_score::Agg>().map_err(|e| anyhow::anyhow!("score: {e}"))?;
-        }
-        if !["bi", "block", "loo"].contains(&self.prune.depth_method.as_str()) {
-            bail!("prune.depth_method {:?}: expected bi, block or loo", self.prune.depth_method);
-        }
-        let s = &self.score;
-        if s.seq_len < 2 || s.samples == 0 || s.batch == 0 || s.max_block == 0 {
-            bail!("score: seq_len must be at least 2, samples, batch and max_block at least 1");
-        }
+        self.score.validate(&|k| format!("score.{k}"))?;
         let p = &self.prune;
-        if let Some(e) = p.params.and_then(orlik_prune::search::budget_error) {
-            bail!("prune.params {e}");
-        }
-        if p.seq_len < 2 || p.multiple == 0 || p.candidates == 0 || p.proxy_samples == 0 {
-            bail!("prune: seq_len must be at least 2, multiple, candidates and proxy_samples at least 1");
-        }
-        if !(p.tolerance > 0.0 && p.tolerance < 1.0) {
-            bail!("prune.tolerance {}: must be in (0, 1)", p.tolerance);
-        }
-        if [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].contains(&Some(0)) {
-            bail!("prune: layers, hidden, heads, kv_heads and ffn must be at least 1");
-        }
+        p.validate(&|k| format!("prune.{k}"))?;
         let dims = [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].iter().any(Option::is_some);
         match (p.params, dims) {
             (None, false) => bail!("prune: give a budget (prune.params, e.g. 0.67 or 90000000) or dimensions (prune.layers, hidden, heads, kv_heads, ffn)"),
@@ -393,7 +289,7 @@ mod tests {
     #[test]
     fn defaults_fill_every_stage_and_sets_override() {
         let r = Recipe::parse(BASE, "r.toml", &[]).unwrap();
-        assert_eq!(r.score, ScoreStage::default());
+        assert_eq!(r.score, orlik_score::ScoreSettings::default());
         assert_eq!(r.distill, distill_defaults());
         let r3 = Recipe::parse(&format!("{BASE}[distill]\nsteps = 5\nlr = 0.001\n"), "r.toml", &[])
             .unwrap();

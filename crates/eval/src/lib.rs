@@ -22,19 +22,8 @@ pub enum EvalError {
     Io(#[from] orlik_io::IoError),
 }
 
-/// Read a text file as UTF-8; empty or non-UTF-8 files are errors naming the file.
+/// Read a text file as UTF-8; empty or non-UTF-8 files are errors naming the file
+/// (`orlik_io::text::read_text`).
 pub fn read_text(path: &std::path::Path) -> Result<String, EvalError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| EvalError::Input(format!("{}: {e}", path.display())))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        EvalError::Input(format!(
-            "{}: not UTF-8 (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
-    if text.trim().is_empty() {
-        return Err(EvalError::Input(format!("{}: empty text", path.display())));
-    }
-    Ok(text)
+    Ok(orlik_io::text::read_text(path)?)
 }

@@ -11,6 +11,7 @@ pub mod guard;
 pub mod hfdir;
 pub mod output;
 pub mod safetensors;
+pub mod text;
 pub mod tokenizer;
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use orlik_model::{Config, Weights};
 use orlik_score::Scores;
 
 /// Target dimensions; `None` keeps the source's.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Target {
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
@@ -18,7 +18,8 @@ pub struct Target {
     pub ffn: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DepthMethod {
     /// Drop the layers with the lowest Block Influence.
     Bi,

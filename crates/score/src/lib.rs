@@ -7,6 +7,9 @@
 
 pub mod charts;
 pub mod collect;
+pub mod run;
+
+pub use run::{run, ScoreRun, ScoreSettings};
 
 use candle_core::{Device, Tensor};
 use orlik_io::safetensors::Checkpoint;
