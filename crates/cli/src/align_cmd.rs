@@ -1,6 +1,6 @@
 //! sft, dpo, grpo and `eval reward`: argument resolution and wiring; the work is in orlik-align.
 
-use crate::train_cmd::{peak_rss_mb, step_delay, stop_flag, stored_dtype, write_final};
+use crate::train_cmd::{peak_rss_mb, step_delay, stop_flag};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
@@ -14,6 +14,7 @@ use orlik_align::sft::Sft;
 use orlik_align::AlignError;
 use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
+use orlik_train::lm::{save_final, stored_dtype};
 use orlik_train::params::Params;
 use orlik_train::runner::{self, Options, Outcome, Task};
 use orlik_train::TrainConfig;
@@ -253,14 +254,13 @@ fn train(
         std::process::exit(130);
     }
     let target = a.output.join("final");
-    write_final(
-        &a.model,
-        &s.hf.config,
-        &params.named_weights(),
-        &target,
-        a.save_dtype.as_deref(),
-        stored_dtype(&s.hf),
-    )?;
+    let dtype = match a.save_dtype.as_deref() {
+        Some("f16") => candle_core::DType::F16,
+        Some("bf16") => candle_core::DType::BF16,
+        Some(_) => candle_core::DType::F32,
+        None => stored_dtype(&s.hf),
+    };
+    save_final(&a.model, &s.hf.config, &params.named_weights(), &target, dtype)?;
     let rows = orlik_train::curves::read(&a.output.join("metrics.jsonl"))?;
     let mean = |k: &str, from: usize, to: usize| -> Option<f64> {
         let v: Vec<f64> = rows[from.min(rows.len())..to.min(rows.len())]

@@ -241,22 +241,32 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir)?;
         }
-        let train = crate::train_cmd::TrainArgs::for_pipeline(
-            r.data.clone(),
-            r.val.clone(),
-            run_dir.clone(),
+        let inputs: Vec<&Path> = [&pruned, &r.teacher]
+            .into_iter()
+            .chain(&r.data)
+            .chain(&r.val)
+            .map(PathBuf::as_path)
+            .collect();
+        let dir = orlik_train::lm::RunDir {
+            kind: "distill",
+            inputs,
+            data: &r.data,
+            val: &r.val,
+            out: &run_dir,
             resume,
-        );
-        crate::train_cmd::distill_with(
-            crate::train_cmd::DistillArgs {
-                teacher: Some(r.teacher.clone()),
-                student: pruned.clone(),
-                teacher_cache: None,
-                train,
-                kd: crate::train_cmd::KdArgs::default(),
-            },
-            r.distill.clone(),
-        )?;
+            force: !resume,
+            save_dtype: None,
+        };
+        let teachers = orlik_distill::run::Teachers { model: Some(&r.teacher), cache: None };
+        let stop = crate::train_cmd::stop_flag();
+        let hook = crate::train_cmd::step_delay();
+        let ctl =
+            crate::train_cmd::control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)));
+        let started = Instant::now();
+        let f = orlik_distill::run::run(r.distill.clone(), &pruned, teachers, &dir, ctl, &|m| {
+            eprintln!("{m}")
+        })?;
+        crate::train_cmd::report_finished(&f, started)?;
         // The distilled model is the run's product: OUT/final/, beside its training record.
         std::fs::rename(run_dir.join("final"), &final_dir)
             .context("moving distill/final to final")?;

@@ -5,12 +5,13 @@ use crate::commands::provenance;
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use clap::Args;
-use orlik_distill::cache::{CacheSpec, CacheTeacher};
-use orlik_distill::{vocab_sha256, OnlineTeacher};
-use orlik_io::hfdir::{save_pretrained, side_files, HfModel, SaveOptions};
-use orlik_model::{Config, ModelOptions};
+use orlik_distill::cache::CacheSpec;
+use orlik_distill::vocab_sha256;
+use orlik_io::hfdir::HfModel;
+use orlik_model::ModelOptions;
 use orlik_train::data::{pack, Packed};
-use orlik_train::{Outcome, TeacherSource, TrainConfig, Trainer};
+use orlik_train::lm::{Control, Finished, RunDir};
+use orlik_train::{Outcome, TrainConfig, Trainer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,42 +95,6 @@ pub struct TrainArgs {
     pub save_dtype: Option<String>,
 }
 
-impl TrainArgs {
-    /// The pipeline's distillation run: settings come whole from the recipe, not from flags.
-    pub fn for_pipeline(
-        data: Vec<PathBuf>,
-        val: Vec<PathBuf>,
-        output: PathBuf,
-        resume: bool,
-    ) -> TrainArgs {
-        TrainArgs {
-            data,
-            val,
-            steps: None,
-            tokens: None,
-            seq_len: None,
-            batch: None,
-            grad_accum: None,
-            lr: None,
-            warmup: None,
-            schedule: None,
-            min_lr: None,
-            weight_decay: None,
-            clip: None,
-            seed: None,
-            save_every: None,
-            eval_every: None,
-            val_tokens: None,
-            checkpoint_layers: false,
-            config: None,
-            output,
-            resume,
-            force: !resume,
-            save_dtype: None,
-        }
-    }
-}
-
 /// Knowledge-distillation options.
 #[derive(Args, Debug, Clone, Default)]
 pub struct KdArgs {
@@ -193,38 +158,6 @@ fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     Ok(c)
 }
 
-fn eos(cfg: &Config, origin: &Path) -> Result<u32> {
-    cfg.eos_ids().first().copied().with_context(|| {
-        format!(
-            "{}: config.json has no eos_token_id (needed to separate documents)",
-            origin.display()
-        )
-    })
-}
-
-fn pack_all(
-    tok: &tokenizers::Tokenizer,
-    a: &TrainArgs,
-    seq_len: usize,
-    eos: u32,
-) -> Result<(Packed, Option<Packed>)> {
-    let train = pack(tok, &a.data, seq_len, eos, 1)?;
-    let val = if a.val.is_empty() { None } else { Some(pack(tok, &a.val, seq_len, eos, 1)?) };
-    Ok((train, val))
-}
-
-/// One line about the packed data, printed once every input has been checked.
-fn describe(train: &Packed, val: Option<&Packed>) -> String {
-    format!(
-        "data: {} windows x {} tokens ({} tokens, {} bytes){}",
-        train.windows(),
-        train.seq_len + 1,
-        train.tokens.len(),
-        train.bytes,
-        val.map(|v| format!("; validation {} windows", v.windows())).unwrap_or_default()
-    )
-}
-
 pub fn peak_rss_mb() -> Option<f64> {
     crate::prune_cmd::peak_rss_kb().map(|kb| kb as f64 / 1024.0)
 }
@@ -249,110 +182,55 @@ pub fn step_delay() -> Option<impl Fn(u64) + Sync> {
     Some(move |_| std::thread::sleep(std::time::Duration::from_millis(ms)))
 }
 
-/// Every file and directory a training command reads: its output must be none of them.
-fn inputs<'a>(a: &'a TrainArgs, models: &[Option<&'a Path>]) -> Vec<&'a Path> {
-    let mut v: Vec<&Path> = models.iter().flatten().copied().collect();
-    v.extend(a.data.iter().chain(&a.val).chain(&a.config).map(PathBuf::as_path));
-    v
-}
-
-/// Check --output before any work (inputs, someone else's files, another command's output).
-fn check_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
-    orlik_io::output::check(
-        &a.output,
+/// The run directory of a training command's flags; `models` are the models it reads.
+fn run_dir<'a>(
+    a: &'a TrainArgs,
+    kind: &'static str,
+    models: &[Option<&'a Path>],
+) -> Result<RunDir<'a>> {
+    let mut inputs: Vec<&Path> = models.iter().flatten().copied().collect();
+    inputs.extend(a.data.iter().chain(&a.val).chain(&a.config).map(PathBuf::as_path));
+    let save_dtype = match a.save_dtype.as_deref() {
+        Some("f16") => Some(DType::F16),
+        Some("bf16") => Some(DType::BF16),
+        Some(_) => Some(DType::F32),
+        None => None,
+    };
+    Ok(RunDir {
         kind,
         inputs,
-        orlik_io::output::Mode::from_flags(a.force, a.resume),
-    )?;
-    Ok(())
+        data: &a.data,
+        val: &a.val,
+        out: &a.output,
+        resume: a.resume,
+        force: a.force,
+        save_dtype,
+    })
 }
 
-/// Claim --output: a replaced own run is removed (its marker said it is ours), the directory
-/// created and marked.
-fn prepare_output(a: &TrainArgs, kind: &str, inputs: &[&Path]) -> Result<()> {
-    orlik_io::output::claim_dir(
-        &a.output,
-        kind,
-        inputs,
-        orlik_io::output::Mode::from_flags(a.force, a.resume),
-    )?;
-    Ok(())
-}
-
-/// Run the trainer and write OUT/final/.
-fn finish(
-    mut t: Trainer,
-    a: &TrainArgs,
-    cfg: &Config,
-    model_dir: &Path,
-    stored: DType,
-) -> Result<()> {
-    let stop = stop_flag();
-    if let Some(hook) = step_delay() {
-        t.set_after_step(hook);
+/// Print how a run ended; an interrupted run exits 130 (the checkpoint is saved).
+pub fn report_finished(f: &Finished, started: std::time::Instant) -> Result<()> {
+    if let Outcome::Interrupted { step } = f.outcome {
+        eprintln!("stopped at step {step}; continue with the same command and --resume");
+        std::process::exit(130);
     }
-    let started = std::time::Instant::now();
-    match t.run(Some(&stop))? {
-        Outcome::Interrupted { step } => {
-            eprintln!("stopped at step {step}; continue with the same command and --resume");
-            std::process::exit(130);
-        }
-        Outcome::Finished => {}
-    }
-    let target = a.output.join("final");
-    write_final(model_dir, cfg, &t.named_weights()?, &target, a.save_dtype.as_deref(), stored)?;
-    let rows = orlik_train::curves::read(&t.metrics_path())?;
-    let last = rows.iter().rev().find(|r| r.get("loss").is_some());
-    let val = rows.iter().rev().find(|r| r.get("val_loss").is_some());
-    let st = t.state();
+    let st = &f.state;
     println!(
         "trained {} steps, {} tokens in {:.0} s ({:.0} tokens/s); final loss {}",
         st.step,
         st.tokens_seen,
         st.train_seconds,
         st.tokens_seen as f64 / st.train_seconds.max(1e-9),
-        last.and_then(|r| r.get("loss"))
-            .map(|v| format!("{:.4}", v.as_f64().unwrap_or(f64::NAN)))
-            .unwrap_or_default()
+        f.last_loss.map(|v| format!("{v:.4}")).unwrap_or_default()
     );
-    if let Some(v) = val {
+    if let Some(v) = &f.last_val {
         println!("validation: {v}");
     }
     if let Some(mb) = peak_rss_mb() {
         println!("peak RSS {mb:.0} MB; this session {:.0} s", started.elapsed().as_secs_f64());
     }
-    println!("model: {}", target.display());
+    println!("model: {}", f.final_dir.display());
     Ok(())
-}
-
-/// Write trained `weights` as an HF directory at `target` with `model_dir`'s side files
-/// (tokenizer, templates, licences) and this command's provenance; `save_dtype` (f32, f16,
-/// bf16) or else `stored`.
-pub fn write_final(
-    model_dir: &Path,
-    cfg: &Config,
-    weights: &[(String, candle_core::Tensor)],
-    target: &Path,
-    save_dtype: Option<&str>,
-    stored: DType,
-) -> Result<()> {
-    let dtype = match save_dtype {
-        Some("f16") => DType::F16,
-        Some("bf16") => DType::BF16,
-        Some(_) => DType::F32,
-        None => stored,
-    };
-    let mut files = side_files(model_dir)?;
-    files.retain(|(n, _)| n != "orlik.json" && n != "prune_plan.json");
-    files.push(("orlik.json".into(), provenance()));
-    let opts =
-        SaveOptions { dtype, max_shard_bytes: 2_000_000_000, overwrite: true, kind: "final" };
-    save_pretrained(target, cfg, weights, &files, &opts)?;
-    Ok(())
-}
-
-pub fn stored_dtype(hf: &HfModel) -> DType {
-    hf.stored_dtypes().first().copied().unwrap_or(DType::F32)
 }
 
 pub struct DistillArgs {
@@ -363,136 +241,39 @@ pub struct DistillArgs {
     pub kd: KdArgs,
 }
 
+/// `orlik distill`: the flags (over `--config`) as the library's settings.
 pub fn distill(a: DistillArgs) -> Result<()> {
     let cfg = resolve(&a.train, Some(&a.kd))?;
-    distill_with(a, cfg)
+    let models = [Some(a.student.as_path()), a.teacher.as_deref(), a.teacher_cache.as_deref()];
+    let dir = run_dir(&a.train, "distill", &models)?;
+    let teachers = orlik_distill::run::Teachers {
+        model: a.teacher.as_deref(),
+        cache: a.teacher_cache.as_deref(),
+    };
+    let stop = stop_flag();
+    let hook = step_delay();
+    let ctl = control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)));
+    let started = std::time::Instant::now();
+    let f = orlik_distill::run::run(cfg, &a.student, teachers, &dir, ctl, &|m| eprintln!("{m}"))?;
+    report_finished(&f, started)
 }
 
-/// Distil with resolved settings (`a.train`'s setting flags and `a.kd` are not read).
-pub fn distill_with(a: DistillArgs, cfg: TrainConfig) -> Result<()> {
-    cfg.validate()?;
-    let ins =
-        inputs(&a.train, &[Some(&a.student), a.teacher.as_deref(), a.teacher_cache.as_deref()]);
-    check_output(&a.train, "distill", &ins)?;
-    let student = HfModel::open(&a.student)?;
-    let s_tok = student.tokenizer()?;
-    let mut map = None;
-    let teacher = match &a.teacher {
-        Some(p) => {
-            let hf = HfModel::open(p)?;
-            let tok = hf.tokenizer()?;
-            map = orlik_distill::vocab_map((&hf.config, &tok), (&student.config, &s_tok))?;
-            if map.is_some() && a.teacher_cache.is_some() {
-                bail!("the student's vocabulary differs from the teacher's (e.g. trimmed): use the online teacher (--teacher without --teacher-cache), which maps vocabularies by token string");
-            }
-            if let Some(m) = &map {
-                eprintln!("vocabulary: the student's {} tokens are mapped to the teacher's by token string; KD on the shared vocabulary", m.len());
-            }
-            Some(hf)
-        }
-        None if a.teacher_cache.is_none() => {
-            bail!("give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)")
-        }
-        None => None,
-    };
-    let limit = student.config.max_position_embeddings;
-    if cfg.seq_len > limit {
-        bail!("--seq-len {} is above the student's max_position_embeddings {limit}", cfg.seq_len);
-    }
-    prepare_output(&a.train, "distill", &ins)?;
-    let eos_id = eos(&student.config, &a.student)?;
-    let (train, val) = pack_all(&s_tok, &a.train, cfg.seq_len, eos_id)?;
-    let teacher_sha = match &teacher {
-        Some(hf) => Some(hf.content_sha256()?),
-        None => None,
-    };
-    let source: Box<dyn TeacherSource> = match (&a.teacher_cache, &teacher) {
-        (Some(dir), _) => {
-            let c = CacheTeacher::open(
-                dir,
-                teacher_sha.as_deref(),
-                &vocab_sha256(&s_tok),
-                cfg.temperature,
-                cfg.topk,
-                &train,
-                val.as_ref(),
-            )?;
-            if c.manifest().vocab_size != student.config.vocab_size {
-                bail!(
-                    "{}: cache vocabulary {} != student vocab_size {}",
-                    dir.display(),
-                    c.manifest().vocab_size,
-                    student.config.vocab_size
-                );
-            }
-            Box::new(c)
-        }
-        (None, Some(hf)) => {
-            let t =
-                OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
-            Box::new(match map {
-                Some(m) => t.with_vocab_map(m)?,
-                None => t,
-            })
-        }
-        (None, None) => unreachable!("checked above"),
-    };
-    let run = json!({
-        "kind": "distill",
-        "student": a.student.display().to_string(),
-        "student_sha256": student.content_sha256()?,
-        "teacher": a.teacher.as_ref().map(|p| p.display().to_string()),
-        "teacher_sha256": teacher_sha,
-        "teacher_cache": a.teacher_cache.as_ref().map(|p| p.display().to_string()),
-        "data": a.train.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "data_sha256": train.hash(),
-        "val_sha256": val.as_ref().map(Packed::hash),
-    });
-    let about = describe(&train, val.as_ref());
-    let weights = student.checkpoint.load_all(DType::F32)?;
-    let t = Trainer::new(
-        cfg,
-        &student.config,
-        weights,
-        train,
-        val,
-        Some(source),
-        &a.train.output,
-        run,
-        a.train.resume,
-    )?;
-    eprintln!("{about}");
-    finish(t, &a.train, &student.config, &a.student, stored_dtype(&student))
+/// The loop's controls: the signal flag and the test hook.
+pub fn control<'a>(stop: &'a AtomicBool, hook: Option<&'a (dyn Fn(u64) + Sync)>) -> Control<'a> {
+    Control { quiet: false, stop: Some(stop), after_step: hook }
 }
 
 /// `orlik train`: plain next-token cross-entropy on the same trainer, from the model's weights
 /// or (`random`) from a random initialisation of its architecture.
 pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
     let cfg = resolve(&a, None)?;
-    let ins = inputs(&a, &[Some(model)]);
-    check_output(&a, "train", &ins)?;
-    let hf = HfModel::open(model)?;
-    let tok = hf.tokenizer()?;
-    prepare_output(&a, "train", &ins)?;
-    let eos_id = eos(&hf.config, model)?;
-    let (train, val) = pack_all(&tok, &a, cfg.seq_len, eos_id)?;
-    let weights = match init {
-        "random" => orlik_model::init::random_weights(&hf.config, cfg.seed, 0.02)?,
-        _ => hf.checkpoint.load_all(DType::F32)?,
-    };
-    let run = json!({
-        "kind": "train",
-        "model": model.display().to_string(),
-        "model_sha256": hf.content_sha256()?,
-        "init": init,
-        "data": a.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "data_sha256": train.hash(),
-        "val_sha256": val.as_ref().map(Packed::hash),
-    });
-    let about = describe(&train, val.as_ref());
-    let t = Trainer::new(cfg, &hf.config, weights, train, val, None, &a.output, run, a.resume)?;
-    eprintln!("{about}");
-    finish(t, &a, &hf.config, model, stored_dtype(&hf))
+    let dir = run_dir(&a, "train", &[Some(model)])?;
+    let stop = stop_flag();
+    let hook = step_delay();
+    let ctl = control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)));
+    let started = std::time::Instant::now();
+    let f = orlik_train::lm::train(cfg, model, init == "random", &dir, ctl, &|m| eprintln!("{m}"))?;
+    report_finished(&f, started)
 }
 
 pub struct CacheArgs {
@@ -537,7 +318,12 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
             hf.config.max_position_embeddings
         );
     }
-    let eos_id = eos(&hf.config, &a.teacher)?;
+    let eos_id = hf.config.eos_ids().first().copied().with_context(|| {
+        format!(
+            "{}: config.json has no eos_token_id (needed to separate documents)",
+            a.teacher.display()
+        )
+    })?;
     let train = pack(&tok, &a.data, a.seq_len, eos_id, 1)?;
     let val = if a.val.is_empty() { None } else { Some(pack(&tok, &a.val, a.seq_len, eos_id, 1)?) };
     let model = hf.load(ModelOptions::default())?;

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod curves;
 pub mod data;
+pub mod lm;
 pub mod losses;
 pub mod optim;
 pub mod params;

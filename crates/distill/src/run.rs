@@ -1,0 +1,121 @@
+//! The distill stage as one call: [`run`] takes the student, the teacher (a model run online, or
+//! a teacher cache), the text and a `TrainConfig` (the recipe's `[distill]` section; `orlik
+//! distill`'s flags and `--config` fill the same struct), trains into OUT/ and writes
+//! OUT/final/.
+
+use crate::cache::CacheTeacher;
+use crate::{vocab_map, vocab_sha256, DistillError, OnlineTeacher};
+use orlik_io::hfdir::HfModel;
+use orlik_model::ModelOptions;
+use orlik_train::data::Packed;
+use orlik_train::lm::{with_teacher, Control, Finished, RunDir};
+use orlik_train::{TeacherSource, TrainConfig};
+use std::path::Path;
+
+/// Where the teacher's distributions come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Teachers<'a> {
+    /// The teacher model, run online (or, with a cache, used to check that the cache is its).
+    pub model: Option<&'a Path>,
+    /// A cache from `orlik teacher-cache`.
+    pub cache: Option<&'a Path>,
+}
+
+fn mismatch(msg: String) -> DistillError {
+    DistillError::Mismatch(msg)
+}
+
+/// Distil `student` from `teachers` with `cfg` into `dir`. `notice` gets one-line messages
+/// (the vocabulary map, the data) for the caller to print.
+pub fn run(
+    cfg: TrainConfig,
+    student_dir: &Path,
+    teachers: Teachers,
+    dir: &RunDir,
+    ctl: Control,
+    notice: &dyn Fn(&str),
+) -> Result<Finished, DistillError> {
+    cfg.validate()?;
+    dir.check()?;
+    let student = HfModel::open(student_dir)?;
+    let s_tok = student.tokenizer()?;
+    let mut map = None;
+    let teacher = match teachers.model {
+        Some(p) => {
+            let hf = HfModel::open(p)?;
+            let tok = hf.tokenizer()?;
+            map = vocab_map((&hf.config, &tok), (&student.config, &s_tok))?;
+            if map.is_some() && teachers.cache.is_some() {
+                return Err(mismatch("the student's vocabulary differs from the teacher's (e.g. trimmed): use the online teacher (--teacher without --teacher-cache), which maps vocabularies by token string".into()));
+            }
+            if let Some(m) = &map {
+                notice(&format!("vocabulary: the student's {} tokens are mapped to the teacher's by token string; KD on the shared vocabulary", m.len()));
+            }
+            Some(hf)
+        }
+        None if teachers.cache.is_none() => {
+            return Err(mismatch(
+                "give --teacher (run it online) or --teacher-cache (from `orlik teacher-cache`)"
+                    .into(),
+            ))
+        }
+        None => None,
+    };
+    let limit = student.config.max_position_embeddings;
+    if cfg.seq_len > limit {
+        return Err(mismatch(format!(
+            "--seq-len {} is above the student's max_position_embeddings {limit}",
+            cfg.seq_len
+        )));
+    }
+    dir.claim()?;
+    let (train, val) = dir.pack(&s_tok, &student.config, student_dir, cfg.seq_len)?;
+    let teacher_sha = match &teacher {
+        Some(hf) => Some(hf.content_sha256()?),
+        None => None,
+    };
+    let source: Box<dyn TeacherSource> = match (teachers.cache, &teacher) {
+        (Some(cache), _) => {
+            let c = CacheTeacher::open(
+                cache,
+                teacher_sha.as_deref(),
+                &vocab_sha256(&s_tok),
+                cfg.temperature,
+                cfg.topk,
+                &train,
+                val.as_ref(),
+            )?;
+            if c.manifest().vocab_size != student.config.vocab_size {
+                return Err(mismatch(format!(
+                    "{}: cache vocabulary {} != student vocab_size {}",
+                    cache.display(),
+                    c.manifest().vocab_size,
+                    student.config.vocab_size
+                )));
+            }
+            Box::new(c)
+        }
+        (None, Some(hf)) => {
+            let t =
+                OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
+            Box::new(match map {
+                Some(m) => t.with_vocab_map(m)?,
+                None => t,
+            })
+        }
+        (None, None) => return Err(mismatch("internal: no teacher after the checks".into())),
+    };
+    let run = serde_json::json!({
+        "kind": "distill",
+        "student": student_dir.display().to_string(),
+        "student_sha256": student.content_sha256()?,
+        "teacher": teachers.model.map(|p| p.display().to_string()),
+        "teacher_sha256": teacher_sha,
+        "teacher_cache": teachers.cache.map(|p| p.display().to_string()),
+        "data": dir.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "data_sha256": train.hash(),
+        "val_sha256": val.as_ref().map(Packed::hash),
+    });
+    let done = with_teacher(cfg, &student, student_dir, train, val, source, run, dir, ctl, notice)?;
+    Ok(done)
+}
