@@ -20,6 +20,7 @@ pub mod grpo;
 pub mod reward;
 pub mod rollout;
 pub mod sft;
+pub mod stage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlignError {
@@ -37,6 +38,8 @@ pub enum AlignError {
     Model(#[from] orlik_model::ModelError),
     #[error(transparent)]
     Eval(#[from] orlik_eval::EvalError),
+    #[error(transparent)]
+    Io(#[from] orlik_io::IoError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
