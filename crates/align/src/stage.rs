@@ -360,7 +360,13 @@ fn train(
         let dtype = r.save_dtype.unwrap_or_else(|| stored_dtype(&s.hf));
         save_final(r.model, &s.hf.config, &params.named_weights(), &final_dir, dtype)?;
     }
-    let rows = orlik_train::curves::read(&r.out.join("metrics.jsonl"))?;
+    let quarters = quarters(&r.out.join("metrics.jsonl"))?;
+    Ok(AlignOutcome { outcome, state: st, final_dir, quarters })
+}
+
+/// A run's training metrics as (key, mean over its first quarter of steps, over its last).
+pub fn quarters(metrics: &Path) -> Result<Vec<(String, f64, f64)>, AlignError> {
+    let rows = orlik_train::curves::read(metrics)?;
     let mean = |k: &str, from: usize, to: usize| -> Option<f64> {
         let v: Vec<f64> = rows[from.min(rows.len())..to.min(rows.len())]
             .iter()
@@ -378,7 +384,7 @@ fn train(
                 Some((k.to_string(), a0, a1))
             })
             .collect();
-    Ok(AlignOutcome { outcome, state: st, final_dir, quarters })
+    Ok(quarters)
 }
 
 pub fn sft(a: &SftSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {

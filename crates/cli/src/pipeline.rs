@@ -273,6 +273,8 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         Ok(())
     })?;
 
+    let aligned = align_stages(&r, &mut runner, &final_dir, &fp_distill)?;
+
     let mut texts_sha = Vec::new();
     for t in r.eval.texts.iter().chain(r.eval.mc_tasks.iter()) {
         texts_sha.push(orlik_io::hfdir::sha256_files(std::slice::from_ref(t))?);
@@ -289,9 +291,30 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         write_json(&eval_json, &ev)
     })?;
 
+    let align_json = out.join("align_eval.json");
+    let align_eval = if aligned.is_empty() {
+        None
+    } else {
+        let fps: Vec<&String> = aligned.iter().map(|a| &a.fingerprint).collect();
+        let mut held = Vec::new();
+        for a in &aligned {
+            if let Some(h) = &a.heldout {
+                held.push(orlik_io::hfdir::sha256_files(std::slice::from_ref(&h.prompts))?);
+            }
+        }
+        let fp = sha(&json!({"stage": "align-eval", "stages": fps, "heldout": held}));
+        runner.stage("align-eval", &fp, &align_json, false, |_| {
+            write_json(&align_json, &crate::report::evaluate_alignment(&aligned)?)
+        })?;
+        Some(
+            serde_json::from_slice(&std::fs::read(&align_json)?)
+                .context("reading align_eval.json")?,
+        )
+    };
+
     let ev: crate::report::Eval =
         serde_json::from_slice(&std::fs::read(&eval_json)?).context("reading eval.json")?;
-    let table = crate::report::write(&out, &r, &ev, &runner.seconds())?;
+    let table = crate::report::write(&out, &r, &ev, align_eval.as_ref(), &runner.seconds())?;
     println!("{table}");
     println!(
         "report: {} ({:.0} s this session)",
@@ -299,4 +322,94 @@ pub fn run(r: Recipe, resume: bool, force: bool) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One alignment stage that ran: what the report measures before and after it.
+pub struct Aligned {
+    pub name: &'static str,
+    /// The model it started from and the one it wrote.
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub fingerprint: String,
+    pub heldout: Option<orlik_align::stage::Heldout>,
+    /// Training metrics (key, first quarter, last quarter) from its metrics.jsonl.
+    pub run_dir: PathBuf,
+}
+
+/// SFT → DPO → GRPO, each when the recipe has its section, each on the previous stage's model
+/// (the first on the distilled one), each a resumable stage of its own.
+fn align_stages(
+    r: &Recipe,
+    runner: &mut Runner,
+    distilled: &Path,
+    fp_distill: &str,
+) -> Result<Vec<Aligned>> {
+    use orlik_align::stage::{dpo, grpo, sft, AlignRun};
+    let mut done = Vec::new();
+    let (mut model, mut prev) = (distilled.to_path_buf(), fp_distill.to_string());
+    type Go<'a> = Box<dyn Fn(&AlignRun) -> Result<orlik_align::stage::AlignOutcome> + 'a>;
+    let mut stages: Vec<(&'static str, Value, PathBuf, Option<orlik_align::stage::Heldout>, Go)> =
+        Vec::new();
+    if let Some(s) = &r.sft {
+        stages.push((
+            "sft",
+            json!(s),
+            s.data.clone(),
+            s.heldout.clone(),
+            Box::new(|a| Ok(sft(s, a)?)),
+        ));
+    }
+    if let Some(s) = &r.dpo {
+        stages.push((
+            "dpo",
+            json!(s),
+            s.data.clone(),
+            s.heldout.clone(),
+            Box::new(|a| Ok(dpo(s, a)?)),
+        ));
+    }
+    if let Some(s) = &r.grpo {
+        let go: Go = Box::new(|a| Ok(grpo(s, a)?));
+        stages.push(("grpo", json!(s), s.prompts.clone(), s.heldout.clone(), go));
+    }
+    for (name, settings, data, heldout, go) in stages {
+        let data_sha = orlik_io::hfdir::sha256_files(std::slice::from_ref(&data))?;
+        let fp =
+            sha(&json!({"stage": name, "settings": settings, "after": prev, "data": data_sha}));
+        let dir = r.output.join(name);
+        let product = dir.join("final");
+        let input = model.clone();
+        runner.stage(name, &fp, &product, true, |resume| {
+            let resume = resume && dir.join("run.json").is_file();
+            let stop = crate::train_cmd::stop_flag();
+            let hook = crate::train_cmd::step_delay();
+            let hook = hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync));
+            let run = AlignRun {
+                model: &input,
+                out: &dir,
+                resume,
+                force: !resume,
+                save_dtype: None,
+                ctl: crate::train_cmd::control(&stop, hook),
+                notice: &|m| eprintln!("{m}"),
+            };
+            let o = go(&run)?;
+            if let orlik_train::Outcome::Interrupted { step } = o.outcome {
+                eprintln!("stopped at step {step}; continue with the same command and --resume");
+                std::process::exit(130);
+            }
+            Ok(())
+        })?;
+        done.push(Aligned {
+            name,
+            input,
+            output: product.clone(),
+            fingerprint: fp.clone(),
+            heldout,
+            run_dir: dir,
+        });
+        model = product;
+        prev = fp;
+    }
+    Ok(done)
 }

@@ -35,6 +35,17 @@ pub struct Recipe {
     pub distill: TrainConfig,
     #[serde(default)]
     pub eval: EvalStage,
+    /// Alignment after distillation, as Bielik-Minitron did (SFT → DPO-P → GRPO): each section
+    /// is optional and runs, in that order, on the previous stage's model (the first on the
+    /// distilled one) into OUT/sft/, OUT/dpo/, OUT/grpo/. Keys as `orlik sft|dpo|grpo`'s flags
+    /// (`data`, `loss`, `beta`...), the optimiser's under `[sft.train]` etc., and an optional
+    /// `[sft.heldout]` (prompts, reward) measured before and after the stage in the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<orlik_align::stage::SftSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<orlik_align::stage::DpoSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpo: Option<orlik_align::stage::GrpoSettings>,
 }
 
 /// What the eval stage measures on the teacher, the pruned and the distilled model.
@@ -201,12 +212,20 @@ impl Recipe {
         if let Some(m) = &self.eval.mc_tasks {
             self.eval.mc_tasks = Some(abs(m)?);
         }
+        if self.grpo.as_ref().is_some_and(|g| g.prompts.as_os_str().is_empty()) {
+            bail!("grpo: give prompts = \"FILE.jsonl\" (prompts with answers for the rewards)");
+        }
+        for p in self.align_inputs_mut() {
+            *p = abs(p)?;
+        }
+        let align: Vec<PathBuf> = self.align_inputs().into_iter().cloned().collect();
         let inputs = self
             .data
             .iter()
             .chain(&self.val)
             .chain(&self.eval.texts)
-            .chain(self.eval.mc_tasks.iter());
+            .chain(self.eval.mc_tasks.iter())
+            .chain(&align);
         for p in inputs {
             if !p.is_file() {
                 let hint = if p.starts_with(&corpus) {
@@ -237,6 +256,41 @@ impl Recipe {
             bail!("eval: context, mc_context and agree_context must be at least 2");
         }
         Ok(self)
+    }
+
+    /// The alignment stages' data and held-out files.
+    pub fn align_inputs(&self) -> Vec<&PathBuf> {
+        let mut v = Vec::new();
+        if let Some(s) = &self.sft {
+            v.push(&s.data);
+            v.extend(s.heldout.as_ref().map(|h| &h.prompts));
+        }
+        if let Some(s) = &self.dpo {
+            v.push(&s.data);
+            v.extend(s.heldout.as_ref().map(|h| &h.prompts));
+        }
+        if let Some(s) = &self.grpo {
+            v.push(&s.prompts);
+            v.extend(s.heldout.as_ref().map(|h| &h.prompts));
+        }
+        v
+    }
+
+    fn align_inputs_mut(&mut self) -> Vec<&mut PathBuf> {
+        let mut v = Vec::new();
+        if let Some(s) = &mut self.sft {
+            v.push(&mut s.data);
+            v.extend(s.heldout.as_mut().map(|h| &mut h.prompts));
+        }
+        if let Some(s) = &mut self.dpo {
+            v.push(&mut s.data);
+            v.extend(s.heldout.as_mut().map(|h| &mut h.prompts));
+        }
+        if let Some(s) = &mut self.grpo {
+            v.push(&mut s.prompts);
+            v.extend(s.heldout.as_mut().map(|h| &mut h.prompts));
+        }
+        v
     }
 
     /// Keys whose values differ between two recipes (dotted, sorted), for refusing to mix runs.
@@ -344,6 +398,12 @@ mod tests {
             let r = Recipe::parse(&text, &name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
             r.distill.validate().unwrap();
             assert!(r.prune.params.is_some() || r.prune.layers.is_some(), "{name}");
+            if name.ends_with("bielik-style.toml") {
+                // Bielik-Minitron aligned the distilled model: SFT -> DPO-P -> GRPO
+                assert!(r.sft.is_some() && r.grpo.is_some(), "{name}: alignment sections");
+                let dpo = r.dpo.as_ref().unwrap();
+                assert_eq!(dpo.loss, orlik_align::dpo::DpoLoss::Dpop);
+            }
             seen += 1;
         }
         assert!(seen >= 2, "recipes/ holds {seen} recipes");

@@ -133,6 +133,68 @@ pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
     Ok(Eval { format_version: FORMAT_VERSION, context: e.context, models: out })
 }
 
+/// One alignment stage measured: held-out reward of its input and its output model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlignStageEval {
+    pub stage: String,
+    pub model: String,
+    pub heldout: Option<String>,
+    pub prompts: usize,
+    pub reward_before: Option<f64>,
+    pub reward_after: Option<f64>,
+    /// (metric, first quarter of training, last quarter)
+    pub training: Vec<(String, f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlignEval {
+    pub stages: Vec<AlignStageEval>,
+}
+
+/// Held-out reward (greedy) before and after every alignment stage that names a held-out set.
+pub fn evaluate_alignment(stages: &[crate::pipeline::Aligned]) -> Result<AlignEval> {
+    let mut out = Vec::new();
+    for a in stages {
+        let (mut before, mut after, mut n) = (None, None, 0);
+        if let Some(h) = &a.heldout {
+            eprintln!("-- {}: held-out reward before and after", a.name);
+            let none = |_: usize, _: usize| {};
+            let b = orlik_align::stage::eval_reward(&a.input, h, &none)?;
+            let f = orlik_align::stage::eval_reward(&a.output, h, &none)?;
+            (before, after, n) = (Some(b.reward_mean), Some(f.reward_mean), f.n);
+        }
+        out.push(AlignStageEval {
+            stage: a.name.to_string(),
+            model: a.output.display().to_string(),
+            heldout: a.heldout.as_ref().map(|h| h.prompts.display().to_string()),
+            prompts: n,
+            reward_before: before,
+            reward_after: after,
+            training: orlik_align::stage::quarters(&a.run_dir.join("metrics.jsonl"))?,
+        });
+    }
+    Ok(AlignEval { stages: out })
+}
+
+/// The report's alignment section (markdown).
+fn alignment_section(a: &AlignEval) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## Alignment after distillation\n");
+    let _ = writeln!(md, "Each stage starts from the previous stage's model (the first from the distilled one). Held-out reward: greedy completions of prompts the stage never trains on, scored by the stage's verifiers (accuracy for 0/1 rewards).\n");
+    let _ = writeln!(md, "| stage | held-out reward before → after | training, first → last quarter | model |\n| --- | --- | --- | --- |");
+    for s in &a.stages {
+        let held = match (s.reward_before, s.reward_after) {
+            (Some(b), Some(f)) => format!("{b:.3} → {f:.3} ({} prompts)", s.prompts),
+            _ => "— (no heldout set)".into(),
+        };
+        let tr: Vec<String> =
+            s.training.iter().map(|(k, a, b)| format!("{k} {a:.3} → {b:.3}")).collect();
+        let _ = writeln!(md, "| {} | {held} | {} | `{}` |", s.stage, tr.join("; "), s.model);
+    }
+    md.push('\n');
+    md
+}
+
 fn millions(n: usize) -> String {
     match n {
         0..=999_999 => format!("{:.1}K", n as f64 / 1e3),
@@ -147,7 +209,13 @@ pub fn gap_closed(teacher: f64, pruned: f64, distilled: f64) -> Option<f64> {
 }
 
 /// Write report.md, quality.png and speed.png; return the main table (markdown).
-pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>) -> Result<String> {
+pub fn write(
+    out: &Path,
+    r: &Recipe,
+    ev: &Eval,
+    align: Option<&AlignEval>,
+    seconds: &BTreeMap<String, f64>,
+) -> Result<String> {
     let ms = &ev.models;
     let t = ms.first().context("eval.json has no models")?;
     let mut tab = String::new();
@@ -278,6 +346,9 @@ pub fn write(out: &Path, r: &Recipe, ev: &Eval, seconds: &BTreeMap<String, f64>)
     }
     let _ = writeln!(md, "- **KL / top-1 agreement**: how closely the model's next-token predictions follow the teacher's on {} tokens of the same text.", r.eval.agree_tokens);
     let _ = writeln!(md, "- **speed**: tokens per second on this machine, all models measured in the same run, one measurement at a time for each; prefill = reading a prompt, decode = generating one token per step with a KV cache, at batch 1 and 8.\n");
+    if let Some(a) = align {
+        md.push_str(&alignment_section(a));
+    }
     let _ = writeln!(md, "## Charts\n");
     let _ = writeln!(md, "Quality against size (also `quality.svg`):\n\n![quality](quality.png)\n");
     if has_speed {

@@ -313,3 +313,172 @@ fn bad_input_is_refused_before_any_work() {
     );
     fails(&["run", &s.p("r3.toml"), "--set", "prune.params"], &["expected key=value"]);
 }
+
+/// A recipe with SFT → DPO-P → GRPO after distillation: each stage runs on the previous one's
+/// model, the report gains a row per stage with held-out reward before and after, a rerun keeps
+/// every stage, and a changed DPO setting redoes DPO and GRPO but keeps SFT.
+#[test]
+fn alignment_stages_follow_distillation_and_rerun_only_what_changed() {
+    let s = setup();
+    let rows = |name: &str, rows: Vec<String>| {
+        std::fs::write(s.root.join(name), rows.join("\n")).unwrap();
+        s.p(name)
+    };
+    let words = ["the", "heart", "hat", "tea", "earth"];
+    let sft = rows(
+        "sft.jsonl",
+        (0..8)
+            .map(|i| format!(r#"{{"messages": [{{"role": "user", "content": "{} {}"}}, {{"role": "assistant", "content": "hat tea"}}]}}"#, words[i % 5], words[(i + 2) % 5]))
+            .collect(),
+    );
+    let dpo = rows(
+        "dpo.jsonl",
+        (0..6)
+            .map(|i| {
+                format!(
+                    r#"{{"prompt": "{}", "chosen": "heart earth", "rejected": "{} hat"}}"#,
+                    words[i % 5],
+                    words[(i + 1) % 5]
+                )
+            })
+            .collect(),
+    );
+    let prompts = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    r#"{{"prompt": "{} {}", "answer": "hat"}}"#,
+                    words[i % 5],
+                    words[(i + 3) % 5]
+                )
+            })
+            .collect()
+    };
+    let grpo = rows("grpo.jsonl", prompts(4));
+    let held = rows("held.jsonl", prompts(3));
+    let recipe = format!(
+        r#"teacher = "{t}"
+data = ["{train}"]
+val = ["{val}"]
+[score]
+samples = 8
+seq_len = 16
+[prune]
+params = 0.6
+proxy_samples = 2
+seq_len = 16
+multiple = 8
+[distill]
+tokens = 1000
+seq_len = 16
+batch = 4
+[eval]
+context = 32
+speed = false
+agree_tokens = 128
+[sft]
+data = "{sft}"
+[sft.train]
+steps = 3
+batch = 2
+max_len = 64
+max_prompt = 32
+lr = 5e-3
+[sft.heldout]
+prompts = "{held}"
+reward = ["regex:a"]
+limit = 3
+max_new_tokens = 4
+[dpo]
+data = "{dpo}"
+loss = "dpop"
+lambda = 5.0
+[dpo.train]
+steps = 2
+batch = 2
+max_len = 64
+max_prompt = 32
+lr = 1e-3
+[grpo]
+prompts = "{grpo}"
+reward = ["regex:a"]
+group = 4
+max_new_tokens = 4
+log_samples = 0
+[grpo.train]
+steps = 2
+batch = 1
+max_len = 64
+max_prompt = 16
+lr = 1e-3
+[grpo.heldout]
+prompts = "{held}"
+reward = ["regex:a"]
+limit = 3
+max_new_tokens = 4
+"#,
+        t = s.p("teacher"),
+        train = s.p("train.txt"),
+        val = s.p("val.txt"),
+    );
+    let path = rows("align.toml", vec![recipe]);
+    let out = s.p("out");
+    let (_, log) = run(&["run".into(), path.clone(), "-o".into(), out.clone()]);
+    for f in [
+        "sft/final/config.json",
+        "dpo/final/config.json",
+        "grpo/final/config.json",
+        "dpo/ref_logps.json",
+        "align_eval.json",
+    ] {
+        assert!(Path::new(&out).join(f).is_file(), "{f} missing; log: {log}");
+    }
+    // each stage started from the previous stage's model
+    let run_json = |st: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(Path::new(&out).join(st).join("run.json")).unwrap())
+            .unwrap()
+    };
+    let model_of = |st: &str| run_json(st)["run"]["model"]["path"].as_str().unwrap().to_string();
+    assert!(model_of("sft").ends_with("out/final"), "{}", model_of("sft"));
+    assert!(
+        model_of("dpo").ends_with("out/sft/final") && model_of("grpo").ends_with("out/dpo/final")
+    );
+    assert_eq!(run_json("dpo")["run"]["loss"], "dpop");
+    let ae: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&out).join("align_eval.json")).unwrap())
+            .unwrap();
+    let st = ae["stages"].as_array().unwrap();
+    assert_eq!(
+        st.iter().map(|x| x["stage"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["sft", "dpo", "grpo"]
+    );
+    for x in [&st[0], &st[2]] {
+        assert_eq!(x["prompts"], 3);
+        let r = x["reward_after"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&r), "{x}");
+    }
+    assert!(st[1]["reward_after"].is_null(), "dpo has no heldout set");
+    let report = std::fs::read_to_string(Path::new(&out).join("report.md")).unwrap();
+    assert!(report.contains("## Alignment after distillation"), "{report}");
+    for stage in ["| sft |", "| dpo |", "| grpo |"] {
+        assert!(report.contains(stage), "{stage} row missing: {report}");
+    }
+    // a rerun keeps every stage
+    let (_, log) = run(&["run".into(), path.clone(), "-o".into(), out.clone()]);
+    for name in ["sft", "dpo", "grpo", "align-eval"] {
+        assert!(log.contains(&format!("== {name}: unchanged, kept")), "{name}: {log}");
+    }
+    // another DPO β: SFT kept, DPO and everything after it redone
+    let (_, log) = run(&[
+        "run".into(),
+        path,
+        "-o".into(),
+        out.clone(),
+        "--set".into(),
+        "dpo.beta=0.2".into(),
+        "--resume".into(),
+    ]);
+    assert!(log.contains("== sft: unchanged, kept"), "{log}");
+    assert!(!log.contains("== dpo: unchanged") && !log.contains("== grpo: unchanged"), "{log}");
+    assert!(log.contains("== dpo: done") && log.contains("== grpo: done"), "{log}");
+}
