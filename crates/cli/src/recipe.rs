@@ -34,7 +34,7 @@ pub struct Recipe {
     #[serde(default = "distill_defaults")]
     pub distill: TrainConfig,
     #[serde(default)]
-    pub eval: EvalStage,
+    pub eval: orlik_eval::suite::SuiteSettings,
     /// Alignment after distillation, as Bielik-Minitron did (SFT → DPO-P → GRPO): each section
     /// is optional and runs, in that order, on the previous stage's model (the first on the
     /// distilled one) into OUT/sft/, OUT/dpo/, OUT/grpo/. Keys as `orlik sft|dpo|grpo`'s flags
@@ -46,46 +46,6 @@ pub struct Recipe {
     pub dpo: Option<orlik_align::stage::DpoSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<orlik_align::stage::GrpoSettings>,
-}
-
-/// What the eval stage measures on the teacher, the pruned and the distilled model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EvalStage {
-    /// Texts for bits/byte (per file). Default: `val`.
-    pub texts: Vec<PathBuf>,
-    /// Perplexity window. Default 1024.
-    pub context: usize,
-    /// Multiple-choice questions (EXAMS JSONL); none = no MC evaluation.
-    pub mc_tasks: Option<PathBuf>,
-    /// First N questions, 0 = all. Default 200.
-    pub mc_limit: usize,
-    /// Tokens of prompt + answer kept (cut from the left). Default 512.
-    pub mc_context: usize,
-    /// Tokens of `texts` for KL / top-1 agreement with the teacher, 0 = all. Default 16384.
-    pub agree_tokens: usize,
-    /// Default 256.
-    pub agree_context: usize,
-    /// Measure prefill / decode speed. Default true.
-    pub speed: bool,
-    /// Timed repetitions per speed measurement (median). Default 3.
-    pub speed_reps: usize,
-}
-
-impl Default for EvalStage {
-    fn default() -> Self {
-        EvalStage {
-            texts: Vec::new(),
-            context: 1024,
-            mc_tasks: None,
-            mc_limit: 200,
-            mc_context: 512,
-            agree_tokens: 16384,
-            agree_context: 256,
-            speed: true,
-            speed_reps: 3,
-        }
-    }
 }
 
 pub const DEFAULT_TOKENS: u64 = 100_000;

@@ -2,60 +2,14 @@
 //! one interleaved run) and its report: OUT/eval.json, OUT/report.md with quality.png and
 //! speed.png (and their SVGs) beside it, and the distillation curves from OUT/distill/.
 
-use crate::eval_cmd::{agree_result, mc_result, ppl_report, speed_rows};
 use crate::recipe::Recipe;
 use anyhow::{Context, Result};
-use orlik_io::hfdir::HfModel;
-use orlik_model::ModelOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// Version of eval.json's layout (part of the eval stage's fingerprint).
-pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelEval {
-    pub name: String,
-    pub path: String,
-    pub parameters: usize,
-    pub bytes: u64,
-    /// layers / hidden / heads / kv heads / MLP
-    pub shape: [usize; 5],
-    /// bits/byte per text (file name) and "total" pooled over all texts.
-    pub bits_per_byte: BTreeMap<String, f64>,
-    pub mc: Option<orlik_eval::mc::McResult>,
-    /// KL(teacher ‖ model) per token and top-1 agreement; absent for the teacher itself.
-    pub kl: Option<f64>,
-    pub top1: Option<f64>,
-    /// tokens/s per measurement, in order ("prefill b1x256", ..., "decode b8").
-    pub speed: Vec<(String, f64)>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Eval {
-    pub format_version: u32,
-    pub context: usize,
-    pub models: Vec<ModelEval>,
-}
-
-fn bytes_on_disk(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-/// A speed measurement's short name: "prefill b1x256", "decode b8".
-fn short(what: &str) -> String {
-    what.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
-}
+pub use orlik_eval::suite::{Eval, ModelEval, FORMAT_VERSION};
 
 fn speed_of(m: &ModelEval, what: &str) -> Option<f64> {
     m.speed.iter().find(|(w, _)| w == what).map(|s| s.1)
@@ -63,74 +17,10 @@ fn speed_of(m: &ModelEval, what: &str) -> Option<f64> {
 
 /// Measure every model; the first is the teacher the others are compared with.
 pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
-    let e = &r.eval;
-    let hfs = models.iter().map(|(_, p)| HfModel::open(p)).collect::<Result<Vec<_>, _>>()?;
-    let loaded =
-        hfs.iter().map(|h| h.load(ModelOptions::default())).collect::<Result<Vec<_>, _>>()?;
-    let mut out = Vec::new();
-    for (i, ((name, path), (hf, m))) in models.iter().zip(hfs.iter().zip(&loaded)).enumerate() {
-        eprintln!("-- {name}");
-        let c = &hf.config;
-        let ppl = ppl_report(
-            m,
-            hf,
-            &e.texts,
-            orlik_eval::ppl::PplOptions { context: e.context, stride: e.context, batch: 1 },
-        )?;
-        let mut bpb: BTreeMap<String, f64> = ppl
-            .files
-            .iter()
-            .map(|(f, x)| {
-                (
-                    Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().to_string()),
-                    x.bits_per_byte,
-                )
-            })
-            .collect();
-        bpb.insert("total".into(), ppl.total.bits_per_byte);
-        let mc = match &e.mc_tasks {
-            Some(t) => Some(mc_result(m, hf, t, e.mc_limit, e.mc_context)?),
-            None => None,
-        };
-        let agree = if i == 0 {
-            None
-        } else {
-            Some(agree_result(
-                (m, hf),
-                (&loaded[0], &hfs[0]),
-                &e.texts,
-                e.agree_context,
-                e.agree_tokens,
-            )?)
-        };
-        out.push(ModelEval {
-            name: name.to_string(),
-            path: path.display().to_string(),
-            parameters: c.param_count(),
-            bytes: bytes_on_disk(path),
-            shape: [
-                c.num_hidden_layers,
-                c.hidden_size,
-                c.num_attention_heads,
-                c.num_kv_heads(),
-                c.intermediate_size,
-            ],
-            bits_per_byte: bpb,
-            mc,
-            kl: agree.as_ref().map(|a| a.kl),
-            top1: agree.as_ref().map(|a| a.top1),
-            speed: Vec::new(),
-        });
-    }
-    if e.speed {
-        eprintln!("-- speed (all models, interleaved)");
-        let named: Vec<(String, &orlik_model::Model)> =
-            models.iter().map(|(n, _)| n.to_string()).zip(loaded.iter()).collect();
-        for (row, me) in speed_rows(&named, e.speed_reps)?.into_iter().zip(out.iter_mut()) {
-            me.speed = row.timings.iter().map(|t| (short(&t.what), t.tokens_per_s)).collect();
-        }
-    }
-    Ok(Eval { format_version: FORMAT_VERSION, context: e.context, models: out })
+    let (pb, show) = crate::eval_cmd::progress_bar();
+    let ev = orlik_eval::suite::run(&r.eval, models, &|n| pb.println(format!("-- {n}")), &show)?;
+    pb.finish_and_clear();
+    Ok(ev)
 }
 
 /// One alignment stage measured: held-out reward of its input and its output model.

@@ -13,7 +13,6 @@ use orlik_train::losses::{log_softmax, top_k};
 use orlik_train::trainer::Split;
 use orlik_train::{StepRows, TeacherSource, TrainError};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DistillError {
@@ -31,45 +30,16 @@ pub enum DistillError {
     Candle(#[from] candle_core::Error),
 }
 
-/// sha256 of a tokenizer's vocabulary (token string -> id, in id order, added tokens included):
-/// two tokenizers with the same hash map every token string to the same id.
-pub fn vocab_sha256(tok: &tokenizers::Tokenizer) -> String {
-    let mut v: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
-    v.sort_by_key(|(_, id)| *id);
-    let mut h = Sha256::new();
-    for (s, id) in v {
-        h.update(id.to_le_bytes());
-        h.update((s.len() as u32).to_le_bytes());
-        h.update(s.as_bytes());
-    }
-    format!("{:x}", h.finalize())
-}
+pub use orlik_io::tokenizer::vocab_sha256;
 
 /// Teacher and student must share the vocabulary id for id: checked before any compute.
 pub fn check_vocab(
     teacher: (&orlik_model::Config, &tokenizers::Tokenizer),
     student: (&orlik_model::Config, &tokenizers::Tokenizer),
 ) -> Result<(), DistillError> {
-    if teacher.0.vocab_size != student.0.vocab_size {
-        return Err(DistillError::Mismatch(format!(
-            "teacher vocab_size {} != student vocab_size {}: logit distillation needs the same vocabulary",
-            teacher.0.vocab_size, student.0.vocab_size
-        )));
-    }
-    let (a, b) = (vocab_sha256(teacher.1), vocab_sha256(student.1));
-    if a != b {
-        let tv = teacher.1.get_vocab(true);
-        let sv = student.1.get_vocab(true);
-        let diff = tv
-            .iter()
-            .find(|(s, id)| sv.get(*s) != Some(id))
-            .map(|(s, id)| format!("{s:?} is {id} in the teacher, {:?} in the student", sv.get(s)));
-        return Err(DistillError::Mismatch(format!(
-            "teacher and student tokenizers differ ({}): logit distillation needs the same vocabulary",
-            diff.unwrap_or_else(|| "different sizes".into())
-        )));
-    }
-    Ok(())
+    orlik_io::tokenizer::same_vocab(teacher, student).map_err(|e| {
+        DistillError::Mismatch(format!("{e}: logit distillation needs the same vocabulary"))
+    })
 }
 
 /// How a student's vocabulary sits in the teacher's: `None` when they are the same id for id;

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod mc;
 pub mod ppl;
 pub mod speed;
+pub mod suite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {

@@ -269,3 +269,43 @@ pub fn spm_merges(tokens: &[String], scores: &[f64]) -> Vec<Value> {
     });
     merges.into_iter().map(|(_, _, l, r)| json!([tokens[l], tokens[r]])).collect()
 }
+
+/// sha256 of a tokenizer's vocabulary (token string -> id, in id order, added tokens included):
+/// two tokenizers with the same hash map every token string to the same id.
+pub fn vocab_sha256(tok: &tokenizers::Tokenizer) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v: Vec<(String, u32)> = tok.get_vocab(true).into_iter().collect();
+    v.sort_by_key(|(_, id)| *id);
+    let mut h = Sha256::new();
+    for (s, id) in v {
+        h.update(id.to_le_bytes());
+        h.update((s.len() as u32).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Whether two models share their vocabulary id for id; the error says where they differ.
+pub fn same_vocab(
+    a: (&orlik_model::Config, &tokenizers::Tokenizer),
+    b: (&orlik_model::Config, &tokenizers::Tokenizer),
+) -> Result<(), String> {
+    if a.0.vocab_size != b.0.vocab_size {
+        return Err(format!(
+            "teacher vocab_size {} != student vocab_size {}",
+            a.0.vocab_size, b.0.vocab_size
+        ));
+    }
+    if vocab_sha256(a.1) != vocab_sha256(b.1) {
+        let (tv, sv) = (a.1.get_vocab(true), b.1.get_vocab(true));
+        let diff = tv
+            .iter()
+            .find(|(s, id)| sv.get(*s) != Some(id))
+            .map(|(s, id)| format!("{s:?} is {id} in the teacher, {:?} in the student", sv.get(s)));
+        return Err(format!(
+            "teacher and student tokenizers differ ({})",
+            diff.unwrap_or_else(|| "different sizes".into())
+        ));
+    }
+    Ok(())
+}
