@@ -73,7 +73,7 @@ def main():
             grpo_case(2, 4, 2, [5, 3, 7], 0.2, 0.28, 0.04, False, 8),
             grpo_case(3, 3, 2, [6, 2], 0.2, 0.2, 0.0, True, 10),
             grpo_case(4, 2, 3, [4], 0.1, 0.3, 0.1, True, 4)]
-    print(json.dumps({"dpo": dpo, "grpo": grpo}, indent=1))
+    print(json.dumps({"format_version": 1, "generated_by": "$ORLIK_CACHE/pyenv/bin/python scripts/gen_align_reference.py > tests/fixtures/align_losses.json", "dpo": dpo, "grpo": grpo}, indent=1))
 
 
 if __name__ == "__main__":

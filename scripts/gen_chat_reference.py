@@ -53,4 +53,4 @@ for name, src in TEMPLATES.items():
             for gen in (False, True):
                 text = t.render(messages=conv[:n], add_generation_prompt=gen, bos_token="<s>", eos_token="</s>")
                 out.append({"template": name, "messages": conv[:n], "add_generation_prompt": gen, "text": text})
-print(json.dumps({"templates": TEMPLATES, "cases": out}, ensure_ascii=False, indent=1))
+print(json.dumps({"format_version": 1, "generated_by": "$ORLIK_CACHE/pyenv/bin/python scripts/gen_chat_reference.py > tests/fixtures/chat_templates.json", "templates": TEMPLATES, "cases": out}, ensure_ascii=False, indent=1))

@@ -77,7 +77,8 @@ def main(out):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask).logits.float()
         save_file({"input_ids": ids.contiguous(), "attention_mask": mask.contiguous(),
-                   "logits": logits.contiguous()}, os.path.join(d, "golden.safetensors"))
+                   "logits": logits.contiguous()}, os.path.join(d, "golden.safetensors"),
+                  metadata={"format_version": "1", "generated_by": "$ORLIK_CACHE/pyenv/bin/python scripts/gen_fixtures.py tests/fixtures"})
         size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
         print(f"{name}: {sorted(os.listdir(d))} {size} bytes")
 

@@ -131,7 +131,8 @@ def main(out):
     qw.write_kv_data_to_file()
     qw.write_tensors_to_file()
     qw.close()
-    save_file(golden, os.path.join(d, "golden.safetensors"))
+    save_file(golden, os.path.join(d, "golden.safetensors"),
+              metadata={"format_version": "1", "generated_by": "$ORLIK_CACHE/pyenv/bin/python scripts/gen_gguf_fixture.py tests/fixtures/gguf"})
     for f in sorted(os.listdir(d)):
         print(f, os.path.getsize(os.path.join(d, f)))
 

@@ -71,4 +71,4 @@ for kind in ["fkl", "rkl", "jsd"]:
                         "grad": [float(x) for x in g],
                     }
                 )
-print(json.dumps({"generator": "scripts/gen_loss_reference.py", "torch": torch.__version__, "cases": cases}, indent=1))
+print(json.dumps({"format_version": 1, "generated_by": "$ORLIK_CACHE/pyenv/bin/python scripts/gen_loss_reference.py > tests/fixtures/losses.json", "generator": "scripts/gen_loss_reference.py", "torch": torch.__version__, "cases": cases}, indent=1))
