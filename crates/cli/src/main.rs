@@ -178,119 +178,13 @@ enum Cmd {
     /// Writes scores.safetensors + scores.json (format version, model and data sha256, settings)
     /// and report.md with PNG charts. Streams layer by layer: one layer's weights in memory at a
     /// time plus the calibration activations (`--in-memory` loads the whole model: faster).
-    Score {
-        /// HF model directory.
-        model: PathBuf,
-        /// Calibration text files (paragraphs separated by blank lines).
-        #[arg(long, num_args = 1.., required = true)]
-        data: Vec<PathBuf>,
-        /// Calibration windows.
-        #[arg(long, default_value_t = 32)]
-        samples: usize,
-        #[arg(long, default_value_t = 256)]
-        seq_len: usize,
-        /// Windows per forward pass.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// Aggregation over the sequence: mean (of |x|), l2, max, var.
-        #[arg(long, default_value = "mean")]
-        seq_agg: orlik_score::Agg,
-        /// Aggregation over the batch: mean, l2, max, var.
-        #[arg(long, default_value = "l2")]
-        batch_agg: orlik_score::Agg,
-        /// Largest block of contiguous layers for the angular distance.
-        #[arg(long, default_value_t = 8)]
-        max_block: usize,
-        /// Batches also scored with each layer left out (one extra forward per layer each).
-        #[arg(long, default_value_t = 2)]
-        loo_batches: usize,
-        /// Load the whole model instead of streaming layer by layer (more memory).
-        #[arg(long)]
-        in_memory: bool,
-        /// Also time a plain forward and the scoring pass (without leave-one-out) on the same
-        /// batches and report the ratio.
-        #[arg(long)]
-        measure_cost: bool,
-        /// Output directory (written atomically).
-        #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long)]
-        force: bool,
-    },
+    Score(prune_cmd::ScoreArgs),
     /// Structured pruning to exact dimensions: depth, hidden width, attention heads / KV groups,
     /// MLP size. Writes an HF directory (loadable by transformers) with prune_plan.json, which
     /// `--plan` re-applies to a sibling checkpoint. With `--params`, searches the shapes within
     /// `--tolerance` of a parameter budget, ranks a shortlist by KL to the original model on
     /// held-out text (`--data`), prints the table and prunes the best.
-    Prune {
-        /// HF model directory.
-        model: PathBuf,
-        /// Scores from `orlik score` (for --importance minitron).
-        #[arg(long)]
-        scores: Option<PathBuf>,
-        /// Re-apply an existing prune_plan.json instead of choosing units.
-        #[arg(long, conflicts_with_all = ["scores", "layers", "hidden", "heads", "kv_heads", "ffn"])]
-        plan: Option<PathBuf>,
-        /// Layers to keep.
-        #[arg(long)]
-        layers: Option<usize>,
-        /// Hidden size to keep.
-        #[arg(long)]
-        hidden: Option<usize>,
-        /// Query heads to keep (a multiple of --kv-heads).
-        #[arg(long)]
-        heads: Option<usize>,
-        /// KV groups to keep.
-        #[arg(long)]
-        kv_heads: Option<usize>,
-        /// MLP neurons to keep per layer.
-        #[arg(long)]
-        ffn: Option<usize>,
-        /// How to choose dropped layers: bi (Block Influence), block (contiguous block with the
-        /// smallest angular distance), loo (leave-one-out KL).
-        #[arg(long, default_value = "bi", value_parser = ["bi", "block", "loo"])]
-        depth_method: String,
-        /// minitron (activation scores), magnitude (weight norms), random (seeded): the last two
-        /// are baselines at the same dimensions.
-        #[arg(long, default_value = "minitron", value_parser = ["minitron", "magnitude", "random"])]
-        importance: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Parameter budget: a fraction of the model (e.g. 0.67) or a count (e.g. 90000000).
-        #[arg(long, conflicts_with_all = ["plan", "layers", "hidden", "heads", "kv_heads", "ffn"])]
-        params: Option<f64>,
-        /// Held-out text for ranking candidates (the last paragraphs are used).
-        #[arg(long, num_args = 1..)]
-        data: Vec<PathBuf>,
-        /// Hidden and MLP sizes are multiples of this.
-        #[arg(long, default_value_t = 64)]
-        multiple: usize,
-        /// Relative distance to the budget allowed.
-        #[arg(long, default_value_t = 0.02)]
-        tolerance: f64,
-        /// Axes the search may shrink: all, or a comma list of depth, hidden, heads, mlp.
-        #[arg(long, default_value = "all")]
-        axes: String,
-        /// Candidates ranked by the KL proxy.
-        #[arg(long, default_value_t = 8)]
-        candidates: usize,
-        /// Write the plans of the top K candidates into OUT/candidates.json.
-        #[arg(long, default_value_t = 0)]
-        export_candidates: usize,
-        /// Windows of held-out text for the proxy.
-        #[arg(long, default_value_t = 4)]
-        proxy_samples: usize,
-        /// Window length for the proxy.
-        #[arg(long, default_value_t = 128)]
-        seq_len: usize,
-        /// Largest safetensors shard of the output.
-        #[arg(long, default_value = "2GB")]
-        max_shard_size: String,
-        #[arg(short, long)]
-        output: PathBuf,
-        #[arg(long)]
-        force: bool,
-    },
+    Prune(prune_cmd::PruneArgs),
     /// Logit-only knowledge distillation (Minitron): train a (pruned) student to match the
     /// teacher's next-token distributions (forward KL by default, temperature 1, no CE term) on
     /// packed text. The teacher runs online, or its top-k logits come from `--teacher-cache`.
@@ -344,37 +238,9 @@ enum Cmd {
     /// log-probabilities and tail mass per position in mmap-able shards with a manifest, so
     /// distillation runs reuse them without running the teacher. Resumable: complete shards
     /// are kept when the command is re-run with the same settings.
-    TeacherCache {
-        /// Teacher HF directory.
-        #[arg(long)]
-        teacher: PathBuf,
-        #[arg(long, num_args = 1.., required = true)]
-        data: Vec<PathBuf>,
-        #[arg(long, num_args = 1..)]
-        val: Vec<PathBuf>,
-        /// Tokens kept per position (the rest is one tail bucket).
-        #[arg(long, default_value_t = 64)]
-        topk: usize,
-        /// Must equal the distillation run's --seq-len.
-        #[arg(long, default_value_t = 256)]
-        seq_len: usize,
-        /// Must equal the distillation run's --temperature.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f32,
-        /// Windows per teacher forward pass.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-        /// Windows per shard file.
-        #[arg(long, default_value_t = 256)]
-        shard_windows: usize,
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Replace a cache of other settings in --output.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Compare training runs in one PNG chart: a metric of each run's metrics.jsonl against the
-    /// step (colours in the order of the runs, printed as a legend).
+    TeacherCache(train_cmd::CacheArgs),
+    /// Compare training runs in one chart (PNG and SVG beside it): a metric of each run's
+    /// metrics.jsonl against the step, the runs named in the legend.
     Curves {
         /// Run directories (outputs of distill / train).
         #[arg(required = true, num_args = 1..)]
@@ -671,113 +537,9 @@ fn main() {
                 .map_err(Into::into)
         }
         Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
-        Cmd::TeacherCache {
-            teacher,
-            data,
-            val,
-            topk,
-            seq_len,
-            temperature,
-            batch,
-            shard_windows,
-            output,
-            force,
-        } => train_cmd::teacher_cache(train_cmd::CacheArgs {
-            teacher,
-            data,
-            val,
-            topk,
-            seq_len,
-            temperature,
-            batch,
-            shard_windows,
-            output,
-            force,
-        }),
-        Cmd::Score {
-            model,
-            data,
-            samples,
-            seq_len,
-            batch,
-            seq_agg,
-            batch_agg,
-            max_block,
-            loo_batches,
-            in_memory,
-            measure_cost,
-            output,
-            force,
-        } => {
-            let s = orlik_score::ScoreSettings {
-                samples,
-                seq_len,
-                batch,
-                seq_agg,
-                batch_agg,
-                max_block,
-                loo_batches,
-                in_memory,
-                measure_cost,
-            };
-            prune_cmd::score(&s, &model, &data, &output, force)
-        }
-        Cmd::Prune {
-            model,
-            scores,
-            plan,
-            layers,
-            hidden,
-            heads,
-            kv_heads,
-            ffn,
-            depth_method,
-            importance,
-            seed,
-            params,
-            data,
-            multiple,
-            tolerance,
-            axes,
-            candidates,
-            export_candidates,
-            proxy_samples,
-            seq_len,
-            max_shard_size,
-            output,
-            force,
-        } => {
-            let settings = || -> anyhow::Result<orlik_prune::PruneSettings> {
-                Ok(orlik_prune::PruneSettings {
-                    params,
-                    layers,
-                    hidden,
-                    heads,
-                    kv_heads,
-                    ffn,
-                    depth_method: prune_cmd::parse_name("--depth-method", &depth_method)?,
-                    importance: prune_cmd::parse_name("--importance", &importance)?,
-                    seed,
-                    axes,
-                    multiple,
-                    tolerance,
-                    candidates,
-                    proxy_samples,
-                    seq_len,
-                    export: export_candidates,
-                    max_shard_bytes: commands::parse_size(&max_shard_size)?,
-                })
-            };
-            settings().and_then(|s| {
-                let inputs = orlik_prune::PruneInputs {
-                    model: &model,
-                    scores: scores.as_deref(),
-                    plan: plan.as_deref(),
-                    data: &data,
-                };
-                prune_cmd::prune(&s, &inputs, &output, force)
-            })
-        }
+        Cmd::TeacherCache(a) => train_cmd::teacher_cache(a),
+        Cmd::Score(a) => prune_cmd::score_cmd(a),
+        Cmd::Prune(a) => prune_cmd::prune_cmd(a),
     };
     if let Err(e) = r {
         orlik_io::output::abandon_unused();

@@ -276,16 +276,35 @@ pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
     report_finished(&f, started)
 }
 
+/// `orlik teacher-cache` flags.
+#[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
+    /// Teacher HF directory.
+    #[arg(long)]
     pub teacher: PathBuf,
+    #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
+    #[arg(long, num_args = 1..)]
     pub val: Vec<PathBuf>,
+    /// Tokens kept per position (the rest is one tail bucket).
+    #[arg(long, default_value_t = 64)]
     pub topk: usize,
+    /// Must equal the distillation run's --seq-len.
+    #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
+    /// Must equal the distillation run's --temperature.
+    #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
+    /// Windows per teacher forward pass.
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
+    /// Windows per shard file.
+    #[arg(long, default_value_t = 256)]
     pub shard_windows: usize,
+    #[arg(short, long)]
     pub output: PathBuf,
+    /// Replace a cache of other settings in --output.
+    #[arg(long)]
     pub force: bool,
 }
 
