@@ -259,9 +259,7 @@ impl Recipe {
             serde_json::to_value(self).unwrap_or_default(),
             serde_json::to_value(other).unwrap_or_default(),
         );
-        let mut out = Vec::new();
-        diff("", &a, &b, &mut out);
-        out
+        orlik_train::config::differing_keys(&a, &b, &[])
     }
 }
 
@@ -272,27 +270,6 @@ fn expand_home(p: &Path) -> PathBuf {
     }
 }
 
-fn diff(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value::Object;
-    match (a, b) {
-        (Object(x), Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                diff(
-                    &p,
-                    x.get(k).unwrap_or(&serde_json::Value::Null),
-                    y.get(k).unwrap_or(&serde_json::Value::Null),
-                    out,
-                );
-            }
-        }
-        _ if a != b => out.push(format!("{prefix} ({a} -> {b})")),
-        _ => {}
-    }
-}
 
 #[cfg(test)]
 mod tests {
