@@ -270,7 +270,6 @@ fn expand_home(p: &Path) -> PathBuf {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

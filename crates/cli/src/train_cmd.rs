@@ -417,7 +417,8 @@ pub fn bench_train(
         steps: Some(steps as u64 + 1),
         batch,
         seq_len,
-        save_every: 0,
+        // time_steps never saves; a positive interval past the last step keeps the config valid
+        save_every: steps as u64 + 2,
         checkpoint_layers,
         ..Default::default()
     };

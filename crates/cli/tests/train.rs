@@ -381,3 +381,52 @@ fn train_from_random_init_learns_and_bad_input_is_refused() {
     );
     assert!(!Path::new(&out).exists(), "nothing written on bad input");
 }
+
+/// A top-k cache (k < vocabulary: every record has a tail mass) trains, and `orlik bench --train`
+/// times training steps on the model's own weights.
+#[test]
+fn top_k_cache_distils_and_bench_train_runs() {
+    let s = setup();
+    let cache = s.p("cache-k4");
+    ok(&[
+        "teacher-cache",
+        "--teacher",
+        &s.teacher,
+        "--data",
+        &s.data,
+        "--topk",
+        "4",
+        "--seq-len",
+        "16",
+        "-o",
+        &cache,
+    ]);
+    let out = s.p("kd-k4");
+    let args: Vec<&str> = distill_args(&s, &out, &["--topk", "4"])
+        .into_iter()
+        .enumerate()
+        .filter(|&(i, _)| i != 1 && i != 2) // no --teacher: the cache alone
+        .map(|(_, a)| a)
+        .collect();
+    let args = with(with(args, "--steps", "3"), "--teacher-cache", &cache);
+    ok(&args);
+    let r = rows(&out);
+    assert!(
+        r.iter().filter(|x| x["kl"].as_f64().is_some_and(f64::is_finite)).count() >= 3,
+        "{r:?}"
+    );
+    let said = ok(&[
+        "bench",
+        &s.teacher,
+        "--train",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--reps",
+        "2",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(said.trim()).unwrap();
+    assert!(v["median_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
+}
