@@ -29,11 +29,20 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "fuzz: no nightly toolchain: stable with RUSTC_BOOTSTRAP=1, without sanitizer"
 fi
 t0=$(date +%s)
+# A Rust compile error in orlik's own code is a failure, not a machine without the tools.
+own_error() {
+  if grep -q '^error\[E[0-9]*\]' /tmp/orlik-fuzz-build.log; then
+    grep -A8 '^error\[E[0-9]*\]' /tmp/orlik-fuzz-build.log | head -40
+    echo "fuzz: FAILED: the fuzz targets do not compile (see above)"
+    exit 1
+  fi
+}
 if ! cargo "${TC[@]}" fuzz build "${SAN[@]}" --target-dir "$TDIR" >/tmp/orlik-fuzz-build.log 2>&1; then
+  own_error
   if [ ${#SAN[@]} -eq 0 ]; then
     echo "fuzz: the sanitizer build failed; retrying without sanitizer"
     SAN=(-s none)
-    cargo "${TC[@]}" fuzz build "${SAN[@]}" --target-dir "$TDIR" >/tmp/orlik-fuzz-build.log 2>&1 || { tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0; }
+    cargo "${TC[@]}" fuzz build "${SAN[@]}" --target-dir "$TDIR" >/tmp/orlik-fuzz-build.log 2>&1 || { own_error; tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0; }
   else
     tail -20 /tmp/orlik-fuzz-build.log; echo "fuzz: skipped: the fuzz targets do not build here"; exit 0
   fi
