@@ -1,10 +1,8 @@
-//! Recipe TOML with `--set` edits: the pipeline's settings parser (the CLI's own module).
+//! Recipe TOML with `--set` edits: the pipeline's settings parser.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../../crates/cli/src/recipe.rs"]
-mod recipe;
+use orlik_pipeline::Recipe;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -15,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|l| l.contains('='))
         .map(|l| vec![l.to_string()])
         .unwrap_or_default();
-    if let Ok(r) = recipe::Recipe::parse(text, "fuzz.toml", &sets) {
+    if let Ok(r) = Recipe::parse(text, "fuzz.toml", &sets) {
         let _ = r.to_toml();
     }
 });

@@ -225,6 +225,22 @@ pub struct AlignOutcome {
     pub quarters: Vec<(String, f64, f64)>,
 }
 
+impl AlignOutcome {
+    /// What a person reads when the stage finished: steps, each metric's first and last
+    /// quarter, the peak memory and where the model is.
+    pub fn summary(&self) -> String {
+        let mut s =
+            format!("trained {} steps in {:.0} s\n", self.state.step, self.state.train_seconds);
+        for (k, a0, a1) in &self.quarters {
+            s += &format!("{k}: first quarter {a0:.4}, last quarter {a1:.4}\n");
+        }
+        if let Some(kb) = orlik_io::peak_rss_kb() {
+            s += &format!("peak RSS {:.0} MB\n", kb as f64 / 1024.0);
+        }
+        s + &format!("model: {}", self.final_dir.display())
+    }
+}
+
 fn cfg_err(msg: String) -> AlignError {
     AlignError::Config(msg)
 }

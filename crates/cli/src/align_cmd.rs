@@ -1,8 +1,6 @@
 //! sft, dpo, grpo and `eval reward`: the flags as `orlik_align::stage`'s settings, printing.
 
-use crate::train_cmd::{control, peak_rss_mb, step_delay, stop_flag};
 use anyhow::Result;
-use candle_core::DType;
 use clap::Args;
 use orlik_align::stage::{
     AlignOutcome, AlignRun, AlignSettings, DpoSettings, GrpoSettings, Heldout, SftSettings,
@@ -161,43 +159,24 @@ impl AlignArgs {
             skip_bad: self.skip_bad,
         }
     }
-
-    fn save_dtype(&self) -> Option<DType> {
-        match self.save_dtype.as_deref() {
-            Some("f16") => Some(DType::F16),
-            Some("bf16") => Some(DType::BF16),
-            Some(_) => Some(DType::F32),
-            None => None,
-        }
-    }
 }
 
 /// Run one stage with the signal flag and the test hook; print how it ended.
 fn stage(a: &AlignArgs, go: impl FnOnce(&AlignRun) -> Result<AlignOutcome>) -> Result<()> {
-    let stop = stop_flag();
-    let hook = step_delay();
     let r = AlignRun {
         model: &a.model,
         out: &a.output,
         resume: a.resume,
         force: a.force,
-        save_dtype: a.save_dtype(),
-        ctl: control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync))),
+        save_dtype: orlik_train::lm::save_dtype(a.save_dtype.as_deref()),
+        ctl: crate::term::control(),
         notice: &|m| eprintln!("{m}"),
     };
     let o = go(&r)?;
     if let Outcome::Interrupted { step } = o.outcome {
-        eprintln!("stopped at step {step}; continue with the same command and --resume");
-        std::process::exit(130);
+        crate::term::interrupted(step);
     }
-    println!("trained {} steps in {:.0} s", o.state.step, o.state.train_seconds);
-    for (k, a0, a1) in &o.quarters {
-        println!("{k}: first quarter {a0:.4}, last quarter {a1:.4}");
-    }
-    if let Some(mb) = peak_rss_mb() {
-        println!("peak RSS {mb:.0} MB");
-    }
-    println!("model: {}", o.final_dir.display());
+    println!("{}", o.summary());
     Ok(())
 }
 
@@ -249,10 +228,9 @@ pub fn eval_reward(
     json_out: bool,
 ) -> Result<()> {
     let h = Heldout { prompts: prompts.into(), reward: reward.to_vec(), limit, max_new_tokens };
-    let pb = indicatif::ProgressBar::new(0);
+    let pb = crate::term::counter(0, "prompts");
     let e = orlik_align::stage::eval_reward(model, &h, &|i, n| {
-        pb.set_length(n as u64);
-        pb.set_position(i as u64);
+        crate::term::show(&pb, "prompts", i, n)
     })?;
     pb.finish_and_clear();
     let mean = e.reward_mean;

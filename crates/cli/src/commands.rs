@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
-use indicatif::{ProgressBar, ProgressStyle};
 use orlik_eval::generate::GenOptions;
 use orlik_io::hfdir::{HfModel, SaveOptions};
 use orlik_model::ModelOptions;
@@ -28,17 +27,6 @@ pub fn parse_size(s: &str) -> Result<u64> {
         bail!("size must be positive: {s:?}");
     }
     Ok((n * mult as f64) as u64)
-}
-
-pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(len);
-    pb.set_style(
-        ProgressStyle::with_template("{msg:12} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_string());
-    pb
 }
 
 /// The command line, recorded in every output directory.
@@ -79,7 +67,7 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
             eprintln!("licence: {name} copied into {}", out.display());
         }
     }
-    let pb = bar(0, "dequantize");
+    let pb = crate::term::counter(0, "dequantize");
     let rep = orlik_io::convert::convert_gguf(gguf, out, &opts, extra, |i, n, name| {
         pb.set_length(n as u64);
         pb.set_position(i as u64);

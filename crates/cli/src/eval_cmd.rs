@@ -1,7 +1,7 @@
 //! `orlik eval ppl | mc | agree | speed`: `orlik_eval::suite`'s measurements with progress bars,
 //! printed as a table or, with --json, one JSON document.
 
-use crate::commands::{bar, load};
+use crate::commands::load;
 use anyhow::Result;
 use orlik_eval::ppl::PplOptions;
 use orlik_eval::suite::{agree_result, mc_result, ppl_report, speed_rows};
@@ -10,14 +10,9 @@ use std::path::{Path, PathBuf};
 
 /// A progress bar fed by the suite's (what, done, total) callback.
 pub fn progress_bar() -> (indicatif::ProgressBar, impl Fn(&str, usize, usize)) {
-    let pb = bar(0, "");
+    let pb = crate::term::counter(0, "");
     let p = pb.clone();
-    let f = move |what: &str, done: usize, total: usize| {
-        p.set_message(what.to_string());
-        p.set_length(total as u64);
-        p.set_position(done as u64);
-    };
-    (pb, f)
+    (pb, move |what: &str, done: usize, total: usize| crate::term::show(&p, what, done, total))
 }
 
 pub fn ppl(

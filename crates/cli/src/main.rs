@@ -8,10 +8,8 @@ mod align_cmd;
 mod commands;
 mod eval_cmd;
 mod inspect;
-mod pipeline;
 mod prune_cmd;
-mod recipe;
-mod report;
+mod term;
 mod train_cmd;
 mod trim_cmd;
 
@@ -394,40 +392,26 @@ fn pin_threads() {
     }
 }
 
-/// `orlik compress`'s flags as a recipe (defaults for everything else), then `--set` edits.
-#[allow(clippy::too_many_arguments)]
-fn compress(
-    teacher: PathBuf,
-    params: f64,
-    data: Vec<PathBuf>,
-    val: Vec<PathBuf>,
-    tokens: Option<u64>,
-    mc_tasks: Option<PathBuf>,
-    sets: &[String],
-    output: PathBuf,
-) -> anyhow::Result<recipe::Recipe> {
-    let mut t = toml::Table::new();
-    t.insert("teacher".into(), toml::Value::String(teacher.display().to_string()));
-    t.insert("output".into(), toml::Value::String(output.display().to_string()));
-    let paths = |v: &[PathBuf]| {
-        toml::Value::Array(v.iter().map(|p| toml::Value::String(p.display().to_string())).collect())
+/// Run a resolved recipe on this terminal; an interrupted training stage exits 130.
+fn pipeline(r: orlik_pipeline::Recipe, resume: bool, force: bool) -> anyhow::Result<()> {
+    let ui = term::Term::new();
+    let started = std::time::Instant::now();
+    let opts = orlik_pipeline::Options {
+        resume,
+        force,
+        stop: Some(term::stop_flag()),
+        after_step: term::step_delay(),
+        ui: &ui,
     };
-    t.insert("data".into(), paths(&data));
-    t.insert("val".into(), paths(&val));
-    let mut prune = toml::Table::new();
-    prune.insert("params".into(), toml::Value::Float(params));
-    t.insert("prune".into(), toml::Value::Table(prune));
-    if let Some(n) = tokens {
-        let mut d = toml::Table::new();
-        d.insert("tokens".into(), toml::Value::Integer(i64::try_from(n)?));
-        t.insert("distill".into(), toml::Value::Table(d));
+    match orlik_pipeline::run(&r, &opts)? {
+        orlik_pipeline::Outcome::Interrupted { step, .. } => term::interrupted(step),
+        orlik_pipeline::Outcome::Finished { table } => {
+            println!("{table}");
+            let secs = started.elapsed().as_secs_f64();
+            println!("report: {} ({secs:.0} s this session)", r.output.join("report.md").display());
+            Ok(())
+        }
     }
-    if let Some(m) = mc_tasks {
-        let mut e = toml::Table::new();
-        e.insert("mc_tasks".into(), toml::Value::String(m.display().to_string()));
-        t.insert("eval".into(), toml::Value::Table(e));
-    }
-    recipe::Recipe::parse(&toml::to_string(&t)?, "orlik compress", sets)?.resolve()
 }
 
 fn main() {
@@ -498,18 +482,21 @@ fn main() {
             output,
             resume,
             force,
-        } => compress(teacher, params, data, val, tokens, mc_tasks, &sets, output)
-            .and_then(|r| pipeline::run(r, resume, force)),
+        } => orlik_pipeline::Quick { teacher, params, data, val, tokens, mc_tasks, output }
+            .recipe(&sets)
+            .map_err(Into::into)
+            .and_then(|r| pipeline(r, resume, force)),
         Cmd::Run { recipe, sets, output, resume, force } => std::fs::read_to_string(&recipe)
             .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))
-            .and_then(|text| recipe::Recipe::parse(&text, &recipe.display().to_string(), &sets))
-            .and_then(|mut r| {
+            .and_then(|text| {
+                let mut r =
+                    orlik_pipeline::Recipe::parse(&text, &recipe.display().to_string(), &sets)?;
                 if let Some(o) = output {
                     r.output = o;
                 }
-                r.resolve()
+                Ok(r.resolve()?)
             })
-            .and_then(|r| pipeline::run(r, resume, force)),
+            .and_then(|r| pipeline(r, resume, force)),
         Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers } => {
             train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
         }

@@ -3,21 +3,9 @@
 
 use anyhow::Result;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use orlik_prune::run::SearchReport;
-use orlik_prune::{PruneInputs, PruneOutcome, PruneSettings};
+use orlik_prune::{PruneInputs, PruneSettings};
 use orlik_score::ScoreSettings;
 use std::path::{Path, PathBuf};
-
-pub(crate) use orlik_score::run::peak_rss_kb;
-
-fn bar(template: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb
-}
 
 /// `orlik score`: the scoring pass with a progress bar; the report printed.
 pub fn score(
@@ -27,12 +15,8 @@ pub fn score(
     output: &Path,
     force: bool,
 ) -> Result<()> {
-    let pb = bar("{msg:16} [{bar:30}] {pos}/{len} eta {eta}");
-    let show = |what: &str, i: usize, n: usize| {
-        pb.set_message(what.to_string());
-        pb.set_length(n as u64);
-        pb.set_position(i as u64);
-    };
+    let pb = crate::term::bar("{msg:16} [{bar:30}] {pos}/{len} eta {eta}");
+    let show = |what: &str, i: usize, n: usize| crate::term::show(&pb, what, i, n);
     let r = orlik_score::run(s, model, data, output, force, &show)?;
     pb.finish_and_clear();
     print!("{}", r.report);
@@ -48,70 +32,12 @@ pub fn parse_name<T: serde::de::DeserializeOwned>(flag: &str, v: &str) -> Result
 
 /// `orlik prune`: prune with a progress bar; the budget search's ranking and the shapes printed.
 pub fn prune(s: &PruneSettings, inputs: &PruneInputs, output: &Path, force: bool) -> Result<()> {
-    let pb = bar("{msg:12} [{bar:30}] {pos}/{len}");
-    let show = |i: usize, n: usize| {
-        pb.set_length(n as u64);
-        pb.set_position(i as u64);
-    };
+    let pb = crate::term::bar("{msg:12} [{bar:30}] {pos}/{len}");
+    let show = |i: usize, n: usize| crate::term::show(&pb, "prune", i, n);
     let o = orlik_prune::run(s, inputs, output, force, &show)?;
     pb.finish_and_clear();
-    if let Some(r) = &o.search {
-        print_search(r, s);
-    }
-    print_shapes(&o, inputs.model, output);
+    println!("{}", o.summary(s, inputs.model, output));
     Ok(())
-}
-
-fn print_search(r: &SearchReport, s: &PruneSettings) {
-    eprintln!(
-        "{} shapes within {:.1}% of {} parameters; ranked {} by KL to the original",
-        r.shapes,
-        100.0 * s.tolerance,
-        r.budget,
-        r.candidates.len()
-    );
-    println!(
-        "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10}",
-        "rank", "layers", "hidden", "heads", "kv", "ffn", "params", "KL"
-    );
-    for c in &r.candidates {
-        let t = c.target;
-        let g = |x: Option<usize>| x.unwrap_or(0);
-        println!(
-            "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10.4}",
-            c.rank,
-            g(t.layers),
-            g(t.hidden),
-            g(t.heads),
-            g(t.kv_heads),
-            g(t.ffn),
-            c.params,
-            c.kl
-        );
-    }
-}
-
-fn print_shapes(o: &PruneOutcome, model: &Path, output: &Path) {
-    let (cfg, pcfg) = (&o.before, &o.after);
-    let (before, after) = (cfg.param_count(), pcfg.param_count());
-    println!(
-        "pruned {} -> {}: layers {}->{}, hidden {}->{}, heads {}->{} (kv {}->{}), ffn {}->{}; parameters {} -> {} ({:.1}%)",
-        model.display(),
-        output.display(),
-        cfg.num_hidden_layers,
-        pcfg.num_hidden_layers,
-        cfg.hidden_size,
-        pcfg.hidden_size,
-        cfg.num_attention_heads,
-        pcfg.num_attention_heads,
-        cfg.num_kv_heads(),
-        pcfg.num_kv_heads(),
-        cfg.intermediate_size,
-        pcfg.intermediate_size,
-        before,
-        after,
-        100.0 * after as f64 / before as f64
-    );
 }
 
 /// `orlik score` flags.

@@ -10,12 +10,10 @@ use orlik_distill::vocab_sha256;
 use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
 use orlik_train::data::{pack, Packed};
-use orlik_train::lm::{Control, Finished, RunDir};
+use orlik_train::lm::{Finished, RunDir};
 use orlik_train::{Outcome, TrainConfig, Trainer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// Options shared by `orlik train` and `orlik distill`. Each overrides the same key of
 /// `--config FILE.toml`; unset ones keep the file's value or the default.
@@ -158,30 +156,6 @@ fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     Ok(c)
 }
 
-pub fn peak_rss_mb() -> Option<f64> {
-    crate::prune_cmd::peak_rss_kb().map(|kb| kb as f64 / 1024.0)
-}
-
-pub fn stop_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    // A second signal while the checkpoint is written is ignored; SIGKILL still works.
-    let _ = ctrlc::set_handler(move || {
-        if !f.swap(true, Ordering::SeqCst) {
-            eprintln!("\ninterrupt: finishing this step and saving a checkpoint...");
-        }
-    });
-    flag
-}
-
-/// Testing aid: `ORLIK_STEP_DELAY_MS=N` pauses N ms after each training step, so that the
-/// interruption tests can kill a run mid-way on any machine. Read here in the binary and handed
-/// to the loop as its `after_step` hook; the libraries never read it.
-pub fn step_delay() -> Option<impl Fn(u64) + Sync> {
-    let ms = std::env::var("ORLIK_STEP_DELAY_MS").ok()?.parse::<u64>().ok()?;
-    Some(move |_| std::thread::sleep(std::time::Duration::from_millis(ms)))
-}
-
 /// The run directory of a training command's flags; `models` are the models it reads.
 fn run_dir<'a>(
     a: &'a TrainArgs,
@@ -190,12 +164,7 @@ fn run_dir<'a>(
 ) -> Result<RunDir<'a>> {
     let mut inputs: Vec<&Path> = models.iter().flatten().copied().collect();
     inputs.extend(a.data.iter().chain(&a.val).chain(&a.config).map(PathBuf::as_path));
-    let save_dtype = match a.save_dtype.as_deref() {
-        Some("f16") => Some(DType::F16),
-        Some("bf16") => Some(DType::BF16),
-        Some(_) => Some(DType::F32),
-        None => None,
-    };
+    let save_dtype = orlik_train::lm::save_dtype(a.save_dtype.as_deref());
     Ok(RunDir {
         kind,
         inputs,
@@ -209,27 +178,11 @@ fn run_dir<'a>(
 }
 
 /// Print how a run ended; an interrupted run exits 130 (the checkpoint is saved).
-pub fn report_finished(f: &Finished, started: std::time::Instant) -> Result<()> {
+fn report_finished(f: &Finished) -> Result<()> {
     if let Outcome::Interrupted { step } = f.outcome {
-        eprintln!("stopped at step {step}; continue with the same command and --resume");
-        std::process::exit(130);
+        crate::term::interrupted(step);
     }
-    let st = &f.state;
-    println!(
-        "trained {} steps, {} tokens in {:.0} s ({:.0} tokens/s); final loss {}",
-        st.step,
-        st.tokens_seen,
-        st.train_seconds,
-        st.tokens_seen as f64 / st.train_seconds.max(1e-9),
-        f.last_loss.map(|v| format!("{v:.4}")).unwrap_or_default()
-    );
-    if let Some(v) = &f.last_val {
-        println!("validation: {v}");
-    }
-    if let Some(mb) = peak_rss_mb() {
-        println!("peak RSS {mb:.0} MB; this session {:.0} s", started.elapsed().as_secs_f64());
-    }
-    println!("model: {}", f.final_dir.display());
+    println!("{}", f.summary());
     Ok(())
 }
 
@@ -250,17 +203,9 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         model: a.teacher.as_deref(),
         cache: a.teacher_cache.as_deref(),
     };
-    let stop = stop_flag();
-    let hook = step_delay();
-    let ctl = control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)));
-    let started = std::time::Instant::now();
+    let ctl = crate::term::control();
     let f = orlik_distill::run::run(cfg, &a.student, teachers, &dir, ctl, &|m| eprintln!("{m}"))?;
-    report_finished(&f, started)
-}
-
-/// The loop's controls: the signal flag and the test hook.
-pub fn control<'a>(stop: &'a AtomicBool, hook: Option<&'a (dyn Fn(u64) + Sync)>) -> Control<'a> {
-    Control { quiet: false, stop: Some(stop), after_step: hook }
+    report_finished(&f)
 }
 
 /// `orlik train`: plain next-token cross-entropy on the same trainer, from the model's weights
@@ -268,12 +213,11 @@ pub fn control<'a>(stop: &'a AtomicBool, hook: Option<&'a (dyn Fn(u64) + Sync)>)
 pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
     let cfg = resolve(&a, None)?;
     let dir = run_dir(&a, "train", &[Some(model)])?;
-    let stop = stop_flag();
-    let hook = step_delay();
-    let ctl = control(&stop, hook.as_ref().map(|h| h as &(dyn Fn(u64) + Sync)));
-    let started = std::time::Instant::now();
-    let f = orlik_train::lm::train(cfg, model, init == "random", &dir, ctl, &|m| eprintln!("{m}"))?;
-    report_finished(&f, started)
+    let f =
+        orlik_train::lm::train(cfg, model, init == "random", &dir, crate::term::control(), &|m| {
+            eprintln!("{m}")
+        })?;
+    report_finished(&f)
 }
 
 /// `orlik teacher-cache` flags.
@@ -355,12 +299,8 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
         batch: a.batch,
         shard_windows: a.shard_windows,
     };
-    let pb = indicatif::ProgressBar::new(0);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let pb = crate::term::bar(
+        "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
     );
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&a.output).with_context(|| a.output.display().to_string())?;
@@ -447,7 +387,7 @@ pub fn bench_train(
     if json_out {
         println!(
             "{}",
-            json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": peak_rss_mb()})
+            json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": orlik_io::peak_rss_kb().map(|kb| kb as f64 / 1024.0)})
         );
     } else {
         println!("train step {batch}x{seq_len}: median {median:.1} tokens/s over {steps} steps");

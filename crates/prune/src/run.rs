@@ -178,6 +178,65 @@ pub struct PruneOutcome {
     pub search: Option<SearchReport>,
 }
 
+impl PruneOutcome {
+    /// What a person reads: the budget search's ranking (when there was one) and the shapes
+    /// before and after.
+    pub fn summary(&self, s: &PruneSettings, model: &Path, out: &Path) -> String {
+        use std::fmt::Write as _;
+        let mut t = String::new();
+        if let Some(r) = &self.search {
+            let _ = writeln!(
+                t,
+                "{} shapes within {:.1}% of {} parameters; ranked {} by KL to the original",
+                r.shapes,
+                100.0 * s.tolerance,
+                r.budget,
+                r.candidates.len()
+            );
+            let _ = writeln!(
+                t,
+                "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10}",
+                "rank", "layers", "hidden", "heads", "kv", "ffn", "params", "KL"
+            );
+            for c in &r.candidates {
+                let (d, g) = (c.target, |x: Option<usize>| x.unwrap_or(0));
+                let _ = writeln!(
+                    t,
+                    "{:>4} {:>6} {:>6} {:>5} {:>4} {:>6} {:>12} {:>10.4}",
+                    c.rank,
+                    g(d.layers),
+                    g(d.hidden),
+                    g(d.heads),
+                    g(d.kv_heads),
+                    g(d.ffn),
+                    c.params,
+                    c.kl
+                );
+            }
+        }
+        let (a, b) = (&self.before, &self.after);
+        let (pa, pb) = (a.param_count(), b.param_count());
+        let _ = write!(
+            t,
+            "pruned {} -> {}: layers {}->{}, hidden {}->{}, heads {}->{} (kv {}->{}), ffn {}->{}; parameters {pa} -> {pb} ({:.1}%)",
+            model.display(),
+            out.display(),
+            a.num_hidden_layers,
+            b.num_hidden_layers,
+            a.hidden_size,
+            b.hidden_size,
+            a.num_attention_heads,
+            b.num_attention_heads,
+            a.num_kv_heads(),
+            b.num_kv_heads(),
+            a.intermediate_size,
+            b.intermediate_size,
+            100.0 * pb as f64 / pa as f64
+        );
+        t
+    }
+}
+
 /// Prune into `out` (refused if `out` is an input or another command's output; replaced when
 /// `force` and it is a prune output). `progress(done, total)` counts candidates, then tensors.
 pub fn run(

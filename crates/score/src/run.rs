@@ -212,12 +212,7 @@ fn measure_cost(
     Ok((plain, sc.elapsed().as_secs_f64()))
 }
 
-/// Peak resident set size of this process (Linux VmHWM), in KiB.
-pub fn peak_rss_kb() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
+pub use orlik_io::peak_rss_kb;
 
 fn report(s: &Scores, m: &ScoreMeta, secs: f64) -> String {
     let mut r = String::new();

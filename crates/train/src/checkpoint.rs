@@ -1,7 +1,8 @@
 //! Training checkpoints: `checkpoints/step-NNNNNNNN/` holding the f32 master weights
 //! (`weights.safetensors`, HF names), the AdamW moments (`optimizer.safetensors`, `m.`/`v.`
 //! prefixes) and `state.json` (step, data cursor, seed, counters). Each is written atomically
-//! (temp dir + fsync + rename); only the newest `KEEP` are kept.
+//! (temp dir + fsync + rename); only the newest `KEEP` are kept while training, and the newest
+//! alone once a run has finished.
 
 use crate::optim::Slot;
 use crate::{file_err, TrainError};
@@ -101,13 +102,20 @@ pub fn save(
             .map_err(file_err(&p))?;
         Ok(())
     })?;
+    keep_newest(root, KEEP)?;
+    Ok(target)
+}
+
+/// Remove all but the newest `n` checkpoints under `root` (each was written atomically, so the
+/// newest alone is enough to resume from).
+pub fn keep_newest(root: &Path, n: usize) -> Result<(), TrainError> {
     let all = list(root)?;
-    if all.len() > KEEP {
-        for (_, p) in &all[..all.len() - KEEP] {
+    if all.len() > n {
+        for (_, p) in &all[..all.len() - n] {
             std::fs::remove_dir_all(p).map_err(file_err(p))?;
         }
     }
-    Ok(target)
+    Ok(())
 }
 
 /// Load a checkpoint into `slots` (whose sizes fix what is expected) and return its state.

@@ -13,7 +13,6 @@ use orlik_io::output::Mode;
 use orlik_model::Config;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 /// Where a run reads and writes, and how it treats an existing output.
 pub struct RunDir<'a> {
@@ -82,13 +81,8 @@ pub fn describe(train: &Packed, val: Option<&Packed>) -> String {
     )
 }
 
-/// What the caller controls while the loop runs.
-#[derive(Default, Clone, Copy)]
-pub struct Control<'a> {
-    pub quiet: bool,
-    pub stop: Option<&'a AtomicBool>,
-    pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
-}
+/// What the caller controls besides the settings: the training loop's own options.
+pub use crate::runner::Options as Control;
 
 /// How a run ended, for the caller to print.
 pub struct Finished {
@@ -99,6 +93,38 @@ pub struct Finished {
     pub last_loss: Option<f64>,
     /// The last validation row of metrics.jsonl.
     pub last_val: Option<Value>,
+}
+
+/// `--save-dtype f16 | bf16 | f32` (any other name: f32; the flag's parser lists the three).
+pub fn save_dtype(name: Option<&str>) -> Option<DType> {
+    name.map(|n| match n {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    })
+}
+
+impl Finished {
+    /// What a person reads when the run finished: steps, tokens, speed, the last loss and
+    /// validation, the peak memory and where the model is.
+    pub fn summary(&self) -> String {
+        let st = &self.state;
+        let mut s = format!(
+            "trained {} steps, {} tokens in {:.0} s ({:.0} tokens/s); final loss {}\n",
+            st.step,
+            st.tokens_seen,
+            st.train_seconds,
+            st.tokens_seen as f64 / st.train_seconds.max(1e-9),
+            self.last_loss.map(|v| format!("{v:.4}")).unwrap_or_default()
+        );
+        if let Some(v) = &self.last_val {
+            s += &format!("validation: {v}\n");
+        }
+        if let Some(kb) = orlik_io::peak_rss_kb() {
+            s += &format!("peak RSS {:.0} MB\n", kb as f64 / 1024.0);
+        }
+        s + &format!("model: {}", self.final_dir.display())
+    }
 }
 
 /// Run `t` to the end and, when it finished, write OUT/final/ from `model_dir`'s side files.

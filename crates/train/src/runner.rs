@@ -264,6 +264,9 @@ pub fn run<T: Task + ?Sized>(
     if last_saved != st.step || checkpoint::list(&ck)?.is_empty() {
         save(p, st)?;
     }
+    // A finished run needs one checkpoint (to train on from its last step); the one before it is
+    // three model sizes of disk (weights + AdamW moments) for nothing.
+    checkpoint::keep_newest(&ck, 1)?;
     st.train_seconds = base + started.elapsed().as_secs_f64();
     let validated = curves::read(&metrics)?.iter().any(|r| {
         r.get("step").and_then(Value::as_u64) == Some(st.step)

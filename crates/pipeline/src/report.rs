@@ -3,7 +3,7 @@
 //! speed.png (and their SVGs) beside it, and the distillation curves from OUT/distill/.
 
 use crate::recipe::Recipe;
-use anyhow::{Context, Result};
+use crate::{PipelineError, Ui};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,15 +11,17 @@ use std::path::Path;
 
 pub use orlik_eval::suite::{Eval, ModelEval, FORMAT_VERSION};
 
+type Result<T> = std::result::Result<T, PipelineError>;
+
 fn speed_of(m: &ModelEval, what: &str) -> Option<f64> {
     m.speed.iter().find(|(w, _)| w == what).map(|s| s.1)
 }
 
 /// Measure every model; the first is the teacher the others are compared with.
-pub fn evaluate(r: &Recipe, models: &[(&str, &Path)]) -> Result<Eval> {
-    let (pb, show) = crate::eval_cmd::progress_bar();
-    let ev = orlik_eval::suite::run(&r.eval, models, &|n| pb.println(format!("-- {n}")), &show)?;
-    pb.finish_and_clear();
+pub fn evaluate(r: &Recipe, models: &[(&str, &Path)], ui: &dyn Ui) -> Result<Eval> {
+    let show = |what: &str, i: usize, n: usize| ui.progress(what, i, n);
+    let ev = orlik_eval::suite::run(&r.eval, models, &|n| ui.notice(&format!("-- {n}")), &show)?;
+    ui.progress_done();
     Ok(ev)
 }
 
@@ -42,15 +44,16 @@ pub struct AlignEval {
 }
 
 /// Held-out reward (greedy) before and after every alignment stage that names a held-out set.
-pub fn evaluate_alignment(stages: &[crate::pipeline::Aligned]) -> Result<AlignEval> {
+pub fn evaluate_alignment(stages: &[crate::run::Aligned], ui: &dyn Ui) -> Result<AlignEval> {
     let mut out = Vec::new();
     for a in stages {
         let (mut before, mut after, mut n) = (None, None, 0);
         if let Some(h) = &a.heldout {
-            eprintln!("-- {}: held-out reward before and after", a.name);
-            let none = |_: usize, _: usize| {};
-            let b = orlik_align::stage::eval_reward(&a.input, h, &none)?;
-            let f = orlik_align::stage::eval_reward(&a.output, h, &none)?;
+            ui.notice(&format!("-- {}: held-out reward before and after", a.name));
+            let show = |i: usize, n: usize| ui.progress("held-out reward", i, n);
+            let b = orlik_align::stage::eval_reward(&a.input, h, &show)?;
+            let f = orlik_align::stage::eval_reward(&a.output, h, &show)?;
+            ui.progress_done();
             (before, after, n) = (Some(b.reward_mean), Some(f.reward_mean), f.n);
         }
         out.push(AlignStageEval {
@@ -107,7 +110,10 @@ pub fn write(
     seconds: &BTreeMap<String, f64>,
 ) -> Result<String> {
     let ms = &ev.models;
-    let t = ms.first().context("eval.json has no models")?;
+    let t = ms.first().ok_or_else(|| PipelineError::Output {
+        path: out.join("eval.json"),
+        msg: "no models measured".into(),
+    })?;
     let mut tab = String::new();
     let _ = write!(tab, "| |");
     for m in ms {
@@ -258,7 +264,8 @@ pub fn write(
         let _ = writeln!(md, "| {k} | {s:.0} |");
     }
     let _ = writeln!(md, "\nThe resolved recipe is `recipe.toml`; `orlik run recipe.toml` reproduces this run (finished stages are kept). Models: `pruned/` and `final/` are Hugging Face directories.");
-    std::fs::write(out.join("report.md"), md).context("writing report.md")?;
+    let p = out.join("report.md");
+    orlik_io::atomic::write_file_atomically(&p, md.as_bytes())?;
     Ok(tab)
 }
 

@@ -3,10 +3,16 @@
 //! name the key; the resolved recipe (defaults filled in, paths absolute) is saved as
 //! OUT/recipe.toml, which `orlik run` accepts as it is.
 
-use anyhow::{bail, Context, Result};
+use crate::PipelineError;
 use orlik_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+type Result<T> = std::result::Result<T, PipelineError>;
+
+fn bad(msg: impl Into<String>) -> PipelineError {
+    PipelineError::Recipe(msg.into())
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,9 +83,9 @@ fn set_value(v: &str) -> toml::Value {
 /// Apply `key=value` edits (dotted keys reach into the stage tables).
 pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
     for s in sets {
-        let (k, v) = s
-            .split_once('=')
-            .with_context(|| format!("--set {s:?}: expected key=value (e.g. prune.params=0.5)"))?;
+        let (k, v) = s.split_once('=').ok_or_else(|| {
+            bad(format!("--set {s:?}: expected key=value (e.g. prune.params=0.5)"))
+        })?;
         let path: Vec<&str> = k.trim().split('.').collect();
         let mut t = &mut *table;
         for p in &path[..path.len() - 1] {
@@ -87,7 +93,7 @@ pub fn apply_sets(table: &mut toml::Table, sets: &[String]) -> Result<()> {
                 .entry(p.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))
                 .as_table_mut()
-                .with_context(|| format!("--set {k}: {p} is not a table"))?;
+                .ok_or_else(|| bad(format!("--set {k}: {p} is not a table")))?;
         }
         t.insert(path[path.len() - 1].to_string(), set_value(v.trim()));
     }
@@ -112,14 +118,14 @@ impl Recipe {
                     format!(" (line {n}{})", key.map(|k| format!(", key {k}")).unwrap_or_default())
                 })
                 .unwrap_or_default();
-            anyhow::anyhow!("{what}{at}: {}", e.message().trim().replace('\n', " "))
+            bad(format!("{what}{at}: {}", e.message().trim().replace('\n', " ")))
         };
         let mut table: toml::Table = text.parse().map_err(|e| report(e, text, origin))?;
         // Errors located in the user's own text first (line numbers), then the defaults and edits.
         let _: Recipe = toml::from_str(text).map_err(|e| report(e, text, origin))?;
         // The pipeline's distillation defaults sit under whatever [distill] keys the recipe sets
         // (a budget given as steps replaces the default token budget).
-        let mut merged = toml::Table::try_from(distill_defaults())?;
+        let mut merged = toml::Table::try_from(distill_defaults()).map_err(ser)?;
         if let Some(user) = table.get("distill").and_then(toml::Value::as_table) {
             if user.contains_key("steps") || user.contains_key("tokens") {
                 merged.remove("tokens");
@@ -128,14 +134,14 @@ impl Recipe {
         }
         table.insert("distill".into(), toml::Value::Table(merged));
         apply_sets(&mut table, sets)?;
-        let edited = toml::to_string(&table)?;
+        let edited = toml::to_string(&table).map_err(ser)?;
         let what =
             if sets.is_empty() { origin.to_string() } else { format!("{origin} after --set") };
         toml::from_str(&edited).map_err(|e| report(e, &edited, &what))
     }
 
     pub fn to_toml(&self) -> Result<String> {
-        Ok(toml::to_string(self)?)
+        toml::to_string(self).map_err(ser)
     }
 
     /// Fill defaults that depend on the machine (the corpus location), make paths absolute and
@@ -156,11 +162,14 @@ impl Recipe {
             self.eval.texts = self.val.clone();
         }
         if self.output.as_os_str().is_empty() {
-            bail!("no output directory: give -o DIR (or output = \"DIR\" in the recipe)");
+            return Err(bad(
+                "no output directory: give -o DIR (or output = \"DIR\" in the recipe)",
+            ));
         }
         let abs = |p: &Path| -> Result<PathBuf> {
             let p = expand_home(p);
-            Ok(if p.is_absolute() { p } else { std::env::current_dir()?.join(p) })
+            let cwd = std::env::current_dir().map_err(crate::file_err(Path::new(".")))?;
+            Ok(if p.is_absolute() { p } else { cwd.join(p) })
         };
         self.teacher = abs(&self.teacher)?;
         self.output = abs(&self.output)?;
@@ -173,7 +182,9 @@ impl Recipe {
             self.eval.mc_tasks = Some(abs(m)?);
         }
         if self.grpo.as_ref().is_some_and(|g| g.prompts.as_os_str().is_empty()) {
-            bail!("grpo: give prompts = \"FILE.jsonl\" (prompts with answers for the rewards)");
+            return Err(bad(
+                "grpo: give prompts = \"FILE.jsonl\" (prompts with answers for the rewards)",
+            ));
         }
         for p in self.align_inputs_mut() {
             *p = abs(p)?;
@@ -193,19 +204,21 @@ impl Recipe {
                 } else {
                     ""
                 };
-                bail!("{}: no such file{hint}", p.display());
+                return Err(bad(format!("{}: no such file{hint}", p.display())));
             }
         }
         if !self.teacher.join("config.json").is_file() {
-            bail!("{}: not an HF model directory (no config.json)", self.teacher.display());
+            let msg =
+                format!("{}: not an HF model directory (no config.json)", self.teacher.display());
+            return Err(bad(msg));
         }
         self.score.validate(&|k| format!("score.{k}"))?;
         let p = &self.prune;
         p.validate(&|k| format!("prune.{k}"))?;
         let dims = [p.layers, p.hidden, p.heads, p.kv_heads, p.ffn].iter().any(Option::is_some);
         match (p.params, dims) {
-            (None, false) => bail!("prune: give a budget (prune.params, e.g. 0.67 or 90000000) or dimensions (prune.layers, hidden, heads, kv_heads, ffn)"),
-            (Some(_), true) => bail!("prune: give either prune.params or explicit dimensions, not both"),
+            (None, false) => return Err(bad("prune: give a budget (prune.params, e.g. 0.67 or 90000000) or dimensions (prune.layers, hidden, heads, kv_heads, ffn)")),
+            (Some(_), true) => return Err(bad("prune: give either prune.params or explicit dimensions, not both")),
             _ => {}
         }
         if self.distill.steps.is_none() && self.distill.tokens.is_none() {
@@ -213,7 +226,7 @@ impl Recipe {
         }
         self.distill.validate()?;
         if self.eval.context < 2 || self.eval.agree_context == 0 || self.eval.mc_context < 2 {
-            bail!("eval: context, mc_context and agree_context must be at least 2");
+            return Err(bad("eval: context, mc_context and agree_context must be at least 2"));
         }
         Ok(self)
     }
@@ -260,6 +273,50 @@ impl Recipe {
             serde_json::to_value(other).unwrap_or_default(),
         );
         orlik_train::config::differing_keys(&a, &b, &[])
+    }
+}
+
+/// A TOML serialisation failure of orlik's own structs: an internal invariant, said as such.
+fn ser(e: impl std::fmt::Display) -> PipelineError {
+    bad(format!("internal error: the recipe does not serialise as TOML: {e}"))
+}
+
+/// `orlik compress`'s flags: the few things a quick run names; everything else is a default or
+/// a `--set` edit.
+#[derive(Debug, Clone, Default)]
+pub struct Quick {
+    pub teacher: PathBuf,
+    /// Fraction of the parameters to keep (or a count above 1).
+    pub params: f64,
+    pub data: Vec<PathBuf>,
+    pub val: Vec<PathBuf>,
+    pub tokens: Option<u64>,
+    pub mc_tasks: Option<PathBuf>,
+    pub output: PathBuf,
+}
+
+impl Quick {
+    /// The recipe these flags stand for, `sets` applied, resolved.
+    pub fn recipe(&self, sets: &[String]) -> Result<Recipe> {
+        use toml::Value as V;
+        let path = |p: &Path| V::String(p.display().to_string());
+        let paths = |v: &[PathBuf]| V::Array(v.iter().map(|p| path(p)).collect());
+        let table = |k: &str, v: V| V::Table(toml::Table::from_iter([(k.to_string(), v)]));
+        let mut t = toml::Table::new();
+        t.insert("teacher".into(), path(&self.teacher));
+        t.insert("output".into(), path(&self.output));
+        t.insert("data".into(), paths(&self.data));
+        t.insert("val".into(), paths(&self.val));
+        t.insert("prune".into(), table("params", V::Float(self.params)));
+        if let Some(n) = self.tokens {
+            let n = i64::try_from(n).map_err(|_| bad(format!("--tokens {n}: too large")))?;
+            t.insert("distill".into(), table("tokens", V::Integer(n)));
+        }
+        if let Some(m) = &self.mc_tasks {
+            t.insert("eval".into(), table("mc_tasks", path(m)));
+        }
+        let text = toml::to_string(&t).map_err(ser)?;
+        Recipe::parse(&text, "orlik compress", sets)?.resolve()
     }
 }
 
