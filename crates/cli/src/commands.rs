@@ -29,69 +29,23 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
-/// The command line, recorded in every output directory.
-pub use orlik_io::text::provenance;
-
 pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: bool) -> Result<()> {
     let dtype = match dtype {
         "f16" => DType::F16,
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    orlik_io::output::check(
-        out,
-        "convert",
-        &[gguf],
-        orlik_io::output::Mode::from_flags(force, false),
-    )?;
-    let opts = SaveOptions {
-        dtype,
-        max_shard_bytes: parse_size(max_shard)?,
-        overwrite: force,
-        kind: "convert",
-    };
-    // Licence terms shipped beside the GGUF travel with the converted model (and, as side files,
-    // with every model derived from it).
-    let mut extra = vec![("orlik.json".to_string(), provenance())];
-    let dir = gguf.parent().unwrap_or(Path::new("."));
-    for name in orlik_io::hfdir::SIDE_FILES
-        .iter()
-        .filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE"))
-    {
-        let p = dir.join(name);
-        if p.is_file() {
-            extra.push((
-                name.to_string(),
-                std::fs::read(&p).with_context(|| p.display().to_string())?,
-            ));
-            eprintln!("licence: {name} copied into {}", out.display());
-        }
-    }
+    let max_shard_bytes = parse_size(max_shard)?;
+    let opts = SaveOptions { dtype, max_shard_bytes, overwrite: force, kind: "convert" };
     let pb = crate::term::counter(0, "dequantize");
-    let rep = orlik_io::convert::convert_gguf(gguf, out, &opts, extra, |i, n, name| {
-        pb.set_length(n as u64);
-        pb.set_position(i as u64);
-        if i == n {
-            pb.set_message(name.to_string());
-        }
+    let rep = orlik_io::convert::run(gguf, out, &opts, |i, n, name| {
+        crate::term::show(&pb, if i == n { name } else { "dequantize" }, i, n)
     })?;
     pb.finish_and_clear();
-    let c = &rep.config;
-    eprintln!(
-        "converted {} -> {}: {} ({} layers, hidden {}, {} heads / {} kv, head_dim {}, ffn {}, vocab {}, {} tensors{})",
-        gguf.display(),
-        out.display(),
-        c.architectures[0],
-        c.num_hidden_layers,
-        c.hidden_size,
-        c.num_attention_heads,
-        c.num_kv_heads(),
-        c.head_dim(),
-        c.intermediate_size,
-        c.vocab_size,
-        rep.tensors,
-        if rep.tied { ", tied embeddings" } else { "" }
-    );
+    for name in &rep.licences {
+        eprintln!("licence: {name} copied into {}", out.display());
+    }
+    eprintln!("{}", rep.summary(gguf, out));
     Ok(())
 }
 

@@ -7,11 +7,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod align_cmd;
 mod commands;
 mod eval_cmd;
-mod inspect;
 mod prune_cmd;
 mod term;
 mod train_cmd;
-mod trim_cmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -443,7 +441,9 @@ fn main() {
         }
     };
     let r = match cli.cmd {
-        Cmd::Inspect { path, json } => inspect::run(&path, json),
+        Cmd::Inspect { path, json } => {
+            orlik_io::inspect::run(&path, json).map(|s| println!("{s}")).map_err(Into::into)
+        }
         Cmd::Convert { gguf, output, dtype, max_shard_size, force } => {
             commands::convert(&gguf, &output, &dtype, &max_shard_size, force)
         }
@@ -454,7 +454,8 @@ fn main() {
             eval_cmd::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
         }
         Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
-            trim_cmd::trim_vocab(trim_cmd::TrimArgs { model, data, min_count, keep, output, force })
+            let a = orlik_prune::trim::TrimArgs { model, data, min_count, keep, output, force };
+            orlik_prune::trim::run(&a).map(|said| println!("{said}")).map_err(Into::into)
         }
         Cmd::Eval {
             what: EvalCmd::Reward { path, prompts, reward, limit, max_new_tokens, json },

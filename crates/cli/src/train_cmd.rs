@@ -1,17 +1,10 @@
 //! distill, train, teacher-cache, bench --train: argument resolution and wiring; the work is in
 //! orlik-train and orlik-distill.
 
-use crate::commands::provenance;
-use anyhow::{bail, Context, Result};
-use candle_core::DType;
+use anyhow::{Context, Result};
 use clap::Args;
-use orlik_distill::cache::CacheSpec;
-use orlik_distill::vocab_sha256;
-use orlik_io::hfdir::HfModel;
-use orlik_model::ModelOptions;
-use orlik_train::data::{pack, Packed};
 use orlik_train::lm::{Finished, RunDir};
-use orlik_train::{Outcome, TrainConfig, Trainer};
+use orlik_train::{Outcome, TrainConfig};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
@@ -253,97 +246,32 @@ pub struct CacheArgs {
 }
 
 pub fn teacher_cache(a: CacheArgs) -> Result<()> {
-    if a.seq_len < 2 {
-        bail!("--seq-len {}: must be at least 2 (a window predicts its next tokens)", a.seq_len);
-    }
-    if !a.temperature.is_finite() || a.temperature <= 0.0 {
-        bail!("--temperature {}: must be a positive number", a.temperature);
-    }
-    for (flag, v) in
-        [("--batch", a.batch), ("--shard-windows", a.shard_windows), ("--topk", a.topk)]
-    {
-        if v == 0 {
-            bail!("{flag} 0: must be at least 1");
-        }
-    }
-    let ins: Vec<&Path> = std::iter::once(a.teacher.as_path())
-        .chain(a.data.iter().chain(&a.val).map(PathBuf::as_path))
-        .collect();
-    // A cache of the same kind is continued (or, with other settings, replaced under --force) by
-    // `cache::build`; anything else there is refused.
-    orlik_io::output::check(&a.output, "teacher-cache", &ins, orlik_io::output::Mode::Resume)?;
-    let hf = HfModel::open(&a.teacher)?;
-    let tok = hf.tokenizer()?;
-    if a.seq_len > hf.config.max_position_embeddings {
-        bail!(
-            "--seq-len {} is above the teacher's max_position_embeddings {}",
-            a.seq_len,
-            hf.config.max_position_embeddings
-        );
-    }
-    let eos_id = hf.config.eos_ids().first().copied().with_context(|| {
-        format!(
-            "{}: config.json has no eos_token_id (needed to separate documents)",
-            a.teacher.display()
-        )
-    })?;
-    let train = pack(&tok, &a.data, a.seq_len, eos_id, 1)?;
-    let val = if a.val.is_empty() { None } else { Some(pack(&tok, &a.val, a.seq_len, eos_id, 1)?) };
-    let model = hf.load(ModelOptions::default())?;
-    let spec = CacheSpec {
-        teacher: &model,
-        teacher_sha256: hf.content_sha256()?,
-        tokenizer_sha256: vocab_sha256(&tok),
+    use orlik_distill::cache_run::{run, CacheInputs, CacheSettings};
+    let s = CacheSettings {
         topk: a.topk,
+        seq_len: a.seq_len,
         temperature: a.temperature,
         batch: a.batch,
         shard_windows: a.shard_windows,
     };
+    let i = CacheInputs {
+        teacher: &a.teacher,
+        data: &a.data,
+        val: &a.val,
+        out: &a.output,
+        force: a.force,
+    };
     let pb = crate::term::bar(
         "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
     );
-    let started = std::time::Instant::now();
-    std::fs::create_dir_all(&a.output).with_context(|| a.output.display().to_string())?;
-    if orlik_io::output::read_marker(&a.output).is_none() {
-        orlik_io::output::write_marker(&a.output, "teacher-cache")?;
-    }
-    let m = orlik_distill::cache::build(
-        &spec,
-        &train,
-        val.as_ref(),
-        &a.output,
-        a.force,
-        &mut |d, n| {
-            pb.set_length(n as u64);
-            pb.set_position(d as u64);
-        },
-    )?;
+    let said = run(&s, &i, &mut |d, n| crate::term::show(&pb, "", d, n))?;
     pb.finish_and_clear();
-    if orlik_io::output::read_marker(&a.output).is_none() {
-        orlik_io::output::write_marker(&a.output, "teacher-cache")?; // build() replaced the directory
-    }
-    let bytes: u64 = orlik_distill::cache::shard_paths(&a.output, &m)
-        .iter()
-        .filter_map(|p| p.metadata().ok())
-        .map(|m| m.len())
-        .sum();
-    std::fs::write(a.output.join("orlik.json"), provenance()).context("writing orlik.json")?;
-    println!(
-        "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s",
-        a.output.display(),
-        m.topk,
-        m.vocab_size,
-        m.temperature,
-        m.train.windows,
-        m.val.as_ref().map(|v| format!(", val {} windows", v.windows)).unwrap_or_default(),
-        bytes as f64 / 1e6,
-        started.elapsed().as_secs_f64()
-    );
+    println!("{said}");
     Ok(())
 }
 
-/// Training-step speed: forward + backward + AdamW on random tokens, plain CE, model's own
-/// weights. Prints tokens/s of each timed step (after one warm-up step).
+/// Training-step speed: forward + backward + AdamW on deterministic tokens, plain CE, the
+/// model's own weights; the median of the timed steps (all of them with --json).
 pub fn bench_train(
     model: &Path,
     batch: usize,
@@ -352,53 +280,18 @@ pub fn bench_train(
     checkpoint_layers: bool,
     json_out: bool,
 ) -> Result<()> {
-    let hf = HfModel::open(model)?;
-    let cfg = TrainConfig {
-        steps: Some(steps as u64 + 1),
-        batch,
-        seq_len,
-        // time_steps never saves; a positive interval past the last step keeps the config valid
-        save_every: steps as u64 + 2,
-        checkpoint_layers,
-        ..Default::default()
-    };
-    let n = (batch * (steps + 1) + 1) * (seq_len + 1);
-    let tokens = orlik_eval::speed::bench_ids(n, hf.config.vocab_size);
-    let data = Packed { tokens, seq_len, bytes: n, stream_tokens: n };
-    let dir = tempfile_dir()?;
-    let weights = hf.checkpoint.load_all(DType::F32)?;
-    let mut t = Trainer::new(
-        cfg,
-        &hf.config,
-        weights,
-        data,
-        None,
-        None,
-        &dir,
-        json!({"kind": "bench"}),
-        false,
-    )?;
-    let secs = t.time_steps(steps + 1)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let tps: Vec<f64> = secs[1..].iter().map(|s| (batch * seq_len) as f64 / s).collect();
+    let tps = orlik_train::bench::train_steps(model, batch, seq_len, steps, checkpoint_layers)?;
     let mut sorted = tps.clone();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
     if json_out {
+        let rss = orlik_io::peak_rss_kb().map(|kb| kb as f64 / 1024.0);
         println!(
             "{}",
-            json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": orlik_io::peak_rss_kb().map(|kb| kb as f64 / 1024.0)})
+            json!({"batch": batch, "seq_len": seq_len, "tokens_per_s": tps, "median_tokens_per_s": median, "peak_rss_mb": rss})
         );
     } else {
         println!("train step {batch}x{seq_len}: median {median:.1} tokens/s over {steps} steps");
     }
     Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("orlik-bench-{}", std::process::id()));
-    if d.exists() {
-        std::fs::remove_dir_all(&d)?;
-    }
-    Ok(d)
 }

@@ -5,6 +5,7 @@
 //! run on the same data.
 
 pub mod cache;
+pub mod cache_run;
 pub mod run;
 
 use candle_core::Tensor;

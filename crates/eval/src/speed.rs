@@ -15,10 +15,7 @@ pub struct Timing {
     pub seconds: f64,
 }
 
-/// Deterministic ids in [0, vocab): the same formula the PyTorch side of the benchmark uses.
-pub fn bench_ids(n: usize, vocab: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32).collect()
-}
+pub use orlik_model::init::bench_ids;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));

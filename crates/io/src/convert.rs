@@ -13,6 +13,58 @@ pub struct ConvertReport {
     pub config: Config,
     pub tensors: usize,
     pub tied: bool,
+    /// Licence files copied from beside the GGUF.
+    pub licences: Vec<String>,
+}
+
+impl ConvertReport {
+    /// The line a person reads.
+    pub fn summary(&self, src: &Path, out: &Path) -> String {
+        let c = &self.config;
+        format!(
+            "converted {} -> {}: {} ({} layers, hidden {}, {} heads / {} kv, head_dim {}, ffn {}, vocab {}, {} tensors{})",
+            src.display(),
+            out.display(),
+            c.architectures[0],
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_kv_heads(),
+            c.head_dim(),
+            c.intermediate_size,
+            c.vocab_size,
+            self.tensors,
+            if self.tied { ", tied embeddings" } else { "" }
+        )
+    }
+}
+
+/// `orlik convert`: the GGUF at `src` as an HF directory at `out` (refused over anything that
+/// is not a convert output; replaced when `opts.overwrite`), with the licence terms shipped
+/// beside the GGUF (they travel, as side files, with every model derived from it) and this
+/// command's provenance. `progress(done, total, tensor)` counts tensors.
+pub fn run(
+    src: &Path,
+    out: &Path,
+    opts: &SaveOptions,
+    progress: impl FnMut(usize, usize, &str),
+) -> Result<ConvertReport, IoError> {
+    use crate::output::{check, Mode};
+    check(out, "convert", &[src], Mode::from_flags(opts.overwrite, false))?;
+    let mut extra = vec![("orlik.json".to_string(), crate::text::provenance())];
+    let dir = src.parent().unwrap_or(Path::new("."));
+    let mut licences = Vec::new();
+    let terms = |n: &&&str| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE");
+    for name in crate::hfdir::SIDE_FILES.iter().filter(terms) {
+        let p = dir.join(name);
+        if p.is_file() {
+            extra.push((name.to_string(), std::fs::read(&p).map_err(crate::io_err(&p))?));
+            licences.push(name.to_string());
+        }
+    }
+    let mut rep = convert_gguf(src, out, opts, extra, progress)?;
+    rep.licences = licences;
+    Ok(rep)
 }
 
 fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
@@ -270,5 +322,10 @@ pub fn convert_gguf(
     ));
     files.extend(extra_files);
     save_pretrained(target, &cfg, &tensors, &files, opts)?;
-    Ok(ConvertReport { tied: cfg.tie_word_embeddings, config: cfg, tensors: tensors.len() })
+    Ok(ConvertReport {
+        tied: cfg.tie_word_embeddings,
+        config: cfg,
+        tensors: tensors.len(),
+        licences: Vec::new(),
+    })
 }

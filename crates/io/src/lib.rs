@@ -9,6 +9,7 @@ pub mod convert;
 pub mod gguf;
 pub mod guard;
 pub mod hfdir;
+pub mod inspect;
 pub mod output;
 pub mod safetensors;
 pub mod text;

@@ -45,3 +45,8 @@ pub fn random_weights(cfg: &Config, seed: u64, std: f32) -> Result<Weights> {
     }
     Ok(w)
 }
+
+/// Deterministic ids in [0, vocab): the same formula the PyTorch side of the benchmark uses.
+pub fn bench_ids(n: usize, vocab: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as u32).collect()
+}

@@ -8,6 +8,7 @@ pub mod run;
 pub mod search;
 pub mod select;
 pub mod slice;
+pub mod trim;
 pub mod vocab;
 
 pub use plan::Plan;

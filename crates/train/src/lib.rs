@@ -8,6 +8,7 @@
 //! positions, and its gradient is pushed back through lm_head by hand; autograd runs only through
 //! the transformer body. See `trainer.rs`.
 
+pub mod bench;
 pub mod body;
 pub mod checkpoint;
 pub mod config;

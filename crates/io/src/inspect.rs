@@ -1,8 +1,8 @@
 //! `orlik inspect`: what a checkpoint is, from its config and safetensors headers only (no weights
 //! are read, so it is instant on any size).
 
-use anyhow::Result;
-use orlik_io::hfdir::HfModel;
+use crate::hfdir::HfModel;
+use crate::IoError;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +24,8 @@ pub fn component(name: &str) -> &'static str {
     }
 }
 
-pub fn run(path: &Path, as_json: bool) -> Result<()> {
+/// The checkpoint at `path` described: as a JSON document, or as the lines a person reads.
+pub fn run(path: &Path, as_json: bool) -> Result<String, IoError> {
     let hf = HfModel::open(path)?;
     let c = &hf.config;
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
@@ -33,7 +34,7 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
     }
     let total: u64 = counts.values().sum(); // tied lm_head is not stored, so counted once
     let dtypes: Vec<&str> =
-        hf.stored_dtypes().iter().map(|d| orlik_io::safetensors::dtype_name(*d)).collect();
+        hf.stored_dtypes().iter().map(|d| crate::safetensors::dtype_name(*d)).collect();
     let windows: Vec<Option<usize>> = (0..c.num_hidden_layers).map(|i| c.layer_window(i)).collect();
     let v = json!({
         "path": path.display().to_string(),
@@ -66,12 +67,14 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         "bytes_on_disk": hf.checkpoint.bytes_on_disk(),
     });
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
     }
+    use std::fmt::Write as _;
+    let mut o = String::new();
     let m = |x: u64| format!("{:>12} ({:.2}M)", x, x as f64 / 1e6);
-    println!("{}  [{}]", path.display(), c.architectures[0]);
-    println!(
+    let _ = writeln!(o, "{}  [{}]", path.display(), c.architectures[0]);
+    let _ = writeln!(
+        o,
         "  layers {}  hidden {}  ffn {}  heads {} (kv {})  head_dim {}  vocab {}  ctx {}  {}",
         c.num_hidden_layers,
         c.hidden_size,
@@ -100,19 +103,21 @@ pub fn run(path: &Path, as_json: bool) -> Result<()> {
         }
     );
     for k in ["embeddings", "attention", "mlp", "norms"] {
-        println!("  {:<11}{}", k, m(counts.get(k).copied().unwrap_or(0)));
+        let _ = writeln!(o, "  {:<11}{}", k, m(counts.get(k).copied().unwrap_or(0)));
     }
     if c.tie_word_embeddings {
-        println!("  {:<11}{:>12} (tied to embeddings, counted once)", "lm_head", "-");
+        let _ = writeln!(o, "  {:<11}{:>12} (tied to embeddings, counted once)", "lm_head", "-");
     } else {
-        println!("  {:<11}{}", "lm_head", m(counts.get("lm_head").copied().unwrap_or(0)));
+        let _ =
+            writeln!(o, "  {:<11}{}", "lm_head", m(counts.get("lm_head").copied().unwrap_or(0)));
     }
-    println!("  {:<11}{}", "total", m(total));
-    println!(
+    let _ = writeln!(o, "  {:<11}{}", "total", m(total));
+    let _ = writeln!(
+        o,
         "  dtypes {}  files {}  on disk {:.1} MB",
         dtypes.join(","),
         hf.checkpoint.files().len(),
         hf.checkpoint.bytes_on_disk() as f64 / 1e6
     );
-    Ok(())
+    Ok(o.trim_end().to_string())
 }

@@ -1,0 +1,135 @@
+//! `orlik teacher-cache`: run the teacher once over the training (and validation) text and keep
+//! its top-k next-token distributions on disk (see `cache.rs` for the format), so that a
+//! distillation run can train without the teacher in memory.
+
+use crate::cache::{build, shard_paths, CacheSpec};
+use crate::{vocab_sha256, DistillError};
+use orlik_io::hfdir::HfModel;
+use orlik_io::output::{check, read_marker, write_marker, Mode};
+use orlik_model::ModelOptions;
+use orlik_train::data::pack;
+use std::path::{Path, PathBuf};
+
+/// The cache's settings (the flags of `orlik teacher-cache`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Tokens kept per position (the rest is one tail bucket).
+    pub topk: usize,
+    /// Must equal the distillation run's seq_len.
+    pub seq_len: usize,
+    /// Must equal the distillation run's temperature.
+    pub temperature: f32,
+    /// Windows per teacher forward pass.
+    pub batch: usize,
+    /// Windows per shard file.
+    pub shard_windows: usize,
+}
+
+/// What the cache is made of and where it goes.
+pub struct CacheInputs<'a> {
+    pub teacher: &'a Path,
+    pub data: &'a [PathBuf],
+    pub val: &'a [PathBuf],
+    pub out: &'a Path,
+    /// Replace a cache of other settings in `out`.
+    pub force: bool,
+}
+
+fn bad(msg: String) -> DistillError {
+    DistillError::Mismatch(msg)
+}
+
+impl CacheSettings {
+    /// Every setting in range, named as its flag.
+    pub fn validate(&self) -> Result<(), DistillError> {
+        if self.seq_len < 2 {
+            let n = self.seq_len;
+            return Err(bad(format!(
+                "--seq-len {n}: must be at least 2 (a window predicts its next tokens)"
+            )));
+        }
+        if !self.temperature.is_finite() || self.temperature <= 0.0 {
+            return Err(bad(format!(
+                "--temperature {}: must be a positive number",
+                self.temperature
+            )));
+        }
+        let counts = [
+            ("--batch", self.batch),
+            ("--shard-windows", self.shard_windows),
+            ("--topk", self.topk),
+        ];
+        match counts.iter().find(|(_, v)| *v == 0) {
+            Some((flag, _)) => Err(bad(format!("{flag} 0: must be at least 1"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Build (or continue) the cache; returns the line a person reads. `progress(done, total)`
+/// counts windows.
+pub fn run(
+    s: &CacheSettings,
+    i: &CacheInputs,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<String, DistillError> {
+    s.validate()?;
+    let ins: Vec<&Path> = std::iter::once(i.teacher)
+        .chain(i.data.iter().chain(i.val).map(PathBuf::as_path))
+        .collect();
+    // A cache of the same kind is continued (or, with other settings, replaced when `force`)
+    // by `cache::build`; anything else there is refused.
+    check(i.out, "teacher-cache", &ins, Mode::Resume)?;
+    let hf = HfModel::open(i.teacher)?;
+    let tok = hf.tokenizer()?;
+    let max = hf.config.max_position_embeddings;
+    if s.seq_len > max {
+        return Err(bad(format!(
+            "--seq-len {} is above the teacher's max_position_embeddings {max}",
+            s.seq_len
+        )));
+    }
+    let eos_id = hf.config.eos_ids().first().copied().ok_or_else(|| {
+        let t = i.teacher.display();
+        bad(format!("{t}: config.json has no eos_token_id (needed to separate documents)"))
+    })?;
+    let train = pack(&tok, i.data, s.seq_len, eos_id, 1)?;
+    let val = if i.val.is_empty() { None } else { Some(pack(&tok, i.val, s.seq_len, eos_id, 1)?) };
+    let model = hf.load(ModelOptions::default())?;
+    let spec = CacheSpec {
+        teacher: &model,
+        teacher_sha256: hf.content_sha256()?,
+        tokenizer_sha256: vocab_sha256(&tok),
+        topk: s.topk,
+        temperature: s.temperature,
+        batch: s.batch,
+        shard_windows: s.shard_windows,
+    };
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(i.out)
+        .map_err(|e| orlik_io::IoError::Io { path: i.out.into(), source: e })?;
+    if read_marker(i.out).is_none() {
+        write_marker(i.out, "teacher-cache")?;
+    }
+    let m = build(&spec, &train, val.as_ref(), i.out, i.force, progress)?;
+    if read_marker(i.out).is_none() {
+        write_marker(i.out, "teacher-cache")?; // build() replaced the directory
+    }
+    let bytes: u64 =
+        shard_paths(i.out, &m).iter().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum();
+    orlik_io::atomic::write_file_atomically(
+        &i.out.join("orlik.json"),
+        &orlik_io::text::provenance(),
+    )?;
+    Ok(format!(
+        "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s",
+        i.out.display(),
+        m.topk,
+        m.vocab_size,
+        m.temperature,
+        m.train.windows,
+        m.val.as_ref().map(|v| format!(", val {} windows", v.windows)).unwrap_or_default(),
+        bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    ))
+}
