@@ -7,6 +7,7 @@ use orlik_train::seqlogp::{self, Rows};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DpoLoss {
     Sigmoid,

@@ -26,37 +26,55 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The optimisation settings every alignment task shares.
+/// The optimisation settings every alignment task shares: the keys of a recipe's
+/// `[sft.train]` (`[dpo.train]`, `[grpo.train]`) and the flags of `orlik sft|dpo|grpo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct AlignSettings {
-    /// Optimizer steps. Default: one pass over the data.
+    /// Optimizer steps [default: one pass over the data].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub steps: Option<u64>,
-    /// Rows (conversations / pairs / prompts) per micro-batch. Default 4.
+    /// Rows (conversations / pairs / prompts) per micro-batch.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().batch))]
     pub batch: usize,
-    /// Micro-batches per optimizer step. Default 1.
+    /// Micro-batches per optimizer step.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().grad_accum))]
     pub grad_accum: usize,
-    /// Peak learning rate. Default: sft 2e-5, dpo 1e-6, grpo 1e-6.
+    /// Peak learning rate [default: sft 2e-5, dpo 1e-6, grpo 1e-6].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub lr: Option<f64>,
-    /// Warmup steps; 0 = 2% of the steps. Default 0.
+    /// Warmup steps; 0 = 2% of the steps.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().warmup))]
     pub warmup: u64,
-    /// cosine, wsd or constant. Default cosine.
+    /// Learning-rate schedule.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = AlignSettings::default().schedule))]
     pub schedule: Schedule,
-    /// Final learning rate. Default lr / 10.
+    /// Final learning rate [default: lr / 10].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub min_lr: Option<f64>,
-    /// Default 0.
+    /// AdamW's decoupled weight decay.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().weight_decay))]
     pub weight_decay: f64,
-    /// Global gradient-norm clip, 0 = off. Default 1.
+    /// Global gradient-norm clip, 0 = off.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().clip))]
     pub clip: f64,
-    /// Seed of the data order (and of GRPO's sampling). Default 0.
+    /// Seed of the data order (and of GRPO's sampling).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().seed))]
     pub seed: u64,
-    /// Checkpoint every N steps (the last 2 are kept). Default 50.
+    /// Checkpoint every N steps (the last 2 are kept while training, the last one when done).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = AlignSettings::default().save_every))]
     pub save_every: u64,
-    /// Longest training sequence in tokens. Default 512, or the model's limit if lower.
+    /// Longest training sequence in tokens: SFT conversations are cut at the end to it, DPO
+    /// answers so that prompt + answer fits [default: 512, or the model's limit if lower].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub max_len: Option<usize>,
-    /// Longest prompt (DPO, GRPO). Default half of max_len.
+    /// Longest prompt (DPO, GRPO): longer prompts keep their last tokens (counted, reported)
+    /// [default: half of max_len].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub max_prompt: Option<usize>,
-    /// Skip malformed JSONL rows (counted) instead of stopping at the first. Default false.
+    /// Skip malformed JSONL rows (counted) instead of stopping at the first.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub skip_bad: bool,
 }
 
@@ -110,32 +128,46 @@ fn default_new_tokens() -> usize {
 
 /// `orlik sft`: supervised fine-tuning on conversations (loss on assistant turns only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct SftSettings {
-    /// JSONL rows {"messages": [{"role", "content"}, ...]}.
+    /// JSONL rows {"messages": [{"role", "content"}, ...]}; the loss is on assistant turns only.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub data: PathBuf,
     #[serde(default)]
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub train: AlignSettings,
+    /// Held-out prompts measured before and after the stage (recipes only).
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub heldout: Option<Heldout>,
 }
 
 /// `orlik dpo`: preference optimisation against the stage's input model as the reference.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct DpoSettings {
-    /// JSONL rows {"prompt", "chosen", "rejected"}.
+    /// JSONL rows {"prompt", "chosen", "rejected"}: plain text, or a list of messages for the
+    /// prompt (rendered with the chat template) and answer strings.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub data: PathBuf,
-    /// sigmoid (DPO), ipo, dpop (DPO-Positive). Default sigmoid.
+    /// sigmoid (DPO), ipo, dpop (DPO-Positive, Smaug).
     #[serde(default = "default_dpo_loss")]
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = default_dpo_loss()))]
     pub loss: DpoLoss,
-    /// β, the strength of the implicit KL to the reference. Default 0.1.
+    /// β: the strength of the implicit KL to the reference.
     #[serde(default = "default_beta")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = default_beta()))]
     pub beta: f64,
-    /// DPO-P's λ. Default 50.
+    /// DPO-P's λ: weight of the penalty on the chosen answer losing likelihood.
     #[serde(default = "default_lambda")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = default_lambda()))]
     pub lambda: f64,
     #[serde(default)]
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub train: AlignSettings,
+    /// Held-out prompts measured before and after the stage (recipes only).
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub heldout: Option<Heldout>,
 }
 
@@ -151,33 +183,51 @@ fn default_lambda() -> f64 {
 
 /// `orlik grpo`: group-relative policy optimisation with verifiable rewards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpoSettings {
-    /// JSONL rows {"prompt", "answer", ...}.
+    /// JSONL rows {"prompt": text or messages, "answer": ...} (other keys go to cmd: rewards).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub prompts: PathBuf,
-    /// Verifiers, summed. Default ["exact"].
+    /// exact, numeric, choice (compare with "answer"), regex:PATTERN, format:PATTERN, or
+    /// cmd:COMMAND (JSON on stdin, a number on stdout). Repeat to sum rewards.
+    #[cfg_attr(feature = "clap", arg(long, default_values_t = GrpoSettings::default().reward))]
     pub reward: Vec<String>,
-    /// Seconds a reward command may take. Default 30.
+    /// Seconds a reward command may take before the run stops with an error.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().reward_timeout))]
     pub reward_timeout: f64,
-    /// Completions per prompt (G). Default 8.
+    /// Completions sampled per prompt (G).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().group))]
     pub group: usize,
-    /// Default 64.
+    /// Longest completion, in tokens.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().max_new_tokens))]
     pub max_new_tokens: usize,
-    /// Default 1.
+    /// Sampling temperature.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().temperature))]
     pub temperature: f64,
-    /// Default 1.
+    /// Nucleus sampling's p.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().top_p))]
     pub top_p: f64,
-    /// Ratio clip ε. Default 0.2.
+    /// Ratio clip ε (1 − ε below).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().eps))]
     pub eps: f64,
-    /// Upper ratio clip. Default = eps.
+    /// Upper ratio clip (1 + ε_high) [default: = eps].
+    #[cfg_attr(feature = "clap", arg(long))]
     pub eps_high: Option<f64>,
-    /// Weight of the k3 KL to the reference (0 = no reference). Default 0.
+    /// Weight of the k3 KL to the reference model (0 = no reference).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().kl_beta))]
     pub kl_beta: f64,
-    /// Dr. GRPO normalisation. Default false.
+    /// Dr. GRPO: advantages not divided by the group's std; token sums divided by
+    /// max_new_tokens instead of each completion's length.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub dr_grpo: bool,
-    /// Sampled completions to OUT/samples.jsonl every N steps (0 = never). Default 10.
+    /// Write sampled completions to OUT/samples.jsonl every N steps (0 = never).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().log_samples))]
     pub log_samples: u64,
+    #[cfg_attr(feature = "clap", command(flatten))]
     pub train: AlignSettings,
+    /// Held-out prompts measured before and after the stage (recipes only).
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub heldout: Option<Heldout>,
 }
 

@@ -1,6 +1,6 @@
 //! convert, generate, bench.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::DType;
 use orlik_eval::generate::GenOptions;
 use orlik_io::hfdir::{HfModel, SaveOptions};
@@ -8,34 +8,13 @@ use orlik_model::ModelOptions;
 use std::io::Write;
 use std::path::Path;
 
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim().to_ascii_uppercase();
-    let (num, mult) = [
-        ("GIB", 1u64 << 30),
-        ("MIB", 1 << 20),
-        ("KIB", 1 << 10),
-        ("GB", 1_000_000_000),
-        ("MB", 1_000_000),
-        ("KB", 1_000),
-        ("B", 1),
-    ]
-    .iter()
-    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
-    .unwrap_or((t.clone(), 1));
-    let n: f64 = num.parse().with_context(|| format!("bad size {s:?} (e.g. 500MB, 2GB)"))?;
-    if n <= 0.0 {
-        bail!("size must be positive: {s:?}");
-    }
-    Ok((n * mult as f64) as u64)
-}
-
 pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: bool) -> Result<()> {
     let dtype = match dtype {
         "f16" => DType::F16,
         "bf16" => DType::BF16,
         _ => DType::F32,
     };
-    let max_shard_bytes = parse_size(max_shard)?;
+    let max_shard_bytes = orlik_io::text::parse_size(max_shard).map_err(anyhow::Error::msg)?;
     let opts = SaveOptions { dtype, max_shard_bytes, overwrite: force, kind: "convert" };
     let pb = crate::term::counter(0, "dequantize");
     let rep = orlik_io::convert::run(gguf, out, &opts, |i, n, name| {

@@ -219,25 +219,14 @@ pub struct CacheArgs {
     /// Teacher HF directory.
     #[arg(long)]
     pub teacher: PathBuf,
+    /// Training text (the windows a distillation run will read).
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
+    /// Validation text, cached too.
     #[arg(long, num_args = 1..)]
     pub val: Vec<PathBuf>,
-    /// Tokens kept per position (the rest is one tail bucket).
-    #[arg(long, default_value_t = 64)]
-    pub topk: usize,
-    /// Must equal the distillation run's --seq-len.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    /// Must equal the distillation run's --temperature.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    /// Windows per teacher forward pass.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Windows per shard file.
-    #[arg(long, default_value_t = 256)]
-    pub shard_windows: usize,
+    #[command(flatten)]
+    pub settings: orlik_distill::cache_run::CacheSettings,
     #[arg(short, long)]
     pub output: PathBuf,
     /// Replace a cache of other settings in --output.
@@ -246,15 +235,7 @@ pub struct CacheArgs {
 }
 
 pub fn teacher_cache(a: CacheArgs) -> Result<()> {
-    use orlik_distill::cache_run::{run, CacheInputs, CacheSettings};
-    let s = CacheSettings {
-        topk: a.topk,
-        seq_len: a.seq_len,
-        temperature: a.temperature,
-        batch: a.batch,
-        shard_windows: a.shard_windows,
-    };
-    let i = CacheInputs {
+    let i = orlik_distill::cache_run::CacheInputs {
         teacher: &a.teacher,
         data: &a.data,
         val: &a.val,
@@ -264,7 +245,9 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     let pb = crate::term::bar(
         "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
     );
-    let said = run(&s, &i, &mut |d, n| crate::term::show(&pb, "", d, n))?;
+    let said = orlik_distill::cache_run::run(&a.settings, &i, &mut |d, n| {
+        crate::term::show(&pb, "", d, n)
+    })?;
     pb.finish_and_clear();
     println!("{said}");
     Ok(())

@@ -12,17 +12,29 @@ use std::path::{Path, PathBuf};
 
 /// The cache's settings (the flags of `orlik teacher-cache`).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct CacheSettings {
     /// Tokens kept per position (the rest is one tail bucket).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().topk))]
     pub topk: usize,
-    /// Must equal the distillation run's seq_len.
+    /// Window length: must equal the distillation run's seq_len.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().seq_len))]
     pub seq_len: usize,
-    /// Must equal the distillation run's temperature.
+    /// Softmax temperature: must equal the distillation run's temperature.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().temperature))]
     pub temperature: f32,
     /// Windows per teacher forward pass.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().batch))]
     pub batch: usize,
     /// Windows per shard file.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().shard_windows))]
     pub shard_windows: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings { topk: 64, seq_len: 256, temperature: 1.0, batch: 8, shard_windows: 256 }
+    }
 }
 
 /// What the cache is made of and where it goes.

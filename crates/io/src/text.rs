@@ -23,3 +23,27 @@ pub fn provenance() -> Vec<u8> {
     let v = serde_json::json!({"orlik_version": env!("CARGO_PKG_VERSION"), "command": argv});
     serde_json::to_vec_pretty(&v).unwrap_or_default()
 }
+
+/// A size as people write it: `2GB`, `500MB`, `1GiB`, `4096` (bytes). The error says what was
+/// expected (a flag's value parser shows it beside the flag's name).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let units = [
+        ("GIB", 1u64 << 30),
+        ("MIB", 1 << 20),
+        ("KIB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1_000),
+        ("B", 1),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim().to_string(), *m)))
+        .unwrap_or((t.clone(), 1));
+    match num.parse::<f64>() {
+        Ok(n) if n > 0.0 && n.is_finite() => Ok((n * mult as f64) as u64),
+        Ok(_) => Err(format!("size must be positive: {s:?}")),
+        Err(_) => Err(format!("bad size {s:?} (e.g. 500MB, 2GB)")),
+    }
+}

@@ -349,13 +349,13 @@ mod tests {
             "prune.params=0.5".to_string(),
             "distill.lr=1e-3".into(),
             "eval.mc_tasks=a/b.jsonl".into(),
-            "score.in_memory=false".into(),
+            "score.in_memory=true".into(),
         ];
         let r2 = Recipe::parse(BASE, "r.toml", &sets).unwrap();
         assert_eq!(r2.prune.params, Some(0.5));
         assert_eq!(r2.distill.lr, 1e-3);
         assert_eq!(r2.eval.mc_tasks, Some(PathBuf::from("a/b.jsonl")));
-        assert!(!r2.score.in_memory);
+        assert!(r2.score.in_memory && !r.score.in_memory, "streams unless told");
         let d = r.differing_keys(&r2);
         assert!(d.iter().any(|k| k.starts_with("prune.params (0.67 -> 0.5)")), "{d:?}");
         assert_eq!(d.len(), 4, "{d:?}");

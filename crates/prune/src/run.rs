@@ -14,48 +14,73 @@ use std::path::{Path, PathBuf};
 
 /// How units are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ImportanceKind {
     /// Activation importance from `orlik score` (Minitron).
     Minitron,
-    /// Weight magnitude (no calibration).
+    /// Weight magnitude (no calibration; a baseline).
     Magnitude,
-    /// Random (a baseline).
+    /// Random, seeded (a baseline).
     Random,
 }
 
-/// A parameter budget (searched) or explicit dimensions, and how to choose the units.
+/// A parameter budget (searched) or explicit dimensions, and how to choose the units: the keys
+/// of a recipe's `[prune]` and the flags of `orlik prune` (defaults: `Default` below).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct PruneSettings {
-    /// Budget: a fraction of the model (0.67) or a parameter count (90000000).
+    /// Parameter budget: a fraction of the model (e.g. 0.67) or a count (e.g. 90000000).
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with_all = ["layers", "hidden", "heads", "kv_heads", "ffn"]))]
     pub params: Option<f64>,
+    /// Layers to keep.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub layers: Option<usize>,
+    /// Hidden size to keep.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub hidden: Option<usize>,
+    /// Query heads to keep (a multiple of the KV heads kept).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub heads: Option<usize>,
+    /// KV groups to keep.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub kv_heads: Option<usize>,
+    /// MLP neurons to keep per layer.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub ffn: Option<usize>,
-    /// bi, block or loo. Default bi.
+    /// How to choose the dropped layers.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = PruneSettings::default().depth_method))]
     pub depth_method: DepthMethod,
-    /// minitron, magnitude or random. Default minitron.
+    /// How to rank the units within a layer.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = PruneSettings::default().importance))]
     pub importance: ImportanceKind,
-    /// Seed of `random` importance. Default 0.
+    /// Seed of `random` importance.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().seed))]
     pub seed: u64,
-    /// all, or a comma list of depth, hidden, heads, mlp. Default all.
+    /// Axes the budget search may shrink: all, or a comma list of depth, hidden, heads, mlp.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().axes))]
     pub axes: String,
-    /// Searched widths are multiples of this. Default 64.
+    /// Searched hidden and MLP sizes are multiples of this.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().multiple))]
     pub multiple: usize,
-    /// Shapes within this fraction of the budget. Default 0.02.
+    /// Shapes within this fraction of the budget are candidates.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().tolerance))]
     pub tolerance: f64,
-    /// Shortlisted shapes ranked by KL. Default 8.
+    /// Shortlisted shapes ranked by the KL proxy.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().candidates))]
     pub candidates: usize,
-    /// Windows of held-out text for the KL ranking. Default 4.
+    /// Windows of held-out text for the KL proxy.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().proxy_samples))]
     pub proxy_samples: usize,
-    /// Default 128.
+    /// Window length for the KL proxy.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = PruneSettings::default().seq_len))]
     pub seq_len: usize,
-    /// The best N candidates' plans kept in candidates.json. Default 0.
+    /// Write the plans of the best N candidates into OUT/candidates.json.
+    #[cfg_attr(feature = "clap", arg(long = "export-candidates", default_value_t = PruneSettings::default().export))]
     pub export: usize,
-    /// Largest safetensors shard written, bytes. Default 2 GB.
+    /// Largest safetensors shard written, in bytes (or 500MB, 2GB, 1GiB).
+    #[cfg_attr(feature = "clap", arg(long = "max-shard-size", value_parser = orlik_io::text::parse_size, default_value_t = PruneSettings::default().max_shard_bytes))]
     pub max_shard_bytes: u64,
 }
 

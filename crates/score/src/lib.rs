@@ -37,6 +37,7 @@ pub type Batch = (Vec<Vec<u32>>, Vec<Vec<bool>>);
 
 /// Reduction over the sequence or over the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Agg {
     Mean,

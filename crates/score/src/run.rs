@@ -10,29 +10,41 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// How to score (`orlik score --help` documents each flag of the same name).
+/// How to score: the keys of a recipe's `[score]` and the flags of `orlik score` (one struct,
+/// one set of defaults: those of `Default` below, which `--help` prints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoreSettings {
-    /// Calibration windows. Default 64.
+    /// Calibration windows.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ScoreSettings::default().samples))]
     pub samples: usize,
-    /// Tokens per window. Default 256.
+    /// Tokens per window.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ScoreSettings::default().seq_len))]
     pub seq_len: usize,
-    /// Windows per forward. Default 4.
+    /// Windows per forward pass.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ScoreSettings::default().batch))]
     pub batch: usize,
-    /// Reduction over the sequence: mean, l2, max, var. Default mean (Minitron's).
+    /// Reduction over the sequence (mean of |x| is Minitron's).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = ScoreSettings::default().seq_agg))]
     pub seq_agg: Agg,
-    /// Reduction over the batch. Default l2.
+    /// Reduction over the batch.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = ScoreSettings::default().batch_agg))]
     pub batch_agg: Agg,
-    /// Longest block of contiguous layers whose angular distance is measured. Default 8.
+    /// Longest block of contiguous layers whose angular distance is measured.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ScoreSettings::default().max_block))]
     pub max_block: usize,
-    /// Batches for leave-one-layer-out KL and loss (0 = skip). Default 2.
+    /// Batches also scored with each layer left out, for leave-one-out KL and loss (one extra
+    /// forward per layer each; 0 = skip).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ScoreSettings::default().loo_batches))]
     pub loo_batches: usize,
-    /// Load the whole model instead of streaming one layer at a time (faster, more memory).
-    /// Default true.
+    /// Load the whole model instead of streaming one layer at a time (faster, more memory; the
+    /// default streams, so that a model larger than the memory can be scored).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub in_memory: bool,
-    /// Also time a plain forward against the scoring pass on the same batches (report.md).
-    /// Default false.
+    /// Also time a plain forward against the scoring pass on the same batches and report the
+    /// ratio (report.md).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub measure_cost: bool,
 }
 
@@ -46,7 +58,7 @@ impl Default for ScoreSettings {
             batch_agg: Agg::L2,
             max_block: 8,
             loo_batches: 2,
-            in_memory: true,
+            in_memory: false,
             measure_cost: false,
         }
     }
