@@ -36,3 +36,15 @@ pub fn tiny_json(arch: &str, patch: Value) -> Value {
 pub fn tiny(arch: &str, patch: Value) -> Config {
     Config::from_json_str(&tiny_json(arch, patch).to_string(), "tiny").unwrap()
 }
+
+/// `n` words drawn from `words` by a seeded LCG (state `x`, advanced), in paragraphs of 9: text
+/// over a tiny tokenizer's vocabulary, the same on every machine.
+pub fn seeded_words(words: &[&str], n: usize, x: &mut u64) -> String {
+    let mut s = String::new();
+    for i in 0..n {
+        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s.push_str(words[(*x >> 33) as usize % words.len()]);
+        s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
+    }
+    s
+}

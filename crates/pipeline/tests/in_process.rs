@@ -45,15 +45,7 @@ fn inputs(root: &Path) {
         .unwrap();
     let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "tea"];
     let mut x = 99u64;
-    let mut text = |n: usize| {
-        let mut s = String::new();
-        for i in 0..n {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s.push_str(words[(x >> 33) as usize % words.len()]);
-            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
-        }
-        s
-    };
+    let mut text = |n: usize| orlik_model::testing::seeded_words(&words, n, &mut x);
     std::fs::write(root.join("train.txt"), text(2000)).unwrap();
     std::fs::write(root.join("val.txt"), text(300)).unwrap();
     let sft: Vec<String> = (0..6)

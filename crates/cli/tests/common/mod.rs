@@ -43,15 +43,7 @@ pub fn tiny_teacher_and_text(root: &std::path::Path, seed: u64) {
         "hat",
     ];
     let mut x = seed;
-    let mut text = |n: usize| {
-        let mut s = String::new();
-        for i in 0..n {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            s.push_str(words[(x >> 33) as usize % words.len()]);
-            s.push_str(if i % 9 == 8 { "\n\n" } else { " " });
-        }
-        s
-    };
+    let mut text = |n: usize| orlik_model::testing::seeded_words(&words, n, &mut x);
     std::fs::write(root.join("train.txt"), text(3000)).unwrap();
     std::fs::write(root.join("val.txt"), text(400)).unwrap();
 }
