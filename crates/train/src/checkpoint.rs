@@ -7,7 +7,7 @@
 use crate::optim::Slot;
 use crate::{file_err, TrainError};
 use candle_core::{DType, Device, Tensor};
-use orlik_io::safetensors::{write_file, Checkpoint};
+use orlik_io::safetensors::Checkpoint;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -70,11 +70,28 @@ pub fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     Ok(out)
 }
 
-pub fn save(
+/// Write `specs` (name, 1-D shape) from the slices `pick(i)` gives, one tensor at a time.
+fn write_slices<'s>(
+    path: &Path,
+    specs: &[(String, Vec<usize>)],
+    pick: &dyn Fn(usize) -> &'s [f32],
+) -> Result<u64, orlik_io::IoError> {
+    let refs: Vec<&(String, Vec<usize>)> = specs.iter().collect();
+    orlik_io::safetensors::write_file_with(path, &refs, DType::F32, &mut |name| {
+        let i = specs.iter().position(|s| s.0 == name).unwrap_or(0); // the writer asks by spec
+        let v = pick(i);
+        Tensor::from_slice(v, v.len(), &Device::Cpu).map_err(|source| orlik_io::IoError::Candle {
+            context: format!("{}: checkpoint tensor {name}", path.display()),
+            source,
+        })
+    })
+}
+
+pub fn save<'s>(
     root: &Path,
     state: &State,
     names: &[String],
-    slots: &[Slot],
+    slots: &'s [Slot],
 ) -> Result<PathBuf, TrainError> {
     for (n, s) in names.iter().zip(slots) {
         if s.w.iter().any(|x| !x.is_finite()) {
@@ -86,17 +103,25 @@ pub fn save(
     std::fs::create_dir_all(root).map_err(file_err(root))?;
     let target = step_dir(root, state.step);
     orlik_io::atomic::write_dir_atomically::<TrainError>(&target, "checkpoint", true, |tmp| {
-        let dev = Device::Cpu;
-        let t = |v: &[f32]| Tensor::from_slice(v, v.len(), &dev);
-        let mut w = Vec::with_capacity(names.len());
-        let mut o = Vec::with_capacity(2 * names.len());
-        for (n, s) in names.iter().zip(slots) {
-            w.push((n.clone(), t(&s.w)?));
-            o.push((format!("m.{n}"), t(&s.m)?));
-            o.push((format!("v.{n}"), t(&s.v)?));
-        }
-        write_file(&tmp.join("weights.safetensors"), &w.iter().collect::<Vec<_>>(), DType::F32)?;
-        write_file(&tmp.join("optimizer.safetensors"), &o.iter().collect::<Vec<_>>(), DType::F32)?;
+        // One tensor copied at a time (write_file_with streams): the save costs the largest
+        // tensor, not another copy of the weights and both moments.
+        let write = |file: &str, specs: Vec<(String, Vec<usize>)>, pick: &dyn Fn(usize) -> &'s [f32]| {
+            write_slices(&tmp.join(file), &specs, pick)
+        };
+        let len = |i: usize| vec![slots[i].w.len()];
+        let specs = names.iter().enumerate().map(|(i, n)| (n.clone(), len(i))).collect();
+        write("weights.safetensors", specs, &|i| &slots[i].w)?;
+        let specs = (0..2 * names.len())
+            .map(|j| (format!("{}.{}", ["m", "v"][j % 2], names[j / 2]), len(j / 2)))
+            .collect();
+        write("optimizer.safetensors", specs, &|j| {
+            let s = &slots[j / 2];
+            if j % 2 == 0 {
+                &s.m
+            } else {
+                &s.v
+            }
+        })?;
         let p = tmp.join("state.json");
         std::fs::write(&p, serde_json::to_vec_pretty(state).unwrap_or_default())
             .map_err(file_err(&p))?;
