@@ -17,9 +17,10 @@ use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
 use orlik_train::checkpoint::State;
 use orlik_train::lm::{save_final, stored_dtype, Control};
+use orlik_train::mem;
 use orlik_train::optim::Schedule;
 use orlik_train::params::Params;
-use orlik_train::runner::{self, Options, Outcome, Task};
+use orlik_train::runner::{self, Outcome, Task};
 use orlik_train::TrainConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -305,6 +306,53 @@ struct Setup {
     max_prompt: usize,
 }
 
+/// An alignment stage, for the memory planner.
+pub enum StageKind<'s> {
+    Sft(&'s SftSettings),
+    Dpo(&'s DpoSettings),
+    Grpo(&'s GrpoSettings),
+}
+
+/// What a stage on `hf` holds at its peak (`orlik_train::mem`), with the sequence lengths
+/// resolved as `setup` resolves them: SFT trains `batch` conversations of up to max_len tokens,
+/// DPO a chosen and a rejected answer per pair, GRPO `group` completions per prompt (sampled
+/// with a KV cache first; the reference model loaded when kl_beta > 0).
+pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
+    let train = match k {
+        StageKind::Sft(s) => &s.train,
+        StageKind::Dpo(s) => &s.train,
+        StageKind::Grpo(s) => &s.train,
+    };
+    let max_len = train.max_len.unwrap_or(512.min(hf.config.max_position_embeddings));
+    let max_prompt = train.max_prompt.unwrap_or(max_len / 2);
+    let b = train.batch;
+    let (rows, len, rollout, reference) = match k {
+        StageKind::Sft(_) => (b, max_len, None, false),
+        StageKind::Dpo(_) => (2 * b, max_len, None, false),
+        StageKind::Grpo(g) => {
+            let len = max_prompt + g.max_new_tokens;
+            (b * g.group, len, Some((b * g.group, len)), g.kl_beta > 0.0)
+        }
+    };
+    mem::Plan {
+        student: mem::Side::of(hf),
+        teacher: reference.then(|| mem::Side::of(hf)),
+        rows,
+        seq_len: len,
+        grad_accum: train.grad_accum,
+        loss_chunk: 256,
+        path: mem::BodyPath::of(&hf.config, false),
+        rollout,
+    }
+}
+
+/// Print the stage's memory estimate; refuse it when it will not fit (unless told not to).
+fn memory(r: &AlignRun, k: &StageKind, s: &Setup) -> Result<(), AlignError> {
+    let plan = memory_plan(k, &s.hf);
+    (r.notice)(&mem::check(&mem::estimate(&plan), &plan, r.ctl.memory)?);
+    Ok(())
+}
+
 fn setup(model: &Path, a: &AlignSettings) -> Result<Setup, AlignError> {
     let hf = HfModel::open(model)?;
     let tok = hf.tokenizer()?;
@@ -418,7 +466,7 @@ fn train(
     cfg: &TrainConfig,
     mut params: Params,
 ) -> Result<AlignOutcome, AlignError> {
-    let opts = Options { quiet: r.ctl.quiet, stop: r.ctl.stop, after_step: r.ctl.after_step };
+    let opts = r.ctl;
     let mut st = runner::start(task, &mut params, cfg, r.out, r.resume)?;
     let outcome = runner::run(task, &mut params, cfg, r.out, &mut st, opts)?;
     let final_dir = r.out.join("final");
@@ -456,6 +504,7 @@ pub fn quarters(metrics: &Path) -> Result<Vec<(String, f64, f64)>, AlignError> {
 pub fn sft(a: &SftSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     orlik_io::output::check(r.out, "sft", &[r.model, &a.data], mode(r))?;
     let s = setup(r.model, &a.train)?;
+    memory(r, &StageKind::Sft(a), &s)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (convs, bad) = data::read_jsonl(&a.data, a.train.skip_bad, |v| {
@@ -494,6 +543,7 @@ pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
         return Err(cfg_err("--beta must be > 0 and --lambda >= 0".into()));
     }
     let s = setup(r.model, &a.train)?;
+    memory(r, &StageKind::Dpo(a), &s)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (rows, bad) = data::read_jsonl(&a.data, a.train.skip_bad, |v| {
@@ -615,6 +665,7 @@ fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>, AlignError> {
 pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     orlik_io::output::check(r.out, "grpo", &[r.model, &a.prompts], mode(r))?;
     let s = setup(r.model, &a.train)?;
+    memory(r, &StageKind::Grpo(a), &s)?;
     let enc = encoder(&s);
     let rewards = rewards(&a.reward, a.reward_timeout)?;
     if a.group < 2 {

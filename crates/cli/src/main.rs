@@ -7,6 +7,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod align_cmd;
 mod commands;
 mod eval_cmd;
+mod mem_cmd;
 mod prune_cmd;
 mod term;
 mod train_cmd;
@@ -28,13 +29,21 @@ use std::path::PathBuf;
     orlik never writes over what it reads and never replaces a directory it did not write: every \
     output carries a .orlik-output.json marker, and --force replaces only that command's own output."
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    pub(crate) cmd: Cmd,
+    /// Run a training command even when its estimated peak memory (printed before it starts;
+    /// `orlik mem` shows every component) is above the memory available to this process.
+    #[arg(long, global = true)]
+    no_memory_check: bool,
+    /// Refuse a training command whose estimated peak memory is above this (e.g. 16GB), instead
+    /// of above the memory available now: room for the other jobs of a shared machine.
+    #[arg(long, global = true, value_parser = orlik_io::text::parse_size, conflicts_with = "no_memory_check")]
+    memory_limit: Option<u64>,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+pub(crate) enum Cmd {
     /// Show architecture, dimensions, parameter counts by component, dtypes and size on disk.
     Inspect {
         /// HF model directory (config.json + safetensors).
@@ -235,6 +244,25 @@ enum Cmd {
     /// distillation runs reuse them without running the teacher. Resumable: complete shards
     /// are kept when the command is re-run with the same settings.
     TeacherCache(train_cmd::CacheArgs),
+    /// Print, without running it, the peak memory a training command will need, component by
+    /// component (weights, master copy, AdamW moments, gradients, activations at its batch and
+    /// sequence length, the online teacher, the KV cache of GRPO's sampling, the lm_head chunk,
+    /// the program), and whether it fits in the memory available here. Every training command
+    /// prints the same estimate before it starts and refuses a run that will not fit
+    /// (--no-memory-check runs it anyway). Example: orlik mem distill --teacher T --student S
+    /// --data train.txt --steps 100 -o out
+    Mem {
+        /// Also say whether the part a GPU executor keeps on the device fits in a GPU of this
+        /// memory (e.g. 80GB, 141GB).
+        #[arg(long, value_parser = orlik_io::text::parse_size)]
+        gpu_memory: Option<u64>,
+        /// One JSON document (components and peak in bytes) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// The training command and its arguments, as you would run it.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Compare training runs in one chart (PNG and SVG beside it): a metric of each run's
     /// metrics.jsonl against the step, the runs named in the legend.
     Curves {
@@ -399,6 +427,7 @@ fn pipeline(r: orlik_pipeline::Recipe, resume: bool, force: bool) -> anyhow::Res
         force,
         stop: Some(term::stop_flag()),
         after_step: term::step_delay(),
+        memory: term::memory_gate(),
         ui: &ui,
     };
     match orlik_pipeline::run(&r, &opts)? {
@@ -440,6 +469,7 @@ fn main() {
             std::process::exit(1);
         }
     };
+    term::set_memory_gate(cli.no_memory_check, cli.memory_limit);
     let r = match cli.cmd {
         Cmd::Inspect { path, json } => {
             orlik_io::inspect::run(&path, json).map(|s| println!("{s}")).map_err(Into::into)
@@ -526,6 +556,7 @@ fn main() {
         }
         Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
         Cmd::TeacherCache(a) => train_cmd::teacher_cache(a),
+        Cmd::Mem { gpu_memory, json, command } => mem_cmd::run(&command, gpu_memory, json),
         Cmd::Score(a) => prune_cmd::score_cmd(a),
         Cmd::Prune(a) => prune_cmd::prune_cmd(a),
     };

@@ -61,9 +61,32 @@ pub fn step_delay() -> Option<&'static (dyn Fn(u64) + Sync)> {
     Some(&pause)
 }
 
-/// The training loop's controls for a command: the stop flag and the test hook.
+static NO_MEMORY_CHECK: AtomicBool = AtomicBool::new(false);
+static MEMORY_LIMIT: AtomicU64 = AtomicU64::new(0);
+
+/// `--no-memory-check` / `--memory-limit SIZE`, for every training command of this process.
+pub fn set_memory_gate(off: bool, limit: Option<u64>) {
+    NO_MEMORY_CHECK.store(off, Ordering::Relaxed);
+    MEMORY_LIMIT.store(limit.unwrap_or(0), Ordering::Relaxed);
+}
+
+pub fn memory_gate() -> orlik_train::mem::Gate {
+    use orlik_train::mem::Gate;
+    match (NO_MEMORY_CHECK.load(Ordering::Relaxed), MEMORY_LIMIT.load(Ordering::Relaxed)) {
+        (true, _) => Gate::Off,
+        (false, 0) => Gate::Available,
+        (false, b) => Gate::Limit(b),
+    }
+}
+
+/// The training loop's controls for a command: the stop flag, the test hook, the memory check.
 pub fn control() -> Control<'static> {
-    Control { quiet: false, stop: Some(stop_flag()), after_step: step_delay() }
+    Control {
+        quiet: false,
+        stop: Some(stop_flag()),
+        after_step: step_delay(),
+        memory: memory_gate(),
+    }
 }
 
 /// A training command stopped by a signal after its checkpoint: say how to continue, exit 130

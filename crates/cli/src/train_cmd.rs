@@ -106,7 +106,7 @@ pub struct KdArgs {
     pub topk: Option<usize>,
 }
 
-fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
+pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     let mut c = match &a.config {
         Some(p) => TrainConfig::from_toml(
             &std::fs::read_to_string(p).with_context(|| p.display().to_string())?,

@@ -433,3 +433,48 @@ fn top_k_cache_distils_and_bench_train_runs() {
     let v: Value = serde_json::from_str(said.trim()).unwrap();
     assert!(v["median_tokens_per_s"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// `orlik mem` prints a training command's components without running it; the command itself
+/// prints the estimate, and one whose estimate is above `--memory-limit` is refused before it
+/// writes anything, naming the fixes; `--no-memory-check` runs it anyway.
+#[test]
+fn the_memory_planner_prints_the_components_and_refuses_a_run_that_will_not_fit() {
+    let s = setup();
+    let out = s.p("m");
+    let mut mem = vec!["mem"];
+    mem.extend(distill_args(&s, &out, &[]));
+    let said = ok(&mem);
+    for want in [
+        "weights (f32 tensors)",
+        "master copy",
+        "AdamW moments",
+        "gradients",
+        "teacher weights",
+        "activations + backward workspace",
+        "peak (held + the larger step moment)",
+        "memory: estimated peak",
+        "--checkpoint-layers: no effect here",
+    ] {
+        assert!(said.contains(want), "{want:?} not in {said}");
+    }
+    assert!(!Path::new(&out).exists(), "orlik mem runs nothing");
+    let json: Value =
+        serde_json::from_str(&ok(&[&["mem", "--json"][..], &mem[1..]].concat())).unwrap();
+    assert!(
+        json["peak_bytes"].as_u64().unwrap() > json["components"][2]["bytes"].as_u64().unwrap()
+    );
+
+    let mut limited = vec!["--memory-limit", "1KB"];
+    limited.extend(distill_args(&s, &out, &[]));
+    fails(
+        &limited,
+        &["will not fit", "--batch 1", "teacher cache", "orlik mem", "--no-memory-check"],
+    );
+    assert!(!Path::new(&out).exists(), "refused before writing anything");
+    let mut forced = vec!["--no-memory-check"];
+    forced.extend(distill_args(&s, &out, &[]));
+    let o = common::orlik(&forced);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("memory: estimated peak"));
+    fails(&["mem", "inspect", &s.teacher], &["orlik mem takes a training command"]);
+}

@@ -9,6 +9,7 @@ use orlik_io::hfdir::HfModel;
 use orlik_model::ModelOptions;
 use orlik_train::data::Packed;
 use orlik_train::lm::{with_teacher, Control, Finished, RunDir};
+use orlik_train::mem::{estimate, Plan, Side};
 use orlik_train::{TeacherSource, TrainConfig};
 use std::path::Path;
 
@@ -68,6 +69,9 @@ pub fn run(
             cfg.seq_len
         )));
     }
+    let online = teacher.as_ref().filter(|_| teachers.cache.is_none()).map(Side::of);
+    let plan = Plan::lm(&cfg, Side::of(&student), online);
+    notice(&orlik_train::mem::check(&estimate(&plan), &plan, ctl.memory)?);
     dir.claim()?;
     let (train, val) = dir.pack(&s_tok, &student.config, student_dir, cfg.seq_len)?;
     let teacher_sha = match &teacher {

@@ -35,6 +35,8 @@ pub struct Options<'a> {
     pub stop: Option<&'a AtomicBool>,
     /// Called after every training step (the interruption tests pause there).
     pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// What a training stage's estimated peak memory is compared with before it starts.
+    pub memory: orlik_train::mem::Gate,
     pub ui: &'a dyn Ui,
 }
 
@@ -353,6 +355,16 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     Ok(Outcome::Finished { table })
 }
 
+/// The training loop's controls for a stage.
+fn control<'a>(o: &Options<'a>) -> orlik_train::lm::Control<'a> {
+    orlik_train::lm::Control {
+        quiet: false,
+        stop: o.stop,
+        after_step: o.after_step,
+        memory: o.memory,
+    }
+}
+
 /// The distillation stage: the pruned model from the teacher, into OUT/distill/, its final
 /// model moved to OUT/final/.
 fn distill(
@@ -382,7 +394,7 @@ fn distill(
         save_dtype: None,
     };
     let teachers = orlik_distill::run::Teachers { model: Some(&r.teacher), cache: None };
-    let ctl = orlik_train::lm::Control { quiet: false, stop: o.stop, after_step: o.after_step };
+    let ctl = control(o);
     let notice = |m: &str| o.ui.notice(m);
     let f = orlik_distill::run::run(r.distill.clone(), pruned, teachers, &dir, ctl, &notice)?;
     if let orlik_train::Outcome::Interrupted { step } = f.outcome {
@@ -445,11 +457,7 @@ fn align_stages(
                 resume: resume && dir.join("run.json").is_file(),
                 force: !(resume && dir.join("run.json").is_file()),
                 save_dtype: None,
-                ctl: orlik_train::lm::Control {
-                    quiet: false,
-                    stop: o.stop,
-                    after_step: o.after_step,
-                },
+                ctl: control(o),
                 notice: &|m| o.ui.notice(m),
             };
             let a = go(&run)?;

@@ -113,6 +113,7 @@ fn run(r: &Recipe, at: u64) -> (Outcome, Record) {
         force: false,
         stop: Some(&stop),
         after_step: Some(&hook),
+        memory: orlik_train::mem::Gate::Available,
         ui: &ui,
     };
     (orlik_pipeline::run(r, &o).unwrap(), ui)

@@ -105,9 +105,10 @@ pub fn save<'s>(
     orlik_io::atomic::write_dir_atomically::<TrainError>(&target, "checkpoint", true, |tmp| {
         // One tensor copied at a time (write_file_with streams): the save costs the largest
         // tensor, not another copy of the weights and both moments.
-        let write = |file: &str, specs: Vec<(String, Vec<usize>)>, pick: &dyn Fn(usize) -> &'s [f32]| {
-            write_slices(&tmp.join(file), &specs, pick)
-        };
+        let write =
+            |file: &str, specs: Vec<(String, Vec<usize>)>, pick: &dyn Fn(usize) -> &'s [f32]| {
+                write_slices(&tmp.join(file), &specs, pick)
+            };
         let len = |i: usize| vec![slots[i].w.len()];
         let specs = names.iter().enumerate().map(|(i, n)| (n.clone(), len(i))).collect();
         write("weights.safetensors", specs, &|i| &slots[i].w)?;

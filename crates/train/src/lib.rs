@@ -16,6 +16,7 @@ pub mod curves;
 pub mod data;
 pub mod lm;
 pub mod losses;
+pub mod mem;
 pub mod optim;
 pub mod params;
 pub mod runner;
@@ -38,6 +39,9 @@ pub enum TrainError {
     Teacher(String),
     #[error("training stopped: {0}")]
     NonFinite(String),
+    /// The memory planner's refusal: the estimate, what is available, and the fixes.
+    #[error("memory: {0}")]
+    Memory(String),
     #[error(transparent)]
     Io(#[from] orlik_io::IoError),
     #[error(transparent)]

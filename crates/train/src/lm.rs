@@ -188,6 +188,8 @@ pub fn train(
     cfg.validate()?;
     dir.check()?;
     let hf = HfModel::open(model)?;
+    let plan = crate::mem::Plan::lm(&cfg, crate::mem::Side::of(&hf), None);
+    notice(&crate::mem::check(&crate::mem::estimate(&plan), &plan, ctl.memory)?);
     let tok = hf.tokenizer()?;
     dir.claim()?;
     let (train, val) = dir.pack(&tok, &hf.config, model, cfg.seq_len)?;

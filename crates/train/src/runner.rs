@@ -80,6 +80,8 @@ pub struct Options<'a> {
     /// Called after each step's metrics are written, with the step (the interruption tests
     /// pause here so that a kill lands mid-run on any machine).
     pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// What the run's estimated peak memory is compared with before it starts (`mem.rs`).
+    pub memory: crate::mem::Gate,
 }
 
 /// The state a run starts from in `out`: fresh, or on `resume` the newest checkpoint's (its
@@ -360,7 +362,7 @@ mod tests {
         let seen = std::sync::Mutex::new(Vec::new());
         let hook = |s: u64| seen.lock().unwrap().push(s);
         let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
-        let opts = Options { quiet: true, stop: None, after_step: Some(&hook) };
+        let opts = Options { quiet: true, after_step: Some(&hook), ..Options::default() };
         assert_eq!(
             run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).unwrap(),
             Outcome::Finished

@@ -374,6 +374,7 @@ impl<'t> Trainer<'t> {
             quiet: self.quiet,
             stop,
             after_step: self.after_step.as_deref().map(|f| f as &(dyn Fn(u64) + Sync)),
+            memory: crate::mem::Gate::Off, // the run's caller checked before loading anything
         };
         runner::run(&mut self.task, &mut self.params, &self.cfg, &self.out, &mut self.state, opts)
     }

@@ -1,0 +1,75 @@
+//! `orlik mem COMMAND ARGS...`: the memory planner's table for a training command, without
+//! running it (`orlik_train::mem`).
+
+use crate::{Cli, Cmd};
+use anyhow::{bail, Result};
+use clap::Parser;
+use orlik_align::stage::{memory_plan, StageKind};
+use orlik_io::hfdir::HfModel;
+use orlik_train::mem::{estimate, human, BodyPath, Plan, Side};
+
+/// Print the estimate of `command` (the words after `orlik mem`), and for a GPU of
+/// `gpu_memory` bytes whether the part a GPU executor keeps on the device fits there.
+pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()> {
+    let cli =
+        Cli::try_parse_from(std::iter::once("orlik".to_string()).chain(command.iter().cloned()))
+            .map_err(|e| anyhow::anyhow!("orlik mem {}: {}", command.join(" "), e.kind()))?;
+    use std::path::PathBuf;
+    let (student, teacher, cfg, stage): (&PathBuf, Option<&PathBuf>, _, _) = match &cli.cmd {
+        Cmd::Distill { student, teacher, teacher_cache, train, kd } => {
+            let online = teacher.as_ref().filter(|_| teacher_cache.is_none());
+            (student, online, Some(crate::train_cmd::resolve(train, Some(kd))?), None)
+        }
+        Cmd::Train { model, train, .. } => {
+            (model, None, Some(crate::train_cmd::resolve(train, None)?), None)
+        }
+        Cmd::Sft(a) => (&a.common.model, None, None, Some(StageKind::Sft(&a.settings))),
+        Cmd::Dpo(a) => (&a.common.model, None, None, Some(StageKind::Dpo(&a.settings))),
+        Cmd::Grpo(a) => (&a.common.model, None, None, Some(StageKind::Grpo(&a.settings))),
+        _ => bail!("orlik mem takes a training command: distill, train, sft, dpo or grpo, with its arguments"),
+    };
+    let student = HfModel::open(student)?;
+    let teacher = teacher.map(|t| HfModel::open(t)).transpose()?;
+    let plan = |checkpoint: bool| -> Plan {
+        match (&stage, &cfg) {
+            (Some(k), _) => memory_plan(k, &student),
+            (None, c) => {
+                let mut c = c.clone().unwrap_or_default();
+                c.checkpoint_layers |= checkpoint;
+                Plan::lm(&c, Side::of(&student), teacher.as_ref().map(Side::of))
+            }
+        }
+    };
+    let p = plan(false);
+    let e = estimate(&p);
+    if json {
+        let parts: Vec<_> = e
+            .components
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "bytes": c.bytes, "whole_run": c.held}))
+            .collect();
+        let avail = orlik_train::mem::available().map(|a| a.0);
+        println!(
+            "{}",
+            serde_json::json!({"command": command, "components": parts, "peak_bytes": e.peak, "available_bytes": avail, "device_bytes": e.device_bytes()})
+        );
+        return Ok(());
+    }
+    println!("orlik {}: estimated memory, nothing run\n{}", command.join(" "), e.table());
+    // "Will not fit" is this command's answer, not its failure.
+    match orlik_train::mem::check(&e, &p, crate::term::memory_gate()) {
+        Ok(line) => println!("{line}"),
+        Err(e) => println!("{e}"),
+    }
+    match p.path {
+        BodyPath::Fast => println!("--checkpoint-layers: no effect here (this architecture trains on the hand-written path, which keeps its own buffers)"),
+        BodyPath::Autograd => println!("with --checkpoint-layers: peak {}", human(estimate(&plan(true)).peak)),
+        BodyPath::Checkpointed => {}
+    }
+    if let Some(g) = gpu_memory {
+        let d = e.device_bytes();
+        let verdict = if d <= g { "fits" } else { "does not fit" };
+        println!("on a GPU of {}: the device part {} {verdict} (program and mapped checkpoint pages stay on the host; orlik has no GPU executor yet)", human(g), human(d));
+    }
+    Ok(())
+}
