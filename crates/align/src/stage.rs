@@ -346,11 +346,12 @@ pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
     }
 }
 
-/// Print the stage's memory estimate; refuse it when it will not fit (unless told not to).
-fn memory(r: &AlignRun, k: &StageKind, s: &Setup) -> Result<(), AlignError> {
+/// Refuse the stage when it will not fit (unless told not to), before anything is read or
+/// written; the estimate's line is said once the run is set up (`train`), so that a bad input
+/// fails with its one-line error alone.
+fn memory(r: &AlignRun, k: &StageKind, s: &Setup) -> Result<String, AlignError> {
     let plan = memory_plan(k, &s.hf);
-    (r.notice)(&mem::check(&mem::estimate(&plan), &plan, r.ctl.memory)?);
-    Ok(())
+    Ok(mem::check(&mem::estimate(&plan), &plan, r.ctl.memory)?)
 }
 
 fn setup(model: &Path, a: &AlignSettings) -> Result<Setup, AlignError> {
@@ -504,7 +505,7 @@ pub fn quarters(metrics: &Path) -> Result<Vec<(String, f64, f64)>, AlignError> {
 pub fn sft(a: &SftSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     orlik_io::output::check(r.out, "sft", &[r.model, &a.data], mode(r))?;
     let s = setup(r.model, &a.train)?;
-    memory(r, &StageKind::Sft(a), &s)?;
+    let memory = memory(r, &StageKind::Sft(a), &s)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (convs, bad) = data::read_jsonl(&a.data, a.train.skip_bad, |v| {
@@ -534,6 +535,7 @@ pub fn sft(a: &SftSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     begin(r, &s, &cfg, run, "sft", &a.data)?;
     cuts_notice(r, "sft", examples.len(), bad, cuts);
     let mut task = Sft { examples, pad: s.eos[0], chunk: 256 };
+    (r.notice)(&memory);
     train(r, &s, &mut task, &cfg, params(&s)?)
 }
 
@@ -543,7 +545,7 @@ pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
         return Err(cfg_err("--beta must be > 0 and --lambda >= 0".into()));
     }
     let s = setup(r.model, &a.train)?;
-    memory(r, &StageKind::Dpo(a), &s)?;
+    let memory = memory(r, &StageKind::Dpo(a), &s)?;
     let enc = encoder(&s);
     let mut cuts = Cuts::default();
     let (rows, bad) = data::read_jsonl(&a.data, a.train.skip_bad, |v| {
@@ -578,6 +580,7 @@ pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
         pad: s.eos[0],
         chunk: 256,
     };
+    (r.notice)(&memory);
     train(r, &s, &mut task, &cfg, p)
 }
 
@@ -665,7 +668,7 @@ fn rewards(specs: &[String], timeout: f64) -> Result<Vec<Reward>, AlignError> {
 pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     orlik_io::output::check(r.out, "grpo", &[r.model, &a.prompts], mode(r))?;
     let s = setup(r.model, &a.train)?;
-    memory(r, &StageKind::Grpo(a), &s)?;
+    let memory = memory(r, &StageKind::Grpo(a), &s)?;
     let enc = encoder(&s);
     let rewards = rewards(&a.reward, a.reward_timeout)?;
     if a.group < 2 {
@@ -714,6 +717,7 @@ pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> 
         samples: Some(r.out.join("samples.jsonl")),
         log_every: a.log_samples,
     };
+    (r.notice)(&memory);
     train(r, &s, &mut task, &cfg, params(&s)?)
 }
 

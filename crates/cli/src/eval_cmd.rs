@@ -5,7 +5,6 @@ use crate::commands::load;
 use anyhow::Result;
 use orlik_eval::ppl::PplOptions;
 use orlik_eval::suite::{agree_result, mc_result, ppl_report, speed_rows};
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// A progress bar fed by the suite's (what, done, total) callback.
@@ -28,31 +27,9 @@ pub fn ppl(
     let r = ppl_report(&model, &hf, texts, PplOptions { context, stride, batch }, &show)?;
     pb.finish_and_clear();
     if json_out {
-        let mut v = serde_json::to_value(&r.total)?;
-        if let Some(o) = v.as_object_mut() {
-            let files: serde_json::Map<String, Value> = r
-                .files
-                .iter()
-                .map(|(f, x)| (f.clone(), serde_json::to_value(x).unwrap_or_default()))
-                .collect();
-            o.insert("files".into(), Value::Object(files));
-            o.insert("context".into(), context.into());
-            o.insert("stride".into(), stride.into());
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    for (f, x) in &r.files {
-        println!(
-            "{f}: {} tokens, nll {:.4}, ppl {:.3}, bits/byte {:.4}, {:.0} tokens/s",
-            x.tokens, x.nll, x.ppl, x.bits_per_byte, x.tokens_per_s
-        );
-    }
-    if r.files.len() > 1 {
-        println!(
-            "total: {} tokens, ppl {:.3}, bits/byte {:.4}",
-            r.total.tokens, r.total.ppl, r.total.bits_per_byte
-        );
+        println!("{}", serde_json::to_string_pretty(&r.json())?);
+    } else {
+        println!("{}", r.text());
     }
     Ok(())
 }
@@ -63,26 +40,9 @@ pub fn mc(path: &Path, tasks: &Path, limit: usize, context: usize, json_out: boo
     let r = mc_result(&model, &hf, tasks, limit, context, &show)?;
     pb.finish_and_clear();
     if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"tasks": tasks.display().to_string(), "result": r})
-            )?
-        );
+        println!("{}", serde_json::to_string_pretty(&r.json(tasks))?);
     } else {
-        println!(
-            "{}: {} questions, accuracy {:.2}% (length-normalised {:.2}%), chance {:.2}%{}",
-            tasks.display(),
-            r.questions,
-            100.0 * r.accuracy,
-            100.0 * r.accuracy_norm,
-            100.0 * r.chance,
-            if r.truncated > 0 {
-                format!(", {} choices truncated from the left to {context} tokens", r.truncated)
-            } else {
-                String::new()
-            }
-        );
+        println!("{}", r.text(tasks, context));
     }
     Ok(())
 }
@@ -103,12 +63,7 @@ pub fn agree(
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        println!(
-            "{} tokens: KL(teacher || student) {:.4} nats/token, top-1 agreement {:.2}%",
-            r.tokens,
-            r.kl,
-            100.0 * r.top1
-        );
+        println!("{}", r.text());
     }
     Ok(())
 }
@@ -122,19 +77,8 @@ pub fn speed(models: &[PathBuf], reps: usize, json_out: bool) -> Result<()> {
     pb.finish_and_clear();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
-    print!("{:40}", "model");
-    for t in &rows[0].timings {
-        print!(" {:>22}", t.what.split(" tokens").next().unwrap_or(&t.what));
-    }
-    println!("   (tokens/s; x = speed-up over the first model)");
-    for r in &rows {
-        print!("{:40}", r.model);
-        for (t, base) in r.timings.iter().zip(&rows[0].timings) {
-            print!(" {:>13.1} ({:>5.2}x)", t.tokens_per_s, t.tokens_per_s / base.tokens_per_s);
-        }
-        println!();
+    } else {
+        println!("{}", orlik_eval::show::speed_table(&rows));
     }
     Ok(())
 }

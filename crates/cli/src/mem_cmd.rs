@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 use orlik_align::stage::{memory_plan, StageKind};
 use orlik_io::hfdir::HfModel;
-use orlik_train::mem::{estimate, human, BodyPath, Plan, Side};
+use orlik_train::mem::{estimate, BodyPath, Plan, Side};
 
 /// Print the estimate of `command` (the words after `orlik mem`), and for a GPU of
 /// `gpu_memory` bytes whether the part a GPU executor keeps on the device fits there.
@@ -43,33 +43,12 @@ pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()
     let p = plan(false);
     let e = estimate(&p);
     if json {
-        let parts: Vec<_> = e
-            .components
-            .iter()
-            .map(|c| serde_json::json!({"name": c.name, "bytes": c.bytes, "whole_run": c.held}))
-            .collect();
-        let avail = orlik_train::mem::available().map(|a| a.0);
-        println!(
-            "{}",
-            serde_json::json!({"command": command, "components": parts, "peak_bytes": e.peak, "available_bytes": avail, "device_bytes": e.device_bytes()})
-        );
+        println!("{}", e.json(command));
         return Ok(());
     }
-    println!("orlik {}: estimated memory, nothing run\n{}", command.join(" "), e.table());
-    // "Will not fit" is this command's answer, not its failure.
-    match orlik_train::mem::check(&e, &p, crate::term::memory_gate()) {
-        Ok(line) => println!("{line}"),
-        Err(e) => println!("{e}"),
-    }
-    match p.path {
-        BodyPath::Fast => println!("--checkpoint-layers: no effect here (this architecture trains on the hand-written path, which keeps its own buffers)"),
-        BodyPath::Autograd => println!("with --checkpoint-layers: peak {}", human(estimate(&plan(true)).peak)),
-        BodyPath::Checkpointed => {}
-    }
-    if let Some(g) = gpu_memory {
-        let d = e.device_bytes();
-        let verdict = if d <= g { "fits" } else { "does not fit" };
-        println!("on a GPU of {}: the device part {} {verdict} (program and mapped checkpoint pages stay on the host; orlik has no GPU executor yet)", human(g), human(d));
-    }
+    let checkpointed = (p.path == BodyPath::Autograd).then(|| estimate(&plan(true)));
+    let gate = crate::term::memory_gate();
+    println!("orlik {}: estimated memory, nothing run", command.join(" "));
+    println!("{}", e.report(&p, gate, checkpointed.as_ref(), gpu_memory));
     Ok(())
 }

@@ -71,7 +71,8 @@ pub fn run(
     }
     let online = teacher.as_ref().filter(|_| teachers.cache.is_none()).map(Side::of);
     let plan = Plan::lm(&cfg, Side::of(&student), online);
-    notice(&orlik_train::mem::check(&estimate(&plan), &plan, ctl.memory)?);
+    // Refused here, before anything is read or written; said once the run is set up.
+    let memory = orlik_train::mem::check(&estimate(&plan), &plan, ctl.memory)?;
     dir.claim()?;
     let (train, val) = dir.pack(&s_tok, &student.config, student_dir, cfg.seq_len)?;
     let teacher_sha = match &teacher {
@@ -120,6 +121,18 @@ pub fn run(
         "data_sha256": train.hash(),
         "val_sha256": val.as_ref().map(Packed::hash),
     });
-    let done = with_teacher(cfg, &student, student_dir, train, val, source, run, dir, ctl, notice)?;
+    let done = with_teacher(
+        cfg,
+        &student,
+        student_dir,
+        train,
+        val,
+        source,
+        run,
+        dir,
+        ctl,
+        notice,
+        &memory,
+    )?;
     Ok(done)
 }

@@ -5,6 +5,7 @@ pub mod agree;
 pub mod generate;
 pub mod mc;
 pub mod ppl;
+pub mod show;
 pub mod speed;
 pub mod suite;
 

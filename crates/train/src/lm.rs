@@ -189,7 +189,9 @@ pub fn train(
     dir.check()?;
     let hf = HfModel::open(model)?;
     let plan = crate::mem::Plan::lm(&cfg, crate::mem::Side::of(&hf), None);
-    notice(&crate::mem::check(&crate::mem::estimate(&plan), &plan, ctl.memory)?);
+    // Refused here, before anything is read or written; said once the run is set up (a bad
+    // input fails with its one-line error alone).
+    let memory = crate::mem::check(&crate::mem::estimate(&plan), &plan, ctl.memory)?;
     let tok = hf.tokenizer()?;
     dir.claim()?;
     let (train, val) = dir.pack(&tok, &hf.config, model, cfg.seq_len)?;
@@ -209,6 +211,7 @@ pub fn train(
     });
     let about = describe(&train, val.as_ref());
     let t = Trainer::new(cfg, &hf.config, weights, train, val, None, dir.out, run, dir.resume)?;
+    notice(&memory);
     notice(&about);
     finish(t, dir, &hf.config, model, stored_dtype(&hf), ctl)
 }
@@ -226,6 +229,7 @@ pub fn with_teacher<'t>(
     dir: &RunDir,
     ctl: Control<'t>,
     notice: &dyn Fn(&str),
+    memory: &str,
 ) -> Result<Finished, TrainError> {
     let about = describe(&train, val.as_ref());
     let weights = student.checkpoint.load_all(DType::F32)?;
@@ -240,6 +244,7 @@ pub fn with_teacher<'t>(
         run,
         dir.resume,
     )?;
+    notice(memory);
     notice(&about);
     finish(t, dir, &student.config, student_dir, stored_dtype(student), ctl)
 }

@@ -252,6 +252,45 @@ impl Estimate {
         s + &format!("  {:<52} {:>10}", "peak (held + the larger step moment)", human(self.peak))
     }
 
+    /// The table, the verdict against `gate` ("will not fit" is an answer here, not an error),
+    /// what --checkpoint-layers would change, and the device part against a GPU's memory.
+    pub fn report(
+        &self,
+        p: &Plan,
+        gate: Gate,
+        checkpointed: Option<&Estimate>,
+        gpu: Option<u64>,
+    ) -> String {
+        let mut s = self.table() + "\n";
+        s += &match check(self, p, gate) {
+            Ok(line) => line,
+            Err(e) => e.to_string(),
+        };
+        match (p.path, checkpointed) {
+            (BodyPath::Fast, _) => s += "\n--checkpoint-layers: no effect here (this architecture trains on the hand-written path, which keeps its own buffers)",
+            (BodyPath::Autograd, Some(c)) => s += &format!("\nwith --checkpoint-layers: peak {}", human(c.peak)),
+            _ => {}
+        }
+        if let Some(g) = gpu {
+            let d = self.device_bytes();
+            let verdict = if d <= g { "fits" } else { "does not fit" };
+            s += &format!("\non a GPU of {}: the device part {} {verdict} (program and mapped checkpoint pages stay on the host; orlik has no GPU executor yet)", human(g), human(d));
+        }
+        s
+    }
+
+    /// Components (name, bytes, whether held for the whole run), peak, available and device
+    /// bytes, and the command they are of.
+    pub fn json(&self, command: &[String]) -> serde_json::Value {
+        let parts: Vec<_> = self
+            .components
+            .iter()
+            .map(|c| serde_json::json!({"name": c.name, "bytes": c.bytes, "whole_run": c.held}))
+            .collect();
+        serde_json::json!({"command": command, "components": parts, "peak_bytes": self.peak,
+            "available_bytes": available().map(|a| a.0), "device_bytes": self.device_bytes()})
+    }
+
     /// The bytes a GPU executor would keep on the device: the peak less the program and the
     /// memory-mapped checkpoint pages, which stay on the host.
     pub fn device_bytes(&self) -> u64 {
