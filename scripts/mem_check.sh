@@ -33,6 +33,8 @@ row() { # name, then the command's arguments after `orlik` (OUT: a fresh output 
 }
 row "train MODEL b4x128" train "$M" --data "$D" --steps 2 --batch 4 --seq-len 128 -o OUT
 row "train MODEL b8x512" train "$M" --data "$D" --steps 2 --batch 8 --seq-len 512 -o OUT
+row "train MODEL b8x128 --checkpoint-layers" train "$M" --data "$D" --steps 2 --batch 8 --seq-len 128 --checkpoint-layers -o OUT
+row "train MODEL b2x1024 --checkpoint-layers" train "$M" --data "$D" --steps 2 --batch 2 --seq-len 1024 --checkpoint-layers -o OUT
 row "distill MODEL->MODEL b4x128" distill --teacher "$M" --student "$M" --data "$D" --steps 2 --batch 4 --seq-len 128 -o OUT
 row "distill MODEL->MODEL b8x512" distill --teacher "$M" --student "$M" --data "$D" --steps 2 --batch 8 --seq-len 512 -o OUT
 row "distill MODEL->STUDENT b4x256" distill --teacher "$M" --student "$S" --data "$D" --steps 2 --batch 4 --seq-len 256 -o OUT

@@ -453,7 +453,7 @@ fn the_memory_planner_prints_the_components_and_refuses_a_run_that_will_not_fit(
         "activations + backward workspace",
         "peak (held + the larger step moment)",
         "memory: estimated peak",
-        "--checkpoint-layers: no effect here",
+        "with --checkpoint-layers (autograd keeping each layer's input",
     ] {
         assert!(said.contains(want), "{want:?} not in {said}");
     }

@@ -40,13 +40,13 @@ pub struct Side<'a> {
 /// How the trainable body runs, as the trainer chooses it (`body.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyPath {
-    /// The hand-written forward/backward (Llama, Mistral, Qwen2): keeps a fixed set of buffers
-    /// per layer (`llama_grad.rs`, `LayerSaved`).
+    /// The hand-written forward/backward (Llama, Mistral, Qwen2, without --checkpoint-layers):
+    /// keeps a fixed set of buffers per layer (`llama_grad.rs`, `LayerSaved`).
     Fast,
     /// candle autograd: every intermediate of every layer until the backward.
     Autograd,
-    /// candle autograd with activation checkpointing: each layer's input, plus one layer at a
-    /// time in the backward.
+    /// candle autograd with activation checkpointing (--checkpoint-layers, on every
+    /// architecture): each layer's input, plus one layer's graph at a time in the backward.
     Checkpointed,
 }
 
@@ -74,12 +74,13 @@ impl<'a> Side<'a> {
 }
 
 impl BodyPath {
-    /// The path the trainer takes for `c` (`body.rs`): the hand-written one where it exists.
+    /// The path the trainer takes for `c` (`trainer.rs`): checkpointed autograd when asked,
+    /// else the hand-written one where it exists.
     pub fn of(c: &Config, checkpoint_layers: bool) -> BodyPath {
-        match (GradModel::unsupported(c), checkpoint_layers) {
-            (None, _) => BodyPath::Fast,
-            (Some(_), true) => BodyPath::Checkpointed,
-            (Some(_), false) => BodyPath::Autograd,
+        match (checkpoint_layers, GradModel::unsupported(c)) {
+            (true, _) => BodyPath::Checkpointed,
+            (false, None) => BodyPath::Fast,
+            (false, Some(_)) => BodyPath::Autograd,
         }
     }
 }
@@ -131,10 +132,13 @@ fn fast_per_token(c: &Config) -> (u64, u64) {
 }
 
 /// One layer's autograd graph per token: every matmul output, norm, rotary and activation
-/// intermediate, the (heads × t) attention probabilities and their masks.
+/// intermediate and their gradients (about 11 times what the hand-written path keeps), and the
+/// (heads × t) attention scores, probabilities, mask and their gradients. Fitted to
+/// --checkpoint-layers runs of SmolLM2 at t = 128, 256 and 1024 (README, "Memory"); the path
+/// without checkpointing (Gemma 3) holds every layer's graph and is extrapolated from it.
 fn autograd_layer_per_token(c: &Config, t: u64) -> u64 {
     let (saved, _) = fast_per_token(c);
-    2 * saved + 3 * c.num_attention_heads as u64 * t
+    11 * saved + 4 * c.num_attention_heads as u64 * t
 }
 
 /// The estimate of `p`'s peak memory.
@@ -266,10 +270,16 @@ impl Estimate {
             Ok(line) => line,
             Err(e) => e.to_string(),
         };
-        match (p.path, checkpointed) {
-            (BodyPath::Fast, _) => s += "\n--checkpoint-layers: no effect here (this architecture trains on the hand-written path, which keeps its own buffers)",
-            (BodyPath::Autograd, Some(c)) => s += &format!("\nwith --checkpoint-layers: peak {}", human(c.peak)),
-            _ => {}
+        if let Some(c) = checkpointed {
+            s += &format!(
+                "\nwith --checkpoint-layers (autograd keeping each layer's input, {}): peak {}",
+                if p.path == BodyPath::Fast {
+                    "slower than the hand-written path"
+                } else {
+                    "slower"
+                },
+                human(c.peak)
+            );
         }
         if let Some(g) = gpu {
             let d = self.device_bytes();
@@ -330,8 +340,11 @@ pub fn check(e: &Estimate, plan: &Plan, gate: Gate) -> Result<String, crate::Tra
         (plan.rows / 2).max(1),
         plan.grad_accum * 2
     )];
-    if plan.path == BodyPath::Autograd {
-        fixes.push("--checkpoint-layers".into());
+    if plan.path != BodyPath::Checkpointed {
+        let ckpt = Plan { path: BodyPath::Checkpointed, ..plan.clone() };
+        if estimate(&ckpt).peak < e.peak {
+            fixes.push("--checkpoint-layers".into());
+        }
     }
     if plan.teacher.is_some() && plan.rollout.is_none() {
         fixes.push("a teacher cache (orlik teacher-cache, then --teacher-cache) instead of the online teacher".into());
@@ -411,7 +424,9 @@ mod tests {
         let c = tiny("Gemma3ForCausalLM", json!({}));
         assert_eq!(BodyPath::of(&c, false), BodyPath::Autograd);
         assert_eq!(BodyPath::of(&c, true), BodyPath::Checkpointed);
-        assert_eq!(BodyPath::of(&tiny("LlamaForCausalLM", json!({})), true), BodyPath::Fast);
+        let llama = tiny("LlamaForCausalLM", json!({}));
+        assert_eq!(BodyPath::of(&llama, false), BodyPath::Fast);
+        assert_eq!(BodyPath::of(&llama, true), BodyPath::Checkpointed, "trainer.rs: no fast path");
         let full = estimate(&plan(&c, 4, 16, 1));
         let mut p = plan(&c, 4, 16, 1);
         p.path = BodyPath::Checkpointed;
