@@ -63,3 +63,5 @@ pub(crate) fn file_err(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_matrix;

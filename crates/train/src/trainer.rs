@@ -80,6 +80,14 @@ pub(crate) struct Sums {
     has_teacher: bool,
 }
 
+#[cfg(test)]
+impl Sums {
+    /// Summed cross-entropy over the micro-batch's rows (tests compare paths with it).
+    pub(crate) fn ce(&self) -> f64 {
+        self.ce
+    }
+}
+
 /// KD / CE on packed windows: the task the loop runs for `orlik distill` and `orlik train`.
 pub struct LmTask<'t> {
     cfg: TrainConfig,
