@@ -343,6 +343,7 @@ pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
         loss_chunk: 256,
         path: mem::BodyPath::of(&hf.config, false),
         rollout,
+        cache_bytes: 0,
     }
 }
 

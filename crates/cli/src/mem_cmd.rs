@@ -15,6 +15,10 @@ pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()
         Cli::try_parse_from(std::iter::once("orlik".to_string()).chain(command.iter().cloned()))
             .map_err(|e| anyhow::anyhow!("orlik mem {}: {}", command.join(" "), e.kind()))?;
     use std::path::PathBuf;
+    let cache = match &cli.cmd {
+        Cmd::Distill { teacher_cache: Some(c), .. } => orlik_distill::cache::shard_bytes(c),
+        _ => 0,
+    };
     let (student, teacher, cfg, stage): (&PathBuf, Option<&PathBuf>, _, _) = match &cli.cmd {
         Cmd::Distill { student, teacher, teacher_cache, train, kd } => {
             let online = teacher.as_ref().filter(|_| teacher_cache.is_none());
@@ -36,7 +40,8 @@ pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()
             (None, c) => {
                 let mut c = c.clone().unwrap_or_default();
                 c.checkpoint_layers |= checkpoint;
-                Plan::lm(&c, Side::of(&student), teacher.as_ref().map(Side::of))
+                let p = Plan::lm(&c, Side::of(&student), teacher.as_ref().map(Side::of));
+                Plan { cache_bytes: cache, ..p }
             }
         }
     };

@@ -438,6 +438,18 @@ impl TeacherSource for CacheTeacher {
 }
 
 /// Shard paths of a manifest (for tools and tests).
+/// Bytes of the shard files in a cache directory (0 where there is none yet): what reading it
+/// maps.
+pub fn shard_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 pub fn shard_paths(dir: &Path, m: &Manifest) -> Vec<PathBuf> {
     m.train
         .shards

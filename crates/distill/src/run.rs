@@ -70,7 +70,8 @@ pub fn run(
         )));
     }
     let online = teacher.as_ref().filter(|_| teachers.cache.is_none()).map(Side::of);
-    let plan = Plan::lm(&cfg, Side::of(&student), online);
+    let mut plan = Plan::lm(&cfg, Side::of(&student), online);
+    plan.cache_bytes = teachers.cache.map_or(0, crate::cache::shard_bytes);
     // Refused here, before anything is read or written; said once the run is set up.
     let memory = orlik_train::mem::check(&estimate(&plan), &plan, ctl.memory)?;
     dir.claim()?;

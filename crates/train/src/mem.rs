@@ -65,6 +65,8 @@ pub struct Plan<'a> {
     pub path: BodyPath,
     /// GRPO's sampling: completions decoded at once and their longest length (KV cache).
     pub rollout: Option<(usize, usize)>,
+    /// Bytes of a teacher cache's shards: memory-mapped, resident once read.
+    pub cache_bytes: u64,
 }
 
 impl<'a> Side<'a> {
@@ -97,6 +99,7 @@ impl<'a> Plan<'a> {
             grad_accum: cfg.grad_accum,
             loss_chunk: cfg.loss_chunk,
             rollout: None,
+            cache_bytes: 0,
         }
     }
 }
@@ -171,6 +174,13 @@ pub fn estimate(p: &Plan) -> Estimate {
         v.push(Component {
             name: "teacher tokenizer and tables",
             bytes: TEACHER_FIXED,
+            held: true,
+        });
+    }
+    if p.cache_bytes > 0 {
+        v.push(Component {
+            name: "teacher cache pages (memory-mapped)",
+            bytes: p.cache_bytes,
             held: true,
         });
     }
@@ -371,6 +381,7 @@ mod tests {
             loss_chunk: 4,
             path: BodyPath::of(c, false),
             rollout: None,
+            cache_bytes: 0,
         }
     }
 
@@ -417,6 +428,8 @@ mod tests {
         let kv = 2 * 4 * 16 * 8 * 2 * (c.num_kv_heads() * c.head_dim()) as u64;
         assert_eq!(bytes(&estimate(&p), "KV cache"), kv);
         assert_eq!(bytes(&estimate(&plan(&c, 2, 8, 1)), "teacher"), 0);
+        let cached = Plan { cache_bytes: 77, ..plan(&c, 2, 8, 1) };
+        assert_eq!(bytes(&estimate(&cached), "teacher cache pages"), 77);
     }
 
     #[test]
