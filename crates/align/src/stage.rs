@@ -344,6 +344,7 @@ pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
         path: mem::BodyPath::of(&hf.config, false),
         rollout,
         cache_bytes: 0,
+        checkpointable: false,
     }
 }
 

@@ -51,7 +51,8 @@ pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()
         println!("{}", e.json(command));
         return Ok(());
     }
-    let checkpointed = (p.path != BodyPath::Checkpointed).then(|| estimate(&plan(true)));
+    let checkpointed =
+        (p.checkpointable && p.path != BodyPath::Checkpointed).then(|| estimate(&plan(true)));
     let gate = crate::term::memory_gate();
     println!("orlik {}: estimated memory, nothing run", command.join(" "));
     println!("{}", e.report(&p, gate, checkpointed.as_ref(), gpu_memory));

@@ -449,7 +449,7 @@ fn the_memory_planner_prints_the_components_and_refuses_a_run_that_will_not_fit(
         "master copy",
         "AdamW moments",
         "gradients",
-        "teacher weights",
+        "teacher / reference weights",
         "activations + backward workspace",
         "peak (held + the larger step moment)",
         "memory: estimated peak",

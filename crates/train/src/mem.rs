@@ -67,6 +67,8 @@ pub struct Plan<'a> {
     pub rollout: Option<(usize, usize)>,
     /// Bytes of a teacher cache's shards: memory-mapped, resident once read.
     pub cache_bytes: u64,
+    /// The command has --checkpoint-layers (distill, train; not the alignment stages).
+    pub checkpointable: bool,
 }
 
 impl<'a> Side<'a> {
@@ -100,6 +102,7 @@ impl<'a> Plan<'a> {
             loss_chunk: cfg.loss_chunk,
             rollout: None,
             cache_bytes: 0,
+            checkpointable: true,
         }
     }
 }
@@ -169,10 +172,18 @@ pub fn estimate(p: &Plan) -> Estimate {
     ];
     if let Some(te) = &p.teacher {
         let tp = te.config.param_count() as u64;
-        v.push(Component { name: "teacher checkpoint pages", bytes: te.file_bytes, held: true });
-        v.push(Component { name: "teacher weights (f32)", bytes: F32 * tp, held: true });
         v.push(Component {
-            name: "teacher tokenizer and tables",
+            name: "teacher / reference checkpoint pages",
+            bytes: te.file_bytes,
+            held: true,
+        });
+        v.push(Component {
+            name: "teacher / reference weights (f32)",
+            bytes: F32 * tp,
+            held: true,
+        });
+        v.push(Component {
+            name: "teacher / reference tokenizer and tables",
             bytes: TEACHER_FIXED,
             held: true,
         });
@@ -204,7 +215,7 @@ pub fn estimate(p: &Plan) -> Estimate {
         let th = tc.hidden_size as u64;
         let tb = F32 * (n * th + n * tsaved + p.loss_chunk as u64 * tc.vocab_size as u64);
         v.push(Component {
-            name: "teacher forward (hidden, one layer, logits chunk)",
+            name: "teacher / reference forward (hidden, one layer, logits)",
             bytes: tb,
             held: false,
         });
@@ -341,16 +352,16 @@ pub fn check(e: &Estimate, plan: &Plan, gate: Gate) -> Result<String, crate::Tra
     let Some((avail, source)) = bound else {
         return Ok(format!("memory: estimated peak {} (available memory unknown)", human(e.peak)));
     };
-    let line = format!("memory: estimated peak {} of {} ({source})", human(e.peak), human(avail));
+    let line = format!("estimated peak {} of {} ({source})", human(e.peak), human(avail));
     if e.peak <= avail || gate == Gate::Off {
-        return Ok(line);
+        return Ok(format!("memory: {line}"));
     }
     let mut fixes = vec![format!(
         "a smaller micro-batch (--batch {}) with more accumulation (--grad-accum {}) or a shorter sequence length",
         (plan.rows / 2).max(1),
         plan.grad_accum * 2
     )];
-    if plan.path != BodyPath::Checkpointed {
+    if plan.checkpointable && plan.path != BodyPath::Checkpointed {
         let ckpt = Plan { path: BodyPath::Checkpointed, ..plan.clone() };
         if estimate(&ckpt).peak < e.peak {
             fixes.push("--checkpoint-layers".into());
@@ -382,6 +393,7 @@ mod tests {
             path: BodyPath::of(c, false),
             rollout: None,
             cache_bytes: 0,
+            checkpointable: true,
         }
     }
 
@@ -421,9 +433,9 @@ mod tests {
         let mut p = plan(&c, 2, 8, 1);
         p.teacher = Some(Side { config: &c, file_bytes: 500 });
         let e = estimate(&p);
-        assert_eq!(bytes(&e, "teacher checkpoint pages"), 500);
-        assert_eq!(bytes(&e, "teacher weights"), 4 * c.param_count() as u64);
-        assert!(bytes(&e, "teacher forward") > 0);
+        assert_eq!(bytes(&e, "teacher / reference checkpoint pages"), 500);
+        assert_eq!(bytes(&e, "teacher / reference weights"), 4 * c.param_count() as u64);
+        assert!(bytes(&e, "teacher / reference forward") > 0);
         p.rollout = Some((16, 8));
         let kv = 2 * 4 * 16 * 8 * 2 * (c.num_kv_heads() * c.head_dim()) as u64;
         assert_eq!(bytes(&estimate(&p), "KV cache"), kv);
