@@ -5,7 +5,9 @@
 # under 30 minutes with SmolLM2-135M-Instruct.
 #
 #   bash scripts/align-demo.sh MODEL OUT        (ORLIK=path/to/orlik for another binary;
-#                                                ALIGN_SCALE=0.1 for a quick smoke run)
+#                                                ALIGN_SCALE=0.1 for a quick smoke run;
+#                                                KEEP_CHECKPOINTS=0 drops a finished stage's
+#                                                checkpoint: 3 model sizes of disk each)
 #
 # Writes OUT/data/, OUT/sft/, OUT/dpo/, OUT/grpo/ (each with final/, metrics.jsonl, PNG curves),
 # OUT/eval/*.json and OUT/summary.md (held-out accuracy of every stage, reward curves).
@@ -52,6 +54,7 @@ stage() { # name command... (skipped when OUT/name/final exists; resumed when in
   [ -d "$OUT/$name/final" ] && return 0
   local resume=(); [ -f "$OUT/$name/run.json" ] && resume=(--resume)
   /usr/bin/time -f "$name\t%e\t%M" -a -o "$OUT/times.tsv" "$ORLIK" "$@" -o "$OUT/$name" "${resume[@]}"
+  if [ "${KEEP_CHECKPOINTS:-1}" = 0 ]; then rm -rf "$OUT/$name/checkpoints"; fi
 }
 
 evaluate before "$MODEL" mc
