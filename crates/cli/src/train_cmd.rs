@@ -63,10 +63,9 @@ pub struct TrainArgs {
     /// Validation tokens per evaluation, 0 = all [default: 32768].
     #[arg(long)]
     pub val_tokens: Option<usize>,
-    /// Activation checkpointing: keep each layer's input only and recompute the layer under
-    /// candle's autograd in the backward (one layer's activations at a time). Slower than the
-    /// default hand-written backward of Llama/Mistral/Qwen2 blocks, which keeps every layer's
-    /// activations; use it when those do not fit in memory.
+    /// Activation checkpointing: keep each layer's input only and re-run the layer's forward
+    /// in the backward (one layer's activations at a time, the same gradients; about one more
+    /// forward per step). Use it when every layer's activations do not fit in memory.
     #[arg(long)]
     pub checkpoint_layers: bool,
     /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).

@@ -253,11 +253,11 @@ impl Config {
         if !self.head_dim().is_multiple_of(2) {
             return Err(bad(format!("head_dim {} must be even for RoPE", self.head_dim())));
         }
-        let act = self.activation();
-        let want = if self.arch() == Arch::Gemma3 { "gelu_pytorch_tanh" } else { "silu" };
-        if act != want {
+        if crate::block::Activation::from_hf(self.activation()).is_none() {
             return Err(bad(format!(
-                "hidden activation {act:?} is not supported for {name} (only {want:?})"
+                "hidden activation {:?} is not supported for {name} ({})",
+                self.activation(),
+                crate::block::Activation::SUPPORTED.join(", ")
             )));
         }
         for k in ["final_logit_softcapping", "attn_logit_softcapping"] {
@@ -301,6 +301,15 @@ impl Config {
     }
     /// Gemma: RMSNorm weights are stored zero-centred and applied as (1 + w).
     pub fn norm_offset(&self) -> bool {
+        self.arch() == Arch::Gemma3
+    }
+    /// Gemma 3: RMSNorm of every query and key head before RoPE.
+    pub fn qk_norm(&self) -> bool {
+        self.arch() == Arch::Gemma3
+    }
+    /// Gemma 3: the attention output is normalised before the residual add, and the MLP has
+    /// norms before and after it.
+    pub fn sandwich_norms(&self) -> bool {
         self.arch() == Arch::Gemma3
     }
     /// Gemma: token embeddings are multiplied by sqrt(hidden_size) (in the weights' dtype).
@@ -477,40 +486,11 @@ impl Config {
     }
 
     pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let (q, kv) =
-            (self.num_attention_heads * self.head_dim(), self.num_kv_heads() * self.head_dim());
+        let (h, v) = (self.hidden_size, self.vocab_size);
         let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+        let layer = crate::block::layer_tensors(self);
         for l in 0..self.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-            if self.qkv_bias() {
-                out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
-                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
-                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
-            }
-            out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-            if self.o_bias() {
-                out.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
-            }
-            if self.arch() == Arch::Gemma3 {
-                out.push((format!("{p}.self_attn.q_norm.weight"), vec![self.head_dim()]));
-                out.push((format!("{p}.self_attn.k_norm.weight"), vec![self.head_dim()]));
-                out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
-                out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
-            }
-            out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-            out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-            out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
-            if self.mlp_bias() {
-                out.push((format!("{p}.mlp.gate_proj.bias"), vec![i]));
-                out.push((format!("{p}.mlp.up_proj.bias"), vec![i]));
-                out.push((format!("{p}.mlp.down_proj.bias"), vec![h]));
-            }
+            out.extend(layer.iter().map(|(role, shape)| (role.name(l), shape.clone())));
         }
         out.push(("model.norm.weight".to_string(), vec![h]));
         if !self.tie_word_embeddings {

@@ -3,19 +3,19 @@
 //! Parameters are plain candle tensors keyed by their exact HF names; a training caller passes
 //! `Var`s (as tensors) and gets gradients for every one of them. See `llama.rs` for the forward.
 
+pub mod block;
 pub mod config;
+pub mod cpu;
 pub mod init;
-pub mod kernels;
 pub mod llama;
-pub mod llama_grad;
 pub mod masked_softmax;
 pub mod ops;
 pub mod prob;
 pub mod testing;
 
 pub use config::{Arch, Config};
+pub use cpu::GradModel;
 pub use llama::{KvCache, Model, ModelOptions, Tap};
-pub use llama_grad::GradModel;
 
 use std::collections::HashMap;
 

@@ -14,6 +14,7 @@
 //! built for training (`differentiable`), only composed candle ops are used, so every parameter
 //! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
 
+use crate::block::{self, Activation, BlockSpec, LayerSpec, Role};
 use crate::masked_softmax::causal_attention;
 use crate::ops;
 use crate::{Config, ModelError, Weights};
@@ -103,9 +104,7 @@ struct Layer {
     gate: Linear,
     up: Linear,
     down: Linear,
-    window: Option<usize>,
-    /// Index into the model's RoPE tables (Gemma 3: 0 global, 1 local; others: 0).
-    rope: usize,
+    spec: LayerSpec,
     /// Gemma 3 only: q/k norms (head_dim) and the norms around the MLP (hidden).
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -115,6 +114,34 @@ struct Layer {
     /// one gemm; the separate `Linear`s above are then views into these (no extra memory).
     qkv: Option<Linear>,
     gate_up: Option<Linear>,
+}
+
+impl Layer {
+    /// The tensor playing `role`, if the block has one.
+    fn tensor(&self, role: Role) -> Option<&Tensor> {
+        match role {
+            Role::InputNorm => Some(&self.input_norm),
+            Role::Q => Some(&self.q.w),
+            Role::K => Some(&self.k.w),
+            Role::V => Some(&self.v.w),
+            Role::QBias => self.q.b.as_ref(),
+            Role::KBias => self.k.b.as_ref(),
+            Role::VBias => self.v.b.as_ref(),
+            Role::O => Some(&self.o.w),
+            Role::OBias => self.o.b.as_ref(),
+            Role::QNorm => self.q_norm.as_ref(),
+            Role::KNorm => self.k_norm.as_ref(),
+            Role::PreFfnNorm => self.pre_ffn_norm.as_ref(),
+            Role::PostFfnNorm => self.post_ffn_norm.as_ref(),
+            Role::PostAttnNorm => Some(&self.post_norm),
+            Role::Gate => Some(&self.gate.w),
+            Role::Up => Some(&self.up.w),
+            Role::Down => Some(&self.down.w),
+            Role::GateBias => self.gate.b.as_ref(),
+            Role::UpBias => self.up.b.as_ref(),
+            Role::DownBias => self.down.b.as_ref(),
+        }
+    }
 }
 
 /// Concatenate linears along the output dim and turn the parts into views of the result.
@@ -184,6 +211,7 @@ type BlockTap<'a> = &'a mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>;
 #[derive(Debug, Clone)]
 pub struct Model {
     cfg: Config,
+    spec: BlockSpec,
     opts: ModelOptions,
     embed: Tensor, // (vocab, hidden)
     layers: Vec<Layer>,
@@ -282,6 +310,45 @@ fn inv_freq(cfg: &Config) -> Result<Vec<f64>, ModelError> {
     Ok(f)
 }
 
+// The pieces around the blocks, shared by `Model` and the streaming scorer (which holds one
+// layer at a time and so no `Model` of the whole network).
+
+/// cos and sin of one RoPE kind, flat (t, hd/2) each.
+pub type RopeTable = (Vec<f32>, Vec<f32>);
+
+/// RMSNorm with the block's weight convention: w, or (1 + w) computed on every call so a
+/// trained `w` is always current (Gemma).
+pub fn norm(
+    spec: &BlockSpec,
+    x: &Tensor,
+    w: &Tensor,
+    differentiable: bool,
+) -> candle_core::Result<Tensor> {
+    let eps = spec.norm.eps;
+    if spec.norm.offset {
+        ops::rms_norm(x, &(w + 1.0)?, eps, differentiable)
+    } else {
+        ops::rms_norm(x, w, eps, differentiable)
+    }
+}
+
+/// Token embeddings: ids (b, t) of `table` (vocab, hidden) -> (b, t, hidden), times the
+/// block's `embed_scale` (Gemma).
+pub fn embed(spec: &BlockSpec, table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let x = table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, spec.hidden))?;
+    match spec.embed_scale {
+        Some(s) => x * s,
+        None => Ok(x),
+    }
+}
+
+/// Logits (.., vocab) of hidden states (.., hidden) through the head `w` (vocab, hidden):
+/// lm_head, or the embedding when tied.
+pub fn logits(w: &Tensor, hidden: &Tensor) -> candle_core::Result<Tensor> {
+    Linear { w: w.clone(), b: None }.forward(hidden)
+}
+
 impl Model {
     /// Build from tensors keyed by HF name. Validates names and shapes against `cfg`.
     pub fn new(cfg: &Config, weights: &Weights, opts: ModelOptions) -> Result<Model, ModelError> {
@@ -293,39 +360,31 @@ impl Model {
             })?;
             Ok(if t.dtype() == opts.dtype { t.clone() } else { t.to_dtype(opts.dtype)? })
         };
-        let lin = |name: &str, bias: bool| -> Result<Linear, ModelError> {
-            Ok(Linear {
-                w: get(&format!("{name}.weight"))?,
-                b: if bias { Some(get(&format!("{name}.bias"))?) } else { None },
-            })
-        };
+        let spec = BlockSpec::of(cfg)?;
+        let roles: Vec<Role> = block::layer_tensors(cfg).into_iter().map(|(r, _)| r).collect();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        let gemma = cfg.arch() == crate::config::Arch::Gemma3;
-        let opt = |name: String| -> Result<Option<Tensor>, ModelError> {
-            if gemma {
-                Ok(Some(get(&name)?))
-            } else {
-                Ok(None)
-            }
-        };
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
+        for (l, ls) in spec.layers.iter().enumerate() {
+            let opt = |r: Role| -> Result<Option<Tensor>, ModelError> {
+                roles.contains(&r).then(|| get(&r.name(l))).transpose()
+            };
+            let lin = |w: Role, b: Role| -> Result<Linear, ModelError> {
+                Ok(Linear { w: get(&w.name(l))?, b: opt(b)? })
+            };
             layers.push(Layer {
-                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
-                q: lin(&format!("{p}.self_attn.q_proj"), cfg.qkv_bias())?,
-                k: lin(&format!("{p}.self_attn.k_proj"), cfg.qkv_bias())?,
-                v: lin(&format!("{p}.self_attn.v_proj"), cfg.qkv_bias())?,
-                o: lin(&format!("{p}.self_attn.o_proj"), cfg.o_bias())?,
-                post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                gate: lin(&format!("{p}.mlp.gate_proj"), cfg.mlp_bias())?,
-                up: lin(&format!("{p}.mlp.up_proj"), cfg.mlp_bias())?,
-                down: lin(&format!("{p}.mlp.down_proj"), cfg.mlp_bias())?,
-                window: cfg.layer_window(l),
-                rope: usize::from(gemma && cfg.layer_window(l).is_some()),
-                q_norm: opt(format!("{p}.self_attn.q_norm.weight"))?,
-                k_norm: opt(format!("{p}.self_attn.k_norm.weight"))?,
-                pre_ffn_norm: opt(format!("{p}.pre_feedforward_layernorm.weight"))?,
-                post_ffn_norm: opt(format!("{p}.post_feedforward_layernorm.weight"))?,
+                input_norm: get(&Role::InputNorm.name(l))?,
+                q: lin(Role::Q, Role::QBias)?,
+                k: lin(Role::K, Role::KBias)?,
+                v: lin(Role::V, Role::VBias)?,
+                o: lin(Role::O, Role::OBias)?,
+                post_norm: get(&Role::PostAttnNorm.name(l))?,
+                gate: lin(Role::Gate, Role::GateBias)?,
+                up: lin(Role::Up, Role::UpBias)?,
+                down: lin(Role::Down, Role::DownBias)?,
+                spec: *ls,
+                q_norm: opt(Role::QNorm)?,
+                k_norm: opt(Role::KNorm)?,
+                pre_ffn_norm: opt(Role::PreFfnNorm)?,
+                post_ffn_norm: opt(Role::PostFfnNorm)?,
                 qkv: None,
                 gate_up: None,
             });
@@ -338,6 +397,7 @@ impl Model {
         }
         Ok(Model {
             cfg: cfg.clone(),
+            spec,
             opts,
             embed: get("model.embed_tokens.weight")?,
             layers,
@@ -350,6 +410,10 @@ impl Model {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+    /// The block description this model runs (`block.rs`).
+    pub fn spec(&self) -> &BlockSpec {
+        &self.spec
+    }
     pub fn options(&self) -> ModelOptions {
         self.opts
     }
@@ -360,33 +424,13 @@ impl Model {
     /// Every parameter by HF name (tied lm_head appears once, as the embedding).
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        let push_lin = |out: &mut Vec<(String, Tensor)>, n: String, l: &Linear| {
-            out.push((format!("{n}.weight"), l.w.clone()));
-            if let Some(b) = &l.b {
-                out.push((format!("{n}.bias"), b.clone()));
-            }
-        };
+        let roles = block::layer_tensors(&self.cfg);
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), l.input_norm.clone()));
-            push_lin(&mut out, format!("{p}.self_attn.q_proj"), &l.q);
-            push_lin(&mut out, format!("{p}.self_attn.k_proj"), &l.k);
-            push_lin(&mut out, format!("{p}.self_attn.v_proj"), &l.v);
-            push_lin(&mut out, format!("{p}.self_attn.o_proj"), &l.o);
-            for (n, t) in [
-                ("self_attn.q_norm", &l.q_norm),
-                ("self_attn.k_norm", &l.k_norm),
-                ("pre_feedforward_layernorm", &l.pre_ffn_norm),
-                ("post_feedforward_layernorm", &l.post_ffn_norm),
-            ] {
-                if let Some(t) = t {
-                    out.push((format!("{p}.{n}.weight"), t.clone()));
+            for (role, _) in &roles {
+                if let Some(t) = l.tensor(*role) {
+                    out.push((role.name(i), t.clone()));
                 }
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), l.post_norm.clone()));
-            push_lin(&mut out, format!("{p}.mlp.gate_proj"), &l.gate);
-            push_lin(&mut out, format!("{p}.mlp.up_proj"), &l.up);
-            push_lin(&mut out, format!("{p}.mlp.down_proj"), &l.down);
         }
         out.push(("model.norm.weight".to_string(), self.norm.clone()));
         if let Some(h) = &self.lm_head {
@@ -423,40 +467,23 @@ impl Model {
         Ok(out)
     }
 
-    /// RoPE cos/sin of the first RoPE kind for positions 0..t, flat (t, hd/2) f32 (the
-    /// hand-written training path, `llama_grad.rs`).
-    pub fn rope_table(&self, t: usize) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-        let tables = self.rope_tables(&[(0..t as u32).collect()])?;
-        let (c, s) = tables.first().ok_or_else(|| ModelError::Input("no RoPE table".into()))?;
+    /// RoPE cos/sin for positions 0..t, flat (t, hd/2) f32, one pair per RoPE kind (the CPU
+    /// flat-buffer executor, `cpu/train.rs`; `LayerSpec::rope` indexes them).
+    pub fn rope_tables_flat(&self, t: usize) -> Result<Vec<RopeTable>, ModelError> {
         let flat = |x: &Tensor| -> Result<Vec<f32>, ModelError> {
             Ok(x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        Ok((flat(c)?, flat(s)?))
+        let tables = self.rope_tables(&[(0..t as u32).collect()])?;
+        tables.iter().map(|(c, s)| Ok((flat(c)?, flat(s)?))).collect()
     }
 
-    /// RMSNorm with this model's weight convention (Gemma: 1 + w, computed on every call so a
-    /// trained `w` is always current).
+    /// RMSNorm with this model's weight convention (`norm`).
     fn norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        if self.cfg.norm_offset() {
-            ops::rms_norm(x, &(w + 1.0)?, eps, self.opts.differentiable)
-        } else {
-            ops::rms_norm(x, w, eps, self.opts.differentiable)
-        }
+        norm(&self.spec, x, w, self.opts.differentiable)
     }
 
-    /// Token embeddings (b, t) -> (b, t, hidden), scaled for Gemma.
     fn embed_ids(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
-        match self.cfg.embed_scale() {
-            Some(s) => x * s,
-            None => Ok(x),
-        }
+        embed(&self.spec, &self.embed, ids)
     }
 
     /// Final hidden states after the last norm: ids (b, t) u32 -> (b, t, hidden).
@@ -537,12 +564,12 @@ impl Model {
         let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for l in self.layers.iter().filter(|_| !fused) {
-            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(l.window) {
+            if let std::collections::hash_map::Entry::Vacant(e) = masks.entry(l.spec.window) {
                 let m = ops::attention_mask(
                     b,
                     t,
                     offset,
-                    l.window,
+                    l.spec.window,
                     key_valid,
                     self.opts.dtype,
                     self.device(),
@@ -564,13 +591,13 @@ impl Model {
                 continue;
             }
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[li]);
-            let mask = Mask { offset, key_valid, tensor: masks.get(&layer.window) };
+            let mask = Mask { offset, key_valid, tensor: masks.get(&layer.spec.window) };
             let mut layer_tap =
                 tap.as_deref_mut().map(|f| move |what: Tap, t: &Tensor| f(li, what, t));
             let lt = layer_tap
                 .as_mut()
                 .map(|f| f as &mut dyn FnMut(Tap, &Tensor) -> candle_core::Result<()>);
-            let (cos, sin) = &tables[layer.rope];
+            let (cos, sin) = &tables[layer.spec.rope];
             x = self.block(layer, &x, cos, sin, &mask, slot, lt)?;
         }
         if let Some(c) = cache {
@@ -605,14 +632,22 @@ impl Model {
             self.layers.get(li).ok_or_else(|| ModelError::Input(format!("no layer {li}")))?;
         let (b, t, _) = x.dims3()?;
         let tables = self.rope_tables(&vec![(0..t as u32).collect(); b])?;
-        let (cos, sin) = &tables[layer.rope];
+        let (cos, sin) = &tables[layer.spec.rope];
         let fused = !self.opts.differentiable && self.opts.dtype == DType::F32;
         let m = if fused {
             None
         } else {
             Some(
-                ops::attention_mask(b, t, 0, layer.window, None, self.opts.dtype, self.device())?
-                    .unsqueeze(1)?,
+                ops::attention_mask(
+                    b,
+                    t,
+                    0,
+                    layer.spec.window,
+                    None,
+                    self.opts.dtype,
+                    self.device(),
+                )?
+                .unsqueeze(1)?,
             ) // (b, 1, 1, t, t)
         };
         let mask = Mask { offset: 0, key_valid: None, tensor: m.as_ref() };
@@ -632,7 +667,7 @@ impl Model {
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
         let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(Linear { w: w.clone(), b: None }.forward(hidden)?)
+        Ok(logits(w, hidden)?)
     }
 
     /// Logits (b, t, vocab). See [`Model::forward_hidden`] for the arguments.
@@ -665,8 +700,7 @@ impl Model {
         emit(Tap::LayerInput, x)?;
         let diff = self.opts.differentiable;
         let (b, t, _) = x.dims3()?;
-        let (nh, nkv, hd) =
-            (self.cfg.num_attention_heads, self.cfg.num_kv_heads(), self.cfg.head_dim());
+        let (nh, nkv, hd) = (self.spec.heads, self.spec.kv_heads, self.spec.head_dim);
         let rep = nh / nkv;
 
         let h = self.norm(x, &l.input_norm)?;
@@ -709,7 +743,7 @@ impl Model {
         };
         let tk = k.dim(2)?;
         // GQA without copying K/V: query heads g*rep..(g+1)*rep share kv head g (HF repeat_kv).
-        let scale = self.cfg.attn_scale();
+        let scale = self.spec.attn_scale;
         let attn = match mask.tensor {
             Some(m) => {
                 let q = (q.contiguous()?.reshape((b, nkv, rep * t, hd))? * scale)?; // (b, kv, rep*t, hd)
@@ -720,7 +754,7 @@ impl Model {
             }
             None => {
                 let q = (q.reshape((b, nkv, rep, t, hd))? * scale)?; // (b, kv, rep, t, hd)
-                causal_attention(&q, &k, &v, mask.offset, l.window, mask.key_valid)?
+                causal_attention(&q, &k, &v, mask.offset, l.spec.window, mask.key_valid)?
             }
         };
         let attn = attn.reshape((b, nh, t, hd))?.transpose(1, 2)?; // (b, t, nh, hd)
@@ -742,7 +776,7 @@ impl Model {
             }
         };
         emit(Tap::PostAttnNorm, &h)?;
-        let gelu = self.cfg.norm_offset(); // Gemma: GeGLU (tanh GELU); the others SwiGLU
+        let gelu = self.spec.act == Activation::GeluTanh; // GeGLU, else SwiGLU
         let m = match (&l.gate_up, gelu) {
             (Some(f), false) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
             (Some(f), true) => {

@@ -333,19 +333,11 @@ pub fn collect_streaming(
     let cfg = &hf.config;
     let mut acc = Accums::new(cfg, opts);
     let nl = acc.nl;
+    let spec = orlik_model::block::BlockSpec::of(cfg)?;
     let embed = hf.checkpoint.tensor("model.embed_tokens.weight")?.to_dtype(DType::F32)?;
     let mut xs: Vec<Tensor> = Vec::with_capacity(batches.len());
     for (ids, _) in batches {
-        let (b, t) = (ids.len(), ids.first().map_or(0, Vec::len));
-        let x = embed.index_select(&ids_tensor(ids)?.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            cfg.hidden_size,
-        ))?;
-        xs.push(match cfg.embed_scale() {
-            Some(s) => (x * s)?, // Gemma
-            None => x,
-        });
+        xs.push(orlik_model::llama::embed(&spec, &embed, &ids_tensor(ids)?)?);
     }
     drop(embed);
     let nloo = opts.loo_batches.min(batches.len());
@@ -376,18 +368,16 @@ pub fn collect_streaming(
     drop(ring);
     // final norm and lm_head (the embedding when tied)
     let norm = hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?;
-    let norm = if cfg.norm_offset() { (norm + 1.0)? } else { norm }; // Gemma: (1 + w)
+    let final_norm = |x: &Tensor| orlik_model::llama::norm(&spec, x, &norm, false);
     let head_name =
         if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
     let head = hf.checkpoint.tensor(head_name)?.to_dtype(DType::F32)?;
     let logp = |x: &Tensor| -> Result<Tensor, ScoreError> {
-        let h = ops::rms_norm(x, &norm, cfg.rms_norm_eps, false)?;
-        let (b, t, d) = h.dims3()?;
-        let logits = h.reshape((b * t, d))?.matmul(&head.t()?)?.reshape((b, t, head.dim(0)?))?;
+        let logits = orlik_model::llama::logits(&head, &final_norm(x)?)?; // (b, t, vocab)
         Ok(ops::log_softmax_last(&logits)?)
     };
     for (bi, (_, valid)) in batches.iter().enumerate() {
-        let h = ops::rms_norm(&xs[bi], &norm, cfg.rms_norm_eps, false)?;
+        let h = final_norm(&xs[bi])?;
         acc.record(nl, Tap::FinalNorm, &h, valid, opts.seq)?;
         acc.tokens += count_tokens(valid);
     }

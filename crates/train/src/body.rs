@@ -2,7 +2,7 @@
 //! (`trainer.rs`) and the log-probability objectives of SFT, DPO and GRPO (`seqlogp.rs`).
 //!
 //! 1. [`forward`] runs the body to the final hidden states h (n = b · t rows): the hand-written
-//!    path of `orlik_model::llama_grad` when the architecture has one (no autograd graph), else
+//!    path of `orlik_model::cpu` (no autograd graph; every architecture), else
 //!    candle autograd, optionally with activation checkpointing (only each layer's input kept).
 //! 2. [`head_chunks`] takes the rows `chunk` at a time: logits z_c = h_c Wᵀ (c, vocab) go to the
 //!    caller, which reads them and (when training) writes dL/dz_c; then dL/dh_c = dL/dz_c · W and
@@ -14,14 +14,14 @@
 use crate::params::{add_into, Params};
 use crate::TrainError;
 use candle_core::{Device, Tensor, Var};
-use orlik_model::{llama_grad, GradModel, Model};
+use orlik_model::{cpu, GradModel, Model};
 
 /// What the body's backward needs, by the path its forward took.
 enum Saved {
     /// No gradients wanted (validation, a frozen model's log-probabilities).
     Nothing,
     /// The hand-written path's activations.
-    Fast(llama_grad::Saved),
+    Fast(cpu::Saved),
     /// h (b, t, hidden), attached to the autograd graph.
     Graph(Tensor),
     /// Activation checkpointing: the input ids, each layer's input, and the top layer's output
@@ -41,8 +41,9 @@ pub struct Hidden {
 /// How the trainable body runs.
 #[derive(Clone, Copy)]
 pub enum Path<'a> {
-    /// The hand-written forward/backward.
-    Fast(&'a GradModel),
+    /// The CPU executor's hand-written forward/backward; `checkpoint` keeps only each layer's
+    /// input and re-runs the layer in the backward.
+    Fast { model: &'a GradModel, checkpoint: bool },
     /// Candle autograd; `checkpoint` keeps only each layer's input for the backward.
     Autograd { checkpoint: bool },
 }
@@ -59,8 +60,13 @@ pub fn forward(
     let hid = p.model.config().hidden_size;
     let n = b * t;
     match path {
-        Path::Fast(fast) => {
-            let (h, saved) = fast.forward(&p.weight_slices(), &ids, b, t, grad)?;
+        Path::Fast { model, checkpoint } => {
+            let keep = match (grad, checkpoint) {
+                (false, _) => cpu::Keep::Nothing,
+                (true, false) => cpu::Keep::All,
+                (true, true) => cpu::Keep::Inputs,
+            };
+            let (h, saved) = model.forward(&p.weight_slices(), &ids, b, t, keep)?;
             let hd = Tensor::from_vec(h, (n, hid), &Device::Cpu)?; // (n, hidden)
             let saved = match saved {
                 Some(s) => Saved::Fast(s),
@@ -159,7 +165,7 @@ pub fn backward(
     let hid = p.model.config().hidden_size;
     let gh = Tensor::cat(&hg.parts, 0)?.reshape((h.b, h.t, hid))?; // (b, t, hidden)
     let mut grads = match (h.saved, path) {
-        (Saved::Fast(saved), Path::Fast(fast)) => p.hand_backward(fast, saved, &gh)?,
+        (Saved::Fast(saved), Path::Fast { model, .. }) => p.hand_backward(model, saved, &gh)?,
         (Saved::Graph(h), _) => {
             let mut grads = p.zero_grads();
             p.add_store(&mut grads, &(h * gh)?.sum_all()?.backward()?)?;

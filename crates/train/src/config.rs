@@ -60,9 +60,8 @@ pub struct TrainConfig {
     /// Rows of logits computed at once in the loss (memory: rows · vocab · 4 bytes · 3). Default 256.
     pub loss_chunk: usize,
     /// Activation checkpointing: keep only each layer's input during the forward and re-run one
-    /// layer at a time under autograd in the backward (one extra forward; activation memory of
-    /// one layer instead of all). It replaces the hand-written body backward (`GradModel`) with
-    /// autograd. Default false.
+    /// layer's forward at a time in the backward (one extra forward; activation memory of one
+    /// layer instead of all; the same gradients bit for bit). Default false.
     pub checkpoint_layers: bool,
 }
 

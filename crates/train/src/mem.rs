@@ -40,14 +40,15 @@ pub struct Side<'a> {
 /// How the trainable body runs, as the trainer chooses it (`body.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyPath {
-    /// The hand-written forward/backward (Llama, Mistral, Qwen2, without --checkpoint-layers):
-    /// keeps a fixed set of buffers per layer (`llama_grad.rs`, `LayerSaved`).
+    /// The CPU executor's hand-written forward/backward (every architecture): keeps a fixed set
+    /// of buffers per layer (`cpu/train.rs`, `LayerSaved`).
     Fast,
-    /// candle autograd: every intermediate of every layer until the backward.
-    Autograd,
-    /// candle autograd with activation checkpointing (--checkpoint-layers, on every
-    /// architecture): each layer's input, plus one layer's graph at a time in the backward.
+    /// The same with --checkpoint-layers: each layer's input, plus one layer's buffers at a
+    /// time in the backward.
     Checkpointed,
+    /// candle autograd (forced by tests, or a block the CPU executor cannot run): every
+    /// intermediate of every layer until the backward.
+    Autograd,
 }
 
 /// What the run does, in the terms the memory depends on.
@@ -82,9 +83,9 @@ impl BodyPath {
     /// else the hand-written one where it exists.
     pub fn of(c: &Config, checkpoint_layers: bool) -> BodyPath {
         match (checkpoint_layers, GradModel::unsupported(c)) {
-            (true, _) => BodyPath::Checkpointed,
+            (_, Some(_)) => BodyPath::Autograd,
+            (true, None) => BodyPath::Checkpointed,
             (false, None) => BodyPath::Fast,
-            (false, Some(_)) => BodyPath::Autograd,
         }
     }
 }
@@ -126,22 +127,30 @@ const STEP_OVERHEAD: f64 = 1.15;
 const F32: u64 = 4;
 
 /// f32 values the hand-written body keeps per token per layer for the backward (`LayerSaved`:
-/// x, inv1, q, k, v, lse, attn, x2, inv2, gate, up), and one layer's backward workspace per token
-/// (dx, da, dh2, dattn, dq, dk, dv, dh1 and the recomputed norms).
+/// x, inv1, q, k, v, lse, attn, x2, inv2, gate, up; with q/k norms their inputs and 1/rms per
+/// head; with sandwich norms o_proj's and down_proj's outputs and their 1/rms), and one layer's
+/// backward workspace per token (dx, da, dh2, dattn, dq, dk, dv, dh1 and the recomputed norms).
 fn fast_per_token(c: &Config) -> (u64, u64) {
     let (h, f) = (c.hidden_size as u64, c.intermediate_size as u64);
-    let qd = (c.num_attention_heads * c.head_dim()) as u64;
-    let kd = (c.num_kv_heads() * c.head_dim()) as u64;
-    let saved = 2 * h + 2 + 2 * qd + 2 * kd + 2 * f + c.num_attention_heads as u64;
+    let (heads, kv) = (c.num_attention_heads as u64, c.num_kv_heads() as u64);
+    let qd = heads * c.head_dim() as u64;
+    let kd = kv * c.head_dim() as u64;
+    let mut saved = 2 * h + 2 + 2 * qd + 2 * kd + 2 * f + heads;
+    if c.qk_norm() {
+        saved += qd + kd + heads + kv;
+    }
+    if c.sandwich_norms() {
+        saved += 2 * h + 2;
+    }
     let work = 2 * f + 4 * h + 2 * qd + 2 * kd;
     (saved, work)
 }
 
 /// One layer's autograd graph per token: every matmul output, norm, rotary and activation
 /// intermediate and their gradients (about 11 times what the hand-written path keeps), and the
-/// (heads × t) attention scores, probabilities, mask and their gradients. Fitted to
-/// --checkpoint-layers runs of SmolLM2 at t = 128, 256 and 1024 (README, "Memory"); the path
-/// without checkpointing (Gemma 3) holds every layer's graph and is extrapolated from it.
+/// (heads × t) attention scores, probabilities, mask and their gradients. Fitted to autograd
+/// runs with checkpointing of SmolLM2 at t = 128, 256 and 1024 (before the CPU executor had its
+/// own checkpointing); only forced-autograd runs (tests) take this path now.
 fn autograd_layer_per_token(c: &Config, t: u64) -> u64 {
     let (saved, _) = fast_per_token(c);
     11 * saved + 4 * c.num_attention_heads as u64 * t
@@ -199,7 +208,7 @@ pub fn estimate(p: &Plan) -> Estimate {
     let activations = match p.path {
         BodyPath::Fast => F32 * n * (saved * layers + 2 * h + work),
         BodyPath::Autograd => F32 * n * autograd_layer_per_token(c, t) * (layers + 1),
-        BodyPath::Checkpointed => F32 * n * (h * layers + 2 * autograd_layer_per_token(c, t)),
+        BodyPath::Checkpointed => F32 * n * (h * layers + saved + 2 * h + work),
     };
     let mut step = activations;
     v.push(Component { name: "activations + backward workspace", bytes: activations, held: false });
@@ -293,12 +302,7 @@ impl Estimate {
         };
         if let Some(c) = checkpointed {
             s += &format!(
-                "\nwith --checkpoint-layers (autograd keeping each layer's input, {}): peak {}",
-                if p.path == BodyPath::Fast {
-                    "slower than the hand-written path"
-                } else {
-                    "slower"
-                },
+                "\nwith --checkpoint-layers (each layer's input kept, one more forward): peak {}",
                 human(c.peak)
             );
         }
@@ -445,17 +449,22 @@ mod tests {
     }
 
     #[test]
-    fn gemma_trains_under_autograd_and_checkpointing_keeps_less() {
+    fn every_architecture_takes_the_hand_written_path_and_checkpointing_keeps_less() {
         let c = tiny("Gemma3ForCausalLM", json!({}));
-        assert_eq!(BodyPath::of(&c, false), BodyPath::Autograd);
+        assert_eq!(BodyPath::of(&c, false), BodyPath::Fast);
         assert_eq!(BodyPath::of(&c, true), BodyPath::Checkpointed);
         let llama = tiny("LlamaForCausalLM", json!({}));
         assert_eq!(BodyPath::of(&llama, false), BodyPath::Fast);
-        assert_eq!(BodyPath::of(&llama, true), BodyPath::Checkpointed, "trainer.rs: no fast path");
-        let full = estimate(&plan(&c, 4, 16, 1));
+        assert_eq!(BodyPath::of(&llama, true), BodyPath::Checkpointed);
+        // Gemma's q/k norms and sandwich norms keep more per layer than Llama's block.
+        assert!(fast_per_token(&c).0 > fast_per_token(&llama).0);
+        let mut full = plan(&c, 4, 16, 1);
+        full.path = BodyPath::Autograd;
         let mut p = plan(&c, 4, 16, 1);
         p.path = BodyPath::Checkpointed;
-        assert!(bytes(&estimate(&p), "activations") < bytes(&full, "activations"));
+        let (full, fast) = (estimate(&full), estimate(&plan(&c, 4, 16, 1)));
+        let ckpt = bytes(&estimate(&p), "activations");
+        assert!(ckpt < bytes(&fast, "activations") && ckpt < bytes(&full, "activations"));
     }
 
     #[test]

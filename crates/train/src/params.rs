@@ -7,7 +7,7 @@ use crate::config::TrainConfig;
 use crate::optim::{adamw_step, clip, global_norm, AdamWConfig, Slot};
 use crate::TrainError;
 use candle_core::{backprop::GradStore, DType, Device, Tensor, Var};
-use orlik_model::llama_grad::Saved;
+use orlik_model::cpu::Saved;
 use orlik_model::{Config, GradModel, Model, ModelOptions, Weights};
 use std::path::{Path, PathBuf};
 

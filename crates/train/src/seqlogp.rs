@@ -2,7 +2,7 @@
 //! (SFT's masked cross-entropy, DPO's sequence log-likelihoods, GRPO's per-token ratios).
 //!
 //! [`forward_train`] runs the body on right-padded rows (`body.rs`: the hand-written path of
-//! `orlik_model::llama_grad` when the architecture has one, else autograd; [`forward`] runs any
+//! `orlik_model::cpu` unless autograd is asked for; [`forward`] runs any
 //! model under autograd) and returns, for every position,
 //! log p(target | prefix); the caller turns its loss into c_r = dL/d logp_r per position, and
 //! [`backward`] pushes it through: dL/dz_r = c_r (onehot(target_r) − softmax(z_r)), computed
@@ -78,7 +78,7 @@ pub fn forward_train(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, T
     let (ids, targets, width) = pad(rows)?;
     let fast = p.grad_model(width)?;
     let path = match &fast {
-        Some(f) => Path::Fast(f),
+        Some(f) => Path::Fast { model: f, checkpoint: false },
         None => Path::Autograd { checkpoint: false },
     };
     let hidden = body::forward(p, path, ids, rows.inputs.len(), width, true)?;
@@ -149,7 +149,7 @@ pub fn backward(
         Ok(())
     })?;
     let path = match &f.fast {
-        Some(fast) => Path::Fast(fast),
+        Some(fast) => Path::Fast { model: fast, checkpoint: false },
         None => Path::Autograd { checkpoint: false },
     };
     body::backward(p, path, f.hidden, hg)

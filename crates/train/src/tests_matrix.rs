@@ -1,7 +1,7 @@
-//! The test matrix of the training paths: architecture (Llama, Qwen2 with q/k/v biases, Mistral
-//! with a sliding window, Gemma 3) × path (the hand-written body where it exists, candle
-//! autograd, autograd with layer checkpointing), at a shape where every gemm of the hand-written
-//! path takes the multi-threaded branch (m · n · k ≥ 2^15, `kernels.rs`), run on pools of 1 and 2
+//! The test matrix of the training paths: architecture (Llama, Llama with every bias and GeGLU,
+//! Qwen2 with q/k/v biases, Mistral with a sliding window, Gemma 3) × path (the CPU flat-buffer
+//! executor's hand-written body, candle autograd, autograd with layer checkpointing), at a shape where every gemm of the hand-written
+//! path takes the multi-threaded branch (m · n · k ≥ 2^15, `cpu/kernels.rs`), run on pools of 1 and 2
 //! threads. Every path must give the same loss and every gradient as plain autograd through the
 //! whole model; the same path on the same thread count must repeat itself bit for bit (the
 //! bit-identical resume relies on it); and the inference forward (fused ops) must give the
@@ -40,7 +40,10 @@ fn packed() -> Packed {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Run {
     Fast,
+    /// The CPU executor keeping each layer's input only.
+    FastCheckpointed,
     Autograd,
+    /// candle autograd with checkpointing (a block the CPU executor cannot run).
     Checkpointed,
 }
 
@@ -54,17 +57,18 @@ fn grads(cfg: &Config, run: Run, threads: usize) -> (f64, Vec<Vec<f32>>) {
             seq_len: T,
             batch: B,
             loss_chunk: 24,
-            checkpoint_layers: run == Run::Checkpointed,
+            checkpoint_layers: matches!(run, Run::Checkpointed | Run::FastCheckpointed),
             ..Default::default()
         };
         let w = random_weights(cfg, 5, 0.2).unwrap();
         let json = serde_json::json!({});
         let mut tr =
             Trainer::new(tc, cfg, w, packed(), None, None, tmp.path(), json, false).unwrap();
-        if run == Run::Autograd {
+        if matches!(run, Run::Autograd | Run::Checkpointed) {
             tr.use_autograd();
         }
-        assert_eq!(tr.hand_written_backward(), run == Run::Fast, "{run:?} on {}", cfg.model_type);
+        let fast = matches!(run, Run::Fast | Run::FastCheckpointed);
+        assert_eq!(tr.hand_written_backward(), fast, "{run:?} on {}", cfg.model_type);
         let (sums, g) = tr.micro(Split::Train, &[0, 1], Some(1.0)).unwrap();
         (sums.ce(), g.unwrap())
     })
@@ -79,12 +83,18 @@ fn assert_close(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
     }
 }
 
-/// Llama; Qwen2 (q/k/v biases); Mistral with a window below the sequence; Gemma 3 with a
-/// sliding and a global layer, two RoPE bases and query_pre_attn_scalar ≠ head_dim.
+/// Llama; Llama with o_proj and MLP biases and GeGLU; Qwen2 (q/k/v biases); Mistral with a
+/// window below the sequence; Gemma 3 with a sliding and a global layer, two RoPE bases and
+/// query_pre_attn_scalar ≠ head_dim.
 fn archs() -> Vec<Config> {
     vec![
         config("LlamaForCausalLM", serde_json::json!({})),
         config("Qwen2ForCausalLM", serde_json::json!({})),
+        config(
+            "LlamaForCausalLM",
+            serde_json::json!({"attention_bias": true, "mlp_bias": true,
+                "hidden_act": "gelu_pytorch_tanh"}),
+        ),
         config("MistralForCausalLM", serde_json::json!({"sliding_window": 8})),
         config(
             "Gemma3ForCausalLM",
@@ -100,23 +110,19 @@ fn archs() -> Vec<Config> {
 fn every_path_gives_autograds_loss_and_gradients_at_multithreaded_shapes_on_1_and_2_threads() {
     let all = archs();
     assert!(
-        all[1].qkv_bias() && all[2].layer_window(0) == Some(8) && all[3].layer_window(0) == Some(8)
+        all[1].qkv_bias()
+            && all[2].mlp_bias()
+            && all[3].layer_window(0) == Some(8)
+            && all[4].layer_window(0) == Some(8)
     );
     // the smallest gemm of the body (k_proj: tokens × KV width × hidden) is past the
     // multi-threaded branch's 2^15 (kernels.rs)
     let c = &all[0];
     assert!(B * T * c.num_kv_heads() * c.head_dim() * c.hidden_size >= 1 << 15);
     for cfg in all {
-        let fast = orlik_model::GradModel::unsupported(&cfg).is_none();
-        assert_eq!(
-            fast,
-            cfg.arch() != orlik_model::Arch::Gemma3,
-            "{}: which archs have a hand-written path",
-            cfg.model_type
-        );
+        assert_eq!(orlik_model::GradModel::unsupported(&cfg), None, "{}", cfg.model_type);
         let (want_loss, want) = grads(&cfg, Run::Autograd, 1);
-        let runs: Vec<Run> =
-            if fast { vec![Run::Fast, Run::Checkpointed] } else { vec![Run::Checkpointed] };
+        let runs = [Run::Fast, Run::FastCheckpointed, Run::Checkpointed];
         for threads in [1, 2] {
             for &run in runs.iter().chain([Run::Autograd].iter()) {
                 let what = format!("{} {run:?} {threads} thread(s)", cfg.model_type);
@@ -129,6 +135,11 @@ fn every_path_gives_autograds_loss_and_gradients_at_multithreaded_shapes_on_1_an
                 // The same path on the same thread count repeats itself bit for bit.
                 let (loss2, g2) = grads(&cfg, run, threads);
                 assert!(loss2 == loss && g2 == g, "{what}: not deterministic");
+                if run == Run::FastCheckpointed {
+                    // re-running a layer's forward in the backward gives the same numbers
+                    let (lf, gf) = grads(&cfg, Run::Fast, threads);
+                    assert!(lf == loss && gf == g, "{what}: differs from the path without");
+                }
             }
         }
     }

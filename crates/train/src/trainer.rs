@@ -92,7 +92,7 @@ impl Sums {
 pub struct LmTask<'t> {
     cfg: TrainConfig,
     spec: KdSpec,
-    /// The hand-written body forward/backward, when the architecture has one.
+    /// The CPU executor's hand-written body forward/backward (None: autograd, forced by tests).
     fast: Option<GradModel>,
     train: Packed,
     val: Option<Packed>,
@@ -102,7 +102,7 @@ pub struct LmTask<'t> {
 impl LmTask<'_> {
     fn path(&self) -> BodyPath<'_> {
         match &self.fast {
-            Some(f) => BodyPath::Fast(f),
+            Some(f) => BodyPath::Fast { model: f, checkpoint: self.cfg.checkpoint_layers },
             None => BodyPath::Autograd { checkpoint: self.cfg.checkpoint_layers },
         }
     }
@@ -286,7 +286,7 @@ impl<'t> Trainer<'t> {
             )));
         }
         let mut params = Params::new(model_cfg, weights)?;
-        let fast = if cfg.checkpoint_layers { None } else { params.grad_model(cfg.seq_len)? };
+        let fast = params.grad_model(cfg.seq_len)?;
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,

@@ -1,8 +1,9 @@
-//! CPU kernels on flat f32 buffers for the hand-written training path (`llama_grad.rs`): strided
-//! gemm with in-place accumulation, RMSNorm, RoPE, SwiGLU and causal softmax, each with its
-//! backward. Row-parallel with rayon; every reduction runs in a fixed order, so results depend
+//! CPU kernels on flat f32 buffers for the flat-buffer executor (`train.rs`): strided gemm with
+//! in-place accumulation, RMSNorm, RoPE, the gated MLP activations (SwiGLU, GeGLU) and causal
+//! softmax, each with its backward. Row-parallel with rayon; every reduction runs in a fixed order, so results depend
 //! only on the inputs and the thread count (the trainer's bit-identical resume relies on it).
 
+use crate::block::Activation;
 use rayon::prelude::*;
 
 /// A read-only matrix view: element (i, j) is `data[i * rs + j * cs]`.
@@ -202,31 +203,57 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
 
-/// SwiGLU: silu(g) · u, elementwise.
-pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+/// sqrt(2/π), to f32 as transformers' `gelu_pytorch_tanh` (torch's tanh GELU) computes it.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// The activation and its derivative at g.
+fn act_and_slope(act: Activation, g: f32) -> (f32, f32) {
+    match act {
+        Activation::Silu => {
+            let s = sigmoid(g);
+            (g * s, s * (1.0 + g * (1.0 - s)))
+        }
+        Activation::GeluTanh => {
+            let th = (GELU_C * (g + GELU_A * g * g * g)).tanh();
+            let inner = GELU_C * (1.0 + 3.0 * GELU_A * g * g);
+            (0.5 * g * (1.0 + th), 0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * inner)
+        }
+    }
+}
+
+/// Gated MLP activation: act(g) · u elementwise (SwiGLU for silu, GeGLU for tanh GELU).
+pub fn glu(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut a = vec![0f32; g.len()];
     a.par_chunks_mut(1 << 12).zip(g.par_chunks(1 << 12)).zip(u.par_chunks(1 << 12)).for_each(
         |((a, g), u)| {
-            a.iter_mut().zip(g).zip(u).for_each(|((o, &gv), &uv)| *o = gv * sigmoid(gv) * uv);
+            a.iter_mut()
+                .zip(g)
+                .zip(u)
+                .for_each(|((o, &gv), &uv)| *o = act_and_slope(act, gv).0 * uv);
         },
     );
     a
 }
 
-/// SwiGLU backward, overwriting `g` with dg and `u` with du (the inputs are not needed after):
-/// dg = da · u · s (1 + g (1 − s)) with s = σ(g); du = da · g s.
-pub fn swiglu_backward(da: &[f32], g: &mut [f32], u: &mut [f32]) {
+/// `glu` backward, overwriting `g` with dg and `u` with du (the inputs are not needed after):
+/// dg = da · u · act'(g); du = da · act(g).
+pub fn glu_backward(act: Activation, da: &[f32], g: &mut [f32], u: &mut [f32]) {
     g.par_chunks_mut(1 << 12).zip(u.par_chunks_mut(1 << 12)).zip(da.par_chunks(1 << 12)).for_each(
         |((g, u), da)| {
             for ((gv, uv), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
-                let s = sigmoid(*gv);
-                let silu = *gv * s;
-                let dg = d * *uv * s * (1.0 + *gv * (1.0 - s));
-                *uv = d * silu;
-                *gv = dg;
+                let (a, slope) = act_and_slope(act, *gv);
+                *gv = d * *uv * slope;
+                *uv = d * a;
             }
         },
     );
+}
+
+/// Add a bias (d) to every row of y (rows, d).
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    y.par_chunks_mut(bias.len())
+        .for_each(|row| row.iter_mut().zip(bias).for_each(|(a, b)| *a += b));
 }
 
 /// The keys query i may see under causal attention with an optional sliding window
@@ -334,6 +361,20 @@ mod tests {
         let mut again = raw;
         causal_probs(&mut again, t, Some(2), &lse);
         assert!(again.iter().zip(&s).all(|(a, b)| (a - b).abs() < 1e-6));
+    }
+
+    #[test]
+    fn activation_slopes_match_finite_differences() {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            for g in [-3.0f32, -0.7, 0.0, 0.4, 2.5] {
+                let (h, slope) = (1e-2f64, act_and_slope(act, g).1 as f64);
+                let f = |x: f64| act_and_slope(act, x as f32).0 as f64;
+                let fd = (f(g as f64 + h) - f(g as f64 - h)) / (2.0 * h);
+                assert!((fd - slope).abs() < 1e-3, "{act:?} at {g}: {slope} vs {fd}");
+            }
+        }
+        // torch's tanh GELU at 1: 0.5 (1 + tanh(0.79788456 · 1.044715)) = 0.8411920
+        assert!((act_and_slope(Activation::GeluTanh, 1.0).0 - 0.841_192).abs() < 1e-6);
     }
 
     #[test]
