@@ -216,6 +216,11 @@ pub fn estimate(p: &Plan) -> Estimate {
     let head = 3 * F32 * p.loss_chunk.min(n as usize) as u64 * vocab;
     v.push(Component { name: "lm_head chunk", bytes: head, held: false });
     step += head;
+    // lm_head's gradient, accumulated over the chunks (`body::HeadGrad`) until the body's
+    // backward has run: the largest single buffer of a big-vocabulary model's step
+    let head_grad = F32 * vocab * h;
+    v.push(Component { name: "lm_head gradient", bytes: head_grad, held: false });
+    step += head_grad;
     if let Some(te) = &p.teacher {
         let tc = te.config;
         // the teacher's final hidden states of the micro-batch, one layer's inference
