@@ -197,7 +197,7 @@ fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
 
     let (on, ca, ck) = (s.p("online"), s.p("cached"), s.p("ckpt"));
     ok(&distill_args(&s, &on, &[]));
-    // Activation checkpointing recomputes layers in the backward: same trajectory up to rounding.
+    // Activation checkpointing re-runs layers in the backward: the same trajectory.
     ok(&distill_args(&s, &ck, &["--checkpoint-layers"]));
     for (a, b) in rows(&on).iter().zip(&rows(&ck)) {
         if let (Some(p), Some(q)) = (a["loss"].as_f64(), b["loss"].as_f64()) {
@@ -451,9 +451,10 @@ fn the_memory_planner_prints_the_components_and_refuses_a_run_that_will_not_fit(
         "gradients",
         "teacher / reference weights",
         "activations + backward workspace",
+        "lm_head gradient",
         "peak (held + the larger step moment)",
         "memory: estimated peak",
-        "with --checkpoint-layers (autograd keeping each layer's input",
+        "with --checkpoint-layers (each layer's input kept, one more forward)",
     ] {
         assert!(said.contains(want), "{want:?} not in {said}");
     }
