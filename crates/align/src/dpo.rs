@@ -1,9 +1,9 @@
 //! DPO-family losses on one preference pair, from summed sequence log-probabilities.
 
 use crate::AlignError;
-use orlik_train::params::Params;
 use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
+use orlik_train::Executor;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,9 +86,9 @@ pub fn dpo(p: &Pair, kind: DpoLoss, beta: f64, lambda: f64) -> DpoOut {
     }
 }
 
-/// Each pair's [chosen, rejected] summed log-probabilities, the forward they came from, and
-/// the answer-token masks of its rows.
-pub type PairForward = (Vec<[f64; 2]>, seqlogp::Forward, Vec<Vec<bool>>);
+/// Each pair's [chosen, rejected] summed log-probabilities, the training forward they came from
+/// (None: no gradient asked for), and the answer-token masks of its rows.
+pub type PairForward = (Vec<[f64; 2]>, Option<seqlogp::Forward>, Vec<Vec<bool>>);
 
 /// One tokenised preference pair: the prompt and the two answers.
 pub struct PairIds {
@@ -108,13 +108,15 @@ impl PairIds {
     }
 }
 
-/// Summed log-probabilities of each pair's chosen and rejected answers under `p`'s weights.
+/// Summed log-probabilities of each pair's chosen and rejected answers under `e`'s weights;
+/// `grad` keeps the forward for a backward.
 pub fn sequence_logps(
-    p: &Params,
+    e: &mut dyn Executor,
     pairs: &[PairIds],
     idx: &[usize],
     pad: u32,
     chunk: usize,
+    grad: bool,
 ) -> Result<PairForward, AlignError> {
     let mut rows = Rows { inputs: Vec::new(), targets: Vec::new(), pad };
     let mut masks = Vec::new();
@@ -125,8 +127,13 @@ pub fn sequence_logps(
             masks.push(m);
         }
     }
-    let f = seqlogp::forward_train(p, &rows, chunk)?;
-    let sums = seqlogp::masked_sums(&f.logp, &masks);
+    let (logp, f) = if grad {
+        let f = seqlogp::forward_train(e, &rows, chunk)?;
+        (f.logp.clone(), Some(f))
+    } else {
+        (seqlogp::logp(e, &rows, chunk)?, None)
+    };
+    let sums = seqlogp::masked_sums(&logp, &masks);
     Ok((sums.chunks(2).map(|c| [c[0], c[1]]).collect(), f, masks))
 }
 
@@ -151,12 +158,13 @@ impl Task for DpoTask {
 
     fn micro(
         &mut self,
-        p: &Params,
+        e: &mut dyn Executor,
         units: &[usize],
         _step: u64,
         scale: f32,
     ) -> Result<Micro, AlignError> {
-        let (lp, f, masks) = sequence_logps(p, &self.pairs, units, self.pad, self.chunk)?;
+        let (lp, f, masks) = sequence_logps(e, &self.pairs, units, self.pad, self.chunk, true)?;
+        let f = f.ok_or_else(|| AlignError::Data("internal: no training forward".into()))?;
         let n = units.len() as f64;
         let (mut loss, mut rc, mut rr, mut acc, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0u64);
         let mut coeff = Vec::with_capacity(masks.len());
@@ -182,10 +190,9 @@ impl Task for DpoTask {
                 );
             }
         }
-        let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
+        seqlogp::backward(e, f, &coeff, self.chunk)?;
         Ok(Micro {
             loss,
-            grads,
             tokens,
             metrics: vec![
                 ("rewards_chosen", rc),

@@ -6,9 +6,9 @@ use crate::rollout::{sample_group, SampleOptions};
 use crate::AlignError;
 use candle_core::DType;
 use orlik_model::{Model, ModelOptions};
-use orlik_train::params::Params;
 use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
+use orlik_train::Executor;
 use rand::{rngs::StdRng, SeedableRng};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -142,13 +142,13 @@ impl Task for GrpoTask<'_> {
 
     fn micro(
         &mut self,
-        p: &Params,
+        e: &mut dyn Executor,
         units: &[usize],
         step: u64,
         scale: f32,
     ) -> Result<Micro, AlignError> {
         // Sampling runs on a detached copy of the current weights (no autograd graph).
-        let w: orlik_model::Weights = p.named_weights().into_iter().collect();
+        let w: orlik_model::Weights = e.weights()?.into_iter().collect();
         let policy = Model::new(
             &self.config,
             &w,
@@ -196,9 +196,9 @@ impl Task for GrpoTask<'_> {
             }
         }
         let adv = advantages(&rewards, g, self.options.dr_grpo);
-        let f = seqlogp::forward_train(p, &rows, self.chunk)?;
+        let f = seqlogp::forward_train(e, &rows, self.chunk)?;
         let refs = match &self.reference {
-            Some(m) => Some(seqlogp::forward(m, &rows, self.chunk)?.logp),
+            Some(m) => Some(seqlogp::frozen(m, &rows, self.chunk)?),
             None => None,
         };
         // log-probabilities of the completion tokens only
@@ -227,13 +227,12 @@ impl Task for GrpoTask<'_> {
                 c
             })
             .collect();
-        let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
+        seqlogp::backward(e, f, &coeff, self.chunk)?;
         let n = rewards.len() as f64;
         let mean = rewards.iter().sum::<f64>() / n;
         let std = (rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
         Ok(Micro {
             loss: out.loss,
-            grads,
             tokens: lens.iter().sum::<usize>() as u64,
             metrics: vec![
                 ("reward_mean", mean),

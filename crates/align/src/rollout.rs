@@ -3,9 +3,9 @@
 //! sampler). A row that reached a stop token keeps decoding padding that is thrown away.
 
 use crate::AlignError;
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use orlik_eval::generate::sample;
-use orlik_model::{KvCache, Model};
+use orlik_model::infer::{Infer, Rows};
 use rand::rngs::StdRng;
 
 #[derive(Debug, Clone, Copy)]
@@ -18,7 +18,7 @@ pub struct SampleOptions {
 
 /// G completions of `prompt`; each ends with its stop token when it produced one.
 pub fn sample_group(
-    model: &Model,
+    model: &dyn Infer,
     prompt: &[u32],
     stop: &[u32],
     o: &SampleOptions,
@@ -28,11 +28,10 @@ pub fn sample_group(
         return Err(AlignError::Data("empty prompt".into()));
     }
     let g = o.group.max(1);
-    let mut cache = KvCache::new();
-    let x = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?; // (1, t)
-    let logits = model.forward(&x, None, None, Some(&mut cache))?; // (1, t, v)
+    let mut cache = model.new_cache();
+    let logits = model.logits(Rows::new(prompt, 1, prompt.len()), Some(&mut cache))?; // (1, t, v)
     let last: Vec<f32> = logits.get(0)?.get(prompt.len() - 1)?.to_dtype(DType::F32)?.to_vec1()?;
-    let mut cache = cache.repeat_batch(g)?;
+    let mut cache = model.repeat_cache(&cache, g)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); g];
     let mut done = vec![false; g];
     let mut rows: Vec<Vec<f32>> = vec![last; g];
@@ -52,8 +51,7 @@ pub fn sample_group(
         if done.iter().all(|&d| d) || out.iter().all(|c| c.len() >= o.max_new_tokens) {
             break;
         }
-        let x = Tensor::from_vec(next, (g, 1), &Device::Cpu)?; // (g, 1)
-        let logits = model.forward(&x, None, None, Some(&mut cache))?; // (g, 1, v)
+        let logits = model.logits(Rows::new(&next, g, 1), Some(&mut cache))?; // (g, 1, v)
         let l = logits.squeeze(1)?.to_dtype(DType::F32)?; // (g, v)
         rows = l.to_vec2()?;
     }
@@ -64,7 +62,7 @@ pub fn sample_group(
 mod tests {
     use super::*;
     use orlik_model::init::random_weights;
-    use orlik_model::ModelOptions;
+    use orlik_model::{Model, ModelOptions};
     use rand::SeedableRng;
 
     /// At temperature 0 every row of the batched group is exactly the single-row greedy

@@ -3,9 +3,9 @@
 //! The loss of a micro-batch is the mean over its assistant tokens.
 
 use crate::AlignError;
-use orlik_train::params::Params;
 use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
+use orlik_train::Executor;
 
 pub struct Sft {
     /// Token ids of each conversation and whether each id is the assistant's.
@@ -23,7 +23,7 @@ impl Task for Sft {
 
     fn micro(
         &mut self,
-        p: &Params,
+        e: &mut dyn Executor,
         units: &[usize],
         _step: u64,
         scale: f32,
@@ -37,16 +37,15 @@ impl Task for Sft {
             masks.push(mask[1..].to_vec());
         }
         let n = masks.iter().flatten().filter(|&&m| m).count().max(1);
-        let f = seqlogp::forward_train(p, &rows, self.chunk)?;
+        let f = seqlogp::forward_train(e, &rows, self.chunk)?;
         let sum: f64 = seqlogp::masked_sums(&f.logp, &masks).iter().sum();
         let coeff: Vec<Vec<f32>> = masks
             .iter()
             .map(|m| m.iter().map(|&b| if b { -scale / n as f32 } else { 0.0 }).collect())
             .collect();
-        let grads = seqlogp::backward(p, f, &coeff, self.chunk)?;
+        seqlogp::backward(e, f, &coeff, self.chunk)?;
         Ok(Micro {
             loss: -sum / n as f64,
-            grads,
             tokens: n as u64,
             metrics: vec![("assistant_tokens", n as f64)],
         })

@@ -19,9 +19,9 @@ use orlik_train::checkpoint::State;
 use orlik_train::lm::{save_final, stored_dtype, Control};
 use orlik_train::mem;
 use orlik_train::optim::Schedule;
-use orlik_train::params::Params;
 use orlik_train::runner::{self, Outcome, Task};
 use orlik_train::TrainConfig;
+use orlik_train::{Backend, Executor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -453,8 +453,10 @@ fn begin(
     Ok(())
 }
 
-fn params(s: &Setup) -> Result<Params, AlignError> {
-    Ok(Params::new(&s.hf.config, s.hf.checkpoint.load_all(DType::F32)?)?)
+/// The executor holding the model's weights, for `cfg`'s settings.
+fn executor(s: &Setup, cfg: &TrainConfig) -> Result<Box<dyn Executor>, AlignError> {
+    let weights = s.hf.checkpoint.load_all(DType::F32)?;
+    Ok(orlik_train::exec::open(&s.hf.config, weights, cfg, Backend::Cpu)?)
 }
 
 fn data_sha(p: &Path) -> Result<String, AlignError> {
@@ -467,15 +469,15 @@ fn train(
     s: &Setup,
     task: &mut dyn Task<Error = AlignError>,
     cfg: &TrainConfig,
-    mut params: Params,
+    mut exec: Box<dyn Executor>,
 ) -> Result<AlignOutcome, AlignError> {
     let opts = r.ctl;
-    let mut st = runner::start(task, &mut params, cfg, r.out, r.resume)?;
-    let outcome = runner::run(task, &mut params, cfg, r.out, &mut st, opts)?;
+    let mut st = runner::start(task, exec.as_mut(), cfg, r.out, r.resume)?;
+    let outcome = runner::run(task, exec.as_mut(), cfg, r.out, &mut st, opts)?;
     let final_dir = r.out.join("final");
     if outcome == Outcome::Finished {
         let dtype = r.save_dtype.unwrap_or_else(|| stored_dtype(&s.hf));
-        save_final(r.model, &s.hf.config, &params.named_weights(), &final_dir, dtype)?;
+        save_final(r.model, &s.hf.config, &exec.weights()?, &final_dir, dtype)?;
     }
     let quarters = quarters(&r.out.join("metrics.jsonl"))?;
     Ok(AlignOutcome { outcome, state: st, final_dir, quarters })
@@ -538,7 +540,7 @@ pub fn sft(a: &SftSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
     cuts_notice(r, "sft", examples.len(), bad, cuts);
     let mut task = Sft { examples, pad: s.eos[0], chunk: 256 };
     (r.notice)(&memory);
-    train(r, &s, &mut task, &cfg, params(&s)?)
+    train(r, &s, &mut task, &cfg, executor(&s, &cfg)?)
 }
 
 pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
@@ -571,8 +573,8 @@ pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
         "data": {"path": a.data, "sha256": sha}, "skipped_rows": bad, "cuts": cuts});
     begin(r, &s, &cfg, run, "dpo", &a.data)?;
     cuts_notice(r, "dpo", pairs.len(), bad, cuts);
-    let p = params(&s)?;
-    let reference = reference_logps(r, &s, &p, &a.train, &pairs, &sha)?;
+    let mut p = executor(&s, &cfg)?;
+    let reference = reference_logps(r, &s, p.as_mut(), &a.train, &pairs, &sha)?;
     let mut task = DpoTask {
         pairs,
         reference,
@@ -591,7 +593,7 @@ pub fn dpo(a: &DpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> {
 fn reference_logps(
     r: &AlignRun,
     s: &Setup,
-    p: &Params,
+    p: &mut dyn Executor,
     a: &AlignSettings,
     pairs: &[PairIds],
     data_sha: &str,
@@ -621,7 +623,7 @@ fn reference_logps(
     let mut out = Vec::with_capacity(pairs.len());
     let idx: Vec<usize> = (0..pairs.len()).collect();
     for ch in idx.chunks(a.batch.max(1)) {
-        let (l, _, _) = sequence_logps(p, pairs, ch, s.eos[0], 256)?;
+        let (l, _, _) = sequence_logps(p, pairs, ch, s.eos[0], 256, false)?;
         out.extend(l);
         pb.inc(ch.len() as u64);
     }
@@ -720,7 +722,7 @@ pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> 
         log_every: a.log_samples,
     };
     (r.notice)(&memory);
-    train(r, &s, &mut task, &cfg, params(&s)?)
+    train(r, &s, &mut task, &cfg, executor(&s, &cfg)?)
 }
 
 /// Greedy completions of held-out prompts and their mean reward.

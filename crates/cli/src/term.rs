@@ -86,6 +86,7 @@ pub fn control() -> Control<'static> {
         stop: Some(stop_flag()),
         after_step: step_delay(),
         memory: memory_gate(),
+        reduce: None,
     }
 }
 

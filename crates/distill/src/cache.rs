@@ -13,8 +13,7 @@
 //! skipping complete shards (right size) and redoing the rest.
 
 use crate::{rows_from_logits, DistillError};
-use candle_core::{Device, Tensor};
-use orlik_model::Model;
+use orlik_model::infer::{Infer, Rows};
 use orlik_train::data::Packed;
 use orlik_train::trainer::Split;
 use orlik_train::{StepRows, TeacherSource, TrainError};
@@ -144,7 +143,7 @@ fn split_info(p: &Packed, name: &str, shard_windows: usize) -> SplitInfo {
 
 /// What a cache is built from.
 pub struct CacheSpec<'a> {
-    pub teacher: &'a Model,
+    pub teacher: &'a dyn Infer,
     pub teacher_sha256: String,
     pub tokenizer_sha256: String,
     pub topk: usize,
@@ -240,14 +239,13 @@ pub fn build(
                 for i in w..w + b {
                     ids.extend_from_slice(&data.window(i)[..t]);
                 }
-                let inputs = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
-                let h = spec.teacher.forward_hidden(&inputs, None, None, None)?; // (b, t, hidden)
+                let h = spec.teacher.hidden(Rows::new(&ids, b, t), None)?; // (b, t, hidden)
                 let h = h.reshape((b * t, h.dim(2)?))?;
                 for start in (0..b * t).step_by(256) {
                     let n = 256.min(b * t - start);
                     let z = spec
                         .teacher
-                        .lm_head(&h.narrow(0, start, n)?)?
+                        .head(&h.narrow(0, start, n)?)?
                         .flatten_all()?
                         .to_vec1::<f32>()?;
                     let StepRows::TopK { k, ids, logp, tail } =
@@ -393,7 +391,9 @@ impl TeacherSource for CacheTeacher {
         &mut self,
         split: Split,
         windows: &[usize],
-        _inputs: &Tensor,
+        _ids: &[u32],
+        _b: usize,
+        _t: usize,
     ) -> Result<bool, TrainError> {
         self.split = split;
         self.windows = windows.to_vec();
@@ -462,7 +462,8 @@ pub fn shard_paths(dir: &Path, m: &Manifest) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use orlik_model::{init::random_weights, testing, ModelOptions};
+    use candle_core::{Device, Tensor};
+    use orlik_model::{init::random_weights, testing, Model, ModelOptions};
 
     fn teacher() -> Model {
         let cfg = testing::tiny("LlamaForCausalLM", serde_json::json!({}));
@@ -519,8 +520,8 @@ mod tests {
         // windows 4 (last shard) and 1 (first shard), in that order
         let wins = [4usize, 1];
         let ids: Vec<u32> = wins.iter().flat_map(|&w| tr.window(w)[..6].to_vec()).collect();
-        let x = Tensor::from_vec(ids, (2, 6), &Device::Cpu).unwrap();
-        assert!(c.prepare(Split::Train, &wins, &x).unwrap());
+        let x = Tensor::from_vec(ids.clone(), (2, 6), &Device::Cpu).unwrap();
+        assert!(c.prepare(Split::Train, &wins, &ids, 2, 6).unwrap());
         let StepRows::TopK { ids: got, logp: got_lp, tail: got_tail, .. } = c.rows(0, 12).unwrap()
         else {
             panic!("top-k rows expected")
@@ -535,7 +536,7 @@ mod tests {
         for (a, b) in got_lp.iter().zip(&want_lp).chain(got_tail.iter().zip(&want_tail)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
-        assert!(c.prepare(Split::Val, &[0], &x).unwrap(), "the validation split is cached");
+        assert!(c.prepare(Split::Val, &[0], &ids, 2, 6).unwrap(), "the validation split is cached");
         // lose the middle shard: the rebuild writes it again, the same bytes
         let mid = dir.path().join(&man.train.shards[1]);
         let before = std::fs::read(&mid).unwrap();

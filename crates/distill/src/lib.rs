@@ -9,7 +9,7 @@ pub mod cache_run;
 pub mod run;
 
 use candle_core::Tensor;
-use orlik_model::Model;
+use orlik_model::infer::{Infer, Rows};
 use orlik_train::losses::{log_softmax, top_k};
 use orlik_train::trainer::Split;
 use orlik_train::{StepRows, TeacherSource, TrainError};
@@ -105,26 +105,25 @@ pub fn rows_from_logits(z: &[f32], vocab: usize, t: f32, topk: usize) -> StepRow
 
 /// The teacher model run on each micro-batch (inference path: fused kernels, no autograd).
 pub struct OnlineTeacher {
-    model: Model,
+    model: Box<dyn Infer>,
     temperature: f32,
     topk: usize,
     hidden: Option<Tensor>, // (rows, hidden)
-    /// student id -> teacher id (u32, (student vocab)) when the vocabularies differ.
-    map: Option<Tensor>,
+    /// student id -> teacher id when the vocabularies differ: the ids, and the same as a host
+    /// tensor (student vocab) selecting the teacher's logit columns.
+    map: Option<(Vec<u32>, Tensor)>,
 }
 
 impl OnlineTeacher {
-    pub fn new(model: Model, temperature: f32, topk: usize) -> OnlineTeacher {
-        OnlineTeacher { model, temperature, topk, hidden: None, map: None }
+    pub fn new(model: impl Infer + 'static, temperature: f32, topk: usize) -> OnlineTeacher {
+        OnlineTeacher { model: Box::new(model), temperature, topk, hidden: None, map: None }
     }
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {
-        let n = map.len();
-        self.map = Some(Tensor::from_vec(map, n, self.model.device())?);
+        // the logits come back on the host (`Infer`)
+        let cols = Tensor::from_slice(&map, map.len(), &candle_core::Device::Cpu)?;
+        self.map = Some((map, cols));
         Ok(self)
-    }
-    pub fn model(&self) -> &Model {
-        &self.model
     }
 }
 
@@ -133,14 +132,16 @@ impl TeacherSource for OnlineTeacher {
         &mut self,
         _split: Split,
         _windows: &[usize],
-        inputs: &Tensor,
+        ids: &[u32],
+        b: usize,
+        t: usize,
     ) -> Result<bool, TrainError> {
-        let teacher_ids = match &self.map {
+        let teacher_ids: Vec<u32> = match &self.map {
             // student ids -> the teacher's ids of the same token strings
-            Some(m) => m.index_select(&inputs.flatten_all()?, 0)?.reshape(inputs.dims())?,
-            None => inputs.clone(),
+            Some((m, _)) => ids.iter().map(|&i| m[i as usize]).collect(),
+            None => ids.to_vec(),
         };
-        let h = self.model.forward_hidden(&teacher_ids, None, None, None)?; // (b, t, hidden)
+        let h = self.model.hidden(Rows::new(&teacher_ids, b, t), None)?; // (b, t, hidden)
         let (b, t, d) = h.dims3()?;
         self.hidden = Some(h.reshape((b * t, d))?);
         Ok(true)
@@ -150,9 +151,9 @@ impl TeacherSource for OnlineTeacher {
             .hidden
             .as_ref()
             .ok_or_else(|| TrainError::Teacher("rows() before prepare()".into()))?;
-        let logits = self.model.lm_head(&h.narrow(0, start, n)?)?; // (n, teacher vocab)
+        let logits = self.model.head(&h.narrow(0, start, n)?)?; // (n, teacher vocab)
         let logits = match &self.map {
-            Some(m) => logits.index_select(m, 1)?, // (n, student vocab): renormalised below
+            Some((_, cols)) => logits.index_select(cols, 1)?, // (n, student vocab): renormalised below
             None => logits,
         };
         let vocab = logits.dim(1)?;

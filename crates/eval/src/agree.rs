@@ -4,9 +4,9 @@
 
 use crate::generate::argmax;
 use crate::EvalError;
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
+use orlik_model::infer::{Infer, Rows};
 use orlik_model::prob::log_softmax;
-use orlik_model::Model;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -29,8 +29,8 @@ pub fn compare_row(teacher: &[f32], student: &[f32]) -> (f64, bool) {
 /// Compare over consecutive windows of `context` tokens of `ids` (the last may be shorter); at
 /// most `max_tokens` positions (0 = all). `progress(done, total)` after each window.
 pub fn agreement(
-    teacher: &Model,
-    student: &Model,
+    teacher: &dyn Infer,
+    student: &dyn Infer,
     ids: &[u32],
     context: usize,
     max_tokens: usize,
@@ -51,17 +51,9 @@ pub fn agreement(
     let mut s = 0;
     while s < n {
         let e = (s + context).min(n);
-        let x = Tensor::new(&ids[s..e], &Device::Cpu)?.unsqueeze(0)?; // (1, t)
-        let lt = teacher
-            .forward(&x, None, None, None)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?; // (t, vocab)
-        let ls = student
-            .forward(&x, None, None, None)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
+        let rows = Rows::new(&ids[s..e], 1, e - s);
+        let lt = teacher.logits(rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (t, vocab)
+        let ls = student.logits(rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         for (a, b) in lt.iter().zip(&ls) {
             let (k, same) = compare_row(a, b);
             kl += k;

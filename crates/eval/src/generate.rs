@@ -2,8 +2,7 @@
 //! Holtzman et al. 2019). Deterministic for a given seed.
 
 use crate::EvalError;
-use candle_core::{Device, Tensor};
-use orlik_model::{KvCache, Model};
+use orlik_model::infer::{Infer, Rows};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +62,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 /// Generate after `prompt`; `on_token(id)` is called for each new token and may return false to
 /// stop. Stops at any of `stop_ids`. Returns the new tokens.
 pub fn generate(
-    model: &Model,
+    model: &dyn Infer,
     prompt: &[u32],
     stop_ids: &[u32],
     opts: &GenOptions,
@@ -73,11 +72,12 @@ pub fn generate(
         return Err(EvalError::Input("empty prompt".into()));
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut cache = KvCache::new();
+    let mut cache = model.new_cache();
     let mut out = Vec::new();
-    let mut input = Tensor::new(prompt, &Device::Cpu)?.unsqueeze(0)?; // (1, t)
+    let mut input = prompt.to_vec();
     for _ in 0..opts.max_new_tokens {
-        let logits = model.forward(&input, None, None, Some(&mut cache))?; // (1, t, v)
+        let rows = Rows::new(&input, 1, input.len());
+        let logits = model.logits(rows, Some(&mut cache))?; // (1, t, v)
         let t = logits.dim(1)?;
         let last: Vec<f32> =
             logits.get(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
@@ -86,7 +86,7 @@ pub fn generate(
         if stop_ids.contains(&next) || !on_token(next) {
             break;
         }
-        input = Tensor::new(&[next], &Device::Cpu)?.unsqueeze(0)?;
+        input = vec![next];
     }
     Ok(out)
 }

@@ -5,8 +5,7 @@
 //! `{"question": {"stem", "choices": [{"label", "text"}...]}, "answerKey"}`.
 
 use crate::EvalError;
-use candle_core::{Device, Tensor};
-use orlik_model::Model;
+use orlik_model::infer::{Infer, Rows};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -108,7 +107,7 @@ fn best(v: &[f64]) -> usize {
 /// (context + choice) are right-padded, which a causal model never sees.
 /// Returns (sum log p per choice, whether the row was truncated).
 fn score_question(
-    model: &Model,
+    model: &dyn Infer,
     ctx: &[u32],
     conts: &[Vec<u32>],
     max_len: usize,
@@ -128,14 +127,13 @@ fn score_question(
     for (i, (r, _, _)) in rows.iter().enumerate() {
         ids[i * t..i * t + r.len()].copy_from_slice(r);
     }
-    let x = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
-    let hidden = model.forward_hidden(&x, None, None, None)?; // (b, t, h)
+    let hidden = model.hidden(Rows::new(&ids, b, t), None)?; // (b, t, h)
     let mut out = Vec::with_capacity(b);
     for (i, (r, n, cut)) in rows.iter().enumerate() {
         // Positions r.len()-n-1 .. r.len()-1 predict the n continuation tokens.
         let start = r.len() - n - 1;
         let h = hidden.get(i)?.narrow(0, start, *n)?.unsqueeze(0)?; // (1, n, h)
-        let logits = model.lm_head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
+        let logits = model.head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
         let rows_v: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut ll = 0.0;
         for (k, row) in rows_v.iter().enumerate() {
@@ -149,7 +147,7 @@ fn score_question(
 
 /// Score every question; `progress(done, total)` after each.
 pub fn evaluate(
-    model: &Model,
+    model: &dyn Infer,
     tok: &tokenizers::Tokenizer,
     questions: &[Question],
     max_len: usize,
@@ -202,6 +200,8 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::{Device, Tensor};
+    use orlik_model::Model;
 
     const ROW: &str = r#"{"id": "q1", "question": {"stem": "2 + 2 =", "choices": [{"text": "3", "label": "A"}, {"text": "4", "label": "B"}]}, "answerKey": "B"}"#;
 

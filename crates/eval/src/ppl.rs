@@ -7,8 +7,8 @@
 //! first of each window). bits/byte = total NLL / ln 2 / UTF-8 bytes of the text.
 
 use crate::EvalError;
-use candle_core::{Device, Tensor};
-use orlik_model::Model;
+use candle_core::Tensor;
+use orlik_model::infer::{Infer, Rows};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -87,7 +87,7 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
 /// of positions so a large vocabulary never materialises (t, vocab) at once. Each logit row is
 /// read once: -log p = logsumexp(row) - row[target], accumulated in f64.
 fn row_nll(
-    model: &Model,
+    model: &dyn Infer,
     hidden: &Tensor,
     ids: &[u32],
     from: usize,
@@ -99,7 +99,7 @@ fn row_nll(
     while p < to {
         let n = CHUNK.min(to - p);
         let h = hidden.narrow(0, p - 1, n)?.unsqueeze(0)?; // (1, n, h): predicts positions p..p+n
-        let logits = model.lm_head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
+        let logits = model.head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
         let v = logits.dim(1)?;
         let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let targets = &ids[p..p + n];
@@ -119,7 +119,7 @@ fn row_nll(
 
 /// Score token ids; `progress(done_tokens, total_tokens)` after each batch.
 pub fn score_ids(
-    model: &Model,
+    model: &dyn Infer,
     ids: &[u32],
     bytes: usize,
     opts: &PplOptions,
@@ -150,8 +150,7 @@ pub fn score_ids(
         }
         let rows: Vec<u32> =
             ws[i..j].iter().flat_map(|w| ids[w.start..w.end].iter().copied()).collect();
-        let x = Tensor::from_vec(rows, (j - i, len), &Device::Cpu)?;
-        let hidden = model.forward_hidden(&x, None, None, None)?; // (b, len, h)
+        let hidden = model.hidden(Rows::new(&rows, j - i, len), None)?; // (b, len, h)
         for (r, w) in ws[i..j].iter().enumerate() {
             let h = hidden.get(r)?; // (len, h)
             total += row_nll(

@@ -2,8 +2,7 @@
 //! a KV cache. Inputs are fixed pseudo-random token ids so runs are comparable across tools.
 
 use crate::EvalError;
-use candle_core::{Device, Tensor};
-use orlik_model::{KvCache, Model};
+use orlik_model::infer::{Infer, Rows};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -22,14 +21,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn prefill(model: &Model, batch: usize, len: usize, reps: usize) -> Result<Timing, EvalError> {
+pub fn prefill(
+    model: &dyn Infer,
+    batch: usize,
+    len: usize,
+    reps: usize,
+) -> Result<Timing, EvalError> {
     let ids = bench_ids(batch * len, model.config().vocab_size);
-    let x = Tensor::from_vec(ids, (batch, len), &Device::Cpu)?;
-    let _ = model.forward(&x, None, None, None)?; // warm-up
+    let rows = Rows::new(&ids, batch, len);
+    let _ = model.logits(rows, None)?; // warm-up
     let mut times = Vec::new();
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        let _ = model.forward(&x, None, None, None)?;
+        let _ = model.logits(rows, None)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let s = median(times);
@@ -43,7 +47,7 @@ pub fn prefill(model: &Model, batch: usize, len: usize, reps: usize) -> Result<T
 /// Decode `new` tokens per row one step at a time for `batch` rows after a `prompt`-token prefill
 /// (prefill time excluded); tokens/s counts every row's tokens.
 pub fn decode(
-    model: &Model,
+    model: &dyn Infer,
     batch: usize,
     prompt: usize,
     new: usize,
@@ -56,15 +60,13 @@ pub fn decode(
     };
     let mut times = Vec::new();
     for r in 0..reps.max(1) + 1 {
-        let mut cache = KvCache::new();
+        let mut cache = model.new_cache();
         let p: Vec<u32> = (0..b).flat_map(|i| row(i, 0, prompt)).collect();
-        let x = Tensor::from_vec(p, (b, prompt), &Device::Cpu)?; // (b, prompt)
-        let _ = model.forward(&x, None, None, Some(&mut cache))?;
+        let _ = model.logits(Rows::new(&p, b, prompt), Some(&mut cache))?;
         let t = Instant::now();
         for k in prompt..prompt + new {
             let step: Vec<u32> = (0..b).flat_map(|i| row(i, k, k + 1)).collect();
-            let x = Tensor::from_vec(step, (b, 1), &Device::Cpu)?; // (b, 1)
-            let _ = model.forward(&x, None, None, Some(&mut cache))?;
+            let _ = model.logits(Rows::new(&step, b, 1), Some(&mut cache))?;
         }
         if r > 0 {
             times.push(t.elapsed().as_secs_f64()); // first round is warm-up

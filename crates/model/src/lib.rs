@@ -6,6 +6,7 @@
 pub mod block;
 pub mod config;
 pub mod cpu;
+pub mod infer;
 pub mod init;
 pub mod llama;
 pub mod masked_softmax;
@@ -15,6 +16,7 @@ pub mod testing;
 
 pub use config::{Arch, Config};
 pub use cpu::GradModel;
+pub use infer::Infer;
 pub use llama::{KvCache, Model, ModelOptions, Tap};
 
 use std::collections::HashMap;

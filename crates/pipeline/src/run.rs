@@ -362,6 +362,7 @@ fn control<'a>(o: &Options<'a>) -> orlik_train::lm::Control<'a> {
         stop: o.stop,
         after_step: o.after_step,
         memory: o.memory,
+        reduce: None,
     }
 }
 

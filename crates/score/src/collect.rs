@@ -13,6 +13,7 @@
 
 use crate::{Agg, ScoreError, ScoreOptions, Scores};
 use candle_core::{DType, Device, Tensor, D};
+use orlik_model::infer::{Infer, Rows};
 use orlik_model::{ops, Model, Tap};
 
 /// Per-unit accumulator over batch rows of per-row (sequence-aggregated) values.
@@ -92,8 +93,8 @@ fn mean_valid(v: &[Vec<f32>], valid: &[Vec<bool>], f: impl Fn(f32) -> f64) -> (f
 }
 
 /// Log-probabilities (b, t, vocab) of a final hidden state.
-fn log_probs(model: &Model, hidden: &Tensor) -> Result<Tensor, ScoreError> {
-    Ok(ops::log_softmax_last(&model.lm_head(hidden)?)?)
+fn log_probs(model: &dyn Infer, hidden: &Tensor) -> Result<Tensor, ScoreError> {
+    Ok(ops::log_softmax_last(&model.head(hidden)?)?)
 }
 
 /// Mean next-token loss and per-token KL(p ‖ q) sums over valid positions.
@@ -237,7 +238,7 @@ fn count_tokens(valid: &[Vec<bool>]) -> f64 {
 /// Run the calibration pass with the whole model in memory. `batches` are (ids, valid) with rows
 /// of equal length.
 pub fn collect(
-    model: &Model,
+    model: &dyn Infer,
     batches: &[crate::Batch],
     opts: &ScoreOptions,
     mut progress: impl FnMut(&str, usize, usize),
@@ -246,7 +247,11 @@ pub fn collect(
     let nl = acc.nl;
     for (bi, (ids, valid)) in batches.iter().enumerate() {
         progress("calibration", bi, batches.len());
-        let x = ids_tensor(ids)?;
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let rows = Rows {
+            key_valid: Some(valid),
+            ..Rows::new(&flat, ids.len(), ids.first().map_or(0, Vec::len))
+        };
         let mut states: Vec<Tensor> = Vec::with_capacity(nl + 1);
         let mut tap = |l: usize, what: Tap, a: &Tensor| -> candle_core::Result<()> {
             match what {
@@ -256,7 +261,7 @@ pub fn collect(
             }
             acc.record(l, what, a, valid, opts.seq)
         };
-        let fin = model.forward_tapped(&x, Some(valid), &[], &mut tap)?;
+        let fin = model.hidden_tapped(rows, &[], &mut tap)?;
         for n in 1..=acc.max_n {
             for l in 0..=nl - n {
                 acc.depth(l, n, &states[l], &states[l + n], valid)?;
@@ -271,10 +276,7 @@ pub fn collect(
             acc.loss_n += n0;
             for l in 0..nl {
                 progress("leave-one-out", l, nl);
-                let q = log_probs(
-                    model,
-                    &model.forward_tapped(&x, Some(valid), &[l], &mut |_, _, _| Ok(()))?,
-                )?;
+                let q = log_probs(model, &model.hidden_tapped(rows, &[l], &mut |_, _, _| Ok(()))?)?;
                 let (lq, kq, _) = loss_and_kl(&p, &q, ids, valid)?;
                 acc.loo_loss[l] += lq;
                 acc.loo_kl[l] += kq;

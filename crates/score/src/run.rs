@@ -5,6 +5,7 @@
 use crate::collect::{collect, collect_streaming};
 use crate::{calibration_batches, Agg, Batch, ScoreError, ScoreMeta, ScoreOptions, Scores};
 use orlik_io::hfdir::HfModel;
+use orlik_model::infer::{Infer, Rows};
 use orlik_model::ModelOptions;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -214,8 +215,8 @@ fn measure_cost(
     for (ids, valid) in batches {
         let t = ids.first().map_or(0, Vec::len);
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
-        let x = candle_core::Tensor::from_vec(flat, (ids.len(), t), &candle_core::Device::Cpu)?;
-        model.forward_hidden(&x, Some(valid), None, None)?; // without lm_head: the strict comparison
+        let rows = Rows { key_valid: Some(valid), ..Rows::new(&flat, ids.len(), t) };
+        model.hidden(rows, None)?; // without lm_head: the strict comparison
     }
     let plain = plain.elapsed().as_secs_f64();
     let no_loo = ScoreOptions { loo_batches: 0, ..opts.clone() };

@@ -1,5 +1,6 @@
-//! The student's body and lm_head as every training objective runs them: KD / CE
-//! (`trainer.rs`) and the log-probability objectives of SFT, DPO and GRPO (`seqlogp.rs`).
+//! The CPU executor's body and lm_head (`exec/cpu.rs`), as every training objective runs them:
+//! KD / CE (`trainer.rs`) and the log-probability objectives of SFT, DPO and GRPO
+//! (`seqlogp.rs`).
 //!
 //! 1. [`forward`] runs the body to the final hidden states h (n = b · t rows): the hand-written
 //!    path of `orlik_model::cpu` (no autograd graph; every architecture), else
@@ -15,7 +16,9 @@ use crate::params::Params;
 use crate::TrainError;
 use candle_core::{Device, Tensor, Var};
 use orlik_model::cpu::kernels::{gemm, Par, View};
+use orlik_model::prob::logsumexp;
 use orlik_model::{cpu, GradModel, Model};
+use rayon::prelude::*;
 
 /// What the body's backward needs, by the path its forward took.
 enum Saved {
@@ -133,6 +136,55 @@ pub fn head_chunks(
         }
     }
     Ok(hg)
+}
+
+/// log p(targets[r]) for every row r of `hd` (n, hidden) under lm_head `w` (vocab, hidden),
+/// `chunk` rows of logits at a time.
+pub fn token_logp(
+    hd: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    chunk: usize,
+) -> Result<Vec<f64>, TrainError> {
+    let vocab = w.dim(0)?;
+    let mut flat = vec![0f64; hd.dim(0)?];
+    head_chunks(hd, w, chunk, false, |start, z, _| {
+        let c = z.len() / vocab;
+        flat[start..start + c]
+            .par_iter_mut()
+            .zip(z.par_chunks(vocab))
+            .zip(targets[start..start + c].par_iter())
+            .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
+        Ok(())
+    })?;
+    Ok(flat)
+}
+
+/// lm_head's backward of Σ_r coeff[r] · log p(targets[r]): dL/dz_r = c_r (onehot(target_r) −
+/// softmax(z_r)), `chunk` rows at a time (rows with c_r = 0 contribute nothing).
+pub fn token_logp_head_backward(
+    hd: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    coeff: &[f32],
+    chunk: usize,
+) -> Result<HeadGrad, TrainError> {
+    let vocab = w.dim(0)?;
+    head_chunks(hd, w, chunk, true, |start, z, g| {
+        let Some(g) = g else { return Ok(()) };
+        g.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).enumerate().for_each(|(i, (gi, zi))| {
+            let k = coeff[start + i];
+            if k == 0.0 {
+                return;
+            }
+            let lse = logsumexp(zi, 1.0);
+            for (gv, &zv) in gi.iter_mut().zip(zi) {
+                *gv = -k * ((zv as f64 - lse).exp() as f32);
+            }
+            gi[targets[start + i] as usize] += k;
+        });
+        Ok(())
+    })
 }
 
 /// The lm_head's backward, chunk by chunk: dL/dh_c = dL/dz · W collected, dL/dW += dL/dzᵀ · h_c

@@ -4,26 +4,30 @@
 //! function of (seed, cursor), atomic checkpoints with full state and bit-identical resume, a
 //! non-finite-step guard, graceful interrupt, metrics.jsonl and PNG curves.
 //!
-//! The loss over the vocabulary is computed outside autograd (`losses.rs`), chunk by chunk over
-//! positions, and its gradient is pushed back through lm_head by hand; autograd runs only through
-//! the transformer body. See `trainer.rs`.
+//! Weights, gradients, optimizer state and activations live in an executor (`exec/`: the
+//! interface a backend implements, and the CPU executor); the loop (`runner.rs`) and the
+//! objectives see only its operations. The loss over the vocabulary is computed chunk by chunk
+//! over positions and its gradient pushed back through lm_head by hand (`losses.rs`,
+//! `body.rs`). See `trainer.rs`.
 
 pub mod bench;
-pub mod body;
+mod body;
 pub mod checkpoint;
 pub mod config;
 pub mod curves;
 pub mod data;
+pub mod exec;
 pub mod lm;
 pub mod losses;
 pub mod mem;
 pub mod optim;
-pub mod params;
+mod params;
 pub mod runner;
 pub mod seqlogp;
 pub mod trainer;
 
 pub use config::TrainConfig;
+pub use exec::{Backend, Executor};
 pub use runner::{Micro, Outcome, Task};
 pub use trainer::{LmTask, StepRows, TeacherSource, Trainer};
 

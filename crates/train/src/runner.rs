@@ -1,7 +1,8 @@
 //! The training loop, one for every objective: KD and CE (`trainer.rs`), SFT, DPO and GRPO
 //! (`orlik_align`) are [`Task`]s plugged into it. The loop owns what they share: the data order,
-//! gradient accumulation, the learning-rate schedule, global-norm clipping and AdamW (through
-//! `Params::update`), the non-finite-step guard, periodic validation, checkpoints and resume,
+//! gradient accumulation (in the executor), the data-parallel reduction hook, the learning-rate
+//! schedule, the update (`Executor::update`: clipping, the non-finite check, AdamW), the
+//! non-finite-step guard, periodic validation, checkpoints and resume,
 //! interruption by SIGINT / SIGTERM (the caller's `stop` flag), metrics.jsonl, the progress bar,
 //! the final save and the curves.
 //!
@@ -13,19 +14,19 @@ use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
 use crate::curves;
 use crate::data::Order;
-use crate::optim::{global_norm, lr_at};
-use crate::params::Params;
+use crate::exec::{Executor, GradReduce};
+use crate::optim::lr_at;
 use crate::TrainError;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// One micro-batch's result: the loss, its gradient (in `Params::names` order, already scaled
-/// for averaging over the step's micro-batches), tokens trained on, and metrics to average.
+/// One micro-batch's result (its gradient, already scaled for averaging over the step's
+/// micro-batches, was added to the executor's): the loss, tokens trained on, and metrics to
+/// average.
 pub struct Micro {
     pub loss: f64,
-    pub grads: Vec<Vec<f32>>,
     pub tokens: u64,
     pub metrics: Vec<(&'static str, f64)>,
 }
@@ -35,11 +36,11 @@ pub trait Task {
     type Error: From<TrainError>;
     /// Number of units the data order permutes.
     fn units(&self) -> usize;
-    /// Loss and gradient of the micro-batch `units` (indices) at optimizer step `step`;
-    /// `scale` = 1 / micro-batches per step.
+    /// Loss of the micro-batch `units` (indices) at optimizer step `step`, its gradient
+    /// (times `scale` = 1 / micro-batches per step) added to `e`'s.
     fn micro(
         &mut self,
-        p: &Params,
+        e: &mut dyn Executor,
         units: &[usize],
         step: u64,
         scale: f32,
@@ -51,7 +52,11 @@ pub trait Task {
     }
     /// A validation row for metrics.jsonl (keys starting with `val_`), or None when the task
     /// has no held-out data. Called every `eval_every` steps and after the last one.
-    fn validate(&mut self, _p: &Params, _step: u64) -> Result<Option<Value>, Self::Error> {
+    fn validate(
+        &mut self,
+        _e: &mut dyn Executor,
+        _step: u64,
+    ) -> Result<Option<Value>, Self::Error> {
         Ok(None)
     }
     /// Metrics drawn as `OUT/<key>.png` at the end (besides loss.png).
@@ -82,20 +87,22 @@ pub struct Options<'a> {
     pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
     /// What the run's estimated peak memory is compared with before it starts (`mem.rs`).
     pub memory: crate::mem::Gate,
+    /// Sums every step's gradients across data-parallel ranks before the update.
+    pub reduce: Option<&'a dyn GradReduce>,
 }
 
 /// The state a run starts from in `out`: fresh, or on `resume` the newest checkpoint's (its
-/// weights loaded into `p`, metrics.jsonl cut back to its step, the task told).
+/// weights loaded into `e`, metrics.jsonl cut back to its step, the task told).
 pub fn start<T: Task + ?Sized>(
     task: &mut T,
-    p: &mut Params,
+    e: &mut dyn Executor,
     cfg: &TrainConfig,
     out: &Path,
     resume: bool,
 ) -> Result<State, T::Error> {
     let mut st = State::fresh(cfg.seed);
     if resume {
-        if let Some(s) = p.load_latest(&out.join("checkpoints"))? {
+        if let Some(s) = e.load_latest(&out.join("checkpoints"))? {
             st = s;
         }
         curves::truncate(&out.join("metrics.jsonl"), st.step)?;
@@ -114,28 +121,33 @@ pub struct Stepped {
     pub shown: String,
 }
 
-/// One optimizer step: `grad_accum` micro-batches of `batch` units, then the update (skipped,
-/// with a warning through `warn`, when the loss or the gradient norm is not finite).
+/// One optimizer step: `grad_accum` micro-batches of `batch` units, the reduction across ranks
+/// (with `reduce`), then the update (skipped, with a warning through `warn`, when the loss or
+/// the gradient norm is not finite).
 pub fn step<T: Task + ?Sized>(
     task: &mut T,
-    p: &mut Params,
+    e: &mut dyn Executor,
     cfg: &TrainConfig,
     st: &mut State,
     order: &mut Order,
+    reduce: Option<&dyn GradReduce>,
     warn: &dyn Fn(String),
 ) -> Result<Stepped, T::Error> {
+    if cfg.grad_accum == 0 {
+        return Err(TrainError::Config("grad_accum is 0".into()).into());
+    }
     let total = cfg.total_steps()?;
     let warmup = cfg.warmup_steps()?;
     let t0 = Instant::now();
     let lr = lr_at(cfg.schedule, st.step, total, warmup, cfg.lr, cfg.min_lr(), cfg.wsd_decay);
     let per = 1.0 / cfg.grad_accum as f64;
-    let (mut grads, mut loss, mut tokens) = (None::<Vec<Vec<f32>>>, 0.0, 0u64);
+    let (mut loss, mut tokens) = (0.0, 0u64);
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
     for _ in 0..cfg.grad_accum {
         let units: Vec<usize> =
             (0..cfg.batch as u64).map(|i| order.window(st.cursor + i)).collect();
         st.cursor += cfg.batch as u64;
-        let m = task.micro(p, &units, st.step, per as f32)?;
+        let m = task.micro(e, &units, st.step, per as f32)?;
         loss += m.loss * per;
         tokens += m.tokens;
         for (k, v) in m.metrics {
@@ -144,19 +156,12 @@ pub fn step<T: Task + ?Sized>(
                 None => sums.push((k, v * per)),
             }
         }
-        match grads.as_mut() {
-            None => grads = Some(m.grads),
-            Some(acc) => {
-                for (a, g) in acc.iter_mut().zip(m.grads) {
-                    a.iter_mut().zip(g).for_each(|(x, y)| *x += y);
-                }
-            }
-        }
     }
-    let mut grads = grads.ok_or_else(|| TrainError::Config("grad_accum is 0".into()))?;
+    if let Some(r) = reduce {
+        e.reduce_grads(r)?;
+    }
     let t = st.step + 1 - st.skipped_steps;
-    let gnorm =
-        if loss.is_finite() { p.update(&mut grads, lr, t, cfg)? } else { global_norm(&grads) };
+    let gnorm = e.update(lr, t, cfg, loss.is_finite())?;
     let finite = loss.is_finite() && gnorm.is_finite();
     if finite {
         st.bad_in_a_row = 0;
@@ -203,11 +208,11 @@ fn progress_bar(quiet: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     pb
 }
 
-/// Train `p` with `task` from `st` (see [`start`]) to `cfg`'s number of steps, into `out`
+/// Train `e` with `task` from `st` (see [`start`]) to `cfg`'s number of steps, into `out`
 /// (checkpoints/, metrics.jsonl, curves).
 pub fn run<T: Task + ?Sized>(
     task: &mut T,
-    p: &mut Params,
+    e: &mut dyn Executor,
     cfg: &TrainConfig,
     out: &Path,
     st: &mut State,
@@ -221,17 +226,17 @@ pub fn run<T: Task + ?Sized>(
     let started = Instant::now();
     let base = st.train_seconds;
     let mut last_saved = st.step;
-    let save = |p: &Params, st: &mut State| -> Result<(), TrainError> {
+    let save = |e: &dyn Executor, st: &mut State| -> Result<(), TrainError> {
         st.train_seconds = base + started.elapsed().as_secs_f64();
-        p.save(&ck, st).map(drop)
+        e.save(&ck, st).map(drop)
     };
     while st.step < total {
         if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
-            save(p, st)?;
+            save(e, st)?;
             pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
             return Ok(Outcome::Interrupted { step: st.step });
         }
-        let s = step(task, p, cfg, st, &mut order, &|m| pb.println(m))?;
+        let s = step(task, e, cfg, st, &mut order, opts.reduce, &|m| pb.println(m))?;
         curves::append(&metrics, &Value::Object(s.row))?;
         if let Some(hook) = opts.after_step {
             hook(st.step);
@@ -242,7 +247,7 @@ pub fn run<T: Task + ?Sized>(
             s.loss, s.shown, s.lr, s.tokens_per_s
         ));
         if st.bad_in_a_row >= cfg.max_bad_steps {
-            save(p, st)?;
+            save(e, st)?;
             pb.abandon();
             return Err(TrainError::NonFinite(format!(
                 "{} non-finite steps in a row at step {} (lower --lr or check the data); last \
@@ -252,19 +257,19 @@ pub fn run<T: Task + ?Sized>(
             .into());
         }
         if cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every) && st.step < total {
-            if let Some(v) = task.validate(p, st.step)? {
+            if let Some(v) = task.validate(e, st.step)? {
                 curves::append(&metrics, &v)?;
                 pb.println(format!("step {}: {v}", st.step));
             }
         }
         if cfg.save_every > 0 && st.step.is_multiple_of(cfg.save_every) {
-            save(p, st)?;
+            save(e, st)?;
             last_saved = st.step;
         }
     }
     pb.finish_and_clear();
     if last_saved != st.step || checkpoint::list(&ck)?.is_empty() {
-        save(p, st)?;
+        save(e, st)?;
     }
     // A finished run needs one checkpoint (to train on from its last step); the one before it is
     // three model sizes of disk (weights + AdamW moments) for nothing.
@@ -275,7 +280,7 @@ pub fn run<T: Task + ?Sized>(
             && r.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("val_")))
     });
     if !validated {
-        if let Some(v) = task.validate(p, st.step)? {
+        if let Some(v) = task.validate(e, st.step)? {
             curves::append(&metrics, &v)?;
         }
     }
@@ -289,42 +294,67 @@ pub fn run<T: Task + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::cpu::{CpuExecutor, Options as CpuOptions};
+    use crate::seqlogp::{self, Rows};
     use orlik_model::init::random_weights;
 
-    /// A task whose loss is NaN from step `from` on.
-    struct NanAfter {
-        from: u64,
+    fn tiny() -> orlik_model::Config {
+        orlik_model::testing::tiny(
+            "LlamaForCausalLM",
+            serde_json::json!({"vocab_size": 11, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "num_key_value_heads": 1, "head_dim": 4, "max_position_embeddings": 32,
+                "tie_word_embeddings": true}),
+        )
     }
 
-    impl Task for NanAfter {
+    fn exec(seed: u64) -> CpuExecutor {
+        let cfg = tiny();
+        CpuExecutor::new(&cfg, random_weights(&cfg, seed, 0.3).unwrap(), CpuOptions::default())
+            .unwrap()
+    }
+
+    fn host(e: &dyn Executor) -> Vec<Vec<f32>> {
+        let w = e.weights().unwrap();
+        w.iter().map(|(_, t)| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()).collect()
+    }
+
+    /// Σ c · log p over two fixed rows, through the executor; the coefficient is `coeff` until
+    /// step `from`, NaN from then on (a poisoned loss: NaN gradients everywhere).
+    struct LogpTask {
+        from: u64,
+        coeff: f32,
+    }
+
+    impl Task for LogpTask {
         type Error = TrainError;
         fn units(&self) -> usize {
             3
         }
         fn micro(
             &mut self,
-            p: &Params,
+            e: &mut dyn Executor,
             _: &[usize],
             step: u64,
-            _: f32,
+            scale: f32,
         ) -> Result<Micro, TrainError> {
             let bad = step >= self.from;
-            let grads =
-                p.slots.iter().map(|s| vec![if bad { f32::NAN } else { 0.1 }; s.w.len()]).collect();
-            let loss = if bad { f64::NAN } else { 1.0 };
-            Ok(Micro { loss, grads, tokens: 1, metrics: vec![("x", 1.0)] })
+            let rows = Rows {
+                inputs: vec![vec![1, 4, 7], vec![3, 2]],
+                targets: vec![vec![4, 7, 2], vec![2, 9]],
+                pad: 0,
+            };
+            let f = seqlogp::forward_train(e, &rows, 2)?;
+            let c = if bad { f32::NAN } else { self.coeff * scale };
+            let coeff: Vec<Vec<f32>> = f.logp.iter().map(|l| vec![c; l.len()]).collect();
+            let loss = if bad { f64::NAN } else { -f.logp.iter().flatten().sum::<f64>() };
+            seqlogp::backward(e, f, &coeff, 2)?;
+            Ok(Micro { loss, tokens: 5, metrics: vec![("x", 1.0)] })
         }
     }
 
     #[test]
     fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
-        let cfg = orlik_model::testing::tiny(
-            "LlamaForCausalLM",
-            serde_json::json!({"vocab_size": 11, "num_hidden_layers": 1, "num_attention_heads": 2,
-                "num_key_value_heads": 1, "head_dim": 4, "max_position_embeddings": 32,
-                "tie_word_embeddings": true}),
-        );
-        let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
+        let mut e = exec(1);
         let tc = TrainConfig {
             steps: Some(20),
             batch: 1,
@@ -333,38 +363,68 @@ mod tests {
             ..TrainConfig::default()
         };
         let dir = tempfile::tempdir().unwrap();
-        let mut task = NanAfter { from: 2 };
-        let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
+        let mut task = LogpTask { from: 2, coeff: -1.0 };
+        let mut st = start(&mut task, &mut e, &tc, dir.path(), false).unwrap();
         let opts = Options { quiet: true, ..Options::default() };
-        let e = run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).err().unwrap().to_string();
-        assert!(e.contains("3 non-finite steps in a row at step 5"), "{e}");
+        let e2 = run(&mut task, &mut e, &tc, dir.path(), &mut st, opts).err().unwrap().to_string();
+        assert!(e2.contains("3 non-finite steps in a row at step 5"), "{e2}");
         let rows = curves::read(&dir.path().join("metrics.jsonl")).unwrap();
         assert_eq!(rows.len(), 5);
         assert!(rows[..2].iter().all(|r| r.get("skipped").is_none()));
         assert!(rows[2..].iter().all(|r| r["skipped"] == true));
-        let after_two: Vec<Vec<f32>> = p.slots.iter().map(|s| s.w.clone()).collect();
+        let after_two = host(&e);
         assert!(after_two.iter().flatten().all(|x| x.is_finite()));
+        assert_ne!(after_two, host(&exec(1)), "the two finite steps changed the weights");
         // the checkpoint holds the weights of the last finite step
-        let mut q = Params::new(&cfg, random_weights(&cfg, 9, 0.3).unwrap()).unwrap();
+        let mut q = exec(9);
         let st = q.load_latest(&dir.path().join("checkpoints")).unwrap().unwrap();
         assert_eq!((st.step, st.skipped_steps), (5, 3));
-        assert_eq!(q.slots.iter().map(|s| s.w.clone()).collect::<Vec<_>>(), after_two);
+        assert_eq!(host(&q), after_two);
+    }
+
+    /// A reducer standing for two ranks that saw the same data: it sums a gradient with an
+    /// identical copy of it.
+    struct TwoSameRanks;
+
+    impl GradReduce for TwoSameRanks {
+        fn sum(&self, _: &str, g: &mut [f32]) -> Result<(), TrainError> {
+            g.iter_mut().for_each(|x| *x += *x);
+            Ok(())
+        }
+    }
+
+    /// The reduction hook runs between the micro-batches and the update: two identical ranks
+    /// give the weights of one rank with a doubled loss, bit for bit (doubling is exact).
+    #[test]
+    fn the_reduction_hook_sums_before_the_update() {
+        let tc = TrainConfig { steps: Some(3), batch: 1, clip: 0.0, ..TrainConfig::default() };
+        let train = |coeff: f32, reduce: Option<&dyn GradReduce>| {
+            let mut e = exec(2);
+            let dir = tempfile::tempdir().unwrap();
+            let mut task = LogpTask { from: 99, coeff };
+            let mut st = start(&mut task, &mut e, &tc, dir.path(), false).unwrap();
+            let opts = Options { quiet: true, reduce, ..Options::default() };
+            run(&mut task, &mut e, &tc, dir.path(), &mut st, opts).unwrap();
+            host(&e)
+        };
+        let two = train(-1.0, Some(&TwoSameRanks));
+        assert_eq!(two, train(-2.0, None));
+        assert_ne!(two, train(-1.0, None));
     }
 
     /// The loop calls the injected hook once per step, in order.
     #[test]
     fn after_step_hook_sees_every_step() {
-        let cfg = orlik_model::testing::tiny("LlamaForCausalLM", serde_json::json!({}));
-        let mut p = Params::new(&cfg, random_weights(&cfg, 1, 0.3).unwrap()).unwrap();
+        let mut e = exec(1);
         let tc = TrainConfig { steps: Some(4), batch: 1, ..TrainConfig::default() };
         let dir = tempfile::tempdir().unwrap();
-        let mut task = NanAfter { from: 99 };
+        let mut task = LogpTask { from: 99, coeff: -1.0 };
         let seen = std::sync::Mutex::new(Vec::new());
         let hook = |s: u64| seen.lock().unwrap().push(s);
-        let mut st = start(&mut task, &mut p, &tc, dir.path(), false).unwrap();
+        let mut st = start(&mut task, &mut e, &tc, dir.path(), false).unwrap();
         let opts = Options { quiet: true, after_step: Some(&hook), ..Options::default() };
         assert_eq!(
-            run(&mut task, &mut p, &tc, dir.path(), &mut st, opts).unwrap(),
+            run(&mut task, &mut e, &tc, dir.path(), &mut st, opts).unwrap(),
             Outcome::Finished
         );
         assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3, 4]);

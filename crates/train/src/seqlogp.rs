@@ -1,21 +1,17 @@
 //! Objectives that are functions of the log-probabilities the model gives to chosen tokens
 //! (SFT's masked cross-entropy, DPO's sequence log-likelihoods, GRPO's per-token ratios).
 //!
-//! [`forward_train`] runs the body on right-padded rows (`body.rs`: the hand-written path of
-//! `orlik_model::cpu` unless autograd is asked for; [`forward`] runs any
-//! model under autograd) and returns, for every position,
-//! log p(target | prefix); the caller turns its loss into c_r = dL/d logp_r per position, and
-//! [`backward`] pushes it through: dL/dz_r = c_r (onehot(target_r) − softmax(z_r)), computed
-//! `chunk` positions at a time outside autograd (as the KD trainer does), so (positions × vocab)
-//! logits never exist whole. Right padding needs no attention mask: causal attention never lets
+//! [`forward_train`] runs the executor's body on right-padded rows ([`frozen`] runs a frozen
+//! model) and returns, for every position, log p(target | prefix); the caller turns its loss
+//! into c_r = dL/d logp_r per position, and [`backward`] pushes it through
+//! (`Executor::token_logp_backward`: dL/dz_r = c_r (onehot(target_r) − softmax(z_r)), `chunk`
+//! positions at a time, so (positions × vocab) logits never exist whole). Right padding needs no attention mask: causal attention never lets
 //! a real position see the padding after it.
 
-use crate::body::{self, Hidden, Path};
-use crate::params::Params;
+use crate::body;
+use crate::exec::{Acts, Executor};
 use crate::TrainError;
-use orlik_model::prob::logsumexp;
-use orlik_model::{GradModel, Model};
-use rayon::prelude::*;
+use orlik_model::Model;
 
 /// A batch of token rows: `inputs[r]` and `targets[r]` have equal lengths; rows may differ in
 /// length and are right-padded with `pad`.
@@ -25,10 +21,9 @@ pub struct Rows {
     pub pad: u32,
 }
 
+/// A training forward: the executor's activations and every row's log-probabilities.
 pub struct Forward {
-    hidden: Hidden,
-    /// The hand-written body the forward ran (None: autograd).
-    fast: Option<GradModel>,
+    acts: Acts,
     /// Targets, flat (b · t) with padding positions set to `pad`.
     targets: Vec<u32>,
     pub width: usize,
@@ -63,96 +58,60 @@ fn pad(rows: &Rows) -> Result<(Vec<u32>, Vec<u32>, usize), TrainError> {
     Ok((ids, targets, width))
 }
 
-/// Run `model` under autograd on `rows` and return log p(target) at every real position (any
-/// model, e.g. a frozen reference; `backward` works through the graph).
-pub fn forward(model: &Model, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+/// log p(target) at every real position of `rows` under a frozen `model` (a reference model;
+/// inference only).
+pub fn frozen(model: &Model, rows: &Rows, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
     let (ids, targets, width) = pad(rows)?;
     let hidden = body::graph(model, ids, rows.inputs.len(), width)?;
-    let logp = logps(&hidden, &model.head_weight().detach(), &targets, rows, chunk)?;
-    Ok(Forward { hidden, fast: None, targets, width, logp })
+    let flat = body::token_logp(&hidden.hd, &model.head_weight().detach(), &targets, chunk)?;
+    Ok(per_row(&flat, rows, width))
 }
 
-/// The policy's forward for training: the hand-written body when `p`'s architecture has one
-/// (no autograd graph, a third of the memory), else autograd through `p.model`.
-pub fn forward_train(p: &Params, rows: &Rows, chunk: usize) -> Result<Forward, TrainError> {
+/// log p(target) at every real position of `rows` under the executor's current weights, no
+/// gradient kept (DPO's reference log-probabilities, before training).
+pub fn logp(e: &mut dyn Executor, rows: &Rows, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
     let (ids, targets, width) = pad(rows)?;
-    let fast = p.grad_model(width)?;
-    let path = match &fast {
-        Some(f) => Path::Fast { model: f, checkpoint: false },
-        None => Path::Autograd { checkpoint: false },
-    };
-    let hidden = body::forward(p, path, ids, rows.inputs.len(), width, true)?;
-    let logp = logps(&hidden, &p.head_weight(), &targets, rows, chunk)?;
-    Ok(Forward { hidden, fast, targets, width, logp })
+    let acts = e.forward(&ids, rows.inputs.len(), width, false)?;
+    Ok(per_row(&e.token_logp(&acts, &targets, chunk)?, rows, width))
 }
 
-/// log p(target) per real position from the final hidden states, `chunk` rows of logits at a
-/// time.
-fn logps(
-    h: &Hidden,
-    w: &candle_core::Tensor,
-    targets: &[u32],
+/// The policy's forward for training: log p(target) at every position, and what [`backward`]
+/// needs.
+pub fn forward_train(
+    e: &mut dyn Executor,
     rows: &Rows,
     chunk: usize,
-) -> Result<Vec<Vec<f64>>, TrainError> {
-    let vocab = w.dim(0)?;
-    let mut flat = vec![0f64; h.b * h.t];
-    body::head_chunks(&h.hd, w, chunk, false, |start, z, _| {
-        let c = z.len() / vocab;
-        flat[start..start + c]
-            .par_iter_mut()
-            .zip(z.par_chunks(vocab))
-            .zip(targets[start..start + c].par_iter())
-            .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
-        Ok(())
-    })?;
-    let width = h.t;
-    let logp = rows
-        .inputs
+) -> Result<Forward, TrainError> {
+    let (ids, targets, width) = pad(rows)?;
+    let acts = e.forward(&ids, rows.inputs.len(), width, true)?;
+    let logp = per_row(&e.token_logp(&acts, &targets, chunk)?, rows, width);
+    Ok(Forward { acts, targets, width, logp })
+}
+
+/// Each row's real positions of `flat` (b · width).
+fn per_row(flat: &[f64], rows: &Rows, width: usize) -> Vec<Vec<f64>> {
+    rows.inputs
         .iter()
         .enumerate()
         .map(|(r, inp)| flat[r * width..r * width + inp.len()].to_vec())
-        .collect();
-    Ok(logp)
+        .collect()
 }
 
-/// Gradients (in `p.names` order) of a loss whose derivative with respect to each position's
-/// log-probability is `coeff[row][pos]` (positions not listed, and padding, get 0).
+/// Add to the executor's gradient that of a loss whose derivative with respect to each
+/// position's log-probability is `coeff[row][pos]` (positions not listed, and padding, get 0).
 pub fn backward(
-    p: &Params,
+    e: &mut dyn Executor,
     f: Forward,
     coeff: &[Vec<f32>],
     chunk: usize,
-) -> Result<Vec<Vec<f32>>, TrainError> {
+) -> Result<(), TrainError> {
     let (b, t) = (f.logp.len(), f.width);
     let mut c_flat = vec![0f32; b * t];
     for (r, cs) in coeff.iter().enumerate().take(b) {
         let len = cs.len().min(t);
         c_flat[r * t..r * t + len].copy_from_slice(&cs[..len]);
     }
-    let w = p.head_weight();
-    let vocab = w.dim(0)?;
-    let targets = &f.targets;
-    let hg = body::head_chunks(&f.hidden.hd, &w, chunk, true, |start, z, g| {
-        let Some(g) = g else { return Ok(()) };
-        g.par_chunks_mut(vocab).zip(z.par_chunks(vocab)).enumerate().for_each(|(i, (gi, zi))| {
-            let k = c_flat[start + i];
-            if k == 0.0 {
-                return;
-            }
-            let lse = logsumexp(zi, 1.0);
-            for (gv, &zv) in gi.iter_mut().zip(zi) {
-                *gv = -k * ((zv as f64 - lse).exp() as f32);
-            }
-            gi[targets[start + i] as usize] += k;
-        });
-        Ok(())
-    })?;
-    let path = match &f.fast {
-        Some(fast) => Path::Fast { model: fast, checkpoint: false },
-        None => Path::Autograd { checkpoint: false },
-    };
-    body::backward(p, path, f.hidden, hg)
+    e.token_logp_backward(f.acts, &f.targets, &c_flat, chunk)
 }
 
 /// Σ over positions of log-probabilities in each row, for the positions marked in `mask`.

@@ -36,7 +36,14 @@ struct Fixed {
 }
 
 impl TeacherSource for Fixed {
-    fn prepare(&mut self, _: Split, _: &[usize], _: &Tensor) -> Result<bool, TrainError> {
+    fn prepare(
+        &mut self,
+        _: Split,
+        _: &[usize],
+        _: &[u32],
+        _: usize,
+        _: usize,
+    ) -> Result<bool, TrainError> {
         Ok(true)
     }
     fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError> {
@@ -116,12 +123,13 @@ fn check_against_autograd(cfg: &Config, kd: bool, ckpt: bool, autograd: bool, wh
     )
     .unwrap();
     if autograd {
-        tr.use_autograd();
+        tr.use_autograd().unwrap();
     }
     let (_, grads) = tr.micro(Split::Train, &[0, 1], Some(1.0 / 12.0)).unwrap();
     let grads = grads.unwrap();
-    let want = reference(cfg, &w, &tr.params.names, kd, 2.0);
-    for ((n, g), r) in tr.params.names.iter().zip(&grads).zip(&want) {
+    let names = tr.names();
+    let want = reference(cfg, &w, &names, kd, 2.0);
+    for ((n, g), r) in names.iter().zip(&grads).zip(&want) {
         let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
         let err = g.iter().zip(r).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(
@@ -130,7 +138,7 @@ fn check_against_autograd(cfg: &Config, kd: bool, ckpt: bool, autograd: bool, wh
         );
         assert!(g.iter().any(|x| *x != 0.0), "{what} kd={kd}: {n} got no gradient");
     }
-    tr.hand_written_backward()
+    tr.executor().contains("hand-written")
 }
 
 #[test]
@@ -318,8 +326,9 @@ fn non_finite_steps_are_skipped_then_the_run_stops_with_finite_weights_saved() {
 /// through each unpadded row separately, with the body under autograd and hand-written.
 #[test]
 fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
-    use crate::params::Params;
-    use crate::seqlogp::{backward, forward, forward_train, Rows};
+    use crate::exec::cpu::{CpuExecutor, Options};
+    use crate::exec::Executor;
+    use crate::seqlogp::{backward, forward_train, frozen, Rows};
     for (tied, hand) in [(true, false), (false, false), (true, true), (false, true)] {
         let cfg = tiny(tied);
         let w = random_weights(&cfg, 7, 0.3).unwrap();
@@ -329,19 +338,25 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
             pad: 0,
         };
         let coeff: Vec<Vec<f32>> = vec![vec![0.0, 0.0, -0.5, 0.25, -1.0], vec![0.7, 0.0, -0.3]];
-        let p = Params::new(&cfg, w.clone()).unwrap();
-        // forward_train takes the hand-written body for this Llama config; forward is autograd.
-        let f = if hand {
-            forward_train(&p, &rows, 3).unwrap()
-        } else {
-            forward(&p.model, &rows, 3).unwrap()
-        };
+        let opts = Options { checkpoint: false, autograd: !hand };
+        let mut e = CpuExecutor::new(&cfg, w.clone(), opts).unwrap();
+        assert_eq!(e.describe().contains("hand-written"), hand);
+        let f = forward_train(&mut e, &rows, 3).unwrap();
         let logp = f.logp.clone();
-        let grads = backward(&p, f, &coeff, 4).unwrap();
+        backward(&mut e, f, &coeff, 4).unwrap();
+        let grads = e.grads_to_host().unwrap();
+        let names = e.names().to_vec();
+        // a frozen model's log-probabilities are the same
+        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
+            .unwrap();
+        let fl = frozen(&m, &rows, 2).unwrap();
+        for (a, b) in fl.iter().flatten().zip(logp.iter().flatten()) {
+            assert!((a - b).abs() < 1e-5, "frozen {a} vs training {b}");
+        }
         // reference: each row alone, full logits, autograd
-        let vars: Vec<Var> = p.names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
+        let vars: Vec<Var> = names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
         let held: Weights =
-            p.names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
+            names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
         let m = Model::new(&cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })
             .unwrap();
         let mut total: Option<Tensor> = None;
@@ -364,7 +379,7 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
             });
         }
         let g = total.unwrap().backward().unwrap();
-        for ((n, got), v) in p.names.iter().zip(&grads).zip(&vars) {
+        for ((n, got), v) in names.iter().zip(&grads).zip(&vars) {
             let want =
                 g.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);

@@ -1,30 +1,25 @@
 //! Distillation (KD) and language-model training (CE) as a [`Task`] of the training loop
 //! (`runner.rs`). One micro-batch of `batch` packed windows:
 //!
-//! 1. the student body runs to the final hidden states h (b, t, hidden) (`body.rs`: the
-//!    hand-written path for every architecture that has one, else autograd, optionally with
-//!    activation checkpointing);
-//! 2. positions are taken `loss_chunk` rows at a time: logits = h_c Wᵀ, the teacher's rows for
-//!    the same positions, the loss and dL/dlogits per row (`losses.rs`), pushed back through
-//!    lm_head chunk by chunk (`body::head_chunks`) — the (positions × vocab) logits never exist
-//!    whole;
-//! 3. the body's backward from dL/dh; lm_head's gradient joins it (the embedding's when tied).
+//! 1. the executor runs the student body to the final hidden states (`Executor::forward`);
+//! 2. `Executor::lm_loss` takes the positions `loss_chunk` rows at a time: logits, the
+//!    teacher's rows for the same positions, the loss and dL/dlogits per row (`losses.rs`),
+//!    pushed back through lm_head and the body into the executor's gradient — the
+//!    (positions × vocab) logits never exist whole.
 //!
 //! Everything is deterministic for a given thread count (the data order is a pure function of
 //! (seed, cursor), reductions have a fixed order), so a resumed run is bit-identical to an
 //! uninterrupted one.
 
-use crate::body::{self, Path as BodyPath};
 use crate::checkpoint::State;
 use crate::config::TrainConfig;
 use crate::data::{Order, Packed};
-use crate::losses::{row_loss, total, KdSpec, RowLoss, TeacherRow};
-use crate::params::{Grads, Params};
+use crate::exec::{self, cpu, Backend, Executor, LmLoss};
+use crate::losses::{total, KdSpec, RowLoss, TeacherRow};
 use crate::runner::{self, Micro, Options, Outcome, Task};
 use crate::{file_err, TrainError};
-use candle_core::{Device, Tensor};
-use orlik_model::{Config, GradModel, Weights};
-use rayon::prelude::*;
+use candle_core::Tensor;
+use orlik_model::{Config, Weights};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -60,12 +55,15 @@ impl StepRows {
 /// Where the teacher's distributions come from: a model run online, or a cache on disk.
 pub trait TeacherSource {
     /// Called once per micro-batch with the windows (indices into the split's packed data) and
-    /// their input ids (b, t). Returns false when this source has nothing for `split` (no KL).
+    /// their input ids (b · t, row-major). Returns false when this source has nothing for
+    /// `split` (no KL).
     fn prepare(
         &mut self,
         split: Split,
         windows: &[usize],
-        inputs: &Tensor,
+        ids: &[u32],
+        b: usize,
+        t: usize,
     ) -> Result<bool, TrainError>;
     /// Rows [start, start + n) of the prepared micro-batch.
     fn rows(&mut self, start: usize, n: usize) -> Result<StepRows, TrainError>;
@@ -92,30 +90,21 @@ impl Sums {
 pub struct LmTask<'t> {
     cfg: TrainConfig,
     spec: KdSpec,
-    /// The CPU executor's hand-written body forward/backward (None: autograd, forced by tests).
-    fast: Option<GradModel>,
     train: Packed,
     val: Option<Packed>,
     teacher: Option<Box<dyn TeacherSource + 't>>,
 }
 
 impl LmTask<'_> {
-    fn path(&self) -> BodyPath<'_> {
-        match &self.fast {
-            Some(f) => BodyPath::Fast { model: f, checkpoint: self.cfg.checkpoint_layers },
-            None => BodyPath::Autograd { checkpoint: self.cfg.checkpoint_layers },
-        }
-    }
-
     /// Loss sums of one micro-batch and, with `grad_scale`, the gradient of
-    /// grad_scale · Σ_rows loss for every parameter (in `names` order).
+    /// grad_scale · Σ_rows loss added to the executor's.
     pub(crate) fn micro_split(
         &mut self,
-        p: &Params,
+        e: &mut dyn Executor,
         split: Split,
         windows: &[usize],
         grad_scale: Option<f32>,
-    ) -> Result<(Sums, Option<Grads>), TrainError> {
+    ) -> Result<Sums, TrainError> {
         let data = match split {
             Split::Train => &self.train,
             Split::Val => {
@@ -131,57 +120,24 @@ impl LmTask<'_> {
             ids.extend_from_slice(&win[..t]);
             targets.extend_from_slice(&win[1..]);
         }
-        let inputs = Tensor::from_slice(&ids, (b, t), &Device::Cpu)?; // (b, t)
         let has_teacher = match self.teacher.as_mut() {
-            Some(tch) => tch.prepare(split, windows, &inputs)?,
+            Some(tch) => tch.prepare(split, windows, &ids, b, t)?,
             None => false,
         };
-        let grad = grad_scale.is_some();
-        let hidden = body::forward(p, self.path(), ids, b, t, grad)?;
-        let w = p.head_weight(); // (vocab, hidden)
-        let vocab = w.dim(0)?;
-        let mut sums = Sums { has_teacher, ..Default::default() };
-        let (spec, scale) = (self.spec, grad_scale.unwrap_or(0.0));
-        let teacher = &mut self.teacher;
-        let hg = body::head_chunks(&hidden.hd, &w, self.cfg.loss_chunk, grad, |start, z, g| {
-            let c = z.len() / vocab;
-            let rows = match teacher.as_mut() {
-                Some(tch) if has_teacher => Some(tch.rows(start, c)?),
-                _ => None,
-            };
-            let mut scratch = Vec::new();
-            let g = match g {
-                Some(g) => g,
-                None => {
-                    scratch.resize(c * vocab, 0f32);
-                    &mut scratch
-                }
-            };
-            let tg = &targets[start..start + c];
-            let losses: Vec<RowLoss> = g
-                .par_chunks_mut(vocab)
-                .zip(z.par_chunks(vocab))
-                .enumerate()
-                .map(|(i, (gi, zi))| {
-                    let trow = rows.as_ref().map(|r| r.row(i));
-                    let mut sp = spec;
-                    if trow.is_none() {
-                        sp.ce_weight = 1.0; // plain language modelling
-                    }
-                    row_loss(zi, trow, Some(tg[i]), &sp, scale, gi)
-                })
-                .collect();
-            for l in &losses {
-                sums.kd += l.kd;
-                sums.ce += l.ce;
-            }
-            sums.rows += c;
-            Ok(())
-        })?;
-        if !grad {
-            return Ok((sums, None));
-        }
-        Ok((sums, Some(body::backward(p, self.path(), hidden, hg)?)))
+        let acts = e.forward(&ids, b, t, grad_scale.is_some())?;
+        let teacher = match self.teacher.as_mut() {
+            Some(tch) if has_teacher => Some(tch.as_mut() as &mut dyn TeacherSource),
+            _ => None,
+        };
+        let loss = LmLoss {
+            targets: &targets,
+            spec: self.spec,
+            teacher,
+            chunk: self.cfg.loss_chunk,
+            grad_scale,
+        };
+        let s = e.lm_loss(acts, loss)?;
+        Ok(Sums { kd: s.kd, ce: s.ce, rows: s.rows, has_teacher })
     }
 }
 
@@ -192,11 +148,16 @@ impl Task for LmTask<'_> {
         self.train.windows()
     }
 
-    fn micro(&mut self, p: &Params, units: &[usize], _: u64, _: f32) -> Result<Micro, TrainError> {
+    fn micro(
+        &mut self,
+        e: &mut dyn Executor,
+        units: &[usize],
+        _: u64,
+        _: f32,
+    ) -> Result<Micro, TrainError> {
         // Σ over the step's rows / rows per step, in one f32 factor (as PyTorch's mean).
         let scale = 1.0 / (self.cfg.batch * self.cfg.seq_len * self.cfg.grad_accum) as f32;
-        let (s, g) = self.micro_split(p, Split::Train, units, Some(scale))?;
-        let grads = g.ok_or_else(|| TrainError::Data("internal: no gradients".into()))?;
+        let s = self.micro_split(e, Split::Train, units, Some(scale))?;
         let rows = s.rows.max(1) as f64;
         let mean = RowLoss { kd: s.kd / rows, ce: s.ce / rows };
         let mut metrics = Vec::with_capacity(2);
@@ -205,12 +166,12 @@ impl Task for LmTask<'_> {
         }
         metrics.push(("ce", mean.ce));
         let loss = total(&mean, &self.spec, s.has_teacher);
-        Ok(Micro { loss, grads, tokens: s.rows as u64, metrics })
+        Ok(Micro { loss, tokens: s.rows as u64, metrics })
     }
 
     /// Mean CE, mean KD (when the teacher covers the split) and bits per byte over the first
     /// `val_tokens` tokens of the validation windows.
-    fn validate(&mut self, p: &Params, step: u64) -> Result<Option<Value>, TrainError> {
+    fn validate(&mut self, e: &mut dyn Executor, step: u64) -> Result<Option<Value>, TrainError> {
         let Some(val) = self.val.as_ref() else {
             return Ok(None);
         };
@@ -224,7 +185,7 @@ impl Task for LmTask<'_> {
         let wins: Vec<usize> = (0..n).collect();
         let mut kd_rows = 0;
         for ch in wins.chunks(self.cfg.batch) {
-            let (s, _) = self.micro_split(p, Split::Val, ch, None)?;
+            let s = self.micro_split(e, Split::Val, ch, None)?;
             total_s.ce += s.ce;
             total_s.rows += s.rows;
             if s.has_teacher {
@@ -250,7 +211,7 @@ impl Task for LmTask<'_> {
 pub struct Trainer<'t> {
     cfg: TrainConfig,
     task: LmTask<'t>,
-    pub(crate) params: Params,
+    pub(crate) exec: Box<dyn Executor>,
     out: PathBuf,
     state: State,
     quiet: bool,
@@ -285,8 +246,7 @@ impl<'t> Trainer<'t> {
                 cfg.seq_len, model_cfg.max_position_embeddings
             )));
         }
-        let mut params = Params::new(model_cfg, weights)?;
-        let fast = params.grad_model(cfg.seq_len)?;
+        let mut exec = exec::open(model_cfg, weights, &cfg, Backend::Cpu)?;
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,
@@ -297,12 +257,12 @@ impl<'t> Trainer<'t> {
             json!({"config": serde_json::to_value(&cfg).unwrap_or(Value::Null), "run": run});
         crate::config::open_run(out, &run_json, resume)?;
         std::fs::create_dir_all(out).map_err(file_err(out))?;
-        let mut task = LmTask { cfg: cfg.clone(), spec, fast, train, val, teacher };
-        let state = runner::start(&mut task, &mut params, &cfg, out, resume)?;
+        let mut task = LmTask { cfg: cfg.clone(), spec, train, val, teacher };
+        let state = runner::start(&mut task, exec.as_mut(), &cfg, out, resume)?;
         Ok(Trainer {
             cfg,
             task,
-            params,
+            exec,
             out: out.to_path_buf(),
             state,
             quiet: false,
@@ -310,14 +270,18 @@ impl<'t> Trainer<'t> {
         })
     }
 
-    /// Whether the body runs the hand-written backward (else autograd).
-    pub fn hand_written_backward(&self) -> bool {
-        self.task.fast.is_some()
+    /// The executor and how it runs the body (`Executor::describe`).
+    pub fn executor(&self) -> String {
+        self.exec.describe()
     }
 
-    /// Force the autograd path (tests compare the two).
-    pub fn use_autograd(&mut self) {
-        self.task.fast = None;
+    /// Force candle autograd through the body (tests compare it with the hand-written path):
+    /// a CPU executor on the current weights, before any step.
+    pub fn use_autograd(&mut self) -> Result<(), TrainError> {
+        let weights: Weights = self.exec.weights()?.into_iter().collect();
+        let opts = cpu::Options { checkpoint: self.cfg.checkpoint_layers, autograd: true };
+        self.exec = Box::new(cpu::CpuExecutor::new(self.exec.config(), weights, opts)?);
+        Ok(())
     }
 
     pub fn set_quiet(&mut self, quiet: bool) {
@@ -341,18 +305,31 @@ impl<'t> Trainer<'t> {
 
     /// The current weights by HF name (f32).
     pub fn named_weights(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
-        Ok(self.params.named_weights())
+        self.exec.weights()
     }
 
-    /// See [`LmTask::micro_split`].
+    /// See [`LmTask::micro_split`]; with `grad_scale`, the micro-batch's gradient (taken out
+    /// of the executor, which is left with none).
     #[cfg(test)]
     pub(crate) fn micro(
         &mut self,
         split: Split,
         windows: &[usize],
         grad_scale: Option<f32>,
-    ) -> Result<(Sums, Option<Grads>), TrainError> {
-        self.task.micro_split(&self.params, split, windows, grad_scale)
+    ) -> Result<(Sums, Option<Vec<Vec<f32>>>), TrainError> {
+        let s = self.task.micro_split(self.exec.as_mut(), split, windows, grad_scale)?;
+        if grad_scale.is_none() {
+            return Ok((s, None));
+        }
+        let g = self.exec.grads_to_host()?;
+        self.exec.update(0.0, 1, &self.cfg, false)?; // zeroes the executor's gradient
+        Ok((s, Some(g)))
+    }
+
+    /// HF names of the trainable tensors (the order of gradients).
+    #[cfg(test)]
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.exec.names().to_vec()
     }
 
     /// Time `n` optimizer steps from the current state without saving anything (benchmarks).
@@ -364,10 +341,11 @@ impl<'t> Trainer<'t> {
             let t0 = Instant::now();
             runner::step(
                 &mut self.task,
-                &mut self.params,
+                self.exec.as_mut(),
                 &self.cfg,
                 &mut self.state,
                 &mut order,
+                None,
                 &|_| {},
             )?;
             out.push(t0.elapsed().as_secs_f64());
@@ -383,7 +361,8 @@ impl<'t> Trainer<'t> {
             stop,
             after_step: self.after_step.as_deref().map(|f| f as &(dyn Fn(u64) + Sync)),
             memory: crate::mem::Gate::Off, // the run's caller checked before loading anything
+            reduce: None,
         };
-        runner::run(&mut self.task, &mut self.params, &self.cfg, &self.out, &mut self.state, opts)
+        runner::run(&mut self.task, self.exec.as_mut(), &self.cfg, &self.out, &mut self.state, opts)
     }
 }

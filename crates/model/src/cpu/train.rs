@@ -213,6 +213,11 @@ impl GradModel {
         })
     }
 
+    /// The longest rows this model's RoPE tables cover.
+    pub fn max_t(&self) -> usize {
+        self.max_t
+    }
+
     /// A norm's weight as applied: w, or (1 + w) when stored zero-centred. d(1 + w)/dw = 1, so
     /// the kernels' weight gradient is w's.
     fn nw<'a>(&self, w: &'a [f32]) -> Cow<'a, [f32]> {
