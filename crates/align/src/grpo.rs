@@ -4,8 +4,7 @@
 use crate::reward::Reward;
 use crate::rollout::{sample_group, SampleOptions};
 use crate::AlignError;
-use candle_core::DType;
-use orlik_model::{Model, ModelOptions};
+use orlik_model::Infer;
 use orlik_train::runner::{Micro, Task};
 use orlik_train::seqlogp::{self, Rows};
 use orlik_train::Executor;
@@ -121,9 +120,8 @@ pub struct GrpoTask<'a> {
     pub rewards: Vec<Reward>,
     pub sampling: SampleOptions,
     pub options: GrpoOptions,
-    pub config: orlik_model::Config,
     /// Frozen reference for the KL term (only when β > 0).
-    pub reference: Option<Model>,
+    pub reference: Option<Box<dyn Infer>>,
     pub tokenizer: &'a tokenizers::Tokenizer,
     pub stop: Vec<u32>,
     pub seed: u64,
@@ -147,13 +145,8 @@ impl Task for GrpoTask<'_> {
         step: u64,
         scale: f32,
     ) -> Result<Micro, AlignError> {
-        // Sampling runs on a detached copy of the current weights (no autograd graph).
-        let w: orlik_model::Weights = e.weights()?.into_iter().collect();
-        let policy = Model::new(
-            &self.config,
-            &w,
-            ModelOptions { dtype: DType::F32, differentiable: false },
-        )?;
+        // Sampling runs on a copy of the current weights (the inference path).
+        let policy = e.infer()?;
         let g = self.sampling.group.max(1);
         let mut rows = Rows {
             inputs: Vec::new(),
@@ -169,7 +162,8 @@ impl Task for GrpoTask<'_> {
                     ^ (step + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     ^ (u as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
             );
-            let group = sample_group(&policy, &pr.ids, &self.stop, &self.sampling, &mut rng)?;
+            let group =
+                sample_group(policy.as_ref(), &pr.ids, &self.stop, &self.sampling, &mut rng)?;
             for c in group {
                 let text = self
                     .tokenizer
@@ -198,7 +192,7 @@ impl Task for GrpoTask<'_> {
         let adv = advantages(&rewards, g, self.options.dr_grpo);
         let f = seqlogp::forward_train(e, &rows, self.chunk)?;
         let refs = match &self.reference {
-            Some(m) => Some(seqlogp::frozen(m, &rows, self.chunk)?),
+            Some(m) => Some(seqlogp::frozen(m.as_ref(), &rows, self.chunk)?),
             None => None,
         };
         // log-probabilities of the completion tokens only

@@ -695,7 +695,8 @@ pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> 
         "data": {"path": a.prompts, "sha256": data_sha(&a.prompts)?}, "skipped_rows": bad, "cuts": cuts});
     begin(r, &s, &cfg, run, "grpo", &a.prompts)?;
     cuts_notice(r, "grpo", prompts.len(), bad, cuts);
-    let reference = if a.kl_beta > 0.0 { Some(s.hf.load(ModelOptions::default())?) } else { None };
+    let reference: Option<Box<dyn orlik_model::Infer>> =
+        if a.kl_beta > 0.0 { Some(Box::new(s.hf.load(ModelOptions::default())?)) } else { None };
     let mut task = GrpoTask {
         prompts,
         rewards,
@@ -712,7 +713,6 @@ pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> 
             dr_grpo: a.dr_grpo,
             max_len: a.max_new_tokens,
         },
-        config: s.hf.config.clone(),
         reference,
         tokenizer: &s.tok,
         stop: s.eos.clone(),

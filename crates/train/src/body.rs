@@ -98,8 +98,8 @@ pub fn forward(
     }
 }
 
-/// Any model's body under autograd (a frozen reference model, or the trainable one).
-pub fn graph(model: &Model, ids: Vec<u32>, b: usize, t: usize) -> Result<Hidden, TrainError> {
+/// The trainable model's body under autograd.
+fn graph(model: &Model, ids: Vec<u32>, b: usize, t: usize) -> Result<Hidden, TrainError> {
     let inputs = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
     let h = model.forward_hidden(&inputs, None, None, None)?; // (b, t, hidden)
     let hid = h.dim(2)?;

@@ -8,10 +8,11 @@
 //! positions at a time, so (positions × vocab) logits never exist whole). Right padding needs no attention mask: causal attention never lets
 //! a real position see the padding after it.
 
-use crate::body;
 use crate::exec::{Acts, Executor};
 use crate::TrainError;
-use orlik_model::Model;
+use orlik_model::infer::{self, Infer};
+use orlik_model::prob::logsumexp;
+use rayon::prelude::*;
 
 /// A batch of token rows: `inputs[r]` and `targets[r]` have equal lengths; rows may differ in
 /// length and are right-padded with `pad`.
@@ -60,10 +61,23 @@ fn pad(rows: &Rows) -> Result<(Vec<u32>, Vec<u32>, usize), TrainError> {
 
 /// log p(target) at every real position of `rows` under a frozen `model` (a reference model;
 /// inference only).
-pub fn frozen(model: &Model, rows: &Rows, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
+pub fn frozen(model: &dyn Infer, rows: &Rows, chunk: usize) -> Result<Vec<Vec<f64>>, TrainError> {
     let (ids, targets, width) = pad(rows)?;
-    let hidden = body::graph(model, ids, rows.inputs.len(), width)?;
-    let flat = body::token_logp(&hidden.hd, &model.head_weight().detach(), &targets, chunk)?;
+    let b = rows.inputs.len();
+    let h = model.hidden(infer::Rows::new(&ids, b, width), None)?; // (b, width, hidden)
+    let hd = h.reshape((b * width, h.dim(2)?))?; // (n, hidden)
+    let mut flat = vec![0f64; b * width];
+    for start in (0..b * width).step_by(chunk.max(1)) {
+        let c = chunk.max(1).min(b * width - start);
+        let z = model.head(&hd.narrow(0, start, c)?)?; // (c, vocab)
+        let vocab = z.dim(1)?;
+        let z = z.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        flat[start..start + c]
+            .par_iter_mut()
+            .zip(z.par_chunks(vocab))
+            .zip(targets[start..start + c].par_iter())
+            .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
+    }
     Ok(per_row(&flat, rows, width))
 }
 

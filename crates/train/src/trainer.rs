@@ -316,7 +316,7 @@ impl<'t> Trainer<'t> {
         split: Split,
         windows: &[usize],
         grad_scale: Option<f32>,
-    ) -> Result<(Sums, Option<Vec<Vec<f32>>>), TrainError> {
+    ) -> Result<(Sums, Option<crate::params::Grads>), TrainError> {
         let s = self.task.micro_split(self.exec.as_mut(), split, windows, grad_scale)?;
         if grad_scale.is_none() {
             return Ok((s, None));

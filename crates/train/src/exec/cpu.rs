@@ -12,8 +12,8 @@ use crate::losses::{row_loss, RowLoss};
 use crate::optim::global_norm;
 use crate::params::{Grads, Params};
 use crate::TrainError;
-use candle_core::Tensor;
-use orlik_model::{Config, GradModel, Weights};
+use candle_core::{DType, Tensor};
+use orlik_model::{Config, GradModel, Infer, Model, ModelOptions, Weights};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -205,6 +205,12 @@ impl Executor for CpuExecutor {
 
     fn weights(&self) -> Result<Vec<(String, Tensor)>, TrainError> {
         Ok(self.p.named_weights())
+    }
+
+    fn infer(&self) -> Result<Box<dyn Infer>, TrainError> {
+        let w: Weights = self.p.named_weights().into_iter().collect();
+        let opts = ModelOptions { dtype: DType::F32, differentiable: false };
+        Ok(Box::new(Model::new(self.config(), &w, opts)?))
     }
 
     fn grads_to_host(&self) -> Result<Vec<Vec<f32>>, TrainError> {

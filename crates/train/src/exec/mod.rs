@@ -14,7 +14,8 @@
 //! | [`Executor::reduce_grads`] | hand each accumulated gradient to a [`GradReduce`] (data parallel sums them across ranks) |
 //! | [`Executor::update`] | the global gradient norm, the non-finite check, clipping and AdamW on the f32 master weights; the gradient is zeroed |
 //! | [`Executor::save`] / [`Executor::load_latest`] | a checkpoint: master weights, both moments and the loop's state, written atomically; resume is bit-identical |
-//! | [`Executor::weights`] | the current weights by HF name as host tensors (the final save, GRPO's sampler) |
+//! | [`Executor::weights`] | the current weights by HF name as host tensors (the final save) |
+//! | [`Executor::infer`] | an inference executor (`orlik_model::Infer`) on the current weights (GRPO's sampler) |
 //! | [`Executor::grads_to_host`] | the accumulated gradient copied out (tests compare executors with it) |
 //!
 //! The teacher's rows and the task's targets and coefficients come from the host; everything
@@ -28,7 +29,7 @@ use crate::losses::KdSpec;
 use crate::trainer::TeacherSource;
 use crate::TrainError;
 use candle_core::Tensor;
-use orlik_model::{Config, Weights};
+use orlik_model::{Config, Infer, Weights};
 use std::any::Any;
 use std::path::{Path, PathBuf};
 
@@ -135,6 +136,8 @@ pub trait Executor {
     fn load_latest(&mut self, root: &Path) -> Result<Option<State>, TrainError>;
     /// The current weights by HF name, f32 host tensors.
     fn weights(&self) -> Result<Vec<(String, Tensor)>, TrainError>;
+    /// An inference executor on a copy of the current weights (no gradient, fused kernels).
+    fn infer(&self) -> Result<Box<dyn Infer>, TrainError>;
     /// The accumulated gradient, one host buffer per tensor in `names` order.
     fn grads_to_host(&self) -> Result<Vec<Vec<f32>>, TrainError>;
 }
