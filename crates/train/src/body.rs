@@ -150,14 +150,18 @@ pub fn token_logp(
     let mut flat = vec![0f64; hd.dim(0)?];
     head_chunks(hd, w, chunk, false, |start, z, _| {
         let c = z.len() / vocab;
-        flat[start..start + c]
-            .par_iter_mut()
-            .zip(z.par_chunks(vocab))
-            .zip(targets[start..start + c].par_iter())
-            .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
+        target_logp(&mut flat[start..start + c], z, vocab, &targets[start..start + c]);
         Ok(())
     })?;
     Ok(flat)
+}
+
+/// out[i] = log softmax(z_i)[targets[i]] for the logit rows z (out.len() rows of `vocab`).
+pub(crate) fn target_logp(out: &mut [f64], z: &[f32], vocab: usize, targets: &[u32]) {
+    out.par_iter_mut()
+        .zip(z.par_chunks(vocab))
+        .zip(targets.par_iter())
+        .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
 }
 
 /// lm_head's backward of Σ_r coeff[r] · log p(targets[r]): dL/dz_r = c_r (onehot(target_r) −

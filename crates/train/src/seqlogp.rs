@@ -8,11 +8,10 @@
 //! positions at a time, so (positions × vocab) logits never exist whole). Right padding needs no attention mask: causal attention never lets
 //! a real position see the padding after it.
 
+use crate::body;
 use crate::exec::{Acts, Executor};
 use crate::TrainError;
 use orlik_model::infer::{self, Infer};
-use orlik_model::prob::logsumexp;
-use rayon::prelude::*;
 
 /// A batch of token rows: `inputs[r]` and `targets[r]` have equal lengths; rows may differ in
 /// length and are right-padded with `pad`.
@@ -72,11 +71,7 @@ pub fn frozen(model: &dyn Infer, rows: &Rows, chunk: usize) -> Result<Vec<Vec<f6
         let z = model.head(&hd.narrow(0, start, c)?)?; // (c, vocab)
         let vocab = z.dim(1)?;
         let z = z.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        flat[start..start + c]
-            .par_iter_mut()
-            .zip(z.par_chunks(vocab))
-            .zip(targets[start..start + c].par_iter())
-            .for_each(|((o, zi), &t)| *o = zi[t as usize] as f64 - logsumexp(zi, 1.0));
+        body::target_logp(&mut flat[start..start + c], &z, vocab, &targets[start..start + c]);
     }
     Ok(per_row(&flat, rows, width))
 }

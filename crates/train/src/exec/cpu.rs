@@ -96,7 +96,7 @@ impl Executor for CpuExecutor {
     fn forward(&mut self, ids: &[u32], b: usize, t: usize, grad: bool) -> Result<Acts, TrainError> {
         self.cover(t)?;
         let h = body::forward(&self.p, self.path(), ids.to_vec(), b, t, grad)?;
-        Ok(Acts::new(b, t, Box::new(h)))
+        Ok(Acts::new(Box::new(h)))
     }
 
     fn lm_loss(&mut self, acts: Acts, loss: LmLoss) -> Result<LossSums, TrainError> {

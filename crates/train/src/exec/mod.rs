@@ -33,18 +33,15 @@ use orlik_model::{Config, Infer, Weights};
 use std::any::Any;
 use std::path::{Path, PathBuf};
 
-/// The body's output for `b` rows of `t` positions, held by the executor that made it (its
-/// final hidden states and, when a gradient was asked for, what the backward needs). Only that
-/// executor can read it.
+/// The body's output, held by the executor that made it (its final hidden states and, when a
+/// gradient was asked for, what the backward needs). Only that executor can read it.
 pub struct Acts {
-    pub b: usize,
-    pub t: usize,
     inner: Box<dyn Any>,
 }
 
 impl Acts {
-    pub fn new(b: usize, t: usize, inner: Box<dyn Any>) -> Acts {
-        Acts { b, t, inner }
+    pub fn new(inner: Box<dyn Any>) -> Acts {
+        Acts { inner }
     }
 
     /// The executor's own type inside (an internal invariant when it is another's).
