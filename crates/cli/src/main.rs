@@ -70,6 +70,24 @@ pub(crate) enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Export an HF directory as a GGUF file that llama.cpp (and Ollama, LM Studio) loads:
+    /// llama.cpp's tensor names and metadata, Q/K rows as llama.cpp expects, the tokenizer and
+    /// chat template inside, the model's licence files written beside it (OUT-STEM.NAME).
+    /// Norms and biases stay f32; a matrix whose rows are not whole blocks of --type falls back
+    /// (q4_k -> q5_0 -> q8_0 -> f16, q6_k -> q8_0 -> f16) and the summary says which.
+    Export {
+        /// HF model directory (config.json + safetensors + tokenizer.json).
+        model: PathBuf,
+        /// Output .gguf file (written atomically).
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Storage type of the weight matrices.
+        #[arg(long = "type", default_value = "f16", value_parser = orlik_io::export::GgufType::NAMES.to_vec())]
+        ty: String,
+        /// Replace the output file if it is a GGUF.
+        #[arg(long)]
+        force: bool,
+    },
     /// Generate text from a prompt, streaming tokens as they come (KV cache).
     Generate {
         /// HF model directory.
@@ -114,6 +132,11 @@ pub(crate) enum Cmd {
         /// Multiple-choice questions (EXAMS JSONL) for the evaluation, e.g. ../shared/data/pl/exams-pl-train.jsonl.
         #[arg(long)]
         mc_tasks: Option<PathBuf>,
+        /// Also write OUT/final.gguf (llama.cpp) with weight matrices in this type (recipe key
+        /// export.gguf); the report gives its size and, where llama.cpp's llama-bench is found
+        /// (ORLIK_LLAMA_CPP=DIR or PATH), its decode speed.
+        #[arg(long, value_name = "TYPE", value_parser = orlik_io::export::GgufType::NAMES.to_vec())]
+        export_gguf: Option<String>,
         /// Any recipe key, e.g. --set distill.lr=1e-3 --set prune.axes=depth,mlp (see `orlik run --help`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -128,7 +151,8 @@ pub(crate) enum Cmd {
         force: bool,
     },
     /// Run the compression pipeline from a recipe (TOML): top-level `teacher`, `output`, `data`,
-    /// `val`, and tables [score], [prune], [distill], [eval] holding every option of each stage
+    /// `val`, and tables [score], [prune], [distill], [eval] holding every option of each stage,
+    /// optional [sft], [dpo], [grpo] (alignment) and [export] (`gguf = "q8_0"`: OUT/final.gguf)
     /// (recipes/ has examples; OUT/recipe.toml of any run lists them all with their values).
     /// Unknown keys and wrong types are errors. Stages whose inputs and settings are unchanged
     /// are kept; an interrupted stage resumes.
@@ -477,6 +501,7 @@ fn main() {
         Cmd::Convert { gguf, output, dtype, max_shard_size, force } => {
             commands::convert(&gguf, &output, &dtype, &max_shard_size, force)
         }
+        Cmd::Export { model, gguf, ty, force } => commands::export(&model, &gguf, &ty, force),
         Cmd::Generate { path, prompt, max_new_tokens, temperature, top_p, seed, chat } => {
             commands::generate(&path, &prompt, max_new_tokens, temperature, top_p, seed, chat)
         }
@@ -509,14 +534,24 @@ fn main() {
             val,
             tokens,
             mc_tasks,
+            export_gguf,
             sets,
             output,
             resume,
             force,
-        } => orlik_pipeline::Quick { teacher, params, data, val, tokens, mc_tasks, output }
-            .recipe(&sets)
-            .map_err(Into::into)
-            .and_then(|r| pipeline(r, resume, force)),
+        } => orlik_pipeline::Quick {
+            teacher,
+            params,
+            data,
+            val,
+            tokens,
+            mc_tasks,
+            export_gguf,
+            output,
+        }
+        .recipe(&sets)
+        .map_err(Into::into)
+        .and_then(|r| pipeline(r, resume, force)),
         Cmd::Run { recipe, sets, output, resume, force } => std::fs::read_to_string(&recipe)
             .map_err(|e| anyhow::anyhow!("{}: {e}", recipe.display()))
             .and_then(|text| {

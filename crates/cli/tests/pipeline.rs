@@ -482,3 +482,60 @@ max_new_tokens = 4
     assert!(!log.contains("== dpo: unchanged") && !log.contains("== grpo: unchanged"), "{log}");
     assert!(log.contains("== dpo: done") && log.contains("== grpo: done"), "{log}");
 }
+
+#[test]
+fn compress_export_gguf_writes_final_gguf_that_converts_back() {
+    let s = setup();
+    let out = s.p("out");
+    let args = compress_args(&s, &out, &["--export-gguf", "q8_0"]);
+    let o = Command::new(env!("CARGO_BIN_EXE_orlik"))
+        .args(&args)
+        .env("ORLIK_LLAMA_CPP", s.p("no-llama-cpp-here"))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{log}");
+    let gguf = Path::new(&out).join("final.gguf");
+    assert!(gguf.is_file() && Path::new(&out).join("export.json").is_file(), "{log}");
+    let report = std::fs::read_to_string(Path::new(&out).join("report.md")).unwrap();
+    assert!(
+        report.contains("## GGUF for llama.cpp")
+            && report.contains("`final.gguf` (q8_0, from `final`)"),
+        "{report}"
+    );
+    assert!(report.contains("llama.cpp decode speed not measured: ORLIK_LLAMA_CPP="), "{report}");
+    let recipe = std::fs::read_to_string(Path::new(&out).join("recipe.toml")).unwrap();
+    assert!(recipe.contains("[export]") && recipe.contains("gguf = \"q8_0\""), "{recipe}");
+    // llama.cpp's layout, read back by orlik: the distilled model's dimensions.
+    let back = s.p("back");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", &back]);
+    let cfg = |d: &Path| -> Value {
+        serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap()
+    };
+    let (a, b) = (cfg(&Path::new(&out).join("final")), cfg(Path::new(&back)));
+    for k in [
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+    ] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    // A second run keeps the export stage.
+    let o = Command::new(env!("CARGO_BIN_EXE_orlik"))
+        .args(&args)
+        .env("ORLIK_LLAMA_CPP", s.p("none"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("== export: unchanged, kept"));
+    // A bad type is refused by name before anything runs.
+    fails(
+        &compress_args(&s, &s.p("o2"), &["--set", "export.gguf=q3_x"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &["key gguf", "unknown variant `q3_x`", "q8_0"],
+    );
+}

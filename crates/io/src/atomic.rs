@@ -160,6 +160,34 @@ pub fn write_file_atomically(target: &Path, bytes: &[u8]) -> Result<(), IoError>
     r.map_err(io_err(target))
 }
 
+/// Write one file atomically from a stream: `write` fills a temp file beside `target` (fsynced),
+/// which is renamed over `target` only when `write` succeeds; on error nothing is left behind.
+/// A killed writer's temp file is removed by the next writer in the same directory
+/// ([`clean_stale`]).
+pub fn write_file_streaming(
+    target: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<File>) -> Result<(), IoError>,
+) -> Result<(), IoError> {
+    let name =
+        target.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+    let tmp = target.with_file_name(format!(".{name}.orlik-tmp-{}", std::process::id()));
+    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    clean_stale(parent);
+    let r = (|| {
+        let f = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, target).map_err(io_err(target))?;
+        fsync_dir(parent)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,41 +67,62 @@ pub fn run(
     Ok(rep)
 }
 
-fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+/// The rename table, both ways: (llama.cpp leaf, HF leaf, Gemma 3 only). Gemma 3 has norms on
+/// both sides of attention and MLP; llama.cpp's `ffn_norm` is the MLP's input norm in both
+/// families, but HF calls it differently. Rows are looked up in order, so a Gemma row comes
+/// before the generic row with the same llama.cpp name.
+const LAYER_NAMES: &[(&str, &str, bool)] = &[
+    ("attn_norm", "input_layernorm", false),
+    ("ffn_norm", "pre_feedforward_layernorm", true),
+    ("post_attention_norm", "post_attention_layernorm", true),
+    ("post_ffw_norm", "post_feedforward_layernorm", true),
+    ("attn_q_norm", "self_attn.q_norm", true),
+    ("attn_k_norm", "self_attn.k_norm", true),
+    ("ffn_norm", "post_attention_layernorm", false),
+    ("attn_q", "self_attn.q_proj", false),
+    ("attn_k", "self_attn.k_proj", false),
+    ("attn_v", "self_attn.v_proj", false),
+    ("attn_output", "self_attn.o_proj", false),
+    ("ffn_gate", "mlp.gate_proj", false),
+    ("ffn_up", "mlp.up_proj", false),
+    ("ffn_down", "mlp.down_proj", false),
+];
+/// Whole-model tensors: (llama.cpp name, HF name).
+const GLOBAL_NAMES: &[(&str, &str)] = &[
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+fn rows(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
+    let gemma = arch == Arch::Gemma3;
+    LAYER_NAMES.iter().filter(move |r| !r.2 || gemma)
+}
+
+/// llama.cpp tensor name -> HF name.
+pub(crate) fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
+    if let Some((_, hf)) = GLOBAL_NAMES.iter().find(|(g, _)| *g == gguf) {
+        return Some(hf.to_string());
     }
     let rest = gguf.strip_prefix("blk.")?;
     let (layer, leaf) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (base, kind) = leaf.rsplit_once('.')?;
-    let gemma = arch == Arch::Gemma3;
-    let hf = match base {
-        "attn_norm" => "input_layernorm",
-        // Gemma 3 has norms on both sides of attention and MLP; llama.cpp's `ffn_norm` is the
-        // MLP's input norm in both families, but HF calls it differently.
-        "ffn_norm" if gemma => "pre_feedforward_layernorm",
-        "post_attention_norm" if gemma => "post_attention_layernorm",
-        "post_ffw_norm" if gemma => "post_feedforward_layernorm",
-        "attn_q_norm" if gemma => "self_attn.q_norm",
-        "attn_k_norm" if gemma => "self_attn.k_norm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
+    let hf = rows(arch).find(|r| r.0 == base)?.1;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// HF tensor name -> llama.cpp name (the inverse of [`hf_name`], from the same table).
+pub(crate) fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
+    if let Some((g, _)) = GLOBAL_NAMES.iter().find(|(_, h)| *h == hf) {
+        return Some(g.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (base, kind) = leaf.rsplit_once('.')?;
+    let g = rows(arch).find(|r| r.1 == base)?.0;
+    Some(format!("blk.{layer}.{g}.{kind}"))
 }
 
 /// Undo llama.cpp's `permute` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute):
@@ -117,10 +138,26 @@ pub fn unpermute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
         .reshape(dims)
 }
 
+/// llama.cpp's `permute` of Q/K rows (the inverse of [`unpermute_qk`]): HF rows (heads, 2,
+/// hd/2) half-split become (heads, hd/2, 2) interleaved.
+pub fn permute_qk(t: &Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let cols: usize = dims[1..].iter().product();
+    let hd = rows / n_heads;
+    t.reshape((n_heads, 2, hd / 2, cols))? // (h, 2, hd/2, in)
+        .transpose(1, 2)? // (h, hd/2, 2, in)
+        .contiguous()?
+        .reshape(dims)
+}
+
 /// The HF config a GGUF's metadata describes (checked like any config.json).
 pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoError> {
     let arch_name = g.get("general.architecture").and_then(GValue::as_str).unwrap_or("<none>");
+    // orlik's export records the HF architecture: Mistral is stored as llama.cpp's `llama`.
+    let recorded = g.get("orlik.hf_architecture").and_then(GValue::as_str).and_then(Arch::from_hf);
     let arch = match arch_name {
+        "llama" if recorded == Some(Arch::Mistral) => Arch::Mistral,
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
@@ -177,11 +214,26 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
         // (62 layers), which uses hidden / heads.
         sliding_window =
             g.get("gemma3.attention.sliding_window").and_then(GValue::as_u64).map(|x| x as usize);
+        // A per-layer pattern (bools, true = sliding) where the file has one (orlik's export of
+        // a depth-pruned Gemma writes it; llama.cpp reads it in `load_swa_pattern`).
+        let pattern: Option<Vec<bool>> = g
+            .get("gemma3.attention.sliding_window_pattern")
+            .and_then(GValue::as_array)
+            .map(|a| a.iter().map(|v| v.as_bool().unwrap_or(false)).collect());
+        if pattern.as_ref().is_some_and(|p| p.len() != layers) {
+            return Err(IoError::Format {
+                path: g.path.clone(),
+                msg: format!(
+                    "gemma3.attention.sliding_window_pattern has {} entries for {layers} layers",
+                    pattern.as_ref().map_or(0, Vec::len)
+                ),
+            });
+        }
         layer_types = Some(
             (0..layers)
                 .map(|i| {
-                    if (i + 1) % 6 == 0 { "full_attention" } else { "sliding_attention" }
-                        .to_string()
+                    let sliding = pattern.as_ref().map_or((i + 1) % 6 != 0, |p| p[i]);
+                    if sliding { "sliding_attention" } else { "full_attention" }.to_string()
                 })
                 .collect(),
         );
@@ -195,7 +247,7 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
             full = json!({"rope_type": "linear", "rope_theta": full["rope_theta"], "factor": f("rope.scaling.factor", 1.0)});
         }
         rope_parameters = Some(
-            json!({"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+            json!({"full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": f("rope.freq_base_swa", 10_000.0) as f32 as f64}}),
         );
     }
     let tid = |k: &str| g.get(k).and_then(GValue::as_u64).map(|x| json!(x));
@@ -214,7 +266,7 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
             .parse()
             .unwrap_or(1e-6),
         rope_theta: if gemma { None } else { Some(f("rope.freq_base", 10000.0) as f32 as f64) },
-        rope_scaling: None,
+        rope_scaling: llama3_from_gguf(g, arch_name, head_dim, f("rope.freq_base", 10000.0))?,
         rope_parameters,
         max_position_embeddings: g
             .get(&format!("{arch_name}.context_length"))
@@ -227,7 +279,10 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
             None
         },
         mlp_bias: if arch == Arch::Llama { Some(false) } else { None },
-        sliding_window,
+        sliding_window: sliding_window.or_else(|| {
+            let w = g.get(&format!("{arch_name}.attention.sliding_window"));
+            w.and_then(GValue::as_u64).filter(|_| arch == Arch::Mistral).map(|x| x as usize)
+        }),
         use_sliding_window: if arch == Arch::Qwen2 { Some(false) } else { None },
         max_window_layers: None,
         layer_types,
@@ -243,6 +298,27 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
     Ok((cfg, arch))
 }
 
+/// Llama 3's `rope_freqs.weight` as the `rope_scaling` it came from (`rope_freqs::invert`).
+fn llama3_from_gguf(
+    g: &Gguf,
+    arch: &str,
+    head_dim: usize,
+    base: f64,
+) -> Result<Option<Value>, IoError> {
+    let Some(t) = g.tensor_info("rope_freqs.weight") else { return Ok(None) };
+    let err = |msg: String| IoError::Tensor { path: g.path.clone(), name: t.name.clone(), msg };
+    if !matches!(arch, "llama" | "mistral") {
+        return Err(err(format!("frequency factors on a {arch} model are not supported")));
+    }
+    let f: Vec<f32> = g
+        .dequantize(t)?
+        .flatten_all()
+        .and_then(|v| v.to_vec1())
+        .map_err(|source| IoError::Candle { context: t.name.clone(), source })?;
+    let recorded = g.get("orlik.rope_scaling").and_then(GValue::as_str);
+    crate::rope_freqs::invert(&f, head_dim, base as f32 as f64, recorded).map_err(err)
+}
+
 /// Convert a GGUF file into an HF directory at `target` (atomically).
 pub fn convert_gguf(
     src: &Path,
@@ -252,12 +328,6 @@ pub fn convert_gguf(
     mut progress: impl FnMut(usize, usize, &str),
 ) -> Result<ConvertReport, IoError> {
     let g = Gguf::open(src)?;
-    if g.tensor_info("rope_freqs.weight").is_some() {
-        return Err(IoError::Format {
-            path: src.into(),
-            msg: "Llama-3 rope_freqs scaling in GGUF is not supported by convert yet".into(),
-        });
-    }
     let tok = tokenizer::from_gguf(&g)?;
     let emb = g.tensor_info("token_embd.weight").ok_or_else(|| IoError::Tensor {
         path: src.into(),
@@ -270,6 +340,9 @@ pub fn convert_gguf(
     let n = g.tensors.len();
     for (i, t) in g.tensors.iter().enumerate() {
         progress(i, n, &t.name);
+        if t.name == "rope_freqs.weight" {
+            continue; // in config.json as rope_scaling (config_from_gguf)
+        }
         let name = hf_name(&t.name, arch).ok_or_else(|| IoError::Tensor {
             path: src.into(),
             name: t.name.clone(),

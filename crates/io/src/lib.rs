@@ -1,16 +1,21 @@
 //! Checkpoint IO for orlik: safetensors (single or sharded, mmap, validated both ways, atomic
-//! sharded writes), GGUF import (v2/v3, dequantisation, llama.cpp Q/K un-permutation),
+//! sharded writes), GGUF import (v2/v3, dequantisation, llama.cpp Q/K un-permutation) and
+//! export (`export`: llama.cpp names, metadata, tokenizer, block quantisation),
 //! `tokenizer.json` built from a GGUF's embedded vocabulary, and the guards every command uses:
 //! output directories that never overwrite inputs or foreign files (`output`), atomic writes that
 //! clean up after killed writers (`atomic`), non-finite weights and SIGBUS on mapped files (`guard`).
 
 pub mod atomic;
 pub mod convert;
+pub mod export;
 pub mod gguf;
+pub mod gguf_vocab;
+pub mod gguf_write;
 pub mod guard;
 pub mod hfdir;
 pub mod inspect;
 pub mod output;
+pub mod rope_freqs;
 pub mod safetensors;
 pub mod text;
 pub mod tokenizer;

@@ -1,10 +1,11 @@
 //! The compression pipeline behind `orlik compress` and `orlik run`: a [`Recipe`] (every stage's
 //! settings, one serde struct per stage) run by [`run`] as score → prune → distill → (SFT → DPO
-//! → GRPO) → eval → report, each stage a call into its library, each fingerprinted in
+//! → GRPO) → eval → (GGUF export) → report, each stage a call into its library, each fingerprinted in
 //! OUT/pipeline.json so that a second run keeps what is unchanged and resumes what was
 //! interrupted (see `run.rs`). The caller owns the terminal: progress, notices and tables go
 //! through [`Ui`], and the stop flag (SIGINT / SIGTERM) is the caller's.
 
+mod gguf;
 mod recipe;
 mod report;
 mod run;

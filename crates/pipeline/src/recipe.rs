@@ -52,6 +52,10 @@ pub struct Recipe {
     pub dpo: Option<orlik_align::stage::DpoSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpo: Option<orlik_align::stage::GrpoSettings>,
+    /// GGUF export of the run's final model (the last alignment stage's, else final/) as
+    /// OUT/final.gguf, for llama.cpp / Ollama / LM Studio: `[export] gguf = "q8_0"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<orlik_io::export::ExportSettings>,
 }
 
 pub const DEFAULT_TOKENS: u64 = 100_000;
@@ -292,6 +296,8 @@ pub struct Quick {
     pub val: Vec<PathBuf>,
     pub tokens: Option<u64>,
     pub mc_tasks: Option<PathBuf>,
+    /// `--export-gguf TYPE`: OUT/final.gguf in that type.
+    pub export_gguf: Option<String>,
     pub output: PathBuf,
 }
 
@@ -314,6 +320,9 @@ impl Quick {
         }
         if let Some(m) = &self.mc_tasks {
             t.insert("eval".into(), table("mc_tasks", path(m)));
+        }
+        if let Some(g) = &self.export_gguf {
+            t.insert("export".into(), table("gguf", V::String(g.clone())));
         }
         let text = toml::to_string(&t).map_err(ser)?;
         Recipe::parse(&text, "orlik compress", sets)?.resolve()

@@ -245,6 +245,7 @@ pub fn write(
     if let Some(a) = align {
         md.push_str(&alignment_section(a));
     }
+    md.push_str(&crate::gguf::section(out));
     let _ = writeln!(md, "## Charts\n");
     let _ = writeln!(md, "Quality against size (also `quality.svg`):\n\n![quality](quality.png)\n");
     if has_speed {

@@ -87,7 +87,7 @@ fn sha(v: &Value) -> String {
     format!("{:x}", h.finalize())
 }
 
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+pub(crate) fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(v).map_err(|e| out_err(path, e.to_string()))?;
     Ok(orlik_io::atomic::write_file_atomically(path, &bytes)?)
 }
@@ -349,6 +349,19 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         })?;
         Some(read_json(&align_json)?)
     };
+
+    if let Some(x) = &r.export {
+        // The run's product: the last alignment stage's model, else the distilled one.
+        let (model, after) = aligned.last().map_or((final_dir.clone(), fp_distill.clone()), |a| {
+            (a.output.clone(), a.fingerprint.clone())
+        });
+        let fp = sha(&json!({"stage": "export", "settings": x, "after": after}));
+        let product = out.join("export.json");
+        runner.stage("export", &fp, &product, false, |_| {
+            crate::gguf::run(&model, &out, x, ui)?;
+            Ok(Work::Done)
+        })?;
+    }
 
     let ev: crate::report::Eval = read_json(&eval_json)?;
     let table = crate::report::write(&out, r, &ev, align_eval.as_ref(), &runner.seconds())?;

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The real client decides: llama.cpp's own tools load orlik's GGUF exports and agree with orlik.
+#
+#   bash scripts/llamacpp_check.sh ORLIK TEXT NAME=MODEL_DIR [NAME=MODEL_DIR ...]
+#
+# ORLIK is the orlik binary, TEXT a Polish text file (the perplexity text; its first 1200
+# characters are the tokenization paragraph). For each HF model directory:
+#   1. `orlik export` as f32, f16, q8_0 and q4_0;
+#   2. tokenization: llama-tokenize on the f32 GGUF = the model's tokenizer.json (HF tokenizers,
+#      the library orlik tokenizes with), id for id;
+#   3. greedy generation of 32 tokens: llama-simple on the f32 GGUF = `orlik generate
+#      --temperature 0`, character for character (and, reported, how far the f16 GGUF agrees);
+#   4. llama-perplexity (ctx 256, 16 chunks) of orlik's f16 GGUF = that of the GGUF llama.cpp's
+#      own convert_hf_to_gguf.py makes from the same directory, within 0.1% (where that script
+#      accepts the directory); q8_0 and q4_0 against llama-quantize run on orlik's f32 GGUF: the
+#      same type for every tensor, byte-identical blocks counted, perplexity within 0.1%;
+#   5. round trip: `orlik convert` of the f32 GGUF gives back the directory's safetensors,
+#      byte for byte (Gemma's norms excepted: llama.cpp stores 1 + w).
+# llama.cpp is built by scripts/build-llamacpp.sh (cached). Exits non-zero on any disagreement.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+CACHE=${ORLIK_CACHE:-$HOME/.cache/orlik}
+ORLIK=$(realpath "$1"); TEXT=$(realpath "$2"); shift 2
+BIN=$(bash "$HERE/build-llamacpp.sh") || { echo "llamacpp: FAILED: llama.cpp did not build"; exit 1; }
+PY=$CACHE/pyenv/bin/python
+SRC=$CACHE/llamacpp/src-0.3.36
+"$PY" -c "import sentencepiece" 2>/dev/null || "$CACHE/pyenv/bin/pip" install --quiet sentencepiece
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+head -c 1200 "$TEXT" > "$W/para.txt"
+PROMPT="Stolica Polski to"
+fail=0
+ok() { echo "llamacpp: $1: ok ($2)"; }
+bad() { echo "llamacpp: $1: FAILED ($2)"; fail=1; }
+ppl() { # gguf -> perplexity
+  "$BIN/llama-perplexity" -m "$1" -f "$TEXT" -c 256 --chunks 16 -t "$(nproc)" 2>&1 \
+    | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
+}
+within() { # a b rel -> true when |a-b| <= rel*b
+  python3 -c "import sys; a,b,r=map(float,sys.argv[1:]); sys.exit(0 if abs(a-b)<=r*b else 1)" "$1" "$2" "$3"
+}
+
+for spec in "$@"; do
+  name=${spec%%=*}; dir=$(realpath "${spec#*=}")
+  for t in f32 f16 q8_0 q4_0; do
+    "$ORLIK" export "$dir" --gguf "$W/$name-$t.gguf" --type "$t" > "$W/$name-$t.log" 2>&1 \
+      || { cat "$W/$name-$t.log"; bad "$name export $t" "see above"; continue 2; }
+  done
+  echo "llamacpp: $name: $(tail -1 "$W/$name-f16.log")"
+
+  # 2. tokenization
+  ours=$("$PY" -c "import sys; from tokenizers import Tokenizer
+t = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json'); print(t.encode(open(sys.argv[2], encoding='utf-8').read()).ids)" "$dir" "$W/para.txt")
+  theirs=$("$BIN/llama-tokenize" -m "$W/$name-f32.gguf" -f "$W/para.txt" --ids --log-disable 2>/dev/null | tail -1)
+  n=$(echo "$ours" | tr ',' '\n' | wc -l)
+  if [ "$(echo "$ours" | tr -d ' ')" = "$(echo "$theirs" | tr -d ' ')" ]; then ok "$name tokenization" "$n tokens of Polish, id for id"
+  else bad "$name tokenization" "orlik ${ours:0:120}... llama.cpp ${theirs:0:120}..."; fi
+
+  # 3. greedy generation
+  o=$("$ORLIK" generate "$dir" --prompt "$PROMPT" --max-new-tokens 32 --temperature 0 2>/dev/null)
+  for t in f32 f16; do
+    l=$("$BIN/llama-simple" -m "$W/$name-$t.gguf" -n 32 "$PROMPT" 2>/dev/null | sed 's/^<bos>//')
+    same=$(python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), min(len(a),len(b))); print(n, len(a), len(b))" "$o" "$l")
+    read -r k la lb <<<"$same"
+    if [ "$t" = f32 ]; then
+      if [ "$o" = "$l" ]; then ok "$name greedy 32 tokens, f32" "$la characters equal"
+      else bad "$name greedy 32 tokens, f32" "first difference at character $k: orlik '${o:0:150}' llama.cpp '${l:0:150}'"; fi
+    else
+      echo "llamacpp: $name greedy 32 tokens, f16 GGUF vs orlik f32: first $k of $la characters equal (reported, not checked)"
+    fi
+  done
+
+  # 4. perplexity
+  p16=$(ppl "$W/$name-f16.gguf"); p8=$(ppl "$W/$name-q8_0.gguf"); p4=$(ppl "$W/$name-q4_0.gguf")
+  if PYTHONPATH=$SRC/gguf-py "$PY" "$SRC/convert_hf_to_gguf.py" "$dir" --outtype f16 --outfile "$W/$name-ref.gguf" > "$W/$name-ref.log" 2>&1; then
+    pref=$(ppl "$W/$name-ref.gguf")
+    if [ -n "$p16" ] && within "$p16" "$pref" 0.001; then ok "$name perplexity f16" "orlik's GGUF $p16, convert_hf_to_gguf.py's $pref"
+    else bad "$name perplexity f16" "orlik's GGUF ${p16:-none}, convert_hf_to_gguf.py's ${pref:-none}"; fi
+    rm -f "$W/$name-ref.gguf"
+  else
+    echo "llamacpp: $name: convert_hf_to_gguf.py does not take this directory ($(grep -m1 -E 'Error|error' "$W/$name-ref.log" | cut -c1-160)); f16 perplexity $p16 not compared"
+  fi
+  # q8_0 / q4_0 against llama.cpp's own quantiser run on orlik's f32 GGUF: same tensor types,
+  # the same blocks (tensors compared byte for byte), perplexity within 0.1%.
+  for q in "q8_0 Q8_0 $p8" "q4_0 Q4_0 $p4"; do
+    read -r t T p <<<"$q"
+    "$BIN/llama-quantize" "$W/$name-f32.gguf" "$W/$name-lq-$t.gguf" "$T" > "$W/$name-lq.log" 2>&1 || { tail -3 "$W/$name-lq.log"; bad "$name llama-quantize $T" "failed"; continue; }
+    pq=$(ppl "$W/$name-lq-$t.gguf")
+    blocks=$(PYTHONPATH=$SRC/gguf-py "$PY" - "$W/$name-$t.gguf" "$W/$name-lq-$t.gguf" <<'PYEOF'
+import sys
+import numpy as np
+from gguf import GGUFReader
+a, b = (GGUFReader(p) for p in sys.argv[1:3])
+tb = {t.name: t for t in b.tensors}
+same = sum(1 for t in a.tensors if t.tensor_type == tb[t.name].tensor_type
+           and np.array_equal(np.asarray(t.data).view(np.uint8), np.asarray(tb[t.name].data).view(np.uint8)))
+types = sum(1 for t in a.tensors if t.tensor_type == tb[t.name].tensor_type)
+print(f"{same} {types} {len(a.tensors)}")
+PYEOF
+)
+    read -r same types total <<<"$blocks"
+    msg="$p vs llama-quantize's $pq (f16 $p16); $same of $total tensors byte-identical, $types of the same type"
+    if [ -n "$p" ] && [ -n "$pq" ] && within "$p" "$pq" 0.001 && [ "$types" = "$total" ]; then ok "$name perplexity $t" "$msg"
+    else bad "$name perplexity $t" "$msg"; fi
+    rm -f "$W/$name-lq-$t.gguf"
+  done
+
+  # 5. round trip
+  "$ORLIK" convert "$W/$name-f32.gguf" -o "$W/$name-back" > /dev/null 2>&1 || bad "$name round trip" "convert failed"
+  if grep -q '"Gemma3ForCausalLM"' "$dir/config.json"; then
+    echo "llamacpp: $name round trip: Gemma norms are stored as 1 + w (checked to half an ulp by crates/io/tests/export.rs)"
+  elif cmp -s "$dir/model.safetensors" "$W/$name-back/model.safetensors"; then ok "$name round trip" "convert(export(M)) safetensors identical"
+  else bad "$name round trip" "convert(export(M)) differs from M"; fi
+  rm -rf "$W/$name-back" "$W/$name-"*.gguf
+done
+[ $fail -eq 0 ] && echo "llamacpp: all checks passed" || echo "llamacpp: some checks FAILED"
+exit $fail
