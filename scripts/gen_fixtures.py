@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Generate tiny random HF checkpoints and golden logits with transformers (the reference).
 
-    $ORLIK_CACHE/pyenv/bin/python scripts/gen_fixtures.py tests/fixtures
+    $ORLIK_CACHE/pyenv/bin/python scripts/gen_fixtures.py tests/fixtures [NAME ...]
+
+With names, only those fixtures are written (the others are still built, so the random stream,
+and every fixture's values, are the same as in a full run).
 
 Each fixture directory holds config.json, safetensors weights and golden.safetensors with
 `input_ids` (2, T) int64, `attention_mask` (2, T) (row 1 left-padded) and `logits` (2, T, V) f32
@@ -9,7 +12,8 @@ from eager attention. The Rust parity test compares orlik's logits at unpadded p
 Fixtures cover: Llama (tied, Llama-3 rope scaling, attention bias), Mistral (sliding window
 smaller than the input, sharded checkpoint), Qwen2 (q/k/v bias, head_dim != hidden/heads, bf16),
 Gemma 3 text (sliding-window layers shorter than the input interleaved with a global one, separate
-local/global RoPE bases, query_pre_attn_scalar != head_dim, q/k norms, pre/post norms, GeGLU).
+local/global RoPE bases, query_pre_attn_scalar != head_dim, q/k norms, pre/post norms, GeGLU),
+Qwen3 (per-head q/k RMSNorm, no bias, head_dim != hidden/heads, untied).
 """
 import json
 import os
@@ -18,7 +22,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
-                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 T = 12
 COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -42,9 +47,11 @@ def fixtures():
         rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
         tie_word_embeddings=True, pad_token_id=0), torch.float32, None
+    yield "qwen3", Qwen3ForCausalLM, Qwen3Config(
+        **COMMON, head_dim=16, rope_theta=1000000.0, tie_word_embeddings=False), torch.float32, None
 
 
-def main(out):
+def main(out, only):
     torch.manual_seed(0)
     for name, cls, cfg, dtype, shard in fixtures():
         cfg._attn_implementation = "eager"
@@ -64,13 +71,15 @@ def main(out):
         sd = {k: v.to(dtype).to(torch.float32) for k, v in model.state_dict().items()}
         model = cls(cfg).eval()
         model.load_state_dict(sd)
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, cfg.vocab_size, (2, T), generator=g)
+        if only and name not in only:
+            continue
         d = os.path.join(out, name)
         os.makedirs(d, exist_ok=True)
         for f in os.listdir(d):
             os.remove(os.path.join(d, f))
         cls(cfg).to(dtype).eval().save_pretrained(d, max_shard_size=shard or "10GB", state_dict={k: v.to(dtype) for k, v in sd.items()})
-        g = torch.Generator().manual_seed(1)
-        ids = torch.randint(3, cfg.vocab_size, (2, T), generator=g)
         mask = torch.ones(2, T, dtype=torch.int64)
         mask[1, :3] = 0
         ids[1, :3] = 0
@@ -84,4 +93,4 @@ def main(out):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures", set(sys.argv[2:]))

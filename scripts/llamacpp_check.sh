@@ -33,7 +33,7 @@ fail=0
 ok() { echo "llamacpp: $1: ok ($2)"; }
 bad() { echo "llamacpp: $1: FAILED ($2)"; fail=1; }
 ppl() { # gguf -> perplexity
-  "$BIN/llama-perplexity" -m "$1" -f "$TEXT" -c 256 --chunks 16 -t "$(nproc)" 2>&1 \
+  "$BIN/llama-perplexity" -m "$1" -f "$TEXT" -c "${PPL_CTX:-256}" --chunks 16 -t "$(nproc)" 2>&1 \
     | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
 }
 within() { # a b rel -> true when |a-b| <= rel*b
@@ -56,10 +56,16 @@ t = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json'); print(t.encode(open(sy
   if [ "$(echo "$ours" | tr -d ' ')" = "$(echo "$theirs" | tr -d ' ')" ]; then ok "$name tokenization" "$n tokens of Polish, id for id"
   else bad "$name tokenization" "orlik ${ours:0:120}... llama.cpp ${theirs:0:120}..."; fi
 
-  # 3. greedy generation
+  # 3. greedy generation: the continuations after the prompt (orlik echoes the prompt as given,
+  # llama-simple as its tokens decode, special tokens and all)
   o=$("$ORLIK" generate "$dir" --prompt "$PROMPT" --max-new-tokens 32 --temperature 0 2>/dev/null)
+  o=${o#"$PROMPT"}
+  shown=$("$PY" -c "import sys; from tokenizers import Tokenizer
+t = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json'); print(t.decode(t.encode(sys.argv[2]).ids, skip_special_tokens=False), end='')" "$dir" "$PROMPT")
   for t in f32 f16; do
-    l=$("$BIN/llama-simple" -m "$W/$name-$t.gguf" -n 32 "$PROMPT" 2>/dev/null | sed 's/^<bos>//')
+    l=$("$BIN/llama-simple" -m "$W/$name-$t.gguf" -n 32 "$PROMPT" 2>/dev/null)
+    [ "${l#"$shown"}" = "$l" ] && bad "$name llama-simple's prompt" "'${l:0:60}' does not start with the prompt's tokens '$shown'"
+    l=${l#"$shown"}
     same=$(python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), min(len(a),len(b))); print(n, len(a), len(b))" "$o" "$l")
     read -r k la lb <<<"$same"
     if [ "$t" = f32 ]; then
@@ -115,12 +121,13 @@ import json, sys, glob
 from safetensors.torch import load_file
 def tensors(d):
     out = {}
-    for f in sorted(glob.glob(d + "/*.safetensors")):
+    for f in sorted(glob.glob(d + "/model*.safetensors")):
         out.update(load_file(f))
     return out
 a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
-same = set(a) == set(b) and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                and a[k].view(-1).view(dtype=__import__("torch").uint8).equal(b[k].view(-1).view(dtype=__import__("torch").uint8)) for k in a)
+# the GGUF is f32: values compared as f32 bit patterns (a bf16 / f16 source widens exactly)
+bits = lambda t: t.float().reshape(-1).view(__import__("torch").int32)
+same = set(a) == set(b) and all(a[k].shape == b[k].shape and bits(a[k]).equal(bits(b[k])) for k in a)
 keys = ["architectures", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "tie_word_embeddings"]
 ca, cb = (json.load(open(d + "/config.json")) for d in sys.argv[1:3])

@@ -67,25 +67,34 @@ pub fn run(
     Ok(rep)
 }
 
-/// The rename table, both ways: (llama.cpp leaf, HF leaf, Gemma 3 only). Gemma 3 has norms on
-/// both sides of attention and MLP; llama.cpp's `ffn_norm` is the MLP's input norm in both
-/// families, but HF calls it differently. Rows are looked up in order, so a Gemma row comes
-/// before the generic row with the same llama.cpp name.
-const LAYER_NAMES: &[(&str, &str, bool)] = &[
-    ("attn_norm", "input_layernorm", false),
-    ("ffn_norm", "pre_feedforward_layernorm", true),
-    ("post_attention_norm", "post_attention_layernorm", true),
-    ("post_ffw_norm", "post_feedforward_layernorm", true),
-    ("attn_q_norm", "self_attn.q_norm", true),
-    ("attn_k_norm", "self_attn.k_norm", true),
-    ("ffn_norm", "post_attention_layernorm", false),
-    ("attn_q", "self_attn.q_proj", false),
-    ("attn_k", "self_attn.k_proj", false),
-    ("attn_v", "self_attn.v_proj", false),
-    ("attn_output", "self_attn.o_proj", false),
-    ("ffn_gate", "mlp.gate_proj", false),
-    ("ffn_up", "mlp.up_proj", false),
-    ("ffn_down", "mlp.down_proj", false),
+/// Which models a row of the rename table applies to.
+#[derive(Clone, Copy, PartialEq)]
+enum Rows {
+    All,
+    /// Gemma 3's norms on both sides of attention and MLP.
+    Sandwich,
+    /// Gemma 3's and Qwen3's per-head q/k norms.
+    QkNorm,
+}
+
+/// The rename table, both ways: (llama.cpp leaf, HF leaf, which models). llama.cpp's `ffn_norm`
+/// is the MLP's input norm in every family, but HF calls it differently in Gemma 3. Rows are
+/// looked up in order, so a Gemma row comes before the generic row with the same llama.cpp name.
+const LAYER_NAMES: &[(&str, &str, Rows)] = &[
+    ("attn_norm", "input_layernorm", Rows::All),
+    ("ffn_norm", "pre_feedforward_layernorm", Rows::Sandwich),
+    ("post_attention_norm", "post_attention_layernorm", Rows::Sandwich),
+    ("post_ffw_norm", "post_feedforward_layernorm", Rows::Sandwich),
+    ("attn_q_norm", "self_attn.q_norm", Rows::QkNorm),
+    ("attn_k_norm", "self_attn.k_norm", Rows::QkNorm),
+    ("ffn_norm", "post_attention_layernorm", Rows::All),
+    ("attn_q", "self_attn.q_proj", Rows::All),
+    ("attn_k", "self_attn.k_proj", Rows::All),
+    ("attn_v", "self_attn.v_proj", Rows::All),
+    ("attn_output", "self_attn.o_proj", Rows::All),
+    ("ffn_gate", "mlp.gate_proj", Rows::All),
+    ("ffn_up", "mlp.up_proj", Rows::All),
+    ("ffn_down", "mlp.down_proj", Rows::All),
 ];
 /// Whole-model tensors: (llama.cpp name, HF name).
 const GLOBAL_NAMES: &[(&str, &str)] = &[
@@ -94,9 +103,12 @@ const GLOBAL_NAMES: &[(&str, &str)] = &[
     ("output.weight", "lm_head.weight"),
 ];
 
-fn rows(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
-    let gemma = arch == Arch::Gemma3;
-    LAYER_NAMES.iter().filter(move |r| !r.2 || gemma)
+fn rows(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str, Rows)> {
+    LAYER_NAMES.iter().filter(move |r| match r.2 {
+        Rows::All => true,
+        Rows::Sandwich => arch == Arch::Gemma3,
+        Rows::QkNorm => matches!(arch, Arch::Gemma3 | Arch::Qwen3),
+    })
 }
 
 /// llama.cpp tensor name -> HF name.
@@ -158,10 +170,13 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
     let recorded = g.get("orlik.hf_architecture").and_then(GValue::as_str).and_then(Arch::from_hf);
     let arch = match arch_name {
         "llama" if recorded == Some(Arch::Mistral) => Arch::Mistral,
+        // a Qwen2 llama.cpp's qwen2 cannot hold (heads x head_dim != hidden: orlik's export)
+        "llama" if recorded == Some(Arch::Qwen2) => Arch::Qwen2,
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
         "gemma3" => Arch::Gemma3,
+        "qwen3" => Arch::Qwen3,
         other => {
             return Err(IoError::Model {
                 path: g.path.clone(),
@@ -273,7 +288,7 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
             .and_then(GValue::as_u64)
             .unwrap_or(2048) as usize,
         tie_word_embeddings: g.tensor_info("output.weight").is_none(),
-        attention_bias: if arch == Arch::Llama {
+        attention_bias: if matches!(arch, Arch::Llama | Arch::Qwen3) {
             Some(g.tensor_info("blk.0.attn_q.bias").is_some())
         } else {
             None
@@ -283,7 +298,11 @@ pub fn config_from_gguf(g: &Gguf, vocab: usize) -> Result<(Config, Arch), IoErro
             let w = g.get(&format!("{arch_name}.attention.sliding_window"));
             w.and_then(GValue::as_u64).filter(|_| arch == Arch::Mistral).map(|x| x as usize)
         }),
-        use_sliding_window: if arch == Arch::Qwen2 { Some(false) } else { None },
+        use_sliding_window: if matches!(arch, Arch::Qwen2 | Arch::Qwen3) {
+            Some(false)
+        } else {
+            None
+        },
         max_window_layers: None,
         layer_types,
         hidden_act: if gemma { None } else { Some("silu".into()) },
@@ -336,6 +355,8 @@ pub fn convert_gguf(
     })?;
     let vocab = emb.ne.get(1).copied().unwrap_or(0) as usize;
     let (cfg, arch) = config_from_gguf(&g, vocab)?;
+    let llama_rope =
+        matches!(g.get("general.architecture").and_then(GValue::as_str), Some("llama" | "mistral"));
     let mut tensors: Vec<(String, Tensor)> = Vec::with_capacity(g.tensors.len());
     let n = g.tensors.len();
     for (i, t) in g.tensors.iter().enumerate() {
@@ -363,7 +384,7 @@ pub fn convert_gguf(
             })?;
         }
         // llama.cpp permutes Q/K for its interleaved RoPE only for the llama family.
-        if matches!(arch, Arch::Llama | Arch::Mistral) {
+        if llama_rope {
             let cerr =
                 |source| IoError::Candle { context: format!("un-permuting {}", t.name), source };
             if name.contains("self_attn.q_proj") {

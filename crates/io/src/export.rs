@@ -128,11 +128,17 @@ impl ExportReport {
     }
 }
 
-fn gguf_arch(a: Arch) -> &'static str {
-    match a {
+/// llama.cpp's architecture for a model. A Qwen2 whose heads × head_dim is not its hidden size
+/// (heads pruned, hidden kept) goes as `llama`: llama.cpp's qwen2 graph sizes q/o by hidden, its
+/// llama graph by heads × head_dim, and with the Q/K rows (and biases) permuted for llama's
+/// interleaved RoPE it computes what Qwen2 computes (optional q/k/v biases included).
+fn gguf_arch(cfg: &Config) -> &'static str {
+    match cfg.arch() {
         Arch::Llama | Arch::Mistral => "llama",
+        Arch::Qwen2 if cfg.num_attention_heads * cfg.head_dim() != cfg.hidden_size => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Gemma3 => "gemma3",
+        Arch::Qwen3 => "qwen3",
     }
 }
 
@@ -150,8 +156,16 @@ pub fn run(
     let hf = HfModel::open(dir)?;
     let cfg = &hf.config;
     let arch = cfg.arch();
-    let name = gguf_arch(arch);
     let mut notes = Vec::new();
+    let name = gguf_arch(cfg);
+    if arch == Arch::Qwen2 && name == "llama" {
+        notes.push(format!(
+            "stored as llama.cpp's llama architecture: its qwen2 needs heads x head_dim = hidden ({} x {} != {})",
+            cfg.num_attention_heads,
+            cfg.head_dim(),
+            cfg.hidden_size
+        ));
+    }
     let dir_name = crate::output::resolve(dir).file_name().map(|n| n.to_string_lossy().to_string());
     let mut meta = model_metadata(cfg, name, dir_name.as_deref(), &mut notes).map_err(|msg| {
         IoError::Format {
@@ -489,7 +503,7 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
             };
             (pick, why)
         };
-        let llama = matches!(arch, Arch::Llama | Arch::Mistral);
+        let llama = gguf_arch(cfg) == "llama";
         let permute_heads = match () {
             _ if llama && name.contains("self_attn.q_proj") => Some(cfg.num_attention_heads),
             _ if llama && name.contains("self_attn.k_proj") => Some(cfg.num_kv_heads()),

@@ -1,7 +1,8 @@
 //! Parity with transformers: tiny random checkpoints written by `scripts/gen_fixtures.py`
 //! (Llama with tied embeddings, Llama-3 RoPE scaling and attention bias; Mistral with a sliding
 //! window shorter than the input, sharded; Qwen2 with q/k/v bias, head_dim != hidden/heads, bf16;
-//! Gemma 3 text with sliding and global layers, two RoPE bases, q/k norms, GeGLU), and the logits
+//! Gemma 3 text with sliding and global layers, two RoPE bases, q/k norms, GeGLU; Qwen3 with
+//! per-head q/k RMSNorm and no bias), and the logits
 //! transformers computed for a padded batch.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
@@ -70,4 +71,9 @@ fn qwen2_bf16_matches_transformers() {
 #[test]
 fn gemma3_local_global_layers_match_transformers() {
     check("gemma3");
+}
+
+#[test]
+fn qwen3_qk_norms_match_transformers() {
+    check("qwen3");
 }

@@ -18,6 +18,9 @@ pub enum Arch {
     Qwen2,
     /// Gemma 3 text (`Gemma3ForCausalLM`, model_type `gemma3_text`).
     Gemma3,
+    /// Qwen3 (`Qwen3ForCausalLM`): RMSNorm of every query and key head, no q/k/v bias unless
+    /// `attention_bias`, explicit head_dim.
+    Qwen3,
 }
 
 impl Arch {
@@ -27,6 +30,7 @@ impl Arch {
             "MistralForCausalLM" => Some(Arch::Mistral),
             "Qwen2ForCausalLM" => Some(Arch::Qwen2),
             "Gemma3ForCausalLM" => Some(Arch::Gemma3),
+            "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             _ => None,
         }
     }
@@ -36,6 +40,7 @@ impl Arch {
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Gemma3 => "Gemma3ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         }
     }
     pub fn model_type(self) -> &'static str {
@@ -44,10 +49,16 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Gemma3 => "gemma3_text",
+            Arch::Qwen3 => "qwen3",
         }
     }
-    pub const SUPPORTED: &'static [&'static str] =
-        &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"];
+    pub const SUPPORTED: &'static [&'static str] = &[
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Qwen3ForCausalLM",
+    ];
 }
 
 /// A `config.json` as transformers writes it. Field defaults are transformers' defaults.
@@ -303,9 +314,9 @@ impl Config {
     pub fn norm_offset(&self) -> bool {
         self.arch() == Arch::Gemma3
     }
-    /// Gemma 3: RMSNorm of every query and key head before RoPE.
+    /// Gemma 3, Qwen3: RMSNorm of every query and key head before RoPE.
     pub fn qk_norm(&self) -> bool {
-        self.arch() == Arch::Gemma3
+        matches!(self.arch(), Arch::Gemma3 | Arch::Qwen3)
     }
     /// Gemma 3: the attention output is normalised before the residual add, and the MLP has
     /// norms before and after it.
@@ -395,12 +406,13 @@ impl Config {
         match self.arch() {
             Arch::Qwen2 => true,
             Arch::Mistral => false,
-            Arch::Llama | Arch::Gemma3 => self.attention_bias.unwrap_or(false),
+            Arch::Llama | Arch::Gemma3 | Arch::Qwen3 => self.attention_bias.unwrap_or(false),
         }
     }
     /// Bias on o_proj.
     pub fn o_bias(&self) -> bool {
-        matches!(self.arch(), Arch::Llama | Arch::Gemma3) && self.attention_bias.unwrap_or(false)
+        matches!(self.arch(), Arch::Llama | Arch::Gemma3 | Arch::Qwen3)
+            && self.attention_bias.unwrap_or(false)
     }
     pub fn mlp_bias(&self) -> bool {
         self.arch() == Arch::Llama && self.mlp_bias.unwrap_or(false)
@@ -423,7 +435,7 @@ impl Config {
         }
         match self.arch() {
             Arch::Mistral => self.sliding_window,
-            Arch::Qwen2 => {
+            Arch::Qwen2 | Arch::Qwen3 => {
                 if self.use_sliding_window.unwrap_or(false)
                     && i >= self.max_window_layers.unwrap_or(self.num_hidden_layers)
                 {

@@ -13,6 +13,7 @@ fn model_type(arch: &str) -> &'static str {
         "MistralForCausalLM" => "mistral",
         "Gemma3ForCausalLM" => "gemma3_text",
         "Qwen2ForCausalLM" => "qwen2",
+        "Qwen3ForCausalLM" => "qwen3",
         _ => "unknown",
     }
 }

@@ -17,6 +17,8 @@ fn configs() -> Vec<Config> {
     vec![
         tiny("LlamaForCausalLM", r#","attention_bias":true,"mlp_bias":true"#),
         tiny("Qwen2ForCausalLM", r#","tie_word_embeddings":true"#),
+        // Qwen3: per-head q/k norms (over head_dim, shared by the heads: kept whole when heads go).
+        tiny("Qwen3ForCausalLM", ""),
         // Gemma 3 with explicit layer kinds, and with transformers 4.x's periodic pattern (layer 1
         // global): dropping layer 1 must keep layer 2 a sliding layer.
         tiny(

@@ -70,7 +70,7 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
 
 #[test]
 fn layer_by_layer_streaming_equals_in_memory_scoring() {
-    for name in ["llama", "qwen2", "mistral", "gemma3"] {
+    for name in ["llama", "qwen2", "mistral", "gemma3", "qwen3"] {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures")
             .join(name);

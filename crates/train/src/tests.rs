@@ -163,12 +163,13 @@ fn chunked_lm_head_backward_equals_autograd_for_ce_and_kd_with_and_without_layer
 }
 
 /// The hand-written backward on the variants it covers besides plain Llama: Qwen2's q/k/v
-/// biases, Mistral's sliding window (3 < seq_len 6), Llama-3 RoPE scaling, Gemma 3's block
+/// biases, Qwen3's per-head q/k norms, Mistral's sliding window (3 < seq_len 6), Llama-3 RoPE scaling, Gemma 3's block
 /// (a sliding and a global layer, each with its RoPE base).
 #[test]
 fn hand_written_backward_covers_biases_sliding_windows_and_rope_scaling() {
     let cases = [
         tiny_arch(false, "Qwen2ForCausalLM", "qwen2", ""),
+        tiny_arch(false, "Qwen3ForCausalLM", "qwen3", ""),
         tiny_arch(true, "MistralForCausalLM", "mistral", r#","sliding_window":3"#),
         tiny_arch(
             true,
@@ -183,7 +184,8 @@ fn hand_written_backward_covers_biases_sliding_windows_and_rope_scaling() {
             r#","layer_types":["sliding_attention","full_attention"],"sliding_window":3,"rope_local_base_freq":10.0"#,
         ),
     ];
-    assert!(cases[0].qkv_bias() && cases[1].layer_window(0) == Some(3));
+    assert!(cases[0].qkv_bias() && cases[2].layer_window(0) == Some(3));
+    assert!(cases[1].qk_norm() && !cases[1].qkv_bias() && !cases[1].norm_offset());
     for cfg in &cases {
         for kd in [false, true] {
             assert!(check_against_autograd(cfg, kd, false, false, &cfg.model_type));
