@@ -111,15 +111,19 @@ fn rows(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str
     })
 }
 
+/// `PREFIX{layer}.{base}.{kind}` -> (layer, base, kind).
+fn layer_parts<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a str)> {
+    let (layer, leaf) = name.strip_prefix(prefix)?.split_once('.')?;
+    let (base, kind) = leaf.rsplit_once('.')?;
+    Some((layer.parse().ok()?, base, kind))
+}
+
 /// llama.cpp tensor name -> HF name.
 pub(crate) fn hf_name(gguf: &str, arch: Arch) -> Option<String> {
     if let Some((_, hf)) = GLOBAL_NAMES.iter().find(|(g, _)| *g == gguf) {
         return Some(hf.to_string());
     }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (base, kind) = leaf.rsplit_once('.')?;
+    let (layer, base, kind) = layer_parts(gguf, "blk.")?;
     let hf = rows(arch).find(|r| r.0 == base)?.1;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
@@ -129,10 +133,7 @@ pub(crate) fn gguf_name(hf: &str, arch: Arch) -> Option<String> {
     if let Some((g, _)) = GLOBAL_NAMES.iter().find(|(_, h)| *h == hf) {
         return Some(g.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (base, kind) = leaf.rsplit_once('.')?;
+    let (layer, base, kind) = layer_parts(hf, "model.layers.")?;
     let g = rows(arch).find(|r| r.1 == base)?.0;
     Some(format!("blk.{layer}.{g}.{kind}"))
 }
