@@ -54,8 +54,7 @@ pub fn run(
     let mut extra = vec![("orlik.json".to_string(), crate::text::provenance())];
     let dir = src.parent().unwrap_or(Path::new("."));
     let mut licences = Vec::new();
-    let terms = |n: &&&str| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE");
-    for name in crate::hfdir::SIDE_FILES.iter().filter(terms) {
+    for name in crate::hfdir::licence_files() {
         let p = dir.join(name);
         if p.is_file() {
             extra.push((name.to_string(), std::fs::read(&p).map_err(crate::io_err(&p))?));

@@ -11,7 +11,7 @@
 use crate::convert::{gguf_name, permute_qk};
 use crate::gguf::GValue;
 use crate::gguf_write::{encode, ggml_type_id, OutTensor};
-use crate::hfdir::{HfModel, SIDE_FILES};
+use crate::hfdir::HfModel;
 use crate::{io_err, IoError};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Tensor};
@@ -402,10 +402,7 @@ fn write_licences(
         out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
     let mut written = Vec::new();
     let mut spdx = None;
-    for name in SIDE_FILES
-        .iter()
-        .filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE"))
-    {
+    for name in crate::hfdir::licence_files() {
         let p = dir.join(name);
         if !p.is_file() {
             continue;

@@ -23,6 +23,15 @@ pub const SIDE_FILES: &[&str] = &[
     "NOTICE.md",
 ];
 
+/// The licence terms among [`SIDE_FILES`]: they travel with every model and export derived
+/// from the weights.
+pub fn licence_files() -> impl Iterator<Item = &'static str> {
+    SIDE_FILES
+        .iter()
+        .copied()
+        .filter(|n| n.contains("LICENSE") || n.contains("TERMS") || n.contains("NOTICE"))
+}
+
 /// Content hashes computed in this process: each file's (path, length, mtime), and the hash.
 type Stamp = Vec<(PathBuf, u64, std::time::SystemTime)>;
 static HASHED: std::sync::Mutex<Vec<(Stamp, String)>> = std::sync::Mutex::new(Vec::new());
