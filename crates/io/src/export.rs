@@ -400,7 +400,7 @@ fn write_licences(
 ) -> Result<Vec<PathBuf>, IoError> {
     let stem =
         out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "model".into());
-    let mut written = Vec::new();
+    let mut files = Vec::new();
     let mut spdx = None;
     for name in crate::hfdir::licence_files() {
         let p = dir.join(name);
@@ -418,6 +418,22 @@ fn write_licences(
             spdx = Some("mit");
         }
         let target = out.with_file_name(format!("{stem}.{name}"));
+        // Beside the output may be a file of the user's under the same name: replaced only when
+        // it already holds these terms (an earlier export), refused otherwise.
+        if target.exists() {
+            let there = std::fs::read(&target).map_err(io_err(&target))?;
+            if there != bytes {
+                return Err(IoError::Output {
+                    path: target,
+                    msg: format!("exists with other contents; the model's {name} would replace it: move it, or export elsewhere"),
+                });
+            }
+        }
+        files.push((target, bytes));
+    }
+    // Every name checked before any is written.
+    let mut written = Vec::new();
+    for (target, bytes) in files {
         crate::atomic::write_file_atomically(&target, &bytes)?;
         written.push(target);
     }

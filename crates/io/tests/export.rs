@@ -250,6 +250,18 @@ fn what_llama_cpp_cannot_represent_is_refused_and_licences_travel() {
     assert_eq!(fs::read_to_string(t.join("gemma.GEMMA_TERMS.html")).unwrap(), "Gemma Terms of Use");
     let g = Gguf::open(&out).unwrap();
     assert_eq!(g.get("general.license").and_then(GValue::as_str), Some("gemma"));
+    // Re-export over the same files: allowed (same terms); a user's file of that name with other
+    // contents is never replaced, and nothing is written.
+    run(&gemma_hf, &out, GgufType::F16, true, |_, _, _| {}).unwrap();
+    let other = t.join("other.gguf");
+    fs::write(t.join("other.GEMMA_TERMS.html"), "my notes").unwrap();
+    let e = run(&gemma_hf, &other, GgufType::F16, false, |_, _, _| {}).unwrap_err().to_string();
+    assert!(
+        e.contains("other.GEMMA_TERMS.html") && e.contains("exists with other contents"),
+        "{e}"
+    );
+    assert_eq!(fs::read_to_string(t.join("other.GEMMA_TERMS.html")).unwrap(), "my notes");
+    assert!(!other.exists());
 }
 
 #[test]
