@@ -9,7 +9,8 @@
 #   2. tokenization: llama-tokenize on the f32 GGUF = the model's tokenizer.json (HF tokenizers,
 #      the library orlik tokenizes with), id for id;
 #   3. greedy generation of 32 tokens: llama-simple on the f32 GGUF = `orlik generate
-#      --temperature 0`, character for character (and, reported, how far the f16 GGUF agrees);
+#      --temperature 0`, character for character; on the f16 GGUF, the same up to the first token
+#      whose top-2 margin in orlik is within what f16 rounding can move (measured, see below);
 #   4. llama-perplexity (ctx 256, 16 chunks) of orlik's f16 GGUF = that of the GGUF llama.cpp's
 #      own convert_hf_to_gguf.py makes from the same directory, within 0.1% (where that script
 #      accepts the directory); q8_0 and q4_0 against llama-quantize run on orlik's f32 GGUF: the
@@ -56,24 +57,51 @@ t = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json'); print(t.encode(open(sy
   if [ "$(echo "$ours" | tr -d ' ')" = "$(echo "$theirs" | tr -d ' ')" ]; then ok "$name tokenization" "$n tokens of Polish, id for id"
   else bad "$name tokenization" "orlik ${ours:0:120}... llama.cpp ${theirs:0:120}..."; fi
 
-  # 3. greedy generation: the continuations after the prompt (orlik echoes the prompt as given,
-  # llama-simple as its tokens decode, special tokens and all)
-  o=$("$ORLIK" generate "$dir" --prompt "$PROMPT" --max-new-tokens 32 --temperature 0 2>/dev/null)
-  o=${o#"$PROMPT"}
+  # 3. greedy generation: the continuations after the prompt (orlik's --json text; llama-simple
+  # echoes the prompt as its tokens decode, special tokens and all, which is cut off). f32 must
+  # agree throughout. f16 must agree up to the first token whose top-2 margin in orlik is below
+  # what f16 can move: δ, the largest logit change orlik measures when it runs the f16 GGUF's
+  # weights (converted back), counted twice because llama.cpp also rounds the activations to f16
+  # in its products, and twice again because a margin moves by both of its logits: 4δ.
+  gen() { "$ORLIK" generate "$1" --prompt "$PROMPT" --max-new-tokens 32 --temperature 0 --json 2>/dev/null; }
+  gen "$dir" > "$W/$name-gen.json"
+  "$ORLIK" convert "$W/$name-f16.gguf" -o "$W/$name-back16" > /dev/null 2>&1 && gen "$W/$name-back16" > "$W/$name-gen16.json" \
+    || bad "$name orlik on the f16 weights" "convert or generate failed"
+  rm -rf "$W/$name-back16"
   shown=$("$PY" -c "import sys; from tokenizers import Tokenizer
 t = Tokenizer.from_file(sys.argv[1] + '/tokenizer.json'); print(t.decode(t.encode(sys.argv[2]).ids, skip_special_tokens=False), end='')" "$dir" "$PROMPT")
   for t in f32 f16; do
     l=$("$BIN/llama-simple" -m "$W/$name-$t.gguf" -n 32 "$PROMPT" 2>/dev/null)
     [ "${l#"$shown"}" = "$l" ] && bad "$name llama-simple's prompt" "'${l:0:60}' does not start with the prompt's tokens '$shown'"
-    l=${l#"$shown"}
-    same=$(python3 -c "import sys; a,b=sys.argv[1],sys.argv[2]; n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), min(len(a),len(b))); print(n, len(a), len(b))" "$o" "$l")
-    read -r k la lb <<<"$same"
-    if [ "$t" = f32 ]; then
-      if [ "$o" = "$l" ]; then ok "$name greedy 32 tokens, f32" "$la characters equal"
-      else bad "$name greedy 32 tokens, f32" "first difference at character $k: orlik '${o:0:150}' llama.cpp '${l:0:150}'"; fi
-    else
-      echo "llamacpp: $name greedy 32 tokens, f16 GGUF vs orlik f32: first $k of $la characters equal (reported, not checked)"
-    fi
+    printf '%s' "${l#"$shown"}" > "$W/$name-llama-$t.txt"
+    if msg=$(python3 - "$t" "$W/$name-gen.json" "$W/$name-gen16.json" "$W/$name-llama-$t.txt" <<'PYEOF'
+import json, sys
+t, ours, theirs = sys.argv[1], json.load(open(sys.argv[2])), open(sys.argv[4], encoding="utf-8").read()
+o = ours["text"]
+k = next((i for i, (x, y) in enumerate(zip(o, theirs)) if x != y), min(len(o), len(theirs)))
+if t == "f32":
+    ok = o == theirs
+    print(f"{len(o)} characters equal" if ok else f"first difference at character {k}: orlik {o[:150]!r} llama.cpp {theirs[:150]!r}")
+    sys.exit(0 if ok else 1)
+# δ over the tokens where orlik on the f16 weights picked the same ones (their logits compare)
+steps, steps16 = ours["steps"], json.load(open(sys.argv[3]))["steps"]
+delta = 0.0
+for a, b in zip(steps, steps16):
+    if a["id"] != b["id"]:
+        break
+    delta = max(delta, abs(a["best"][1] - b["best"][1]))
+    if a["runner_up"][0] == b["runner_up"][0]:
+        delta = max(delta, abs(a["runner_up"][1] - b["runner_up"][1]))
+tau = 4 * delta
+tie = next((i for i, s in enumerate(steps) if s["best"][1] - s["runner_up"][1] < tau), None)
+must = len(o) if tie is None else (steps[tie - 1]["chars"] if tie > 0 else 0)
+where = "no near tie" if tie is None else f"token {tie + 1} is a near tie (margin {steps[tie]['best'][1] - steps[tie]['runner_up'][1]:.4f})"
+ok = o[:must] == theirs[:must] and (tie is not None or o == theirs)
+print(f"{k} of {len(o)} characters equal; f16 moves orlik's logits by δ = {delta:.4f}, 4δ = {tau:.4f}; {where}: "
+      f"the first {must} characters ({len(steps) if tie is None else tie} tokens) must agree: {'they do' if ok else 'they do not'}")
+sys.exit(0 if ok else 1)
+PYEOF
+); then ok "$name greedy 32 tokens, $t" "$msg"; else bad "$name greedy 32 tokens, $t" "$msg"; fi
   done
 
   # 4. perplexity

@@ -57,27 +57,40 @@ pub(crate) fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
     Ok((hf, m))
 }
 
-pub fn generate(
-    path: &Path,
-    prompt: &str,
-    max_new: usize,
-    temperature: f64,
-    top_p: f64,
-    seed: u64,
-    chat: bool,
-) -> Result<()> {
+/// `orlik generate`'s flags.
+pub struct GenArgs<'a> {
+    pub path: &'a Path,
+    pub prompt: &'a str,
+    pub opts: GenOptions,
+    pub chat: bool,
+    /// One JSON object on stdout at the end (the text, and every token with its two best logits)
+    /// instead of the streamed text.
+    pub json: bool,
+}
+
+/// A generated token as `--json` reports it: the step, and how many characters of the decoded
+/// continuation stand once it is added (so a character offset maps back to a token).
+#[derive(serde::Serialize)]
+struct JsonStep {
+    #[serde(flatten)]
+    step: orlik_eval::generate::Step,
+    chars: usize,
+}
+
+pub fn generate(a: &GenArgs) -> Result<()> {
+    let GenOptions { temperature, top_p, .. } = a.opts;
     if !(0.0..=1.0).contains(&top_p) || top_p == 0.0 {
         bail!("--top-p must be in (0, 1], got {top_p}");
     }
     if temperature < 0.0 {
         bail!("--temperature must be >= 0, got {temperature}");
     }
-    let (hf, model) = load(path)?;
+    let (hf, model) = load(a.path)?;
     let tok = hf.tokenizer()?;
-    let text = if chat {
-        format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
+    let text = if a.chat {
+        format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", a.prompt)
     } else {
-        prompt.to_string()
+        a.prompt.to_string()
     };
     let enc = tok
         .encode(text.as_str(), true)
@@ -85,43 +98,49 @@ pub fn generate(
     let mut stop = hf.config.eos_ids();
     for s in ["<|im_end|>", "<|endoftext|>", "</s>"] {
         if let Some(id) = tok.token_to_id(s) {
-            if chat || s != "<|im_end|>" {
+            if a.chat || s != "<|im_end|>" {
                 stop.push(id);
             }
         }
     }
-    let opts = GenOptions { max_new_tokens: max_new, temperature, top_p, seed };
     let mut ids: Vec<u32> = Vec::new();
     let mut printed = 0usize;
+    let mut steps = Vec::new();
     let mut out = std::io::stdout();
-    if chat {
-        println!("{prompt}");
-    } else {
-        print!("{prompt}");
+    if !a.json {
+        print!("{}{}", a.prompt, if a.chat { "\n" } else { "" });
     }
     let t0 = std::time::Instant::now();
-    let new = orlik_eval::generate::generate(&model, enc.get_ids(), &stop, &opts, |id| {
-        if stop.contains(&id) {
+    let new = orlik_eval::generate::generate(&model, enc.get_ids(), &stop, &a.opts, |step| {
+        if stop.contains(&step.id) {
             return false;
         }
-        ids.push(id);
+        ids.push(step.id);
         // Decode everything so far and print the new suffix: byte-fallback and multi-byte
         // characters only appear once complete.
         if let Ok(s) = tok.decode(&ids, true) {
             if !s.ends_with('\u{FFFD}') && s.len() > printed && s.is_char_boundary(printed) {
-                print!("{}", &s[printed..]);
-                let _ = out.flush();
+                if !a.json {
+                    print!("{}", &s[printed..]);
+                    let _ = out.flush();
+                }
                 printed = s.len();
             }
+            steps.push(JsonStep { step: *step, chars: s[..printed].chars().count() });
         }
         true
     })?;
-    println!();
-    eprintln!(
-        "[{} tokens, {:.1} tokens/s]",
-        new.len(),
-        new.len() as f64 / t0.elapsed().as_secs_f64()
-    );
+    let rate = new.len() as f64 / t0.elapsed().as_secs_f64();
+    if a.json {
+        let text = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
+        let v = serde_json::json!({
+            "prompt": a.prompt, "prompt_ids": enc.get_ids(), "text": text, "steps": steps,
+        });
+        println!("{v}");
+    } else {
+        println!();
+    }
+    eprintln!("[{} tokens, {rate:.1} tokens/s]", new.len());
     Ok(())
 }
 

@@ -107,6 +107,11 @@ pub(crate) enum Cmd {
         /// Wrap the prompt as one ChatML user turn (`<|im_start|>user ... <|im_start|>assistant`).
         #[arg(long)]
         chat: bool,
+        /// Print one JSON object at the end instead of streaming: the text and, for every new
+        /// token, its id, the two best logits of its row with their token ids (how near a tie the
+        /// choice was), and the length of the decoded text once it is added (`chars`).
+        #[arg(long)]
+        json: bool,
     },
     /// Compress a model end to end: score → prune to a parameter budget → distill from the
     /// original → evaluate teacher, pruned and distilled side by side (bits/byte, multiple choice,
@@ -502,8 +507,16 @@ fn main() {
             commands::convert(&gguf, &output, &dtype, &max_shard_size, force)
         }
         Cmd::Export { model, gguf, ty, force } => commands::export(&model, &gguf, &ty, force),
-        Cmd::Generate { path, prompt, max_new_tokens, temperature, top_p, seed, chat } => {
-            commands::generate(&path, &prompt, max_new_tokens, temperature, top_p, seed, chat)
+        Cmd::Generate { path, prompt, max_new_tokens, temperature, top_p, seed, chat, json } => {
+            let opts =
+                orlik_eval::generate::GenOptions { max_new_tokens, temperature, top_p, seed };
+            commands::generate(&commands::GenArgs {
+                path: &path,
+                prompt: &prompt,
+                opts,
+                chat,
+                json,
+            })
         }
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
             eval_cmd::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)

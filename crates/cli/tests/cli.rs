@@ -54,6 +54,22 @@ fn convert_inspect_generate_ppl() {
         ok(&["generate", &dir, "--prompt", "the", "--max-new-tokens", "5", "--seed", "3"]),
         "seeded"
     );
+    // --json: greedy picks the best logit of every row; the text is what streaming prints.
+    let greedy =
+        ["generate", &dir, "--prompt", "the", "--max-new-tokens", "6", "--temperature", "0"];
+    let streamed = ok(&greedy);
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&[&greedy[..], &["--json"]].concat())).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    assert!(!steps.is_empty() && steps.len() <= 6);
+    for s in steps {
+        assert_eq!(s["id"], s["best"][0]);
+        assert!(s["best"][1].as_f64().unwrap() >= s["runner_up"][1].as_f64().unwrap());
+        assert_ne!(s["best"][0], s["runner_up"][0]);
+    }
+    let text = v["text"].as_str().unwrap();
+    assert_eq!(streamed.trim_end_matches('\n'), format!("the{text}"));
+    assert_eq!(steps.last().unwrap()["chars"].as_u64().unwrap() as usize, text.chars().count());
 
     let text = tmp.path().join("t.txt");
     std::fs::write(&text, "the theater then the anthem ".repeat(20)).unwrap();

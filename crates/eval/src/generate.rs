@@ -49,6 +49,31 @@ pub fn sample(logits: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) 
     kept[kept.len() - 1].0
 }
 
+/// One generated token and the two best logits of the row it was picked from: how close the
+/// choice was (a greedy token whose margin is below the rounding of a lower-precision copy of the
+/// model may legitimately differ there; `scripts/llamacpp_check.sh` uses it for f16).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Step {
+    pub id: u32,
+    /// The best logit of the row and its token.
+    pub best: (u32, f32),
+    /// The second best; `(best.0, best.1)` again when the vocabulary has one token.
+    pub runner_up: (u32, f32),
+}
+
+impl Step {
+    fn new(id: u32, logits: &[f32]) -> Self {
+        let b = argmax(logits) as usize;
+        let mut r = if b == 0 { 1.min(logits.len() - 1) } else { 0 };
+        for (i, &x) in logits.iter().enumerate() {
+            if i != b && x > logits[r] {
+                r = i;
+            }
+        }
+        Step { id, best: (b as u32, logits[b]), runner_up: (r as u32, logits[r]) }
+    }
+}
+
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
@@ -59,14 +84,14 @@ pub fn argmax(v: &[f32]) -> u32 {
     best as u32
 }
 
-/// Generate after `prompt`; `on_token(id)` is called for each new token and may return false to
-/// stop. Stops at any of `stop_ids`. Returns the new tokens.
+/// Generate after `prompt`; `on_token(step)` is called for each new token and may return false
+/// to stop. Stops at any of `stop_ids`. Returns the new tokens.
 pub fn generate(
     model: &dyn Infer,
     prompt: &[u32],
     stop_ids: &[u32],
     opts: &GenOptions,
-    mut on_token: impl FnMut(u32) -> bool,
+    mut on_token: impl FnMut(&Step) -> bool,
 ) -> Result<Vec<u32>, EvalError> {
     if prompt.is_empty() {
         return Err(EvalError::Input("empty prompt".into()));
@@ -83,7 +108,7 @@ pub fn generate(
             logits.get(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         let next = sample(&last, opts.temperature, opts.top_p, &mut rng);
         out.push(next);
-        if stop_ids.contains(&next) || !on_token(next) {
+        if stop_ids.contains(&next) || !on_token(&Step::new(next, &last)) {
             break;
         }
         input = vec![next];
@@ -108,5 +133,16 @@ mod tests {
             seen[sample(&[1.0, 1.0, 1.0], 1.0, 1.0, &mut rng) as usize] += 1;
         }
         assert!(seen.iter().all(|&c| c > 50), "{seen:?}");
+    }
+
+    #[test]
+    fn step_names_the_two_best() {
+        assert_eq!(
+            Step::new(1, &[0.5, 3.0, 2.5, -1.0]),
+            Step { id: 1, best: (1, 3.0), runner_up: (2, 2.5) }
+        );
+        // the best first: the runner-up search must not start from it
+        assert_eq!(Step::new(0, &[4.0, 1.0, 2.0]).runner_up, (2, 2.0));
+        assert_eq!(Step::new(0, &[4.0]).runner_up, (0, 4.0));
     }
 }

@@ -117,13 +117,13 @@ impl ExportReport {
     pub fn summary(&self, out: &Path) -> String {
         let types: Vec<String> = self.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
         format!(
-            "exported {}: llama.cpp architecture {}, {} tokenizer, {} tensors ({}), {:.1} MB",
+            "exported {}: llama.cpp architecture {}, {} tokenizer, {} tensors ({}), {}",
             out.display(),
             self.arch,
             self.tokenizer,
             self.tensors,
             types.join(", "),
-            self.bytes as f64 / 1e6
+            crate::text::format_size(self.bytes)
         )
     }
 }
@@ -135,11 +135,27 @@ impl ExportReport {
 fn gguf_arch(cfg: &Config) -> &'static str {
     match cfg.arch() {
         Arch::Llama | Arch::Mistral => "llama",
-        Arch::Qwen2 if cfg.num_attention_heads * cfg.head_dim() != cfg.hidden_size => "llama",
+        Arch::Qwen2 if qwen2_as_llama(cfg).is_some() => "llama",
         Arch::Qwen2 => "qwen2",
         Arch::Gemma3 => "gemma3",
         Arch::Qwen3 => "qwen3",
     }
+}
+
+/// Why a Qwen2 model must be stored as llama.cpp's `llama` (which takes q/k/v biases too), if it
+/// must: llama.cpp's `qwen2` graph derives the head width from the hidden size, and reads no
+/// `rope_freqs` tensor (Llama-3 RoPE scaling; llama.cpp's src/models/qwen2.cpp).
+fn qwen2_as_llama(cfg: &Config) -> Option<String> {
+    if cfg.num_attention_heads * cfg.head_dim() != cfg.hidden_size {
+        return Some(format!(
+            "its qwen2 needs heads x head_dim = hidden ({} x {} != {})",
+            cfg.num_attention_heads,
+            cfg.head_dim(),
+            cfg.hidden_size
+        ));
+    }
+    matches!(cfg.llama3_scaling(), Ok(Some(_)))
+        .then(|| "its qwen2 reads no rope_freqs tensor (Llama-3 RoPE scaling)".to_string())
 }
 
 /// `orlik export MODEL --gguf OUT`: the model at `dir` as a GGUF file at `out` (replaced only
@@ -158,13 +174,8 @@ pub fn run(
     let arch = cfg.arch();
     let mut notes = Vec::new();
     let name = gguf_arch(cfg);
-    if arch == Arch::Qwen2 && name == "llama" {
-        notes.push(format!(
-            "stored as llama.cpp's llama architecture: its qwen2 needs heads x head_dim = hidden ({} x {} != {})",
-            cfg.num_attention_heads,
-            cfg.head_dim(),
-            cfg.hidden_size
-        ));
+    if let (Arch::Qwen2, Some(why)) = (arch, qwen2_as_llama(cfg)) {
+        notes.push(format!("stored as llama.cpp's llama architecture: {why}"));
     }
     let dir_name = crate::output::resolve(dir).file_name().map(|n| n.to_string_lossy().to_string());
     let mut meta = model_metadata(cfg, name, dir_name.as_deref(), &mut notes).map_err(|msg| {
@@ -305,6 +316,11 @@ fn model_metadata(
     {
         match v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str) {
             None | Some("default") => {}
+            Some("llama3") if a != "llama" => {
+                return Err(format!(
+                    "rope_scaling type \"llama3\": llama.cpp's {a} graph reads no rope_freqs tensor (only its llama does)"
+                ))
+            }
             Some("llama3") => {
                 // the factors go in the rope_freqs tensor; the parameters, for orlik's convert
                 m.push(("orlik.rope_scaling".into(), GValue::Str(v.to_string())));

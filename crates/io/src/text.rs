@@ -24,6 +24,18 @@ pub fn provenance() -> Vec<u8> {
     serde_json::to_vec_pretty(&v).unwrap_or_default()
 }
 
+/// A size as people read it, in the decimal units `parse_size` takes: `812 B`, `35.2 kB`,
+/// `270.9 MB`, `7.35 GB` (a tiny test model is not "0.0 MB").
+pub fn format_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=999 => format!("{bytes} B"),
+        1_000..=999_999 => format!("{:.1} kB", b / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
+}
+
 /// A size as people write it: `2GB`, `500MB`, `1GiB`, `4096` (bytes). The error says what was
 /// expected (a flag's value parser shows it beside the flag's name).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -45,5 +57,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         Ok(n) if n > 0.0 && n.is_finite() => Ok((n * mult as f64) as u64),
         Ok(_) => Err(format!("size must be positive: {s:?}")),
         Err(_) => Err(format!("bad size {s:?} (e.g. 500MB, 2GB)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_well() {
+        use super::format_size;
+        assert_eq!(format_size(812), "812 B");
+        assert_eq!(format_size(35_240), "35.2 kB");
+        assert_eq!(format_size(270_912_000), "270.9 MB");
+        assert_eq!(format_size(7_350_000_000), "7.35 GB");
+        assert_eq!(super::parse_size("35.2kB").unwrap(), 35_200);
     }
 }

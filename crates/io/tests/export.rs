@@ -242,6 +242,14 @@ fn what_llama_cpp_cannot_represent_is_refused_and_licences_travel() {
     });
     let e = run(&d, &t.join("y.gguf"), GgufType::F32, false, |_, _, _| {}).unwrap_err().to_string();
     assert!(e.contains("\"yarn\""), "{e}");
+    // Llama-3 RoPE scaling is a rope_freqs tensor, which only llama.cpp's llama graph reads:
+    // Qwen3 with it is refused (Qwen2 would be stored as llama).
+    let d = fixture_with_tokenizer("qwen3", &t.join("g"), t, |c| {
+        c["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    });
+    let e = run(&d, &t.join("q.gguf"), GgufType::F32, false, |_, _, _| {}).unwrap_err().to_string();
+    assert!(e.contains("qwen3 graph reads no rope_freqs"), "{e}");
     // Licence files beside the GGUF, named in general.license.
     fs::write(gemma_hf.join("GEMMA_TERMS.html"), "Gemma Terms of Use").unwrap();
     let out = t.join("gemma.gguf");

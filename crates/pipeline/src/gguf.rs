@@ -97,10 +97,10 @@ pub(crate) fn section(out: &Path) -> String {
     let r = &e.report;
     let types: Vec<String> = r.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     let mut md = format!(
-        "## GGUF for llama.cpp\n\n`final.gguf` ({}, from `{}`): {:.1} MB, llama.cpp architecture `{}`, {} tokenizer, {} tensors ({}).\n",
+        "## GGUF for llama.cpp\n\n`final.gguf` ({}, from `{}`): {}, llama.cpp architecture `{}`, {} tokenizer, {} tensors ({}).\n",
         serde_json::to_value(e.settings.gguf).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         e.model.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-        r.bytes as f64 / 1e6,
+        orlik_io::text::format_size(r.bytes),
         r.arch,
         r.tokenizer,
         r.tensors,
