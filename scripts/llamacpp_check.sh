@@ -5,7 +5,7 @@
 #
 # ORLIK is the orlik binary, TEXT a Polish text file (the perplexity text; its first 1200
 # characters are the tokenization paragraph). For each HF model directory:
-#   1. `orlik export` as f32, f16, q8_0 and q4_0;
+#   1. `orlik export` as f32, f16, q8_0, q4_0, q4_k and q6_k;
 #   2. tokenization: llama-tokenize on the f32 GGUF = the model's tokenizer.json (HF tokenizers,
 #      the library orlik tokenizes with), id for id;
 #   3. greedy generation of 32 tokens: llama-simple on the f32 GGUF = `orlik generate
@@ -13,7 +13,7 @@
 #      whose top-2 margin in orlik is within what f16 rounding can move (measured, see below);
 #   4. llama-perplexity (ctx 256, 16 chunks) of orlik's f16 GGUF = that of the GGUF llama.cpp's
 #      own convert_hf_to_gguf.py makes from the same directory, within 0.1% (where that script
-#      accepts the directory); q8_0 and q4_0 against llama-quantize run on orlik's f32 GGUF: the
+#      accepts the directory); each quantised type against llama-quantize run on orlik's f32 GGUF: the
 #      same type for every tensor, byte-identical blocks counted, perplexity within 0.1%;
 #   5. round trip: `orlik convert` of the f32 GGUF gives back the directory's safetensors,
 #      byte for byte (Gemma's norms excepted: llama.cpp stores 1 + w).
@@ -43,7 +43,7 @@ within() { # a b rel -> true when |a-b| <= rel*b
 
 for spec in "$@"; do
   name=${spec%%=*}; dir=$(realpath "${spec#*=}")
-  for t in f32 f16 q8_0 q4_0; do
+  for t in f32 f16 q8_0 q4_0 q4_k q6_k; do
     "$ORLIK" export "$dir" --gguf "$W/$name-$t.gguf" --type "$t" > "$W/$name-$t.log" 2>&1 \
       || { cat "$W/$name-$t.log"; bad "$name export $t" "see above"; continue 2; }
   done
@@ -105,7 +105,7 @@ PYEOF
   done
 
   # 4. perplexity
-  p16=$(ppl "$W/$name-f16.gguf"); p8=$(ppl "$W/$name-q8_0.gguf"); p4=$(ppl "$W/$name-q4_0.gguf")
+  p16=$(ppl "$W/$name-f16.gguf")
   if PYTHONPATH=$SRC/gguf-py "$PY" "$SRC/convert_hf_to_gguf.py" "$dir" --outtype f16 --outfile "$W/$name-ref.gguf" > "$W/$name-ref.log" 2>&1; then
     pref=$(ppl "$W/$name-ref.gguf")
     if [ -n "$p16" ] && within "$p16" "$pref" 0.001; then ok "$name perplexity f16" "orlik's GGUF $p16, convert_hf_to_gguf.py's $pref"
@@ -114,10 +114,11 @@ PYEOF
   else
     echo "llamacpp: $name: convert_hf_to_gguf.py does not take this directory ($(grep -m1 -E 'Error|error' "$W/$name-ref.log" | cut -c1-160)); f16 perplexity $p16 not compared"
   fi
-  # q8_0 / q4_0 against llama.cpp's own quantiser run on orlik's f32 GGUF: same tensor types,
-  # the same blocks (tensors compared byte for byte), perplexity within 0.1%.
-  for q in "q8_0 Q8_0 $p8" "q4_0 Q4_0 $p4"; do
-    read -r t T p <<<"$q"
+  # q8_0 / q4_0 / q4_k / q6_k against llama.cpp's own quantiser run on orlik's f32 GGUF: same
+  # tensor types, the same blocks (tensors compared byte for byte), perplexity within 0.1%.
+  for q in "q8_0 Q8_0" "q4_0 Q4_0" "q4_k Q4_K" "q6_k Q6_K"; do
+    read -r t T <<<"$q"
+    p=$(ppl "$W/$name-$t.gguf")
     "$BIN/llama-quantize" "$W/$name-f32.gguf" "$W/$name-lq-$t.gguf" "$T" > "$W/$name-lq.log" 2>&1 || { tail -3 "$W/$name-lq.log"; bad "$name llama-quantize $T" "failed"; continue; }
     blocks=$(PYTHONPATH=$SRC/gguf-py "$PY" - "$W/$name-$t.gguf" "$W/$name-lq-$t.gguf" <<'PYEOF'
 import sys

@@ -510,6 +510,8 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
         } else {
             let chain = if output && matches!(ty, GgufType::Q4_0 | GgufType::Q4K) {
                 GgufType::Q6K.chain()
+            } else if ty == GgufType::Q4K && q4_k_m_more_bits(&name, cfg.num_hidden_layers) {
+                GgufType::Q6K.chain()
             } else {
                 ty.chain()
             };
@@ -525,8 +527,10 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
                     chain[0],
                     chain[0].block_size()
                 ))
-            } else if chain[0] != ty.chain()[0] {
+            } else if chain[0] != ty.chain()[0] && output {
                 Some(format!("{pick:?}: the output matrix, as llama.cpp's quantiser keeps it"))
+            } else if chain[0] != ty.chain()[0] {
+                Some(format!("{pick:?}: attn_v / ffn_down of the layers Q4_K_M gives more bits"))
             } else {
                 None
             };
@@ -549,6 +553,21 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
     Ok(plan)
 }
 
+/// llama-quantize's `Q4_K` is its Q4_K_M mixture: the V projection and the MLP's down
+/// projection of the first and last eighth of the layers, and of every third layer between, in
+/// Q6_K (llama-quant.cpp, `use_more_bits` in llama_tensor_get_type_impl; dense models). Not
+/// followed: its 70B rule (attn_v in Q5_K for 80-layer GQA models), orlik writes no Q5_K.
+fn q4_k_m_more_bits(hf_name: &str, n_layers: usize) -> bool {
+    let Some((i, part)) = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.'))
+    else {
+        return false;
+    };
+    let Ok(i) = i.parse::<usize>() else { return false };
+    let more =
+        i < n_layers / 8 || i >= 7 * n_layers / 8 || (i as i64 - (n_layers / 8) as i64) % 3 == 2;
+    more && matches!(part, "self_attn.v_proj.weight" | "mlp.down_proj.weight")
+}
+
 fn tensor_data(hf: &HfModel, p: &Planned) -> Result<Vec<u8>, IoError> {
     let cerr = |source| IoError::Candle { context: format!("exporting {}", p.out.name), source };
     let Some(name) = &p.hf else {
@@ -569,4 +588,26 @@ fn tensor_data(hf: &HfModel, p: &Planned) -> Result<Vec<u8>, IoError> {
     let bytes = encode(&w, p.out.ty).map_err(cerr);
     hf.checkpoint.release(name);
     bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::q4_k_m_more_bits;
+
+    #[test]
+    fn q4_k_m_gives_more_bits_where_llama_quantize_does() {
+        // 32 layers (Llama 3 8B): the first and last four, and 4 + 2 + 3k between
+        let more: Vec<usize> = (0..32)
+            .filter(|i| q4_k_m_more_bits(&format!("model.layers.{i}.mlp.down_proj.weight"), 32))
+            .collect();
+        assert_eq!(more, [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
+        assert!(q4_k_m_more_bits("model.layers.0.self_attn.v_proj.weight", 32));
+        for other in [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            "lm_head.weight",
+        ] {
+            assert!(!q4_k_m_more_bits(other, 32), "{other}");
+        }
+    }
 }

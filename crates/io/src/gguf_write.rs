@@ -47,10 +47,24 @@ pub fn ggml_type_id(dt: GgmlDType) -> u32 {
 pub fn encode(t: &Tensor, ty: u32) -> candle_core::Result<Vec<u8>> {
     use candle_core::DType;
     let dt = ggml_dtype(ty).ok_or_else(|| candle_core::Error::Msg(format!("GGML type {ty}")))?;
+    let row = t.dims().last().copied().unwrap_or(1);
+    if row % dt.block_size() != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "rows of {row} are not whole {dt:?} blocks of {}",
+            dt.block_size()
+        )));
+    }
     Ok(match dt {
         GgmlDType::F32 => crate::safetensors::tensor_bytes(t, DType::F32)?,
         GgmlDType::F16 => crate::safetensors::tensor_bytes(t, DType::F16)?,
         GgmlDType::BF16 => crate::safetensors::tensor_bytes(t, DType::BF16)?,
+        // llama-quantize's blocks (candle's k-quant search is an older ggml's)
+        GgmlDType::Q4K => {
+            crate::kquants::quantize_q4_k(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+        }
+        GgmlDType::Q6K => {
+            crate::kquants::quantize_q6_k(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+        }
         _ => QTensor::quantize(&t.to_dtype(DType::F32)?, dt)?.data()?.into_owned(),
     })
 }

@@ -14,6 +14,7 @@ pub mod gguf_write;
 pub mod guard;
 pub mod hfdir;
 pub mod inspect;
+pub mod kquants;
 pub mod output;
 pub mod rope_freqs;
 pub mod safetensors;
