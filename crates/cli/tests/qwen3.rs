@@ -1,7 +1,7 @@
 //! Qwen3 through every stage from the command line: the transformers-made fixture
 //! (`scripts/gen_fixtures.py`, per-head q/k RMSNorm, head_dim 16 != hidden / heads) with a
 //! byte-level tokenizer of the same vocabulary, scored, pruned, distilled from itself unpruned,
-//! SFT- and DPO-trained, exported to GGUF and converted back.
+//! SFT-, DPO- and GRPO-trained, exported to GGUF and converted back.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
@@ -83,8 +83,45 @@ fn qwen3_scores_prunes_distills_aligns_and_exports() {
         .collect();
     let dpo = jsonl(&root.join("dpo.jsonl"), &prefs);
     ok(&["dpo", &p("sft/final"), "--data", &dpo, "--steps", "2", "--batch", "2", "-o", &p("dpo")]);
+    // GRPO: sampled groups with the KV cache, then the policy-gradient step on Qwen3's q/k norms
+    let prompts: Vec<Value> = (0..4).map(|i| json!({"prompt": (["the", "tea"][i % 2])})).collect();
+    let grpo = jsonl(&root.join("grpo.jsonl"), &prompts);
+    let g = [
+        "grpo",
+        &p("dpo/final"),
+        "--prompts",
+        &grpo,
+        "--reward",
+        "regex:a",
+        "--group",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--max-len",
+        "32",
+        "--max-prompt",
+        "8",
+        "-o",
+        &p("grpo"),
+    ];
+    ok(&g);
+    let r = common::rows(&p("grpo"));
+    assert_eq!(r.len(), 2, "{r:?}");
+    for x in &r {
+        let (m, kl) = (x["reward_mean"].as_f64().unwrap(), x["kl"].as_f64().unwrap());
+        assert!((0.0..=1.0).contains(&m) && kl.is_finite(), "{x}");
+    }
+    // the weights moved: GRPO's final differs from its starting point
+    assert_ne!(
+        std::fs::read(root.join("grpo/final/model.safetensors")).unwrap(),
+        std::fs::read(root.join("dpo/final/model.safetensors")).unwrap()
+    );
     // GGUF (llama.cpp's qwen3: attn_q_norm / attn_k_norm per layer) and back.
-    ok(&["export", &p("dpo/final"), "--gguf", &p("q.gguf"), "--type", "f32"]);
+    ok(&["export", &p("grpo/final"), "--gguf", &p("q.gguf"), "--type", "f32"]);
     ok(&["convert", &p("q.gguf"), "-o", &p("back")]);
     let back: Value =
         serde_json::from_slice(&std::fs::read(root.join("back/config.json")).unwrap()).unwrap();
