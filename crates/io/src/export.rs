@@ -508,13 +508,9 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
         let (stored, fallback) = if ne.len() == 1 {
             (GgmlDType::F32, None)
         } else {
-            let chain = if output && matches!(ty, GgufType::Q4_0 | GgufType::Q4K) {
-                GgufType::Q6K.chain()
-            } else if ty == GgufType::Q4K && q4_k_m_more_bits(&name, cfg.num_hidden_layers) {
-                GgufType::Q6K.chain()
-            } else {
-                ty.chain()
-            };
+            let q6 = (output && matches!(ty, GgufType::Q4_0 | GgufType::Q4K))
+                || (ty == GgufType::Q4K && q4_k_m_more_bits(&name, cfg.num_hidden_layers));
+            let chain = if q6 { GgufType::Q6K.chain() } else { ty.chain() };
             let pick = chain
                 .iter()
                 .find(|d| ne[0].is_multiple_of(d.block_size() as u64))

@@ -36,22 +36,27 @@ fn fp16(x: f32) -> (u16, f32) {
 
 /// Q6_K blocks of `x` (a multiple of 256 values).
 pub fn quantize_q6_k(x: &[f32]) -> Vec<u8> {
-    assert_eq!(x.len() % QK_K, 0, "Q6_K rows are whole blocks of {QK_K}");
-    let mut out = Vec::with_capacity(x.len() / QK_K * Q6_K_BYTES);
-    for x in x.chunks_exact(QK_K) {
-        out.extend_from_slice(&q6_k_block(x));
-    }
-    out
+    super_blocks(x, q6_k_block)
+}
+
+/// Q4_K blocks of `x` (a multiple of 256 values).
+pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
+    super_blocks(x, q4_k_block)
+}
+
+fn super_blocks<const N: usize>(x: &[f32], block: fn(&[f32]) -> [u8; N]) -> Vec<u8> {
+    assert_eq!(x.len() % QK_K, 0, "k-quant rows are whole blocks of {QK_K} (the caller checks)");
+    x.chunks_exact(QK_K).flat_map(block).collect()
 }
 
 fn q6_k_block(x: &[f32]) -> [u8; Q6_K_BYTES] {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; QK_K / 16];
     let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
-    for ib in 0..QK_K / 16 {
+    for (ib, s) in scales.iter_mut().enumerate() {
         let r = 16 * ib..16 * ib + 16;
         let scale = make_qx_quants(32, &x[r.clone()], &mut l[r]);
-        scales[ib] = scale;
+        *s = scale;
         if scale.abs() > max_abs_scale {
             max_abs_scale = scale.abs();
             max_scale = scale;
@@ -144,16 +149,6 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
         }
     }
     scale
-}
-
-/// Q4_K blocks of `x` (a multiple of 256 values).
-pub fn quantize_q4_k(x: &[f32]) -> Vec<u8> {
-    assert_eq!(x.len() % QK_K, 0, "Q4_K rows are whole blocks of {QK_K}");
-    let mut out = Vec::with_capacity(x.len() / QK_K * Q4_K_BYTES);
-    for x in x.chunks_exact(QK_K) {
-        out.extend_from_slice(&q4_k_block(x));
-    }
-    out
 }
 
 fn q4_k_block(x: &[f32]) -> [u8; Q4_K_BYTES] {
