@@ -111,7 +111,7 @@ fn rows(arch: Arch) -> impl Iterator<Item = &'static (&'static str, &'static str
 }
 
 /// `PREFIX{layer}.{base}.{kind}` -> (layer, base, kind).
-fn layer_parts<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a str)> {
+pub(crate) fn layer_parts<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str, &'a str)> {
     let (layer, leaf) = name.strip_prefix(prefix)?.split_once('.')?;
     let (base, kind) = leaf.rsplit_once('.')?;
     Some((layer.parse().ok()?, base, kind))

@@ -508,9 +508,15 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
         let (stored, fallback) = if ne.len() == 1 {
             (GgmlDType::F32, None)
         } else {
-            let q6 = (output && matches!(ty, GgufType::Q4_0 | GgufType::Q4K))
-                || (ty == GgufType::Q4K && q4_k_m_more_bits(&name, cfg.num_hidden_layers));
-            let chain = if q6 { GgufType::Q6K.chain() } else { ty.chain() };
+            // why a matrix of a 4-bit file is raised to Q6_K, if it is
+            let raised = if output && matches!(ty, GgufType::Q4_0 | GgufType::Q4K) {
+                Some("the output matrix, as llama.cpp's quantiser keeps it")
+            } else if ty == GgufType::Q4K && q4_k_m_more_bits(&name, cfg.num_hidden_layers) {
+                Some("attn_v / ffn_down of the layers Q4_K_M gives more bits")
+            } else {
+                None
+            };
+            let chain = if raised.is_some() { GgufType::Q6K.chain() } else { ty.chain() };
             let pick = chain
                 .iter()
                 .find(|d| ne[0].is_multiple_of(d.block_size() as u64))
@@ -523,12 +529,8 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
                     chain[0],
                     chain[0].block_size()
                 ))
-            } else if chain[0] != ty.chain()[0] && output {
-                Some(format!("{pick:?}: the output matrix, as llama.cpp's quantiser keeps it"))
-            } else if chain[0] != ty.chain()[0] {
-                Some(format!("{pick:?}: attn_v / ffn_down of the layers Q4_K_M gives more bits"))
             } else {
-                None
+                raised.map(|why| format!("{pick:?}: {why}"))
             };
             (pick, why)
         };
@@ -554,14 +556,12 @@ fn plan_tensors(hf: &HfModel, ty: GgufType) -> Result<Vec<Planned>, IoError> {
 /// Q6_K (llama-quant.cpp, `use_more_bits` in llama_tensor_get_type_impl; dense models). Not
 /// followed: its 70B rule (attn_v in Q5_K for 80-layer GQA models), orlik writes no Q5_K.
 fn q4_k_m_more_bits(hf_name: &str, n_layers: usize) -> bool {
-    let Some((i, part)) = hf_name.strip_prefix("model.layers.").and_then(|r| r.split_once('.'))
-    else {
+    let Some((i, base, "weight")) = crate::convert::layer_parts(hf_name, "model.layers.") else {
         return false;
     };
-    let Ok(i) = i.parse::<usize>() else { return false };
     let more =
         i < n_layers / 8 || i >= 7 * n_layers / 8 || (i as i64 - (n_layers / 8) as i64) % 3 == 2;
-    more && matches!(part, "self_attn.v_proj.weight" | "mlp.down_proj.weight")
+    more && matches!(base, "self_attn.v_proj" | "mlp.down_proj")
 }
 
 fn tensor_data(hf: &HfModel, p: &Planned) -> Result<Vec<u8>, IoError> {

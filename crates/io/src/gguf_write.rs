@@ -59,11 +59,12 @@ pub fn encode(t: &Tensor, ty: u32) -> candle_core::Result<Vec<u8>> {
         GgmlDType::F16 => crate::safetensors::tensor_bytes(t, DType::F16)?,
         GgmlDType::BF16 => crate::safetensors::tensor_bytes(t, DType::BF16)?,
         // llama-quantize's blocks (candle's k-quant search is an older ggml's)
-        GgmlDType::Q4K => {
-            crate::kquants::quantize_q4_k(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
-        }
-        GgmlDType::Q6K => {
-            crate::kquants::quantize_q6_k(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?)
+        GgmlDType::Q4K | GgmlDType::Q6K => {
+            let x: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            match dt {
+                GgmlDType::Q4K => crate::kquants::quantize_q4_k(&x),
+                _ => crate::kquants::quantize_q6_k(&x),
+            }
         }
         _ => QTensor::quantize(&t.to_dtype(DType::F32)?, dt)?.data()?.into_owned(),
     })
