@@ -184,7 +184,7 @@ impl Task for GrpoTask<'_> {
                 rows.targets.push(seq[1..].to_vec());
             }
         }
-        if let (Some(path), false) = (&self.samples, log.is_empty()) {
+        if let (Some(path), false, true) = (&self.samples, log.is_empty(), orlik_dist::is_root()) {
             for row in &log {
                 orlik_train::curves::append(path, row)?;
             }
@@ -239,7 +239,7 @@ impl Task for GrpoTask<'_> {
     }
 
     fn on_resume(&mut self, step: u64) -> Result<(), AlignError> {
-        if let Some(p) = &self.samples {
+        if let (Some(p), true) = (&self.samples, orlik_dist::is_root()) {
             orlik_train::curves::truncate(p, step)?;
         }
         Ok(())

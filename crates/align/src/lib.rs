@@ -43,3 +43,9 @@ pub enum AlignError {
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
+
+impl From<orlik_dist::DistError> for AlignError {
+    fn from(e: orlik_dist::DistError) -> AlignError {
+        AlignError::Train(e.into())
+    }
+}

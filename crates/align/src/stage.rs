@@ -445,12 +445,14 @@ fn begin(
     kind: &str,
     data: &Path,
 ) -> Result<(), AlignError> {
-    orlik_io::output::claim_dir(r.out, kind, &[r.model, data], mode(r))?;
     run["model"] = json!({"path": r.model, "sha256": s.hf.content_sha256()?});
     run["template"] = json!(s.template.origin);
     let config = serde_json::to_value(cfg).map_err(|e| cfg_err(e.to_string()))?;
-    orlik_train::config::open_run(r.out, &json!({"config": config, "run": run}), r.resume)?;
-    Ok(())
+    orlik_dist::on_root(|| -> Result<(), AlignError> {
+        orlik_io::output::claim_dir(r.out, kind, &[r.model, data], mode(r))?;
+        orlik_train::config::open_run(r.out, &json!({"config": config, "run": run}), r.resume)?;
+        Ok(())
+    })
 }
 
 /// The executor holding the model's weights, for `cfg`'s settings.
@@ -475,6 +477,9 @@ fn train(
     let mut st = runner::start(task, exec.as_mut(), cfg, r.out, r.resume)?;
     let outcome = runner::run(task, exec.as_mut(), cfg, r.out, &mut st, opts)?;
     let final_dir = r.out.join("final");
+    if !orlik_dist::is_root() {
+        return Ok(AlignOutcome { outcome, state: st, final_dir, quarters: Vec::new() });
+    }
     if outcome == Outcome::Finished {
         let dtype = r.save_dtype.unwrap_or_else(|| stored_dtype(&s.hf));
         save_final(r.model, &s.hf.config, &exec.weights()?, &final_dir, dtype)?;
@@ -629,7 +634,9 @@ fn reference_logps(
     }
     pb.finish_and_clear();
     let text = json!({"key": key, "logps": out}).to_string();
-    orlik_io::atomic::write_file_atomically(&path, text.as_bytes())?;
+    if orlik_dist::is_root() {
+        orlik_io::atomic::write_file_atomically(&path, text.as_bytes())?;
+    }
     Ok(out)
 }
 

@@ -59,7 +59,7 @@ fn stage(a: &AlignArgs, go: impl FnOnce(&AlignRun) -> Result<AlignOutcome>) -> R
         force: a.force,
         save_dtype: orlik_train::lm::save_dtype(a.save_dtype.as_deref()),
         ctl: crate::term::control(),
-        notice: &|m| eprintln!("{m}"),
+        notice: &crate::term::notice,
     };
     let o = go(&r)?;
     if let Outcome::Interrupted { step } = o.outcome {

@@ -442,6 +442,9 @@ fn tune_allocator() {
 fn pin_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Ranks on one machine share its cores (N ranks × all cores would oversubscribe).
+        let local = orlik_dist::launch_from(&|k| std::env::var(k).ok()).map_or(1, |l| l.local_size);
+        let n = (n / local.max(1)).max(1);
         // SAFETY: called first thing in main, before any thread exists.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
@@ -499,6 +502,7 @@ fn main() {
         }
     };
     term::set_memory_gate(cli.no_memory_check, cli.memory_limit);
+    let world = join_world(&cli.cmd);
     let r = match cli.cmd {
         Cmd::Inspect { path, json } => {
             orlik_io::inspect::run(&path, json).map(|s| println!("{s}")).map_err(Into::into)
@@ -610,8 +614,57 @@ fn main() {
     };
     if let Err(e) = r {
         orlik_io::output::abandon_unused();
+        if world.size() > 1 {
+            // Every rank says its own error (one may fail alone); MPI_Abort ends the others.
+            eprintln!("error (rank {} of {}): {}", world.rank(), world.size(), one_line(&e));
+            world.abort(1);
+        }
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
+    }
+    world.finalize();
+}
+
+/// The commands that run data parallel under a launcher (`mpirun -np N orlik distill ...`).
+fn data_parallel(cmd: &Cmd) -> bool {
+    matches!(
+        cmd,
+        Cmd::Distill { .. } | Cmd::Train { .. } | Cmd::Sft(_) | Cmd::Dpo(_) | Cmd::Grpo(_)
+    )
+}
+
+/// Join the launcher's job (world size 1 without one). Ranks past 0 print nothing on stdout;
+/// a command that does not run data parallel is refused on a world of more than one (N copies
+/// would write the same output).
+fn join_world(cmd: &Cmd) -> &'static dyn orlik_dist::Comm {
+    let world = match orlik_dist::init() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if world.size() > 1 && !data_parallel(cmd) {
+        if world.rank() == 0 {
+            eprintln!(
+                "error: this command does not run data parallel (only distill, train, sft, dpo \
+                 and grpo do); start it without mpirun / srun"
+            );
+        }
+        world.abort(1);
+    }
+    if world.rank() > 0 {
+        silence_stdout();
+    }
+    world
+}
+
+fn silence_stdout() {
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null");
+    if let Ok(f) = null {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 replaces stdout with /dev/null; both descriptors are open.
+        unsafe { libc::dup2(f.as_raw_fd(), 1) };
     }
 }
 

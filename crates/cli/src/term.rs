@@ -38,12 +38,19 @@ pub fn stop_flag() -> &'static AtomicBool {
     FLAG.get_or_init(|| {
         let flag: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
         let _ = ctrlc::set_handler(move || {
-            if !flag.swap(true, Ordering::SeqCst) {
+            if !flag.swap(true, Ordering::SeqCst) && orlik_dist::is_root() {
                 eprintln!("\ninterrupt: finishing this step and saving a checkpoint...");
             }
         });
         flag
     })
+}
+
+/// A one-line notice on stderr, from rank 0 only (N ranks would say it N times).
+pub fn notice(m: &str) {
+    if orlik_dist::is_root() {
+        eprintln!("{m}");
+    }
 }
 
 static DELAY_MS: AtomicU64 = AtomicU64::new(0);
@@ -87,13 +94,14 @@ pub fn control() -> Control<'static> {
         after_step: step_delay(),
         memory: memory_gate(),
         reduce: None,
+        comm: None,
     }
 }
 
 /// A training command stopped by a signal after its checkpoint: say how to continue, exit 130
 /// (128 + SIGINT, as shells do).
 pub fn interrupted(step: u64) -> ! {
-    eprintln!("stopped at step {step}; continue with the same command and --resume");
+    notice(&format!("stopped at step {step}; continue with the same command and --resume"));
     std::process::exit(130);
 }
 

@@ -196,7 +196,7 @@ pub fn distill(a: DistillArgs) -> Result<()> {
         cache: a.teacher_cache.as_deref(),
     };
     let ctl = crate::term::control();
-    let f = orlik_distill::run::run(cfg, &a.student, teachers, &dir, ctl, &|m| eprintln!("{m}"))?;
+    let f = orlik_distill::run::run(cfg, &a.student, teachers, &dir, ctl, &crate::term::notice)?;
     report_finished(&f)
 }
 
@@ -207,7 +207,7 @@ pub fn train(model: &Path, init: &str, a: TrainArgs) -> Result<()> {
     let dir = run_dir(&a, "train", &[Some(model)])?;
     let f =
         orlik_train::lm::train(cfg, model, init == "random", &dir, crate::term::control(), &|m| {
-            eprintln!("{m}")
+            crate::term::notice(m)
         })?;
     report_finished(&f)
 }

@@ -56,6 +56,8 @@ pub enum TrainError {
     Candle(#[from] candle_core::Error),
     #[error("{path}: {source}")]
     File { path: std::path::PathBuf, source: std::io::Error },
+    #[error("data parallel: {0}")]
+    Dist(#[from] orlik_dist::DistError),
 }
 
 pub(crate) fn file_err(

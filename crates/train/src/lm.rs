@@ -43,9 +43,12 @@ impl RunDir<'_> {
     }
 
     /// Claim the output: a replaced own run removed, the directory created and marked.
+    /// Under data parallel, rank 0 claims it while the other ranks wait.
     pub fn claim(&self) -> Result<(), TrainError> {
-        orlik_io::output::claim_dir(self.out, self.kind, &self.inputs, self.mode())?;
-        Ok(())
+        orlik_dist::on_root(|| -> Result<(), TrainError> {
+            orlik_io::output::claim_dir(self.out, self.kind, &self.inputs, self.mode())?;
+            Ok(())
+        })
     }
 
     /// The training and validation text packed into windows of `seq_len` + 1 tokens.
@@ -142,6 +145,11 @@ pub fn finish<'t>(
     }
     let outcome = t.run(ctl.stop)?;
     let final_dir = dir.out.join("final");
+    if !orlik_dist::is_root() {
+        // Rank 0 writes OUT/final/ and holds the metrics (its disk may be another machine's).
+        let state = t.state().clone();
+        return Ok(Finished { outcome, state, final_dir, last_loss: None, last_val: None });
+    }
     if outcome == Outcome::Finished {
         let dtype = dir.save_dtype.unwrap_or(stored);
         save_final(model_dir, cfg, &t.named_weights()?, &final_dir, dtype)?;

@@ -9,6 +9,14 @@
 //! The order of the units (packed windows, conversations, pairs, prompts) is a pure function of
 //! (seed, cursor), and a task's own randomness is seeded from (seed, step), so a resumed run
 //! repeats the uninterrupted one bit for bit.
+//!
+//! Data parallel (`mpirun -np N`, `orlik_dist`): a step's `grad_accum` micro-batches are the
+//! global batch; rank r takes micro-batches r·k .. (r+1)·k of them (k = grad_accum / N), so the
+//! windows of every step and their order do not depend on N, and neither does a checkpoint's
+//! state (resume on another world size continues the same run). The gradients and the step's
+//! loss and metrics are summed over ranks before the update, so the clip sees the global norm
+//! and the non-finite guard decides the same on every rank. Rank 0 alone writes (metrics,
+//! checkpoints, curves); every save ends in a barrier, so no rank exits while one is written.
 
 use crate::checkpoint::{self, State};
 use crate::config::TrainConfig;
@@ -17,6 +25,7 @@ use crate::data::Order;
 use crate::exec::{Executor, GradReduce};
 use crate::optim::lr_at;
 use crate::TrainError;
+use orlik_dist::Comm;
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,8 +96,20 @@ pub struct Options<'a> {
     pub after_step: Option<&'a (dyn Fn(u64) + Sync)>,
     /// What the run's estimated peak memory is compared with before it starts (`mem.rs`).
     pub memory: crate::mem::Gate,
-    /// Sums every step's gradients across data-parallel ranks before the update.
+    /// A reduction applied to every step's gradients before the update, besides the world's
+    /// (tests stand for ranks with it).
     pub reduce: Option<&'a dyn GradReduce>,
+    /// The data-parallel world (None: `orlik_dist::world()`, the process's).
+    pub comm: Option<&'a dyn Comm>,
+}
+
+/// The world's gradient sum as a [`GradReduce`].
+struct WorldSum<'a>(&'a dyn Comm);
+
+impl GradReduce for WorldSum<'_> {
+    fn sum(&self, _: &str, grad: &mut [f32]) -> Result<(), TrainError> {
+        Ok(self.0.sum_f32(grad)?)
+    }
 }
 
 /// The state a run starts from in `out`: fresh, or on `resume` the newest checkpoint's (its
@@ -105,7 +126,9 @@ pub fn start<T: Task + ?Sized>(
         if let Some(s) = e.load_latest(&out.join("checkpoints"))? {
             st = s;
         }
-        curves::truncate(&out.join("metrics.jsonl"), st.step)?;
+        if orlik_dist::world().rank() == 0 {
+            curves::truncate(&out.join("metrics.jsonl"), st.step)?;
+        }
         task.on_resume(st.step)?;
     }
     Ok(st)
@@ -121,21 +144,33 @@ pub struct Stepped {
     pub shown: String,
 }
 
-/// One optimizer step: `grad_accum` micro-batches of `batch` units, the reduction across ranks
-/// (with `reduce`), then the update (skipped, with a warning through `warn`, when the loss or
-/// the gradient norm is not finite).
+/// One optimizer step: this rank's share of the `grad_accum` micro-batches of `batch` units,
+/// the sum over `comm`'s ranks (and `reduce`), then the update (skipped, with a warning through
+/// `warn`, when the loss or the gradient norm is not finite).
+#[allow(clippy::too_many_arguments)]
 pub fn step<T: Task + ?Sized>(
     task: &mut T,
     e: &mut dyn Executor,
     cfg: &TrainConfig,
     st: &mut State,
     order: &mut Order,
+    comm: &dyn Comm,
     reduce: Option<&dyn GradReduce>,
     warn: &dyn Fn(String),
 ) -> Result<Stepped, T::Error> {
     if cfg.grad_accum == 0 {
         return Err(TrainError::Config("grad_accum is 0".into()).into());
     }
+    let (rank, world) = (comm.rank(), comm.size());
+    if !cfg.grad_accum.is_multiple_of(world) {
+        return Err(TrainError::Config(format!(
+            "--grad-accum {} is not a multiple of the {world} ranks: the global batch (batch × \
+             grad-accum) is split into grad-accum / ranks micro-batches per rank",
+            cfg.grad_accum
+        ))
+        .into());
+    }
+    let mine = cfg.grad_accum / world;
     let total = cfg.total_steps()?;
     let warmup = cfg.warmup_steps()?;
     let t0 = Instant::now();
@@ -143,10 +178,9 @@ pub fn step<T: Task + ?Sized>(
     let per = 1.0 / cfg.grad_accum as f64;
     let (mut loss, mut tokens) = (0.0, 0u64);
     let mut sums: Vec<(&'static str, f64)> = Vec::new();
-    for _ in 0..cfg.grad_accum {
-        let units: Vec<usize> =
-            (0..cfg.batch as u64).map(|i| order.window(st.cursor + i)).collect();
-        st.cursor += cfg.batch as u64;
+    for k in rank * mine..(rank + 1) * mine {
+        let first = st.cursor + (k * cfg.batch) as u64;
+        let units: Vec<usize> = (0..cfg.batch as u64).map(|i| order.window(first + i)).collect();
         let m = task.micro(e, &units, st.step, per as f32)?;
         loss += m.loss * per;
         tokens += m.tokens;
@@ -156,6 +190,17 @@ pub fn step<T: Task + ?Sized>(
                 None => sums.push((k, v * per)),
             }
         }
+    }
+    st.cursor += (cfg.batch * cfg.grad_accum) as u64;
+    if world > 1 {
+        // One sum for the scalars: loss, tokens, then the metrics in the task's order (the
+        // same task on every rank gives the same keys).
+        let mut v: Vec<f64> =
+            [loss, tokens as f64].into_iter().chain(sums.iter().map(|x| x.1)).collect();
+        comm.sum_f64(&mut v).map_err(TrainError::from)?;
+        (loss, tokens) = (v[0], v[1] as u64);
+        sums.iter_mut().zip(&v[2..]).for_each(|(x, y)| x.1 = *y);
+        e.reduce_grads(&WorldSum(comm))?;
     }
     if let Some(r) = reduce {
         e.reduce_grads(r)?;
@@ -221,23 +266,35 @@ pub fn run<T: Task + ?Sized>(
     let total = cfg.total_steps()?;
     let ck = out.join("checkpoints");
     let metrics = out.join("metrics.jsonl");
+    let comm: &dyn Comm = match opts.comm {
+        Some(c) => c,
+        None => orlik_dist::world(),
+    };
+    let root = comm.rank() == 0;
+    let append = |row: &Value| if root { curves::append(&metrics, row) } else { Ok(()) };
     let mut order = Order::new(task.units(), cfg.seed);
-    let pb = progress_bar(opts.quiet, total, st.step);
+    let pb = progress_bar(opts.quiet || !root, total, st.step);
     let started = Instant::now();
     let base = st.train_seconds;
     let mut last_saved = st.step;
+    // Every rank calls it at the same steps (the decisions are global); rank 0 writes.
     let save = |e: &dyn Executor, st: &mut State| -> Result<(), TrainError> {
         st.train_seconds = base + started.elapsed().as_secs_f64();
-        e.save(&ck, st).map(drop)
+        if root {
+            e.save(&ck, st)?;
+        }
+        Ok(comm.barrier()?)
     };
     while st.step < total {
-        if opts.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+        let asked = opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        // A signal reaches the ranks at different moments: they agree before each step.
+        if orlik_dist::any(comm, asked).map_err(TrainError::from)? {
             save(e, st)?;
             pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
             return Ok(Outcome::Interrupted { step: st.step });
         }
-        let s = step(task, e, cfg, st, &mut order, opts.reduce, &|m| pb.println(m))?;
-        curves::append(&metrics, &Value::Object(s.row))?;
+        let s = step(task, e, cfg, st, &mut order, comm, opts.reduce, &|m| pb.println(m))?;
+        append(&Value::Object(s.row))?;
         if let Some(hook) = opts.after_step {
             hook(st.step);
         }
@@ -256,9 +313,9 @@ pub fn run<T: Task + ?Sized>(
             ))
             .into());
         }
-        if cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every) && st.step < total {
+        if root && cfg.eval_every > 0 && st.step.is_multiple_of(cfg.eval_every) && st.step < total {
             if let Some(v) = task.validate(e, st.step)? {
-                curves::append(&metrics, &v)?;
+                append(&v)?;
                 pb.println(format!("step {}: {v}", st.step));
             }
         }
@@ -268,20 +325,25 @@ pub fn run<T: Task + ?Sized>(
         }
     }
     pb.finish_and_clear();
-    if last_saved != st.step || checkpoint::list(&ck)?.is_empty() {
+    // Rank 0's directory decides (other machines may not share it).
+    let none = root && checkpoint::list(&ck)?.is_empty();
+    if last_saved != st.step || orlik_dist::any(comm, none).map_err(TrainError::from)? {
         save(e, st)?;
+    }
+    st.train_seconds = base + started.elapsed().as_secs_f64();
+    if !root {
+        return Ok(Outcome::Finished);
     }
     // A finished run needs one checkpoint (to train on from its last step); the one before it is
     // three model sizes of disk (weights + AdamW moments) for nothing.
     checkpoint::keep_newest(&ck, 1)?;
-    st.train_seconds = base + started.elapsed().as_secs_f64();
     let validated = curves::read(&metrics)?.iter().any(|r| {
         r.get("step").and_then(Value::as_u64) == Some(st.step)
             && r.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with("val_")))
     });
     if !validated {
         if let Some(v) = task.validate(e, st.step)? {
-            curves::append(&metrics, &v)?;
+            append(&v)?;
         }
     }
     curves::draw(&metrics, out)?;

@@ -255,7 +255,7 @@ impl<'t> Trainer<'t> {
         };
         let run_json =
             json!({"config": serde_json::to_value(&cfg).unwrap_or(Value::Null), "run": run});
-        crate::config::open_run(out, &run_json, resume)?;
+        orlik_dist::on_root(|| crate::config::open_run(out, &run_json, resume))?;
         std::fs::create_dir_all(out).map_err(file_err(out))?;
         let mut task = LmTask { cfg: cfg.clone(), spec, train, val, teacher };
         let state = runner::start(&mut task, exec.as_mut(), &cfg, out, resume)?;
@@ -345,6 +345,7 @@ impl<'t> Trainer<'t> {
                 &self.cfg,
                 &mut self.state,
                 &mut order,
+                &orlik_dist::Single,
                 None,
                 &|_| {},
             )?;
@@ -362,6 +363,7 @@ impl<'t> Trainer<'t> {
             after_step: self.after_step.as_deref().map(|f| f as &(dyn Fn(u64) + Sync)),
             memory: crate::mem::Gate::Off, // the run's caller checked before loading anything
             reduce: None,
+            comm: None,
         };
         runner::run(&mut self.task, self.exec.as_mut(), &self.cfg, &self.out, &mut self.state, opts)
     }

@@ -1,0 +1,349 @@
+//! Data parallel under OpenMPI's `mpirun` (Debian's openmpi-bin; `.ci/run` installs it): two
+//! ranks train as one process with the same global batch (distill and sft), a rank killed with
+//! SIGKILL ends the job and the run resumes on two ranks (bit-identical) or one, SIGTERM to the
+//! job stops every rank at one step with one checkpoint, and commands that do not run data
+//! parallel are refused under a launcher. Without mpirun every test says so and passes nothing.
+
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{ok, rows, trajectory, weights};
+
+/// `mpirun -np n` as root on 2 cores (the flags OpenMPI needs there), or None (said) when
+/// there is no mpirun.
+fn mpirun(n: usize) -> Option<Command> {
+    let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        eprintln!("skipped: mpirun not found (install OpenMPI: apt-get install openmpi-bin)");
+        return None;
+    }
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-np", &n.to_string()]);
+    c.arg(env!("CARGO_BIN_EXE_orlik"));
+    Some(c)
+}
+
+fn run_ranks(n: usize, args: &[&str]) -> Option<Output> {
+    Some(mpirun(n)?.args(args).output().unwrap())
+}
+
+fn ok_ranks(n: usize, args: &[&str]) -> Option<String> {
+    let o = run_ranks(n, args)?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "mpirun -np {n} {args:?}: {err}");
+    Some(String::from_utf8(o.stdout).unwrap())
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Setup {
+    fn p(&self, name: &str) -> String {
+        self.root.join(name).to_str().unwrap().to_string()
+    }
+}
+
+/// The tiny teacher, a 1-layer student pruned from it, and text (as in train.rs).
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    common::tiny_teacher_and_text(&root, 12345);
+    let s = Setup { root, _tmp: tmp };
+    ok(&["prune", &s.p("teacher"), "--importance", "magnitude", "--layers", "1", "--ffn", "24"]
+        .into_iter()
+        .chain(["-o", &s.p("student")])
+        .collect::<Vec<_>>());
+    s
+}
+
+fn distill<'a>(s: &'a Setup, accum: &'a str, steps: &'a str, out: &'a str) -> Vec<String> {
+    let a = [
+        "distill",
+        "--teacher",
+        &s.p("teacher"),
+        "--student",
+        &s.p("student"),
+        "--data",
+        &s.p("train.txt"),
+        "--val",
+        &s.p("val.txt"),
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--grad-accum",
+        accum,
+        "--steps",
+        steps,
+        "--save-every",
+        "3",
+        "--eval-every",
+        "6",
+        "--val-tokens",
+        "64",
+        "--lr",
+        "1e-2",
+        "-o",
+        out,
+    ];
+    a.iter().map(|x| x.to_string()).collect()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// OUT/final's f32 tensors by name (a safetensors header, then little-endian data).
+fn tensors(out: &str) -> Vec<(String, Vec<f32>)> {
+    let b = weights(out);
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(k, v)| {
+            assert_eq!(v["dtype"], "F32", "{k}");
+            let (s, e) =
+                (v["data_offsets"][0].as_u64().unwrap(), v["data_offsets"][1].as_u64().unwrap());
+            let data = &b[8 + n + s as usize..8 + n + e as usize];
+            (k.clone(), data.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn max_weight_diff(a: &str, b: &str) -> f32 {
+    let (x, y) = (tensors(a), tensors(b));
+    assert_eq!(x.len(), y.len());
+    x.iter()
+        .zip(&y)
+        .flat_map(|((n, p), (m, q))| {
+            assert_eq!(n, m);
+            p.iter().zip(q).map(|(u, v)| (u - v).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Largest difference of every logged loss (training, validation, KL) and gradient norm.
+fn max_loss_diff(a: &str, b: &str) -> f64 {
+    let (x, y) = (rows(a), rows(b));
+    assert_eq!(x.len(), y.len(), "{a} and {b} logged different rows");
+    let keys = ["loss", "kd", "grad_norm", "val_loss", "val_kl"];
+    let mut worst = 0.0f64;
+    for (r, q) in x.iter().zip(&y) {
+        assert_eq!(r["step"], q["step"]);
+        for k in keys {
+            if let (Some(u), Some(v)) =
+                (r.get(k).and_then(Value::as_f64), q.get(k).and_then(Value::as_f64))
+            {
+                worst = worst.max((u - v).abs());
+            }
+        }
+    }
+    worst
+}
+
+/// Each rank does one of the step's two micro-batches: the sum of two gradients is the same
+/// addition on one process and on two ranks, so the runs are bit-identical. With four
+/// micro-batches, two per rank, the sum's order differs ((a + b) + (c + d) against
+/// ((a + b) + c) + d): equal within 1e-5.
+#[test]
+fn two_ranks_distil_as_one_process_with_the_same_global_batch() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let (one, two) = (s.p("one"), s.p("two"));
+    ok(&strs(&distill(&s, "2", "6", &one)));
+    let said = ok_ranks(2, &strs(&distill(&s, "2", "6", &two))).unwrap();
+    assert_eq!(said.matches("trained 6 steps").count(), 1, "rank 0 alone prints: {said}");
+    assert_eq!(trajectory(&one), trajectory(&two));
+    assert_eq!(weights(&one), weights(&two));
+    assert!(!Path::new(&two)
+        .join("checkpoints")
+        .read_dir()
+        .unwrap()
+        .any(|e| { e.unwrap().file_name().to_string_lossy().contains("rank") }));
+
+    let (one4, two4) = (s.p("one4"), s.p("two4"));
+    ok(&strs(&distill(&s, "4", "6", &one4)));
+    ok_ranks(2, &strs(&distill(&s, "4", "6", &two4))).unwrap();
+    let (dl, dw) = (max_loss_diff(&one4, &two4), max_weight_diff(&one4, &two4));
+    eprintln!("grad-accum 4 on 1 process vs 2 ranks: losses within {dl:.2e}, weights {dw:.2e}");
+    assert!(dl <= 1e-5 && dw <= 1e-5, "losses {dl}, weights {dw}");
+
+    // The global batch is split by micro-batches: 3 of them do not go into 2 ranks.
+    let o = run_ranks(2, &strs(&distill(&s, "3", "2", &s.p("odd")))).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--grad-accum 3 is not a multiple of the 2 ranks"),
+        "{err}"
+    );
+    // A command that does not run data parallel would write its output twice: refused.
+    let o = run_ranks(2, &["inspect", &s.p("teacher")]).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("does not run data parallel"), "{err}");
+}
+
+#[test]
+fn two_ranks_sft_as_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let rows: String = (0..16)
+        .map(|i| {
+            let w = ["the", "hat", "tea", "earth"][i % 4];
+            format!("{{\"messages\": [{{\"role\": \"user\", \"content\": \"{w} at\"}}, {{\"role\": \"assistant\", \"content\": \"hat tea\"}}]}}\n")
+        })
+        .collect();
+    std::fs::write(s.root.join("sft.jsonl"), rows).unwrap();
+    let args = |out: &str| -> Vec<String> {
+        let m = s.p("teacher");
+        let d = s.p("sft.jsonl");
+        [&m, "--data", &d, "--steps", "5", "--batch", "2", "--grad-accum", "2", "--lr", "1e-2"]
+            .iter()
+            .chain(&["--max-len", "64", "--max-prompt", "32", "-o", out])
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let (one, two) = (s.p("one"), s.p("two"));
+    let a1 = args(&one);
+    ok(&[&["sft"][..], &strs(&a1)].concat());
+    let a2 = args(&two);
+    ok_ranks(2, &[&["sft"][..], &strs(&a2)].concat()).unwrap();
+    assert_eq!(trajectory(&one), trajectory(&two));
+    assert_eq!(weights(&one), weights(&two));
+}
+
+/// The pid of rank `rank` of a job writing to `out` (its environment says the rank).
+fn rank_pid(out: &str, rank: usize) -> Option<u32> {
+    let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let has = |b: &[u8], s: &str| b.split(|c| *c == 0).any(|x| x == s.as_bytes());
+        (has(&cmd, out) && has(&env, &want) && !has(&cmd, "mpirun")).then_some(pid)
+    })
+}
+
+/// A slowed-down two-rank run, started; returns once `n` steps are logged.
+fn start_slow(args: &[String], out: &str, n: usize) -> Child {
+    let mut c = mpirun(2).unwrap();
+    let mut child = c
+        .args(args)
+        .env("ORLIK_STEP_DELAY_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Wait for the job, at most `limit`; its exit status and stderr.
+fn wait_within(mut child: Child, limit: Duration) -> (std::process::ExitStatus, String) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            return (st, err);
+        }
+        if t0.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("the job was still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), t).unwrap();
+        }
+    }
+}
+
+/// SIGKILL to rank 1: the job ends within 60 s, non-zero, the rank named; the run resumes on
+/// 2 ranks bit-identically and on 1 within 1e-5. SIGTERM to mpirun (Slurm's preemption):
+/// both ranks stop at the same step with one checkpoint, and resume to the same end.
+#[test]
+fn a_killed_rank_ends_the_job_and_the_run_resumes_on_two_ranks_or_one() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let full = s.p("full");
+    ok_ranks(2, &strs(&distill(&s, "4", "12", &full))).unwrap();
+
+    let out = s.p("killed");
+    let args = distill(&s, "4", "12", &out);
+    let child = start_slow(&args, &out, 4);
+    let pid = rank_pid(&out, 1).expect("rank 1's process");
+    let killed_at = Instant::now();
+    Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    let (st, err) = wait_within(child, Duration::from_secs(60));
+    eprintln!(
+        "after SIGKILL to rank 1 the job ended in {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("rank 1"), "the dead rank is named: {err}");
+    assert!(rank_pid(&out, 0).is_none(), "rank 0 is gone too");
+
+    let one = s.p("killed-then-1");
+    copy_dir(Path::new(&out), Path::new(&one));
+    let mut resume = args.clone();
+    resume.push("--resume".into());
+    ok_ranks(2, &strs(&resume)).unwrap();
+    assert_eq!(weights(&out), weights(&full), "2 -> 2 ranks: bit-identical");
+    assert_eq!(trajectory(&out), trajectory(&full));
+    let mut resume1 = distill(&s, "4", "12", &one);
+    resume1.push("--resume".into());
+    ok(&strs(&resume1));
+    let dw = max_weight_diff(&one, &full);
+    eprintln!("2 ranks killed, resumed on 1 process: weights within {dw:.2e} of the 2-rank run");
+    assert!(dw <= 1e-5, "{dw}");
+
+    let term = s.p("term");
+    let targs = distill(&s, "4", "12", &term);
+    let child = start_slow(&targs, &term, 2);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let (st, err) = wait_within(child, Duration::from_secs(60));
+    assert!(!st.success(), "{err}");
+    let logged = rows(&term).iter().filter(|r| r.get("loss").is_some()).count();
+    let ck: Vec<String> = std::fs::read_dir(Path::new(&term).join("checkpoints"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert!(
+        ck.contains(&format!("step-{logged:08}")),
+        "a checkpoint of the last logged step {logged}: {ck:?} ({err})"
+    );
+    let mut tres = targs.clone();
+    tres.push("--resume".into());
+    ok_ranks(2, &strs(&tres)).unwrap();
+    assert_eq!(weights(&term), weights(&full), "stopped by SIGTERM, resumed: bit-identical");
+}

@@ -1,0 +1,204 @@
+//! MPI through the launcher's own library, loaded at run time (`dlopen`), so that the binary
+//! builds and runs without MPI. The handles are OpenMPI's ABI: `MPI_Comm`, `MPI_Datatype` and
+//! `MPI_Op` are pointers to the library's predefined objects (`&ompi_mpi_comm_world`,
+//! `&ompi_mpi_float`, `&ompi_mpi_op_sum`, as OpenMPI's `mpi.h` defines the constants), and
+//! `MPI_IN_PLACE` is `(void *) 1`. MPICH's ABI (integer handles) is refused with a message.
+//!
+//! The job's error handler stays MPI's default, `MPI_ERRORS_ARE_FATAL`: a failed collective
+//! (a peer that died) aborts every rank instead of hanging, and `mpirun` names the rank.
+
+use crate::{Comm, DistError, Launch};
+use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+use std::ffi::{c_int, c_void};
+use std::sync::Mutex;
+
+type Handle = *mut c_void;
+type InitThread = unsafe extern "C" fn(*mut c_int, *mut c_void, c_int, *mut c_int) -> c_int;
+type CommInt = unsafe extern "C" fn(Handle, *mut c_int) -> c_int;
+type Allreduce =
+    unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handle, Handle, Handle) -> c_int;
+type CommOnly = unsafe extern "C" fn(Handle) -> c_int;
+type Abort = unsafe extern "C" fn(Handle, c_int) -> c_int;
+type NoArgs = unsafe extern "C" fn() -> c_int;
+
+/// OpenMPI's `MPI_THREAD_SERIALIZED`: any thread may call, one at a time (the mutex below).
+const THREAD_SERIALIZED: c_int = 2;
+/// OpenMPI's `MPI_IN_PLACE`.
+const IN_PLACE: *const c_void = 1 as *const c_void;
+/// Elements per `MPI_Allreduce` (its count is a C int).
+const CHUNK: usize = 1 << 28;
+
+struct Fns {
+    allreduce: Allreduce,
+    barrier: CommOnly,
+    abort: Abort,
+    finalize: NoArgs,
+    comm: Handle,
+    float: Handle,
+    double: Handle,
+    sum: Handle,
+}
+
+pub(crate) struct Mpi {
+    fns: Mutex<Fns>,
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    path: String,
+}
+
+// SAFETY: the handles are addresses of the library's static objects, valid for the process's
+// life (the library is never unloaded); every call goes through the mutex (MPI_THREAD_SERIALIZED).
+unsafe impl Send for Mpi {}
+unsafe impl Sync for Mpi {}
+
+fn load(l: &Launch) -> Result<(Library, String), DistError> {
+    let names = match std::env::var("ORLIK_MPI_LIB") {
+        Ok(p) => vec![p],
+        Err(_) => vec!["libmpi.so.40".to_string(), "libmpi.so".to_string()],
+    };
+    let mut errs = Vec::new();
+    for n in &names {
+        // RTLD_GLOBAL: OpenMPI's plugins (dlopened by libmpi itself) resolve libmpi's symbols.
+        // SAFETY: loading a shared library runs its initialisers; libmpi's are MPI's own.
+        match unsafe { Library::open(Some(n), RTLD_NOW | RTLD_GLOBAL) } {
+            Ok(lib) => return Ok((lib, n.clone())),
+            Err(e) => errs.push(e.to_string()),
+        }
+    }
+    Err(DistError::Load(format!(
+        "launched as rank {} of {} ({} is set) but no MPI library could be loaded ({}); install \
+         OpenMPI (Debian: openmpi-bin) or set ORLIK_MPI_LIB to its libmpi.so",
+        l.rank,
+        l.size,
+        l.by,
+        errs.join("; ")
+    )))
+}
+
+/// The value of symbol `name`: a function pointer, or (with `T` = `Handle`) the address of a
+/// predefined object.
+fn sym<T: Copy>(lib: &Library, path: &str, name: &str) -> Result<T, DistError> {
+    let z = format!("{name}\0");
+    // SAFETY: T is the symbol's C type as OpenMPI's mpi.h declares it.
+    unsafe { lib.get::<T>(z.as_bytes()) }.map(|s| *s).map_err(|_| {
+        DistError::Load(format!(
+            "{path} has no symbol {name}: only OpenMPI's libmpi is supported (MPICH's ABI is not, \
+             yet); set ORLIK_MPI_LIB to OpenMPI's libmpi.so"
+        ))
+    })
+}
+
+fn check(call: &'static str, code: c_int) -> Result<(), DistError> {
+    if code == 0 {
+        Ok(())
+    } else {
+        Err(DistError::Call { call, code })
+    }
+}
+
+impl Mpi {
+    pub(crate) fn init(l: &Launch) -> Result<Mpi, DistError> {
+        let (lib, path) = load(l)?;
+        let comm: Handle = sym(&lib, &path, "ompi_mpi_comm_world")?;
+        let init: InitThread = sym(&lib, &path, "MPI_Init_thread")?;
+        let rank_fn: CommInt = sym(&lib, &path, "MPI_Comm_rank")?;
+        let size_fn: CommInt = sym(&lib, &path, "MPI_Comm_size")?;
+        let fns = Fns {
+            allreduce: sym(&lib, &path, "MPI_Allreduce")?,
+            barrier: sym(&lib, &path, "MPI_Barrier")?,
+            abort: sym(&lib, &path, "MPI_Abort")?,
+            finalize: sym(&lib, &path, "MPI_Finalize")?,
+            comm,
+            float: sym(&lib, &path, "ompi_mpi_float")?,
+            double: sym(&lib, &path, "ompi_mpi_double")?,
+            sum: sym(&lib, &path, "ompi_mpi_op_sum")?,
+        };
+        // The library stays loaded for the process's life: the handles point into it.
+        std::mem::forget(lib);
+        let (mut provided, mut rank, mut size) = (0, 0, 0);
+        // SAFETY: argc / argv may be NULL (MPI-2); the out-pointers are live locals.
+        unsafe {
+            let (argc, argv) = (std::ptr::null_mut(), std::ptr::null_mut());
+            check("MPI_Init_thread", init(argc, argv, THREAD_SERIALIZED, &mut provided))?;
+            check("MPI_Comm_rank", rank_fn(comm, &mut rank))?;
+            check("MPI_Comm_size", size_fn(comm, &mut size))?;
+        }
+        let (rank, size) = (rank as usize, size as usize);
+        if provided < THREAD_SERIALIZED {
+            return Err(DistError::Launch(format!(
+                "{path}: MPI gives thread level {provided}, orlik needs MPI_THREAD_SERIALIZED (2)"
+            )));
+        }
+        if (l.size != 0 && size != l.size) || rank != l.rank {
+            return Err(DistError::Launch(format!(
+                "the launcher says rank {} of {} ({}), MPI says rank {rank} of {size}: was the \
+                 job started by another MPI than {path}?",
+                l.rank, l.size, l.by
+            )));
+        }
+        Ok(Mpi { fns: Mutex::new(fns), rank, size, local_rank: l.local_rank, path })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fns> {
+        // A panic while holding the lock leaves MPI as it was (calls are atomic to us).
+        self.fns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn allreduce(
+        &self,
+        ptr: *mut c_void,
+        n: usize,
+        dtype: fn(&Fns) -> Handle,
+        width: usize,
+    ) -> Result<(), DistError> {
+        let f = self.lock();
+        let mut done = 0;
+        while done < n {
+            let c = (n - done).min(CHUNK);
+            // SAFETY: ptr + done·width .. + c·width lies inside the caller's buffer; in place.
+            let p = unsafe { ptr.cast::<u8>().add(done * width).cast::<c_void>() };
+            let code = unsafe { (f.allreduce)(IN_PLACE, p, c as c_int, dtype(&f), f.sum, f.comm) };
+            check("MPI_Allreduce", code)?;
+            done += c;
+        }
+        Ok(())
+    }
+}
+
+impl Comm for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+    fn sum_f32(&self, buf: &mut [f32]) -> Result<(), DistError> {
+        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.float, 4)
+    }
+    fn sum_f64(&self, buf: &mut [f64]) -> Result<(), DistError> {
+        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8)
+    }
+    fn barrier(&self) -> Result<(), DistError> {
+        let f = self.lock();
+        // SAFETY: the world communicator of an initialised MPI.
+        check("MPI_Barrier", unsafe { (f.barrier)(f.comm) })
+    }
+    fn describe(&self) -> String {
+        format!("rank {} of {} (MPI: {})", self.rank, self.size, self.path)
+    }
+    fn abort(&self, code: i32) -> ! {
+        let f = self.lock();
+        // SAFETY: as above; MPI_Abort does not return when it works.
+        unsafe { (f.abort)(f.comm, code) };
+        std::process::exit(code)
+    }
+    fn finalize(&self) {
+        let f = self.lock();
+        // SAFETY: called once, at exit, after the last collective.
+        unsafe { (f.finalize)() };
+    }
+}
