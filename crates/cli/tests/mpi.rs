@@ -1,8 +1,11 @@
 //! Data parallel under OpenMPI's `mpirun` (Debian's openmpi-bin; `.ci/run` installs it): two
 //! ranks train as one process with the same global batch (distill and sft), a rank killed with
 //! SIGKILL ends the job and the run resumes on two ranks (bit-identical) or one, SIGTERM to the
-//! job stops every rank at one step with one checkpoint, and commands that do not run data
-//! parallel are refused under a launcher. Without mpirun every test says so and passes nothing.
+//! job stops every rank at one step with one checkpoint, commands that do not run data
+//! parallel are refused under a launcher, and two ranks in two network namespaces joined by a
+//! veth pair (two "machines": the collectives cross an interface) train as one process.
+//! Without mpirun every test says so and checks nothing; `ORLIK_REQUIRE_MPI=1` (CI) makes a
+//! missing mpirun a failure.
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
@@ -19,7 +22,12 @@ use common::{ok, rows, trajectory, weights};
 fn mpirun(n: usize) -> Option<Command> {
     let found = Command::new("mpirun").arg("--version").output().is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("skipped: mpirun not found (install OpenMPI: apt-get install openmpi-bin)");
+        let why = "mpirun not found (install OpenMPI: apt-get install openmpi-bin)";
+        assert!(
+            std::env::var_os("ORLIK_REQUIRE_MPI").is_none(),
+            "ORLIK_REQUIRE_MPI is set but {why}"
+        );
+        eprintln!("skipped: {why}");
         return None;
     }
     let mut c = Command::new("mpirun");
@@ -346,4 +354,98 @@ fn a_killed_rank_ends_the_job_and_the_run_resumes_on_two_ranks_or_one() {
     tres.push("--resume".into());
     ok_ranks(2, &strs(&tres)).unwrap();
     assert_eq!(weights(&term), weights(&full), "stopped by SIGTERM, resumed: bit-identical");
+}
+
+/// Two network namespaces' worth of machine: this one (rank 0) and `ns` (rank 1), joined by a
+/// veth pair; removed on drop (deleting the namespace deletes the pair).
+struct Netns {
+    ns: String,
+    veth: String,
+}
+
+const HOST_A: &str = "10.231.7.1";
+const HOST_B: &str = "10.231.7.2";
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip").args(args).output().is_ok_and(|o| o.status.success())
+}
+
+impl Netns {
+    /// None (the reason printed) where the sandbox refuses namespaces.
+    fn new() -> Option<Netns> {
+        let id = std::process::id();
+        let n = Netns { ns: format!("orlik-{id}"), veth: format!("olk{}", id % 100_000) };
+        let (a, b) = (format!("{}a", n.veth), format!("{}b", n.veth));
+        if !ip(&["netns", "add", &n.ns]) {
+            eprintln!("skipped: cannot make a network namespace here (`ip netns add` needs root and CAP_SYS_ADMIN, and iproute2)");
+            return None;
+        }
+        let ns = n.ns.as_str();
+        let steps: [&[&str]; 7] = [
+            &["link", "add", &a, "type", "veth", "peer", "name", &b],
+            &["link", "set", &b, "netns", ns],
+            &["addr", "add", &format!("{HOST_A}/24"), "dev", &a],
+            &["link", "set", &a, "up"],
+            &["-n", ns, "addr", "add", &format!("{HOST_B}/24"), "dev", &b],
+            &["-n", ns, "link", "set", &b, "up"],
+            &["-n", ns, "link", "set", "lo", "up"],
+        ];
+        for s in steps {
+            assert!(ip(s), "ip {s:?} failed");
+        }
+        Some(n)
+    }
+
+    fn tx_bytes(&self) -> u64 {
+        let p = format!("/sys/class/net/{}a/statistics/tx_bytes", self.veth);
+        std::fs::read_to_string(p).unwrap().trim().parse().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// Rank 1 runs in another network namespace, reached by mpirun through an rsh agent script
+/// (`ip netns exec`), and MPI's TCP transport is told to use only the veth pair's subnet: the
+/// run equals one process bit for bit, and the pair carried at least the gradient sums (a ring
+/// all-reduce of n bytes sends 2·(N−1)/N·n from each rank, n here per step).
+#[test]
+fn two_ranks_on_two_network_namespaces_train_as_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let Some(net) = Netns::new() else { return };
+    let s = setup();
+    let agent = s.root.join("agent.sh");
+    // mpirun calls: AGENT HOST COMMAND...; the only remote host is the namespace.
+    std::fs::write(
+        &agent,
+        format!("#!/bin/sh\nshift\nexec ip netns exec {} sh -c \"$*\"\n", net.ns),
+    )
+    .unwrap();
+    Command::new("chmod").args(["+x", agent.to_str().unwrap()]).status().unwrap();
+    let (one, two) = (s.p("one"), s.p("two"));
+    ok(&strs(&distill(&s, "2", "6", &one)));
+    let before = net.tx_bytes();
+    let subnet = "10.231.7.0/24";
+    let o = Command::new("mpirun")
+        .args(["--allow-run-as-root", "-np", "2", "-host", &format!("{HOST_A}:1,{HOST_B}:1")])
+        .args(["--mca", "plm_rsh_agent", agent.to_str().unwrap(), "--mca", "btl", "tcp,self"])
+        .args(["--mca", "btl_tcp_if_include", subnet, "--mca", "oob_tcp_if_include", subnet])
+        .arg(env!("CARGO_BIN_EXE_orlik"))
+        .args(distill(&s, "2", "6", &two))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let moved = net.tx_bytes() - before;
+    let grad_bytes =
+        std::fs::metadata(Path::new(&s.p("student")).join("model.safetensors")).unwrap().len();
+    eprintln!("two namespaces: {moved} bytes left rank 0 over the veth pair in 6 steps (gradient {grad_bytes} bytes a step)");
+    // The file's size stands in for the gradient's (its header is a few per cent of it).
+    assert!(moved as f64 >= 0.9 * 6.0 * grad_bytes as f64, "{moved} bytes crossed the pair");
+    assert_eq!(weights(&one), weights(&two));
+    assert_eq!(trajectory(&one), trajectory(&two));
 }
