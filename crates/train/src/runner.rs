@@ -192,6 +192,7 @@ pub fn step<T: Task + ?Sized>(
         }
     }
     st.cursor += (cfg.batch * cfg.grad_accum) as u64;
+    let t_comm = Instant::now();
     if world > 1 {
         // One sum for the scalars: loss, tokens, then the metrics in the task's order (the
         // same task on every rank gives the same keys).
@@ -202,6 +203,7 @@ pub fn step<T: Task + ?Sized>(
         sums.iter_mut().zip(&v[2..]).for_each(|(x, y)| x.1 = *y);
         e.reduce_grads(&WorldSum(comm))?;
     }
+    let comm_seconds = t_comm.elapsed().as_secs_f64();
     if let Some(r) = reduce {
         e.reduce_grads(r)?;
     }
@@ -233,6 +235,10 @@ pub fn step<T: Task + ?Sized>(
     row.insert("tokens".into(), json!(st.tokens_seen));
     row.insert("tokens_per_s".into(), json!(tokens as f64 / dt));
     row.insert("seconds".into(), json!(dt));
+    if world > 1 {
+        // The sums over ranks (waiting for the slowest rank included).
+        row.insert("comm_seconds".into(), json!(comm_seconds));
+    }
     if !finite {
         row.insert("skipped".into(), json!(true));
     }

@@ -63,6 +63,7 @@ pub fn trajectory(out: &str) -> Vec<Value> {
             let o = r.as_object_mut().unwrap();
             o.remove("tokens_per_s");
             o.remove("seconds");
+            o.remove("comm_seconds");
             r
         })
         .collect()
