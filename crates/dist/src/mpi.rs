@@ -24,7 +24,7 @@ type NoArgs = unsafe extern "C" fn() -> c_int;
 /// OpenMPI's `MPI_THREAD_SERIALIZED`: any thread may call, one at a time (the mutex below).
 const THREAD_SERIALIZED: c_int = 2;
 /// OpenMPI's `MPI_IN_PLACE`.
-const IN_PLACE: *const c_void = 1 as *const c_void;
+const IN_PLACE: *const c_void = std::ptr::without_provenance(1);
 /// Elements per `MPI_Allreduce` (its count is a C int).
 const CHUNK: usize = 1 << 28;
 
