@@ -4,7 +4,9 @@
 # rank, the global batch fixed (batch x grad-accum). Prints tokens/s of each, the share of the
 # 2-rank step spent in the sums over ranks (`comm_seconds` in metrics.jsonl: it includes waiting
 # for the slower rank), and the bytes that crossed the loopback interface per step (MPI told to
-# use TCP on lo) against the ring all-reduce formula 2·(N−1)/N·n per rank.
+# use TCP on lo) against the ring all-reduce formula 2·(N−1)/N·n per rank; then the same 2 ranks
+# with the sharded optimizer (ZeRO-1, the default), which adds the broadcast of each tensor's
+# new weights from its owner ((N−1)·n in all; not in comm_seconds: it is part of the update).
 #
 #   bash scripts/bench_dp.sh [MODEL_DIR] [STEPS]
 # MODEL_DIR: an HF directory (default: SmolLM2-135M converted from the cached GGUF, fetched by
@@ -34,8 +36,12 @@ lo=/sys/class/net/lo/statistics/tx_bytes
 
 RAYON_NUM_THREADS=1 "$ORLIK" "${args[@]}" -o "$work/one" >/dev/null 2>&1
 before=$(cat $lo)
-RAYON_NUM_THREADS=1 "${mpi[@]}" -x RAYON_NUM_THREADS "$ORLIK" "${args[@]}" -o "$work/two" >/dev/null 2>&1
+RAYON_NUM_THREADS=1 "${mpi[@]}" -x RAYON_NUM_THREADS "$ORLIK" "${args[@]}" --no-shard-optimizer -o "$work/two" >/dev/null 2>&1
 moved=$(( $(cat $lo) - before ))
+before=$(cat $lo)
+RAYON_NUM_THREADS=1 "${mpi[@]}" -x RAYON_NUM_THREADS "$ORLIK" "${args[@]}" -o "$work/zero" 2>"$work/zero.err" >/dev/null
+moved_zero=$(( $(cat $lo) - before ))
+grep -h "optimizer state sharded" "$work/zero.err" || true
 params=$(python3 - "$model" <<'EOF'
 import json, os, struct, sys
 n = 0
@@ -52,16 +58,18 @@ for f in os.listdir(sys.argv[1]):
 print(n)
 EOF
 )
-python3 - "$work" "$STEPS" "$moved" "$params" <<'EOF'
+python3 - "$work" "$STEPS" "$moved" "$params" "$moved_zero" <<'EOF'
 import json, statistics, sys
 work, steps, moved, params = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+moved_zero = int(sys.argv[5])
 def rows(d):
     # The first step pays the page cache and the allocator: left out of the medians.
     r = [json.loads(l) for l in open(f"{work}/{d}/metrics.jsonl") if '"loss"' in l]
     return r[1:] if len(r) > 1 else r
-one, two = rows("one"), rows("two")
+one, two, zero = rows("one"), rows("two"), rows("zero")
 t1 = statistics.median(r["tokens_per_s"] for r in one)
 t2 = statistics.median(r["tokens_per_s"] for r in two)
+tz = statistics.median(r["tokens_per_s"] for r in zero)
 share = statistics.median(r["comm_seconds"] / r["seconds"] for r in two)
 n = 4 * params  # bytes of an f32 gradient
 ring = 2 * (2 - 1) / 2 * n  # per rank per step
@@ -70,6 +78,9 @@ print(f"| ranks | tokens/s | ratio | time in sums over ranks |")
 print(f"| --- | --- | --- | --- |")
 print(f"| 1 | {t1:.1f} | 1.00 | - |")
 print(f"| 2 | {t2:.1f} | {t2 / t1:.2f} | {100 * share:.1f}% |")
+print(f"| 2, sharded optimizer | {tz:.1f} | {tz / t1:.2f} | (broadcast inside the update) |")
 per_step = moved / steps
 print(f"bytes on lo per step (both ranks): {per_step / 2**20:.1f} MiB; ring all-reduce: 2 x {ring / 2**20:.1f} MiB = {2 * ring / 2**20:.1f} MiB (measured / formula {per_step / (2 * ring):.2f})")
+z = moved_zero / steps
+print(f"sharded: {z / 2**20:.1f} MiB on lo per step; all-reduce + broadcast: 2 x {ring / 2**20:.1f} + {n / 2**20:.1f} = {(2 * ring + n) / 2**20:.1f} MiB (measured / formula {z / (2 * ring + n):.2f})")
 EOF

@@ -94,7 +94,6 @@ pub fn control() -> Control<'static> {
         after_step: step_delay(),
         memory: memory_gate(),
         reduce: None,
-        comm: None,
     }
 }
 

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// forward per step). Use it when every layer's activations do not fit in memory.
     #[arg(long)]
     pub checkpoint_layers: bool,
+    /// Under mpirun: every rank keeps all AdamW moments (default: each keeps 1/N of them,
+    /// ZeRO-1, with the same result).
+    #[arg(long)]
+    pub no_shard_optimizer: bool,
     /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -140,6 +144,9 @@ pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig>
     }
     if a.checkpoint_layers {
         c.checkpoint_layers = true;
+    }
+    if a.no_shard_optimizer {
+        c.shard_optimizer = false;
     }
     if let Some(k) = kd {
         set!(k, loss, temperature, jsd_beta, ce_weight, topk);

@@ -1,5 +1,6 @@
 //! Data parallel under OpenMPI's `mpirun` (Debian's openmpi-bin; `.ci/run` installs it): two
-//! ranks train as one process with the same global batch (distill and sft), a rank killed with
+//! ranks train as one process with the same global batch (distill and sft), the sharded
+//! optimizer (ZeRO-1, the default) as every rank keeping all moments, a rank killed with
 //! SIGKILL ends the job and the run resumes on two ranks (bit-identical) or one, SIGTERM to the
 //! job stops every rank at one step with one checkpoint, commands that do not run data
 //! parallel are refused under a launcher, and two ranks in two network namespaces joined by a
@@ -171,15 +172,36 @@ fn two_ranks_distil_as_one_process_with_the_same_global_batch() {
     let s = setup();
     let (one, two) = (s.p("one"), s.p("two"));
     ok(&strs(&distill(&s, "2", "6", &one)));
-    let said = ok_ranks(2, &strs(&distill(&s, "2", "6", &two))).unwrap();
+    let o = run_ranks(2, &strs(&distill(&s, "2", "6", &two))).unwrap();
+    let (said, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
     assert_eq!(said.matches("trained 6 steps").count(), 1, "rank 0 alone prints: {said}");
+    assert!(err.contains("optimizer state sharded over 2 ranks (ZeRO-1)"), "{err}");
     assert_eq!(trajectory(&one), trajectory(&two));
     assert_eq!(weights(&one), weights(&two));
-    assert!(!Path::new(&two)
-        .join("checkpoints")
-        .read_dir()
-        .unwrap()
-        .any(|e| { e.unwrap().file_name().to_string_lossy().contains("rank") }));
+    // ZeRO-1 (the default): one optimizer file per rank in the checkpoint, the same bits as
+    // every rank keeping all moments.
+    let files = |out: &str| -> Vec<String> {
+        let ck = Path::new(out).join("checkpoints/step-00000006");
+        let mut v: Vec<String> = ck
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("optimizer"))
+            .collect();
+        v.sort();
+        v
+    };
+    let shards =
+        ["optimizer-rank-0000-of-0002.safetensors", "optimizer-rank-0001-of-0002.safetensors"];
+    assert_eq!(files(&two), shards);
+    let whole = s.p("two-whole");
+    let mut a = distill(&s, "2", "6", &whole);
+    a.push("--no-shard-optimizer".into());
+    ok_ranks(2, &strs(&a)).unwrap();
+    assert_eq!(files(&whole), ["optimizer.safetensors"]);
+    assert_eq!(weights(&whole), weights(&two));
+    assert_eq!(trajectory(&whole), trajectory(&two));
 
     let (one4, two4) = (s.p("one4"), s.p("two4"));
     ok(&strs(&distill(&s, "4", "6", &one4)));

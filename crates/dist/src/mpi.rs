@@ -18,6 +18,7 @@ type CommInt = unsafe extern "C" fn(Handle, *mut c_int) -> c_int;
 type Allreduce =
     unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handle, Handle, Handle) -> c_int;
 type CommOnly = unsafe extern "C" fn(Handle) -> c_int;
+type Bcast = unsafe extern "C" fn(*mut c_void, c_int, Handle, c_int, Handle) -> c_int;
 type Abort = unsafe extern "C" fn(Handle, c_int) -> c_int;
 type NoArgs = unsafe extern "C" fn() -> c_int;
 
@@ -30,6 +31,7 @@ const CHUNK: usize = 1 << 28;
 
 struct Fns {
     allreduce: Allreduce,
+    bcast: Bcast,
     barrier: CommOnly,
     abort: Abort,
     finalize: NoArgs,
@@ -106,6 +108,7 @@ impl Mpi {
         let size_fn: CommInt = sym(&lib, &path, "MPI_Comm_size")?;
         let fns = Fns {
             allreduce: sym(&lib, &path, "MPI_Allreduce")?,
+            bcast: sym(&lib, &path, "MPI_Bcast")?,
             barrier: sym(&lib, &path, "MPI_Barrier")?,
             abort: sym(&lib, &path, "MPI_Abort")?,
             finalize: sym(&lib, &path, "MPI_Finalize")?,
@@ -181,6 +184,17 @@ impl Comm for Mpi {
     }
     fn sum_f64(&self, buf: &mut [f64]) -> Result<(), DistError> {
         self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8)
+    }
+    fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
+        let f = self.lock();
+        for c in buf.chunks_mut(CHUNK) {
+            // SAFETY: c is a live buffer of c.len() floats on every rank (the caller's contract).
+            let code = unsafe {
+                (f.bcast)(c.as_mut_ptr().cast(), c.len() as c_int, f.float, root as c_int, f.comm)
+            };
+            check("MPI_Bcast", code)?;
+        }
+        Ok(())
     }
     fn barrier(&self) -> Result<(), DistError> {
         let f = self.lock();

@@ -376,7 +376,6 @@ fn control<'a>(o: &Options<'a>) -> orlik_train::lm::Control<'a> {
         after_step: o.after_step,
         memory: o.memory,
         reduce: None,
-        comm: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Training checkpoints: `checkpoints/step-NNNNNNNN/` holding the f32 master weights
 //! (`weights.safetensors`, HF names), the AdamW moments (`optimizer.safetensors`, `m.`/`v.`
-//! prefixes) and `state.json` (step, data cursor, seed, counters). Each is written atomically
+//! prefixes; with a sharded optimizer one `optimizer-rank-R-of-N.safetensors` per rank, see
+//! `shard.rs`) and `state.json` (step, data cursor, seed, counters). Each is written atomically
 //! (temp dir + fsync + rename); only the newest `KEEP` are kept while training, and the newest
 //! alone once a run has finished.
 
@@ -87,11 +88,36 @@ fn write_slices<'s>(
     })
 }
 
-pub fn save<'s>(
+pub fn save(
+    root: &Path,
+    state: &State,
+    names: &[String],
+    slots: &[Slot],
+) -> Result<PathBuf, TrainError> {
+    save_with(root, state, names, slots, &|tmp| {
+        let len = |i: usize| vec![slots[i].w.len()];
+        let specs = (0..2 * names.len())
+            .map(|j| (format!("{}.{}", ["m", "v"][j % 2], names[j / 2]), len(j / 2)))
+            .collect::<Vec<_>>();
+        write_slices(&tmp.join("optimizer.safetensors"), &specs, &|j| {
+            let s = &slots[j / 2];
+            if j % 2 == 0 {
+                &s.m
+            } else {
+                &s.v
+            }
+        })?;
+        Ok(())
+    })
+}
+
+/// A checkpoint of the weights and `state`, its moments written by `moments(temp_dir)`.
+fn save_with<'s>(
     root: &Path,
     state: &State,
     names: &[String],
     slots: &'s [Slot],
+    moments: &dyn Fn(&Path) -> Result<(), TrainError>,
 ) -> Result<PathBuf, TrainError> {
     for (n, s) in names.iter().zip(slots) {
         if s.w.iter().any(|x| !x.is_finite()) {
@@ -112,23 +138,64 @@ pub fn save<'s>(
         let len = |i: usize| vec![slots[i].w.len()];
         let specs = names.iter().enumerate().map(|(i, n)| (n.clone(), len(i))).collect();
         write("weights.safetensors", specs, &|i| &slots[i].w)?;
-        let specs = (0..2 * names.len())
-            .map(|j| (format!("{}.{}", ["m", "v"][j % 2], names[j / 2]), len(j / 2)))
-            .collect();
-        write("optimizer.safetensors", specs, &|j| {
-            let s = &slots[j / 2];
-            if j % 2 == 0 {
-                &s.m
-            } else {
-                &s.v
-            }
-        })?;
+        moments(tmp)?;
         let p = tmp.join("state.json");
         std::fs::write(&p, serde_json::to_vec_pretty(state).unwrap_or_default())
             .map_err(file_err(&p))?;
         Ok(())
     })?;
     keep_newest(root, KEEP)?;
+    Ok(target)
+}
+
+/// The checkpoint of a sharded optimizer (`shard.rs`), written by every rank together: each
+/// rank's moments into a staging directory beside the checkpoints (fsynced), then rank 0
+/// writes the checkpoint atomically with the weights, the shards moved in, and `state.json`
+/// last. A barrier ends it, so no rank goes on before the checkpoint is there.
+pub fn save_sharded(
+    root: &Path,
+    state: &State,
+    names: &[String],
+    slots: &[Slot],
+    shard: &crate::shard::Shard,
+) -> Result<PathBuf, TrainError> {
+    let (rank, world) = (shard.comm.rank(), shard.comm.size());
+    let stage = root.join(format!(".shards-step-{:08}", state.step));
+    if rank == 0 {
+        std::fs::create_dir_all(root).map_err(file_err(root))?;
+        let _ = std::fs::remove_dir_all(&stage); // a killed save's leftovers
+        std::fs::create_dir_all(&stage).map_err(file_err(&stage))?;
+    }
+    shard.comm.barrier()?;
+    let file = stage.join(format!("optimizer-rank-{rank:04}-of-{world:04}.safetensors"));
+    let own: Vec<usize> = (0..names.len()).filter(|&i| shard.mine(i)).collect();
+    let specs: Vec<(String, Vec<usize>)> = own
+        .iter()
+        .flat_map(|&i| ["m", "v"].map(|k| (format!("{k}.{}", names[i]), vec![slots[i].w.len()])))
+        .collect();
+    write_slices(&file, &specs, &|j| {
+        let s = &slots[own[j / 2]];
+        if j % 2 == 0 {
+            &s.m
+        } else {
+            &s.v
+        }
+    })?;
+    std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(file_err(&file))?;
+    shard.comm.barrier()?;
+    let target = step_dir(root, state.step);
+    if rank == 0 {
+        save_with(root, state, names, slots, &|tmp| {
+            for e in std::fs::read_dir(&stage).map_err(file_err(&stage))? {
+                let p = e.map_err(file_err(&stage))?.path();
+                let to = tmp.join(p.file_name().unwrap_or_default());
+                std::fs::rename(&p, &to).map_err(file_err(&p))?;
+            }
+            Ok(())
+        })?;
+        std::fs::remove_dir_all(&stage).map_err(file_err(&stage))?;
+    }
+    shard.comm.barrier()?;
     Ok(target)
 }
 
@@ -158,7 +225,20 @@ pub fn load(dir: &Path, names: &[String], slots: &mut [Slot]) -> Result<State, T
         )));
     }
     let w = Checkpoint::open(&dir.join("weights.safetensors"))?;
-    let o = Checkpoint::open(&dir.join("optimizer.safetensors"))?;
+    // optimizer.safetensors, or one file per rank of a sharded optimizer (any world size).
+    let mut opt = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(file_err(dir))? {
+        let p = e.map_err(file_err(dir))?.path();
+        let n = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        if n.starts_with("optimizer") && n.ends_with(".safetensors") {
+            opt.push(Checkpoint::open(&p)?);
+        }
+    }
+    let holder = |name: &str| -> Result<&Checkpoint, TrainError> {
+        opt.iter().find(|c| c.info(name).is_some()).ok_or_else(|| {
+            TrainError::Resume(format!("{}: no optimizer file holds {name}", dir.display()))
+        })
+    };
     let read = |ck: &Checkpoint, name: &str, want: usize| -> Result<Vec<f32>, TrainError> {
         let v = ck.tensor(name)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if v.len() != want {
@@ -173,8 +253,9 @@ pub fn load(dir: &Path, names: &[String], slots: &mut [Slot]) -> Result<State, T
     for (n, s) in names.iter().zip(slots.iter_mut()) {
         let len = s.w.len();
         s.w = read(&w, n, len)?;
-        s.m = read(&o, &format!("m.{n}"), len)?;
-        s.v = read(&o, &format!("v.{n}"), len)?;
+        let (m, v) = (format!("m.{n}"), format!("v.{n}"));
+        s.m = read(holder(&m)?, &m, len)?;
+        s.v = read(holder(&v)?, &v, len)?;
     }
     Ok(state)
 }

@@ -63,6 +63,10 @@ pub struct TrainConfig {
     /// layer's forward at a time in the backward (one extra forward; activation memory of one
     /// layer instead of all; the same gradients bit for bit). Default false.
     pub checkpoint_layers: bool,
+    /// Under data parallel, each rank keeps the AdamW moments of 1/N of the tensors and
+    /// updates only those (ZeRO-1; the same result bit for bit, 8 bytes × (1 − 1/N) less per
+    /// parameter and rank). No effect on one process. Default true.
+    pub shard_optimizer: bool,
 }
 
 impl Default for TrainConfig {
@@ -95,6 +99,7 @@ impl Default for TrainConfig {
             max_bad_steps: 5,
             loss_chunk: 256,
             checkpoint_layers: false,
+            shard_optimizer: true,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod optim;
 mod params;
 pub mod runner;
 pub mod seqlogp;
+pub mod shard;
 pub mod trainer;
 
 pub use config::TrainConfig;

@@ -81,8 +81,16 @@ impl Params {
             .collect()
     }
 
-    pub fn save(&self, root: &Path, state: &State) -> Result<PathBuf, TrainError> {
-        checkpoint::save(root, state, &self.names, &self.slots)
+    pub fn save(
+        &self,
+        root: &Path,
+        state: &State,
+        shard: Option<&crate::shard::Shard>,
+    ) -> Result<PathBuf, TrainError> {
+        match shard {
+            None => checkpoint::save(root, state, &self.names, &self.slots),
+            Some(sh) => checkpoint::save_sharded(root, state, &self.names, &self.slots, sh),
+        }
     }
 
     /// Load the newest checkpoint under `root` (None when there is none).
@@ -145,7 +153,8 @@ impl Params {
     }
 
     /// Clip to `cfg.clip` and take one AdamW step (`t` is the 1-based update count for bias
-    /// correction). Returns the gradient's global norm before clipping; with a non-finite norm
+    /// correction); with `shard`, on this rank's tensors only, then every tensor's weights from
+    /// its owner. Returns the gradient's global norm before clipping; with a non-finite norm
     /// nothing is updated and the norm is returned for the caller's guard.
     pub fn update(
         &mut self,
@@ -153,6 +162,7 @@ impl Params {
         lr: f64,
         t: u64,
         cfg: &TrainConfig,
+        shard: Option<&crate::shard::Shard>,
     ) -> Result<f64, TrainError> {
         let gnorm = global_norm(grads);
         if !gnorm.is_finite() {
@@ -165,7 +175,17 @@ impl Params {
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
         };
-        adamw_step(&mut self.slots, grads, lr, t, &adam);
+        match shard {
+            None => adamw_step(&mut self.slots, grads, lr, t, &adam),
+            Some(sh) => {
+                for (i, (s, g)) in self.slots.iter_mut().zip(grads.iter()).enumerate() {
+                    if sh.mine(i) {
+                        adamw_step(std::slice::from_mut(s), std::slice::from_ref(g), lr, t, &adam);
+                    }
+                }
+                sh.share_weights(&mut self.slots)?;
+            }
+        }
         self.push_weights()?;
         Ok(gnorm)
     }

@@ -99,8 +99,6 @@ pub struct Options<'a> {
     /// A reduction applied to every step's gradients before the update, besides the world's
     /// (tests stand for ranks with it).
     pub reduce: Option<&'a dyn GradReduce>,
-    /// The data-parallel world (None: `orlik_dist::world()`, the process's).
-    pub comm: Option<&'a dyn Comm>,
 }
 
 /// The world's gradient sum as a [`GradReduce`].
@@ -272,21 +270,36 @@ pub fn run<T: Task + ?Sized>(
     let total = cfg.total_steps()?;
     let ck = out.join("checkpoints");
     let metrics = out.join("metrics.jsonl");
-    let comm: &dyn Comm = match opts.comm {
-        Some(c) => c,
-        None => orlik_dist::world(),
-    };
+    let comm = orlik_dist::world();
     let root = comm.rank() == 0;
+    let sharded = comm.size() > 1 && cfg.shard_optimizer;
     let append = |row: &Value| if root { curves::append(&metrics, row) } else { Ok(()) };
     let mut order = Order::new(task.units(), cfg.seed);
     let pb = progress_bar(opts.quiet || !root, total, st.step);
     let started = Instant::now();
     let base = st.train_seconds;
     let mut last_saved = st.step;
-    // Every rank calls it at the same steps (the decisions are global); rank 0 writes.
+    if sharded {
+        let s = e.shard_optimizer(comm)?;
+        let all = s.kept_bytes + s.dropped_bytes;
+        // Not pb.println: a bar that is not drawn (no terminal) drops its lines.
+        let said = format!(
+            "optimizer state sharded over {} ranks (ZeRO-1): rank 0 keeps {} of the {} of AdamW \
+             moments ({} less per rank)",
+            comm.size(),
+            orlik_io::text::format_size(s.kept_bytes),
+            orlik_io::text::format_size(all),
+            orlik_io::text::format_size(s.dropped_bytes)
+        );
+        if root {
+            pb.suspend(|| eprintln!("{said}"));
+        }
+    }
+    // Every rank calls it at the same steps (the decisions are global); rank 0 writes, and with
+    // a sharded optimizer every rank writes its moments into the same checkpoint.
     let save = |e: &dyn Executor, st: &mut State| -> Result<(), TrainError> {
         st.train_seconds = base + started.elapsed().as_secs_f64();
-        if root {
+        if root || sharded {
             e.save(&ck, st)?;
         }
         Ok(comm.barrier()?)
@@ -299,7 +312,13 @@ pub fn run<T: Task + ?Sized>(
             pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
             return Ok(Outcome::Interrupted { step: st.step });
         }
-        let s = step(task, e, cfg, st, &mut order, comm, opts.reduce, &|m| pb.println(m))?;
+        // Not pb.println: a bar that is not drawn (no terminal) drops its lines.
+        let warn = |m: String| {
+            if root {
+                pb.suspend(|| eprintln!("{m}"));
+            }
+        };
+        let s = step(task, e, cfg, st, &mut order, comm, opts.reduce, &warn)?;
         append(&Value::Object(s.row))?;
         if let Some(hook) = opts.after_step {
             hook(st.step);

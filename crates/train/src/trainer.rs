@@ -363,7 +363,6 @@ impl<'t> Trainer<'t> {
             after_step: self.after_step.as_deref().map(|f| f as &(dyn Fn(u64) + Sync)),
             memory: crate::mem::Gate::Off, // the run's caller checked before loading anything
             reduce: None,
-            comm: None,
         };
         runner::run(&mut self.task, self.exec.as_mut(), &self.cfg, &self.out, &mut self.state, opts)
     }

@@ -4,15 +4,17 @@
 //! chunk (`body.rs`, `losses.rs`). Gradients accumulate over micro-batches in one buffer per
 //! tensor until `update`.
 
-use super::{Acts, Executor, GradReduce, LmLoss, LossSums};
+use super::{Acts, Executor, GradReduce, LmLoss, LossSums, ShardSaving};
 use crate::body::{self, Hidden, Path as BodyPath};
 use crate::checkpoint::State;
 use crate::config::TrainConfig;
 use crate::losses::{row_loss, RowLoss};
 use crate::optim::global_norm;
 use crate::params::{Grads, Params};
+use crate::shard::Shard;
 use crate::TrainError;
 use candle_core::{DType, Tensor};
+use orlik_dist::Comm;
 use orlik_model::{Config, GradModel, Infer, Model, ModelOptions, Weights};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -34,11 +36,14 @@ pub struct CpuExecutor {
     fast: Option<GradModel>,
     /// Σ of the micro-batches' gradients since the last update (None: nothing yet).
     grads: Option<Grads>,
+    /// The sharded optimizer's layout under data parallel (`shard.rs`).
+    shard: Option<Shard>,
 }
 
 impl CpuExecutor {
     pub fn new(model: &Config, weights: Weights, opts: Options) -> Result<CpuExecutor, TrainError> {
-        Ok(CpuExecutor { p: Params::new(model, weights)?, opts, fast: None, grads: None })
+        let p = Params::new(model, weights)?;
+        Ok(CpuExecutor { p, opts, fast: None, grads: None, shard: None })
     }
 
     /// Whether the body runs the hand-written forward/backward (else candle autograd).
@@ -192,11 +197,19 @@ impl Executor for CpuExecutor {
         if !apply {
             return Ok(global_norm(&grads));
         }
-        self.p.update(&mut grads, lr, t, cfg)
+        self.p.update(&mut grads, lr, t, cfg, self.shard.as_ref())
+    }
+
+    fn shard_optimizer(&mut self, comm: &'static dyn Comm) -> Result<ShardSaving, TrainError> {
+        let sizes: Vec<usize> = self.p.slots.iter().map(|s| s.w.len()).collect();
+        let sh = Shard::new(comm, &sizes);
+        let (kept, dropped) = sh.drop_others(&mut self.p.slots);
+        self.shard = Some(sh);
+        Ok(ShardSaving { kept_bytes: 4 * kept as u64, dropped_bytes: 4 * dropped as u64 })
     }
 
     fn save(&self, root: &Path, state: &State) -> Result<PathBuf, TrainError> {
-        self.p.save(root, state)
+        self.p.save(root, state, self.shard.as_ref())
     }
 
     fn load_latest(&mut self, root: &Path) -> Result<Option<State>, TrainError> {

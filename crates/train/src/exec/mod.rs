@@ -12,6 +12,7 @@
 //! | [`Executor::token_logp`] | lm_head + log p(target) per position, chunked |
 //! | [`Executor::token_logp_backward`] | Σ c · log p(target) back through lm_head and the body, added to the gradient |
 //! | [`Executor::reduce_grads`] | hand each accumulated gradient to a [`GradReduce`] (data parallel sums them across ranks) |
+//! | [`Executor::shard_optimizer`] | keep the AdamW moments of this rank's share of the tensors only (ZeRO-1, `shard.rs`): updates and checkpoints are then collective |
 //! | [`Executor::update`] | the global gradient norm, the non-finite check, clipping and AdamW on the f32 master weights; the gradient is zeroed |
 //! | [`Executor::save`] / [`Executor::load_latest`] | a checkpoint: master weights, both moments and the loop's state, written atomically; resume is bit-identical |
 //! | [`Executor::weights`] | the current weights by HF name as host tensors (the final save) |
@@ -87,6 +88,15 @@ pub trait GradReduce {
     fn sum(&self, name: &str, grad: &mut [f32]) -> Result<(), TrainError>;
 }
 
+/// What sharding the optimizer state saves on this rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShardSaving {
+    /// Bytes of AdamW moments this rank keeps.
+    pub kept_bytes: u64,
+    /// Bytes of moments other ranks keep instead.
+    pub dropped_bytes: u64,
+}
+
 /// A backend that holds a trainable model and runs the operations of every training objective.
 pub trait Executor {
     fn config(&self) -> &Config;
@@ -127,6 +137,13 @@ pub trait Executor {
         apply: bool,
     ) -> Result<f64, TrainError>;
 
+    /// From now on keep the moments of this rank's tensors of `comm`'s world only; updates
+    /// share the new weights and [`Executor::save`] is called on every rank (after a load:
+    /// the checkpoint's moments are read whole, then dropped).
+    fn shard_optimizer(
+        &mut self,
+        comm: &'static dyn orlik_dist::Comm,
+    ) -> Result<ShardSaving, TrainError>;
     /// Write a checkpoint of the weights, moments and `state` under `root`.
     fn save(&self, root: &Path, state: &State) -> Result<PathBuf, TrainError>;
     /// Load the newest checkpoint under `root` (None when there is none).
