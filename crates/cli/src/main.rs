@@ -629,7 +629,14 @@ fn main() {
 fn data_parallel(cmd: &Cmd) -> bool {
     matches!(
         cmd,
-        Cmd::Distill { .. } | Cmd::Train { .. } | Cmd::Sft(_) | Cmd::Dpo(_) | Cmd::Grpo(_)
+        Cmd::Distill { .. }
+            | Cmd::Train { .. }
+            | Cmd::Sft(_)
+            | Cmd::Dpo(_)
+            | Cmd::Grpo(_)
+            | Cmd::Score(_)
+            | Cmd::Compress { .. }
+            | Cmd::Run { .. }
     )
 }
 
@@ -647,8 +654,8 @@ fn join_world(cmd: &Cmd) -> &'static dyn orlik_dist::Comm {
     if world.size() > 1 && !data_parallel(cmd) {
         if world.rank() == 0 {
             eprintln!(
-                "error: this command does not run data parallel (only distill, train, sft, dpo \
-                 and grpo do); start it without mpirun / srun"
+                "error: this command does not run data parallel (only distill, train, sft, dpo, \
+                 grpo, score, compress and run do); start it without mpirun / srun"
             );
         }
         world.abort(1);

@@ -16,11 +16,14 @@ pub fn score(
     force: bool,
 ) -> Result<()> {
     let pb = crate::term::bar("{msg:16} [{bar:30}] {pos}/{len} eta {eta}");
+    if !orlik_dist::is_root() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let show = |what: &str, i: usize, n: usize| crate::term::show(&pb, what, i, n);
     let r = orlik_score::run(s, model, data, output, force, &show)?;
     pb.finish_and_clear();
     print!("{}", r.report);
-    eprintln!("scores written to {}", output.display());
+    crate::term::notice(&format!("scores written to {}", output.display()));
     Ok(())
 }
 

@@ -112,7 +112,11 @@ const STEP_BAR: &str = "{msg:16} [{bar:30}] {pos}/{len} eta {eta}";
 
 impl Term {
     pub fn new() -> Term {
-        Term(std::sync::Mutex::new(bar(STEP_BAR)))
+        let pb = bar(STEP_BAR);
+        if !orlik_dist::is_root() {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        Term(std::sync::Mutex::new(pb))
     }
 
     fn with(&self, f: impl FnOnce(&mut ProgressBar)) {
@@ -123,7 +127,9 @@ impl Term {
 
 impl orlik_pipeline::Ui for Term {
     fn notice(&self, msg: &str) {
-        self.with(|pb| pb.suspend(|| eprintln!("{msg}")));
+        if orlik_dist::is_root() {
+            self.with(|pb| pb.suspend(|| eprintln!("{msg}")));
+        }
     }
     fn print(&self, text: &str) {
         self.with(|pb| pb.suspend(|| println!("{}", text.trim_end())));

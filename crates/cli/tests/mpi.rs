@@ -109,9 +109,13 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// OUT/final's f32 tensors by name (a safetensors header, then little-endian data).
+/// OUT/final's f32 tensors by name.
 fn tensors(out: &str) -> Vec<(String, Vec<f32>)> {
-    let b = weights(out);
+    read_f32(&weights(out))
+}
+
+/// The f32 tensors of a safetensors file's bytes (a header, then little-endian data), by name.
+fn read_f32(b: &[u8]) -> Vec<(String, Vec<f32>)> {
     let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
     let header: serde_json::Map<String, Value> = serde_json::from_slice(&b[8..8 + n]).unwrap();
     let mut out: Vec<(String, Vec<f32>)> = header
@@ -252,6 +256,100 @@ fn two_ranks_sft_as_one_process() {
     ok_ranks(2, &[&["sft"][..], &strs(&a2)].concat()).unwrap();
     assert_eq!(trajectory(&one), trajectory(&two));
     assert_eq!(weights(&one), weights(&two));
+}
+
+/// `orlik score` on 2 ranks (each takes every other calibration batch, the accumulators are
+/// summed) gives the scores of one process, streamed and in memory, leave-one-out included.
+#[test]
+fn two_ranks_score_as_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    for extra in [&[][..], &["--in-memory"][..]] {
+        let args = |out: &str| -> Vec<String> {
+            let (t, d) = (s.p("teacher"), s.p("train.txt"));
+            [&t, "--data", &d, "--samples", "12", "--seq-len", "16", "--batch", "2"]
+                .iter()
+                .chain(&["--loo-batches", "3", "-o", out])
+                .chain(extra)
+                .map(|x| x.to_string())
+                .collect()
+        };
+        let (one, two) = (s.p("s1"), s.p("s2"));
+        let _ = std::fs::remove_dir_all(&one);
+        let _ = std::fs::remove_dir_all(&two);
+        ok(&[&["score"][..], &strs(&args(&one))].concat());
+        let said = ok_ranks(2, &[&["score"][..], &strs(&args(&two))].concat()).unwrap();
+        assert_eq!(said.matches("# Importance scores").count(), 1, "rank 0 alone prints");
+        let meta = |d: &str| -> Value {
+            serde_json::from_slice(&std::fs::read(Path::new(d).join("scores.json")).unwrap())
+                .unwrap()
+        };
+        let (m1, m2) = (meta(&one), meta(&two));
+        assert_eq!(m1["tokens"], m2["tokens"], "the same tokens scored once: {m1} {m2}");
+        assert_eq!(m1["full_loss"], m2["full_loss"]);
+        let read =
+            |d: &str| read_f32(&std::fs::read(Path::new(d).join("scores.safetensors")).unwrap());
+        let (a, b) = (read(&one), read(&two));
+        assert_eq!(a.len(), b.len());
+        let mut worst = 0.0f32;
+        for ((n, x), (m, y)) in a.iter().zip(&b) {
+            assert_eq!(n, m);
+            for (u, v) in x.iter().zip(y) {
+                worst = worst.max((u - v).abs() / u.abs().max(1e-3));
+            }
+        }
+        eprintln!("score {extra:?}: 2 ranks vs 1 process, largest relative difference {worst:.2e}");
+        assert!(worst <= 1e-5, "{worst}");
+    }
+}
+
+/// `orlik compress` on 2 ranks: score and distill on both, prune and eval on rank 0 while the
+/// other waits; the same final model as one process, bit for bit; run again, every stage kept.
+#[test]
+fn two_ranks_compress_as_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let args = |out: &str| -> Vec<String> {
+        let mut a: Vec<String> = ["compress", &s.p("teacher"), "--params", "0.6", "--data"]
+            .iter()
+            .chain(&[s.p("train.txt").as_str(), "--val", &s.p("val.txt"), "--tokens", "2000"])
+            .map(|x| x.to_string())
+            .collect();
+        for kv in [
+            "distill.seq_len=16",
+            "distill.batch=2",
+            "distill.grad_accum=2",
+            "distill.save_every=5",
+            "score.samples=8",
+            "score.seq_len=16",
+            "prune.proxy_samples=2",
+            "prune.seq_len=16",
+            "prune.multiple=8",
+            "eval.context=32",
+            "eval.speed_reps=1",
+            "eval.agree_tokens=256",
+        ] {
+            a.extend(["--set".into(), kv.into()]);
+        }
+        a.extend(["-o".into(), out.into()]);
+        a
+    };
+    let (one, two) = (s.p("c1"), s.p("c2"));
+    ok(&strs(&args(&one)));
+    let said = ok_ranks(2, &strs(&args(&two))).unwrap();
+    assert!(said.contains("report:"), "{said}");
+    assert!(Path::new(&two).join("report.md").is_file());
+    assert_eq!(weights(&one), weights(&two), "the same final model");
+    let o = run_ranks(2, &strs(&args(&two))).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    for st in ["score", "prune", "distill", "eval"] {
+        assert!(err.contains(&format!("== {st}: unchanged, kept")), "{st}: {err}");
+    }
 }
 
 /// The pid of rank `rank` of a job writing to `out` (its environment says the rank).

@@ -36,6 +36,8 @@ pub trait Comm: Send + Sync {
     /// Element-wise sum over ranks, in place; every rank gets the sum.
     fn sum_f32(&self, buf: &mut [f32]) -> Result<(), DistError>;
     fn sum_f64(&self, buf: &mut [f64]) -> Result<(), DistError>;
+    /// Element-wise maximum over ranks, in place.
+    fn max_f64(&self, buf: &mut [f64]) -> Result<(), DistError>;
     /// `buf` of rank `root` copied into every rank's `buf` (same length everywhere).
     fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError>;
     /// Return when every rank has called it.
@@ -66,6 +68,9 @@ impl Comm for Single {
         Ok(())
     }
     fn sum_f64(&self, _: &mut [f64]) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn max_f64(&self, _: &mut [f64]) -> Result<(), DistError> {
         Ok(())
     }
     fn bcast_f32(&self, _: usize, _: &mut [f32]) -> Result<(), DistError> {

@@ -39,6 +39,7 @@ struct Fns {
     float: Handle,
     double: Handle,
     sum: Handle,
+    max: Handle,
 }
 
 pub(crate) struct Mpi {
@@ -116,6 +117,7 @@ impl Mpi {
             float: sym(&lib, &path, "ompi_mpi_float")?,
             double: sym(&lib, &path, "ompi_mpi_double")?,
             sum: sym(&lib, &path, "ompi_mpi_op_sum")?,
+            max: sym(&lib, &path, "ompi_mpi_op_max")?,
         };
         // The library stays loaded for the process's life: the handles point into it.
         std::mem::forget(lib);
@@ -154,6 +156,7 @@ impl Mpi {
         n: usize,
         dtype: fn(&Fns) -> Handle,
         width: usize,
+        op: fn(&Fns) -> Handle,
     ) -> Result<(), DistError> {
         let f = self.lock();
         let mut done = 0;
@@ -161,7 +164,7 @@ impl Mpi {
             let c = (n - done).min(CHUNK);
             // SAFETY: ptr + done·width .. + c·width lies inside the caller's buffer; in place.
             let p = unsafe { ptr.cast::<u8>().add(done * width).cast::<c_void>() };
-            let code = unsafe { (f.allreduce)(IN_PLACE, p, c as c_int, dtype(&f), f.sum, f.comm) };
+            let code = unsafe { (f.allreduce)(IN_PLACE, p, c as c_int, dtype(&f), op(&f), f.comm) };
             check("MPI_Allreduce", code)?;
             done += c;
         }
@@ -180,10 +183,13 @@ impl Comm for Mpi {
         self.local_rank
     }
     fn sum_f32(&self, buf: &mut [f32]) -> Result<(), DistError> {
-        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.float, 4)
+        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.float, 4, |f| f.sum)
     }
     fn sum_f64(&self, buf: &mut [f64]) -> Result<(), DistError> {
-        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8)
+        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8, |f| f.sum)
+    }
+    fn max_f64(&self, buf: &mut [f64]) -> Result<(), DistError> {
+        self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8, |f| f.max)
     }
     fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
         let f = self.lock();

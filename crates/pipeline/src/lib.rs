@@ -99,3 +99,9 @@ impl Ui for Quiet {
     fn progress(&self, _: &str, _: usize, _: usize) {}
     fn progress_done(&self) {}
 }
+
+impl From<orlik_dist::DistError> for PipelineError {
+    fn from(e: orlik_dist::DistError) -> PipelineError {
+        orlik_train::TrainError::from(e).into()
+    }
+}

@@ -161,17 +161,38 @@ impl<'a> Runner<'a> {
         Ok(Runner { out: out.to_path_buf(), state, ui })
     }
 
+    /// Rank 0 keeps the state file (every rank keeps the same state in memory).
     fn save(&self) -> Result<()> {
+        if !orlik_dist::is_root() {
+            return Ok(());
+        }
         write_json(&self.out.join(STATE), &self.state)
     }
 
-    /// Decide what to do with a stage whose result is `product` (a path inside OUT).
-    fn action(&self, name: &str, fp: &str, product: &Path) -> Action {
-        match self.state.stages.get(name) {
+    /// Decide what to do with a stage whose result is `product` (a path inside OUT). Under
+    /// data parallel rank 0 decides and every rank follows.
+    fn action(&self, name: &str, fp: &str, product: &Path) -> Result<Action> {
+        let here = match self.state.stages.get(name) {
             Some(s) if s.fingerprint == fp && s.done && product.exists() => Action::Skip,
             Some(s) if s.fingerprint == fp && !s.done => Action::Resume,
             _ => Action::Fresh,
+        };
+        let w = orlik_dist::world();
+        if w.size() == 1 {
+            return Ok(here);
         }
+        let root = w.rank() == 0;
+        let skip = orlik_dist::any(w, root && matches!(here, Action::Skip))
+            .map_err(PipelineError::from)?;
+        let resume = orlik_dist::any(w, root && matches!(here, Action::Resume))
+            .map_err(PipelineError::from)?;
+        Ok(if skip {
+            Action::Skip
+        } else if resume {
+            Action::Resume
+        } else {
+            Action::Fresh
+        })
     }
 
     /// Run one stage: skip it, or mark it started, run `work(resume)`, mark it done. Only a
@@ -185,7 +206,7 @@ impl<'a> Runner<'a> {
         resumable: bool,
         work: impl FnOnce(bool) -> Result<Work>,
     ) -> Result<Option<u64>> {
-        let act = self.action(name, fp, product);
+        let act = self.action(name, fp, product)?;
         if let Action::Skip = act {
             self.ui.notice(&format!("== {name}: unchanged, kept ({})", product.display()));
             return Ok(None);
@@ -229,6 +250,16 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// `work` on rank 0 while the other ranks wait (a stage that does not run data parallel).
+fn on_root(work: impl FnOnce() -> Result<Work>) -> Result<Work> {
+    let mut out = Work::Done;
+    orlik_dist::on_root(|| -> Result<()> {
+        out = work()?;
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// Refuse a budget the model cannot meet before any work.
 fn check_budget(r: &Recipe, teacher: &orlik_model::Config) -> Result<()> {
     if let Some(p) = r.prune.params {
@@ -257,13 +288,18 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let ui = o.ui;
     let teacher = orlik_io::hfdir::HfModel::open(&r.teacher)?;
     check_budget(r, &teacher.config)?;
-    prepare(r, o.resume, o.force)?;
     let out = r.output.clone();
-    orlik_io::atomic::write_file_atomically(&out.join("recipe.toml"), r.to_toml()?.as_bytes())?;
-    orlik_io::atomic::write_file_atomically(
-        &out.join("orlik.json"),
-        &orlik_io::text::provenance(),
-    )?;
+    // Under data parallel: score, distill and the alignment stages run on every rank, the
+    // others on rank 0 while the rest wait; rank 0 writes the pipeline's own files.
+    orlik_dist::on_root(|| -> Result<()> {
+        prepare(r, o.resume, o.force)?;
+        orlik_io::atomic::write_file_atomically(&out.join("recipe.toml"), r.to_toml()?.as_bytes())?;
+        orlik_io::atomic::write_file_atomically(
+            &out.join("orlik.json"),
+            &orlik_io::text::provenance(),
+        )?;
+        Ok(())
+    })?;
     let mut runner = Runner::open(&out, ui)?;
 
     ui.notice("hashing inputs...");
@@ -288,17 +324,19 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let fp_prune =
         sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
     runner.stage("prune", &fp_prune, &pruned, false, |_| {
-        let inputs = orlik_prune::PruneInputs {
-            model: &r.teacher,
-            scores: Some(&scores),
-            plan: None,
-            data: &r.data,
-        };
-        let show = |i: usize, n: usize| ui.progress("prune", i, n);
-        let p = orlik_prune::run(&r.prune, &inputs, &pruned, true, &show)?;
-        ui.progress_done();
-        ui.print(&p.summary(&r.prune, &r.teacher, &pruned));
-        Ok(Work::Done)
+        on_root(|| {
+            let inputs = orlik_prune::PruneInputs {
+                model: &r.teacher,
+                scores: Some(&scores),
+                plan: None,
+                data: &r.data,
+            };
+            let show = |i: usize, n: usize| ui.progress("prune", i, n);
+            let p = orlik_prune::run(&r.prune, &inputs, &pruned, true, &show)?;
+            ui.progress_done();
+            ui.print(&p.summary(&r.prune, &r.teacher, &pruned));
+            Ok(Work::Done)
+        })
     })?;
 
     let fp_distill = sha(
@@ -326,9 +364,11 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     );
     let eval_json = out.join("eval.json");
     runner.stage("eval", &fp_eval, &eval_json, false, |_| {
-        let models = [("teacher", &*r.teacher), ("pruned", &pruned), ("distilled", &final_dir)];
-        write_json(&eval_json, &crate::report::evaluate(r, &models, ui)?)?;
-        Ok(Work::Done)
+        on_root(|| {
+            let models = [("teacher", &*r.teacher), ("pruned", &pruned), ("distilled", &final_dir)];
+            write_json(&eval_json, &crate::report::evaluate(r, &models, ui)?)?;
+            Ok(Work::Done)
+        })
     })?;
 
     let align_json = out.join("align_eval.json");
@@ -344,8 +384,10 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         }
         let fp = sha(&json!({"stage": "align-eval", "stages": fps, "heldout": held}));
         runner.stage("align-eval", &fp, &align_json, false, |_| {
-            write_json(&align_json, &crate::report::evaluate_alignment(&aligned, ui)?)?;
-            Ok(Work::Done)
+            on_root(|| {
+                write_json(&align_json, &crate::report::evaluate_alignment(&aligned, ui)?)?;
+                Ok(Work::Done)
+            })
         })?;
         Some(read_json(&align_json)?)
     };
@@ -358,9 +400,14 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         let fp = sha(&json!({"stage": "export", "settings": x, "after": after}));
         let product = out.join("export.json");
         runner.stage("export", &fp, &product, false, |_| {
-            crate::gguf::run(&model, &out, x, ui)?;
-            Ok(Work::Done)
+            on_root(|| {
+                crate::gguf::run(&model, &out, x, ui)?;
+                Ok(Work::Done)
+            })
         })?;
+    }
+    if !orlik_dist::is_root() {
+        return Ok(Outcome::Finished { table: String::new() });
     }
 
     let ev: crate::report::Eval = read_json(&eval_json)?;
@@ -390,9 +437,12 @@ fn distill(
     resume: bool,
 ) -> Result<Work> {
     let resume = resume && run_dir.join("run.json").is_file();
-    if final_dir.exists() {
-        std::fs::remove_dir_all(final_dir).map_err(file_err(final_dir))?;
-    }
+    orlik_dist::on_root(|| -> Result<()> {
+        if final_dir.exists() {
+            std::fs::remove_dir_all(final_dir).map_err(file_err(final_dir))?;
+        }
+        Ok(())
+    })?;
     let inputs: Vec<&Path> = [pruned, &r.teacher]
         .into_iter()
         .chain(r.data.iter().chain(&r.val).map(PathBuf::as_path))
@@ -416,8 +466,11 @@ fn distill(
     }
     o.ui.print(&f.summary());
     // The distilled model is the run's product: OUT/final/, beside its training record.
-    let moved = run_dir.join("final");
-    std::fs::rename(&moved, final_dir).map_err(file_err(&moved))?;
+    orlik_dist::on_root(|| -> Result<()> {
+        let moved = run_dir.join("final");
+        std::fs::rename(&moved, final_dir).map_err(file_err(&moved))?;
+        Ok(())
+    })?;
     Ok(Work::Done)
 }
 

@@ -10,9 +10,15 @@
 //! - Block Influence (Men et al. 2024, ShortGPT): 1 − cos(layer input, layer output), token mean.
 //! - Angular distance of n contiguous layers (Gromov et al. 2024): arccos(cos(h_l, h_{l+n}))/π.
 //! - Leave-one-layer-out: KL(full ‖ model without layer l) per token and the LM loss without it.
+//!
+//! Across data-parallel ranks (`collect_ranks`, `collect_streaming_ranks`), rank r takes every
+//! N-th calibration batch from r; every accumulator is a sum or a maximum of per-row values, so
+//! they are summed (maxima: maximised) over ranks before the scores are formed and N ranks give
+//! the scores of one process over the same windows (up to the order of f64 sums).
 
 use crate::{Agg, ScoreError, ScoreOptions, Scores};
 use candle_core::{DType, Device, Tensor, D};
+use orlik_dist::Comm;
 use orlik_model::infer::{Infer, Rows};
 use orlik_model::{ops, Model, Tap};
 
@@ -197,6 +203,40 @@ impl Accums {
         Ok(())
     }
 
+    /// Sum the accumulators over `comm`'s ranks (maxima: their maximum; every pushed value is
+    /// ≥ 0, so a rank that saw no rows, with max 0, changes nothing).
+    fn reduce(&mut self, comm: &dyn Comm) -> Result<(), ScoreError> {
+        if comm.size() == 1 {
+            return Ok(());
+        }
+        let mut sums: Vec<f64> = Vec::new();
+        let mut maxes: Vec<f64> = Vec::new();
+        for a in self.mlp.iter().chain(&self.heads).chain(&self.hidden).flatten() {
+            sums.extend([a.n, a.sum, a.sumsq]);
+            maxes.push(a.max);
+        }
+        // Read back below in the same order.
+        sums.extend([self.tokens, self.full_loss, self.loss_n]);
+        sums.extend(self.bi.iter().chain(&self.loo_loss).chain(&self.loo_kl));
+        sums.extend(self.ang.iter().flatten());
+        comm.sum_f64(&mut sums).map_err(ScoreError::from)?;
+        comm.max_f64(&mut maxes).map_err(ScoreError::from)?;
+        let (mut s, mut m) = (sums.into_iter(), maxes.into_iter());
+        let mut next = || s.next().unwrap_or(0.0);
+        for a in self.mlp.iter_mut().chain(&mut self.heads).chain(&mut self.hidden).flatten() {
+            (a.n, a.sum, a.sumsq) = (next(), next(), next());
+            a.max = m.next().unwrap_or(0.0);
+        }
+        (self.tokens, self.full_loss, self.loss_n) = (next(), next(), next());
+        for x in self.bi.iter_mut().chain(&mut self.loo_loss).chain(&mut self.loo_kl) {
+            *x = next();
+        }
+        for x in self.ang.iter_mut().flatten() {
+            *x = next();
+        }
+        Ok(())
+    }
+
     fn finish(self, opts: &ScoreOptions) -> Scores {
         let fin = |accs: &[Vec<Acc>]| -> Vec<Vec<f32>> {
             accs.iter().map(|r| r.iter().map(|a| a.get(opts.batch)).collect()).collect()
@@ -235,14 +275,53 @@ fn count_tokens(valid: &[Vec<bool>]) -> f64 {
     valid.iter().flatten().filter(|&&v| v).count() as f64
 }
 
+/// This rank's calibration batches (every N-th from its rank) and its options: the
+/// leave-one-out batches are the global first `loo_batches`, so locally those of them it holds.
+fn share(
+    comm: &dyn Comm,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+) -> (Vec<crate::Batch>, ScoreOptions) {
+    let (r, n) = (comm.rank(), comm.size());
+    let mine: Vec<usize> = (0..batches.len()).filter(|i| i % n == r).collect();
+    let loo = mine.iter().filter(|&&i| i < opts.loo_batches).count();
+    (mine.iter().map(|&i| batches[i].clone()).collect(), ScoreOptions { loo_batches: loo, ..*opts })
+}
+
 /// Run the calibration pass with the whole model in memory. `batches` are (ids, valid) with rows
 /// of equal length.
 pub fn collect(
     model: &dyn Infer,
     batches: &[crate::Batch],
     opts: &ScoreOptions,
-    mut progress: impl FnMut(&str, usize, usize),
+    progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
+    collect_ranks(&orlik_dist::Single, model, batches, opts, progress)
+}
+
+/// [`collect`] over `comm`'s ranks: each takes its share of `batches`, the accumulators are
+/// summed; every rank gets the scores.
+pub fn collect_ranks(
+    comm: &dyn Comm,
+    model: &dyn Infer,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+    progress: impl FnMut(&str, usize, usize),
+) -> Result<Scores, ScoreError> {
+    let (mine, local) = share(comm, batches, opts);
+    let mut acc = pass(model, &mine, &local, progress)?;
+    acc.reduce(comm)?;
+    let s = acc.finish(opts);
+    s.check_finite()?;
+    Ok(s)
+}
+
+fn pass(
+    model: &dyn Infer,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Accums, ScoreError> {
     let mut acc = Accums::new(model.config(), opts);
     let nl = acc.nl;
     for (bi, (ids, valid)) in batches.iter().enumerate() {
@@ -283,9 +362,7 @@ pub fn collect(
             }
         }
     }
-    let s = acc.finish(opts);
-    s.check_finite()?;
-    Ok(s)
+    Ok(acc)
 }
 
 /// Load layer `l` of `hf` alone, as a one-layer model (placeholder 1-token embedding, tied).
@@ -330,8 +407,33 @@ pub fn collect_streaming(
     hf: &orlik_io::hfdir::HfModel,
     batches: &[crate::Batch],
     opts: &ScoreOptions,
-    mut progress: impl FnMut(&str, usize, usize),
+    progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
+    collect_streaming_ranks(&orlik_dist::Single, hf, batches, opts, progress)
+}
+
+/// [`collect_streaming`] over `comm`'s ranks (as [`collect_ranks`]).
+pub fn collect_streaming_ranks(
+    comm: &dyn Comm,
+    hf: &orlik_io::hfdir::HfModel,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+    progress: impl FnMut(&str, usize, usize),
+) -> Result<Scores, ScoreError> {
+    let (mine, local) = share(comm, batches, opts);
+    let mut acc = pass_streaming(hf, &mine, &local, progress)?;
+    acc.reduce(comm)?;
+    let s = acc.finish(opts);
+    s.check_finite()?;
+    Ok(s)
+}
+
+fn pass_streaming(
+    hf: &orlik_io::hfdir::HfModel,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+    mut progress: impl FnMut(&str, usize, usize),
+) -> Result<Accums, ScoreError> {
     let cfg = &hf.config;
     let mut acc = Accums::new(cfg, opts);
     let nl = acc.nl;
@@ -406,7 +508,5 @@ pub fn collect_streaming(
             acc.loo_kl[l] += kq;
         }
     }
-    let s = acc.finish(opts);
-    s.check_finite()?;
-    Ok(s)
+    Ok(acc)
 }

@@ -30,6 +30,8 @@ pub enum ScoreError {
     Plot(#[from] orlik_plot::PlotError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error("data parallel: {0}")]
+    Dist(#[from] orlik_dist::DistError),
 }
 
 /// One calibration batch: token rows and, per position, whether it is real text (not padding).

@@ -2,7 +2,7 @@
 //! [`ScoreSettings`] (the recipe's `[score]` section; `orlik score`'s flags fill the same struct)
 //! and writes OUT/ (scores, charts, report.md) atomically.
 
-use crate::collect::{collect, collect_streaming};
+use crate::collect::{collect, collect_ranks, collect_streaming_ranks};
 use crate::{calibration_batches, Agg, Batch, ScoreError, ScoreMeta, ScoreOptions, Scores};
 use orlik_io::hfdir::HfModel;
 use orlik_model::infer::{Infer, Rows};
@@ -158,10 +158,12 @@ pub fn run(
         loo_batches: s.loo_batches,
     };
     let t0 = std::time::Instant::now();
+    // Under data parallel every rank scores its share of the batches; rank 0 writes.
+    let comm = orlik_dist::world();
     let scores = if s.in_memory {
-        collect(&hf.load(ModelOptions::default())?, &batches, &opts, progress)?
+        collect_ranks(comm, &hf.load(ModelOptions::default())?, &batches, &opts, progress)?
     } else {
-        collect_streaming(&hf, &batches, &opts, progress)?
+        collect_streaming_ranks(comm, &hf, &batches, &opts, progress)?
     };
     let meta = ScoreMeta {
         format_version: crate::FORMAT_VERSION,
@@ -175,6 +177,12 @@ pub fn run(
         num_hidden_layers: hf.config.num_hidden_layers,
     };
     let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
+    if comm.rank() != 0 {
+        return Ok(ScoreRun { scores, meta, report });
+    }
+    if comm.size() > 1 {
+        let _ = writeln!(report, "\nScored on {} data-parallel ranks.", comm.size());
+    }
     if s.measure_cost {
         let (plain, sc) = measure_cost(&hf, &batches, &meta.settings)?;
         let _ = writeln!(report, "\nCost: plain forward to the final hidden state {plain:.2} s, scoring pass without leave-one-out {sc:.2} s, ratio {:.2}.", sc / plain);
