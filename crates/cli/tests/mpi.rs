@@ -374,12 +374,7 @@ fn start_slow(args: &[String], out: &str, n: usize) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_logged(&mut child, out, n);
     child
 }
 

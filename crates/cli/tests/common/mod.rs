@@ -73,6 +73,16 @@ pub fn weights(out: &str) -> Vec<u8> {
     std::fs::read(Path::new(out).join("final/model.safetensors")).unwrap()
 }
 
+/// Wait until `child`, a training run into `out`, has logged `n` steps (it must still run).
+pub fn wait_logged(child: &mut std::process::Child, out: &str, n: usize) {
+    let t0 = Instant::now();
+    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Start a slowed-down run, wait until `n` steps are logged, then signal it.
 pub fn interrupt_after(
     args: &[&str],
@@ -87,12 +97,7 @@ pub fn interrupt_after(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while rows(out).iter().filter(|r| r.get("loss").is_some()).count() < n {
-        assert!(t0.elapsed() < Duration::from_secs(120), "run did not progress");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it was interrupted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_logged(&mut child, out, n);
     if signal == "KILL" {
         child.kill().unwrap();
     } else {
