@@ -635,6 +635,7 @@ fn data_parallel(cmd: &Cmd) -> bool {
             | Cmd::Dpo(_)
             | Cmd::Grpo(_)
             | Cmd::Score(_)
+            | Cmd::TeacherCache(_)
             | Cmd::Compress { .. }
             | Cmd::Run { .. }
     )
@@ -655,8 +656,11 @@ fn join_world(cmd: &Cmd) -> &'static dyn orlik_dist::Comm {
         if world.rank() == 0 {
             eprintln!(
                 "error: this command does not run data parallel (only distill, train, sft, dpo, \
-                 grpo, score, compress and run do); start it without mpirun / srun"
+                 grpo, score, teacher-cache, compress and run do); start it without mpirun / srun"
             );
+        } else {
+            // Rank 0 says why and ends the job; aborting here first could kill it unsaid.
+            let _ = world.barrier();
         }
         world.abort(1);
     }

@@ -251,11 +251,16 @@ pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     let pb = crate::term::bar(
         "teacher {bar:30} {pos}/{len} windows {per_sec} [{elapsed_precise}<{eta_precise}]",
     );
+    if !orlik_dist::is_root() {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let said = orlik_distill::cache_run::run(&a.settings, &i, &mut |d, n| {
         crate::term::show(&pb, "", d, n)
     })?;
     pb.finish_and_clear();
-    println!("{said}");
+    if !said.is_empty() {
+        println!("{said}");
+    }
     Ok(())
 }
 

@@ -352,6 +352,52 @@ fn two_ranks_compress_as_one_process() {
     }
 }
 
+/// `orlik teacher-cache` on 2 ranks (each builds every other shard, rank 0 the manifest) is
+/// the 1-process cache, byte for byte in every shard and the manifest; a re-run on 2 ranks
+/// keeps the finished shards (not rewritten).
+#[test]
+fn two_ranks_build_the_teacher_cache_of_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let args = |out: &str| -> Vec<String> {
+        let (t, d, v) = (s.p("teacher"), s.p("train.txt"), s.p("val.txt"));
+        ["teacher-cache", "--teacher", &t, "--data", &d, "--val", &v, "--topk", "8"]
+            .iter()
+            .chain(&["--seq-len", "16", "--shard-windows", "64", "-o", out])
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let (one, two) = (s.p("cache1"), s.p("cache2"));
+    ok(&strs(&args(&one)));
+    ok_ranks(2, &strs(&args(&two))).unwrap();
+    let files = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".bin") || n == "cache.json")
+            .collect();
+        v.sort();
+        v
+    };
+    let (f1, f2) = (files(&one), files(&two));
+    assert!(f1.len() > 3, "several shards: {f1:?}");
+    assert_eq!(f1, f2);
+    for f in &f1 {
+        let (a, b) = (Path::new(&one).join(f), Path::new(&two).join(f));
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "{f}");
+    }
+    let mtimes = || -> Vec<std::time::SystemTime> {
+        let shards = f1.iter().filter(|f| f.ends_with(".bin")); // the manifest is rewritten
+        shards.map(|f| Path::new(&two).join(f).metadata().unwrap().modified().unwrap()).collect()
+    };
+    let before = mtimes();
+    let o = run_ranks(2, &strs(&args(&two))).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(mtimes(), before, "finished shards kept on a re-run");
+}
+
 /// The pid of rank `rank` of a job writing to `out` (its environment says the rank).
 fn rank_pid(out: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");

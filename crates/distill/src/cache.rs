@@ -191,31 +191,54 @@ pub fn build(
         val: val.map(|v| split_info(v, "val", spec.shard_windows)),
     };
     let mp = dir.join("cache.json");
-    if mp.exists() {
-        let old = Manifest::read(dir);
-        if old.as_ref().ok() != Some(&m) {
-            if !overwrite {
-                return Err(DistillError::Cache {
+    // Under data parallel rank 0 writes the manifest; rank r builds the shards whose number
+    // (train then val, counted together) is r modulo the ranks.
+    let world = orlik_dist::world();
+    let manifest = || -> Result<(), DistillError> {
+        if mp.exists() {
+            let old = Manifest::read(dir);
+            if old.as_ref().ok() != Some(&m) {
+                if !overwrite {
+                    return Err(DistillError::Cache {
                     path: dir.into(),
                     msg: "holds a cache of other settings, teacher or data (use --force to replace it)".into(),
                 });
+                }
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| DistillError::Cache { path: dir.into(), msg: e.to_string() })?;
             }
-            std::fs::remove_dir_all(dir)
-                .map_err(|e| DistillError::Cache { path: dir.into(), msg: e.to_string() })?;
         }
-    }
+        let ioe = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
+        };
+        std::fs::create_dir_all(dir).map_err(ioe(dir))?;
+        // Atomically: a build killed here must leave no half-written manifest (read as "other settings").
+        orlik_io::atomic::write_file_atomically(
+            &mp,
+            &serde_json::to_vec_pretty(&m).unwrap_or_default(),
+        )
+        .map_err(|e| DistillError::Cache { path: mp.clone(), msg: e.to_string() })?;
+        Ok(())
+    };
+    orlik_dist::on_root(manifest)?;
     let ioe = |p: &Path| {
         let p = p.to_path_buf();
         move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
     };
-    std::fs::create_dir_all(dir).map_err(ioe(dir))?;
-    // Atomically: a build killed here must leave no half-written manifest (read as "other settings").
-    orlik_io::atomic::write_file_atomically(
-        &mp,
-        &serde_json::to_vec_pretty(&m).unwrap_or_default(),
-    )
-    .map_err(|e| DistillError::Cache { path: mp.clone(), msg: e.to_string() })?;
-    let total = m.train.windows + m.val.as_ref().map_or(0, |v| v.windows);
+    let mut g = 0usize; // shard number over both splits
+                        // This rank's windows (all of them on one process), for the progress.
+    let mut total = 0;
+    for (j, (info, si)) in std::iter::once(&m.train)
+        .chain(m.val.iter())
+        .flat_map(|i| (0..i.shards.len()).map(move |s| (i, s)))
+        .enumerate()
+    {
+        if j % world.size() == world.rank() {
+            let w0 = si * info.shard_windows;
+            total += (w0 + info.shard_windows).min(info.windows) - w0;
+        }
+    }
     let mut done = 0;
     let rec = m.record_bytes();
     let t = m.seq_len;
@@ -223,6 +246,10 @@ pub fn build(
         for (si, file) in info.shards.iter().enumerate() {
             let w0 = si * info.shard_windows;
             let w1 = (w0 + info.shard_windows).min(info.windows);
+            g += 1;
+            if (g - 1) % world.size() != world.rank() {
+                continue; // another rank's
+            }
             let path = dir.join(file);
             let want = ((w1 - w0) * t * rec) as u64;
             if path.metadata().map(|md| md.len() == want).unwrap_or(false) {
@@ -277,6 +304,7 @@ pub fn build(
         }
     }
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(ioe(dir))?;
+    world.barrier().map_err(TrainError::from)?;
     Ok(m)
 }
 

@@ -118,12 +118,19 @@ pub fn run(
         shard_windows: s.shard_windows,
     };
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(i.out)
-        .map_err(|e| orlik_io::IoError::Io { path: i.out.into(), source: e })?;
-    if read_marker(i.out).is_none() {
-        write_marker(i.out, "teacher-cache")?;
-    }
+    // Under data parallel each rank builds its shards (`cache::build`); rank 0 the rest.
+    orlik_dist::on_root(|| -> Result<(), DistillError> {
+        std::fs::create_dir_all(i.out)
+            .map_err(|e| orlik_io::IoError::Io { path: i.out.into(), source: e })?;
+        if read_marker(i.out).is_none() {
+            write_marker(i.out, "teacher-cache")?;
+        }
+        Ok(())
+    })?;
     let m = build(&spec, &train, val.as_ref(), i.out, i.force, progress)?;
+    if !orlik_dist::is_root() {
+        return Ok(String::new());
+    }
     if read_marker(i.out).is_none() {
         write_marker(i.out, "teacher-cache")?; // build() replaced the directory
     }

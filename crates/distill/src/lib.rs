@@ -165,3 +165,9 @@ impl TeacherSource for OnlineTeacher {
         ))
     }
 }
+
+impl From<orlik_dist::DistError> for DistillError {
+    fn from(e: orlik_dist::DistError) -> DistillError {
+        DistillError::Train(e.into())
+    }
+}
