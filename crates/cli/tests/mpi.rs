@@ -398,6 +398,53 @@ fn two_ranks_build_the_teacher_cache_of_one_process() {
     assert_eq!(mtimes(), before, "finished shards kept on a re-run");
 }
 
+/// DPO (its reference log-probabilities computed on every rank, cached by rank 0) and GRPO (its
+/// samples seeded by (seed, step, prompt)) on 2 ranks: the run of one process, bit for bit.
+#[test]
+fn two_ranks_dpo_and_grpo_as_one_process() {
+    if mpirun(2).is_none() {
+        return;
+    }
+    let s = setup();
+    let words = ["the", "hat", "tea", "earth", "heart"];
+    let (mut pairs, mut prompts) = (String::new(), String::new());
+    for i in 0..8 {
+        let (a, b) = (words[i % 5], words[(i + 2) % 5]);
+        pairs += &format!(
+            "{{\"prompt\": \"{a} {b}\", \"chosen\": \"heart earth\", \"rejected\": \"{b} hat\"}}\n"
+        );
+        prompts += &format!("{{\"prompt\": \"{a} {b}\", \"answer\": \"hat\"}}\n");
+    }
+    std::fs::write(s.root.join("dpo.jsonl"), pairs).unwrap();
+    std::fs::write(s.root.join("grpo.jsonl"), prompts).unwrap();
+    let m = s.p("teacher");
+    let common = ["--steps", "3", "--grad-accum", "2", "--lr", "5e-3", "--max-len", "64"];
+    let dpo = |out: &str| -> Vec<String> {
+        let d = s.p("dpo.jsonl");
+        ["dpo", &m, "--data", &d, "--batch", "2", "--max-prompt", "32", "-o", out]
+            .iter()
+            .chain(&common)
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let grpo = |out: &str| -> Vec<String> {
+        let d = s.p("grpo.jsonl");
+        ["grpo", &m, "--prompts", &d, "--reward", "regex:a", "--group", "4", "--batch", "1"]
+            .iter()
+            .chain(&["--max-new-tokens", "6", "--max-prompt", "16", "-o", out])
+            .chain(&common)
+            .map(|x| x.to_string())
+            .collect()
+    };
+    for (name, args) in [("dpo", &dpo as &dyn Fn(&str) -> Vec<String>), ("grpo", &grpo)] {
+        let (one, two) = (s.p(&format!("{name}1")), s.p(&format!("{name}2")));
+        ok(&strs(&args(&one)));
+        ok_ranks(2, &strs(&args(&two))).unwrap();
+        assert_eq!(trajectory(&one), trajectory(&two), "{name}");
+        assert_eq!(weights(&one), weights(&two), "{name}");
+    }
+}
+
 /// The pid of rank `rank` of a job writing to `out` (its environment says the rank).
 fn rank_pid(out: &str, rank: usize) -> Option<u32> {
     let want = format!("OMPI_COMM_WORLD_RANK={rank}");
