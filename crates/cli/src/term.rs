@@ -101,6 +101,9 @@ pub fn control() -> Control<'static> {
 /// (128 + SIGINT, as shells do).
 pub fn interrupted(step: u64) -> ! {
     notice(&format!("stopped at step {step}; continue with the same command and --resume"));
+    // Under a launcher: wait for every rank (rank 0 may still write the pipeline's state), so
+    // that no rank's exit status makes mpirun end the others first.
+    orlik_dist::world().finalize();
     std::process::exit(130);
 }
 

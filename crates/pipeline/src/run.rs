@@ -339,8 +339,14 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         })
     })?;
 
+    // Where the optimizer's moments live does not change the result (and a recipe from before
+    // the key existed keeps its fingerprint).
+    let mut distill_settings = json!(r.distill);
+    if let Some(o) = distill_settings.as_object_mut() {
+        o.remove("shard_optimizer");
+    }
     let fp_distill = sha(
-        &json!({"stage": "distill", "settings": r.distill, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+        &json!({"stage": "distill", "settings": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
     );
     let run_dir = out.join("distill");
     or_stop!(

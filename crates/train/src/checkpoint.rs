@@ -161,13 +161,19 @@ pub fn save_sharded(
 ) -> Result<PathBuf, TrainError> {
     let (rank, world) = (shard.comm.rank(), shard.comm.size());
     let stage = root.join(format!(".shards-step-{:08}", state.step));
+    let shard_file = |r: usize| format!("optimizer-rank-{r:04}-of-{world:04}.safetensors");
     if rank == 0 {
         std::fs::create_dir_all(root).map_err(file_err(root))?;
-        let _ = std::fs::remove_dir_all(&stage); // a killed save's leftovers
+        // Killed saves' leftovers, of this step or any other.
+        for e in std::fs::read_dir(root).map_err(file_err(root))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".shards-step-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         std::fs::create_dir_all(&stage).map_err(file_err(&stage))?;
     }
     shard.comm.barrier()?;
-    let file = stage.join(format!("optimizer-rank-{rank:04}-of-{world:04}.safetensors"));
+    let file = stage.join(shard_file(rank));
     let own: Vec<usize> = (0..names.len()).filter(|&i| shard.mine(i)).collect();
     let specs: Vec<(String, Vec<usize>)> = own
         .iter()
@@ -186,10 +192,11 @@ pub fn save_sharded(
     let target = step_dir(root, state.step);
     if rank == 0 {
         save_with(root, state, names, slots, &|tmp| {
-            for e in std::fs::read_dir(&stage).map_err(file_err(&stage))? {
-                let p = e.map_err(file_err(&stage))?.path();
-                let to = tmp.join(p.file_name().unwrap_or_default());
-                std::fs::rename(&p, &to).map_err(file_err(&p))?;
+            // Every rank's file by name (a directory listing on a network filesystem may not
+            // show another machine's file yet; a missing one fails the save, not the resume).
+            for r in 0..world {
+                let p = stage.join(shard_file(r));
+                std::fs::rename(&p, tmp.join(shard_file(r))).map_err(file_err(&p))?;
             }
             Ok(())
         })?;

@@ -106,7 +106,10 @@ impl Default for TrainConfig {
 
 /// Keys that may change between an interrupted run and its resumption (they do not affect the
 /// trajectory).
-pub const RESUMABLE_KEYS: &[&str] = &["save_every", "eval_every", "val_tokens", "max_bad_steps"];
+/// (`shard_optimizer` changes where the moments live, not the result; runs from before it
+/// existed resume too.)
+pub const RESUMABLE_KEYS: &[&str] =
+    &["save_every", "eval_every", "val_tokens", "max_bad_steps", "shard_optimizer"];
 
 impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig, TrainError> {

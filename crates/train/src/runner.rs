@@ -273,6 +273,22 @@ pub fn run<T: Task + ?Sized>(
     let comm = orlik_dist::world();
     let root = comm.rank() == 0;
     let sharded = comm.size() > 1 && cfg.shard_optimizer;
+    if comm.size() > 1 {
+        // Every rank loaded its checkpoint itself: they must have found the same one.
+        let mut v = [st.step as f64, st.cursor as f64];
+        comm.max_f64(&mut v).map_err(TrainError::from)?;
+        let differs = (v[0], v[1]) != (st.step as f64, st.cursor as f64);
+        if orlik_dist::any(comm, differs).map_err(TrainError::from)? {
+            return Err(TrainError::Resume(format!(
+                "the ranks start from different checkpoints (this rank from step {}, another \
+                 from step {}): {} must be one directory every rank sees",
+                st.step,
+                v[0],
+                ck.display()
+            ))
+            .into());
+        }
+    }
     let append = |row: &Value| if root { curves::append(&metrics, row) } else { Ok(()) };
     let mut order = Order::new(task.units(), cfg.seed);
     let pb = progress_bar(opts.quiet || !root, total, st.step);
