@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,23 +48,12 @@ fn ok_ranks(n: usize, args: &[&str]) -> Option<String> {
     Some(String::from_utf8(o.stdout).unwrap())
 }
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Setup {
-    fn p(&self, name: &str) -> String {
-        self.root.join(name).to_str().unwrap().to_string()
-    }
-}
+type Setup = common::Dir;
 
 /// The tiny teacher, a 1-layer student pruned from it, and text (as in train.rs).
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    common::tiny_teacher_and_text(&root, 12345);
-    let s = Setup { root, _tmp: tmp };
+    let s = common::Dir::new();
+    common::tiny_teacher_and_text(&s.root, 12345);
     ok(&["prune", &s.p("teacher"), "--importance", "magnitude", "--layers", "1", "--ffn", "24"]
         .into_iter()
         .chain(["-o", &s.p("student")])

@@ -6,28 +6,19 @@
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::{fails, ok, orlik};
 
-struct Setup {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Setup {
-    fn p(&self, name: &str) -> String {
-        self.root.join(name).to_str().unwrap().to_string()
-    }
-}
+type Setup = common::Dir;
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    common::tiny_teacher_and_text(&root, 777);
+    let s = common::Dir::new();
+    let root = &s.root;
+    common::tiny_teacher_and_text(root, 777);
     let q = |i: usize| {
         format!(
             r#"{{"id": "q{i}", "question": {{"stem": "the heart", "choices": [{{"label": "A", "text": "tea"}}, {{"label": "B", "text": "hat at the"}}, {{"label": "C", "text": "earth"}}]}}, "answerKey": "{}"}}"#,
@@ -35,7 +26,7 @@ fn setup() -> Setup {
         )
     };
     std::fs::write(root.join("mc.jsonl"), (0..6).map(q).collect::<Vec<_>>().join("\n")).unwrap();
-    Setup { _tmp: tmp, root }
+    s
 }
 
 /// compress flags for the tiny model: everything small.

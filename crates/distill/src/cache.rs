@@ -194,6 +194,11 @@ pub fn build(
     // Under data parallel rank 0 writes the manifest; rank r builds the shards whose number
     // (train then val, counted together) is r modulo the ranks.
     let world = orlik_dist::world();
+    let mine = |shard: usize| shard % world.size() == world.rank();
+    let ioe = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
+    };
     let manifest = || -> Result<(), DistillError> {
         if mp.exists() {
             let old = Manifest::read(dir);
@@ -208,10 +213,6 @@ pub fn build(
                     .map_err(|e| DistillError::Cache { path: dir.into(), msg: e.to_string() })?;
             }
         }
-        let ioe = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
-        };
         std::fs::create_dir_all(dir).map_err(ioe(dir))?;
         // Atomically: a build killed here must leave no half-written manifest (read as "other settings").
         orlik_io::atomic::write_file_atomically(
@@ -222,23 +223,19 @@ pub fn build(
         Ok(())
     };
     orlik_dist::on_root(manifest)?;
-    let ioe = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| DistillError::Cache { path: p, msg: e.to_string() }
-    };
-    let mut g = 0usize; // shard number over both splits
-                        // This rank's windows (all of them on one process), for the progress.
+    // This rank's windows (all of them on one process), for the progress.
     let mut total = 0;
     for (j, (info, si)) in std::iter::once(&m.train)
         .chain(m.val.iter())
         .flat_map(|i| (0..i.shards.len()).map(move |s| (i, s)))
         .enumerate()
     {
-        if j % world.size() == world.rank() {
+        if mine(j) {
             let w0 = si * info.shard_windows;
             total += (w0 + info.shard_windows).min(info.windows) - w0;
         }
     }
+    let mut g = 0usize; // shard number over both splits
     let mut done = 0;
     let rec = m.record_bytes();
     let t = m.seq_len;
@@ -247,7 +244,7 @@ pub fn build(
             let w0 = si * info.shard_windows;
             let w1 = (w0 + info.shard_windows).min(info.windows);
             g += 1;
-            if (g - 1) % world.size() != world.rank() {
+            if !mine(g - 1) {
                 continue; // another rank's
             }
             let path = dir.join(file);

@@ -308,8 +308,19 @@ pub fn collect_ranks(
     opts: &ScoreOptions,
     progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
+    across(comm, batches, opts, |mine, local| pass(model, mine, local, progress))
+}
+
+/// A calibration pass `pass` over this rank's share of `batches`, its accumulators summed over
+/// `comm`'s ranks, then the scores.
+fn across(
+    comm: &dyn Comm,
+    batches: &[crate::Batch],
+    opts: &ScoreOptions,
+    pass: impl FnOnce(&[crate::Batch], &ScoreOptions) -> Result<Accums, ScoreError>,
+) -> Result<Scores, ScoreError> {
     let (mine, local) = share(comm, batches, opts);
-    let mut acc = pass(model, &mine, &local, progress)?;
+    let mut acc = pass(&mine, &local)?;
     acc.reduce(comm)?;
     let s = acc.finish(opts);
     s.check_finite()?;
@@ -420,12 +431,7 @@ pub fn collect_streaming_ranks(
     opts: &ScoreOptions,
     progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
-    let (mine, local) = share(comm, batches, opts);
-    let mut acc = pass_streaming(hf, &mine, &local, progress)?;
-    acc.reduce(comm)?;
-    let s = acc.finish(opts);
-    s.check_finite()?;
-    Ok(s)
+    across(comm, batches, opts, |mine, local| pass_streaming(hf, mine, local, progress))
 }
 
 fn pass_streaming(

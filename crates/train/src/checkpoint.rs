@@ -94,21 +94,32 @@ pub fn save(
     names: &[String],
     slots: &[Slot],
 ) -> Result<PathBuf, TrainError> {
+    let all: Vec<usize> = (0..names.len()).collect();
     save_with(root, state, names, slots, &|tmp| {
-        let len = |i: usize| vec![slots[i].w.len()];
-        let specs = (0..2 * names.len())
-            .map(|j| (format!("{}.{}", ["m", "v"][j % 2], names[j / 2]), len(j / 2)))
-            .collect::<Vec<_>>();
-        write_slices(&tmp.join("optimizer.safetensors"), &specs, &|j| {
-            let s = &slots[j / 2];
-            if j % 2 == 0 {
-                &s.m
-            } else {
-                &s.v
-            }
-        })?;
-        Ok(())
+        write_moments(&tmp.join("optimizer.safetensors"), names, slots, &all)
     })
+}
+
+/// The AdamW moments of the tensors `which` (indices into `names`) as `m.NAME`, `v.NAME`.
+fn write_moments(
+    path: &Path,
+    names: &[String],
+    slots: &[Slot],
+    which: &[usize],
+) -> Result<(), TrainError> {
+    let specs: Vec<(String, Vec<usize>)> = which
+        .iter()
+        .flat_map(|&i| ["m", "v"].map(|k| (format!("{k}.{}", names[i]), vec![slots[i].w.len()])))
+        .collect();
+    write_slices(path, &specs, &|j| {
+        let s = &slots[which[j / 2]];
+        if j % 2 == 0 {
+            &s.m
+        } else {
+            &s.v
+        }
+    })?;
+    Ok(())
 }
 
 /// A checkpoint of the weights and `state`, its moments written by `moments(temp_dir)`.
@@ -175,18 +186,7 @@ pub fn save_sharded(
     shard.comm.barrier()?;
     let file = stage.join(shard_file(rank));
     let own: Vec<usize> = (0..names.len()).filter(|&i| shard.mine(i)).collect();
-    let specs: Vec<(String, Vec<usize>)> = own
-        .iter()
-        .flat_map(|&i| ["m", "v"].map(|k| (format!("{k}.{}", names[i]), vec![slots[i].w.len()])))
-        .collect();
-    write_slices(&file, &specs, &|j| {
-        let s = &slots[own[j / 2]];
-        if j % 2 == 0 {
-            &s.m
-        } else {
-            &s.v
-        }
-    })?;
+    write_moments(&file, names, slots, &own)?;
     std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(file_err(&file))?;
     shard.comm.barrier()?;
     let target = step_dir(root, state.step);

@@ -33,6 +33,24 @@ pub fn fails(args: &[&str], needles: &[&str]) {
     }
 }
 
+/// A test's temporary directory (removed on drop) and paths in it.
+pub struct Dir {
+    _tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl Dir {
+    pub fn new() -> Dir {
+        let tmp = tempfile::tempdir().unwrap();
+        Dir { root: tmp.path().to_path_buf(), _tmp: tmp }
+    }
+
+    /// ROOT/name as a string (for argument lists).
+    pub fn p(&self, name: &str) -> String {
+        self.root.join(name).to_str().unwrap().to_string()
+    }
+}
+
 /// The tiny GGUF converted into ROOT/teacher, and seeded random text over words its vocabulary
 /// knows: ROOT/train.txt (3000 words) and ROOT/val.txt (400), paragraphs of 9 words.
 pub fn tiny_teacher_and_text(root: &std::path::Path, seed: u64) {
