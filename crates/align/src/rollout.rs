@@ -75,8 +75,12 @@ mod tests {
                 "head_dim": 4, "max_position_embeddings": 64, "tie_word_embeddings": true}),
         );
         let w = random_weights(&cfg, 3, 1.0).unwrap();
-        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
-            .unwrap();
+        let m = Model::new(
+            &cfg,
+            &w,
+            ModelOptions { dtype: DType::F32, differentiable: false, half_weights: None },
+        )
+        .unwrap();
         let prompt = [1u32, 5, 9, 2];
         let go = orlik_eval::generate::GenOptions {
             max_new_tokens: 12,

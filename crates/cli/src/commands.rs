@@ -4,7 +4,6 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use orlik_eval::generate::GenOptions;
 use orlik_io::hfdir::{HfModel, SaveOptions};
-use orlik_model::ModelOptions;
 use std::io::Write;
 use std::path::Path;
 
@@ -51,9 +50,17 @@ pub fn export(model: &Path, out: &Path, ty: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn load(path: &Path) -> Result<(HfModel, orlik_model::Model)> {
+/// A frozen model with its matrices held as `compute` says (`--compute-dtype`); a 16-bit
+/// choice is said on stderr, with the kernel that runs it.
+pub(crate) fn load(
+    path: &Path,
+    compute: orlik_model::ComputeDtype,
+) -> Result<(HfModel, orlik_model::Model)> {
     let hf = HfModel::open(path)?;
-    let m = hf.load(ModelOptions::default())?;
+    let (m, resolved) = hf.load_frozen(compute)?;
+    if let Some(held) = resolved.describe() {
+        crate::term::notice(&format!("{}: {held}", path.display()));
+    }
     Ok((hf, m))
 }
 
@@ -66,6 +73,7 @@ pub struct GenArgs<'a> {
     /// One JSON object on stdout at the end (the text, and every token with its two best logits)
     /// instead of the streamed text.
     pub json: bool,
+    pub compute: orlik_model::ComputeDtype,
 }
 
 /// A generated token as `--json` reports it: the step, and how many characters of the decoded
@@ -85,7 +93,7 @@ pub fn generate(a: &GenArgs) -> Result<()> {
     if temperature < 0.0 {
         bail!("--temperature must be >= 0, got {temperature}");
     }
-    let (hf, model) = load(a.path)?;
+    let (hf, model) = load(a.path, a.compute)?;
     let tok = hf.tokenizer()?;
     let text = if a.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", a.prompt)
@@ -144,8 +152,13 @@ pub fn generate(a: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn bench(path: &Path, reps: usize, json: bool) -> Result<()> {
-    let (_, model) = load(path)?;
+pub fn bench(
+    path: &Path,
+    reps: usize,
+    compute: orlik_model::ComputeDtype,
+    json: bool,
+) -> Result<()> {
+    let (_, model) = load(path, compute)?;
     let t = vec![
         orlik_eval::speed::prefill(&model, 1, 512, reps)?,
         orlik_eval::speed::prefill(&model, 8, 128, reps)?,

@@ -5,6 +5,7 @@ use crate::commands::load;
 use anyhow::Result;
 use orlik_eval::ppl::PplOptions;
 use orlik_eval::suite::{agree_result, mc_result, ppl_report, speed_rows};
+use orlik_model::ComputeDtype;
 use std::path::{Path, PathBuf};
 
 /// A progress bar fed by the suite's (what, done, total) callback.
@@ -20,22 +21,32 @@ pub fn ppl(
     context: usize,
     stride: usize,
     batch: usize,
+    compute: ComputeDtype,
     json_out: bool,
 ) -> Result<()> {
-    let (hf, model) = load(path)?;
+    let (hf, model) = load(path, compute)?;
     let (pb, show) = progress_bar();
     let r = ppl_report(&model, &hf, texts, PplOptions { context, stride, batch }, &show)?;
     pb.finish_and_clear();
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&r.json())?);
+        let mut j = r.json();
+        j["compute_dtype"] = serde_json::json!(compute.resolve(&hf.stored_dtypes()));
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!("{}", r.text());
     }
     Ok(())
 }
 
-pub fn mc(path: &Path, tasks: &Path, limit: usize, context: usize, json_out: bool) -> Result<()> {
-    let (hf, model) = load(path)?;
+pub fn mc(
+    path: &Path,
+    tasks: &Path,
+    limit: usize,
+    context: usize,
+    compute: ComputeDtype,
+    json_out: bool,
+) -> Result<()> {
+    let (hf, model) = load(path, compute)?;
     let (pb, show) = progress_bar();
     let r = mc_result(&model, &hf, tasks, limit, context, &show)?;
     pb.finish_and_clear();
@@ -53,10 +64,11 @@ pub fn agree(
     texts: &[PathBuf],
     context: usize,
     max_tokens: usize,
+    compute: ComputeDtype,
     json_out: bool,
 ) -> Result<()> {
-    let (s_hf, s) = load(student)?;
-    let (t_hf, t) = load(teacher)?;
+    let (s_hf, s) = load(student, compute)?;
+    let (t_hf, t) = load(teacher, compute)?;
     let (pb, show) = progress_bar();
     let r = agree_result((&s, &s_hf), (&t, &t_hf), texts, context, max_tokens, &show)?;
     pb.finish_and_clear();
@@ -68,8 +80,9 @@ pub fn agree(
     Ok(())
 }
 
-pub fn speed(models: &[PathBuf], reps: usize, json_out: bool) -> Result<()> {
-    let loaded = models.iter().map(|p| load(p).map(|(_, m)| m)).collect::<Result<Vec<_>>>()?;
+pub fn speed(models: &[PathBuf], reps: usize, compute: ComputeDtype, json_out: bool) -> Result<()> {
+    let loaded =
+        models.iter().map(|p| load(p, compute).map(|(_, m)| m)).collect::<Result<Vec<_>>>()?;
     let named: Vec<(String, &orlik_model::Model)> =
         models.iter().map(|p| p.display().to_string()).zip(loaded.iter()).collect();
     let (pb, show) = progress_bar();

@@ -112,6 +112,8 @@ pub(crate) enum Cmd {
         /// choice was), and the length of the decoded text once it is added (`chars`).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        frozen: Frozen,
     },
     /// Compress a model end to end: score → prune to a parameter budget → distill from the
     /// original → evaluate teacher, pruned and distilled side by side (bits/byte, multiple choice,
@@ -317,6 +319,8 @@ pub(crate) enum Cmd {
         reps: usize,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        frozen: Frozen,
         /// Time training steps instead of inference.
         #[arg(long)]
         train: bool,
@@ -330,6 +334,20 @@ pub(crate) enum Cmd {
         #[arg(long)]
         checkpoint_layers: bool,
     },
+}
+
+/// How a frozen model's weights are held (generate, bench, eval).
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Frozen {
+    /// Weights of the matrices (projections, embedding, lm_head) in memory: auto = the
+    /// checkpoint's own (bf16 / f16 stay 16-bit, f32 stays f32), or f32, bf16, f16. 16-bit halves
+    /// the memory and the bytes read per decoded token; products accumulate in f32 either way.
+    #[arg(long, default_value = "auto", value_parser = parse_compute_dtype)]
+    compute_dtype: orlik_model::ComputeDtype,
+}
+
+fn parse_compute_dtype(s: &str) -> Result<orlik_model::ComputeDtype, String> {
+    orlik_model::ComputeDtype::parse(s)
 }
 
 #[derive(Subcommand)]
@@ -368,6 +386,8 @@ enum EvalCmd {
         /// Windows per forward pass.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        #[command(flatten)]
+        frozen: Frozen,
         #[arg(long)]
         json: bool,
     },
@@ -385,6 +405,8 @@ enum EvalCmd {
         /// Tokens of prompt + answer kept (cut from the left).
         #[arg(long, default_value_t = 512)]
         context: usize,
+        #[command(flatten)]
+        frozen: Frozen,
         #[arg(long)]
         json: bool,
     },
@@ -404,6 +426,8 @@ enum EvalCmd {
         /// Compare at most this many tokens, 0 = all.
         #[arg(long, default_value_t = 16384)]
         max_tokens: usize,
+        #[command(flatten)]
+        frozen: Frozen,
         #[arg(long)]
         json: bool,
     },
@@ -416,6 +440,8 @@ enum EvalCmd {
         /// Timed repetitions per measurement (median).
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        #[command(flatten)]
+        frozen: Frozen,
         #[arg(long)]
         json: bool,
     },
@@ -511,7 +537,17 @@ fn main() {
             commands::convert(&gguf, &output, &dtype, &max_shard_size, force)
         }
         Cmd::Export { model, gguf, ty, force } => commands::export(&model, &gguf, &ty, force),
-        Cmd::Generate { path, prompt, max_new_tokens, temperature, top_p, seed, chat, json } => {
+        Cmd::Generate {
+            path,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            chat,
+            json,
+            frozen,
+        } => {
             let opts =
                 orlik_eval::generate::GenOptions { max_new_tokens, temperature, top_p, seed };
             commands::generate(&commands::GenArgs {
@@ -520,10 +556,12 @@ fn main() {
                 opts,
                 chat,
                 json,
+                compute: frozen.compute_dtype,
             })
         }
-        Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, json } } => {
-            eval_cmd::ppl(&path, &text, context, stride.unwrap_or(context), batch, json)
+        Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, frozen, json } } => {
+            let stride = stride.unwrap_or(context);
+            eval_cmd::ppl(&path, &text, context, stride, batch, frozen.compute_dtype, json)
         }
         Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
             let a = orlik_prune::trim::TrimArgs { model, data, min_count, keep, output, force };
@@ -535,14 +573,17 @@ fn main() {
         Cmd::Sft(a) => align_cmd::sft(a),
         Cmd::Dpo(a) => align_cmd::dpo(a),
         Cmd::Grpo(a) => align_cmd::grpo(a),
-        Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, json } } => {
-            eval_cmd::mc(&path, &tasks, limit, context, json)
+        Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, frozen, json } } => {
+            eval_cmd::mc(&path, &tasks, limit, context, frozen.compute_dtype, json)
         }
         Cmd::Eval {
-            what: EvalCmd::Agree { student, teacher, text, context, max_tokens, json },
-        } => eval_cmd::agree(&student, &teacher, &text, context, max_tokens, json),
-        Cmd::Eval { what: EvalCmd::Speed { models, reps, json } } => {
-            eval_cmd::speed(&models, reps, json)
+            what: EvalCmd::Agree { student, teacher, text, context, max_tokens, frozen, json },
+        } => {
+            let c = frozen.compute_dtype;
+            eval_cmd::agree(&student, &teacher, &text, context, max_tokens, c, json)
+        }
+        Cmd::Eval { what: EvalCmd::Speed { models, reps, frozen, json } } => {
+            eval_cmd::speed(&models, reps, frozen.compute_dtype, json)
         }
         Cmd::Compress {
             teacher,
@@ -580,10 +621,12 @@ fn main() {
                 Ok(r.resolve()?)
             })
             .and_then(|r| pipeline(r, resume, force)),
-        Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers } => {
+        Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers, .. } => {
             train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
         }
-        Cmd::Bench { path, reps, json, .. } => commands::bench(&path, reps, json),
+        Cmd::Bench { path, reps, json, frozen, .. } => {
+            commands::bench(&path, reps, frozen.compute_dtype, json)
+        }
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
             train_cmd::distill(train_cmd::DistillArgs {
                 teacher,

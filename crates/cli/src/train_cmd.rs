@@ -107,6 +107,10 @@ pub struct KdArgs {
     /// Distil from the teacher's top-k tokens plus a tail bucket; 0 = full vocabulary [default: 0].
     #[arg(long)]
     pub topk: Option<usize>,
+    /// The online teacher's matrices in memory: auto (as stored: a bf16 / f16 teacher stays
+    /// 16-bit, half the memory, f32 accumulation), f32, bf16, f16 [default: auto].
+    #[arg(long, value_parser = orlik_model::ComputeDtype::parse)]
+    pub teacher_compute_dtype: Option<orlik_model::ComputeDtype>,
 }
 
 pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
@@ -149,7 +153,7 @@ pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig>
         c.shard_optimizer = false;
     }
     if let Some(k) = kd {
-        set!(k, loss, temperature, jsd_beta, ce_weight, topk);
+        set!(k, loss, temperature, jsd_beta, ce_weight, topk, teacher_compute_dtype);
     }
     c.validate()?;
     Ok(c)

@@ -194,9 +194,34 @@ fn cached_teacher_with_k_equal_vocab_matches_online_and_cache_resumes() {
     std::fs::remove_file(&first).unwrap();
     ok(&args);
     assert_eq!(std::fs::read(&first).unwrap(), bytes);
+    // An f32 teacher's manifest has no compute_dtype key (caches from before it still open);
+    // a teacher held in bf16 is recorded, and its cache is one of other settings.
+    assert!(m.get("compute_dtype").is_none(), "{m}");
+    let cache16 = s.p("cache16");
+    ok(&with(with(args.to_vec(), "-o", &cache16), "--compute-dtype", "bf16"));
+    let m16 = std::fs::read_to_string(Path::new(&cache16).join("cache.json")).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&m16).unwrap()["compute_dtype"], "bf16");
+    fails(&with(args.to_vec(), "--compute-dtype", "bf16"), &["other settings"]);
 
     let (on, ca, ck) = (s.p("online"), s.p("cached"), s.p("ckpt"));
     ok(&distill_args(&s, &on, &[]));
+    // The teacher's matrices held in bf16: recorded in run.json (an f32 teacher's run.json has
+    // no such key, as before 16-bit inference), a trajectory close to the f32 teacher's.
+    let bf = s.p("bf16");
+    ok(&distill_args(&s, &bf, &["--teacher-compute-dtype", "bf16"]));
+    let run_json = |d: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(Path::new(d).join("run.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(run_json(&bf)["run"]["teacher_compute_dtype"], "bf16");
+    assert_eq!(run_json(&bf)["config"]["teacher_compute_dtype"], "bf16");
+    assert!(run_json(&on)["run"].get("teacher_compute_dtype").is_none());
+    assert!(run_json(&on)["config"].get("teacher_compute_dtype").is_none());
+    for (a, b) in rows(&on).iter().zip(&rows(&bf)) {
+        if let (Some(p), Some(q)) = (a["loss"].as_f64(), b["loss"].as_f64()) {
+            assert!((p - q).abs() <= 5e-2 * p.abs().max(1e-2), "bf16 teacher loss {q} vs {p}");
+        }
+    }
     // Activation checkpointing re-runs layers in the backward: the same trajectory.
     ok(&distill_args(&s, &ck, &["--checkpoint-layers"]));
     for (a, b) in rows(&on).iter().zip(&rows(&ck)) {

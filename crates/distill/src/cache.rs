@@ -14,6 +14,7 @@
 
 use crate::{rows_from_logits, DistillError};
 use orlik_model::infer::{Infer, Rows};
+use orlik_model::ComputeDtype;
 use orlik_train::data::Packed;
 use orlik_train::trainer::Split;
 use orlik_train::{StepRows, TeacherSource, TrainError};
@@ -44,8 +45,16 @@ pub struct Manifest {
     pub topk: usize,
     pub temperature: f32,
     pub seq_len: usize,
+    /// How the teacher held its matrices (resolved; absent = f32, as in caches made before
+    /// 16-bit inference existed).
+    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    pub compute_dtype: ComputeDtype,
     pub train: SplitInfo,
     pub val: Option<SplitInfo>,
+}
+
+fn f32_compute() -> ComputeDtype {
+    ComputeDtype::F32
 }
 
 impl Manifest {
@@ -150,6 +159,8 @@ pub struct CacheSpec<'a> {
     pub temperature: f32,
     pub batch: usize,
     pub shard_windows: usize,
+    /// How `teacher` holds its matrices (resolved; recorded in the manifest).
+    pub compute_dtype: ComputeDtype,
 }
 
 /// Build (or finish building) the cache in `dir`. `progress(done, total)` counts windows.
@@ -187,6 +198,7 @@ pub fn build(
         topk: spec.topk,
         temperature: spec.temperature,
         seq_len: train.seq_len,
+        compute_dtype: spec.compute_dtype,
         train: split_info(train, "train", spec.shard_windows),
         val: val.map(|v| split_info(v, "val", spec.shard_windows)),
     };
@@ -511,6 +523,7 @@ mod tests {
             temperature: 2.0,
             batch: 2,
             shard_windows: 2,
+            compute_dtype: ComputeDtype::F32,
         }
     }
 
@@ -643,6 +656,7 @@ mod tests {
             topk: 3,
             temperature: 1.0,
             seq_len: 6,
+            compute_dtype: ComputeDtype::F32,
             train: SplitInfo {
                 data_sha256: "d".into(),
                 windows: 5,

@@ -6,7 +6,7 @@ use crate::cache::{build, shard_paths, CacheSpec};
 use crate::{vocab_sha256, DistillError};
 use orlik_io::hfdir::HfModel;
 use orlik_io::output::{check, read_marker, write_marker, Mode};
-use orlik_model::ModelOptions;
+use orlik_model::ComputeDtype;
 use orlik_train::data::pack;
 use std::path::{Path, PathBuf};
 
@@ -29,11 +29,22 @@ pub struct CacheSettings {
     /// Windows per shard file.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = CacheSettings::default().shard_windows))]
     pub shard_windows: usize,
+    /// The teacher's matrices in memory: auto (as stored: a bf16 / f16 teacher stays 16-bit,
+    /// half the memory, f32 accumulation), f32, bf16, f16. Recorded in cache.json.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ComputeDtype::Auto, value_parser = ComputeDtype::parse))]
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        CacheSettings { topk: 64, seq_len: 256, temperature: 1.0, batch: 8, shard_windows: 256 }
+        CacheSettings {
+            topk: 64,
+            seq_len: 256,
+            temperature: 1.0,
+            batch: 8,
+            shard_windows: 256,
+            compute_dtype: ComputeDtype::Auto,
+        }
     }
 }
 
@@ -107,8 +118,9 @@ pub fn run(
     })?;
     let train = pack(&tok, i.data, s.seq_len, eos_id, 1)?;
     let val = if i.val.is_empty() { None } else { Some(pack(&tok, i.val, s.seq_len, eos_id, 1)?) };
-    let model = hf.load(ModelOptions::default())?;
+    let (model, compute_dtype) = hf.load_frozen(s.compute_dtype)?;
     let spec = CacheSpec {
+        compute_dtype,
         teacher: &model,
         teacher_sha256: hf.content_sha256()?,
         tokenizer_sha256: vocab_sha256(&tok),
@@ -141,7 +153,7 @@ pub fn run(
         &orlik_io::text::provenance(),
     )?;
     Ok(format!(
-        "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s",
+        "teacher cache {}: top-{} of {} at T={}, train {} windows{}, {:.1} MB, {:.0} s{}",
         i.out.display(),
         m.topk,
         m.vocab_size,
@@ -149,6 +161,7 @@ pub fn run(
         m.train.windows,
         m.val.as_ref().map(|v| format!(", val {} windows", v.windows)).unwrap_or_default(),
         bytes as f64 / 1e6,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        m.compute_dtype.describe().map(|d| format!("; teacher {d}")).unwrap_or_default()
     ))
 }

@@ -6,7 +6,6 @@
 use crate::cache::CacheTeacher;
 use crate::{vocab_map, vocab_sha256, DistillError, OnlineTeacher};
 use orlik_io::hfdir::HfModel;
-use orlik_model::ModelOptions;
 use orlik_train::data::Packed;
 use orlik_train::lm::{with_teacher, Control, Finished, RunDir};
 use orlik_train::mem::{estimate, Plan, Side};
@@ -80,6 +79,7 @@ pub fn run(
         Some(hf) => Some(hf.content_sha256()?),
         None => None,
     };
+    let teacher_compute;
     let source: Box<dyn TeacherSource> = match (teachers.cache, &teacher) {
         (Some(cache), _) => {
             let c = CacheTeacher::open(
@@ -99,11 +99,16 @@ pub fn run(
                     student.config.vocab_size
                 )));
             }
+            teacher_compute = c.manifest().compute_dtype;
             Box::new(c)
         }
         (None, Some(hf)) => {
-            let t =
-                OnlineTeacher::new(hf.load(ModelOptions::default())?, cfg.temperature, cfg.topk);
+            let (model, resolved) = hf.load_frozen(cfg.teacher_compute_dtype)?;
+            if let Some(held) = resolved.describe() {
+                notice(&format!("teacher: {held}"));
+            }
+            teacher_compute = resolved;
+            let t = OnlineTeacher::new(model, cfg.temperature, cfg.topk);
             Box::new(match map {
                 Some(m) => t.with_vocab_map(m)?,
                 None => t,
@@ -111,7 +116,7 @@ pub fn run(
         }
         (None, None) => return Err(mismatch("internal: no teacher after the checks".into())),
     };
-    let run = serde_json::json!({
+    let mut run = serde_json::json!({
         "kind": "distill",
         "student": student_dir.display().to_string(),
         "student_sha256": student.content_sha256()?,
@@ -122,6 +127,10 @@ pub fn run(
         "data_sha256": train.hash(),
         "val_sha256": val.as_ref().map(Packed::hash),
     });
+    // The teacher's numerics: recorded when not f32 (runs from before the key resume as they were).
+    if !teacher_compute.is_f32() {
+        run["teacher_compute_dtype"] = serde_json::json!(teacher_compute);
+    }
     let done = with_teacher(
         cfg,
         &student,

@@ -9,7 +9,7 @@ use crate::ppl::{PplOptions, PplResult};
 use crate::speed::Timing;
 use crate::EvalError;
 use orlik_io::hfdir::HfModel;
-use orlik_model::{Model, ModelOptions};
+use orlik_model::{ComputeDtype, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +36,10 @@ pub struct SuiteSettings {
     pub speed: bool,
     /// Timed repetitions per speed measurement (median). Default 3.
     pub speed_reps: usize,
+    /// How each model holds its matrices: auto (as stored: bf16 / f16 stay 16-bit, f32
+    /// accumulation), f32, bf16, f16. The resolved value is in eval.json per model. Default auto.
+    #[serde(skip_serializing_if = "ComputeDtype::is_auto")]
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for SuiteSettings {
@@ -50,6 +54,7 @@ impl Default for SuiteSettings {
             agree_context: 256,
             speed: true,
             speed_reps: 3,
+            compute_dtype: ComputeDtype::Auto,
         }
     }
 }
@@ -73,6 +78,13 @@ pub struct ModelEval {
     pub top1: Option<f64>,
     /// tokens/s per measurement, in order ("prefill b1x256", ..., "decode b8").
     pub speed: Vec<(String, f64)>,
+    /// How the model held its matrices (absent = f32, as in files from before 16-bit inference).
+    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    pub compute_dtype: ComputeDtype,
+}
+
+fn f32_compute() -> ComputeDtype {
+    ComputeDtype::F32
 }
 
 /// eval.json.
@@ -233,8 +245,12 @@ pub fn run(
     progress: Progress,
 ) -> Result<Eval, EvalError> {
     let hfs = models.iter().map(|(_, p)| HfModel::open(p)).collect::<Result<Vec<_>, _>>()?;
-    let loaded =
-        hfs.iter().map(|h| h.load(ModelOptions::default())).collect::<Result<Vec<_>, _>>()?;
+    let (loaded, computes): (Vec<Model>, Vec<ComputeDtype>) = hfs
+        .iter()
+        .map(|h| h.load_frozen(e.compute_dtype))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
     let mut out = Vec::new();
     for (i, ((name, path), (hf, m))) in models.iter().zip(hfs.iter().zip(&loaded)).enumerate() {
         notice(name);
@@ -284,6 +300,7 @@ pub fn run(
             kl: agree.as_ref().map(|a| a.kl),
             top1: agree.as_ref().map(|a| a.top1),
             speed: Vec::new(),
+            compute_dtype: computes[i],
         });
     }
     if e.speed {

@@ -6,7 +6,7 @@ use crate::atomic::write_dir_atomically;
 use crate::safetensors::{write_shards_with, Checkpoint, InMemory, Spec};
 use crate::{io_err, IoError};
 use candle_core::{DType, Tensor};
-use orlik_model::{llama::validate_shapes, Config, Model, ModelOptions};
+use orlik_model::{llama::validate_shapes, ComputeDtype, Config, Model, ModelOptions};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -118,9 +118,17 @@ impl HfModel {
     }
 
     pub fn load(&self, opts: ModelOptions) -> Result<Model, IoError> {
-        let w = self.checkpoint.load_all(opts.dtype)?;
+        let w = self.checkpoint.load_all_as(|shape| opts.dtype_of(shape))?;
         Model::new(&self.config, &w, opts)
             .map_err(|source| IoError::Model { path: self.dir.clone(), source })
+    }
+
+    /// A frozen model (f32 compute, no backward) with its matrices held as `compute` asks,
+    /// `Auto` resolved from the stored dtypes; returns the model and the resolved dtype (what
+    /// fingerprints and `run.json` record).
+    pub fn load_frozen(&self, compute: ComputeDtype) -> Result<(Model, ComputeDtype), IoError> {
+        let resolved = compute.resolve(&self.stored_dtypes());
+        Ok((self.load(ModelOptions::inference(resolved.half()))?, resolved))
     }
 
     pub fn tokenizer(&self) -> Result<tokenizers::Tokenizer, IoError> {

@@ -352,9 +352,19 @@ impl Checkpoint {
 
     /// Every tensor, converted to `dtype`.
     pub fn load_all(&self, dtype: DType) -> Result<orlik_model::Weights, IoError> {
+        self.load_all_as(|_| dtype)
+    }
+
+    /// Every tensor, each converted to `dtype_of(its shape)` as it is read (so a checkpoint
+    /// loaded with 16-bit matrices never holds them all in f32 at once).
+    pub fn load_all_as(
+        &self,
+        dtype_of: impl Fn(&[usize]) -> DType,
+    ) -> Result<orlik_model::Weights, IoError> {
         let mut w = orlik_model::Weights::new();
         for name in self.tensors.keys() {
             let t = self.tensor(name)?;
+            let dtype = dtype_of(t.dims());
             let t = if t.dtype() == dtype {
                 t
             } else {

@@ -48,7 +48,9 @@ fn check(name: &str) {
     eprintln!("{name}: max relative error {err:e}");
     assert!(err <= 1e-4, "{name}: max relative error {err:e} > 1e-4");
     // The differentiable (training) forward matches too.
-    let m2 = hf.load(ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let m2 = hf
+        .load(ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None })
+        .unwrap();
     let got2 = m2.forward(&ids, Some(&valid), None, None).unwrap();
     assert!(rel_err(&got2, &want, &valid) <= 1e-4, "{name}: differentiable forward");
 }

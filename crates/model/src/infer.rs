@@ -19,8 +19,94 @@
 use crate::llama::{KvCache, Model};
 pub use crate::llama::{LayerTap, Tap};
 use crate::{Config, ModelError};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use std::any::Any;
+
+/// How a frozen model (online teacher, `teacher-cache`, `score`, `eval`, `generate`, `bench`)
+/// holds its matrices: `--compute-dtype`, settings key `compute_dtype`. Accumulation is f32
+/// whatever this says (`cpu::mixed`); a model being trained is always f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ComputeDtype {
+    /// The checkpoint's own: bf16 (or f16) matrices stay 16-bit, anything else is f32.
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ComputeDtype {
+    pub const NAMES: [&'static str; 4] = ["auto", "f32", "bf16", "f16"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeDtype::Auto => "auto",
+            ComputeDtype::F32 => "f32",
+            ComputeDtype::Bf16 => "bf16",
+            ComputeDtype::F16 => "f16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<ComputeDtype, String> {
+        Ok(match s {
+            "auto" => ComputeDtype::Auto,
+            "f32" => ComputeDtype::F32,
+            "bf16" => ComputeDtype::Bf16,
+            "f16" => ComputeDtype::F16,
+            _ => return Err(format!("{s:?}: expected one of {}", ComputeDtype::NAMES.join(", "))),
+        })
+    }
+
+    /// `Auto` made concrete for a checkpoint whose tensors are stored as `stored`: 16-bit when
+    /// every tensor is bf16 (or every one f16), f32 otherwise. Others are returned as they are.
+    pub fn resolve(self, stored: &[DType]) -> ComputeDtype {
+        if self != ComputeDtype::Auto {
+            return self;
+        }
+        match stored {
+            [DType::BF16] => ComputeDtype::Bf16,
+            [DType::F16] => ComputeDtype::F16,
+            _ => ComputeDtype::F32,
+        }
+    }
+
+    /// The 16-bit dtype the matrices are held in (`ModelOptions::half_weights`); None for f32
+    /// (and for an unresolved `Auto`).
+    pub fn half(self) -> Option<DType> {
+        match self {
+            ComputeDtype::Bf16 => Some(DType::BF16),
+            ComputeDtype::F16 => Some(DType::F16),
+            _ => None,
+        }
+    }
+
+    /// Whether the value is f32 (settings leave it out of fingerprints then, so runs made before
+    /// the key existed still resume).
+    pub fn is_f32(&self) -> bool {
+        *self == ComputeDtype::F32
+    }
+
+    /// "weights held in bf16 (f32 accumulation, avx512bf16 kernel)" for a resolved 16-bit
+    /// value (what commands tell the user); None for f32.
+    pub fn describe(self) -> Option<String> {
+        self.half()?;
+        let kernel = crate::cpu::mixed::Path::detect().name();
+        Some(format!("weights held in {self} (f32 accumulation, {kernel} kernel)"))
+    }
+
+    /// Whether the value is the default `Auto` (settings leave it out when serialized, so
+    /// fingerprints and run.json files from before the key existed still match).
+    pub fn is_auto(&self) -> bool {
+        *self == ComputeDtype::Auto
+    }
+}
+
+impl std::fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// An executor's KV cache (only the executor that made it can read it).
 pub struct Cache(Box<dyn Any + Send>);
@@ -157,8 +243,12 @@ mod tests {
     fn prefill_and_decode_through_the_interface_equal_one_forward() {
         let cfg = crate::testing::tiny("LlamaForCausalLM", serde_json::json!({}));
         let w = random_weights(&cfg, 4, 0.5).unwrap();
-        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
-            .unwrap();
+        let m = Model::new(
+            &cfg,
+            &w,
+            ModelOptions { dtype: DType::F32, differentiable: false, half_weights: None },
+        )
+        .unwrap();
         let e: &dyn Infer = &m;
         let ids = [3u32, 1, 4, 1, 5, 9];
         let whole = host(&e.logits(Rows::new(&ids, 1, 6), None).unwrap()); // (1, 6, v)
@@ -180,5 +270,62 @@ mod tests {
         assert!(e2.contains("did not make it"), "{e2}");
         let e3 = e.hidden(Rows::new(&ids, 2, 6), None).unwrap_err().to_string();
         assert!(e3.contains("6 ids for 2 rows of 6"), "{e3}");
+    }
+
+    /// 16-bit matrices (bf16 and f16) give the f32 model's logits to within the weights'
+    /// rounding, for every architecture, prefill and decode alike; decode with a cache equals
+    /// one forward of the whole sequence; a differentiable or f64 model refuses 16-bit weights.
+    #[test]
+    fn half_weights_follow_the_f32_model() {
+        for arch in ["LlamaForCausalLM", "Qwen2ForCausalLM", "Gemma3ForCausalLM"] {
+            let cfg = crate::testing::tiny(arch, serde_json::json!({}));
+            // Weights already representable in bf16, so the two models hold the same values.
+            let w: crate::Weights = random_weights(&cfg, 4, 0.5)
+                .unwrap()
+                .into_iter()
+                .map(|(k, t)| (k, t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()))
+                .collect();
+            let full = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+            let ids = [3u32, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
+            let n = ids.len();
+            let want = host(&full.logits(Rows::new(&ids, 1, n), None).unwrap());
+            for half in [DType::BF16, DType::F16] {
+                let m = Model::new(&cfg, &w, ModelOptions::inference(Some(half))).unwrap();
+                let got = host(&m.logits(Rows::new(&ids, 1, n), None).unwrap());
+                let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
+                // bf16 values are exact in bf16 and f16 holds the small ones exactly too, up to
+                // f16's 11-bit mantissa: a bound of 2^-10 of the logits' scale covers both.
+                let tol = if half == DType::BF16 { 1e-4 } else { 2e-3 } * scale.max(1.0);
+                let err = got.iter().zip(&want).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                assert!(err <= tol, "{arch} {half:?}: prefill differs by {err} (tol {tol})");
+                let mut cache = m.new_cache();
+                let _ = m.logits(Rows::new(&ids[..7], 1, 7), Some(&mut cache)).unwrap();
+                let v = cfg.vocab_size;
+                for (k, &id) in ids[7..].iter().enumerate() {
+                    let step = host(&m.logits(Rows::new(&[id], 1, 1), Some(&mut cache)).unwrap());
+                    let row = &got[(7 + k) * v..(8 + k) * v];
+                    let e = step.iter().zip(row).fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+                    assert!(e < 1e-4 * scale.max(1.0), "{arch} {half:?} decode step {k}: {e}");
+                }
+            }
+        }
+        for bad in [
+            ModelOptions { differentiable: true, ..ModelOptions::inference(Some(DType::BF16)) },
+            ModelOptions { dtype: DType::F64, ..ModelOptions::inference(Some(DType::F16)) },
+        ] {
+            assert!(bad.check().unwrap_err().to_string().contains("need f32 compute"));
+        }
+    }
+
+    #[test]
+    fn compute_dtype_resolves_from_the_stored_dtypes() {
+        use ComputeDtype as C;
+        assert_eq!(C::Auto.resolve(&[DType::BF16]), C::Bf16);
+        assert_eq!(C::Auto.resolve(&[DType::F16]), C::F16);
+        assert_eq!(C::Auto.resolve(&[DType::F32]), C::F32);
+        assert_eq!(C::Auto.resolve(&[DType::BF16, DType::F32]), C::F32);
+        assert_eq!(C::Bf16.resolve(&[DType::F32]), C::Bf16);
+        assert_eq!(C::parse("bf16"), Ok(C::Bf16));
+        assert!(C::parse("fp8").unwrap_err().contains("auto, f32, bf16, f16"));
     }
 }

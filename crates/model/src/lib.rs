@@ -16,7 +16,7 @@ pub mod testing;
 
 pub use config::{Arch, Config};
 pub use cpu::GradModel;
-pub use infer::Infer;
+pub use infer::{ComputeDtype, Infer};
 pub use llama::{KvCache, Model, ModelOptions, Tap};
 
 use std::collections::HashMap;

@@ -24,15 +24,50 @@ use std::collections::HashMap;
 #[derive(Debug, Clone, Copy)]
 
 pub struct ModelOptions {
-    /// Compute dtype: F32 (default) or F64. Stored f16/bf16 weights are upcast.
+    /// Compute dtype: F32 (default) or F64. Stored f16/bf16 weights are upcast, unless
+    /// `half_weights` keeps the matrices 16-bit.
     pub dtype: DType,
     /// Use only ops with a backward (training). Slower; same numbers.
     pub differentiable: bool,
+    /// Inference only (f32 compute): the 2-D weights (projections, embedding, lm_head) held in
+    /// this 16-bit dtype (BF16 or F16) and multiplied by `ops::matmul_half_t` with f32
+    /// accumulation; norms and biases stay in `dtype`. None: every weight in `dtype`.
+    pub half_weights: Option<DType>,
 }
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { dtype: DType::F32, differentiable: false }
+        ModelOptions { dtype: DType::F32, differentiable: false, half_weights: None }
+    }
+}
+
+impl ModelOptions {
+    /// Frozen inference at f32 with the matrices in `half` (None: f32 everywhere).
+    pub fn inference(half: Option<DType>) -> ModelOptions {
+        ModelOptions { half_weights: half, ..ModelOptions::default() }
+    }
+
+    /// The dtype a weight of `shape` is held in.
+    pub fn dtype_of(&self, shape: &[usize]) -> DType {
+        match self.half_weights {
+            Some(h) if shape.len() == 2 => h,
+            _ => self.dtype,
+        }
+    }
+
+    /// Refuse combinations the forward cannot run.
+    pub fn check(&self) -> Result<(), ModelError> {
+        match self.half_weights {
+            None => Ok(()),
+            Some(DType::BF16 | DType::F16) if self.dtype == DType::F32 && !self.differentiable => {
+                Ok(())
+            }
+            Some(h) => Err(ModelError::Input(format!(
+                "16-bit weights ({h:?}) need f32 compute without a backward (asked: {:?}, \
+                 differentiable = {})",
+                self.dtype, self.differentiable
+            ))),
+        }
     }
 }
 
@@ -48,7 +83,11 @@ impl Linear {
         let dims = x.dims().to_vec();
         let inn = dims[dims.len() - 1];
         let n: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((n, inn))?.matmul(&self.w.t()?)?; // (n, out)
+        let x = x.reshape((n, inn))?; // (n, in)
+        let y = match self.w.dtype() {
+            DType::BF16 | DType::F16 => ops::matmul_half_t(&x.contiguous()?, &self.w)?,
+            _ => x.matmul(&self.w.t()?)?,
+        }; // (n, out)
         let y = match &self.b {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -337,6 +376,11 @@ pub fn norm(
 pub fn embed(spec: &BlockSpec, table: &Tensor, ids: &Tensor) -> candle_core::Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let x = table.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, spec.hidden))?;
+    // A 16-bit table (frozen inference): the gathered rows are widened; compute stays f32.
+    let x = match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32)?,
+        _ => x,
+    };
     match spec.embed_scale {
         Some(s) => x * s,
         None => Ok(x),
@@ -353,12 +397,14 @@ impl Model {
     /// Build from tensors keyed by HF name. Validates names and shapes against `cfg`.
     pub fn new(cfg: &Config, weights: &Weights, opts: ModelOptions) -> Result<Model, ModelError> {
         validate_shapes(cfg, weights.iter().map(|(k, v)| (k.as_str(), v.dims())))?;
+        opts.check()?;
         let get = |name: &str| -> Result<Tensor, ModelError> {
             let t = weights.get(name).ok_or_else(|| ModelError::MissingTensor {
                 name: name.to_string(),
                 expected: vec![],
             })?;
-            Ok(if t.dtype() == opts.dtype { t.clone() } else { t.to_dtype(opts.dtype)? })
+            let want = opts.dtype_of(t.dims());
+            Ok(if t.dtype() == want { t.clone() } else { t.to_dtype(want)? })
         };
         let spec = BlockSpec::of(cfg)?;
         let roles: Vec<Role> = block::layer_tensors(cfg).into_iter().map(|(r, _)| r).collect();

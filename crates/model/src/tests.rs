@@ -29,7 +29,8 @@ fn ids() -> Tensor {
 }
 
 fn loss_of(cfg: &Config, w: &Weights, dtype: DType) -> Tensor {
-    let m = Model::new(cfg, w, ModelOptions { dtype, differentiable: true }).unwrap();
+    let m = Model::new(cfg, w, ModelOptions { dtype, differentiable: true, half_weights: None })
+        .unwrap();
     let x = ids();
     let inp = x.narrow(1, 0, 5).unwrap();
     let tgt = x.narrow(1, 1, 5).unwrap();
@@ -134,10 +135,14 @@ fn fused_inference_equals_differentiable_forward() {
             .unwrap()
             .forward(&ids(), None, None, None)
             .unwrap();
-        let b = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true })
-            .unwrap()
-            .forward(&ids(), None, None, None)
-            .unwrap();
+        let b = Model::new(
+            &cfg,
+            &w,
+            ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None },
+        )
+        .unwrap()
+        .forward(&ids(), None, None, None)
+        .unwrap();
         assert!(max_abs(&a, &b) < 1e-5, "{:?}", cfg.arch());
     }
 }
@@ -219,8 +224,12 @@ fn blocked_fused_attention_equals_masked_composed_attention_on_long_inputs() {
     let cfg = tiny("MistralForCausalLM", r#","sliding_window":50"#);
     let w = random_weights(&cfg, 13, 0.3).unwrap();
     let fused = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
-    let slow =
-        Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let slow = Model::new(
+        &cfg,
+        &w,
+        ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None },
+    )
+    .unwrap();
     let n = 300;
     let ids: Vec<u32> = (0..2 * n).map(|i| (i * 7 % 11) as u32).collect();
     let x = Tensor::from_vec(ids, (2, n), &Device::Cpu).unwrap();

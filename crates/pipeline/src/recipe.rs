@@ -372,6 +372,31 @@ mod tests {
         assert_eq!(Recipe::parse(&r2.to_toml().unwrap(), "saved", &[]).unwrap(), r2);
     }
 
+    /// The frozen models' compute dtype is a key of score, distill (the teacher) and eval;
+    /// `auto` (the default) is left out of the saved form, so old recipes save as before.
+    #[test]
+    fn compute_dtypes_are_recipe_keys() {
+        use orlik_model::ComputeDtype as C;
+        let sets = [
+            "score.compute_dtype=bf16".to_string(),
+            "distill.teacher_compute_dtype=f32".into(),
+            "eval.compute_dtype=f16".into(),
+        ];
+        let r = Recipe::parse(BASE, "r.toml", &sets).unwrap();
+        assert_eq!(
+            (r.score.compute_dtype, r.distill.teacher_compute_dtype, r.eval.compute_dtype),
+            (C::Bf16, C::F32, C::F16)
+        );
+        assert_eq!(Recipe::parse(&r.to_toml().unwrap(), "saved", &[]).unwrap(), r);
+        let plain = Recipe::parse(BASE, "r.toml", &[]).unwrap();
+        assert_eq!(plain.score.compute_dtype, C::Auto);
+        assert!(!plain.to_toml().unwrap().contains("compute_dtype"));
+        let e = Recipe::parse(BASE, "r.toml", &["score.compute_dtype=fp8".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fp8") && e.contains("bf16"), "{e}");
+    }
+
     #[test]
     fn unknown_keys_and_wrong_types_are_errors_naming_them() {
         let e =

@@ -250,6 +250,18 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// A stage's fingerprint input with the frozen model's resolved compute dtype added when it is
+/// not f32 (a run from before 16-bit inference keeps its fingerprints).
+fn with_compute(
+    mut fp: serde_json::Value,
+    compute: orlik_model::ComputeDtype,
+) -> serde_json::Value {
+    if !compute.is_f32() {
+        fp["compute_dtype"] = json!(compute);
+    }
+    fp
+}
+
 /// `work` on rank 0 while the other ranks wait (a stage that does not run data parallel).
 fn on_root(work: impl FnOnce() -> Result<Work>) -> Result<Work> {
     let mut out = Work::Done;
@@ -306,12 +318,18 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let teacher_sha = teacher.content_sha256()?;
     let data_sha = orlik_io::hfdir::sha256_files(&r.data)?;
     let val_sha = orlik_io::hfdir::sha256_files(&r.val)?;
+    // How the teacher holds its matrices when scored and when distilled from (resolved: `auto`
+    // follows its stored dtype); part of those stages' fingerprints when not f32.
+    let stored = teacher.stored_dtypes();
+    let (score_compute, teacher_compute) =
+        (r.score.compute_dtype.resolve(&stored), r.distill.teacher_compute_dtype.resolve(&stored));
     drop(teacher);
 
     let (scores, pruned, final_dir) = (out.join("scores"), out.join("pruned"), out.join("final"));
-    let fp_score = sha(
-        &json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}),
-    );
+    let fp_score = sha(&with_compute(
+        json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}),
+        score_compute,
+    ));
     runner.stage("score", &fp_score, &scores, false, |_| {
         let show = |what: &str, i: usize, n: usize| ui.progress(what, i, n);
         let s = orlik_score::run(&r.score, &r.teacher, &r.data, &scores, true, &show)?;
@@ -345,9 +363,10 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     if let Some(o) = distill_settings.as_object_mut() {
         o.remove("shard_optimizer");
     }
-    let fp_distill = sha(
-        &json!({"stage": "distill", "settings": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
-    );
+    let fp_distill = sha(&with_compute(
+        json!({"stage": "distill", "settings": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+        teacher_compute,
+    ));
     let run_dir = out.join("distill");
     or_stop!(
         "distill",

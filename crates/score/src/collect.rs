@@ -377,7 +377,12 @@ fn pass(
 }
 
 /// Load layer `l` of `hf` alone, as a one-layer model (placeholder 1-token embedding, tied).
-fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreError> {
+fn layer_model(
+    hf: &orlik_io::hfdir::HfModel,
+    l: usize,
+    half: Option<DType>,
+) -> Result<Model, ScoreError> {
+    let opts = orlik_model::ModelOptions::inference(half);
     let cfg = &hf.config;
     let mut c = cfg.clone();
     c.num_hidden_layers = 1;
@@ -393,9 +398,10 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
     let prefix = format!("model.layers.{l}.");
     for t in hf.checkpoint.infos() {
         if let Some(rest) = t.name.strip_prefix(&prefix) {
+            let want = opts.dtype_of(&t.shape);
             w.insert(
                 format!("model.layers.0.{rest}"),
-                hf.checkpoint.tensor(&t.name)?.to_dtype(DType::F32)?,
+                hf.checkpoint.tensor(&t.name)?.to_dtype(want)?,
             );
             hf.checkpoint.release(&t.name);
         }
@@ -408,7 +414,7 @@ fn layer_model(hf: &orlik_io::hfdir::HfModel, l: usize) -> Result<Model, ScoreEr
         "model.norm.weight".into(),
         hf.checkpoint.tensor("model.norm.weight")?.to_dtype(DType::F32)?,
     );
-    Ok(Model::new(&c, &w, orlik_model::ModelOptions::default())?)
+    Ok(Model::new(&c, &w, opts)?)
 }
 
 /// The same pass, layer by layer: only one layer's weights are in memory at a time (plus the
@@ -420,22 +426,25 @@ pub fn collect_streaming(
     opts: &ScoreOptions,
     progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
-    collect_streaming_ranks(&orlik_dist::Single, hf, batches, opts, progress)
+    collect_streaming_ranks(&orlik_dist::Single, hf, None, batches, opts, progress)
 }
 
-/// [`collect_streaming`] over `comm`'s ranks (as [`collect_ranks`]).
+/// [`collect_streaming`] over `comm`'s ranks (as [`collect_ranks`]), the matrices held in
+/// `half` (None: f32).
 pub fn collect_streaming_ranks(
     comm: &dyn Comm,
     hf: &orlik_io::hfdir::HfModel,
+    half: Option<DType>,
     batches: &[crate::Batch],
     opts: &ScoreOptions,
     progress: impl FnMut(&str, usize, usize),
 ) -> Result<Scores, ScoreError> {
-    across(comm, batches, opts, |mine, local| pass_streaming(hf, mine, local, progress))
+    across(comm, batches, opts, |mine, local| pass_streaming(hf, half, mine, local, progress))
 }
 
 fn pass_streaming(
     hf: &orlik_io::hfdir::HfModel,
+    half: Option<DType>,
     batches: &[crate::Batch],
     opts: &ScoreOptions,
     mut progress: impl FnMut(&str, usize, usize),
@@ -444,7 +453,8 @@ fn pass_streaming(
     let mut acc = Accums::new(cfg, opts);
     let nl = acc.nl;
     let spec = orlik_model::block::BlockSpec::of(cfg)?;
-    let embed = hf.checkpoint.tensor("model.embed_tokens.weight")?.to_dtype(DType::F32)?;
+    let table_dtype = half.unwrap_or(DType::F32);
+    let embed = hf.checkpoint.tensor("model.embed_tokens.weight")?.to_dtype(table_dtype)?;
     let mut xs: Vec<Tensor> = Vec::with_capacity(batches.len());
     for (ids, _) in batches {
         xs.push(orlik_model::llama::embed(&spec, &embed, &ids_tensor(ids)?)?);
@@ -455,7 +465,7 @@ fn pass_streaming(
     let mut loo_inputs: Vec<Vec<Tensor>> = vec![Vec::new(); nloo]; // [batch][layer]
     for l in 0..nl {
         progress("layers", l, nl);
-        let m = layer_model(hf, l)?;
+        let m = layer_model(hf, l, half)?;
         for (bi, (_, valid)) in batches.iter().enumerate() {
             if bi < nloo {
                 loo_inputs[bi].push(xs[bi].clone());
@@ -481,7 +491,7 @@ fn pass_streaming(
     let final_norm = |x: &Tensor| orlik_model::llama::norm(&spec, x, &norm, false);
     let head_name =
         if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-    let head = hf.checkpoint.tensor(head_name)?.to_dtype(DType::F32)?;
+    let head = hf.checkpoint.tensor(head_name)?.to_dtype(table_dtype)?;
     let logp = |x: &Tensor| -> Result<Tensor, ScoreError> {
         let logits = orlik_model::llama::logits(&head, &final_norm(x)?)?; // (b, t, vocab)
         Ok(ops::log_softmax_last(&logits)?)
@@ -503,7 +513,7 @@ fn pass_streaming(
         progress("leave-one-out", l, nl);
         let mut ys: Vec<Tensor> = (0..nloo).map(|bi| loo_inputs[bi][l].clone()).collect();
         for j in l + 1..nl {
-            let m = layer_model(hf, j)?;
+            let m = layer_model(hf, j, half)?;
             for (bi, y) in ys.iter_mut().enumerate() {
                 *y = m.forward_layers(y, Some(&batches[bi].1), &mut |_, _, _| Ok(()))?;
             }

@@ -13,6 +13,7 @@ pub use run::{run, ScoreRun, ScoreSettings};
 
 use candle_core::{Device, Tensor};
 use orlik_io::safetensors::Checkpoint;
+use orlik_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -109,6 +110,14 @@ pub struct ScoreMeta {
     pub tokens: usize,
     pub full_loss: f32,
     pub num_hidden_layers: usize,
+    /// How the model held its matrices while scored (absent = f32, as in files from before
+    /// 16-bit inference).
+    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    pub compute_dtype: ComputeDtype,
+}
+
+fn f32_compute() -> ComputeDtype {
+    ComputeDtype::F32
 }
 
 fn t2(v: &[Vec<f32>]) -> candle_core::Result<Tensor> {

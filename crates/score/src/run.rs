@@ -6,7 +6,7 @@ use crate::collect::{collect, collect_ranks, collect_streaming_ranks};
 use crate::{calibration_batches, Agg, Batch, ScoreError, ScoreMeta, ScoreOptions, Scores};
 use orlik_io::hfdir::HfModel;
 use orlik_model::infer::{Infer, Rows};
-use orlik_model::ModelOptions;
+use orlik_model::{ComputeDtype, ModelOptions};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,12 @@ pub struct ScoreSettings {
     /// ratio (report.md).
     #[cfg_attr(feature = "clap", arg(long))]
     pub measure_cost: bool,
+    /// The model's matrices in memory: auto (as stored: a bf16 / f16 checkpoint stays 16-bit,
+    /// half the memory; products and statistics accumulate in f32), f32, bf16, f16. The
+    /// resolved value is recorded in scores.json.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ComputeDtype::Auto, value_parser = ComputeDtype::parse))]
+    #[serde(skip_serializing_if = "ComputeDtype::is_auto")]
+    pub compute_dtype: ComputeDtype,
 }
 
 impl Default for ScoreSettings {
@@ -61,6 +67,7 @@ impl Default for ScoreSettings {
             loo_batches: 2,
             in_memory: false,
             measure_cost: false,
+            compute_dtype: ComputeDtype::Auto,
         }
     }
 }
@@ -160,10 +167,12 @@ pub fn run(
     let t0 = std::time::Instant::now();
     // Under data parallel every rank scores its share of the batches; rank 0 writes.
     let comm = orlik_dist::world();
+    let compute = s.compute_dtype.resolve(&hf.stored_dtypes());
     let scores = if s.in_memory {
-        collect_ranks(comm, &hf.load(ModelOptions::default())?, &batches, &opts, progress)?
+        let model = hf.load(ModelOptions::inference(compute.half()))?;
+        collect_ranks(comm, &model, &batches, &opts, progress)?
     } else {
-        collect_streaming_ranks(comm, &hf, &batches, &opts, progress)?
+        collect_streaming_ranks(comm, &hf, compute.half(), &batches, &opts, progress)?
     };
     let meta = ScoreMeta {
         format_version: crate::FORMAT_VERSION,
@@ -175,6 +184,7 @@ pub fn run(
         tokens: scores.tokens,
         full_loss: scores.full_loss,
         num_hidden_layers: hf.config.num_hidden_layers,
+        compute_dtype: compute,
     };
     let mut report = report(&scores, &meta, t0.elapsed().as_secs_f64());
     if comm.rank() != 0 {
@@ -184,7 +194,7 @@ pub fn run(
         let _ = writeln!(report, "\nScored on {} data-parallel ranks.", comm.size());
     }
     if s.measure_cost {
-        let (plain, sc) = measure_cost(&hf, &batches, &meta.settings)?;
+        let (plain, sc) = measure_cost(&hf, compute, &batches, &meta.settings)?;
         let _ = writeln!(report, "\nCost: plain forward to the final hidden state {plain:.2} s, scoring pass without leave-one-out {sc:.2} s, ratio {:.2}.", sc / plain);
     }
     let _ = writeln!(report, "\n## Charts\n\n![depth](depth.png)\n![heads](heads.png)\n![mlp](mlp.png)\n![hidden](hidden.png)\n\n{}", crate::charts::CAPTIONS);
@@ -215,10 +225,11 @@ pub fn run(
 /// leave-one-out (which by definition costs one forward per layer). Seconds (plain, scoring).
 fn measure_cost(
     hf: &HfModel,
+    compute: ComputeDtype,
     batches: &[Batch],
     opts: &ScoreOptions,
 ) -> Result<(f64, f64), ScoreError> {
-    let model = hf.load(ModelOptions::default())?;
+    let model = hf.load(ModelOptions::inference(compute.half()))?;
     let plain = std::time::Instant::now();
     for (ids, valid) in batches {
         let t = ids.first().map_or(0, Vec::len);

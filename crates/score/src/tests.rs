@@ -62,30 +62,51 @@ fn planted_dead_units_score_lowest_and_scores_round_trip() {
         tokens: s.tokens,
         full_loss: s.full_loss,
         num_hidden_layers: 3,
+        compute_dtype: orlik_model::ComputeDtype::F32,
     };
     s.save(d.path(), &meta).unwrap();
     let (back, _) = Scores::load(d.path()).unwrap();
     assert_eq!(back, s);
 }
 
+/// Streaming equals in-memory scoring with the matrices in f32 and, both ways, in bf16 / f16.
 #[test]
 fn layer_by_layer_streaming_equals_in_memory_scoring() {
-    for name in ["llama", "qwen2", "mistral", "gemma3", "qwen3"] {
+    use candle_core::DType;
+    for (name, half) in [
+        ("llama", None),
+        ("qwen2", None),
+        ("mistral", None),
+        ("gemma3", None),
+        ("qwen3", None),
+        ("llama", Some(DType::BF16)),
+        ("gemma3", Some(DType::F16)),
+    ] {
         let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures")
             .join(name);
         let hf = orlik_io::hfdir::HfModel::open(&dir).unwrap();
-        let m = hf.load(ModelOptions::default()).unwrap();
+        let m = hf.load(ModelOptions::inference(half)).unwrap();
         let docs: Vec<Vec<u32>> =
             (0..8).map(|d| (0..30).map(|i| ((i * 5 + d * 11) % 64) as u32).collect()).collect();
         let batches = calibration_batches(&docs, Some(2), 6, 16, 2).unwrap();
         let opts = ScoreOptions { max_block: 2, ..ScoreOptions::default() };
         let a = collect(&m, &batches, &opts, |_, _, _| {}).unwrap();
-        let b = crate::collect::collect_streaming(&hf, &batches, &opts, |_, _, _| {}).unwrap();
+        let single = &orlik_dist::Single;
+        let b = crate::collect::collect_streaming_ranks(
+            single,
+            &hf,
+            half,
+            &batches,
+            &opts,
+            |_, _, _| {},
+        )
+        .unwrap();
         let close = |x: &[f32], y: &[f32], what: &str| {
             assert_eq!(x.len(), y.len(), "{name} {what}");
             for (p, q) in x.iter().zip(y) {
-                assert!((p - q).abs() <= 1e-4 * (1.0 + q.abs()), "{name} {what}: {x:?} vs {y:?}");
+                let ok = (p - q).abs() <= 1e-4 * (1.0 + q.abs());
+                assert!(ok, "{name} {half:?} {what}: {x:?} vs {y:?}");
             }
         };
         for l in 0..a.mlp.len() {

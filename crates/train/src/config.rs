@@ -5,6 +5,7 @@
 use crate::losses::KdLoss;
 use crate::optim::Schedule;
 use crate::TrainError;
+use orlik_model::ComputeDtype;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +68,11 @@ pub struct TrainConfig {
     /// updates only those (ZeRO-1; the same result bit for bit, 8 bytes × (1 − 1/N) less per
     /// parameter and rank). No effect on one process. Default true.
     pub shard_optimizer: bool,
+    /// How the online teacher holds its matrices (distillation): auto = as stored (a bf16 or
+    /// f16 teacher stays 16-bit, half the memory; products accumulate in f32), or f32, bf16,
+    /// f16. The resolved value goes into run.json. Default auto.
+    #[serde(skip_serializing_if = "ComputeDtype::is_auto")]
+    pub teacher_compute_dtype: ComputeDtype,
 }
 
 impl Default for TrainConfig {
@@ -100,6 +106,7 @@ impl Default for TrainConfig {
             loss_chunk: 256,
             checkpoint_layers: false,
             shard_optimizer: true,
+            teacher_compute_dtype: ComputeDtype::Auto,
         }
     }
 }

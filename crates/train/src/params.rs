@@ -45,8 +45,11 @@ impl Params {
             vars.push(var);
         }
         drop(weights);
-        let model =
-            Model::new(model_cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })?;
+        let model = Model::new(
+            model_cfg,
+            &held,
+            ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None },
+        )?;
         let head_name = if model_cfg.tie_word_embeddings {
             "model.embed_tokens.weight"
         } else {

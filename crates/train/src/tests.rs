@@ -66,8 +66,12 @@ fn reference(cfg: &Config, w: &Weights, names: &[String], kd: bool, t: f64) -> V
     let vars: Vec<Var> = names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
     let held: Weights =
         names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
-    let m =
-        Model::new(cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true }).unwrap();
+    let m = Model::new(
+        cfg,
+        &held,
+        ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None },
+    )
+    .unwrap();
     let p = packed();
     let ids: Vec<u32> = (0..2).flat_map(|i| p.window(i)[..6].to_vec()).collect();
     let tg: Vec<u32> = (0..2).flat_map(|i| p.window(i)[1..].to_vec()).collect();
@@ -349,8 +353,12 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
         let grads = e.grads_to_host().unwrap();
         let names = e.names().to_vec();
         // a frozen model's log-probabilities are the same
-        let m = Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable: false })
-            .unwrap();
+        let m = Model::new(
+            &cfg,
+            &w,
+            ModelOptions { dtype: DType::F32, differentiable: false, half_weights: None },
+        )
+        .unwrap();
         let fl = frozen(&m, &rows, 2).unwrap();
         for (a, b) in fl.iter().flatten().zip(logp.iter().flatten()) {
             assert!((a - b).abs() < 1e-5, "frozen {a} vs training {b}");
@@ -359,8 +367,12 @@ fn token_logprob_backward_equals_autograd_and_padding_changes_nothing() {
         let vars: Vec<Var> = names.iter().map(|n| Var::from_tensor(&w[n]).unwrap()).collect();
         let held: Weights =
             names.iter().cloned().zip(vars.iter().map(|v| v.as_tensor().clone())).collect();
-        let m = Model::new(&cfg, &held, ModelOptions { dtype: DType::F32, differentiable: true })
-            .unwrap();
+        let m = Model::new(
+            &cfg,
+            &held,
+            ModelOptions { dtype: DType::F32, differentiable: true, half_weights: None },
+        )
+        .unwrap();
         let mut total: Option<Tensor> = None;
         for (r, (inp, tgt)) in rows.inputs.iter().zip(&rows.targets).enumerate() {
             let x = Tensor::new(inp.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();

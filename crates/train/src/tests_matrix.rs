@@ -153,8 +153,12 @@ fn the_inference_forward_gives_the_training_forwards_logits() {
         let ids: Vec<u32> = packed().tokens[..B * T].to_vec();
         let x = Tensor::from_vec(ids, (B, T), &Device::Cpu).unwrap();
         let logits = |differentiable: bool| -> Vec<f32> {
-            let m =
-                Model::new(&cfg, &w, ModelOptions { dtype: DType::F32, differentiable }).unwrap();
+            let m = Model::new(
+                &cfg,
+                &w,
+                ModelOptions { dtype: DType::F32, differentiable, half_weights: None },
+            )
+            .unwrap();
             m.forward(&x, None, None, None).unwrap().flatten_all().unwrap().to_vec1().unwrap()
         };
         let (fused, graph) = (logits(false), logits(true));

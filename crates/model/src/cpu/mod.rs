@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod kernels;
+pub mod mixed;
 pub mod train;
 
 pub use train::{GradModel, Keep, Saved};

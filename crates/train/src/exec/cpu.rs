@@ -222,7 +222,7 @@ impl Executor for CpuExecutor {
 
     fn infer(&self) -> Result<Box<dyn Infer>, TrainError> {
         let w: Weights = self.p.named_weights().into_iter().collect();
-        let opts = ModelOptions { dtype: DType::F32, differentiable: false };
+        let opts = ModelOptions { dtype: DType::F32, differentiable: false, half_weights: None };
         Ok(Box::new(Model::new(self.config(), &w, opts)?))
     }
 

@@ -1,0 +1,496 @@
+//! Products of f32 activations with 16-bit (bf16 or f16) weights, accumulated in f32: what a
+//! frozen model (teacher, scorer, evaluator, sampler) runs when its weights stay 16-bit in memory.
+//!
+//! `y (n, out) = x (n, k) · wᵀ`, `w` row-major (out, k) as in HF's `nn.Linear`. Two regimes:
+//! - few rows (decode, n ≤ [`GEMV_ROWS`]): memory-bound, so each weight row is read once and
+//!   widened in registers; one dot product per (row, output), computed by one thread in a fixed
+//!   order, so the result does not depend on the thread count;
+//! - many rows (prefill, scoring, a teacher's batch): compute-bound, so blocks of weight rows are
+//!   widened to f32 (a cost of 1/n of the products) and multiplied by the f32 gemm.
+//!
+//! The kernel is chosen at run time ([`Path::detect`], `ORLIK_CPU_KERNEL` overrides): AVX-512 BF16
+//! dot products where the CPU has them (bf16 weights), AVX2 + FMA + F16C widening otherwise,
+//! plain Rust everywhere else. With AVX-512 BF16 the activations are split into two bf16 parts
+//! (x ≈ hi + lo, |x − hi − lo| ≤ 2⁻¹⁶|x|), so rounding x to bf16 does not cost accuracy: the
+//! products are those of the f32 path to about 2⁻¹⁶ relative.
+
+use super::kernels::{gemm, Par, View};
+use rayon::prelude::*;
+
+/// The 16-bit format of the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Half {
+    Bf16,
+    F16,
+}
+
+impl Half {
+    /// The f32 value of one stored element.
+    #[inline]
+    pub fn widen(self, bits: u16) -> f32 {
+        match self {
+            Half::Bf16 => f32::from_bits((bits as u32) << 16),
+            Half::F16 => half::f16::from_bits(bits).to_f32(),
+        }
+    }
+}
+
+/// Which kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// `vdpbf16ps` (bf16 weights; f16 weights take [`Path::Avx2`]).
+    Avx512Bf16,
+    /// AVX2 + FMA + F16C: widen 8 weights per instruction group, f32 FMA.
+    Avx2,
+    /// Plain Rust: correct on every CPU.
+    Scalar,
+}
+
+/// At most this many rows take the dot-product kernel; more take widen-and-gemm.
+pub const GEMV_ROWS: usize = 8;
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Avx512Bf16, Path::Avx2, Path::Scalar];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Avx512Bf16 => "avx512bf16",
+            Path::Avx2 => "avx2",
+            Path::Scalar => "scalar",
+        }
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Bf16 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best path this CPU has, or the one `ORLIK_CPU_KERNEL` names (an unknown or
+    /// unavailable name falls back to the best, with a message on stderr once).
+    pub fn detect() -> Path {
+        static CHOSEN: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let best = Path::ALL.into_iter().find(|p| p.available()).unwrap_or(Path::Scalar);
+            let Ok(want) = std::env::var("ORLIK_CPU_KERNEL") else { return best };
+            match Path::ALL.into_iter().find(|p| p.name() == want) {
+                Some(p) if p.available() => p,
+                _ => {
+                    eprintln!(
+                        "ORLIK_CPU_KERNEL={want:?}: not one of avx512bf16, avx2, scalar that \
+                         this CPU runs; using {}",
+                        best.name()
+                    );
+                    best
+                }
+            }
+        })
+    }
+}
+
+/// y (n, out) = x (n, k) · wᵀ with `w` (out, k) of `kind` bits, on `path` (which must be
+/// available: see [`Path::available`]).
+///
+/// Panics (a bug, not an input error) when a buffer is shorter than its shape.
+pub fn matmul_t(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[u16],
+    kind: Half,
+    out: usize,
+    path: Path,
+) -> Vec<f32> {
+    assert!(x.len() >= n * k && w.len() >= out * k, "matmul_t: operand too short");
+    assert!(path.available(), "matmul_t: {} is not available on this CPU", path.name());
+    let mut y = vec![0f32; n * out];
+    if n == 0 || out == 0 {
+        return y;
+    }
+    if n <= GEMV_ROWS {
+        gemv(x, n, k, w, kind, out, path, &mut y);
+    } else {
+        widen_gemm(x, n, k, w, kind, out, &mut y);
+    }
+    y
+}
+
+/// The dot-product regime: threads split the outputs; each (row, output) is one dot product.
+#[allow(clippy::too_many_arguments)]
+fn gemv(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[u16],
+    kind: Half,
+    out: usize,
+    path: Path,
+    y: &mut [f32],
+) {
+    // The activations as two bf16 parts, once per call (AVX-512 BF16 only).
+    let split = (path == Path::Avx512Bf16 && kind == Half::Bf16).then(|| split_bf16(&x[..n * k]));
+    // yt (out, n): each task owns a run of whole outputs.
+    let mut yt = vec![0f32; out * n];
+    let per_task = (out / (4 * rayon::current_num_threads())).clamp(16, 1024);
+    yt.par_chunks_mut(per_task * n).enumerate().for_each(|(c, chunk)| {
+        for (jj, yj) in chunk.chunks_mut(n).enumerate() {
+            let j = c * per_task + jj;
+            let wj = &w[j * k..(j + 1) * k];
+            for (r, v) in yj.iter_mut().enumerate() {
+                let xr = &x[r * k..(r + 1) * k];
+                *v = match (&split, path) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Some((hi, lo)), _) => {
+                        // SAFETY: the path is available (asserted by the caller).
+                        unsafe {
+                            x86::dot_avx512bf16(
+                                wj,
+                                &hi[r * k..(r + 1) * k],
+                                &lo[r * k..(r + 1) * k],
+                            )
+                        }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    (None, Path::Avx2 | Path::Avx512Bf16) => {
+                        // SAFETY: AVX2, FMA and F16C are present (every AVX-512 BF16 CPU has them).
+                        unsafe { x86::dot_avx2(wj, xr, kind) }
+                    }
+                    _ => dot_scalar(wj, xr, kind),
+                };
+            }
+        }
+    });
+    for (j, row) in yt.chunks(n).enumerate() {
+        for (r, &v) in row.iter().enumerate() {
+            y[r * out + j] = v;
+        }
+    }
+}
+
+/// Σ w[i]·x[i] in f32, four partial sums (the same association as the vector kernels' lanes
+/// would give is not promised: each path is checked against an f64 reference instead).
+pub fn dot_scalar(w: &[u16], x: &[f32], kind: Half) -> f32 {
+    let mut acc = [0f32; 4];
+    let main = w.len() / 4 * 4;
+    for i in (0..main).step_by(4) {
+        for l in 0..4 {
+            acc[l] = kind.widen(w[i + l]).mul_add(x[i + l], acc[l]);
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for i in main..w.len() {
+        s = kind.widen(w[i]).mul_add(x[i], s);
+    }
+    s
+}
+
+/// x = hi + lo + ε with hi, lo bf16 (round to nearest even) and |ε| ≤ 2⁻¹⁶|x| (for normal x).
+pub fn split_bf16(x: &[f32]) -> (Vec<u16>, Vec<u16>) {
+    let hi: Vec<u16> = x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+    let lo = x
+        .iter()
+        .zip(&hi)
+        .map(|(&v, &h)| half::bf16::from_f32(v - Half::Bf16.widen(h)).to_bits())
+        .collect();
+    (hi, lo)
+}
+
+/// The gemm regime: blocks of weight rows widened to f32 (in parallel), then multiplied by the
+/// f32 gemm on all threads straight into their columns of y. Widening costs one pass over the
+/// weights per call, 1/n of the products.
+fn widen_gemm(x: &[f32], n: usize, k: usize, w: &[u16], kind: Half, out: usize, y: &mut [f32]) {
+    // 4 Mi elements (16 MiB of f32): measured here, smaller blocks lose to the per-call cost
+    // of a threaded gemm (at 1 Mi, 0.7-0.8× the f32 product; at 4 Mi, 0.9×).
+    let bj = ((4 << 20) / k.max(1)).clamp(16, out.max(16));
+    let mut wide = vec![0f32; bj.min(out) * k];
+    for j0 in (0..out).step_by(bj) {
+        let j1 = (j0 + bj).min(out);
+        let dst = &mut wide[..(j1 - j0) * k];
+        dst.par_chunks_mut(1 << 14)
+            .zip(w[j0 * k..j1 * k].par_chunks(1 << 14))
+            .for_each(|(d, s)| widen(s, d, kind));
+        // y[:, j0..j1] (n, j1 - j0; row stride out) = x (n, k) · wideᵀ (k, j1 - j0)
+        gemm(
+            &mut y[j0..],
+            out,
+            n,
+            j1 - j0,
+            k,
+            View::rows(x, k),
+            View::t(dst, k),
+            false,
+            1.0,
+            Par::All,
+        );
+    }
+}
+
+/// dst[i] = the f32 value of src[i].
+pub fn widen(src: &[u16], dst: &mut [f32], kind: Half) {
+    #[cfg(target_arch = "x86_64")]
+    if Path::Avx2.available() {
+        // SAFETY: AVX2 and F16C are present.
+        return unsafe { x86::widen_avx2(src, dst, kind) };
+    }
+    match kind {
+        Half::Bf16 => {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = f32::from_bits((v as u32) << 16))
+        }
+        Half::F16 => {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = half::f16::from_bits(v).to_f32())
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Half;
+    use std::arch::x86_64::*;
+
+    /// Eight weights widened to f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(w: *const u16, kind: Half) -> __m256 {
+        unsafe {
+            let raw = _mm_loadu_si128(w as *const __m128i);
+            match kind {
+                Half::Bf16 => {
+                    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16))
+                }
+                Half::F16 => _mm256_cvtph_ps(raw),
+            }
+        }
+    }
+
+    /// dst[i] = widen(src[i]), 8 at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_avx2(src: &[u16], dst: &mut [f32], kind: Half) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        unsafe {
+            while i + 8 <= n {
+                _mm256_storeu_ps(dst.as_mut_ptr().add(i), load8(src.as_ptr().add(i), kind));
+                i += 8;
+            }
+        }
+        for j in i..n {
+            dst[j] = kind.widen(src[j]);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Σ w[i]·x[i]: 32 weights per iteration into four accumulators (FMA latency hidden).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `x` must be at least as long as `w`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_avx2(w: &[u16], x: &[f32], kind: Half) -> f32 {
+        unsafe {
+            let k = w.len();
+            debug_assert!(x.len() >= k);
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let main = k / 32 * 32;
+            let mut i = 0;
+            while i < main {
+                for (u, a) in acc.iter_mut().enumerate() {
+                    let o = i + 8 * u;
+                    *a = _mm256_fmadd_ps(load8(wp.add(o), kind), _mm256_loadu_ps(xp.add(o)), *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= k {
+                acc[0] =
+                    _mm256_fmadd_ps(load8(wp.add(i), kind), _mm256_loadu_ps(xp.add(i)), acc[0]);
+                i += 8;
+            }
+            let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let mut s = hsum(v);
+            while i < k {
+                s = kind.widen(*wp.add(i)).mul_add(*xp.add(i), s);
+                i += 1;
+            }
+            s
+        }
+    }
+
+    /// Σ w[i]·(hi[i] + lo[i]) with `vdpbf16ps`: 32 pairs per instruction, two instructions (hi
+    /// and lo) per 32 weights.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512 BF16; `hi` and `lo` at least as long as `w`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dot_avx512bf16(w: &[u16], hi: &[u16], lo: &[u16]) -> f32 {
+        unsafe {
+            let k = w.len();
+            debug_assert!(hi.len() >= k && lo.len() >= k);
+            let ld = |p: *const u16| -> __m512bh {
+                std::mem::transmute(_mm512_loadu_si512(p as *const _))
+            };
+            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let main = k / 32 * 32;
+            let mut i = 0;
+            while i < main {
+                let wv = ld(w.as_ptr().add(i));
+                a0 = _mm512_dpbf16_ps(a0, wv, ld(hi.as_ptr().add(i)));
+                a1 = _mm512_dpbf16_ps(a1, wv, ld(lo.as_ptr().add(i)));
+                i += 32;
+            }
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            while i < k {
+                let wi = Half::Bf16.widen(w[i]);
+                s = wi.mul_add(Half::Bf16.widen(hi[i]) + Half::Bf16.widen(lo[i]), s);
+                i += 1;
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32], kind: Half) -> Vec<u16> {
+        v.iter()
+            .map(|&x| match kind {
+                Half::Bf16 => half::bf16::from_f32(x).to_bits(),
+                Half::F16 => half::f16::from_f32(x).to_bits(),
+            })
+            .collect()
+    }
+
+    /// The exact product of the stored weights with x, in f64.
+    fn reference(x: &[f32], n: usize, k: usize, w: &[u16], kind: Half, out: usize) -> Vec<f64> {
+        let mut y = vec![0f64; n * out];
+        for r in 0..n {
+            for j in 0..out {
+                y[r * out + j] =
+                    (0..k).map(|i| kind.widen(w[j * k + i]) as f64 * x[r * k + i] as f64).sum();
+            }
+        }
+        y
+    }
+
+    /// Every path this CPU has, both formats, sizes that leave tails in every unrolled loop, on
+    /// both sides of the gemv / gemm boundary: within 4 f32 ulps of Σ|w·x| of the f64 product.
+    /// A path the CPU lacks is reported as skipped (never counted as checked).
+    #[test]
+    fn every_path_matches_the_f64_product() {
+        let mut ran = Vec::new();
+        for path in Path::ALL {
+            if !path.available() {
+                println!("skipped: kernel path {} (this CPU lacks it)", path.name());
+                continue;
+            }
+            ran.push(path.name());
+            for kind in [Half::Bf16, Half::F16] {
+                for &(n, k, out) in &[
+                    (1, 1, 1),
+                    (1, 37, 5),
+                    (2, 64, 17),
+                    (3, 95, 33),
+                    (8, 576, 40),
+                    (9, 131, 19),
+                    (40, 300, 70),
+                ] {
+                    let x = values(n * k, 1 + n as u64);
+                    let w = bits(&values(out * k, 7 + k as u64), kind);
+                    let got = matmul_t(&x, n, k, &w, kind, out, path);
+                    let want = reference(&x, n, k, &w, kind, out);
+                    for r in 0..n {
+                        for j in 0..out {
+                            let mag: f64 = (0..k)
+                                .map(|i| {
+                                    (kind.widen(w[j * k + i]) as f64 * x[r * k + i] as f64).abs()
+                                })
+                                .sum();
+                            let err = (got[r * out + j] as f64 - want[r * out + j]).abs();
+                            // The AVX-512 BF16 path rounds x to hi + lo (2⁻¹⁶ relative).
+                            let split = if path == Path::Avx512Bf16 && kind == Half::Bf16 {
+                                2f64.powi(-16)
+                            } else {
+                                0.0
+                            };
+                            let tol = mag.max(1e-30)
+                                * (split + 4.0 * f32::EPSILON as f64 * (k as f64).sqrt());
+                            assert!(
+                                err <= tol,
+                                "{} {kind:?} n={n} k={k} out={out} ({r},{j}): {} vs {} (err {err:e}, tol {tol:e})",
+                                path.name(),
+                                got[r * out + j],
+                                want[r * out + j]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(ran.contains(&"scalar"), "the scalar fallback always runs");
+    }
+
+    /// The hi/lo split recovers x to 2⁻¹⁶ relative.
+    #[test]
+    fn bf16_split_is_near_exact() {
+        let x = values(1000, 3);
+        let (hi, lo) = split_bf16(&x);
+        for i in 0..x.len() {
+            let back = Half::Bf16.widen(hi[i]) as f64 + Half::Bf16.widen(lo[i]) as f64;
+            assert!((back - x[i] as f64).abs() <= (x[i].abs() as f64) * 2f64.powi(-16), "{i}");
+        }
+    }
+
+    /// Results do not depend on the thread count (the decode path's outputs each come from one
+    /// thread; the gemm path's blocks are fixed).
+    #[test]
+    fn thread_count_does_not_change_results() {
+        let (n, k, out) = (3, 200, 300);
+        let x = values(n * k, 5);
+        let w = bits(&values(out * k, 6), Half::Bf16);
+        let path = Path::detect();
+        let run = |threads| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                (
+                    matmul_t(&x, n, k, &w, Half::Bf16, out, path),
+                    matmul_t(&x, 20, 10, &w, Half::Bf16, out, path),
+                )
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+}
