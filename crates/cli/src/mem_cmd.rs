@@ -40,7 +40,8 @@ pub fn run(command: &[String], gpu_memory: Option<u64>, json: bool) -> Result<()
             (None, c) => {
                 let mut c = c.clone().unwrap_or_default();
                 c.checkpoint_layers |= checkpoint;
-                let p = Plan::lm(&c, Side::of(&student), teacher.as_ref().map(Side::of));
+                let online = teacher.as_ref().map(|t| Side::frozen(t, c.teacher_compute_dtype));
+                let p = Plan::lm(&c, Side::of(&student), online);
                 Plan { cache_bytes: cache, ..p }
             }
         }

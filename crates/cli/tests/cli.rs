@@ -104,6 +104,21 @@ fn convert_inspect_generate_ppl() {
     ]))
     .unwrap();
     assert!(v2["tokens"].as_u64() > v["tokens"].as_u64());
+    // The matrices held in bf16 / f16: the same windows, bits/byte within the weights'
+    // rounding of the f32 model's (the converted model is f32: auto means f32, recorded).
+    assert_eq!(v["compute_dtype"], "f32");
+    for dt in ["bf16", "f16"] {
+        let ppl = ["eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--context", "16"];
+        let h: serde_json::Value =
+            serde_json::from_str(&ok(&[&ppl[..], &["--json", "--compute-dtype", dt]].concat()))
+                .unwrap();
+        assert_eq!(h["compute_dtype"], dt);
+        assert_eq!(h["tokens"], v["tokens"]);
+        let (a, b) = (v["bits_per_byte"].as_f64().unwrap(), h["bits_per_byte"].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-2 * a, "{dt}: {b} bits/byte vs f32 {a}");
+    }
+    let bad = ["eval", "ppl", &dir, "--text", text.to_str().unwrap(), "--compute-dtype", "fp8"];
+    fails(&bad, &["--compute-dtype", "fp8", "bf16"]);
 }
 
 #[test]

@@ -68,7 +68,10 @@ pub fn run(
             cfg.seq_len
         )));
     }
-    let online = teacher.as_ref().filter(|_| teachers.cache.is_none()).map(Side::of);
+    let online = teacher
+        .as_ref()
+        .filter(|_| teachers.cache.is_none())
+        .map(|hf| Side::frozen(hf, cfg.teacher_compute_dtype));
     let mut plan = Plan::lm(&cfg, Side::of(&student), online);
     plan.cache_bytes = teachers.cache.map_or(0, crate::cache::shard_bytes);
     // Refused here, before anything is read or written; said once the run is set up.

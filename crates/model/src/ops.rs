@@ -100,6 +100,51 @@ pub fn attention_mask(
     Tensor::from_vec(m, (b, 1, tq, tk), device)?.to_dtype(dtype)
 }
 
+/// x (n, k) f32 · wᵀ with `w` (out, k) kept in bf16 or f16: the frozen models' matrix product
+/// (`cpu::mixed`), f32 accumulation, no backward (16-bit weights are never trained).
+pub fn matmul_half_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &HalfMatmul)
+}
+
+struct HalfMatmul;
+
+impl candle_core::CustomOp2 for HalfMatmul {
+    fn name(&self) -> &'static str {
+        "matmul-half-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &candle_core::CpuStorage,
+        xl: &candle_core::Layout,
+        ws: &candle_core::CpuStorage,
+        wl: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use crate::cpu::mixed::{matmul_t, Half, Path};
+        use candle_core::CpuStorage as S;
+        use half::slice::HalfFloatSliceExt;
+        let (n, k) = xl.shape().dims2()?;
+        let (out, kw) = wl.shape().dims2()?;
+        if k != kw {
+            candle_core::bail!("matmul-half-t: x (.., {k}) against a weight of ({out}, {kw})");
+        }
+        let x = match (xs, xl.contiguous_offsets()) {
+            (S::F32(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("matmul-half-t: x must be contiguous f32"),
+        };
+        let Some((a, b)) = wl.contiguous_offsets() else {
+            candle_core::bail!("matmul-half-t: the weight must be contiguous");
+        };
+        let (w, kind) = match ws {
+            S::BF16(v) => (v[a..b].reinterpret_cast(), Half::Bf16),
+            S::F16(v) => (v[a..b].reinterpret_cast(), Half::F16),
+            _ => candle_core::bail!("matmul-half-t: the weight must be bf16 or f16"),
+        };
+        let y = matmul_t(x, n, k, w, kind, out, Path::detect());
+        Ok((S::F32(y), candle_core::Shape::from((n, out))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,50 +199,5 @@ mod tests {
                 vec![false, false, true, true],
             ]
         );
-    }
-}
-
-/// x (n, k) f32 · wᵀ with `w` (out, k) kept in bf16 or f16: the frozen models' matrix product
-/// (`cpu::mixed`), f32 accumulation, no backward (16-bit weights are never trained).
-pub fn matmul_half_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &HalfMatmul)
-}
-
-struct HalfMatmul;
-
-impl candle_core::CustomOp2 for HalfMatmul {
-    fn name(&self) -> &'static str {
-        "matmul-half-t"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        ws: &candle_core::CpuStorage,
-        wl: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use crate::cpu::mixed::{matmul_t, Half, Path};
-        use candle_core::CpuStorage as S;
-        use half::slice::HalfFloatSliceExt;
-        let (n, k) = xl.shape().dims2()?;
-        let (out, kw) = wl.shape().dims2()?;
-        if k != kw {
-            candle_core::bail!("matmul-half-t: x (.., {k}) against a weight of ({out}, {kw})");
-        }
-        let x = match (xs, xl.contiguous_offsets()) {
-            (S::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("matmul-half-t: x must be contiguous f32"),
-        };
-        let Some((a, b)) = wl.contiguous_offsets() else {
-            candle_core::bail!("matmul-half-t: the weight must be contiguous");
-        };
-        let (w, kind) = match ws {
-            S::BF16(v) => (v[a..b].reinterpret_cast(), Half::Bf16),
-            S::F16(v) => (v[a..b].reinterpret_cast(), Half::F16),
-            _ => candle_core::bail!("matmul-half-t: the weight must be bf16 or f16"),
-        };
-        let y = matmul_t(x, n, k, w, kind, out, Path::detect());
-        Ok((S::F32(y), candle_core::Shape::from((n, out))))
     }
 }

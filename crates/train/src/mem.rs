@@ -35,6 +35,9 @@ pub struct Component {
 pub struct Side<'a> {
     pub config: &'a Config,
     pub file_bytes: u64,
+    /// Bytes per parameter of its weights in memory: 4 (f32), 2 for a frozen model whose
+    /// matrices are held 16-bit (`ComputeDtype`).
+    pub weight_bytes: u64,
 }
 
 /// How the trainable body runs, as the trainer chooses it (`body.rs`).
@@ -74,7 +77,15 @@ pub struct Plan<'a> {
 
 impl<'a> Side<'a> {
     pub fn of(hf: &'a HfModel) -> Side<'a> {
-        Side { config: &hf.config, file_bytes: hf.checkpoint.bytes_on_disk() }
+        Side { config: &hf.config, file_bytes: hf.checkpoint.bytes_on_disk(), weight_bytes: F32 }
+    }
+
+    /// A frozen model whose matrices are held as `compute` asks (resolved against its stored
+    /// dtypes): 2 bytes per parameter when 16-bit (norms and biases, a rounding error, counted
+    /// so too).
+    pub fn frozen(hf: &'a HfModel, compute: orlik_model::ComputeDtype) -> Side<'a> {
+        let half = compute.resolve(&hf.stored_dtypes()).half().is_some();
+        Side { weight_bytes: if half { 2 } else { F32 }, ..Side::of(hf) }
     }
 }
 
@@ -187,8 +198,12 @@ pub fn estimate(p: &Plan) -> Estimate {
             held: true,
         });
         v.push(Component {
-            name: "teacher / reference weights (f32)",
-            bytes: F32 * tp,
+            name: if te.weight_bytes == F32 {
+                "teacher / reference weights (f32)"
+            } else {
+                "teacher / reference weights (16-bit matrices)"
+            },
+            bytes: te.weight_bytes * tp,
             held: true,
         });
         v.push(Component {
@@ -393,7 +408,7 @@ mod tests {
 
     fn plan<'a>(c: &'a Config, rows: usize, t: usize, accum: usize) -> Plan<'a> {
         Plan {
-            student: Side { config: c, file_bytes: 1000 },
+            student: Side { config: c, file_bytes: 1000, weight_bytes: F32 },
             teacher: None,
             rows,
             seq_len: t,
@@ -440,11 +455,16 @@ mod tests {
     fn a_teacher_adds_its_weights_and_a_rollout_its_kv_cache() {
         let c = tiny("LlamaForCausalLM", json!({}));
         let mut p = plan(&c, 2, 8, 1);
-        p.teacher = Some(Side { config: &c, file_bytes: 500 });
+        p.teacher = Some(Side { config: &c, file_bytes: 500, weight_bytes: F32 });
         let e = estimate(&p);
         assert_eq!(bytes(&e, "teacher / reference checkpoint pages"), 500);
         assert_eq!(bytes(&e, "teacher / reference weights"), 4 * c.param_count() as u64);
         assert!(bytes(&e, "teacher / reference forward") > 0);
+        // A teacher held in 16 bits: half the weights' bytes, named so.
+        let half =
+            Plan { teacher: Some(Side { weight_bytes: 2, ..p.teacher.unwrap() }), ..p.clone() };
+        let e16 = estimate(&half);
+        assert_eq!(bytes(&e16, "teacher / reference weights (16-bit"), 2 * c.param_count() as u64);
         p.rollout = Some((16, 8));
         let kv = 2 * 4 * 16 * 8 * 2 * (c.num_kv_heads() * c.head_dim()) as u64;
         assert_eq!(bytes(&estimate(&p), "KV cache"), kv);
@@ -476,7 +496,7 @@ mod tests {
     fn the_check_refuses_above_its_bound_and_names_the_fixes() {
         let c = tiny("Gemma3ForCausalLM", json!({}));
         let mut p = plan(&c, 4, 16, 1);
-        p.teacher = Some(Side { config: &c, file_bytes: 500 });
+        p.teacher = Some(Side { config: &c, file_bytes: 500, weight_bytes: F32 });
         let e = estimate(&p);
         let err = check(&e, &p, Gate::Limit(1024)).unwrap_err().to_string();
         for want in [
