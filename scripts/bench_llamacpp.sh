@@ -39,9 +39,18 @@ for r in $(seq 1 "$ROUNDS"); do
       | tr -d '\n' | sed "s/^/llama $dt /; s/\$/\n/" >>"$WORK/results"
   done
 done
-ROOF=$(cd "$HERE/.." && cargo run --release -q -p orlik-model --example gemm_speed -- 2 2>/dev/null | tail -n 12 || true)
-python3 - "$WORK/results" "$ROUNDS" <<'EOF'
+ROOF=$(cd "$HERE/.." && cargo run --release -q -p orlik-model --example gemm_speed -- 3 2>/dev/null || true)
+PEAK=$(echo "$ROOF" | sed -n 's/^f32 peak GF\/s //p')
+"$ORLIK" inspect "$MODEL" --json >"$WORK/inspect.json"
+python3 - "$WORK/results" "$ROUNDS" "$WORK/inspect.json" "${PEAK:-0}" <<'EOF'
 import json, statistics, sys
+p = json.load(open(sys.argv[3]))
+n = p["parameters"]
+# Matrix FLOPs per token of a forward (attention scores left out): every matrix once, the
+# embedding only when it is also the (tied) lm_head.
+matrix = n["total"] - (0 if p["tie_word_embeddings"] else n["embeddings"])
+peak = float(sys.argv[4])
+wbytes = {"f32": 4, "bf16": 2, "f16": 2}
 rows = {}
 for line in open(sys.argv[1]):
     who, dt, payload = line.split(" ", 2)
@@ -56,10 +65,16 @@ for line in open(sys.argv[1]):
     for what, v in (("prefill 1 x 512", pp), ("decode b1", tg)):
         rows.setdefault((dt, what), {}).setdefault(who, []).append(v)
 print(f"medians of {sys.argv[2]} alternating rounds, tokens/s")
-print(f"| dtype | measurement | orlik | llama.cpp | ratio |")
-print(f"| --- | --- | --- | --- | --- |")
+print("| dtype | measurement | orlik | llama.cpp | ratio | orlik / llama.cpp of the limit |")
+print("| --- | --- | --- | --- | --- | --- |")
 for (dt, what), v in rows.items():
     o, l = statistics.median(v["orlik"]), statistics.median(v["llama"])
-    print(f"| {dt} | {what} | {o:.1f} | {l:.1f} | {o / l:.2f} |")
+    if what.startswith("prefill") and peak > 0:  # compute-bound: MFU against this run's f32 gemm
+        lim = lambda r: f"{2 * matrix * r / (peak * 1e9):.0%}"
+        note = f"MFU {lim(o)} / {lim(l)} of {peak:.0f} GFLOP/s"
+    else:  # memory-bound: the weight bytes streamed per second
+        gbs = lambda r: f"{wbytes.get(dt, 4) * matrix * r / 1e9:.1f}"
+        note = f"{gbs(o)} / {gbs(l)} GB/s of weights"
+    print(f"| {dt} | {what} | {o:.1f} | {l:.1f} | {o / l:.2f} | {note} |")
 EOF
 [ -n "$ROOF" ] && { echo; echo "gemm throughput in this run (cargo run --release -p orlik-model --example gemm_speed):"; echo "$ROOF"; }

@@ -151,7 +151,9 @@ impl TeacherSource for OnlineTeacher {
             .hidden
             .as_ref()
             .ok_or_else(|| TrainError::Teacher("rows() before prepare()".into()))?;
-        let logits = self.model.head(&h.narrow(0, start, n)?)?; // (n, teacher vocab)
+        // (n, teacher vocab); timed apart, inside the step's loss_backward phase
+        let rows = h.narrow(0, start, n)?;
+        let logits = orlik_train::phase::time("teacher_head", || self.model.head(&rows))?;
         let logits = match &self.map {
             Some((_, cols)) => logits.index_select(cols, 1)?, // (n, student vocab): renormalised below
             None => logits,

@@ -22,6 +22,7 @@ pub mod losses;
 pub mod mem;
 pub mod optim;
 mod params;
+pub mod phase;
 pub mod runner;
 pub mod seqlogp;
 pub mod shard;

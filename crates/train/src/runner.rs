@@ -172,6 +172,7 @@ pub fn step<T: Task + ?Sized>(
     let total = cfg.total_steps()?;
     let warmup = cfg.warmup_steps()?;
     let t0 = Instant::now();
+    let _ = crate::phase::take(); // what validation or setup timed is not this step's
     let lr = lr_at(cfg.schedule, st.step, total, warmup, cfg.lr, cfg.min_lr(), cfg.wsd_decay);
     let per = 1.0 / cfg.grad_accum as f64;
     let (mut loss, mut tokens) = (0.0, 0u64);
@@ -206,7 +207,7 @@ pub fn step<T: Task + ?Sized>(
         e.reduce_grads(r)?;
     }
     let t = st.step + 1 - st.skipped_steps;
-    let gnorm = e.update(lr, t, cfg, loss.is_finite())?;
+    let gnorm = crate::phase::time("update", || e.update(lr, t, cfg, loss.is_finite()))?;
     let finite = loss.is_finite() && gnorm.is_finite();
     if finite {
         st.bad_in_a_row = 0;
@@ -233,6 +234,12 @@ pub fn step<T: Task + ?Sized>(
     row.insert("tokens".into(), json!(st.tokens_seen));
     row.insert("tokens_per_s".into(), json!(tokens as f64 / dt));
     row.insert("seconds".into(), json!(dt));
+    let mut phases: Map<String, Value> =
+        crate::phase::take().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    if world > 1 {
+        phases.insert("comm".into(), json!(comm_seconds));
+    }
+    row.insert("phase_seconds".into(), Value::Object(phases));
     if world > 1 {
         // The sums over ranks (waiting for the slowest rank included).
         row.insert("comm_seconds".into(), json!(comm_seconds));

@@ -121,10 +121,10 @@ impl LmTask<'_> {
             targets.extend_from_slice(&win[1..]);
         }
         let has_teacher = match self.teacher.as_mut() {
-            Some(tch) => tch.prepare(split, windows, &ids, b, t)?,
+            Some(tch) => crate::phase::time("teacher", || tch.prepare(split, windows, &ids, b, t))?,
             None => false,
         };
-        let acts = e.forward(&ids, b, t, grad_scale.is_some())?;
+        let acts = crate::phase::time("forward", || e.forward(&ids, b, t, grad_scale.is_some()))?;
         let teacher = match self.teacher.as_mut() {
             Some(tch) if has_teacher => Some(tch.as_mut() as &mut dyn TeacherSource),
             _ => None,
@@ -136,7 +136,9 @@ impl LmTask<'_> {
             chunk: self.cfg.loss_chunk,
             grad_scale,
         };
-        let s = e.lm_loss(acts, loss)?;
+        // lm_head, the loss and (training) the whole backward; with an online teacher, its
+        // logits too (computed chunk by chunk beside the student's).
+        let s = crate::phase::time("loss_backward", || e.lm_loss(acts, loss))?;
         Ok(Sums { kd: s.kd, ce: s.ce, rows: s.rows, has_teacher })
     }
 }

@@ -82,6 +82,7 @@ pub fn trajectory(out: &str) -> Vec<Value> {
             o.remove("tokens_per_s");
             o.remove("seconds");
             o.remove("comm_seconds");
+            o.remove("phase_seconds");
             r
         })
         .collect()

@@ -128,7 +128,8 @@ pub fn matmul_t(
     y
 }
 
-/// The dot-product regime: threads split the outputs; each (row, output) is one dot product.
+/// The dot-product regime: threads split the outputs; four outputs at a time share one pass
+/// over each row of x (four weight streams in flight: decode waits on memory, not on FMAs).
 #[allow(clippy::too_many_arguments)]
 fn gemv(
     x: &[f32],
@@ -142,42 +143,65 @@ fn gemv(
 ) {
     // The activations as two bf16 parts, once per call (AVX-512 BF16 only).
     let split = (path == Path::Avx512Bf16 && kind == Half::Bf16).then(|| split_bf16(&x[..n * k]));
-    // yt (out, n): each task owns a run of whole outputs.
+    // yt (out, n): for one row that is y itself, else it is transposed into y at the end.
+    if n == 1 {
+        return gemv_t(x, n, k, w, kind, path, split.as_ref(), &mut y[..out]);
+    }
     let mut yt = vec![0f32; out * n];
-    let per_task = (out / (4 * rayon::current_num_threads())).clamp(16, 1024);
-    yt.par_chunks_mut(per_task * n).enumerate().for_each(|(c, chunk)| {
-        for (jj, yj) in chunk.chunks_mut(n).enumerate() {
-            let j = c * per_task + jj;
-            let wj = &w[j * k..(j + 1) * k];
-            for (r, v) in yj.iter_mut().enumerate() {
-                let xr = &x[r * k..(r + 1) * k];
-                *v = match (&split, path) {
-                    #[cfg(target_arch = "x86_64")]
-                    (Some((hi, lo)), _) => {
-                        // SAFETY: the path is available (asserted by the caller).
-                        unsafe {
-                            x86::dot_avx512bf16(
-                                wj,
-                                &hi[r * k..(r + 1) * k],
-                                &lo[r * k..(r + 1) * k],
-                            )
-                        }
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    (None, Path::Avx2 | Path::Avx512Bf16) => {
-                        // SAFETY: AVX2, FMA and F16C are present (every AVX-512 BF16 CPU has them).
-                        unsafe { x86::dot_avx2(wj, xr, kind) }
-                    }
-                    _ => dot_scalar(wj, xr, kind),
-                };
-            }
-        }
-    });
+    gemv_t(x, n, k, w, kind, path, split.as_ref(), &mut yt);
     for (j, row) in yt.chunks(n).enumerate() {
         for (r, &v) in row.iter().enumerate() {
             y[r * out + j] = v;
         }
     }
+}
+
+/// yt (out, n) = w · xᵀ, the outputs split across threads.
+#[allow(clippy::too_many_arguments)]
+fn gemv_t(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    w: &[u16],
+    kind: Half,
+    path: Path,
+    split: Option<&(Vec<u16>, Vec<u16>)>,
+    yt: &mut [f32],
+) {
+    let out = yt.len() / n;
+    // Whole groups of four outputs per task, so that which outputs share a pass (and so every
+    // bit of the result) does not depend on the thread count.
+    let per_task = (out / (4 * rayon::current_num_threads())).clamp(16, 1024) / 4 * 4;
+    yt.par_chunks_mut(per_task * n).enumerate().for_each(|(c, chunk)| {
+        let j0 = c * per_task;
+        for (g, yg) in chunk.chunks_mut(4 * n).enumerate() {
+            let j = j0 + 4 * g;
+            let m = yg.len() / n; // 4, or fewer in the last group
+                                  // A short group repeats its last row: the same kernel for every output.
+            let rows: [&[u16]; 4] =
+                std::array::from_fn(|q| &w[(j + q.min(m - 1)) * k..(j + q.min(m - 1) + 1) * k]);
+            for r in 0..n {
+                let xr = &x[r * k..(r + 1) * k];
+                let v = match (split, path) {
+                    #[cfg(target_arch = "x86_64")]
+                    (Some((hi, lo)), _) => {
+                        let (hi, lo) = (&hi[r * k..(r + 1) * k], &lo[r * k..(r + 1) * k]);
+                        // SAFETY: the path is available (asserted by the caller).
+                        unsafe { x86::dot4_avx512bf16(rows, hi, lo) }
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    (None, Path::Avx2 | Path::Avx512Bf16) => {
+                        // SAFETY: AVX2, FMA and F16C are present (every AVX-512 BF16 CPU has them).
+                        unsafe { x86::dot4_avx2(rows, xr, kind) }
+                    }
+                    _ => rows.map(|wq| dot_scalar(wq, xr, kind)),
+                };
+                for q in 0..m {
+                    yg[q * n + r] = v[q];
+                }
+            }
+        }
+    });
 }
 
 /// Σ w[i]·x[i] in f32, four partial sums (the same association as the vector kernels' lanes
@@ -303,68 +327,73 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Σ w[i]·x[i]: 32 weights per iteration into four accumulators (FMA latency hidden).
+    /// Four dot products Σ w_q[i]·x[i] in one pass over x: 16 weights of each row per
+    /// iteration into two accumulators per row (eight FMA chains in flight).
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `x` must be at least as long as `w`.
+    /// The CPU must have AVX2, FMA and F16C; every `w_q` and `x` of one length.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_avx2(w: &[u16], x: &[f32], kind: Half) -> f32 {
+    pub unsafe fn dot4_avx2(w: [&[u16]; 4], x: &[f32], kind: Half) -> [f32; 4] {
         unsafe {
-            let k = w.len();
-            debug_assert!(x.len() >= k);
-            let (wp, xp) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let main = k / 32 * 32;
+            let k = x.len();
+            debug_assert!(w.iter().all(|r| r.len() == k));
+            let xp = x.as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            let main = k / 16 * 16;
             let mut i = 0;
             while i < main {
-                for (u, a) in acc.iter_mut().enumerate() {
-                    let o = i + 8 * u;
-                    *a = _mm256_fmadd_ps(load8(wp.add(o), kind), _mm256_loadu_ps(xp.add(o)), *a);
+                let (x0, x1) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(i + 8)));
+                for (a, r) in acc.iter_mut().zip(&w) {
+                    let p = r.as_ptr().add(i);
+                    a[0] = _mm256_fmadd_ps(load8(p, kind), x0, a[0]);
+                    a[1] = _mm256_fmadd_ps(load8(p.add(8), kind), x1, a[1]);
                 }
-                i += 32;
+                i += 16;
             }
-            while i + 8 <= k {
-                acc[0] =
-                    _mm256_fmadd_ps(load8(wp.add(i), kind), _mm256_loadu_ps(xp.add(i)), acc[0]);
-                i += 8;
-            }
-            let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-            let mut s = hsum(v);
-            while i < k {
-                s = kind.widen(*wp.add(i)).mul_add(*xp.add(i), s);
-                i += 1;
+            let mut s = [0f32; 4];
+            for (q, a) in acc.iter().enumerate() {
+                s[q] = hsum(_mm256_add_ps(a[0], a[1]));
+                for t in i..k {
+                    s[q] = kind.widen(w[q][t]).mul_add(x[t], s[q]);
+                }
             }
             s
         }
     }
 
-    /// Σ w[i]·(hi[i] + lo[i]) with `vdpbf16ps`: 32 pairs per instruction, two instructions (hi
-    /// and lo) per 32 weights.
+    /// Four dot products Σ w_q[i]·(hi[i] + lo[i]) in one pass over hi and lo (the f32
+    /// activation's two bf16 halves): `vdpbf16ps` takes 32 pairs per instruction, two per 32
+    /// weights (hi and lo), eight chains in flight.
     ///
     /// # Safety
-    /// The CPU must have AVX-512F and AVX-512 BF16; `hi` and `lo` at least as long as `w`.
+    /// The CPU must have AVX-512F and AVX-512 BF16; every `w_q`, `hi` and `lo` of one length.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn dot_avx512bf16(w: &[u16], hi: &[u16], lo: &[u16]) -> f32 {
+    pub unsafe fn dot4_avx512bf16(w: [&[u16]; 4], hi: &[u16], lo: &[u16]) -> [f32; 4] {
         unsafe {
-            let k = w.len();
-            debug_assert!(hi.len() >= k && lo.len() >= k);
+            let k = hi.len();
+            debug_assert!(lo.len() == k && w.iter().all(|r| r.len() == k));
             let ld = |p: *const u16| -> __m512bh {
                 std::mem::transmute(_mm512_loadu_si512(p as *const _))
             };
-            let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut acc = [[_mm512_setzero_ps(); 2]; 4];
             let main = k / 32 * 32;
             let mut i = 0;
             while i < main {
-                let wv = ld(w.as_ptr().add(i));
-                a0 = _mm512_dpbf16_ps(a0, wv, ld(hi.as_ptr().add(i)));
-                a1 = _mm512_dpbf16_ps(a1, wv, ld(lo.as_ptr().add(i)));
+                let (h, l) = (ld(hi.as_ptr().add(i)), ld(lo.as_ptr().add(i)));
+                for (a, r) in acc.iter_mut().zip(&w) {
+                    let wv = ld(r.as_ptr().add(i));
+                    a[0] = _mm512_dpbf16_ps(a[0], wv, h);
+                    a[1] = _mm512_dpbf16_ps(a[1], wv, l);
+                }
                 i += 32;
             }
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-            while i < k {
-                let wi = Half::Bf16.widen(w[i]);
-                s = wi.mul_add(Half::Bf16.widen(hi[i]) + Half::Bf16.widen(lo[i]), s);
-                i += 1;
+            let mut s = [0f32; 4];
+            for (q, a) in acc.iter().enumerate() {
+                s[q] = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+                for t in i..k {
+                    let x = Half::Bf16.widen(hi[t]) + Half::Bf16.widen(lo[t]);
+                    s[q] = Half::Bf16.widen(w[q][t]).mul_add(x, s[q]);
+                }
             }
             s
         }
@@ -479,7 +508,7 @@ mod tests {
     /// thread; the gemm path's blocks are fixed).
     #[test]
     fn thread_count_does_not_change_results() {
-        let (n, k, out) = (3, 200, 300);
+        let (n, k, out) = (3, 200, 301); // a short last group of outputs
         let x = values(n * k, 5);
         let w = bits(&values(out * k, 6), Half::Bf16);
         let path = Path::detect();
