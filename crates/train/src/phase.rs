@@ -43,10 +43,12 @@ mod tests {
         let wait = || std::thread::sleep(std::time::Duration::from_millis(5));
         time("a", wait);
         time("b", wait);
-        assert_eq!(time("a", || 7), 7);
+        time("a", wait);
+        assert_eq!(time("c", || 7), 7);
         let got = take();
-        assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), ["a", "b"]);
-        assert!(got[0].1 >= 0.005 && got[1].1 >= 0.005 && got[0].1 > got[1].1 * 0.9);
+        assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), ["a", "b", "c"]);
+        // Sleeps last at least as long as asked (only lower bounds: a busy machine adds time).
+        assert!(got[0].1 >= 0.010 && got[1].1 >= 0.005, "{got:?}");
         assert!(take().is_empty());
     }
 }
