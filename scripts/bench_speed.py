@@ -5,7 +5,10 @@
 
 Prefill at batch 1 x 512 and batch 8 x 128, and decode of 64 tokens after 16 with a KV cache, all
 in f32. Rounds alternate orlik and PyTorch so machine noise hits both; medians are reported with
-the ratio orlik / PyTorch (> 1 means orlik is faster). A benchmark program, not a test.
+the ratio orlik / PyTorch (> 1 means orlik is faster). Also printed: this run's f32 gemm
+throughput (`gemm_speed`) and the fraction of it each side reaches (MFU, 2 · params FLOPs per
+token, attention scores left out; decode is memory-bound, so its MFU is low by nature and the
+weight bytes streamed per second are printed beside it). A benchmark program, not a test.
 """
 import argparse
 import json
@@ -16,6 +19,8 @@ import time
 
 import torch
 from transformers import AutoModelForCausalLM
+
+from bench_train import gemm_peak, mfu
 
 
 def bench_ids(n, vocab):  # same formula as orlik_eval::speed::bench_ids
@@ -67,13 +72,20 @@ def main():
             ours.setdefault(row["what"], []).append(row["tokens_per_s"])
         for k, v in torch_round(model, vocab, a.reps).items():
             theirs.setdefault(k, []).append(v)
+    peak = gemm_peak()
+    n = sum(p.numel() for p in model.parameters())  # a tied embedding counted once, as lm_head
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.rounds} alternating rounds, median")
-    print(f"{'':32} {'orlik tok/s':>12} {'torch tok/s':>12} {'ratio':>7}")
+    print(f"{'':32} {'orlik tok/s':>12} {'torch tok/s':>12} {'ratio':>7} {'orlik MFU':>9} {'torch MFU':>9} "
+          f"{'orlik GB/s':>10}")
     rows = {}
     for k in ours:
         o, t = statistics.median(ours[k]), statistics.median(theirs[k])
         rows[k] = {"orlik": o, "torch": t, "ratio": o / t}
-        print(f"{k:32} {o:12.1f} {t:12.1f} {o / t:7.2f}")
+        # Each decoded token streams every f32 weight once.
+        gbs = f"{4 * n * o / 1e9:10.1f}" if k.startswith("decode") else f"{'':10}"
+        print(f"{k:32} {o:12.1f} {t:12.1f} {o / t:7.2f} {mfu(2 * n, o, peak):>9} {mfu(2 * n, t, peak):>9} {gbs}")
+    if peak:
+        print(f"f32 gemm peak measured in this run: {peak:.1f} GFLOP/s (gemm_speed)")
     print(json.dumps(rows))
 
 

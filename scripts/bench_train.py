@@ -53,7 +53,12 @@ def torch_round(path, batch, seq, reps):
         opt.zero_grad(set_to_none=True)
         if r > 0:
             ts.append(time.perf_counter() - t0)
-    return batch * seq / statistics.median(ts)
+    return batch * seq / statistics.median(ts), sum(p.numel() for p in model.parameters())
+
+
+def mfu(flops_per_token, tokens_per_s, peak):
+    """The fraction of the machine's measured f32 gemm throughput a side reaches, as text."""
+    return f"{flops_per_token * tokens_per_s / (peak * 1e9):6.1%}" if peak and flops_per_token else "     -"
 
 
 def kd_step_flops(model, tokens):
@@ -135,10 +140,10 @@ def distill_main(a):
     print(f"{'side':10} {'tok/s':>8} {'orlik/side':>10} {'MFU':>6}   phases (median s per step)")
     for side, v in res.items():
         t = statistics.median(v)
-        mfu = f"{flops * t / (a.batch * a.seq_len) / (peak * 1e9):6.1%}" if peak and flops else "     -"
+        per_token = flops / (a.batch * a.seq_len) if flops else None
         ph = {k: statistics.median(p[k] for p in phases[side]) for k in phases[side][0]}
         shown = "  ".join(f"{k} {s:.2f}" for k, s in ph.items())
-        print(f"{side:10} {t:8.1f} {o / t:10.2f} {mfu}   {shown}")
+        print(f"{side:10} {t:8.1f} {o / t:10.2f} {mfu(per_token, t, peak)}   {shown}")
     if peak:
         print(f"f32 gemm peak measured in this run: {peak:.1f} GFLOP/s (gemm_speed); MFU counts 8 · params FLOPs per token")
     print(json.dumps({k: statistics.median(v) for k, v in res.items()}))
@@ -177,17 +182,25 @@ def main():
         shapes.append(("small (12x384, ffn 1024)", tmp.name))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; step = fwd + CE + bwd + clip + AdamW, "
           f"batch {a.batch} x {a.seq_len}; {a.rounds} alternating rounds, median")
-    print(f"{'shape':28} {'orlik tok/s':>12} {'torch tok/s':>12} {'ratio':>7} {'orlik peak RSS MB':>18}")
-    rows = {}
+    rows, measured = {}, []
     for name, path in shapes:
-        ours, theirs, rss = [], [], None
+        ours, theirs, rss, n = [], [], None, None
         for _ in range(a.rounds):
             o, rss = orlik_round(a.orlik, path, a.batch, a.seq_len, a.reps)
             ours.append(o)
-            theirs.append(torch_round(path, a.batch, a.seq_len, a.reps))
-        o, t = statistics.median(ours), statistics.median(theirs)
+            t, n = torch_round(path, a.batch, a.seq_len, a.reps)
+            theirs.append(t)
+        measured.append((name, statistics.median(ours), statistics.median(theirs), rss, n))
+    peak = gemm_peak()
+    print(f"{'shape':28} {'orlik tok/s':>12} {'torch tok/s':>12} {'ratio':>7} {'orlik MFU':>9} {'torch MFU':>9} "
+          f"{'orlik peak RSS MB':>18}")
+    for name, o, t, rss, n in measured:
         rows[name] = {"orlik": o, "torch": t, "ratio": o / t, "orlik_peak_rss_mb": rss}
-        print(f"{name:28} {o:12.1f} {t:12.1f} {o / t:7.2f} {rss or 0:18.0f}")
+        print(f"{name:28} {o:12.1f} {t:12.1f} {o / t:7.2f} {mfu(6 * n, o, peak):>9} {mfu(6 * n, t, peak):>9} "
+              f"{rss or 0:18.0f}")
+    if peak:
+        print(f"f32 gemm peak measured in this run: {peak:.1f} GFLOP/s (gemm_speed); MFU counts 6 · params FLOPs "
+              f"per token (attention scores left out)")
     print(json.dumps(rows))
 
 

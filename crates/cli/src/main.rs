@@ -476,6 +476,19 @@ fn pin_threads() {
     }
 }
 
+/// Run the command on one of rayon's workers instead of the main thread. A parallel op (candle's,
+/// gemm's, the executors') called from outside the pool is injected into it while the caller
+/// sleeps until it is done: two context switches per op, ~1300 per decoded token of SmolLM2
+/// (perf, issue 21). Called from a worker it runs in place and the other workers steal; decode
+/// measured +19% (`orlik bench`, alternating rounds). The workers get an 8 MiB stack, as the
+/// main thread has (parsers recurse). MPI is initialised THREAD_SERIALIZED, so its calls may come
+/// from this thread.
+fn on_worker<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    // Fails only when a pool exists already (nothing builds one before this): then use it.
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
+    rayon::scope(|_| f())
+}
+
 /// Run a resolved recipe on this terminal; an interrupted training stage exits 130.
 fn pipeline(r: orlik_pipeline::Recipe, resume: bool, force: bool) -> anyhow::Result<()> {
     let ui = term::Term::new();
@@ -529,7 +542,22 @@ fn main() {
     };
     term::set_memory_gate(cli.no_memory_check, cli.memory_limit);
     let world = join_world(&cli.cmd);
-    let r = match cli.cmd {
+    let r = on_worker(|| dispatch(cli.cmd));
+    if let Err(e) = r {
+        orlik_io::output::abandon_unused();
+        if world.size() > 1 {
+            // Every rank says its own error (one may fail alone); MPI_Abort ends the others.
+            eprintln!("error (rank {} of {}): {}", world.rank(), world.size(), one_line(&e));
+            world.abort(1);
+        }
+        eprintln!("error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+    world.finalize();
+}
+
+fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
         Cmd::Inspect { path, json } => {
             orlik_io::inspect::run(&path, json).map(|s| println!("{s}")).map_err(Into::into)
         }
@@ -654,18 +682,7 @@ fn main() {
         Cmd::Mem { gpu_memory, json, command } => mem_cmd::run(&command, gpu_memory, json),
         Cmd::Score(a) => prune_cmd::score_cmd(a),
         Cmd::Prune(a) => prune_cmd::prune_cmd(a),
-    };
-    if let Err(e) = r {
-        orlik_io::output::abandon_unused();
-        if world.size() > 1 {
-            // Every rank says its own error (one may fail alone); MPI_Abort ends the others.
-            eprintln!("error (rank {} of {}): {}", world.rank(), world.size(), one_line(&e));
-            world.abort(1);
-        }
-        eprintln!("error: {}", one_line(&e));
-        std::process::exit(1);
     }
-    world.finalize();
 }
 
 /// The commands that run data parallel under a launcher (`mpirun -np N orlik distill ...`).

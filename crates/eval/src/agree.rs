@@ -90,7 +90,8 @@ mod tests {
         };
         let (pp, qq) = (sm(&p), sm(&q));
         let want: f64 = pp.iter().zip(&qq).map(|(a, b)| a * (a / b).ln()).sum();
-        assert!((k - want).abs() < 1e-12, "{k} vs {want}");
+        // The log-normalisers come from f32 exponentials (prob::logsumexp): ~1e-7 relative.
+        assert!((k - want).abs() < 1e-6, "{k} vs {want}");
         assert!(!same);
     }
 }

@@ -85,7 +85,7 @@ pub fn windows(n: usize, context: usize, stride: usize) -> Vec<Window> {
 
 /// Sum of -log p(target) over positions [from, to) of one row's hidden states (t, h), in chunks
 /// of positions so a large vocabulary never materialises (t, vocab) at once. Each logit row is
-/// read once: -log p = logsumexp(row) - row[target], accumulated in f64.
+/// read once: -log p = logsumexp(row) - row[target] (`orlik_model::prob`), accumulated in f64.
 fn row_nll(
     model: &dyn Infer,
     hidden: &Tensor,
@@ -106,11 +106,7 @@ fn row_nll(
         total += flat
             .par_chunks(v)
             .zip(targets.par_iter())
-            .map(|(row, &t)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-                max as f64 + sum.ln() - row[t as usize] as f64
-            })
+            .map(|(row, &t)| orlik_model::prob::logsumexp(row, 1.0) - row[t as usize] as f64)
             .sum::<f64>();
         p += n;
     }
