@@ -47,14 +47,10 @@ pub struct Manifest {
     pub seq_len: usize,
     /// How the teacher held its matrices (resolved; absent = f32, as in caches made before
     /// 16-bit inference existed).
-    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    #[serde(default = "ComputeDtype::f32_default", skip_serializing_if = "ComputeDtype::is_f32")]
     pub compute_dtype: ComputeDtype,
     pub train: SplitInfo,
     pub val: Option<SplitInfo>,
-}
-
-fn f32_compute() -> ComputeDtype {
-    ComputeDtype::F32
 }
 
 impl Manifest {

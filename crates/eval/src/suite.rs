@@ -79,12 +79,8 @@ pub struct ModelEval {
     /// tokens/s per measurement, in order ("prefill b1x256", ..., "decode b8").
     pub speed: Vec<(String, f64)>,
     /// How the model held its matrices (absent = f32, as in files from before 16-bit inference).
-    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    #[serde(default = "ComputeDtype::f32_default", skip_serializing_if = "ComputeDtype::is_f32")]
     pub compute_dtype: ComputeDtype,
-}
-
-fn f32_compute() -> ComputeDtype {
-    ComputeDtype::F32
 }
 
 /// eval.json.

@@ -95,6 +95,12 @@ impl ComputeDtype {
         Some(format!("weights held in {self} (f32 accumulation, {kernel} kernel)"))
     }
 
+    /// F32: the serde default of the recorded (resolved) value in files written before 16-bit
+    /// inference existed (scores.json, cache.json, eval.json).
+    pub fn f32_default() -> ComputeDtype {
+        ComputeDtype::F32
+    }
+
     /// Whether the value is the default `Auto` (settings leave it out when serialized, so
     /// fingerprints and run.json files from before the key existed still match).
     pub fn is_auto(&self) -> bool {

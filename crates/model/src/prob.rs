@@ -52,7 +52,7 @@ mod tests {
         let lp = log_softmax(&z, 2.0);
         let total: f64 = lp.iter().map(|x| x.exp()).sum();
         assert!((total - 1.0).abs() < 1e-6); // f32 exponentials inside logsumexp
-        // A vocabulary-sized row against the same sum in f64 throughout.
+                                             // A vocabulary-sized row against the same sum in f64 throughout.
         let big: Vec<f32> = (0..49_157).map(|i| ((i as f32) * 0.37).sin() * 12.0).collect();
         for t in [1.0f32, 2.0, 0.7] {
             let max = big.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / t as f64));

@@ -112,12 +112,8 @@ pub struct ScoreMeta {
     pub num_hidden_layers: usize,
     /// How the model held its matrices while scored (absent = f32, as in files from before
     /// 16-bit inference).
-    #[serde(default = "f32_compute", skip_serializing_if = "ComputeDtype::is_f32")]
+    #[serde(default = "ComputeDtype::f32_default", skip_serializing_if = "ComputeDtype::is_f32")]
     pub compute_dtype: ComputeDtype,
-}
-
-fn f32_compute() -> ComputeDtype {
-    ComputeDtype::F32
 }
 
 fn t2(v: &[Vec<f32>]) -> candle_core::Result<Tensor> {

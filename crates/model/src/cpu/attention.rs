@@ -263,10 +263,7 @@ mod tests {
         hd: usize,
         scale: f64,
         window: Option<usize>,
-        q: &dyn Fn(usize, usize) -> f64,
-        k: &dyn Fn(usize, usize) -> f64,
-        v: &dyn Fn(usize, usize) -> f64,
-        dout: &dyn Fn(usize, usize) -> f64,
+        [q, k, v, dout]: [&dyn Fn(usize, usize) -> f64; 4],
     ) -> [Vec<f64>; 5] {
         let (mut o, mut lse, mut dq) = (vec![0.0; t * hd], vec![0.0; t], vec![0.0; t * hd]);
         let (mut dk, mut dv) = (vec![0.0; t * hd], vec![0.0; t * hd]);
@@ -320,7 +317,7 @@ mod tests {
                     let ka = |j: usize, d: usize| k[(bi * t + j) * kd + g * hd + d] as f64;
                     let va = |j: usize, d: usize| v[(bi * t + j) * kd + g * hd + d] as f64;
                     let da = |i: usize, d: usize| dout[(bi * t + i) * qd + h * hd + d] as f64;
-                    let [ro, rl, rq, ..] = reference(t, hd, 0.35, window, &qa, &ka, &va, &da);
+                    let [ro, rl, rq, ..] = reference(t, hd, 0.35, window, [&qa, &ka, &va, &da]);
                     for i in 0..t {
                         close(lse[(bi * heads + h) * t + i], rl[i], "lse");
                         for d in 0..hd {
@@ -337,7 +334,7 @@ mod tests {
                         let ka = |j: usize, d: usize| k[(bi * t + j) * kd + g * hd + d] as f64;
                         let va = |j: usize, d: usize| v[(bi * t + j) * kd + g * hd + d] as f64;
                         let da = |i: usize, d: usize| dout[(bi * t + i) * qd + h * hd + d] as f64;
-                        let [.., hk, hv] = reference(t, hd, 0.35, window, &qa, &ka, &va, &da);
+                        let [.., hk, hv] = reference(t, hd, 0.35, window, [&qa, &ka, &va, &da]);
                         rk.iter_mut().zip(hk).for_each(|(a, b)| *a += b);
                         rv.iter_mut().zip(hv).for_each(|(a, b)| *a += b);
                     }

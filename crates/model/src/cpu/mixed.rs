@@ -121,34 +121,38 @@ pub fn matmul_t(
         return y;
     }
     if n <= GEMV_ROWS {
-        gemv(x, n, k, w, kind, out, path, &mut y);
+        gemv(&Operands { x, n, k, w, kind, path }, &mut y);
     } else {
         widen_gemm(x, n, k, w, kind, out, &mut y);
     }
     y
 }
 
-/// The dot-product regime: threads split the outputs; four outputs at a time share one pass
-/// over each row of x (four weight streams in flight: decode waits on memory, not on FMAs).
-#[allow(clippy::too_many_arguments)]
-fn gemv(
-    x: &[f32],
+/// The inputs of one product in the dot-product regime: x (n, k) f32, w (out, k) of `kind`
+/// bits, the kernel path.
+struct Operands<'a> {
+    x: &'a [f32],
     n: usize,
     k: usize,
-    w: &[u16],
+    w: &'a [u16],
     kind: Half,
-    out: usize,
     path: Path,
-    y: &mut [f32],
-) {
+}
+
+/// The dot-product regime, y (n, out): threads split the outputs; four outputs at a time share
+/// one pass over each row of x (four weight streams in flight: decode waits on memory, not on
+/// FMAs).
+fn gemv(op: &Operands, y: &mut [f32]) {
+    let Operands { x, n, k, kind, path, .. } = *op;
+    let out = y.len() / n;
     // The activations as two bf16 parts, once per call (AVX-512 BF16 only).
     let split = (path == Path::Avx512Bf16 && kind == Half::Bf16).then(|| split_bf16(&x[..n * k]));
     // yt (out, n): for one row that is y itself, else it is transposed into y at the end.
     if n == 1 {
-        return gemv_t(x, n, k, w, kind, path, split.as_ref(), &mut y[..out]);
+        return gemv_t(op, split.as_ref(), y);
     }
     let mut yt = vec![0f32; out * n];
-    gemv_t(x, n, k, w, kind, path, split.as_ref(), &mut yt);
+    gemv_t(op, split.as_ref(), &mut yt);
     for (j, row) in yt.chunks(n).enumerate() {
         for (r, &v) in row.iter().enumerate() {
             y[r * out + j] = v;
@@ -157,17 +161,8 @@ fn gemv(
 }
 
 /// yt (out, n) = w · xᵀ, the outputs split across threads.
-#[allow(clippy::too_many_arguments)]
-fn gemv_t(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    w: &[u16],
-    kind: Half,
-    path: Path,
-    split: Option<&(Vec<u16>, Vec<u16>)>,
-    yt: &mut [f32],
-) {
+fn gemv_t(op: &Operands, split: Option<&(Vec<u16>, Vec<u16>)>, yt: &mut [f32]) {
+    let Operands { x, n, k, w, kind, path } = *op;
     let out = yt.len() / n;
     // Whole groups of four outputs per task, so that which outputs share a pass (and so every
     // bit of the result) does not depend on the thread count.
