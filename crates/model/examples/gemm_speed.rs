@@ -5,11 +5,12 @@
 //!   cargo run --release -p orlik-model --example gemm_speed [-- ROUNDS]
 //!
 //! Prints GFLOP/s (2·n·k·out per product) and, for decode, the weight bytes streamed per second,
-//! with each 16-bit path's ratio to f32. The speed scripts quote the f32 prefill figure as the
-//! machine's limit when they report MFU.
+//! with each 16-bit path's ratio to f32 (the gemm library), and at few rows the four-row f32 dot
+//! product a frozen f32 model runs there instead (`gemv_f32_t`). The speed scripts quote the f32
+//! prefill figure as the machine's limit when they report MFU.
 
 use orlik_model::cpu::kernels::{gemm, Par, View};
-use orlik_model::cpu::mixed::{matmul_t, Half, Path};
+use orlik_model::cpu::mixed::{gemv_f32_t, matmul_t, Half, Path, GEMV_ROWS};
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -26,8 +27,8 @@ fn main() {
         rayon::current_num_threads()
     );
     println!(
-        "{:<28} {:>12} {:>12} {:>12} {:>8} {:>8}",
-        "shape (n × k → out)", "f32", "bf16", "f16", "bf16/f32", "f16/f32"
+        "{:<28} {:>12} {:>12} {:>12} {:>8} {:>8} {:>12}",
+        "shape (n × k → out)", "f32", "bf16", "f16", "bf16/f32", "f16/f32", "f32 dot"
     );
     let mut peak = 0f64; // the best f32 GFLOP/s at a prefill shape: the speed scripts' MFU base
                          // (n, k, out): SmolLM2's lm_head and fused gate/up at 512 rows and at one row.
@@ -44,7 +45,7 @@ fn main() {
             (0..out * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let wb: Vec<u16> = w32.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
         let wh: Vec<u16> = w32.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
-        let mut t = [Vec::new(), Vec::new(), Vec::new()];
+        let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for r in 0..rounds + 1 {
             // A fresh output each time, as candle's matmul and `matmul_t` allocate one.
             let s = Instant::now();
@@ -58,13 +59,20 @@ fn main() {
             let s = Instant::now();
             std::hint::black_box(matmul_t(&x, n, k, &wh, Half::F16, out, path));
             let c = s.elapsed().as_secs_f64();
+            // What a frozen f32 model runs at few rows instead of the gemm library.
+            let s = Instant::now();
+            if n <= GEMV_ROWS {
+                std::hint::black_box(gemv_f32_t(&x, n, k, &w32, out));
+            }
+            let d = s.elapsed().as_secs_f64();
             if r > 0 {
                 t[0].push(a);
                 t[1].push(b);
                 t[2].push(c);
+                t[3].push(d);
             }
         }
-        let [a, b, c] = t.map(median);
+        let [a, b, c, d] = t.map(median);
         let flops = 2.0 * (n * k * out) as f64;
         if n > 8 {
             peak = peak.max(flops / a / 1e9);
@@ -77,14 +85,16 @@ fn main() {
             }
         };
         let wbytes = (out * k) as f64;
+        let dot = if n <= GEMV_ROWS { cell(d, 4.0 * wbytes) } else { "-".into() };
         println!(
-            "{:<28} {:>12} {:>12} {:>12} {:>8.2} {:>8.2}",
+            "{:<28} {:>12} {:>12} {:>12} {:>8.2} {:>8.2} {:>12}",
             format!("{n} × {k} → {out}"),
             cell(a, 4.0 * wbytes),
             cell(b, 2.0 * wbytes),
             cell(c, 2.0 * wbytes),
             a / b,
-            a / c
+            a / c,
+            dot
         );
     }
     println!("f32 peak GF/s {peak:.1}");

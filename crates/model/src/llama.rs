@@ -15,6 +15,7 @@
 //! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
 
 use crate::block::{self, Activation, BlockSpec, LayerSpec, Role};
+use crate::cpu::mixed::GEMV_ROWS;
 use crate::masked_softmax::causal_attention;
 use crate::ops;
 use crate::{Config, ModelError, Weights};
@@ -30,7 +31,7 @@ pub struct ModelOptions {
     /// Use only ops with a backward (training). Slower; same numbers.
     pub differentiable: bool,
     /// Inference only (f32 compute): the 2-D weights (projections, embedding, lm_head) held in
-    /// this 16-bit dtype (BF16 or F16) and multiplied by `ops::matmul_half_t` with f32
+    /// this 16-bit dtype (BF16 or F16) and multiplied by `ops::matmul_frozen_t` with f32
     /// accumulation; norms and biases stay in `dtype`. None: every weight in `dtype`.
     pub half_weights: Option<DType>,
 }
@@ -85,7 +86,12 @@ impl Linear {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let x = x.reshape((n, inn))?; // (n, in)
         let y = match self.w.dtype() {
-            DType::BF16 | DType::F16 => ops::matmul_half_t(&x.contiguous()?, &self.w)?,
+            DType::BF16 | DType::F16 => ops::matmul_frozen_t(&x.contiguous()?, &self.w)?,
+            // A frozen f32 model at decode: the dot-product kernel streams the weights faster
+            // than the gemm library does at a few rows (`cpu::mixed::gemv_f32_t`).
+            DType::F32 if n <= GEMV_ROWS && !x.track_op() && !self.w.track_op() => {
+                ops::matmul_frozen_t(&x.contiguous()?, &self.w)?
+            }
             _ => x.matmul(&self.w.t()?)?,
         }; // (n, out)
         let y = match &self.b {

@@ -100,17 +100,18 @@ pub fn attention_mask(
     Tensor::from_vec(m, (b, 1, tq, tk), device)?.to_dtype(dtype)
 }
 
-/// x (n, k) f32 · wᵀ with `w` (out, k) kept in bf16 or f16: the frozen models' matrix product
-/// (`cpu::mixed`), f32 accumulation, no backward (16-bit weights are never trained).
-pub fn matmul_half_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.apply_op2_no_bwd(w, &HalfMatmul)
+/// x (n, k) f32 · wᵀ with a frozen `w` (out, k) in bf16, f16 or f32: the frozen models' matrix
+/// product (`cpu::mixed`), f32 accumulation, no backward (the weights are never trained).
+/// f32 weights: the four-row dot product for few rows (decode), the f32 gemm otherwise.
+pub fn matmul_frozen_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.apply_op2_no_bwd(w, &FrozenMatmul)
 }
 
-struct HalfMatmul;
+struct FrozenMatmul;
 
-impl candle_core::CustomOp2 for HalfMatmul {
+impl candle_core::CustomOp2 for FrozenMatmul {
     fn name(&self) -> &'static str {
-        "matmul-half-t"
+        "matmul-frozen-t"
     }
 
     fn cpu_fwd(
@@ -120,25 +121,36 @@ impl candle_core::CustomOp2 for HalfMatmul {
         ws: &candle_core::CpuStorage,
         wl: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use crate::cpu::mixed::{matmul_t, Half, Path};
+        use crate::cpu::kernels::{gemm, Par, View};
+        use crate::cpu::mixed::{gemv_f32_t, matmul_t, Half, Path, GEMV_ROWS};
         use candle_core::CpuStorage as S;
         use half::slice::HalfFloatSliceExt;
         let (n, k) = xl.shape().dims2()?;
         let (out, kw) = wl.shape().dims2()?;
         if k != kw {
-            candle_core::bail!("matmul-half-t: x (.., {k}) against a weight of ({out}, {kw})");
+            candle_core::bail!("matmul-frozen-t: x (.., {k}) against a weight of ({out}, {kw})");
         }
         let x = match (xs, xl.contiguous_offsets()) {
             (S::F32(v), Some((a, b))) => &v[a..b],
-            _ => candle_core::bail!("matmul-half-t: x must be contiguous f32"),
+            _ => candle_core::bail!("matmul-frozen-t: x must be contiguous f32"),
         };
         let Some((a, b)) = wl.contiguous_offsets() else {
-            candle_core::bail!("matmul-half-t: the weight must be contiguous");
+            candle_core::bail!("matmul-frozen-t: the weight must be contiguous");
         };
         let (w, kind) = match ws {
             S::BF16(v) => (v[a..b].reinterpret_cast(), Half::Bf16),
             S::F16(v) => (v[a..b].reinterpret_cast(), Half::F16),
-            _ => candle_core::bail!("matmul-half-t: the weight must be bf16 or f16"),
+            S::F32(v) if n <= GEMV_ROWS => {
+                let y = gemv_f32_t(x, n, k, &v[a..b], out);
+                return Ok((S::F32(y), candle_core::Shape::from((n, out))));
+            }
+            S::F32(v) => {
+                let mut y = vec![0f32; n * out];
+                let (xv, wv) = (View::rows(x, k), View::t(&v[a..b], k));
+                gemm(&mut y, out, n, out, k, xv, wv, false, 1.0, Par::All);
+                return Ok((S::F32(y), candle_core::Shape::from((n, out))));
+            }
+            _ => candle_core::bail!("matmul-frozen-t: the weight must be f32, bf16 or f16"),
         };
         let y = matmul_t(x, n, k, w, kind, out, Path::detect());
         Ok((S::F32(y), candle_core::Shape::from((n, out))))

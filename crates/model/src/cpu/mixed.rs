@@ -153,6 +153,12 @@ fn gemv(op: &Operands, y: &mut [f32]) {
     }
     let mut yt = vec![0f32; out * n];
     gemv_t(op, split.as_ref(), &mut yt);
+    transpose_into(&yt, n, y);
+}
+
+/// y (n, out) from yt (out, n).
+fn transpose_into(yt: &[f32], n: usize, y: &mut [f32]) {
+    let out = yt.len() / n;
     for (j, row) in yt.chunks(n).enumerate() {
         for (r, &v) in row.iter().enumerate() {
             y[r * out + j] = v;
@@ -160,43 +166,98 @@ fn gemv(op: &Operands, y: &mut [f32]) {
     }
 }
 
-/// yt (out, n) = w · xᵀ, the outputs split across threads.
+/// yt (out, n) = w · xᵀ for the 16-bit weights, the outputs split across threads.
 fn gemv_t(op: &Operands, split: Option<&(Vec<u16>, Vec<u16>)>, yt: &mut [f32]) {
     let Operands { x, n, k, w, kind, path } = *op;
+    groups_of_four(n, yt, |j, m, r| {
+        // A short group repeats its last row: the same kernel for every output.
+        let rows: [&[u16]; 4] =
+            std::array::from_fn(|q| &w[(j + q.min(m - 1)) * k..(j + q.min(m - 1) + 1) * k]);
+        let xr = &x[r * k..(r + 1) * k];
+        match (split, path) {
+            #[cfg(target_arch = "x86_64")]
+            (Some((hi, lo)), _) => {
+                let (hi, lo) = (&hi[r * k..(r + 1) * k], &lo[r * k..(r + 1) * k]);
+                // SAFETY: the path is available (asserted by the caller).
+                unsafe { x86::dot4_avx512bf16(rows, hi, lo) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            (None, Path::Avx2 | Path::Avx512Bf16) => {
+                // SAFETY: AVX2, FMA and F16C are present (every AVX-512 BF16 CPU has them).
+                unsafe { x86::dot4_avx2(rows, xr, kind) }
+            }
+            _ => rows.map(|wq| dot_scalar(wq, xr, kind)),
+        }
+    });
+}
+
+/// yt (out, n), transposed outputs, filled four outputs at a time: `dot(j, m, r)` gives outputs
+/// j..j + m (m ≤ 4; the rest of its result is ignored) against row r of x. Threads take whole
+/// groups of four, so which outputs share a pass (and so every bit of the result) does not
+/// depend on the thread count.
+fn groups_of_four(n: usize, yt: &mut [f32], dot: impl Fn(usize, usize, usize) -> [f32; 4] + Sync) {
     let out = yt.len() / n;
-    // Whole groups of four outputs per task, so that which outputs share a pass (and so every
-    // bit of the result) does not depend on the thread count.
     let per_task = (out / (4 * rayon::current_num_threads())).clamp(16, 1024) / 4 * 4;
     yt.par_chunks_mut(per_task * n).enumerate().for_each(|(c, chunk)| {
         let j0 = c * per_task;
         for (g, yg) in chunk.chunks_mut(4 * n).enumerate() {
             let j = j0 + 4 * g;
             let m = yg.len() / n; // 4, or fewer in the last group
-                                  // A short group repeats its last row: the same kernel for every output.
-            let rows: [&[u16]; 4] =
-                std::array::from_fn(|q| &w[(j + q.min(m - 1)) * k..(j + q.min(m - 1) + 1) * k]);
             for r in 0..n {
-                let xr = &x[r * k..(r + 1) * k];
-                let v = match (split, path) {
-                    #[cfg(target_arch = "x86_64")]
-                    (Some((hi, lo)), _) => {
-                        let (hi, lo) = (&hi[r * k..(r + 1) * k], &lo[r * k..(r + 1) * k]);
-                        // SAFETY: the path is available (asserted by the caller).
-                        unsafe { x86::dot4_avx512bf16(rows, hi, lo) }
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    (None, Path::Avx2 | Path::Avx512Bf16) => {
-                        // SAFETY: AVX2, FMA and F16C are present (every AVX-512 BF16 CPU has them).
-                        unsafe { x86::dot4_avx2(rows, xr, kind) }
-                    }
-                    _ => rows.map(|wq| dot_scalar(wq, xr, kind)),
-                };
+                let v = dot(j, m, r);
                 for q in 0..m {
                     yg[q * n + r] = v[q];
                 }
             }
         }
     });
+}
+
+/// y (n, out) = x (n, k) · wᵀ with f32 weights `w` (out, k), for few rows (n ≤ [`GEMV_ROWS`]):
+/// the decode regime of an f32 model, where the gemm library streams the weights at about
+/// two thirds of the bandwidth a plain four-row dot product reaches (`examples/gemm_speed.rs`).
+/// AVX2 + FMA where the CPU has them, else four-lane Rust.
+///
+/// Panics (a bug, not an input error) when a buffer is shorter than its shape.
+pub fn gemv_f32_t(x: &[f32], n: usize, k: usize, w: &[f32], out: usize) -> Vec<f32> {
+    assert!(x.len() >= n * k && w.len() >= out * k, "gemv_f32_t: operand too short");
+    let mut yt = vec![0f32; out * n];
+    if n == 0 || out == 0 {
+        return yt;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let simd =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    groups_of_four(n, &mut yt, |j, m, r| {
+        let rows: [&[f32]; 4] =
+            std::array::from_fn(|q| &w[(j + q.min(m - 1)) * k..(j + q.min(m - 1) + 1) * k]);
+        let xr = &x[r * k..(r + 1) * k];
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: AVX2 and FMA are present (checked above).
+            return unsafe { x86::dot4_f32_avx2(rows, xr) };
+        }
+        rows.map(|wq| dot_f32(wq, xr))
+    });
+    if n == 1 {
+        return yt;
+    }
+    let mut y = vec![0f32; n * out];
+    transpose_into(&yt, n, &mut y);
+    y
+}
+
+/// Σ w[i]·x[i] over f32, four partial sums.
+fn dot_f32(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0f32; 4];
+    let (wc, xc) = (w.chunks_exact(4), x.chunks_exact(4));
+    let tail: f32 = wc.remainder().iter().zip(xc.remainder()).map(|(a, b)| a * b).sum();
+    for (a, b) in wc.zip(xc) {
+        for q in 0..4 {
+            acc[q] += a[q] * b[q];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Σ w[i]·x[i] in f32, four partial sums (the same association as the vector kernels' lanes
@@ -356,6 +417,39 @@ mod x86 {
         }
     }
 
+    /// Four dot products Σ w_q[i]·x[i] over f32 weights, as [`dot4_avx2`] does for 16-bit ones.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA; every `w_q` and `x` of one length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_f32_avx2(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        unsafe {
+            let k = x.len();
+            debug_assert!(w.iter().all(|r| r.len() == k));
+            let xp = x.as_ptr();
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            let main = k / 16 * 16;
+            let mut i = 0;
+            while i < main {
+                let (x0, x1) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(i + 8)));
+                for (a, r) in acc.iter_mut().zip(&w) {
+                    let p = r.as_ptr().add(i);
+                    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a[0]);
+                    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), x1, a[1]);
+                }
+                i += 16;
+            }
+            let mut s = [0f32; 4];
+            for (q, a) in acc.iter().enumerate() {
+                s[q] = hsum(_mm256_add_ps(a[0], a[1]));
+                for t in i..k {
+                    s[q] = w[q][t].mul_add(x[t], s[q]);
+                }
+            }
+            s
+        }
+    }
+
     /// Four dot products Σ w_q[i]·(hi[i] + lo[i]) in one pass over hi and lo (the f32
     /// activation's two bf16 halves): `vdpbf16ps` takes 32 pairs per instruction, two per 32
     /// weights (hi and lo), eight chains in flight.
@@ -486,6 +580,34 @@ mod tests {
             }
         }
         assert!(ran.contains(&"scalar"), "the scalar fallback always runs");
+    }
+
+    /// The f32-weight decode product against f64, at odd sizes and every row count it takes,
+    /// on the kernel this CPU runs (AVX2 + FMA or the four-lane fallback), and the fallback's
+    /// dot product on its own.
+    #[test]
+    fn f32_gemv_matches_the_f64_product() {
+        for &(n, k, out) in &[(1, 1, 1), (1, 37, 5), (2, 64, 17), (3, 95, 33), (8, 576, 41)] {
+            let x = values(n * k, 3 + n as u64);
+            let w = values(out * k, 11 + k as u64);
+            let got = gemv_f32_t(&x, n, k, &w, out);
+            for r in 0..n {
+                for j in 0..out {
+                    let (xr, wj) = (&x[r * k..(r + 1) * k], &w[j * k..(j + 1) * k]);
+                    let want: f64 = xr.iter().zip(wj).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let mag: f64 =
+                        xr.iter().zip(wj).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+                    let tol = mag.max(1e-30) * 4.0 * f32::EPSILON as f64 * (k as f64).sqrt();
+                    let err = (got[r * out + j] as f64 - want).abs();
+                    assert!(
+                        err <= tol,
+                        "n={n} k={k} out={out} ({r},{j}): err {err:e}, tol {tol:e}"
+                    );
+                    let err = (dot_f32(wj, xr) as f64 - want).abs();
+                    assert!(err <= tol, "fallback k={k}: err {err:e}, tol {tol:e}");
+                }
+            }
+        }
     }
 
     /// The hi/lo split recovers x to 2⁻¹⁶ relative.
