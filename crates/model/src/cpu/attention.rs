@@ -39,6 +39,22 @@ fn blocks(
     })
 }
 
+/// One block's scores: c[r0..r0 + n, lo..lo + nk] (c is (t, t)) = scale · a[r0..r0 + n] ·
+/// b[lo..lo + nk]ᵀ, with a and b (t, hd) given with their row strides (q against k in the
+/// forward; q against k and dO against v in the backward).
+fn block_scores(
+    c: &mut [f32],
+    t: usize,
+    (r0, n, lo, nk): (usize, usize, usize, usize),
+    hd: usize,
+    (a, ars): (&[f32], usize),
+    (b, brs): (&[f32], usize),
+    scale: f32,
+) {
+    let bt = View { data: &b[lo * brs..], rs: 1, cs: brs }; // (hd, nk)
+    gemm(&mut c[r0 * t + lo..], t, n, nk, hd, at(a, ars, r0, 0), bt, false, scale, Par::One);
+}
+
 /// A row-major view starting at element (i, j) of a matrix with row stride `rs`.
 fn at(data: &[f32], rs: usize, i: usize, j: usize) -> View<'_> {
     View { data: &data[i * rs + j..], rs, cs: 1 }
@@ -73,20 +89,8 @@ pub fn forward_blocked(
                                                  // Entries of sc outside each block's key range stay 0 and are never read:
                                                  // causal_softmax reads only the visible [lo, i] of row i and zeroes the rest.
             let mut sc = vec![0f32; t * t];
-            for (r0, n, lo, nk) in blocks(t, window, qb) {
-                let kt = View { data: &kg[lo * kd..], rs: 1, cs: kd }; // (hd, nk)
-                gemm(
-                    &mut sc[r0 * t + lo..],
-                    t,
-                    n,
-                    nk,
-                    hd,
-                    at(qh, qd, r0, 0),
-                    kt,
-                    false,
-                    scale,
-                    Par::One,
-                );
+            for blk in blocks(t, window, qb) {
+                block_scores(&mut sc, t, blk, hd, (qh, qd), (kg, kd), scale);
             }
             let mut lse = vec![0f32; t];
             kernels::causal_softmax(&mut sc, t, window, &mut lse);
@@ -154,43 +158,19 @@ pub fn backward_blocked(
                 let h = g * rep + r;
                 let qh = &q[bi * t * qd + h * hd..]; // (t, hd), row stride qd
                 let doh = &dout[bi * t * qd + h * hd..]; // (t, hd), row stride qd
-                for (r0, n, lo, nk) in blocks(t, window, qb) {
-                    let kt = View { data: &kg[lo * kd..], rs: 1, cs: kd }; // (hd, nk)
-                    let vt = View { data: &vg[lo * kd..], rs: 1, cs: kd }; // (hd, nk)
-                    gemm(
-                        &mut p[r0 * t + lo..],
-                        t,
-                        n,
-                        nk,
-                        hd,
-                        at(qh, qd, r0, 0),
-                        kt,
-                        false,
-                        scale,
-                        Par::One,
-                    );
+                for blk in blocks(t, window, qb) {
+                    block_scores(&mut p, t, blk, hd, (qh, qd), (kg, kd), scale);
+                    block_scores(&mut dp, t, blk, hd, (doh, qd), (vg, kd), 1.0);
                     // dP = dO vᵀ
-                    gemm(
-                        &mut dp[r0 * t + lo..],
-                        t,
-                        n,
-                        nk,
-                        hd,
-                        at(doh, qd, r0, 0),
-                        vt,
-                        false,
-                        1.0,
-                        Par::One,
-                    );
                 }
                 let at_lse = (bi * heads + h) * t;
                 kernels::causal_probs(&mut p, t, window, &lse[at_lse..at_lse + t]);
                 kernels::softmax_backward(&p, &mut dp, t, window); // dp = dS
                 let dqr = &mut dq[r * t * hd..(r + 1) * t * hd];
                 for (r0, n, lo, nk) in blocks(t, window, qb) {
+                    // dv += Pᵀ dO, dq = scale dS k, dk += scale dSᵀ q
                     let pt = View { data: &p[r0 * t + lo..], rs: 1, cs: t }; // Pᵀ (nk, n)
                     let dst = View { data: &dp[r0 * t + lo..], rs: 1, cs: t }; // dSᵀ (nk, n)
-                                                                               // dv += Pᵀ dO, dq = scale dS k, dk += scale dSᵀ q
                     gemm(
                         &mut dv[lo * hd..],
                         hd,
