@@ -159,9 +159,9 @@ pub fn backward_blocked(
                 let qh = &q[bi * t * qd + h * hd..]; // (t, hd), row stride qd
                 let doh = &dout[bi * t * qd + h * hd..]; // (t, hd), row stride qd
                 for blk in blocks(t, window, qb) {
+                    // the scores again, and dP = dO vᵀ
                     block_scores(&mut p, t, blk, hd, (qh, qd), (kg, kd), scale);
                     block_scores(&mut dp, t, blk, hd, (doh, qd), (vg, kd), 1.0);
-                    // dP = dO vᵀ
                 }
                 let at_lse = (bi * heads + h) * t;
                 kernels::causal_probs(&mut p, t, window, &lse[at_lse..at_lse + t]);
