@@ -275,6 +275,13 @@ pub(crate) enum Cmd {
     /// distillation runs reuse them without running the teacher. Resumable: complete shards
     /// are kept when the command is re-run with the same settings.
     TeacherCache(train_cmd::CacheArgs),
+    /// Tokenize text / JSONL sources once into a dataset directory: packed windows of
+    /// (--seq-len)+1 tokens in mmap'd shards, document boundaries, a manifest (tokenizer and source
+    /// sha256s, mixing weights). `distill`, `train` and `teacher-cache` take it as --data (and
+    /// --val), map it instead of tokenizing at start, and each rank reads only its windows.
+    /// Parallel; a killed run continues from its last shard when re-run. Example: orlik
+    /// tokenize --model M --data a.txt b.jsonl --weights 1,0.5 --val v.txt -o ds
+    Tokenize(train_cmd::TokenizeArgs),
     /// Print, without running it, the peak memory a training command will need, component by
     /// component (weights, master copy, AdamW moments, gradients, activations at its batch and
     /// sequence length, the online teacher, the KV cache of GRPO's sampling, the lm_head chunk,
@@ -679,6 +686,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Train { model, init, train } => train_cmd::train(&model, &init, train),
         Cmd::TeacherCache(a) => train_cmd::teacher_cache(a),
+        Cmd::Tokenize(a) => train_cmd::tokenize(a),
         Cmd::Mem { gpu_memory, json, command } => mem_cmd::run(&command, gpu_memory, json),
         Cmd::Score(a) => prune_cmd::score_cmd(a),
         Cmd::Prune(a) => prune_cmd::prune_cmd(a),

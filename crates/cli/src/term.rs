@@ -59,7 +59,8 @@ fn pause(_step: u64) {
     std::thread::sleep(std::time::Duration::from_millis(DELAY_MS.load(Ordering::Relaxed)));
 }
 
-/// Testing aid: `ORLIK_STEP_DELAY_MS=N` pauses N ms after each training step, so that the
+/// Testing aid: `ORLIK_STEP_DELAY_MS=N` pauses N ms after each training step (and each shard
+/// `orlik tokenize` records), so that the
 /// interruption tests can kill a run mid-way on any machine. Read here in the binary and handed
 /// to the loop as its `after_step` hook; the libraries never read it.
 pub fn step_delay() -> Option<&'static (dyn Fn(u64) + Sync)> {

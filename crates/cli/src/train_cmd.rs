@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 /// `--config FILE.toml`; unset ones keep the file's value or the default.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Training text files (documents = paragraphs separated by a blank line).
+    /// Training text files (documents = paragraphs separated by a blank line), or one dataset
+    /// directory made by `orlik tokenize` (read mapped, nothing tokenized at start).
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Validation text files (bits/byte, loss and KL reported in metrics.jsonl).
@@ -229,7 +230,7 @@ pub struct CacheArgs {
     /// Teacher HF directory.
     #[arg(long)]
     pub teacher: PathBuf,
-    /// Training text (the windows a distillation run will read).
+    /// Training text (the windows a distillation run will read), or one `orlik tokenize` dataset.
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
     /// Validation text, cached too.
@@ -290,6 +291,92 @@ pub fn bench_train(
         );
     } else {
         println!("train step {batch}x{seq_len}: median {median:.1} tokens/s over {steps} steps");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// HF model directory whose tokenizer.json (and config.json's EOS, the separator between
+    /// documents) the dataset is made with; train with this model or one of the same vocabulary.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Source files: plain text (documents = paragraphs separated by a blank line) or JSONL
+    /// (.jsonl / .json: one object per line, the document under --text-field). Each is packed
+    /// on its own.
+    #[arg(long, num_args = 1.., required = true)]
+    pub data: Vec<PathBuf>,
+    /// Mixing weight per --data source, in order (default all 1): source i contributes
+    /// round(w_i x its windows) windows, repeated (w > 1) or evenly thinned (w < 1).
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub weights: Vec<f64>,
+    /// Validation text: the dataset's val split (`--val DATASET` in training reads it).
+    #[arg(long, num_args = 1..)]
+    pub val: Vec<PathBuf>,
+    #[command(flatten)]
+    pub settings: orlik_train::dataset::TokenizeSettings,
+    /// Dataset directory to write (or to continue, when re-run with the same sources).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Start over when --output holds a dataset (or an unfinished one) of other sources or
+    /// settings; without it a re-run with the same ones continues from the last shard.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let i = orlik_train::dataset::TokenizeInputs {
+        model: &a.model,
+        data: &a.data,
+        weights: &a.weights,
+        val: &a.val,
+        out: &a.output,
+        force: a.force,
+        after_shard: crate::term::step_delay(),
+    };
+    let pb =
+        crate::term::bar("{msg:24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}");
+    let s = orlik_train::dataset::tokenize(&i, &a.settings, &mut |what, d, n| {
+        pb.set_message(what.to_string());
+        pb.set_length(n);
+        pb.set_position(d);
+    })?;
+    pb.finish_and_clear();
+    let m = &s.manifest;
+    if s.up_to_date {
+        println!("{}: already tokenized with these sources and settings", a.output.display());
+    }
+    for (name, sp) in [("train", Some(&m.train)), ("val", m.val.as_ref())] {
+        let Some(sp) = sp else { continue };
+        for src in &sp.sources {
+            println!(
+                "{name} {}: {} documents, {} tokens, {} windows x weight {} = {}",
+                src.path,
+                src.documents,
+                src.tokens,
+                src.windows,
+                src.weight,
+                src.mixed_windows()
+            );
+        }
+        println!("{name}: {} windows of {} tokens", sp.windows, m.seq_len + 1);
+    }
+    if !s.up_to_date {
+        let tokens: u64 = m
+            .train
+            .sources
+            .iter()
+            .chain(m.val.iter().flat_map(|v| &v.sources))
+            .map(|x| x.tokens)
+            .sum();
+        println!(
+            "wrote {} ({} shards written, {} kept from an interrupted run) in {:.1} s, {:.0} tokens/s",
+            a.output.display(),
+            s.written_shards,
+            s.kept_shards,
+            s.seconds,
+            tokens as f64 / s.seconds.max(1e-9)
+        );
     }
     Ok(())
 }

@@ -196,6 +196,21 @@ fn two_ranks_distil_as_one_process_with_the_same_global_batch() {
     assert_eq!(weights(&whole), weights(&two));
     assert_eq!(trajectory(&whole), trajectory(&two));
 
+    // A tokenized dataset (`orlik tokenize`) in place of the text: each rank maps the shards
+    // and reads its own windows; the same run.
+    let ds = s.p("ds");
+    let (st, tr, va) = (s.p("student"), s.p("train.txt"), s.p("val.txt"));
+    ok(&["tokenize", "--model", &st, "--data", &tr, "--val", &va, "--seq-len", "16"]
+        .into_iter()
+        .chain(["--shard-size", "340B", "-o", &ds])
+        .collect::<Vec<_>>());
+    let two_ds = s.p("two-ds");
+    let mut a = distill(&s, "2", "6", &two_ds);
+    (a[6], a[8]) = (ds.clone(), ds.clone());
+    ok_ranks(2, &strs(&a)).unwrap();
+    assert_eq!(trajectory(&one), trajectory(&two_ds));
+    assert_eq!(weights(&one), weights(&two_ds));
+
     let (one4, two4) = (s.p("one4"), s.p("two4"));
     ok(&strs(&distill(&s, "4", "6", &one4)));
     ok_ranks(2, &strs(&distill(&s, "4", "6", &two4))).unwrap();

@@ -507,7 +507,7 @@ mod tests {
     /// 5 windows of 6 + 1 tokens.
     fn packed(shift: u32) -> Packed {
         let tokens: Vec<u32> = (0..5 * 7).map(|i| (i * 7 + 3 + shift) % 13).collect();
-        Packed { tokens, seq_len: 6, bytes: 35, stream_tokens: 35 }
+        Packed::from_tokens(tokens, 6, 35, 35)
     }
 
     fn spec(m: &Model) -> CacheSpec<'_> {

@@ -7,7 +7,7 @@ use crate::{vocab_sha256, DistillError};
 use orlik_io::hfdir::HfModel;
 use orlik_io::output::{check, read_marker, write_marker, Mode};
 use orlik_model::ComputeDtype;
-use orlik_train::data::pack;
+use orlik_train::dataset::{load, Expect, Split};
 use std::path::{Path, PathBuf};
 
 /// The cache's settings (the flags of `orlik teacher-cache`).
@@ -116,8 +116,10 @@ pub fn run(
         let t = i.teacher.display();
         bad(format!("{t}: config.json has no eos_token_id (needed to separate documents)"))
     })?;
-    let train = pack(&tok, i.data, s.seq_len, eos_id, 1)?;
-    let val = if i.val.is_empty() { None } else { Some(pack(&tok, i.val, s.seq_len, eos_id, 1)?) };
+    let vocab = vocab_sha256(&tok);
+    let want = Expect { model: i.teacher, vocab_sha256: &vocab, seq_len: s.seq_len, eos: eos_id };
+    let train = load(&tok, i.data, Split::Train, &want)?;
+    let val = if i.val.is_empty() { None } else { Some(load(&tok, i.val, Split::Val, &want)?) };
     let (model, compute_dtype) = hf.load_frozen(s.compute_dtype)?;
     let spec = CacheSpec {
         compute_dtype,

@@ -27,7 +27,7 @@ pub fn train_steps(
     };
     let n = (batch * (steps + 1) + 1) * (seq_len + 1);
     let tokens = orlik_model::init::bench_ids(n, hf.config.vocab_size);
-    let data = Packed { tokens, seq_len, bytes: n, stream_tokens: n };
+    let data = Packed::from_tokens(tokens, seq_len, n, n);
     // The trainer wants a run directory; nothing is written there by time_steps but metrics.
     let dir = std::env::temp_dir().join(format!("orlik-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,15 +7,16 @@
 //! `perm_e` is a Fisher–Yates shuffle seeded by (seed, e). The order is a pure function of (seed,
 //! cursor), so resuming only needs the cursor.
 
+use crate::dataset::Mapped;
 use crate::TrainError;
 use orlik_model::init::SplitMix64;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Packed {
-    /// Token stream cut to a whole number of windows.
-    pub tokens: Vec<u32>,
+    store: Store,
     pub seq_len: usize,
     /// UTF-8 bytes of the documents the stream holds (for bits per byte).
     pub bytes: usize,
@@ -23,34 +24,82 @@ pub struct Packed {
     pub stream_tokens: usize,
 }
 
+/// Where the windows are: tokenized at start, or mapped from a dataset (`orlik tokenize`).
+#[derive(Clone)]
+enum Store {
+    /// The token stream cut to a whole number of windows.
+    Owned(Vec<u32>),
+    Mapped(Arc<Mapped>),
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if matches!(self.store, Store::Owned(_)) { "owned" } else { "mapped" };
+        write!(f, "Packed({kind}, {} windows of {})", self.windows(), self.seq_len + 1)
+    }
+}
+
 impl Packed {
+    /// Windows from a token stream already cut to whole windows of `seq_len + 1`.
+    pub fn from_tokens(tokens: Vec<u32>, seq_len: usize, bytes: usize, stream: usize) -> Packed {
+        Packed { store: Store::Owned(tokens), seq_len, bytes, stream_tokens: stream }
+    }
+    pub(crate) fn mapped(m: Mapped, seq_len: usize, bytes: usize, stream: usize) -> Packed {
+        Packed { store: Store::Mapped(Arc::new(m)), seq_len, bytes, stream_tokens: stream }
+    }
     pub fn windows(&self) -> usize {
-        self.tokens.len() / (self.seq_len + 1)
+        match &self.store {
+            Store::Owned(t) => t.len() / (self.seq_len + 1),
+            Store::Mapped(m) => m.windows,
+        }
+    }
+    /// Tokens of all windows.
+    pub fn len_tokens(&self) -> usize {
+        self.windows() * (self.seq_len + 1)
     }
     /// Tokens of window `i`: seq_len + 1 ids.
     pub fn window(&self, i: usize) -> &[u32] {
         let w = self.seq_len + 1;
-        &self.tokens[i * w..(i + 1) * w]
+        match &self.store {
+            Store::Owned(t) => &t[i * w..(i + 1) * w],
+            Store::Mapped(m) => m.window(i),
+        }
     }
     /// sha256 of the packed windows and the sequence length: what a teacher cache is tied to.
+    /// A dataset's was computed once by `orlik tokenize` (the same definition, see
+    /// [`hash_windows`]), so opening one reads no tokens.
     pub fn hash(&self) -> String {
-        let mut h = Sha256::new();
-        h.update((self.seq_len as u64).to_le_bytes());
-        for t in &self.tokens {
-            h.update(t.to_le_bytes());
+        match &self.store {
+            Store::Owned(_) => hash_windows(self),
+            Store::Mapped(m) => m.hash.clone(),
         }
-        format!("{:x}", h.finalize())
     }
 }
 
-/// Split text files into documents (blank-line separated paragraphs, trimmed, empty ones dropped).
+/// sha256 of (seq_len as u64 LE, every window's ids as u32 LE, in order).
+pub fn hash_windows(p: &Packed) -> String {
+    let mut h = Sha256::new();
+    h.update((p.seq_len as u64).to_le_bytes());
+    let mut buf = Vec::with_capacity((p.seq_len + 1) * 4);
+    for i in 0..p.windows() {
+        buf.clear();
+        buf.extend(p.window(i).iter().flat_map(|t| t.to_le_bytes()));
+        h.update(&buf);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Split text files into documents (blank-line separated paragraphs, trimmed, empty ones dropped:
+/// [`crate::dataset::docs`], the one definition `orlik tokenize` also reads).
 pub fn read_documents(files: &[PathBuf]) -> Result<Vec<String>, TrainError> {
+    use crate::dataset::docs::{Docs, Format};
     let mut docs = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| TrainError::Data(format!("{}: {e}", f.display())))?;
         let before = docs.len();
-        docs.extend(text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).map(String::from));
+        let mut r = Docs::open(f, &Format::Text)?;
+        while let Some(d) = r.next_doc()? {
+            docs.push(d);
+        }
         if docs.len() == before {
             return Err(TrainError::Data(format!("{}: no text (empty file)", f.display())));
         }
@@ -92,7 +141,7 @@ pub fn pack(
         )));
     }
     tokens.truncate(n * w);
-    Ok(Packed { tokens, seq_len, bytes, stream_tokens })
+    Ok(Packed::from_tokens(tokens, seq_len, bytes, stream_tokens))
 }
 
 fn names(files: &[PathBuf]) -> String {

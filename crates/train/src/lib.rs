@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod curves;
 pub mod data;
+pub mod dataset;
 pub mod exec;
 pub mod lm;
 pub mod losses;

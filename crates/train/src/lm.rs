@@ -4,7 +4,8 @@
 //! files), and a summary returned for the caller to print.
 
 use crate::checkpoint::State;
-use crate::data::{pack, Packed};
+use crate::data::Packed;
+use crate::dataset::{load, Expect, Split};
 use crate::runner::Outcome;
 use crate::{TeacherSource, TrainConfig, TrainError, Trainer};
 use candle_core::{DType, Tensor};
@@ -20,7 +21,7 @@ pub struct RunDir<'a> {
     pub kind: &'static str,
     /// Every file or directory the run reads: the output may be none of them.
     pub inputs: Vec<&'a Path>,
-    /// Training text (paragraphs separated by a blank line).
+    /// Training text (paragraphs separated by a blank line), or one dataset directory.
     pub data: &'a [PathBuf],
     /// Validation text.
     pub val: &'a [PathBuf],
@@ -65,9 +66,11 @@ impl RunDir<'_> {
                 model_dir.display()
             ))
         })?;
-        let train = pack(tok, self.data, seq_len, eos, 1)?;
+        let vocab = orlik_io::tokenizer::vocab_sha256(tok);
+        let want = Expect { model: model_dir, vocab_sha256: &vocab, seq_len, eos };
+        let train = load(tok, self.data, Split::Train, &want)?;
         let val =
-            if self.val.is_empty() { None } else { Some(pack(tok, self.val, seq_len, eos, 1)?) };
+            if self.val.is_empty() { None } else { Some(load(tok, self.val, Split::Val, &want)?) };
         Ok((train, val))
     }
 }
@@ -78,7 +81,7 @@ pub fn describe(train: &Packed, val: Option<&Packed>) -> String {
         "data: {} windows x {} tokens ({} tokens, {} bytes){}",
         train.windows(),
         train.seq_len + 1,
-        train.tokens.len(),
+        train.len_tokens(),
         train.bytes,
         val.map(|v| format!("; validation {} windows", v.windows())).unwrap_or_default()
     )

@@ -25,7 +25,7 @@ fn tiny_arch(tied: bool, arch: &str, model_type: &str, extra: &str) -> Config {
 
 fn packed() -> Packed {
     let tokens: Vec<u32> = (0..2 * 7).map(|i| (i * 5 + 3) % 13).collect();
-    Packed { tokens, seq_len: 6, bytes: 14, stream_tokens: 14 }
+    Packed::from_tokens(tokens, 6, 14, 14)
 }
 
 /// Teacher rows from fixed logits (rows, vocab) at temperature t.

@@ -34,7 +34,7 @@ fn config(arch: &str, extra: serde_json::Value) -> Config {
 fn packed() -> Packed {
     let n = B * (T + 1);
     let tokens: Vec<u32> = (0..n as u32).map(|i| (i * 37 + 11) % 96).collect();
-    Packed { tokens, seq_len: T, bytes: n, stream_tokens: n }
+    Packed::from_tokens(tokens, T, n, n)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -150,7 +150,9 @@ fn every_path_gives_autograds_loss_and_gradients_at_multithreaded_shapes_on_1_an
 fn the_inference_forward_gives_the_training_forwards_logits() {
     for cfg in archs() {
         let w = random_weights(&cfg, 5, 0.2).unwrap();
-        let ids: Vec<u32> = packed().tokens[..B * T].to_vec();
+        let p = packed();
+        let ids: Vec<u32> =
+            (0..p.windows()).flat_map(|i| p.window(i).to_vec()).take(B * T).collect();
         let x = Tensor::from_vec(ids, (B, T), &Device::Cpu).unwrap();
         let logits = |differentiable: bool| -> Vec<f32> {
             let m = Model::new(
