@@ -5,8 +5,9 @@
 # 2-rank step spent in the sums over ranks (`comm_seconds` in metrics.jsonl: it includes waiting
 # for the slower rank), and the bytes that crossed the loopback interface per step (MPI told to
 # use TCP on lo) against the ring all-reduce formula 2·(N−1)/N·n per rank; then the same 2 ranks
-# with the sharded optimizer (ZeRO-1, the default), which adds the broadcast of each tensor's
-# new weights from its owner ((N−1)·n in all; not in comm_seconds: it is part of the update).
+# with the sharded optimizer (ZeRO-1, the default): a reduce-scatter of the gradients and an
+# all-gather of the new weights, (N−1)/N·n per rank each, the bytes of one all-reduce (its
+# collectives are in comm_seconds too).
 #
 #   bash scripts/bench_dp.sh [MODEL_DIR] [STEPS]
 # MODEL_DIR: an HF directory (default: SmolLM2-135M converted from the cached GGUF, fetched by
@@ -78,9 +79,10 @@ print(f"| ranks | tokens/s | ratio | time in sums over ranks |")
 print(f"| --- | --- | --- | --- |")
 print(f"| 1 | {t1:.1f} | 1.00 | - |")
 print(f"| 2 | {t2:.1f} | {t2 / t1:.2f} | {100 * share:.1f}% |")
-print(f"| 2, sharded optimizer | {tz:.1f} | {tz / t1:.2f} | (broadcast inside the update) |")
+sz = statistics.median(r["comm_seconds"] / r["seconds"] for r in zero)
+print(f"| 2, sharded optimizer | {tz:.1f} | {tz / t1:.2f} | {100 * sz:.1f}% |")
 per_step = moved / steps
 print(f"bytes on lo per step (both ranks): {per_step / 2**20:.1f} MiB; ring all-reduce: 2 x {ring / 2**20:.1f} MiB = {2 * ring / 2**20:.1f} MiB (measured / formula {per_step / (2 * ring):.2f})")
 z = moved_zero / steps
-print(f"sharded: {z / 2**20:.1f} MiB on lo per step; all-reduce + broadcast: 2 x {ring / 2**20:.1f} + {n / 2**20:.1f} = {(2 * ring + n) / 2**20:.1f} MiB (measured / formula {z / (2 * ring + n):.2f})")
+print(f"sharded: {z / 2**20:.1f} MiB on lo per step; reduce-scatter + all-gather: 2 x ({ring / 2 / 2**20:.1f} + {ring / 2 / 2**20:.1f}) = {2 * ring / 2**20:.1f} MiB (measured / formula {z / (2 * ring):.2f})")
 EOF

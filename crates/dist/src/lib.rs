@@ -24,6 +24,9 @@ pub enum DistError {
     /// The launcher's variables disagree with what MPI says.
     #[error("{0}")]
     Launch(String),
+    /// A collective called with buffers that do not fit its counts (orlik's bug, not the user's).
+    #[error("internal error in a collective: {0}")]
+    Internal(String),
 }
 
 /// A group of ranks that reduce together. Every collective must be called by every rank, in
@@ -40,6 +43,18 @@ pub trait Comm: Send + Sync {
     fn max_f64(&self, buf: &mut [f64]) -> Result<(), DistError>;
     /// `buf` of rank `root` copied into every rank's `buf` (same length everywhere).
     fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError>;
+    /// Element-wise sum over ranks of `send` (Σ counts elements, the same everywhere), scattered:
+    /// rank r's `recv` (counts[r] elements) gets the sum's r-th piece, the pieces in rank order.
+    /// Each count below 2³¹ (callers split larger buffers into rounds).
+    fn reduce_scatter_f32(
+        &self,
+        send: &[f32],
+        recv: &mut [f32],
+        counts: &[usize],
+    ) -> Result<(), DistError>;
+    /// In place: rank r's piece of `buf` (pieces of `counts` elements in rank order) copied
+    /// into every rank's `buf`. Each count and Σ counts below 2³¹.
+    fn all_gather_f32(&self, buf: &mut [f32], counts: &[usize]) -> Result<(), DistError>;
     /// Return when every rank has called it.
     fn barrier(&self) -> Result<(), DistError>;
     /// One line for logs: the library and the world.
@@ -74,6 +89,18 @@ impl Comm for Single {
         Ok(())
     }
     fn bcast_f32(&self, _: usize, _: &mut [f32]) -> Result<(), DistError> {
+        Ok(())
+    }
+    fn reduce_scatter_f32(
+        &self,
+        send: &[f32],
+        recv: &mut [f32],
+        _: &[usize],
+    ) -> Result<(), DistError> {
+        recv.copy_from_slice(&send[..recv.len()]);
+        Ok(())
+    }
+    fn all_gather_f32(&self, _: &mut [f32], _: &[usize]) -> Result<(), DistError> {
         Ok(())
     }
     fn barrier(&self) -> Result<(), DistError> {

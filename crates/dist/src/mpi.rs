@@ -20,6 +20,18 @@ type Allreduce =
 type CommOnly = unsafe extern "C" fn(Handle) -> c_int;
 type Bcast = unsafe extern "C" fn(*mut c_void, c_int, Handle, c_int, Handle) -> c_int;
 type Abort = unsafe extern "C" fn(Handle, c_int) -> c_int;
+type ReduceScatter =
+    unsafe extern "C" fn(*const c_void, *mut c_void, *const c_int, Handle, Handle, Handle) -> c_int;
+type Allgatherv = unsafe extern "C" fn(
+    *const c_void,
+    c_int,
+    Handle,
+    *mut c_void,
+    *const c_int,
+    *const c_int,
+    Handle,
+    Handle,
+) -> c_int;
 type NoArgs = unsafe extern "C" fn() -> c_int;
 
 /// OpenMPI's `MPI_THREAD_SERIALIZED`: any thread may call, one at a time (the mutex below).
@@ -32,6 +44,8 @@ const CHUNK: usize = 1 << 28;
 struct Fns {
     allreduce: Allreduce,
     bcast: Bcast,
+    reduce_scatter: ReduceScatter,
+    allgatherv: Allgatherv,
     barrier: CommOnly,
     abort: Abort,
     finalize: NoArgs,
@@ -92,6 +106,18 @@ fn sym<T: Copy>(lib: &Library, path: &str, name: &str) -> Result<T, DistError> {
     })
 }
 
+/// Per-rank counts as MPI's C ints: one per rank, each below 2³¹ (the callers' rounds).
+fn c_counts(counts: &[usize], size: usize) -> Result<Vec<c_int>, DistError> {
+    if counts.len() != size || counts.iter().any(|&n| n > c_int::MAX as usize) {
+        return Err(DistError::Internal(format!(
+            "{} counts for {size} ranks, largest {} (at most 2^31 - 1 each)",
+            counts.len(),
+            counts.iter().max().unwrap_or(&0)
+        )));
+    }
+    Ok(counts.iter().map(|&n| n as c_int).collect())
+}
+
 fn check(call: &'static str, code: c_int) -> Result<(), DistError> {
     if code == 0 {
         Ok(())
@@ -110,6 +136,8 @@ impl Mpi {
         let fns = Fns {
             allreduce: sym(&lib, &path, "MPI_Allreduce")?,
             bcast: sym(&lib, &path, "MPI_Bcast")?,
+            reduce_scatter: sym(&lib, &path, "MPI_Reduce_scatter")?,
+            allgatherv: sym(&lib, &path, "MPI_Allgatherv")?,
             barrier: sym(&lib, &path, "MPI_Barrier")?,
             abort: sym(&lib, &path, "MPI_Abort")?,
             finalize: sym(&lib, &path, "MPI_Finalize")?,
@@ -201,6 +229,70 @@ impl Comm for Mpi {
             check("MPI_Bcast", code)?;
         }
         Ok(())
+    }
+    fn reduce_scatter_f32(
+        &self,
+        send: &[f32],
+        recv: &mut [f32],
+        counts: &[usize],
+    ) -> Result<(), DistError> {
+        let c = c_counts(counts, self.size)?;
+        let total: usize = counts.iter().sum();
+        if send.len() != total || recv.len() != counts[self.rank] {
+            return Err(DistError::Internal(format!(
+                "reduce-scatter of {} elements into {} here, counts {counts:?}",
+                send.len(),
+                recv.len()
+            )));
+        }
+        let f = self.lock();
+        // SAFETY: send holds Σ counts floats and recv this rank's count (checked above); the
+        // counts array has one entry per rank.
+        let code = unsafe {
+            (f.reduce_scatter)(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                c.as_ptr(),
+                f.float,
+                f.sum,
+                f.comm,
+            )
+        };
+        check("MPI_Reduce_scatter", code)
+    }
+    fn all_gather_f32(&self, buf: &mut [f32], counts: &[usize]) -> Result<(), DistError> {
+        let c = c_counts(counts, self.size)?;
+        let total: usize = counts.iter().sum();
+        if buf.len() != total || total > c_int::MAX as usize {
+            return Err(DistError::Internal(format!(
+                "all-gather into {} elements, counts {counts:?}",
+                buf.len()
+            )));
+        }
+        let displs: Vec<c_int> = counts
+            .iter()
+            .scan(0usize, |at, &n| {
+                let d = *at;
+                *at += n;
+                Some(d as c_int)
+            })
+            .collect();
+        let f = self.lock();
+        // SAFETY: in place (MPI_IN_PLACE: each rank's piece is already at its displacement);
+        // buf holds Σ counts floats, counts and displs one entry per rank.
+        let code = unsafe {
+            (f.allgatherv)(
+                IN_PLACE,
+                0,
+                f.float,
+                buf.as_mut_ptr().cast(),
+                c.as_ptr(),
+                displs.as_ptr(),
+                f.float,
+                f.comm,
+            )
+        };
+        check("MPI_Allgatherv", code)
     }
     fn barrier(&self) -> Result<(), DistError> {
         let f = self.lock();

@@ -110,11 +110,12 @@ pub fn adamw_step(slots: &mut [Slot], grads: &[Vec<f32>], lr: f64, t: u64, c: &A
 
 /// Global L2 norm of all gradients (f64 accumulation, fixed order: deterministic).
 pub fn global_norm(grads: &[Vec<f32>]) -> f64 {
-    grads
-        .iter()
-        .map(|g| g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+    grads.iter().map(|g| sum_squares(g)).sum::<f64>().sqrt()
+}
+
+/// Σ x² of one gradient tensor in f64 (a term of [`global_norm`], in its order).
+pub fn sum_squares(g: &[f32]) -> f64 {
+    g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()
 }
 
 /// Scale gradients so their global norm is at most `max` (no-op when max ≤ 0).

@@ -156,8 +156,9 @@ impl Params {
     }
 
     /// Clip to `cfg.clip` and take one AdamW step (`t` is the 1-based update count for bias
-    /// correction); with `shard`, on this rank's tensors only, then every tensor's weights from
-    /// its owner. Returns the gradient's global norm before clipping; with a non-finite norm
+    /// correction); with `shard`, `grads` are this rank's unreduced gradients: they are
+    /// reduce-scattered, the step taken on this rank's tensors only, then every tensor's
+    /// weights gathered from its owner. Returns the gradient's global norm before clipping; with a non-finite norm
     /// nothing is updated and the norm is returned for the caller's guard.
     pub fn update(
         &mut self,
@@ -167,7 +168,14 @@ impl Params {
         cfg: &TrainConfig,
         shard: Option<&crate::shard::Shard>,
     ) -> Result<f64, TrainError> {
-        let gnorm = global_norm(grads);
+        // Sharded, `grads` are this rank's own sums: reduce-scattered here (see shard.rs).
+        let gnorm = match shard {
+            None => global_norm(grads),
+            Some(sh) => {
+                sh.reduce_scatter(grads)?;
+                sh.global_norm(grads)?
+            }
+        };
         if !gnorm.is_finite() {
             return Ok(gnorm);
         }

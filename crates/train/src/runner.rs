@@ -200,7 +200,10 @@ pub fn step<T: Task + ?Sized>(
         comm.sum_f64(&mut v).map_err(TrainError::from)?;
         (loss, tokens) = (v[0], v[1] as u64);
         sums.iter_mut().zip(&v[2..]).for_each(|(x, y)| x.1 = *y);
-        e.reduce_grads(&WorldSum(comm))?;
+        // A sharded optimizer reduce-scatters the gradients in its update instead.
+        if !cfg.shard_optimizer {
+            e.reduce_grads(&WorldSum(comm))?;
+        }
     }
     let comm_seconds = t_comm.elapsed().as_secs_f64();
     if let Some(r) = reduce {
@@ -234,8 +237,14 @@ pub fn step<T: Task + ?Sized>(
     row.insert("tokens".into(), json!(st.tokens_seen));
     row.insert("tokens_per_s".into(), json!(tokens as f64 / dt));
     row.insert("seconds".into(), json!(dt));
+    let mut spent = crate::phase::take();
+    // The sharded update's collectives (timed inside "update") count as comm, not update.
+    let inner: f64 = spent.iter().filter(|x| x.0 == "comm").map(|x| x.1).sum();
+    spent.retain(|x| x.0 != "comm");
+    spent.iter_mut().filter(|x| x.0 == "update").for_each(|x| x.1 -= inner);
+    let comm_seconds = comm_seconds + inner;
     let mut phases: Map<String, Value> =
-        crate::phase::take().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        spent.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     if world > 1 {
         phases.insert("comm".into(), json!(comm_seconds));
     }

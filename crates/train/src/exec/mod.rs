@@ -125,7 +125,8 @@ pub trait Executor {
         chunk: usize,
     ) -> Result<(), TrainError>;
 
-    /// Pass every accumulated gradient through `r` (before [`Executor::update`]).
+    /// Pass every accumulated gradient through `r` (before [`Executor::update`]). With a
+    /// sharded optimizer the world's sum is not done here but in `update` (reduce-scatter).
     fn reduce_grads(&mut self, r: &dyn GradReduce) -> Result<(), TrainError>;
     /// The accumulated gradient's global norm; when `apply` and it is finite, clip to
     /// `cfg.clip` and take AdamW step `t` (1-based) at `lr`. The gradient is zeroed either way.
@@ -138,7 +139,7 @@ pub trait Executor {
     ) -> Result<f64, TrainError>;
 
     /// From now on keep the moments of this rank's tensors of `comm`'s world only; updates
-    /// share the new weights and [`Executor::save`] is called on every rank (after a load:
+    /// reduce-scatter the gradients and all-gather the new weights and [`Executor::save`] is called on every rank (after a load:
     /// the checkpoint's moments are read whole, then dropped).
     fn shard_optimizer(
         &mut self,
