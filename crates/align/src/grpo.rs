@@ -184,10 +184,8 @@ impl Task for GrpoTask<'_> {
                 rows.targets.push(seq[1..].to_vec());
             }
         }
-        if let (Some(path), false, true) = (&self.samples, log.is_empty(), orlik_dist::is_root()) {
-            for row in &log {
-                orlik_train::curves::append(path, row)?;
-            }
+        if self.samples.is_some() && self.log_every > 0 && step.is_multiple_of(self.log_every) {
+            self.write_samples(&log)?;
         }
         let adv = advantages(&rewards, g, self.options.dr_grpo);
         let f = seqlogp::forward_train(e, &rows, self.chunk)?;
@@ -247,6 +245,34 @@ impl Task for GrpoTask<'_> {
 
     fn curves(&self) -> &'static [&'static str] {
         &["reward_mean", "completion_length"]
+    }
+}
+
+impl GrpoTask<'_> {
+    /// Append this micro-batch's completions to samples.jsonl. Under data parallel every rank
+    /// calls it at the same micro-batches (the step decides) and rank 0 writes every rank's
+    /// rows, in rank order.
+    fn write_samples(&self, log: &[serde_json::Value]) -> Result<(), AlignError> {
+        let Some(path) = &self.samples else { return Ok(()) };
+        let mut lines = String::new();
+        for row in log {
+            lines += &row.to_string();
+            lines.push('\n');
+        }
+        let world = orlik_dist::world();
+        let all = if world.size() > 1 {
+            world.gather_bytes(lines.as_bytes()).map_err(orlik_train::TrainError::from)?
+        } else {
+            lines.into_bytes()
+        };
+        if orlik_dist::is_root() {
+            for line in String::from_utf8_lossy(&all).lines() {
+                let row: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| AlignError::Data(format!("a rank's sample row: {e}")))?;
+                orlik_train::curves::append(path, &row)?;
+            }
+        }
+        Ok(())
     }
 }
 

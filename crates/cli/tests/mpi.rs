@@ -403,7 +403,8 @@ fn two_ranks_build_the_teacher_cache_of_one_process() {
 }
 
 /// DPO (its reference log-probabilities computed on every rank, cached by rank 0) and GRPO (its
-/// samples seeded by (seed, step, prompt)) on 2 ranks: the run of one process, bit for bit.
+/// samples seeded by (seed, step, prompt)) on 2 ranks: the run of one process, bit for bit, and
+/// GRPO's samples.jsonl the rows of one process.
 #[test]
 fn two_ranks_dpo_and_grpo_as_one_process() {
     if mpirun(2).is_none() {
@@ -435,7 +436,16 @@ fn two_ranks_dpo_and_grpo_as_one_process() {
         let d = s.p("grpo.jsonl");
         ["grpo", &m, "--prompts", &d, "--reward", "regex:a", "--group", "4", "--batch", "1"]
             .iter()
-            .chain(&["--max-new-tokens", "6", "--max-prompt", "16", "-o", out])
+            .chain(&[
+                "--max-new-tokens",
+                "6",
+                "--max-prompt",
+                "16",
+                "--log-samples",
+                "1",
+                "-o",
+                out,
+            ])
             .chain(&common)
             .map(|x| x.to_string())
             .collect()
@@ -447,6 +457,17 @@ fn two_ranks_dpo_and_grpo_as_one_process() {
         assert_eq!(trajectory(&one), trajectory(&two), "{name}");
         assert_eq!(weights(&one), weights(&two), "{name}");
     }
+    // GRPO's completions from every rank reach samples.jsonl (rank 0 writes them, in rank
+    // order within a step): the rows of one process.
+    let rows = |out: &str| -> Vec<String> {
+        let t = std::fs::read_to_string(Path::new(out).join("samples.jsonl")).unwrap();
+        let mut v: Vec<String> = t.lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let (one, two) = (rows(&s.p("grpo1")), rows(&s.p("grpo2")));
+    assert_eq!(one.len(), 3 * 2 * 4, "3 steps x 2 prompts x 4 samples");
+    assert_eq!(one, two);
 }
 
 /// The pid of rank `rank` of a job writing to `out` (its environment says the rank).

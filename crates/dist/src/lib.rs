@@ -41,8 +41,6 @@ pub trait Comm: Send + Sync {
     fn sum_f64(&self, buf: &mut [f64]) -> Result<(), DistError>;
     /// Element-wise maximum over ranks, in place.
     fn max_f64(&self, buf: &mut [f64]) -> Result<(), DistError>;
-    /// `buf` of rank `root` copied into every rank's `buf` (same length everywhere).
-    fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError>;
     /// Element-wise sum over ranks of `send` (Σ counts elements, the same everywhere), scattered:
     /// rank r's `recv` (counts[r] elements) gets the sum's r-th piece, the pieces in rank order.
     /// Each count below 2³¹ (callers split larger buffers into rounds).
@@ -55,6 +53,9 @@ pub trait Comm: Send + Sync {
     /// In place: rank r's piece of `buf` (pieces of `counts` elements in rank order) copied
     /// into every rank's `buf`. Each count and Σ counts below 2³¹.
     fn all_gather_f32(&self, buf: &mut [f32], counts: &[usize]) -> Result<(), DistError>;
+    /// Every rank's `bytes` (any length, each below 2³¹), concatenated in rank order, on rank
+    /// 0; the other ranks get nothing back. For what only rank 0 writes (GRPO's samples).
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>, DistError>;
     /// Return when every rank has called it.
     fn barrier(&self) -> Result<(), DistError>;
     /// One line for logs: the library and the world.
@@ -88,9 +89,6 @@ impl Comm for Single {
     fn max_f64(&self, _: &mut [f64]) -> Result<(), DistError> {
         Ok(())
     }
-    fn bcast_f32(&self, _: usize, _: &mut [f32]) -> Result<(), DistError> {
-        Ok(())
-    }
     fn reduce_scatter_f32(
         &self,
         send: &[f32],
@@ -102,6 +100,9 @@ impl Comm for Single {
     }
     fn all_gather_f32(&self, _: &mut [f32], _: &[usize]) -> Result<(), DistError> {
         Ok(())
+    }
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
+        Ok(bytes.to_vec())
     }
     fn barrier(&self) -> Result<(), DistError> {
         Ok(())

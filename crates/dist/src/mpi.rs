@@ -18,10 +18,30 @@ type CommInt = unsafe extern "C" fn(Handle, *mut c_int) -> c_int;
 type Allreduce =
     unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handle, Handle, Handle) -> c_int;
 type CommOnly = unsafe extern "C" fn(Handle) -> c_int;
-type Bcast = unsafe extern "C" fn(*mut c_void, c_int, Handle, c_int, Handle) -> c_int;
 type Abort = unsafe extern "C" fn(Handle, c_int) -> c_int;
 type ReduceScatter =
     unsafe extern "C" fn(*const c_void, *mut c_void, *const c_int, Handle, Handle, Handle) -> c_int;
+type Gather = unsafe extern "C" fn(
+    *const c_void,
+    c_int,
+    Handle,
+    *mut c_void,
+    c_int,
+    Handle,
+    c_int,
+    Handle,
+) -> c_int;
+type Gatherv = unsafe extern "C" fn(
+    *const c_void,
+    c_int,
+    Handle,
+    *mut c_void,
+    *const c_int,
+    *const c_int,
+    Handle,
+    c_int,
+    Handle,
+) -> c_int;
 type Allgatherv = unsafe extern "C" fn(
     *const c_void,
     c_int,
@@ -43,15 +63,18 @@ const CHUNK: usize = 1 << 28;
 
 struct Fns {
     allreduce: Allreduce,
-    bcast: Bcast,
     reduce_scatter: ReduceScatter,
     allgatherv: Allgatherv,
+    gather: Gather,
+    gatherv: Gatherv,
     barrier: CommOnly,
     abort: Abort,
     finalize: NoArgs,
     comm: Handle,
     float: Handle,
     double: Handle,
+    int: Handle,
+    byte: Handle,
     sum: Handle,
     max: Handle,
 }
@@ -135,15 +158,18 @@ impl Mpi {
         let size_fn: CommInt = sym(&lib, &path, "MPI_Comm_size")?;
         let fns = Fns {
             allreduce: sym(&lib, &path, "MPI_Allreduce")?,
-            bcast: sym(&lib, &path, "MPI_Bcast")?,
             reduce_scatter: sym(&lib, &path, "MPI_Reduce_scatter")?,
             allgatherv: sym(&lib, &path, "MPI_Allgatherv")?,
+            gather: sym(&lib, &path, "MPI_Gather")?,
+            gatherv: sym(&lib, &path, "MPI_Gatherv")?,
             barrier: sym(&lib, &path, "MPI_Barrier")?,
             abort: sym(&lib, &path, "MPI_Abort")?,
             finalize: sym(&lib, &path, "MPI_Finalize")?,
             comm,
             float: sym(&lib, &path, "ompi_mpi_float")?,
             double: sym(&lib, &path, "ompi_mpi_double")?,
+            int: sym(&lib, &path, "ompi_mpi_int")?,
+            byte: sym(&lib, &path, "ompi_mpi_byte")?,
             sum: sym(&lib, &path, "ompi_mpi_op_sum")?,
             max: sym(&lib, &path, "ompi_mpi_op_max")?,
         };
@@ -219,17 +245,6 @@ impl Comm for Mpi {
     fn max_f64(&self, buf: &mut [f64]) -> Result<(), DistError> {
         self.allreduce(buf.as_mut_ptr().cast(), buf.len(), |f| f.double, 8, |f| f.max)
     }
-    fn bcast_f32(&self, root: usize, buf: &mut [f32]) -> Result<(), DistError> {
-        let f = self.lock();
-        for c in buf.chunks_mut(CHUNK) {
-            // SAFETY: c is a live buffer of c.len() floats on every rank (the caller's contract).
-            let code = unsafe {
-                (f.bcast)(c.as_mut_ptr().cast(), c.len() as c_int, f.float, root as c_int, f.comm)
-            };
-            check("MPI_Bcast", code)?;
-        }
-        Ok(())
-    }
     fn reduce_scatter_f32(
         &self,
         send: &[f32],
@@ -293,6 +308,58 @@ impl Comm for Mpi {
             )
         };
         check("MPI_Allgatherv", code)
+    }
+    fn gather_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>, DistError> {
+        let n = c_int::try_from(bytes.len())
+            .map_err(|_| DistError::Internal(format!("gather of {} bytes", bytes.len())))?;
+        let root = self.rank == 0;
+        let mut lens = vec![0 as c_int; if root { self.size } else { 0 }];
+        let f = self.lock();
+        // SAFETY: one int sent per rank; on rank 0 `lens` has room for one per rank (the
+        // receive buffer is not read elsewhere).
+        let code = unsafe {
+            (f.gather)(
+                (&n as *const c_int).cast(),
+                1,
+                f.int,
+                lens.as_mut_ptr().cast(),
+                1,
+                f.int,
+                0,
+                f.comm,
+            )
+        };
+        check("MPI_Gather", code)?;
+        let displs: Vec<c_int> = lens
+            .iter()
+            .scan(0 as c_int, |at, &l| {
+                let d = *at;
+                *at = at.saturating_add(l);
+                Some(d)
+            })
+            .collect();
+        let total: usize = lens.iter().map(|&l| l as usize).sum();
+        if root && total > c_int::MAX as usize {
+            return Err(DistError::Internal(format!("gather of {total} bytes in all")));
+        }
+        let mut out = vec![0u8; total];
+        // SAFETY: each rank sends its n bytes; rank 0 receives Σ lens bytes at displs (both
+        // arrays one entry per rank, only read on the root).
+        let code = unsafe {
+            (f.gatherv)(
+                bytes.as_ptr().cast(),
+                n,
+                f.byte,
+                out.as_mut_ptr().cast(),
+                lens.as_ptr(),
+                displs.as_ptr(),
+                f.byte,
+                0,
+                f.comm,
+            )
+        };
+        check("MPI_Gatherv", code)?;
+        Ok(out)
     }
     fn barrier(&self) -> Result<(), DistError> {
         let f = self.lock();

@@ -289,9 +289,6 @@ mod tests {
         fn max_f64(&self, _: &mut [f64]) -> Result<(), orlik_dist::DistError> {
             unreachable!("not used by the sharded update")
         }
-        fn bcast_f32(&self, _: usize, _: &mut [f32]) -> Result<(), orlik_dist::DistError> {
-            unreachable!("not used by the sharded update")
-        }
         fn reduce_scatter_f32(
             &self,
             send: &[f32],
@@ -320,6 +317,9 @@ mod tests {
                 at += n;
             }
             Ok(())
+        }
+        fn gather_bytes(&self, _: &[u8]) -> Result<Vec<u8>, orlik_dist::DistError> {
+            unreachable!("not used by the sharded update")
         }
         fn barrier(&self) -> Result<(), orlik_dist::DistError> {
             self.exchange(Vec::new());
