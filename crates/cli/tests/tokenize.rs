@@ -249,6 +249,20 @@ fn bad_datasets_and_sources_are_one_line_errors() {
     fails(&mixed, &["must be the only --data"]);
     let no_val = train_args(&d, &a, &ds, &run);
     fails(&no_val.iter().map(String::as_str).collect::<Vec<_>>(), &["no validation split"]);
+    // A damaged manifest is a one-line error before any window is read, never a panic.
+    let mp = Path::new(&ds).join("dataset.json");
+    let orig: Value = serde_json::from_str(&std::fs::read_to_string(&mp).unwrap()).unwrap();
+    let good = train_args(&d, &ds, &d.p("val.txt"), &run);
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let mut m = orig.clone();
+    m["windows_per_shard"] = 0.into();
+    std::fs::write(&mp, m.to_string()).unwrap();
+    fails(&good, &["dataset.json", "windows_per_shard is 0"]);
+    let mut m = orig.clone();
+    m["train"]["sources"][0]["shards"][0]["windows"] = 1.into();
+    std::fs::write(&mp, m.to_string()).unwrap();
+    fails(&good, &["dataset.json", "its shards hold 1 windows"]);
+    std::fs::write(&mp, orig.to_string()).unwrap();
     let o = d.p("o");
     fails(
         &["tokenize", "--model", &t, "--data", &a, "--weights", "1,2", "-o", &o],

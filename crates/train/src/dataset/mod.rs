@@ -227,6 +227,7 @@ fn map_split(dir: &Path, m: &Manifest, sm: &SplitManifest) -> Result<Packed, Tra
     let (mut sources, mut starts, mut guards) = (Vec::new(), Vec::new(), Vec::new());
     let (mut at, mut bytes, mut stream) = (0usize, 0f64, 0f64);
     for s in &sm.sources {
+        check_source(dir, m, s)?;
         let mut shards = Vec::new();
         for sh in &s.shards {
             let p: PathBuf = dir.join(&sh.file);
@@ -275,6 +276,38 @@ fn map_split(dir: &Path, m: &Manifest, sm: &SplitManifest) -> Result<Packed, Tra
         _guards: guards,
     };
     Ok(Packed::mapped(mapped, m.seq_len, bytes.round() as usize, stream.round() as usize))
+}
+
+/// A manifest's counts must agree before any window is indexed through them: shards of whole
+/// `windows_per_shard` windows (the last one fewer), summing to the source's windows, a
+/// positive finite weight.
+fn check_source(dir: &Path, m: &Manifest, s: &SourceManifest) -> Result<(), TrainError> {
+    let bad = |msg: String| {
+        Err(TrainError::Data(format!("{}: source {}: {msg}", dir.join(MANIFEST).display(), s.path)))
+    };
+    let wps = m.windows_per_shard;
+    if wps == 0 {
+        return bad("windows_per_shard is 0".into());
+    }
+    let n = s.shards.len();
+    if let Some((k, sh)) =
+        s.shards.iter().enumerate().find(|(k, sh)| {
+            sh.windows == 0 || sh.windows > wps || (*k + 1 < n && sh.windows != wps)
+        })
+    {
+        return bad(format!(
+            "shard {k} holds {} windows, expected {wps} (fewer in the last)",
+            sh.windows
+        ));
+    }
+    let total: usize = s.shards.iter().map(|x| x.windows).sum();
+    if total != s.windows || total == 0 {
+        return bad(format!("its shards hold {total} windows, the manifest says {}", s.windows));
+    }
+    if !(s.weight.is_finite() && s.weight > 0.0) {
+        return bad(format!("weight {} is not a positive number", s.weight));
+    }
+    Ok(())
 }
 
 /// `--data` / `--val` as a run reads them: one dataset directory (`orlik tokenize`; its train or
