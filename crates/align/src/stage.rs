@@ -218,6 +218,16 @@ pub struct GrpoSettings {
     /// Weight of the k3 KL to the reference model (0 = no reference).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = GrpoSettings::default().kl_beta))]
     pub kl_beta: f64,
+    /// How the frozen KL reference (kl_beta > 0) holds its matrices: auto = as stored (a bf16
+    /// or f16 checkpoint stays 16-bit, half the memory and bytes read; products accumulate in
+    /// f32), or f32, bf16, f16. The policy is f32 whatever this says. The resolved value goes
+    /// into run.json when it is not f32.
+    #[serde(skip_serializing_if = "orlik_model::ComputeDtype::is_auto")]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value = "auto", value_parser = orlik_model::ComputeDtype::parse)
+    )]
+    pub reference_compute_dtype: orlik_model::ComputeDtype,
     /// Dr. GRPO: advantages not divided by the group's std; token sums divided by
     /// max_new_tokens instead of each completion's length.
     #[cfg_attr(feature = "clap", arg(long))]
@@ -245,6 +255,7 @@ impl Default for GrpoSettings {
             eps: 0.2,
             eps_high: None,
             kl_beta: 0.0,
+            reference_compute_dtype: orlik_model::ComputeDtype::Auto,
             dr_grpo: false,
             log_samples: 10,
             train: AlignSettings::default(),
@@ -327,16 +338,17 @@ pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
     let max_prompt = train.max_prompt.unwrap_or(max_len / 2);
     let b = train.batch;
     let (rows, len, rollout, reference) = match k {
-        StageKind::Sft(_) => (b, max_len, None, false),
-        StageKind::Dpo(_) => (2 * b, max_len, None, false),
+        StageKind::Sft(_) => (b, max_len, None, None),
+        StageKind::Dpo(_) => (2 * b, max_len, None, None),
         StageKind::Grpo(g) => {
             let len = max_prompt + g.max_new_tokens;
-            (b * g.group, len, Some((b * g.group, len)), g.kl_beta > 0.0)
+            let reference = (g.kl_beta > 0.0).then_some(g.reference_compute_dtype);
+            (b * g.group, len, Some((b * g.group, len)), reference)
         }
     };
     mem::Plan {
         student: mem::Side::of(hf),
-        teacher: reference.then(|| mem::Side::of(hf)),
+        teacher: reference.map(|c| mem::Side::frozen(hf, c)),
         rows,
         seq_len: len,
         grad_accum: train.grad_accum,
@@ -697,13 +709,26 @@ pub fn grpo(a: &GrpoSettings, r: &AlignRun) -> Result<AlignOutcome, AlignError> 
     let needs = rewards.iter().any(Reward::needs_answer);
     let (prompts, bad) = read_prompts(&a.prompts, a.train.skip_bad, &enc, needs, &mut cuts)?;
     let cfg = train_config(&a.train, &s, prompts.len(), 1e-6)?;
-    let run = json!({"kind": "grpo", "reward": a.reward, "group": a.group, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature,
+    let mut run = json!({"kind": "grpo", "reward": a.reward, "group": a.group, "max_new_tokens": a.max_new_tokens, "temperature": a.temperature,
         "top_p": a.top_p, "eps": a.eps, "eps_high": a.eps_high, "kl_beta": a.kl_beta, "dr_grpo": a.dr_grpo, "max_prompt": s.max_prompt,
         "data": {"path": a.prompts, "sha256": data_sha(&a.prompts)?}, "skipped_rows": bad, "cuts": cuts});
+    // The reference's resolved dtype is part of the run (a 16-bit reference gives other
+    // log-probabilities); f32, the only kind before the key existed, is left out so those resume.
+    let ref_dtype = a.reference_compute_dtype.resolve(&s.hf.stored_dtypes());
+    if a.kl_beta > 0.0 && !ref_dtype.is_f32() {
+        run["reference_compute_dtype"] = json!(ref_dtype);
+    }
     begin(r, &s, &cfg, run, "grpo", &a.prompts)?;
     cuts_notice(r, "grpo", prompts.len(), bad, cuts);
-    let reference: Option<Box<dyn orlik_model::Infer>> =
-        if a.kl_beta > 0.0 { Some(Box::new(s.hf.load(ModelOptions::default())?)) } else { None };
+    let reference: Option<Box<dyn orlik_model::Infer>> = if a.kl_beta > 0.0 {
+        let (m, resolved) = s.hf.load_frozen(a.reference_compute_dtype)?;
+        if let Some(d) = resolved.describe() {
+            (r.notice)(&format!("KL reference: {d}"));
+        }
+        Some(Box::new(m))
+    } else {
+        None
+    };
     let mut task = GrpoTask {
         prompts,
         rewards,

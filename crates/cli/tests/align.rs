@@ -291,6 +291,49 @@ fn grpo_raises_the_reward_of_a_verifier_and_of_an_external_command() {
         &out,
     ]);
     assert!(rows(&out)[2]["kl"].as_f64().unwrap() > 0.0);
+    // The same with the frozen reference held in bf16: recorded in run.json (an f32 one is not),
+    // the first step's samples are the policy's own (the same rewards), and its KL to a bf16 copy
+    // of itself is the rounding of the weights only.
+    let half = s.p("grpo-dr-bf16");
+    let run = |d: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(Path::new(d).join("run.json")).unwrap())
+            .unwrap()
+    };
+    ok(&[
+        "grpo",
+        &s.model,
+        "--prompts",
+        &data,
+        "--reward",
+        "regex:a",
+        "--group",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--lr",
+        "2e-2",
+        "--dr-grpo",
+        "--kl-beta",
+        "0.1",
+        "--reference-compute-dtype",
+        "bf16",
+        "--max-len",
+        "64",
+        "--max-prompt",
+        "16",
+        "-o",
+        &half,
+    ]);
+    assert_eq!(run(&half)["run"]["reference_compute_dtype"], "bf16");
+    assert!(run(&out)["run"].get("reference_compute_dtype").is_none());
+    let (f, h) = (rows(&out), rows(&half));
+    assert_eq!(f[0]["reward_mean"], h[0]["reward_mean"], "step 0 samples differ");
+    let (kf, kh) = (f[0]["kl"].as_f64().unwrap(), h[0]["kl"].as_f64().unwrap());
+    assert!(kf.abs() < 1e-6 && kh > kf && kh < 1e-3, "step 0 KL: f32 {kf}, bf16 {kh}");
     // greedy evaluation of the same prompts
     let e: Value = serde_json::from_str(&ok(&[
         "eval",
