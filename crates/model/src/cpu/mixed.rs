@@ -226,15 +226,16 @@ pub fn gemv_f32_t(x: &[f32], n: usize, k: usize, w: &[f32], out: usize) -> Vec<f
         return yt;
     }
     #[cfg(target_arch = "x86_64")]
-    let simd =
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let simd = std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
     groups_of_four(n, &mut yt, |j, m, r| {
         let rows: [&[f32]; 4] =
             std::array::from_fn(|q| &w[(j + q.min(m - 1)) * k..(j + q.min(m - 1) + 1) * k]);
         let xr = &x[r * k..(r + 1) * k];
         #[cfg(target_arch = "x86_64")]
         if simd {
-            // SAFETY: AVX2 and FMA are present (checked above).
+            // SAFETY: AVX2, FMA and F16C are present (checked above).
             return unsafe { x86::dot4_f32_avx2(rows, xr) };
         }
         rows.map(|wq| dot_f32(wq, xr))
@@ -384,12 +385,17 @@ mod x86 {
     }
 
     /// Four dot products Σ w_q[i]·x[i] in one pass over x: 16 weights of each row per
-    /// iteration into two accumulators per row (eight FMA chains in flight).
-    ///
-    /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; every `w_q` and `x` of one length.
+    /// iteration into two accumulators per row (eight FMA chains in flight). `load8` reads
+    /// eight weights as f32 and `widen` one (the tail); the two kernels below are this loop for
+    /// 16-bit and for f32 weights, inlined into each (the closures inherit its features).
+    #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot4_avx2(w: [&[u16]; 4], x: &[f32], kind: Half) -> [f32; 4] {
+    unsafe fn dot4_body<T: Copy>(
+        w: [&[T]; 4],
+        x: &[f32],
+        load8: impl Fn(*const T) -> __m256,
+        widen: impl Fn(T) -> f32,
+    ) -> [f32; 4] {
         unsafe {
             let k = x.len();
             debug_assert!(w.iter().all(|r| r.len() == k));
@@ -401,8 +407,8 @@ mod x86 {
                 let (x0, x1) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(i + 8)));
                 for (a, r) in acc.iter_mut().zip(&w) {
                     let p = r.as_ptr().add(i);
-                    a[0] = _mm256_fmadd_ps(load8(p, kind), x0, a[0]);
-                    a[1] = _mm256_fmadd_ps(load8(p.add(8), kind), x1, a[1]);
+                    a[0] = _mm256_fmadd_ps(load8(p), x0, a[0]);
+                    a[1] = _mm256_fmadd_ps(load8(p.add(8)), x1, a[1]);
                 }
                 i += 16;
             }
@@ -410,44 +416,29 @@ mod x86 {
             for (q, a) in acc.iter().enumerate() {
                 s[q] = hsum(_mm256_add_ps(a[0], a[1]));
                 for t in i..k {
-                    s[q] = kind.widen(w[q][t]).mul_add(x[t], s[q]);
+                    s[q] = widen(w[q][t]).mul_add(x[t], s[q]);
                 }
             }
             s
         }
     }
 
-    /// Four dot products Σ w_q[i]·x[i] over f32 weights, as [`dot4_avx2`] does for 16-bit ones.
+    /// [`dot4_body`] over bf16 or f16 weights.
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA; every `w_q` and `x` of one length.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must have AVX2, FMA and F16C; every `w_q` and `x` of one length.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot4_avx2(w: [&[u16]; 4], x: &[f32], kind: Half) -> [f32; 4] {
+        unsafe { dot4_body(w, x, |p| load8(p, kind), |b| kind.widen(b)) }
+    }
+
+    /// [`dot4_body`] over f32 weights.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; every `w_q` and `x` of one length.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot4_f32_avx2(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
-        unsafe {
-            let k = x.len();
-            debug_assert!(w.iter().all(|r| r.len() == k));
-            let xp = x.as_ptr();
-            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-            let main = k / 16 * 16;
-            let mut i = 0;
-            while i < main {
-                let (x0, x1) = (_mm256_loadu_ps(xp.add(i)), _mm256_loadu_ps(xp.add(i + 8)));
-                for (a, r) in acc.iter_mut().zip(&w) {
-                    let p = r.as_ptr().add(i);
-                    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(p), x0, a[0]);
-                    a[1] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), x1, a[1]);
-                }
-                i += 16;
-            }
-            let mut s = [0f32; 4];
-            for (q, a) in acc.iter().enumerate() {
-                s[q] = hsum(_mm256_add_ps(a[0], a[1]));
-                for t in i..k {
-                    s[q] = w[q][t].mul_add(x[t], s[q]);
-                }
-            }
-            s
-        }
+        unsafe { dot4_body(w, x, |p| _mm256_loadu_ps(p), |v| v) }
     }
 
     /// Four dot products Σ w_q[i]·(hi[i] + lo[i]) in one pass over hi and lo (the f32
