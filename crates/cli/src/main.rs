@@ -221,6 +221,13 @@ pub(crate) enum Cmd {
     /// `--tolerance` of a parameter budget, ranks a shortlist by KL to the original model on
     /// held-out text (`--data`), prints the table and prunes the best.
     Prune(prune_cmd::PruneArgs),
+    /// Sensitivity sweep before any distillation: prune along one axis at a time (depth,
+    /// hidden, heads, MLP) to each --fractions of the parameters, and the budget search's pick
+    /// at each, then measure every pruned model against the original: KL and top-1 agreement,
+    /// bits/byte on each --val text (use one the model never saw in calibration, e.g.
+    /// ud-pl-pud). Writes sweep.json (rewritten after every point: `--resume` continues a
+    /// killed sweep), sweep.md and charts of quality against parameters with the Pareto front.
+    Sweep(prune_cmd::SweepArgs),
     /// Logit-only knowledge distillation (Minitron): train a (pruned) student to match the
     /// teacher's next-token distributions (forward KL by default, temperature 1, no CE term) on
     /// packed text. The teacher runs online, or its top-k logits come from `--teacher-cache`.
@@ -690,6 +697,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Mem { gpu_memory, json, command } => mem_cmd::run(&command, gpu_memory, json),
         Cmd::Score(a) => prune_cmd::score_cmd(a),
         Cmd::Prune(a) => prune_cmd::prune_cmd(a),
+        Cmd::Sweep(a) => prune_cmd::sweep_cmd(a),
     }
 }
 

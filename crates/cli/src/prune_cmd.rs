@@ -1,5 +1,6 @@
-//! `orlik score` and `orlik prune`: flags into the libraries' settings, progress bars, printing.
-//! The stages themselves are `orlik_score::run` and `orlik_prune::run`.
+//! `orlik score`, `orlik prune` and `orlik sweep`: flags into the libraries' settings, progress
+//! bars, printing. The stages themselves are `orlik_score::run`, `orlik_prune::run` and
+//! `orlik_pipeline::sweep::run`.
 
 use anyhow::Result;
 use clap::Args;
@@ -88,4 +89,60 @@ pub fn prune_cmd(a: PruneArgs) -> Result<()> {
         data: &a.data,
     };
     prune(&a.settings, &inputs, &a.output, a.force)
+}
+
+/// `orlik sweep` flags: the inputs, then the sweep's settings.
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// HF model directory.
+    pub model: PathBuf,
+    /// Scores from `orlik score` (for --importance minitron, the default).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Held-out text for the budget search's KL ranking (the last paragraphs are used).
+    #[arg(long, num_args = 1..)]
+    pub data: Vec<PathBuf>,
+    /// Texts measured: bits/byte on each, KL and top-1 agreement on the first.
+    #[arg(long, num_args = 1.., required = true)]
+    pub val: Vec<PathBuf>,
+    #[command(flatten)]
+    pub settings: orlik_pipeline::sweep::SweepSettings,
+    /// Output directory.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Replace an earlier sweep in --output.
+    #[arg(long)]
+    pub force: bool,
+    /// Continue a sweep in --output: its points of the same settings and inputs are kept.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+}
+
+pub fn sweep_cmd(a: SweepArgs) -> Result<()> {
+    use orlik_pipeline::sweep::{run, SweepControl, SweepInputs};
+    let pb = crate::term::bar("{msg:16} [{bar:30}] {pos}/{len} eta {eta}");
+    let show = |what: &str, i: usize, n: usize| crate::term::show(&pb, what, i, n);
+    let inputs =
+        SweepInputs { model: &a.model, scores: a.scores.as_deref(), data: &a.data, val: &a.val };
+    let ctl = SweepControl {
+        force: a.force,
+        resume: a.resume,
+        progress: &show,
+        after_point: crate::term::step_delay(),
+    };
+    let o = run(&a.settings, &inputs, &a.output, &ctl)?;
+    pb.finish_and_clear();
+    print!("{}", o.table);
+    if a.resume {
+        crate::term::notice(&format!(
+            "{} of {} points kept from the earlier sweep, the rest measured",
+            o.kept,
+            o.points.len()
+        ));
+    }
+    crate::term::notice(&format!(
+        "sweep written to {} (sweep.json, sweep.md, sweep_bpb.png, sweep_kl.png)",
+        a.output.display()
+    ));
+    Ok(())
 }

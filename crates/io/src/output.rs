@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 /// The marker file inside every output directory orlik creates.
 pub const MARKER: &str = ".orlik-output.json";
 
-/// Kinds of output that `--resume` continues (training runs).
-pub const RESUMABLE: &[&str] = &["train", "distill", "sft", "dpo", "grpo"];
+/// Kinds of output that `--resume` continues (training runs, the sensitivity sweep).
+pub const RESUMABLE: &[&str] = &["train", "distill", "sft", "dpo", "grpo", "sweep"];
 
 /// What a command intends to do with an output that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@ mod gguf;
 mod recipe;
 mod report;
 mod run;
+pub mod sweep;
 
 pub use recipe::{apply_sets, Quick, Recipe, DEFAULT_TOKENS};
 pub use report::{gap_closed, AlignEval, AlignStageEval};

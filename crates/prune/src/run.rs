@@ -318,7 +318,7 @@ pub fn run(
 }
 
 /// The importance `s.importance` names; minitron scores must be of this very checkpoint.
-fn importance(
+pub fn importance(
     s: &PruneSettings,
     hf: &HfModel,
     scores: Option<&Path>,
@@ -406,7 +406,7 @@ fn write(
 /// The budget search: enumerate shapes within the tolerance of the budget, rank a shortlist by
 /// KL(teacher ‖ pruned) on the last paragraphs of `data`; the best plan, the ranking and the
 /// candidates.json text.
-fn search(
+pub fn search(
     hf: &HfModel,
     weights: &Weights,
     imp: &Importance,
