@@ -261,73 +261,49 @@ fn grpo_raises_the_reward_of_a_verifier_and_of_an_external_command() {
     assert_eq!(weights(&a), weights(&b));
     let samples = |d: &str| std::fs::read_to_string(Path::new(d).join("samples.jsonl")).unwrap();
     assert_eq!(samples(&a), samples(&b), "samples.jsonl repeats or misses rows after resume");
-    // Dr. GRPO with a KL term to the reference runs and reports a KL
-    let out = s.p("grpo-dr");
-    ok(&[
-        "grpo",
-        &s.model,
-        "--prompts",
-        &data,
-        "--reward",
-        "regex:a",
-        "--group",
-        "4",
-        "--max-new-tokens",
-        "4",
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--lr",
-        "2e-2",
-        "--dr-grpo",
-        "--kl-beta",
-        "0.1",
-        "--max-len",
-        "64",
-        "--max-prompt",
-        "16",
-        "-o",
-        &out,
-    ]);
+    // Dr. GRPO with a KL term to the reference runs and reports a KL; the same with the frozen
+    // reference held in bf16: recorded in run.json (an f32 one is not), the first step's samples
+    // are the policy's own (the same rewards), and its KL to a bf16 copy of itself is the
+    // rounding of the weights only.
+    let dr = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "grpo",
+            &s.model,
+            "--prompts",
+            &data,
+            "--reward",
+            "regex:a",
+            "--group",
+            "4",
+            "--max-new-tokens",
+            "4",
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--lr",
+            "2e-2",
+            "--dr-grpo",
+            "--kl-beta",
+            "0.1",
+            "--max-len",
+            "64",
+            "--max-prompt",
+            "16",
+            "-o",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        ok(&a);
+    };
+    let (out, half) = (s.p("grpo-dr"), s.p("grpo-dr-bf16"));
+    dr(&out, &[]);
     assert!(rows(&out)[2]["kl"].as_f64().unwrap() > 0.0);
-    // The same with the frozen reference held in bf16: recorded in run.json (an f32 one is not),
-    // the first step's samples are the policy's own (the same rewards), and its KL to a bf16 copy
-    // of itself is the rounding of the weights only.
-    let half = s.p("grpo-dr-bf16");
+    dr(&half, &["--reference-compute-dtype", "bf16"]);
     let run = |d: &str| -> Value {
         serde_json::from_str(&std::fs::read_to_string(Path::new(d).join("run.json")).unwrap())
             .unwrap()
     };
-    ok(&[
-        "grpo",
-        &s.model,
-        "--prompts",
-        &data,
-        "--reward",
-        "regex:a",
-        "--group",
-        "4",
-        "--max-new-tokens",
-        "4",
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--lr",
-        "2e-2",
-        "--dr-grpo",
-        "--kl-beta",
-        "0.1",
-        "--reference-compute-dtype",
-        "bf16",
-        "--max-len",
-        "64",
-        "--max-prompt",
-        "16",
-        "-o",
-        &half,
-    ]);
     assert_eq!(run(&half)["run"]["reference_compute_dtype"], "bf16");
     assert!(run(&out)["run"].get("reference_compute_dtype").is_none());
     let (f, h) = (rows(&out), rows(&half));

@@ -70,6 +70,7 @@ fn sweep_measures_every_axis_and_resumes_after_sigkill() {
     let axes: Vec<&str> = pa.iter().map(|p| p["axis"].as_str().unwrap()).collect();
     let want = ["original", "depth", "depth", "hidden", "hidden", "heads", "heads", "mlp", "mlp"];
     assert_eq!(axes[..9], want, "{axes:?}");
+    assert!(axes[9..].iter().all(|a| *a == "search") && axes.len() > 9, "no search: {axes:?}");
     let original = &pa[0];
     assert!(f(original, "kl").abs() < 1e-9 && f(original, "top1") == 1.0);
     for p in &pa[1..] {
@@ -83,14 +84,21 @@ fn sweep_measures_every_axis_and_resumes_after_sigkill() {
         }
         assert_eq!(p["bits_per_byte"].as_array().unwrap().len(), 2);
     }
-    // the front: exactly the pruned points no other pruned point dominates
-    let pruned: Vec<(f64, f64)> =
-        pa[1..].iter().map(|p| (f(p, "params"), f(p, "bits_per_byte_pooled"))).collect();
-    for p in &pa[1..] {
+    // the front: exactly the pruned points (the whole model's rows take no part) that no
+    // other pruned point dominates
+    let whole = f(original, "params");
+    let pruned: Vec<(f64, f64)> = pa[1..]
+        .iter()
+        .map(|p| (f(p, "params"), f(p, "bits_per_byte_pooled")))
+        .filter(|p| p.0 != whole)
+        .collect();
+    assert!(pruned.len() >= 4);
+    for p in &pa {
         let (n, b) = (f(p, "params"), f(p, "bits_per_byte_pooled"));
         let dominated = pruned.iter().any(|&(m, c)| m <= n && c <= b && (m < n || c < b));
-        assert_eq!(p["pareto"].as_bool().unwrap(), !dominated, "{p}");
+        assert_eq!(p["pareto"].as_bool().unwrap(), n != whole && !dominated, "{p}");
     }
+    assert!(pa.iter().any(|p| p["pareto"] == true));
     for file in ["sweep.md", "sweep_bpb.png", "sweep_kl.png"] {
         assert!(Path::new(&a).join(file).exists(), "{file}");
     }
@@ -116,9 +124,20 @@ fn sweep_measures_every_axis_and_resumes_after_sigkill() {
     // without --resume the directory is refused, naming both ways on
     let bref: Vec<&str> = bv.iter().map(String::as_str).collect();
     fails(&bref, &["already holds a `sweep` output", "--force", "--resume"]);
+    // --resume with a setting that changes the numbers is refused, naming it; the points stay
+    let mut other = bref.clone();
+    let i = other.iter().position(|x| *x == "--context").unwrap();
+    other[i + 1] = "32";
+    other.push("--resume");
+    fails(&other, &["made with other inputs or settings (--context)", "--force"]);
+    assert_eq!(points(&b).len(), kept);
     let mut resumed = bref.clone();
     resumed.push("--resume");
-    ok(&resumed);
+    let o = common::orlik(&resumed);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let notice = format!("{kept} of {} points kept from the earlier sweep", pa.len());
+    assert!(err.contains(&notice), "{err}");
     let pb = points(&b);
     assert_eq!(pb.len(), pa.len());
     for (x, y) in pa.iter().zip(&pb) {
@@ -173,7 +192,10 @@ fn bad_settings_are_refused_naming_the_flag() {
             .unwrap();
     assert_eq!(v["points"].as_array().unwrap().len(), 2, "original and hidden 1: {v}");
     let skipped = v["skipped"].as_array().unwrap();
-    assert!(skipped[0].as_str().unwrap().starts_with("hidden 0.6: the axis has no smaller shape"));
+    assert!(skipped[0]
+        .as_str()
+        .unwrap()
+        .starts_with("hidden 0.6: the nearest shape on this axis is the whole model"));
     let md = std::fs::read_to_string(Path::new(&out).join("sweep.md")).unwrap();
     assert!(md.contains("Left out: hidden 0.6"), "{md}");
     let mut a = base.clone();

@@ -206,17 +206,16 @@ pub fn nearest_on_axis(cfg: &Config, axis: &str, fraction: f64, multiple: usize)
         .map_or_else(Target::default, |c| c.target)
 }
 
-/// Mark every point that no other dominates (`original` rows take no part).
+/// Mark every pruned point that no other dominates. The original, and a point that kept the
+/// whole model (a fraction of 1), take no part.
 pub fn mark_pareto(points: &mut [Point]) {
-    let pruned: Vec<(usize, f64)> = points
-        .iter()
-        .filter(|p| p.axis != "original")
-        .map(|p| (p.params, p.bits_per_byte_pooled))
-        .collect();
+    let whole = points.iter().find(|p| p.axis == "original").map(|p| p.params);
+    let pruned = |p: &Point| p.axis != "original" && Some(p.params) != whole;
+    let others: Vec<(usize, f64)> =
+        points.iter().filter(|p| pruned(p)).map(|p| (p.params, p.bits_per_byte_pooled)).collect();
     for p in points.iter_mut() {
         let (n, b) = (p.params, p.bits_per_byte_pooled);
-        p.pareto = p.axis != "original"
-            && !pruned.iter().any(|&(m, c)| m <= n && c <= b && (m < n || c < b));
+        p.pareto = pruned(p) && !others.iter().any(|&(m, c)| m <= n && c <= b && (m < n || c < b));
     }
 }
 
@@ -234,7 +233,10 @@ fn read_val(tok: &tokenizers::Tokenizer, path: &Path, limit: usize) -> Result<Va
         while !text.is_char_boundary(cut) {
             cut -= 1;
         }
-        cut = text[..cut].rfind('\n').map_or(cut, |i| i + 1);
+        // At a line end, unless that would keep less than half of the limit (one long line).
+        if let Some(i) = text[..cut].rfind('\n').filter(|&i| i + 1 >= cut / 2) {
+            cut = i + 1;
+        }
         text.truncate(cut);
     }
     let enc = tok
@@ -324,25 +326,55 @@ fn schedule(s: &SweepSettings) -> Result<Vec<(&'static str, f64)>, PipelineError
     Ok(v)
 }
 
-/// What makes two sweeps' points comparable: settings, model and every input's content.
+/// What a point's numbers depend on: every setting but the schedule (axes, fractions,
+/// no_search: a sweep resumed with another schedule keeps the points both share), the model and
+/// each input file's content.
 fn key(s: &SweepSettings, hf: &HfModel, inp: &SweepInputs) -> Result<Value, PipelineError> {
-    let sha = |p: &[PathBuf]| orlik_io::hfdir::sha256_files(p);
+    let sha = |p: &PathBuf| orlik_io::hfdir::sha256_files(std::slice::from_ref(p));
+    let each = |ps: &[PathBuf]| ps.iter().map(sha).collect::<Result<Vec<_>, _>>();
     let scores = match inp.scores {
-        Some(d) => Some(sha(&[d.join("scores.safetensors"), d.join("scores.json")])?),
+        Some(d) => Some(each(&[d.join("scores.safetensors"), d.join("scores.json")])?),
         None => None,
     };
-    Ok(json!({"settings": s, "model": hf.content_sha256()?, "scores": scores,
-        "data": sha(inp.data)?, "val": sha(inp.val)?}))
+    let mut settings = serde_json::to_value(s).map_err(|e| bad(e.to_string()))?;
+    if let Some(m) = settings.as_object_mut() {
+        for k in ["axes", "fractions", "no_search"] {
+            m.remove(k);
+        }
+    }
+    Ok(json!({"settings": settings, "model": hf.content_sha256()?, "scores": scores,
+        "data": each(inp.data)?, "val": each(inp.val)?}))
 }
 
-/// Points of an earlier run of the same key (`--resume`), else none.
-fn earlier(out: &Path, key: &Value) -> Vec<Point> {
-    let Ok(text) = std::fs::read_to_string(out.join("sweep.json")) else { return Vec::new() };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else { return Vec::new() };
+/// The points of the sweep in `out` (`--resume`): none when there is no sweep.json yet; an
+/// error naming what changed when it was made with other settings or inputs (its points would
+/// not be comparable, and replacing them is `--force`'s job).
+fn earlier(out: &Path, key: &Value) -> Result<Vec<Point>, PipelineError> {
+    let path = out.join("sweep.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(Vec::new()) };
+    let unreadable = |e: String| bad(format!("{}: {e}; --force starts over", path.display()));
+    let v: Value = serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?;
     if v["key"] != *key {
-        return Vec::new();
+        let changed: Vec<String> = ["model", "scores", "data", "val"]
+            .iter()
+            .filter(|k| v["key"][**k] != key[**k])
+            .map(|k| format!("--{k}"))
+            .chain(
+                key["settings"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|&(k, x)| v["key"]["settings"][k] != *x)
+                    .map(|(k, _)| format!("--{}", k.replace('_', "-"))),
+            )
+            .collect();
+        return Err(bad(format!(
+            "{}: the sweep there was made with other inputs or settings ({}): --force replaces it, or choose another -o",
+            path.display(),
+            if changed.is_empty() { "its format".into() } else { changed.join(", ") }
+        )));
     }
-    serde_json::from_value(v["points"].clone()).unwrap_or_default()
+    serde_json::from_value(v["points"].clone()).map_err(|e| unreadable(e.to_string()))
 }
 
 /// Run the sweep into `out` (an `orlik sweep` output directory).
@@ -377,14 +409,15 @@ pub fn run(
     let weights = hf.checkpoint.load_all(candle_core::DType::F32)?;
     let imp = importance(&prune, &hf, inp.scores, &weights)?;
     let key = key(s, &hf, inp)?;
-    orlik_io::output::claim_dir(out, "sweep", &inputs, mode)?;
-    let done = if ctl.resume { earlier(out, &key) } else { Vec::new() };
     let tok = hf.tokenizer()?;
     let vals =
         inp.val.iter().map(|p| read_val(&tok, p, s.val_bytes)).collect::<Result<Vec<_>, _>>()?;
     if let Some(v) = vals.iter().find(|v| v.ids.len() < 2) {
         return Err(bad(format!("{}: fewer than 2 tokens to measure", v.path.display())));
     }
+    let done = if ctl.resume { earlier(out, &key)? } else { Vec::new() };
+    // Every input read and checked: only now is an earlier output replaced (--force).
+    orlik_io::output::claim_dir(out, "sweep", &inputs, mode)?;
     let cfg = &hf.config;
     let teacher = Model::new(cfg, &weights, ModelOptions::default())?;
     let bench = Bench { cfg, weights: &weights, teacher, vals, s };
@@ -402,14 +435,16 @@ pub fn run(
             continue;
         }
         if AXES.contains(&axis) && f < 1.0 && unmoved(cfg, axis, f, s.multiple) {
+            let why = match axis {
+                "hidden" => format!(
+                    " (hidden sizes are multiples of {} that the {} query heads divide: try a smaller --multiple)",
+                    s.multiple, cfg.num_attention_heads
+                ),
+                "mlp" => format!(" (MLP sizes are multiples of {}: try a smaller --multiple)", s.multiple),
+                _ => String::new(),
+            };
             skipped.push(format!(
-                "{axis} {f}: the axis has no smaller shape on multiples of {}{} (try a smaller --multiple)",
-                s.multiple,
-                if axis == "hidden" {
-                    format!(" that the {} query heads divide", cfg.num_attention_heads)
-                } else {
-                    String::new()
-                }
+                "{axis} {f}: the nearest shape on this axis is the whole model{why}"
             ));
             continue;
         }
