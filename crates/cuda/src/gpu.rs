@@ -352,7 +352,11 @@ impl Gpu {
     }
 
     fn attn_check(s: &AttnShape) -> Result<(), CudaError> {
-        if s.kv == 0 || s.heads % s.kv != 0 || s.hd > 4 * ATTN_THREADS as usize || s.tk < s.t {
+        if s.kv == 0
+            || !s.heads.is_multiple_of(s.kv)
+            || s.hd > 4 * ATTN_THREADS as usize
+            || s.tk < s.t
+        {
             return Err(CudaError::Internal(format!("attention shape {s:?} is not supported")));
         }
         Ok(())

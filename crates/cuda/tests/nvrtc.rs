@@ -2,6 +2,8 @@
 //! default because it needs libnvrtc from CUDA 13: `.ci/run` installs the `nvidia-cuda-nvrtc`
 //! package and runs these with `ORLIK_NVRTC_LIB` pointing at its library and `--ignored`.
 
+#![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
+
 use orlik_cuda::kernels::{Module, MODULES};
 use orlik_cuda::{nvrtc, CudaError};
 
