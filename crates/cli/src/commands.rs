@@ -64,6 +64,46 @@ pub(crate) fn load(
     Ok((hf, m))
 }
 
+/// A frozen model on the device `frozen.device` picks: the CPU executor as [`load`] makes it,
+/// or the CUDA one (f32 weights on the GPU). Returns the compute dtype it really runs at.
+pub(crate) fn load_on(
+    path: &Path,
+    frozen: crate::Frozen,
+) -> Result<(HfModel, Box<dyn orlik_model::Infer>, orlik_model::ComputeDtype)> {
+    use orlik_model::ComputeDtype;
+    let resolved = orlik_cuda::device::resolve(frozen.device, orlik_dist::world().local_rank())?;
+    match resolved {
+        orlik_cuda::Resolved::Cpu { .. } => {
+            if frozen.device == orlik_cuda::DeviceChoice::Auto {
+                crate::term::notice(&resolved.describe());
+            }
+            let (hf, m) = load(path, frozen.compute_dtype)?;
+            let c = frozen.compute_dtype.resolve(&hf.stored_dtypes());
+            Ok((hf, Box::new(m), c))
+        }
+        orlik_cuda::Resolved::Cuda(ref info) => {
+            if !matches!(frozen.compute_dtype, ComputeDtype::Auto | ComputeDtype::F32) {
+                bail!(
+                    "--compute-dtype {} with --device {}: the GPU executor holds f32 weights only \
+                     so far; use auto or f32",
+                    frozen.compute_dtype,
+                    frozen.device
+                );
+            }
+            let hf = HfModel::open(path)?;
+            let (m, _) = hf.load_frozen(ComputeDtype::F32)?;
+            let gpu = std::sync::Arc::new(orlik_cuda::Gpu::open(info)?);
+            let on_gpu = orlik_cuda::CudaModel::from_model(&m, gpu)?;
+            crate::term::notice(&format!(
+                "{}: {}, f32 weights",
+                path.display(),
+                resolved.describe()
+            ));
+            Ok((hf, Box::new(on_gpu), ComputeDtype::F32))
+        }
+    }
+}
+
 /// `orlik generate`'s flags.
 pub struct GenArgs<'a> {
     pub path: &'a Path,
@@ -73,7 +113,7 @@ pub struct GenArgs<'a> {
     /// One JSON object on stdout at the end (the text, and every token with its two best logits)
     /// instead of the streamed text.
     pub json: bool,
-    pub compute: orlik_model::ComputeDtype,
+    pub frozen: crate::Frozen,
 }
 
 /// A generated token as `--json` reports it: the step, and how many characters of the decoded
@@ -93,7 +133,7 @@ pub fn generate(a: &GenArgs) -> Result<()> {
     if temperature < 0.0 {
         bail!("--temperature must be >= 0, got {temperature}");
     }
-    let (hf, model) = load(a.path, a.compute)?;
+    let (hf, model, _) = load_on(a.path, a.frozen)?;
     let tok = hf.tokenizer()?;
     let text = if a.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", a.prompt)
@@ -119,25 +159,26 @@ pub fn generate(a: &GenArgs) -> Result<()> {
         print!("{}{}", a.prompt, if a.chat { "\n" } else { "" });
     }
     let t0 = std::time::Instant::now();
-    let new = orlik_eval::generate::generate(&model, enc.get_ids(), &stop, &a.opts, |step| {
-        if stop.contains(&step.id) {
-            return false;
-        }
-        ids.push(step.id);
-        // Decode everything so far and print the new suffix: byte-fallback and multi-byte
-        // characters only appear once complete.
-        if let Ok(s) = tok.decode(&ids, true) {
-            if !s.ends_with('\u{FFFD}') && s.len() > printed && s.is_char_boundary(printed) {
-                if !a.json {
-                    print!("{}", &s[printed..]);
-                    let _ = out.flush();
-                }
-                printed = s.len();
+    let new =
+        orlik_eval::generate::generate(model.as_ref(), enc.get_ids(), &stop, &a.opts, |step| {
+            if stop.contains(&step.id) {
+                return false;
             }
-            steps.push(JsonStep { step: *step, chars: s[..printed].chars().count() });
-        }
-        true
-    })?;
+            ids.push(step.id);
+            // Decode everything so far and print the new suffix: byte-fallback and multi-byte
+            // characters only appear once complete.
+            if let Ok(s) = tok.decode(&ids, true) {
+                if !s.ends_with('\u{FFFD}') && s.len() > printed && s.is_char_boundary(printed) {
+                    if !a.json {
+                        print!("{}", &s[printed..]);
+                        let _ = out.flush();
+                    }
+                    printed = s.len();
+                }
+                steps.push(JsonStep { step: *step, chars: s[..printed].chars().count() });
+            }
+            true
+        })?;
     let rate = new.len() as f64 / t0.elapsed().as_secs_f64();
     if a.json {
         let text = tok.decode(&ids, true).map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
@@ -152,17 +193,13 @@ pub fn generate(a: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn bench(
-    path: &Path,
-    reps: usize,
-    compute: orlik_model::ComputeDtype,
-    json: bool,
-) -> Result<()> {
-    let (_, model) = load(path, compute)?;
+pub fn bench(path: &Path, reps: usize, frozen: crate::Frozen, json: bool) -> Result<()> {
+    let (_, model, _) = load_on(path, frozen)?;
+    let model = model.as_ref();
     let t = vec![
-        orlik_eval::speed::prefill(&model, 1, 512, reps)?,
-        orlik_eval::speed::prefill(&model, 8, 128, reps)?,
-        orlik_eval::speed::decode(&model, 1, 16, 64, reps)?,
+        orlik_eval::speed::prefill(model, 1, 512, reps)?,
+        orlik_eval::speed::prefill(model, 8, 128, reps)?,
+        orlik_eval::speed::decode(model, 1, 16, 64, reps)?,
     ];
     if json {
         println!("{}", serde_json::to_string(&t)?);

@@ -1,11 +1,11 @@
 //! `orlik eval ppl | mc | agree | speed`: `orlik_eval::suite`'s measurements with progress bars,
 //! printed as a table or, with --json, one JSON document.
 
-use crate::commands::load;
+use crate::commands::load_on;
+use crate::Frozen;
 use anyhow::Result;
 use orlik_eval::ppl::PplOptions;
 use orlik_eval::suite::{agree_result, mc_result, ppl_report, speed_rows};
-use orlik_model::ComputeDtype;
 use std::path::{Path, PathBuf};
 
 /// A progress bar fed by the suite's (what, done, total) callback.
@@ -21,16 +21,17 @@ pub fn ppl(
     context: usize,
     stride: usize,
     batch: usize,
-    compute: ComputeDtype,
+    frozen: Frozen,
     json_out: bool,
 ) -> Result<()> {
-    let (hf, model) = load(path, compute)?;
+    let (hf, model, compute) = load_on(path, frozen)?;
     let (pb, show) = progress_bar();
-    let r = ppl_report(&model, &hf, texts, PplOptions { context, stride, batch }, &show)?;
+    let r = ppl_report(model.as_ref(), &hf, texts, PplOptions { context, stride, batch }, &show)?;
     pb.finish_and_clear();
     if json_out {
         let mut j = r.json();
-        j["compute_dtype"] = serde_json::json!(compute.resolve(&hf.stored_dtypes()));
+        j["compute_dtype"] = serde_json::json!(compute);
+        j["device"] = serde_json::json!(frozen.device.to_string());
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         println!("{}", r.text());
@@ -43,12 +44,12 @@ pub fn mc(
     tasks: &Path,
     limit: usize,
     context: usize,
-    compute: ComputeDtype,
+    frozen: Frozen,
     json_out: bool,
 ) -> Result<()> {
-    let (hf, model) = load(path, compute)?;
+    let (hf, model, _) = load_on(path, frozen)?;
     let (pb, show) = progress_bar();
-    let r = mc_result(&model, &hf, tasks, limit, context, &show)?;
+    let r = mc_result(model.as_ref(), &hf, tasks, limit, context, &show)?;
     pb.finish_and_clear();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r.json(tasks))?);
@@ -64,13 +65,14 @@ pub fn agree(
     texts: &[PathBuf],
     context: usize,
     max_tokens: usize,
-    compute: ComputeDtype,
+    frozen: Frozen,
     json_out: bool,
 ) -> Result<()> {
-    let (s_hf, s) = load(student, compute)?;
-    let (t_hf, t) = load(teacher, compute)?;
+    let (s_hf, s, _) = load_on(student, frozen)?;
+    let (t_hf, t, _) = load_on(teacher, frozen)?;
     let (pb, show) = progress_bar();
-    let r = agree_result((&s, &s_hf), (&t, &t_hf), texts, context, max_tokens, &show)?;
+    let r =
+        agree_result((s.as_ref(), &s_hf), (t.as_ref(), &t_hf), texts, context, max_tokens, &show)?;
     pb.finish_and_clear();
     if json_out {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -80,11 +82,14 @@ pub fn agree(
     Ok(())
 }
 
-pub fn speed(models: &[PathBuf], reps: usize, compute: ComputeDtype, json_out: bool) -> Result<()> {
+pub fn speed(models: &[PathBuf], reps: usize, frozen: Frozen, json_out: bool) -> Result<()> {
     let loaded =
-        models.iter().map(|p| load(p, compute).map(|(_, m)| m)).collect::<Result<Vec<_>>>()?;
-    let named: Vec<(String, &orlik_model::Model)> =
-        models.iter().map(|p| p.display().to_string()).zip(loaded.iter()).collect();
+        models.iter().map(|p| load_on(p, frozen).map(|(_, m, _)| m)).collect::<Result<Vec<_>>>()?;
+    let named: Vec<(String, &dyn orlik_model::Infer)> = models
+        .iter()
+        .map(|p| p.display().to_string())
+        .zip(loaded.iter().map(|m| m.as_ref()))
+        .collect();
     let (pb, show) = progress_bar();
     let rows = speed_rows(&named, reps, &show)?;
     pb.finish_and_clear();

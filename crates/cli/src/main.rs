@@ -367,12 +367,23 @@ pub(crate) enum Cmd {
 
 /// How a frozen model's weights are held (generate, bench, eval).
 #[derive(clap::Args, Debug, Clone, Copy)]
-struct Frozen {
+pub(crate) struct Frozen {
     /// Weights of the matrices (projections, embedding, lm_head) in memory: auto = the
     /// checkpoint's own (bf16 / f16 stay 16-bit, f32 stays f32), or f32, bf16, f16. 16-bit halves
     /// the memory and the bytes read per decoded token; products accumulate in f32 either way.
+    /// On a GPU the weights are f32 so far (auto and f32 only).
     #[arg(long, default_value = "auto", value_parser = parse_compute_dtype)]
-    compute_dtype: orlik_model::ComputeDtype,
+    pub(crate) compute_dtype: orlik_model::ComputeDtype,
+    /// Where the model runs: cpu, cuda (the first NVIDIA GPU, or the local rank's), cuda:N, or
+    /// auto (a GPU when there is one, else the CPU, saying why). The default stays cpu until the
+    /// CUDA executor's GPU checks have run (scripts/gpu-check.sh; `orlik device` says what this
+    /// machine has).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub(crate) device: orlik_cuda::DeviceChoice,
+}
+
+fn parse_device(s: &str) -> Result<orlik_cuda::DeviceChoice, String> {
+    orlik_cuda::DeviceChoice::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_compute_dtype(s: &str) -> Result<orlik_model::ComputeDtype, String> {
@@ -613,12 +624,12 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 opts,
                 chat,
                 json,
-                compute: frozen.compute_dtype,
+                frozen,
             })
         }
         Cmd::Eval { what: EvalCmd::Ppl { path, text, context, stride, batch, frozen, json } } => {
             let stride = stride.unwrap_or(context);
-            eval_cmd::ppl(&path, &text, context, stride, batch, frozen.compute_dtype, json)
+            eval_cmd::ppl(&path, &text, context, stride, batch, frozen, json)
         }
         Cmd::TrimVocab { model, data, min_count, keep, output, force } => {
             let a = orlik_prune::trim::TrimArgs { model, data, min_count, keep, output, force };
@@ -631,16 +642,13 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Dpo(a) => align_cmd::dpo(a),
         Cmd::Grpo(a) => align_cmd::grpo(a),
         Cmd::Eval { what: EvalCmd::Mc { path, tasks, limit, context, frozen, json } } => {
-            eval_cmd::mc(&path, &tasks, limit, context, frozen.compute_dtype, json)
+            eval_cmd::mc(&path, &tasks, limit, context, frozen, json)
         }
         Cmd::Eval {
             what: EvalCmd::Agree { student, teacher, text, context, max_tokens, frozen, json },
-        } => {
-            let c = frozen.compute_dtype;
-            eval_cmd::agree(&student, &teacher, &text, context, max_tokens, c, json)
-        }
+        } => eval_cmd::agree(&student, &teacher, &text, context, max_tokens, frozen, json),
         Cmd::Eval { what: EvalCmd::Speed { models, reps, frozen, json } } => {
-            eval_cmd::speed(&models, reps, frozen.compute_dtype, json)
+            eval_cmd::speed(&models, reps, frozen, json)
         }
         Cmd::Compress {
             teacher,
@@ -681,9 +689,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers, .. } => {
             train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
         }
-        Cmd::Bench { path, reps, json, frozen, .. } => {
-            commands::bench(&path, reps, frozen.compute_dtype, json)
-        }
+        Cmd::Bench { path, reps, json, frozen, .. } => commands::bench(&path, reps, frozen, json),
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {
             train_cmd::distill(train_cmd::DistillArgs {
                 teacher,

@@ -32,3 +32,61 @@ fn device_says_what_it_takes_and_why() {
         }
     }
 }
+
+/// The frozen-model commands take --device: cpu runs as before, auto says where it went, and
+/// cuda without a GPU is the same one-line error as `orlik device` gives, before any work.
+#[test]
+fn eval_ppl_takes_a_device() {
+    let d = common::Dir::new();
+    let gguf = common::fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", &d.p("tiny")]);
+    std::fs::write(d.root.join("t.txt"), "the theater then the anthem ".repeat(20)).unwrap();
+    let run = |device: &str| {
+        common::orlik(&[
+            "eval",
+            "ppl",
+            &d.p("tiny"),
+            "--text",
+            &d.p("t.txt"),
+            "--context",
+            "16",
+            "--json",
+            "--device",
+            device,
+        ])
+    };
+    let cpu: serde_json::Value = serde_json::from_slice(&run("cpu").stdout).unwrap();
+    assert_eq!(cpu["device"], "cpu");
+    assert_eq!(cpu["compute_dtype"], "f32");
+    match probe() {
+        Err(why) => {
+            let auto = run("auto");
+            assert!(auto.status.success());
+            let v: serde_json::Value = serde_json::from_slice(&auto.stdout).unwrap();
+            assert_eq!(v["nll"], cpu["nll"], "auto without a GPU is the CPU run");
+            assert!(String::from_utf8_lossy(&auto.stderr)
+                .contains(&format!("device: cpu (no GPU: {why})")));
+            fails(
+                &["eval", "ppl", &d.p("tiny"), "--text", &d.p("t.txt"), "--device", "cuda"],
+                &["--device cuda: no usable GPU"],
+            );
+            fails(
+                &["bench", &d.p("tiny"), "--device", "cuda:0"],
+                &["--device cuda:0: no usable GPU"],
+            );
+            fails(
+                &["generate", &d.p("tiny"), "--prompt", "the", "--device", "cuda"],
+                &["no usable GPU"],
+            );
+        }
+        Ok(_) => {
+            // On a GPU: the f32 GPU executor's bits/byte within 1e-5 of the CPU's.
+            let gpu: serde_json::Value = serde_json::from_slice(&run("cuda").stdout).unwrap();
+            let (a, b) =
+                (gpu["bits_per_byte"].as_f64().unwrap(), cpu["bits_per_byte"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "GPU {a} vs CPU {b}");
+            assert_eq!(gpu["device"], "cuda");
+        }
+    }
+    fails(&["eval", "ppl", &d.p("tiny"), "--text", &d.p("t.txt"), "--device", "tpu"], &["\"tpu\""]);
+}

@@ -5,7 +5,9 @@
 // FlashAttention does (Dao et al. 2022). Masked tiles are skipped: a query sees keys [lo, hi).
 //
 // Layouts as orlik_model::cpu::attention (its forward/backward are the references):
-//   q (b · t, heads · hd), k and v (b · tk, kv · hd), o like q, lse (b, heads, t).
+//   q (b · t, heads · hd), k and v (b · kcap, kv · hd), o like q, lse (b, heads, t).
+// In the forward, each batch row's keys are kcap ≥ tk rows apart (a KV cache with room to
+// grow); the training backward takes kcap = tk = t.
 // Query i of a row sits at key position off + i with off = tk − t (a KV cache holds off earlier
 // keys); it sees key j when j ≤ off + i, off + i − j < window (window 0: no window) and
 // valid[row · tk + j] (valid null: every key). Query head h reads key head h / (heads / kv).
@@ -20,7 +22,7 @@ __device__ __forceinline__ void visible_keys(int qpos, int window, int* lo, int*
 
 extern "C" __global__ void attn_forward(const float* q, const float* k, const float* v, float* o,
                                         float* lse, const unsigned char* valid, int b, int t,
-                                        int tk, int heads, int kv, int hd, float scale,
+                                        int tk, int kcap, int heads, int kv, int hd, float scale,
                                         int window) {
     extern __shared__ float sh[];  // q row (hd), scores (blockDim.x), reduction (blockDim.x)
     float* qs = sh;
@@ -38,7 +40,7 @@ extern "C" __global__ void attn_forward(const float* q, const float* k, const fl
         int j = j0 + threadIdx.x;
         float s = NEG_INF;
         if (j < hi && (valid == 0 || valid[(long long)bi * tk + j])) {
-            const float* kr = k + ((long long)(bi * tk + j) * kv + g) * hd;
+            const float* kr = k + ((long long)bi * kcap + j) * kv * hd + (long long)g * hd;
             float dot = 0.0f;
             for (int d = 0; d < hd; d++) dot += qs[d] * kr[d];
             s = scale * dot;
@@ -54,7 +56,7 @@ extern "C" __global__ void attn_forward(const float* q, const float* k, const fl
             if (d >= hd) break;
             float a = acc[e] * corr;
             for (int jj = 0; jj < n; jj++)
-                a += ps[jj] * v[((long long)(bi * tk + j0 + jj) * kv + g) * hd + d];
+                a += ps[jj] * v[((long long)bi * kcap + j0 + jj) * kv * hd + (long long)g * hd + d];
             acc[e] = a;
         }
         m = m_new;

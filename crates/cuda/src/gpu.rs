@@ -26,12 +26,14 @@ const ATTN_THREADS: u32 = 128;
 const SUMSQ_BLOCKS: u32 = 256;
 
 /// Causal grouped-query attention's shape (as `orlik_model::cpu::attention::Shape`, plus the
-/// key count `tk` ≥ t: a KV cache's earlier keys come first).
+/// key count `tk` ≥ t: a KV cache's earlier keys come first, and `kcap` ≥ tk: the rows between
+/// one batch row's keys and the next's in the k / v buffers).
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
     pub b: usize,
     pub t: usize,
     pub tk: usize,
+    pub kcap: usize,
     pub heads: usize,
     pub kv: usize,
     pub hd: usize,
@@ -158,6 +160,20 @@ impl Gpu {
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
         Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
+    }
+
+    /// dst[to .. to + n] = src[from .. from + n] (device to device, on the stream).
+    pub fn copy(
+        &self,
+        (src, from): (&CudaSlice<f32>, usize),
+        (dst, to): (&mut CudaSlice<f32>, usize),
+        n: usize,
+    ) -> Result<(), CudaError> {
+        check_len(src, from + n, "copy source")?;
+        check_len(dst, to + n, "copy destination")?;
+        let s = src.slice(from..from + n);
+        let mut d = dst.slice_mut(to..to + n);
+        Ok(self.stream.memcpy_dtod(&s, &mut d)?)
     }
 
     pub fn synchronize(&self) -> Result<(), CudaError> {
@@ -374,8 +390,8 @@ impl Gpu {
     ) -> Result<(), CudaError> {
         Self::attn_check(s)?;
         check_len(q, s.b * s.t * s.heads * s.hd, "attention q")?;
-        check_len(k, s.b * s.tk * s.kv * s.hd, "attention k")?;
-        check_len(v, s.b * s.tk * s.kv * s.hd, "attention v")?;
+        check_len(k, ((s.b - 1) * s.kcap + s.tk) * s.kv * s.hd, "attention k")?;
+        check_len(v, ((s.b - 1) * s.kcap + s.tk) * s.kv * s.hd, "attention v")?;
         check_len(o, s.b * s.t * s.heads * s.hd, "attention o")?;
         check_len(lse, s.b * s.heads * s.t, "attention lse")?;
         let cfg = LaunchConfig {
@@ -447,7 +463,7 @@ impl Gpu {
         (dq, dk, dv): (&mut CudaSlice<f32>, &mut CudaSlice<f32>, &mut CudaSlice<f32>),
     ) -> Result<(), CudaError> {
         Self::attn_check(s)?;
-        if s.tk != s.t {
+        if s.tk != s.t || s.kcap != s.t {
             return Err(CudaError::Internal("attention backward with cached keys".into()));
         }
         let (nq, nk) = (s.b * s.t * s.heads * s.hd, s.b * s.t * s.kv * s.hd);

@@ -10,21 +10,25 @@
 //! | [`nvrtc`] | the NVRTC library (the machine's own, or `ORLIK_NVRTC_LIB`), compiling a kernel module for an architecture, the PTX cache |
 //! | [`kernels`] | the kernel modules: sources, the functions each defines |
 //! | [`gpu`] | a context on one GPU with every module loaded and cuBLAS: the launches of the block's kernels on device buffers |
+//! | [`infer`] | the inference executor: `orlik_model::Infer` on a GPU (f32), KV cache on the device |
 //!
 //! What is here is the kernel layer of the CUDA executor: the block's operations (embedding,
 //! RMSNorm, RoPE, the gated MLP's activations, causal GQA attention with its backward, the
 //! lm_head losses' row terms, AdamW and the global norm) and the matrix products (cuBLAS), each
 //! tested on a GPU against the CPU executor's kernels (`tests/kernels.rs`; skipped with the
-//! reason printed where there is no GPU). The executors built on it (`orlik_train::exec`,
-//! `orlik_model::Infer`) come next; until then no command runs on a GPU.
+//! reason printed where there is no GPU), and the inference executor built on them
+//! ([`CudaModel`], `eval ppl --device cuda`). The training executor (`orlik_train::exec`) comes
+//! next.
 
 pub mod device;
 pub mod gpu;
+pub mod infer;
 pub mod kernels;
 pub mod nvrtc;
 
 pub use device::{DeviceChoice, GpuInfo, Resolved};
 pub use gpu::Gpu;
+pub use infer::CudaModel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {

@@ -269,7 +269,17 @@ fn attention_forward_and_backward_match_the_cpu_executor() {
         (2, 130, 2, 1, 256, None),
         (1, 1, 3, 1, 8, None),
     ] {
-        let s = AttnShape { b, t, tk: t, heads, kv, hd, scale: 1.0 / (hd as f32).sqrt(), window };
+        let s = AttnShape {
+            b,
+            t,
+            tk: t,
+            kcap: t,
+            heads,
+            kv,
+            hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+            window,
+        };
         let q = rand_vec(&mut rng, b * t * heads * hd, 1.0);
         let k = rand_vec(&mut rng, b * t * kv * hd, 1.0);
         let v = rand_vec(&mut rng, b * t * kv * hd, 1.0);
@@ -305,7 +315,7 @@ fn cached_and_padded_attention_match_an_f64_reference_and_decode_equals_prefill(
     // Row 1 is left-padded by 7 keys (a shorter prompt in a batch).
     let valid: Vec<u8> = (0..b * tk).map(|i| u8::from(i / tk == 0 || i % tk >= 7)).collect();
     for window in [None, Some(64)] {
-        let full = AttnShape { b, t: tk, tk, heads, kv, hd, scale: 0.125, window };
+        let full = AttnShape { b, t: tk, tk, kcap: tk, heads, kv, hd, scale: 0.125, window };
         let (o_full, _) = run_forward(&g, &full, &q_all, &k, &v, Some(&valid));
         let (o_ref, _) = naive_attention(&full, &q_all, &k, &v, Some(&valid));
         close(&format!("padded prefill w{window:?}"), &o_full, &o_ref, 2e-5);
@@ -324,6 +334,20 @@ fn cached_and_padded_attention_match_an_f64_reference_and_decode_equals_prefill(
             })
             .collect();
         close(&format!("cached decode = prefill rows, w{window:?}"), &o, &want, 1e-6);
+        // The same keys in a cache with room for 5 more per row (NaN there: never read).
+        let kcap = tk + 5;
+        let widen = |x: &[f32]| -> Vec<f32> {
+            (0..b)
+                .flat_map(|bi| {
+                    let mut row = x[bi * tk * kv * hd..(bi + 1) * tk * kv * hd].to_vec();
+                    row.extend(std::iter::repeat_n(f32::NAN, 5 * kv * hd));
+                    row
+                })
+                .collect()
+        };
+        let s = AttnShape { kcap, ..s };
+        let (o, _) = run_forward(&g, &s, &q_last, &widen(&k), &widen(&v), Some(&valid));
+        close(&format!("decode from a cache with spare rows, w{window:?}"), &o, &want, 0.0);
     }
 }
 

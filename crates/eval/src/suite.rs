@@ -9,7 +9,7 @@ use crate::ppl::{PplOptions, PplResult};
 use crate::speed::Timing;
 use crate::EvalError;
 use orlik_io::hfdir::HfModel;
-use orlik_model::{ComputeDtype, Model};
+use orlik_model::{ComputeDtype, Infer, Model};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ fn tokenize(tok: &tokenizers::Tokenizer, f: &Path) -> Result<(String, Vec<u32>),
 }
 
 pub fn ppl_report(
-    model: &Model,
+    model: &dyn Infer,
     hf: &HfModel,
     texts: &[PathBuf],
     opts: PplOptions,
@@ -135,7 +135,7 @@ pub fn ppl_report(
 
 /// Multiple-choice accuracy of one model on the first `limit` questions (0 = all).
 pub fn mc_result(
-    model: &Model,
+    model: &dyn Infer,
     hf: &HfModel,
     tasks: &Path,
     limit: usize,
@@ -154,8 +154,8 @@ pub fn mc_result(
 
 /// KL(teacher ‖ student) and top-1 agreement over the texts (pooled), at most `max_tokens`.
 pub fn agree_result(
-    student: (&Model, &HfModel),
-    teacher: (&Model, &HfModel),
+    student: (&dyn Infer, &HfModel),
+    teacher: (&dyn Infer, &HfModel),
     texts: &[PathBuf],
     context: usize,
     max_tokens: usize,
@@ -187,7 +187,7 @@ pub struct SpeedRow {
 /// Every measurement is taken for each model in turn before the next measurement, so a slow
 /// moment of a noisy machine hits all of them alike; ratios are to the first model.
 pub fn speed_rows(
-    models: &[(String, &Model)],
+    models: &[(String, &dyn Infer)],
     reps: usize,
     progress: Progress,
 ) -> Result<Vec<SpeedRow>, EvalError> {
@@ -196,7 +196,7 @@ pub fn speed_rows(
     }
     let mut rows: Vec<SpeedRow> =
         models.iter().map(|(n, _)| SpeedRow { model: n.clone(), timings: Vec::new() }).collect();
-    type Measure = fn(&Model, usize) -> Result<Timing, EvalError>;
+    type Measure = fn(&dyn Infer, usize) -> Result<Timing, EvalError>;
     let plan: [Measure; 4] = [
         |m, r| crate::speed::prefill(m, 1, 256, r),
         |m, r| crate::speed::prefill(m, 8, 256, r),
@@ -207,7 +207,7 @@ pub fn speed_rows(
     let mut done = 0;
     for f in plan {
         for (row, (_, m)) in rows.iter_mut().zip(models) {
-            row.timings.push(f(m, reps)?);
+            row.timings.push(f(*m, reps)?);
             done += 1;
             progress("speed", done, total);
         }
@@ -269,9 +269,9 @@ pub fn run(
         let agree = if i == 0 {
             None
         } else {
-            let reference = (&loaded[0], &hfs[0]);
+            let reference: (&dyn Infer, _) = (&loaded[0], &hfs[0]);
             Some(agree_result(
-                (m, hf),
+                (m as &dyn Infer, hf),
                 reference,
                 &e.texts,
                 e.agree_context,
@@ -301,8 +301,11 @@ pub fn run(
     }
     if e.speed {
         notice("speed (all models, interleaved)");
-        let named: Vec<(String, &Model)> =
-            models.iter().map(|(n, _)| n.to_string()).zip(loaded.iter()).collect();
+        let named: Vec<(String, &dyn Infer)> = models
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .zip(loaded.iter().map(|m| m as &dyn Infer))
+            .collect();
         for (row, me) in speed_rows(&named, e.speed_reps, progress)?.into_iter().zip(out.iter_mut())
         {
             me.speed = row.timings.iter().map(|t| (short(&t.what), t.tokens_per_s)).collect();

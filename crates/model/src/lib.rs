@@ -40,6 +40,9 @@ pub enum ModelError {
     Input(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An executor's own failure (a GPU's driver or library), said by that executor.
+    #[error("{0}")]
+    Backend(String),
 }
 
 #[cfg(test)]

@@ -328,6 +328,28 @@ fn inv_freqs(cfg: &Config) -> Result<Vec<Vec<f64>>, ModelError> {
     Ok(out)
 }
 
+/// RoPE cos/sin for positions 0..t, flat (t, hd/2), one pair per RoPE kind (`LayerSpec::rope`
+/// indexes them), computed as an f32 [`Model`] computes its tables: for executors that hold no
+/// candle model (the CUDA one, `orlik_cuda::infer`).
+pub fn rope_tables_f32(cfg: &Config, t: usize) -> Result<Vec<RopeTable>, ModelError> {
+    Ok(inv_freqs(cfg)?
+        .iter()
+        .map(|inv| {
+            let (mut c, mut s) =
+                (Vec::with_capacity(t * inv.len()), Vec::with_capacity(t * inv.len()));
+            for p in 0..t {
+                for &f in inv {
+                    // f32 like transformers' f32 `inv_freq @ position_ids` (as `rope_tables`).
+                    let a = (p as f32 * f as f32) as f64;
+                    c.push(a.cos() as f32);
+                    s.push(a.sin() as f32);
+                }
+            }
+            (c, s)
+        })
+        .collect())
+}
+
 fn inv_freq(cfg: &Config) -> Result<Vec<f64>, ModelError> {
     let d = cfg.head_dim();
     let base = cfg.rope_theta();

@@ -253,3 +253,17 @@ fn blocked_fused_attention_equals_masked_composed_attention_on_long_inputs() {
         assert!(max_abs(&full, &Tensor::cat(&[p1, p2], 1).unwrap()) < 1e-4, "{cfg_extra}");
     }
 }
+
+/// The free RoPE tables (executors without a candle model) are the f32 model's, bit for bit,
+/// for one table (Llama) and two (Gemma 3's global and sliding bases).
+#[test]
+fn free_rope_tables_equal_the_models() {
+    for cfg in [tiny("LlamaForCausalLM", ""), tiny_gemma()] {
+        let w = random_weights(&cfg, 1, 0.5).unwrap();
+        let m = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+        let want = m.rope_tables_flat(37).unwrap();
+        let got = crate::llama::rope_tables_f32(&cfg, 37).unwrap();
+        assert_eq!(got.len(), if cfg.arch() == crate::Arch::Gemma3 { 2 } else { 1 });
+        assert_eq!(got, want);
+    }
+}

@@ -1,0 +1,440 @@
+//! The CUDA inference executor: [`orlik_model::Infer`] on one GPU, the block of
+//! `orlik_model::block` run with the kernels of [`crate::gpu`] (f32 weights and activations,
+//! cuBLAS products without TF32), a KV cache in device memory that grows by doubling. Token ids
+//! go up and final hidden states / logits come back as host tensors, as the interface says.
+//!
+//! One layer, as `block.rs` describes it, with the buffers used here (n = b · t rows):
+//!
+//! ```text
+//! x (n, h) = embed[ids] · embed_scale
+//!   a = rms(x; input_layernorm)                                  (n, h)
+//!   q = a Wqᵀ [+bq] (n, heads·hd)   k, v = a Wkᵀ, a Wvᵀ [+b] (n, kv·hd)
+//!   [qk_norm] q, k = rms over each head's hd rows                (n·heads, hd), (n·kv, hd)
+//!   q, k = rope(q, k; positions, the layer's table)
+//!   [cache]   k, v appended to the cache: (b, cap, kv·hd), rows off .. off + t of each batch row
+//!   o = attention(q, keys 0 .. off + t)                          (n, heads·hd)
+//!   y = o Woᵀ [+bo]                                              (n, h)
+//!   [sandwich] x += rms(y; post_attention_layernorm); a = rms(x; pre_feedforward_layernorm)
+//!   [else]     x += y;                                a = rms(x; post_attention_layernorm)
+//!   m = act(a Wgᵀ [+bg]) · (a Wuᵀ [+bu])                         (n, ffn)
+//!   y = m Wdᵀ [+bd]                                              (n, h)
+//!   [sandwich] x += rms(y; post_feedforward_layernorm)  [else] x += y
+//! hidden = rms(x; model.norm)
+//! ```
+
+use crate::gpu::AttnShape;
+use crate::{CudaError, Gpu};
+use candle_core::{DType, Device, Tensor};
+use cudarc::driver::CudaSlice;
+use orlik_model::block::{layer_tensors, BlockSpec, LayerSpec, Role};
+use orlik_model::infer::{Cache, LayerTap, Rows, Tap};
+use orlik_model::{Config, Infer, ModelError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Positions the RoPE tables cover at most (more is refused, naming the limit).
+const MAX_ROPE_POSITIONS: usize = 1 << 15;
+
+struct Layer {
+    w: HashMap<Role, CudaSlice<f32>>,
+    spec: LayerSpec,
+}
+
+/// A model's weights on one GPU.
+pub struct CudaModel {
+    cfg: Config,
+    spec: BlockSpec,
+    gpu: Arc<Gpu>,
+    embed: CudaSlice<f32>, // (vocab, h)
+    layers: Vec<Layer>,
+    norm: CudaSlice<f32>,
+    head: Option<CudaSlice<f32>>, // (vocab, h); None: tied to the embedding
+    rope: Vec<(CudaSlice<f32>, CudaSlice<f32>)>, // per RoPE kind: (positions, hd / 2)
+    positions: usize,
+}
+
+/// The KV cache on the GPU: per layer k and v of (b, cap, kv · hd), `len` positions filled.
+pub struct CudaKv {
+    layers: Vec<Option<(CudaSlice<f32>, CudaSlice<f32>)>>,
+    b: usize,
+    len: usize,
+    cap: usize,
+}
+
+fn backend(e: CudaError) -> ModelError {
+    ModelError::Backend(e.to_string())
+}
+
+fn host_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl CudaModel {
+    /// Upload `params` (HF names, as `Model::named_parameters` gives them; any float dtype,
+    /// held as f32) for `cfg` to `gpu`.
+    pub fn new(
+        cfg: &Config,
+        params: Vec<(String, Tensor)>,
+        gpu: Arc<Gpu>,
+    ) -> Result<CudaModel, ModelError> {
+        orlik_model::llama::validate_shapes(
+            cfg,
+            params.iter().map(|(k, v)| (k.as_str(), v.dims())),
+        )?;
+        let spec = BlockSpec::of(cfg)?;
+        let mut by_name: HashMap<String, Tensor> = params.into_iter().collect();
+        let mut take = |name: &str| -> Result<CudaSlice<f32>, ModelError> {
+            let t = by_name.remove(name).ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                expected: vec![],
+            })?;
+            gpu.upload(&host_f32(&t)?).map_err(backend)
+        };
+        let embed = take("model.embed_tokens.weight")?;
+        let norm = take("model.norm.weight")?;
+        let head = if cfg.tie_word_embeddings { None } else { Some(take("lm_head.weight")?) };
+        let roles = layer_tensors(cfg);
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (li, ls) in spec.layers.iter().enumerate() {
+            let mut w = HashMap::new();
+            for (role, _) in &roles {
+                w.insert(*role, take(&role.name(li))?);
+            }
+            layers.push(Layer { w, spec: *ls });
+        }
+        let positions = cfg.max_position_embeddings.clamp(1, MAX_ROPE_POSITIONS);
+        let rope = orlik_model::llama::rope_tables_f32(cfg, positions)?
+            .iter()
+            .map(|(c, s)| Ok((gpu.upload(c)?, gpu.upload(s)?)))
+            .collect::<Result<Vec<_>, CudaError>>()
+            .map_err(backend)?;
+        Ok(CudaModel { cfg: cfg.clone(), spec, gpu, embed, layers, norm, head, rope, positions })
+    }
+
+    /// The same weights as a candle model (a frozen model loaded on the host), on `gpu`.
+    pub fn from_model(m: &orlik_model::Model, gpu: Arc<Gpu>) -> Result<CudaModel, ModelError> {
+        CudaModel::new(m.config(), m.named_parameters(), gpu)
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    fn w(&self, li: usize, role: Role) -> Result<&CudaSlice<f32>, ModelError> {
+        self.layers[li].w.get(&role).ok_or_else(|| {
+            ModelError::Backend(format!("internal: layer {li} has no {}", role.suffix()))
+        })
+    }
+
+    /// RMSNorm of `rows` rows of x with the model's weight convention, into a new buffer.
+    fn rms(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<CudaSlice<f32>, CudaError> {
+        let g = &self.gpu;
+        let (mut y, mut inv) = (g.zeros(rows * w.len())?, g.zeros(rows)?);
+        g.rms_forward(x, w, &mut y, &mut inv, rows, self.spec.norm.eps, self.spec.norm.offset)?;
+        Ok(y)
+    }
+
+    /// x (n, k) Wᵀ [+ bias] for the layer's `role` matrix (m, k) and optional bias.
+    fn lin(
+        &self,
+        x: &CudaSlice<f32>,
+        (li, role, bias): (usize, Role, Option<Role>),
+        (n, k, m): (usize, usize, usize),
+    ) -> Result<CudaSlice<f32>, ModelError> {
+        let g = &self.gpu;
+        let mut y = g.zeros(n * m).map_err(backend)?;
+        g.linear(x, self.w(li, role)?, &mut y, (n, k, m), 0.0).map_err(backend)?;
+        if let Some(b) = bias {
+            g.add_bias(&mut y, self.w(li, b)?).map_err(backend)?;
+        }
+        Ok(y)
+    }
+
+    /// Device rows to a host tensor of `shape` (for taps and the final hidden states).
+    fn to_host(&self, x: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
+        let mut v = self.gpu.download(x).map_err(backend)?;
+        v.truncate(shape.iter().product());
+        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+    }
+
+    /// Each row's positions, flat (b · t), and the key mask (b · (off + t) bytes), checked as
+    /// the candle model checks them.
+    fn positions_and_mask(
+        &self,
+        rows: &Rows,
+        off: usize,
+    ) -> Result<(Vec<u32>, Option<Vec<u8>>), ModelError> {
+        let (b, t) = (rows.b, rows.t);
+        if rows.ids.len() != b * t {
+            return Err(ModelError::Input(format!("{} ids for {b} rows of {t}", rows.ids.len())));
+        }
+        if let Some(&bad) = rows.ids.iter().find(|&&i| i as usize >= self.spec.vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.spec.vocab
+            )));
+        }
+        let pos: Vec<u32> = match rows.positions {
+            Some(p) => {
+                if p.len() != b || p.iter().any(|r| r.len() != t) {
+                    return Err(ModelError::Input(format!("positions must be ({b}, {t})")));
+                }
+                p.concat()
+            }
+            None => (0..b).flat_map(|_| off as u32..(off + t) as u32).collect(),
+        };
+        if let Some(&p) = pos.iter().find(|&&p| p as usize >= self.positions) {
+            return Err(ModelError::Input(format!(
+                "position {p} is past the {} positions the GPU's RoPE tables hold",
+                self.positions
+            )));
+        }
+        let mask = match rows.key_valid {
+            None => None,
+            Some(kv) => {
+                if kv.len() != b || kv.iter().any(|r| r.len() != off + t) {
+                    return Err(ModelError::Input(format!(
+                        "key mask must be ({b}, {}) for input ({b}, {t}) with {off} cached positions",
+                        off + t
+                    )));
+                }
+                Some(kv.iter().flat_map(|r| r.iter().map(|&v| u8::from(v))).collect())
+            }
+        };
+        Ok((pos, mask))
+    }
+
+    /// Room for `need` positions of `b` rows in every layer of `c` (doubling, old rows kept).
+    fn reserve(&self, c: &mut CudaKv, b: usize, need: usize) -> Result<(), CudaError> {
+        if c.len == 0 {
+            c.b = b;
+        }
+        if c.layers.len() != self.layers.len() {
+            c.layers = (0..self.layers.len()).map(|_| None).collect();
+        }
+        if need <= c.cap && c.layers.iter().all(Option::is_some) {
+            return Ok(());
+        }
+        let cap = need.max(2 * c.cap).max(16);
+        let kvd = self.spec.kv_heads * self.spec.head_dim;
+        for slot in c.layers.iter_mut() {
+            let (mut k, mut v) = (self.gpu.zeros(b * cap * kvd)?, self.gpu.zeros(b * cap * kvd)?);
+            if let Some((ok, ov)) = slot.as_ref() {
+                for bi in 0..b {
+                    self.gpu.copy((ok, bi * c.cap * kvd), (&mut k, bi * cap * kvd), c.len * kvd)?;
+                    self.gpu.copy((ov, bi * c.cap * kvd), (&mut v, bi * cap * kvd), c.len * kvd)?;
+                }
+            }
+            *slot = Some((k, v));
+        }
+        c.cap = cap;
+        Ok(())
+    }
+
+    /// The forward: final hidden states (b, t, h) with the layers in `skip` left out; `tap`
+    /// sees every layer's activations (downloaded to the host); the cache grows by t.
+    fn run(
+        &self,
+        rows: Rows,
+        mut cache: Option<&mut CudaKv>,
+        skip: &[usize],
+        mut tap: Option<LayerTap>,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t) = (rows.b, rows.t);
+        let off = cache.as_ref().map_or(0, |c| c.len);
+        if let Some(c) = cache.as_ref() {
+            if c.len > 0 && c.b != b {
+                return Err(ModelError::Input(format!(
+                    "a cache of {} rows continued with {b}",
+                    c.b
+                )));
+            }
+        }
+        let (pos, mask) = self.positions_and_mask(&rows, off)?;
+        let g = &self.gpu;
+        let s = &self.spec;
+        let (n, h, hd) = (b * t, s.hidden, s.head_dim);
+        let (qd, kvd) = (s.heads * hd, s.kv_heads * hd);
+        let ids = g.upload(rows.ids).map_err(backend)?;
+        let pos_d = g.upload(&pos).map_err(backend)?;
+        let mask_d = mask.as_ref().map(|m| g.upload(m)).transpose().map_err(backend)?;
+        if let Some(c) = cache.as_deref_mut() {
+            self.reserve(c, b, off + t).map_err(backend)?;
+        }
+        let mut x = g.zeros(n * h).map_err(backend)?;
+        let scale = s.embed_scale.unwrap_or(1.0) as f32;
+        g.embed_gather(&ids, &self.embed, &mut x, h, scale).map_err(backend)?;
+        let mut emit = |li: usize,
+                        what: Tap,
+                        buf: &CudaSlice<f32>,
+                        shape: &[usize]|
+         -> Result<(), ModelError> {
+            match tap.as_deref_mut() {
+                Some(f) => Ok(f(li, what, &self.to_host(buf, shape)?)?),
+                None => Ok(()),
+            }
+        };
+        let bias = |on: bool, r: Role| on.then_some(r);
+        for li in (0..self.layers.len()).filter(|l| !skip.contains(l)) {
+            let ls = self.layers[li].spec;
+            emit(li, Tap::LayerInput, &x, &[b, t, h])?;
+            let a = self.rms(&x, self.w(li, Role::InputNorm)?, n).map_err(backend)?;
+            emit(li, Tap::InputNorm, &a, &[b, t, h])?;
+            let mut q = self.lin(&a, (li, Role::Q, bias(s.qkv_bias, Role::QBias)), (n, h, qd))?;
+            let mut k = self.lin(&a, (li, Role::K, bias(s.qkv_bias, Role::KBias)), (n, h, kvd))?;
+            let v = self.lin(&a, (li, Role::V, bias(s.qkv_bias, Role::VBias)), (n, h, kvd))?;
+            if s.qk_norm {
+                q = self.rms(&q, self.w(li, Role::QNorm)?, n * s.heads).map_err(backend)?; // (n·heads, hd)
+                k = self.rms(&k, self.w(li, Role::KNorm)?, n * s.kv_heads).map_err(backend)?;
+                // (n·kv, hd)
+            }
+            let (cos, sin) = &self.rope[ls.rope];
+            g.rope(&mut q, &pos_d, cos, sin, s.heads, hd, false).map_err(backend)?;
+            g.rope(&mut k, &pos_d, cos, sin, s.kv_heads, hd, false).map_err(backend)?;
+            let shape = AttnShape {
+                b,
+                t,
+                tk: off + t,
+                kcap: cache.as_ref().map_or(t, |c| c.cap),
+                heads: s.heads,
+                kv: s.kv_heads,
+                hd,
+                scale: s.attn_scale as f32,
+                window: ls.window,
+            };
+            let mut o = g.zeros(n * qd).map_err(backend)?;
+            let mut lse = g.zeros(b * s.heads * t).map_err(backend)?;
+            match cache.as_deref_mut() {
+                Some(c) => {
+                    let cap = c.cap;
+                    let (kc, vc) = c.layers[li].as_mut().ok_or_else(|| {
+                        ModelError::Backend("internal: cache layer not reserved".into())
+                    })?;
+                    for bi in 0..b {
+                        let (from, to) = (bi * t * kvd, (bi * cap + off) * kvd);
+                        g.copy((&k, from), (kc, to), t * kvd).map_err(backend)?;
+                        g.copy((&v, from), (vc, to), t * kvd).map_err(backend)?;
+                    }
+                    g.attn_forward(&shape, (&q, kc, vc), &mut o, &mut lse, mask_d.as_ref())
+                }
+                None => g.attn_forward(&shape, (&q, &k, &v), &mut o, &mut lse, mask_d.as_ref()),
+            }
+            .map_err(backend)?;
+            emit(li, Tap::Heads, &o, &[b, t, s.heads, hd])?;
+            let y = self.lin(&o, (li, Role::O, bias(s.o_bias, Role::OBias)), (n, qd, h))?;
+            let a = if s.sandwich {
+                let ny = self.rms(&y, self.w(li, Role::PostAttnNorm)?, n).map_err(backend)?;
+                g.axpy(&mut x, 1.0, &ny).map_err(backend)?;
+                self.rms(&x, self.w(li, Role::PreFfnNorm)?, n).map_err(backend)?
+            } else {
+                g.axpy(&mut x, 1.0, &y).map_err(backend)?;
+                self.rms(&x, self.w(li, Role::PostAttnNorm)?, n).map_err(backend)?
+            };
+            emit(li, Tap::PostAttnNorm, &a, &[b, t, h])?;
+            let gate =
+                self.lin(&a, (li, Role::Gate, bias(s.mlp_bias, Role::GateBias)), (n, h, s.ffn))?;
+            let up = self.lin(&a, (li, Role::Up, bias(s.mlp_bias, Role::UpBias)), (n, h, s.ffn))?;
+            let mut m = g.zeros(n * s.ffn).map_err(backend)?;
+            g.glu_forward(s.act, &gate, &up, &mut m).map_err(backend)?;
+            emit(li, Tap::MlpAct, &m, &[b, t, s.ffn])?;
+            let d =
+                self.lin(&m, (li, Role::Down, bias(s.mlp_bias, Role::DownBias)), (n, s.ffn, h))?;
+            if s.sandwich {
+                let nd = self.rms(&d, self.w(li, Role::PostFfnNorm)?, n).map_err(backend)?;
+                g.axpy(&mut x, 1.0, &nd).map_err(backend)?;
+            } else {
+                g.axpy(&mut x, 1.0, &d).map_err(backend)?;
+            }
+            emit(li, Tap::LayerOutput, &x, &[b, t, h])?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let out = self.rms(&x, &self.norm, n).map_err(backend)?;
+        emit(self.layers.len(), Tap::FinalNorm, &out, &[b, t, h])?;
+        self.to_host(&out, &[b, t, h])
+    }
+}
+
+impl Infer for CudaModel {
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    fn new_cache(&self) -> Cache {
+        Cache::new(CudaKv { layers: Vec::new(), b: 0, len: 0, cap: 0 })
+    }
+
+    fn repeat_cache(&self, c: &Cache, n: usize) -> Result<Cache, ModelError> {
+        let c = c.get::<CudaKv>()?;
+        if c.len > 0 && c.b != 1 {
+            return Err(ModelError::Input(format!(
+                "repeat_cache needs a cache of batch 1, got {}",
+                c.b
+            )));
+        }
+        let kvd = self.spec.kv_heads * self.spec.head_dim;
+        let mut layers = Vec::with_capacity(c.layers.len());
+        for slot in &c.layers {
+            layers.push(match slot {
+                None => None,
+                Some((k, v)) => {
+                    let g = &self.gpu;
+                    let (mut nk, mut nv) = (
+                        g.zeros(n * c.cap * kvd).map_err(backend)?,
+                        g.zeros(n * c.cap * kvd).map_err(backend)?,
+                    );
+                    for r in 0..n {
+                        g.copy((k, 0), (&mut nk, r * c.cap * kvd), c.len * kvd).map_err(backend)?;
+                        g.copy((v, 0), (&mut nv, r * c.cap * kvd), c.len * kvd).map_err(backend)?;
+                    }
+                    Some((nk, nv))
+                }
+            });
+        }
+        Ok(Cache::new(CudaKv { layers, b: n, len: c.len, cap: c.cap }))
+    }
+
+    fn hidden(&self, rows: Rows, cache: Option<&mut Cache>) -> Result<Tensor, ModelError> {
+        let kv = match cache {
+            Some(c) => Some(c.get_mut::<CudaKv>()?),
+            None => None,
+        };
+        self.run(rows, kv, &[], None)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let dims = hidden.dims().to_vec();
+        let h = self.spec.hidden;
+        if dims.last() != Some(&h) {
+            return Err(ModelError::Input(format!("hidden states {dims:?} do not end in {h}")));
+        }
+        let n = hidden.elem_count() / h;
+        let g = &self.gpu;
+        let x = g.upload(&host_f32(hidden)?).map_err(backend)?;
+        let w = self.head.as_ref().unwrap_or(&self.embed);
+        let mut y = g.zeros(n * self.spec.vocab).map_err(backend)?;
+        g.linear(&x, w, &mut y, (n, h, self.spec.vocab), 0.0).map_err(backend)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.spec.vocab;
+        self.to_host(&y, &out)
+    }
+
+    fn hidden_tapped(
+        &self,
+        rows: Rows,
+        skip: &[usize],
+        tap: LayerTap,
+    ) -> Result<Tensor, ModelError> {
+        if rows.positions.is_some() {
+            return Err(ModelError::Input("a tapped forward takes no positions".into()));
+        }
+        self.run(rows, None, skip, Some(tap))
+    }
+}
