@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build, here, what scripts/gpu-check.sh runs on a GPU machine (which has no Rust toolchain):
-# the release `orlik` and the GPU test binaries of orlik-cuda, stripped, in target/gpu-bundle
+# the release `orlik` and the GPU test binaries (orlik-cuda's, orlik-train's cuda_exec), stripped, in target/gpu-bundle
 # (carried to the GPU machine: under 64 MB in all).
 #
 #   bash scripts/gpu-bundle.sh            # then: run  bash scripts/gpu-check.sh  there, carrying target/gpu-bundle
@@ -10,8 +10,10 @@ B=target/gpu-bundle
 rm -rf "$B"; mkdir -p "$B"
 cargo build --release -p orlik
 cp target/release/orlik "$B/orlik"
-# The test executables of orlik-cuda by name (cargo prints each one's path as JSON).
-cargo test --release -p orlik-cuda --no-run --message-format=json 2>/dev/null | python3 -c '
+# The GPU test executables (orlik-cuda's, orlik-train's cuda_exec) by name: cargo prints each
+# one's path as JSON.
+cargo test --release -p orlik-cuda -p orlik-train --test cuda_exec --test kernels --test infer --test nvrtc --test device \
+  --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
     m = json.loads(line)

@@ -11,11 +11,17 @@
 #
 # Steps: nvidia-smi and the libraries found; `orlik device --device cuda --kernels` (NVRTC compiles
 # and the driver loads every kernel); NVRTC tests; every kernel against the CPU executor's;
-# the inference executor against the candle model (five configurations); eval ppl on the tiny
-# fixture, CPU against GPU; a random Llama-3.2-1B-shaped model: `orlik bench --device cuda`
-# against PyTorch (f32 eager / SDPA, bf16 SDPA) on the same GPU, ratios and MFU.
+# the inference executor against the candle model and the training executor against the CPU
+# one (five configurations each); eval ppl and train on the tiny fixture, CPU against GPU; a
+# distillation on the GPU killed and resumed against an uninterrupted one; a random
+# Llama-3.2-1B-shaped model: `orlik bench --device cuda` against PyTorch (f32 eager / SDPA,
+# bf16 SDPA) on the same GPU, ratios and MFU.
+#
+# ORLIK_GPU_CHECK_DEVICE=cpu runs the same steps with --device cpu and without the GPU test
+# binaries and PyTorch: a dry run of this script on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+DEV=${ORLIK_GPU_CHECK_DEVICE:-cuda}
 B=${1:-target/gpu-bundle}
 OUT=${2:-${OUT:-gpu-check-out}}
 mkdir -p "$OUT"
@@ -47,21 +53,23 @@ for l in libcuda.so.1 libnvrtc.so.13 libcublas.so.13; do
 done
 export ORLIK_CACHE="$OUT/cache"
 
-step device 120 "$B/orlik" device --device cuda --kernels || { say "smoke test failed: see $OUT/device.txt"; exit 1; }
+step device 120 "$B/orlik" device --device "$DEV" --kernels || { say "smoke test failed: see $OUT/device.txt"; exit 1; }
 cat "$OUT/device.txt" | tee -a "$SUM"
+if [ "$DEV" != cpu ]; then
 step nvrtc 60 "$B/test-nvrtc" --ignored --test-threads 1 --nocapture
 step device-tests 30 "$B/test-device" --nocapture
 step kernels 120 "$B/test-kernels" --ignored --test-threads 1 --nocapture
 step infer 120 "$B/test-infer" --ignored --test-threads 1 --nocapture
-grep -E "test result|panicked|FAILED" "$OUT"/{nvrtc,device-tests,kernels,infer}.txt | tee -a "$SUM"
+step train-exec 180 "$B/test-cuda_exec" --ignored --test-threads 1 --nocapture
+grep -E "test result|panicked|FAILED" "$OUT"/{nvrtc,device-tests,kernels,infer,train-exec}.txt | tee -a "$SUM"
+fi
 
 # eval ppl on the tiny fixture: CPU against GPU.
 W="$OUT/work"; mkdir -p "$W"
 "$B/orlik" convert tests/fixtures/gguf/tiny-llama.gguf -o "$W/tiny" > "$OUT/convert.txt" 2>&1
 python3 -c 'print("the theater then the anthem " * 200)' > "$W/t.txt"
-for d in cpu cuda; do
-  step ppl-$d 60 "$B/orlik" eval ppl "$W/tiny" --text "$W/t.txt" --context 64 --json --device $d
-done
+step ppl-cpu 60 "$B/orlik" eval ppl "$W/tiny" --text "$W/t.txt" --context 64 --json --device cpu
+step ppl-cuda 60 "$B/orlik" eval ppl "$W/tiny" --text "$W/t.txt" --context 64 --json --device "$DEV"
 python3 - "$OUT/ppl-cpu.txt" "$OUT/ppl-cuda.txt" <<'PY' | tee -a "$SUM"
 import json, sys
 def last_json(p):
@@ -76,7 +84,33 @@ except Exception as e:
     print(f"eval ppl tiny: no comparison ({e})")
 PY
 
+# Training on the GPU: the tiny fixture trained 6 steps on the CPU and on the GPU (losses side by
+# side), then a distillation on the GPU killed (SIGKILL) after its step-20 checkpoint and resumed,
+# against an uninterrupted one: the final weights' sha256 must match.
+python3 -c 'print(("the theater then the anthem heart earth " * 40 + "\n\n") * 40)' > "$W/train.txt"
+step train-cpu 120 "$B/orlik" train "$W/tiny" --data "$W/train.txt" --steps 6 --batch 2 --seq-len 32 --device cpu -o "$W/train-cpu"
+step train-cuda 120 "$B/orlik" train "$W/tiny" --data "$W/train.txt" --steps 6 --batch 2 --seq-len 32 --device "$DEV" -o "$W/train-cuda"
+python3 - "$W/train-cpu/metrics.jsonl" "$W/train-cuda/metrics.jsonl" <<'PY' | tee -a "$SUM"
+import json, sys
+def losses(p):
+    try:
+        return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l]
+    except Exception as e:
+        return f"unreadable ({e})"
+c, g = losses(sys.argv[1]), losses(sys.argv[2])
+print(f"train tiny, loss per step: cpu {c}; cuda {g}")
+PY
+KD=("$B/orlik" distill --teacher "$W/tiny" --student "$W/tiny" --data "$W/train.txt" --steps 60 --batch 2 --seq-len 32 --save-every 10 --device "$DEV")
+step distill-whole 120 "${KD[@]}" -o "$W/kd-whole"
+( "${KD[@]}" -o "$W/kd-killed" > "$OUT/distill-killed.txt" 2>&1 & pid=$!
+  for _ in $(seq 1 600); do [ -d "$W/kd-killed/checkpoints/step-00000020" ] && break; sleep 0.05; done
+  kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; echo "killed at: $(ls "$W/kd-killed/checkpoints" 2>/dev/null | tr '\n' ' ')" >> "$OUT/distill-killed.txt" )
+step distill-resumed 120 "${KD[@]}" -o "$W/kd-killed" --resume
+tail -1 "$OUT/distill-killed.txt" | tee -a "$SUM"
+say "distill kill + resume on the GPU: $( [ "$(cat "$W"/kd-whole/final/*.safetensors 2>/dev/null | sha256sum)" = "$(cat "$W"/kd-killed/final/*.safetensors 2>/dev/null | sha256sum)" ] && echo 'final weights bit-identical' || echo 'final weights DIFFER (or missing)')"
+
 # Speed: a random Llama-3.2-1B-shaped model, orlik's GPU executor against PyTorch on the same GPU.
+if [ "$DEV" = cpu ]; then say "dry run: no speed comparison"; rm -rf "$W"; say "done $(date -u +%FT%TZ)"; exit 0; fi
 step make-1b 180 python3 scripts/gpu_bench.py make "$W/llama1b" --shape 1b
 step orlik-bench 180 "$B/orlik" bench "$W/llama1b" --device cuda --reps 3 --json
 step torch-bench 180 python3 scripts/gpu_bench.py bench "$W/llama1b" --reps 3

@@ -470,7 +470,7 @@ fn begin(
 /// The executor holding the model's weights, for `cfg`'s settings.
 fn executor(s: &Setup, cfg: &TrainConfig) -> Result<Box<dyn Executor>, AlignError> {
     let weights = s.hf.checkpoint.load_all(DType::F32)?;
-    Ok(orlik_train::exec::open(&s.hf.config, weights, cfg, Backend::Cpu)?)
+    Ok(orlik_train::exec::open(&s.hf.config, weights, cfg, Backend::of(cfg)?)?)
 }
 
 fn data_sha(p: &Path) -> Result<String, AlignError> {

@@ -73,6 +73,11 @@ pub struct TrainArgs {
     /// ZeRO-1, with the same result).
     #[arg(long)]
     pub no_shard_optimizer: bool,
+    /// Where the student trains: cpu, cuda (the first NVIDIA GPU, or the local rank's under
+    /// mpirun), cuda:N, or auto (a GPU when there is one) [default: cpu]. On a GPU: f32 master
+    /// weights and activations; the online teacher stays on the CPU so far.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<String>,
     /// Settings file (TOML, keys as in run.json's "config"; unknown keys are errors).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -114,6 +119,10 @@ pub struct KdArgs {
     pub teacher_compute_dtype: Option<orlik_model::ComputeDtype>,
 }
 
+fn parse_device(s: &str) -> Result<String, String> {
+    orlik_cuda::DeviceChoice::parse(s).map(|d| d.to_string()).map_err(|e| e.to_string())
+}
+
 pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig> {
     let mut c = match &a.config {
         Some(p) => TrainConfig::from_toml(
@@ -138,7 +147,8 @@ pub(crate) fn resolve(a: &TrainArgs, kd: Option<&KdArgs>) -> Result<TrainConfig>
         seed,
         save_every,
         eval_every,
-        val_tokens
+        val_tokens,
+        device
     );
     if a.steps.is_some() || a.tokens.is_some() {
         c.steps = a.steps;

@@ -90,3 +90,86 @@ fn eval_ppl_takes_a_device() {
     }
     fails(&["eval", "ppl", &d.p("tiny"), "--text", &d.p("t.txt"), "--device", "tpu"], &["\"tpu\""]);
 }
+
+/// Training takes --device too (recipe / config key `device`): without a GPU, cuda is refused
+/// before the output directory is made; on one, the loss of each step follows the CPU run's.
+#[test]
+fn train_takes_a_device() {
+    let d = common::Dir::new();
+    common::tiny_teacher_and_text(&d.root, 7);
+    let run = |device: &str, out: &str| {
+        common::orlik(&[
+            "train",
+            &d.p("teacher"),
+            "--data",
+            &d.p("train.txt"),
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--seq-len",
+            "16",
+            "--device",
+            device,
+            "-o",
+            &d.p(out),
+        ])
+    };
+    assert!(run("cpu", "cpu").status.success());
+    let run_json = std::fs::read_to_string(d.root.join("cpu/run.json")).unwrap();
+    assert!(!run_json.contains("\"device\""), "cpu is left out of run.json: {run_json}");
+    match probe() {
+        Err(_) => {
+            fails(
+                &[
+                    "train",
+                    &d.p("teacher"),
+                    "--data",
+                    &d.p("train.txt"),
+                    "--steps",
+                    "3",
+                    "--seq-len",
+                    "16",
+                    "--device",
+                    "cuda",
+                    "-o",
+                    &d.p("gpu"),
+                ],
+                &["--device cuda: no usable GPU"],
+            );
+            assert!(!d.root.join("gpu").exists(), "a refused run leaves no directory");
+        }
+        Ok(_) => {
+            assert!(run("cuda", "gpu").status.success());
+            let losses = |dir: &str| -> Vec<f64> {
+                std::fs::read_to_string(d.root.join(dir).join("metrics.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64()
+                    })
+                    .collect()
+            };
+            let (c, g) = (losses("cpu"), losses("gpu"));
+            assert_eq!(c.len(), g.len());
+            for (a, b) in g.iter().zip(&c) {
+                assert!((a - b).abs() <= 1e-4 * b.abs(), "GPU loss {a} vs CPU {b}");
+            }
+        }
+    }
+    fails(
+        &[
+            "train",
+            &d.p("teacher"),
+            "--data",
+            &d.p("train.txt"),
+            "--steps",
+            "3",
+            "--device",
+            "tpu",
+            "-o",
+            &d.p("x"),
+        ],
+        &["\"tpu\""],
+    );
+}

@@ -162,6 +162,37 @@ impl Gpu {
         Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
     }
 
+    /// dev = host (same length).
+    pub fn write<T: DeviceRepr>(
+        &self,
+        dev: &mut CudaSlice<T>,
+        host: &[T],
+    ) -> Result<(), CudaError> {
+        if dev.len() != host.len() {
+            return Err(CudaError::Internal(format!(
+                "write: {} host values into {}",
+                host.len(),
+                dev.len()
+            )));
+        }
+        Ok(self.stream.memcpy_htod(host, dev)?)
+    }
+
+    /// dev = 0.
+    pub fn clear<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        dev: &mut CudaSlice<T>,
+    ) -> Result<(), CudaError> {
+        Ok(self.stream.memset_zeros(dev)?)
+    }
+
+    /// A copy of `x` in a new buffer.
+    pub fn dup(&self, x: &CudaSlice<f32>) -> Result<CudaSlice<f32>, CudaError> {
+        let mut y = self.zeros(x.len())?;
+        self.copy((x, 0), (&mut y, 0), x.len())?;
+        Ok(y)
+    }
+
     /// dst[to .. to + n] = src[from .. from + n] (device to device, on the stream).
     pub fn copy(
         &self,

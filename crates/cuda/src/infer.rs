@@ -22,7 +22,6 @@
 //! hidden = rms(x; model.norm)
 //! ```
 
-use crate::gpu::AttnShape;
 use crate::{CudaError, Gpu};
 use candle_core::{DType, Device, Tensor};
 use cudarc::driver::CudaSlice;
@@ -61,9 +60,7 @@ pub struct CudaKv {
     cap: usize,
 }
 
-fn backend(e: CudaError) -> ModelError {
-    ModelError::Backend(e.to_string())
-}
+use crate::block::backend;
 
 fn host_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
@@ -120,12 +117,6 @@ impl CudaModel {
         &self.gpu
     }
 
-    fn w(&self, li: usize, role: Role) -> Result<&CudaSlice<f32>, ModelError> {
-        self.layers[li].w.get(&role).ok_or_else(|| {
-            ModelError::Backend(format!("internal: layer {li} has no {}", role.suffix()))
-        })
-    }
-
     /// RMSNorm of `rows` rows of x with the model's weight convention, into a new buffer.
     fn rms(
         &self,
@@ -136,22 +127,6 @@ impl CudaModel {
         let g = &self.gpu;
         let (mut y, mut inv) = (g.zeros(rows * w.len())?, g.zeros(rows)?);
         g.rms_forward(x, w, &mut y, &mut inv, rows, self.spec.norm.eps, self.spec.norm.offset)?;
-        Ok(y)
-    }
-
-    /// x (n, k) Wᵀ [+ bias] for the layer's `role` matrix (m, k) and optional bias.
-    fn lin(
-        &self,
-        x: &CudaSlice<f32>,
-        (li, role, bias): (usize, Role, Option<Role>),
-        (n, k, m): (usize, usize, usize),
-    ) -> Result<CudaSlice<f32>, ModelError> {
-        let g = &self.gpu;
-        let mut y = g.zeros(n * m).map_err(backend)?;
-        g.linear(x, self.w(li, role)?, &mut y, (n, k, m), 0.0).map_err(backend)?;
-        if let Some(b) = bias {
-            g.add_bias(&mut y, self.w(li, b)?).map_err(backend)?;
-        }
         Ok(y)
     }
 
@@ -258,8 +233,8 @@ impl CudaModel {
         let (pos, mask) = self.positions_and_mask(&rows, off)?;
         let g = &self.gpu;
         let s = &self.spec;
-        let (n, h, hd) = (b * t, s.hidden, s.head_dim);
-        let (qd, kvd) = (s.heads * hd, s.kv_heads * hd);
+        let (n, h) = (b * t, s.hidden);
+        let kvd = s.kv_heads * s.head_dim;
         let ids = g.upload(rows.ids).map_err(backend)?;
         let pos_d = g.upload(&pos).map_err(backend)?;
         let mask_d = mask.as_ref().map(|m| g.upload(m)).transpose().map_err(backend)?;
@@ -269,95 +244,65 @@ impl CudaModel {
         let mut x = g.zeros(n * h).map_err(backend)?;
         let scale = s.embed_scale.unwrap_or(1.0) as f32;
         g.embed_gather(&ids, &self.embed, &mut x, h, scale).map_err(backend)?;
-        let mut emit = |li: usize,
-                        what: Tap,
-                        buf: &CudaSlice<f32>,
-                        shape: &[usize]|
-         -> Result<(), ModelError> {
-            match tap.as_deref_mut() {
-                Some(f) => Ok(f(li, what, &self.to_host(buf, shape)?)?),
-                None => Ok(()),
-            }
-        };
-        let bias = |on: bool, r: Role| on.then_some(r);
         for li in (0..self.layers.len()).filter(|l| !skip.contains(l)) {
-            let ls = self.layers[li].spec;
-            emit(li, Tap::LayerInput, &x, &[b, t, h])?;
-            let a = self.rms(&x, self.w(li, Role::InputNorm)?, n).map_err(backend)?;
-            emit(li, Tap::InputNorm, &a, &[b, t, h])?;
-            let mut q = self.lin(&a, (li, Role::Q, bias(s.qkv_bias, Role::QBias)), (n, h, qd))?;
-            let mut k = self.lin(&a, (li, Role::K, bias(s.qkv_bias, Role::KBias)), (n, h, kvd))?;
-            let v = self.lin(&a, (li, Role::V, bias(s.qkv_bias, Role::VBias)), (n, h, kvd))?;
-            if s.qk_norm {
-                q = self.rms(&q, self.w(li, Role::QNorm)?, n * s.heads).map_err(backend)?; // (n·heads, hd)
-                k = self.rms(&k, self.w(li, Role::KNorm)?, n * s.kv_heads).map_err(backend)?;
-                // (n·kv, hd)
-            }
-            let (cos, sin) = &self.rope[ls.rope];
-            g.rope(&mut q, &pos_d, cos, sin, s.heads, hd, false).map_err(backend)?;
-            g.rope(&mut k, &pos_d, cos, sin, s.kv_heads, hd, false).map_err(backend)?;
-            let shape = AttnShape {
-                b,
-                t,
-                tk: off + t,
-                kcap: cache.as_ref().map_or(t, |c| c.cap),
-                heads: s.heads,
-                kv: s.kv_heads,
-                hd,
-                scale: s.attn_scale as f32,
-                window: ls.window,
-            };
-            let mut o = g.zeros(n * qd).map_err(backend)?;
-            let mut lse = g.zeros(b * s.heads * t).map_err(backend)?;
-            match cache.as_deref_mut() {
+            let layer = &self.layers[li];
+            let mut shape = crate::block::own_keys(s, &layer.spec, b, t);
+            // Attention over this call's keys, or over the cache after appending them to it.
+            let mut slot = match cache.as_deref_mut() {
                 Some(c) => {
-                    let cap = c.cap;
-                    let (kc, vc) = c.layers[li].as_mut().ok_or_else(|| {
+                    shape.tk = off + t;
+                    shape.kcap = c.cap;
+                    Some(c.layers[li].as_mut().ok_or_else(|| {
                         ModelError::Backend("internal: cache layer not reserved".into())
-                    })?;
-                    for bi in 0..b {
-                        let (from, to) = (bi * t * kvd, (bi * cap + off) * kvd);
-                        g.copy((&k, from), (kc, to), t * kvd).map_err(backend)?;
-                        g.copy((&v, from), (vc, to), t * kvd).map_err(backend)?;
-                    }
-                    g.attn_forward(&shape, (&q, kc, vc), &mut o, &mut lse, mask_d.as_ref())
+                    })?)
                 }
-                None => g.attn_forward(&shape, (&q, &k, &v), &mut o, &mut lse, mask_d.as_ref()),
-            }
-            .map_err(backend)?;
-            emit(li, Tap::Heads, &o, &[b, t, s.heads, hd])?;
-            let y = self.lin(&o, (li, Role::O, bias(s.o_bias, Role::OBias)), (n, qd, h))?;
-            let a = if s.sandwich {
-                let ny = self.rms(&y, self.w(li, Role::PostAttnNorm)?, n).map_err(backend)?;
-                g.axpy(&mut x, 1.0, &ny).map_err(backend)?;
-                self.rms(&x, self.w(li, Role::PreFfnNorm)?, n).map_err(backend)?
-            } else {
-                g.axpy(&mut x, 1.0, &y).map_err(backend)?;
-                self.rms(&x, self.w(li, Role::PostAttnNorm)?, n).map_err(backend)?
+                None => None,
             };
-            emit(li, Tap::PostAttnNorm, &a, &[b, t, h])?;
-            let gate =
-                self.lin(&a, (li, Role::Gate, bias(s.mlp_bias, Role::GateBias)), (n, h, s.ffn))?;
-            let up = self.lin(&a, (li, Role::Up, bias(s.mlp_bias, Role::UpBias)), (n, h, s.ffn))?;
-            let mut m = g.zeros(n * s.ffn).map_err(backend)?;
-            g.glu_forward(s.act, &gate, &up, &mut m).map_err(backend)?;
-            emit(li, Tap::MlpAct, &m, &[b, t, s.ffn])?;
-            let d =
-                self.lin(&m, (li, Role::Down, bias(s.mlp_bias, Role::DownBias)), (n, s.ffn, h))?;
-            if s.sandwich {
-                let nd = self.rms(&d, self.w(li, Role::PostFfnNorm)?, n).map_err(backend)?;
-                g.axpy(&mut x, 1.0, &nd).map_err(backend)?;
-            } else {
-                g.axpy(&mut x, 1.0, &d).map_err(backend)?;
-            }
-            emit(li, Tap::LayerOutput, &x, &[b, t, h])?;
+            let mut attend = |g: &Gpu,
+                              q: &CudaSlice<f32>,
+                              k: &CudaSlice<f32>,
+                              v: &CudaSlice<f32>| {
+                let mut o = g.zeros(n * s.heads * s.head_dim)?;
+                let mut lse = g.zeros(b * s.heads * t)?;
+                match slot.as_mut() {
+                    Some((kc, vc)) => {
+                        for bi in 0..b {
+                            let (from, to) = (bi * t * kvd, (bi * shape.kcap + off) * kvd);
+                            g.copy((k, from), (kc, to), t * kvd)?;
+                            g.copy((v, from), (vc, to), t * kvd)?;
+                        }
+                        g.attn_forward(&shape, (q, kc, vc), &mut o, &mut lse, mask_d.as_ref())?;
+                    }
+                    None => g.attn_forward(&shape, (q, k, v), &mut o, &mut lse, mask_d.as_ref())?,
+                }
+                Ok((o, lse))
+            };
+            let mut layer_tap = tap.as_deref_mut().map(|f| {
+                move |what: Tap, buf: &CudaSlice<f32>, dims: &[usize]| -> Result<(), ModelError> {
+                    Ok(f(li, what, &self.to_host(buf, dims)?)?)
+                }
+            });
+            let lt = layer_tap.as_mut().map(|f| f as crate::block::BlockTap);
+            let (cos, sin) = &self.rope[layer.spec.rope];
+            let rows = crate::block::LayerRows { pos: &pos_d, b, t };
+            crate::block::forward(g, s, layer, &mut x, rows, (cos, sin), &mut attend, false, lt)?;
         }
         if let Some(c) = cache {
             c.len += t;
         }
         let out = self.rms(&x, &self.norm, n).map_err(backend)?;
-        emit(self.layers.len(), Tap::FinalNorm, &out, &[b, t, h])?;
+        if let Some(f) = tap {
+            f(self.layers.len(), Tap::FinalNorm, &self.to_host(&out, &[b, t, h])?)?;
+        }
         self.to_host(&out, &[b, t, h])
+    }
+}
+
+impl crate::block::LayerWeights for Layer {
+    fn w(&self, role: Role) -> Result<&CudaSlice<f32>, ModelError> {
+        self.w
+            .get(&role)
+            .ok_or_else(|| ModelError::Backend(format!("internal: no {}", role.suffix())))
     }
 }
 

@@ -20,12 +20,14 @@
 //! ([`CudaModel`], `eval ppl --device cuda`). The training executor (`orlik_train::exec`) comes
 //! next.
 
+pub mod block;
 pub mod device;
 pub mod gpu;
 pub mod infer;
 pub mod kernels;
 pub mod nvrtc;
 
+pub use cudarc::driver::CudaSlice;
 pub use device::{DeviceChoice, GpuInfo, Resolved};
 pub use gpu::Gpu;
 pub use infer::CudaModel;

@@ -73,6 +73,16 @@ pub struct TrainConfig {
     /// f16. The resolved value goes into run.json. Default auto.
     #[serde(skip_serializing_if = "ComputeDtype::is_auto")]
     pub teacher_compute_dtype: ComputeDtype,
+    /// Where the student trains: cpu (default), cuda (the first NVIDIA GPU, or the local
+    /// rank's under a launcher), cuda:N, or auto (a GPU when there is one). Left out of run.json
+    /// when cpu, so runs from before the key resume; a run may resume on another device (the
+    /// numbers then differ in the last bits from an uninterrupted run).
+    #[serde(skip_serializing_if = "is_cpu")]
+    pub device: String,
+}
+
+fn is_cpu(d: &str) -> bool {
+    d == "cpu"
 }
 
 impl Default for TrainConfig {
@@ -107,6 +117,7 @@ impl Default for TrainConfig {
             checkpoint_layers: false,
             shard_optimizer: true,
             teacher_compute_dtype: ComputeDtype::Auto,
+            device: "cpu".into(),
         }
     }
 }
@@ -116,7 +127,7 @@ impl Default for TrainConfig {
 /// (`shard_optimizer` changes where the moments live, not the result; runs from before it
 /// existed resume too.)
 pub const RESUMABLE_KEYS: &[&str] =
-    &["save_every", "eval_every", "val_tokens", "max_bad_steps", "shard_optimizer"];
+    &["save_every", "eval_every", "val_tokens", "max_bad_steps", "shard_optimizer", "device"];
 
 impl TrainConfig {
     pub fn from_toml(text: &str, origin: &str) -> Result<TrainConfig, TrainError> {
@@ -154,6 +165,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: &str| Err(TrainError::Config(m.into()));
         self.total_steps()?;
+        if let Err(e) = orlik_cuda::DeviceChoice::parse(&self.device) {
+            return bad(&e.to_string().replacen("--device", "device", 1));
+        }
         if self.seq_len == 0 || self.batch == 0 || self.grad_accum == 0 {
             return bad("seq_len, batch and grad_accum must be positive");
         }

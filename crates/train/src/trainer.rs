@@ -248,7 +248,7 @@ impl<'t> Trainer<'t> {
                 cfg.seq_len, model_cfg.max_position_embeddings
             )));
         }
-        let mut exec = exec::open(model_cfg, weights, &cfg, Backend::Cpu)?;
+        let mut exec = exec::open(model_cfg, weights, &cfg, Backend::of(&cfg)?)?;
         let spec = KdSpec {
             loss: cfg.loss,
             temperature: cfg.temperature,

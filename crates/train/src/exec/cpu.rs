@@ -8,7 +8,6 @@ use super::{Acts, Executor, GradReduce, LmLoss, LossSums, ShardSaving};
 use crate::body::{self, Hidden, Path as BodyPath};
 use crate::checkpoint::State;
 use crate::config::TrainConfig;
-use crate::losses::{row_loss, RowLoss};
 use crate::optim::global_norm;
 use crate::params::{Grads, Params};
 use crate::shard::Shard;
@@ -16,7 +15,6 @@ use crate::TrainError;
 use candle_core::{DType, Tensor};
 use orlik_dist::Comm;
 use orlik_model::{Config, GradModel, Infer, Model, ModelOptions, Weights};
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// How the CPU executor runs the body.
@@ -126,24 +124,7 @@ impl Executor for CpuExecutor {
                 }
             };
             let tg = &targets[start..start + c];
-            let losses: Vec<RowLoss> = g
-                .par_chunks_mut(vocab)
-                .zip(z.par_chunks(vocab))
-                .enumerate()
-                .map(|(i, (gi, zi))| {
-                    let trow = rows.as_ref().map(|r| r.row(i));
-                    let mut sp = spec;
-                    if trow.is_none() {
-                        sp.ce_weight = 1.0; // plain language modelling
-                    }
-                    row_loss(zi, trow, Some(tg[i]), &sp, scale, gi)
-                })
-                .collect();
-            for l in &losses {
-                sums.kd += l.kd;
-                sums.ce += l.ce;
-            }
-            sums.rows += c;
+            super::chunk_loss(z, g, vocab, rows.as_ref(), tg, spec, scale, &mut sums);
             Ok(())
         })?;
         if grad {

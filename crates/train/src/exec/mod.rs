@@ -23,6 +23,7 @@
 //! with a model dimension stays in the executor.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::checkpoint::State;
 use crate::config::TrainConfig;
@@ -80,6 +81,42 @@ pub struct LmLoss<'a> {
     pub chunk: usize,
     /// Some(s): add the gradient of s · Σ_rows loss; None: the loss only.
     pub grad_scale: Option<f32>,
+}
+
+/// The KD / CE terms of one chunk of logits z (c · vocab, row-major) against the teacher's
+/// `rows` (None: plain language modelling, CE weight 1) and the next tokens `targets` (c),
+/// added into `sums`; `g` (c · vocab) receives dL/dz at gradient scale `scale` (every
+/// executor computes the losses on the host with `losses.rs`, so they agree by construction).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunk_loss(
+    z: &[f32],
+    g: &mut [f32],
+    vocab: usize,
+    rows: Option<&crate::trainer::StepRows>,
+    targets: &[u32],
+    spec: KdSpec,
+    scale: f32,
+    sums: &mut LossSums,
+) {
+    use rayon::prelude::*;
+    let losses: Vec<crate::losses::RowLoss> = g
+        .par_chunks_mut(vocab)
+        .zip(z.par_chunks(vocab))
+        .enumerate()
+        .map(|(i, (gi, zi))| {
+            let trow = rows.map(|r| r.row(i));
+            let mut sp = spec;
+            if trow.is_none() {
+                sp.ce_weight = 1.0; // plain language modelling
+            }
+            crate::losses::row_loss(zi, trow, Some(targets[i]), &sp, scale, gi)
+        })
+        .collect();
+    for l in &losses {
+        sums.kd += l.kd;
+        sums.ce += l.ce;
+    }
+    sums.rows += targets.len();
 }
 
 /// A data-parallel reduction over ranks (MPI, NCCL): called once per gradient tensor, in
@@ -157,12 +194,30 @@ pub trait Executor {
     fn grads_to_host(&self) -> Result<Vec<Vec<f32>>, TrainError>;
 }
 
-/// Which executor a run uses (`cpu` is the only one built today).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which executor a run uses.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum Backend {
     /// The hand-written flat-buffer body (`orlik_model::cpu`), candle autograd where forced.
     #[default]
     Cpu,
+    /// One NVIDIA GPU (`cuda.rs`).
+    Cuda(orlik_cuda::GpuInfo),
+}
+
+impl Backend {
+    /// The backend `cfg.device` names on this machine (`auto`: the GPU of this process's local
+    /// rank when there is one, else the CPU).
+    pub fn of(cfg: &TrainConfig) -> Result<Backend, TrainError> {
+        let choice = orlik_cuda::DeviceChoice::parse(&cfg.device)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let local = orlik_dist::world().local_rank();
+        match orlik_cuda::device::resolve(choice, local)
+            .map_err(|e| TrainError::Config(e.to_string()))?
+        {
+            orlik_cuda::Resolved::Cpu { .. } => Ok(Backend::Cpu),
+            orlik_cuda::Resolved::Cuda(info) => Ok(Backend::Cuda(info)),
+        }
+    }
 }
 
 /// The executor for `cfg`'s training settings, holding `weights` (converted to f32).
@@ -176,6 +231,9 @@ pub fn open(
         Backend::Cpu => {
             let opts = cpu::Options { checkpoint: cfg.checkpoint_layers, autograd: false };
             Ok(Box::new(cpu::CpuExecutor::new(model, weights, opts)?))
+        }
+        Backend::Cuda(info) => {
+            Ok(Box::new(cuda::CudaExecutor::new(model, weights, &info, cfg.checkpoint_layers)?))
         }
     }
 }
