@@ -77,6 +77,15 @@ pub struct AlignSettings {
     /// Skip malformed JSONL rows (counted) instead of stopping at the first.
     #[cfg_attr(feature = "clap", arg(long))]
     pub skip_bad: bool,
+    /// Where the policy trains: cpu, cuda (the first NVIDIA GPU, or the local rank's), cuda:N,
+    /// or auto (a GPU when there is one) [default: cpu]. GRPO samples on the same device.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "cpu"))]
+    #[serde(skip_serializing_if = "is_cpu")]
+    pub device: String,
+}
+
+fn is_cpu(d: &str) -> bool {
+    d == "cpu"
 }
 
 impl Default for AlignSettings {
@@ -96,6 +105,7 @@ impl Default for AlignSettings {
             max_len: None,
             max_prompt: None,
             skip_bad: false,
+            device: "cpu".into(),
         }
     }
 }
@@ -431,6 +441,7 @@ fn train_config(
         clip: a.clip,
         seed: a.seed,
         save_every: a.save_every,
+        device: a.device.clone(),
         ..TrainConfig::default()
     };
     c.validate()?;
