@@ -50,58 +50,22 @@ pub fn export(model: &Path, out: &Path, ty: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// A frozen model with its matrices held as `compute` says (`--compute-dtype`); a 16-bit
-/// choice is said on stderr, with the kernel that runs it.
-pub(crate) fn load(
-    path: &Path,
-    compute: orlik_model::ComputeDtype,
-) -> Result<(HfModel, orlik_model::Model)> {
-    let hf = HfModel::open(path)?;
-    let (m, resolved) = hf.load_frozen(compute)?;
-    if let Some(held) = resolved.describe() {
-        crate::term::notice(&format!("{}: {held}", path.display()));
-    }
-    Ok((hf, m))
-}
-
-/// A frozen model on the device `frozen.device` picks: the CPU executor as [`load`] makes it,
-/// or the CUDA one (f32 weights on the GPU). Returns the compute dtype it really runs at.
+/// A frozen model on the device `frozen.device` picks (`orlik_train::frozen`), said on stderr
+/// when it is not the plain f32 CPU model. Returns the compute dtype it really runs at.
 pub(crate) fn load_on(
     path: &Path,
     frozen: crate::Frozen,
 ) -> Result<(HfModel, Box<dyn orlik_model::Infer>, orlik_model::ComputeDtype)> {
-    use orlik_model::ComputeDtype;
-    let resolved = orlik_cuda::device::resolve(frozen.device, orlik_dist::world().local_rank())?;
-    match resolved {
-        orlik_cuda::Resolved::Cpu { .. } => {
-            if frozen.device == orlik_cuda::DeviceChoice::Auto {
-                crate::term::notice(&resolved.describe());
-            }
-            let (hf, m) = load(path, frozen.compute_dtype)?;
-            let c = frozen.compute_dtype.resolve(&hf.stored_dtypes());
-            Ok((hf, Box::new(m), c))
-        }
-        orlik_cuda::Resolved::Cuda(ref info) => {
-            if !matches!(frozen.compute_dtype, ComputeDtype::Auto | ComputeDtype::F32) {
-                bail!(
-                    "--compute-dtype {} with --device {}: the GPU executor holds f32 weights only \
-                     so far; use auto or f32",
-                    frozen.compute_dtype,
-                    frozen.device
-                );
-            }
-            let hf = HfModel::open(path)?;
-            let (m, _) = hf.load_frozen(ComputeDtype::F32)?;
-            let gpu = std::sync::Arc::new(orlik_cuda::Gpu::open(info)?);
-            let on_gpu = orlik_cuda::CudaModel::from_model(&m, gpu)?;
-            crate::term::notice(&format!(
-                "{}: {}, f32 weights",
-                path.display(),
-                resolved.describe()
-            ));
-            Ok((hf, Box::new(on_gpu), ComputeDtype::F32))
-        }
+    if frozen.device == orlik_cuda::DeviceChoice::Auto {
+        let local = orlik_dist::world().local_rank();
+        crate::term::notice(&orlik_cuda::device::resolve(frozen.device, local)?.describe());
     }
+    let hf = HfModel::open(path)?;
+    let f = orlik_train::frozen::load(&hf, frozen.compute_dtype, &frozen.device.to_string())?;
+    if let Some(said) = &f.said {
+        crate::term::notice(&format!("{}: {said}", path.display()));
+    }
+    Ok((hf, f.model, f.compute))
 }
 
 /// `orlik generate`'s flags.

@@ -173,3 +173,60 @@ fn train_takes_a_device() {
         &["\"tpu\""],
     );
 }
+
+/// `teacher-cache --device`: cuda without a GPU is refused before the cache directory is made;
+/// with one, the cache's shards hold the CPU cache's top-k ids.
+#[test]
+fn teacher_cache_takes_a_device() {
+    let d = common::Dir::new();
+    common::tiny_teacher_and_text(&d.root, 11);
+    let args = |device: &str, out: &str| -> Vec<String> {
+        [
+            "teacher-cache",
+            "--teacher",
+            &d.p("teacher"),
+            "--data",
+            &d.p("train.txt"),
+            "--topk",
+            "8",
+            "--seq-len",
+            "16",
+            "--device",
+            device,
+            "-o",
+            &d.p(out),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |device: &str, out: &str| {
+        let a = args(device, out);
+        common::orlik(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert!(run("cpu", "cpu").status.success());
+    match probe() {
+        Err(_) => {
+            let a = args("cuda", "gpu");
+            fails(
+                &a.iter().map(String::as_str).collect::<Vec<_>>(),
+                &["--device cuda: no usable GPU"],
+            );
+            assert!(!d.root.join("gpu").exists(), "a refused cache leaves no directory");
+        }
+        Ok(_) => {
+            assert!(run("cuda", "gpu").status.success());
+            let manifest = |dir: &str| -> serde_json::Value {
+                serde_json::from_str(
+                    &std::fs::read_to_string(d.root.join(dir).join("cache.json")).unwrap(),
+                )
+                .unwrap()
+            };
+            assert_eq!(
+                manifest("gpu")["train"],
+                manifest("cpu")["train"],
+                "the same windows and shards"
+            );
+        }
+    }
+}

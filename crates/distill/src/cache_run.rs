@@ -33,6 +33,10 @@ pub struct CacheSettings {
     /// half the memory, f32 accumulation), f32, bf16, f16. Recorded in cache.json.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = ComputeDtype::Auto, value_parser = ComputeDtype::parse))]
     pub compute_dtype: ComputeDtype,
+    /// Where the teacher runs: cpu, cuda (the first NVIDIA GPU, or the local rank's under
+    /// mpirun), cuda:N, or auto. On a GPU its weights are f32.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "cpu"))]
+    pub device: String,
 }
 
 impl Default for CacheSettings {
@@ -44,6 +48,7 @@ impl Default for CacheSettings {
             batch: 8,
             shard_windows: 256,
             compute_dtype: ComputeDtype::Auto,
+            device: "cpu".into(),
         }
     }
 }
@@ -120,10 +125,11 @@ pub fn run(
     let want = Expect { model: i.teacher, vocab_sha256: &vocab, seq_len: s.seq_len, eos: eos_id };
     let train = load(&tok, i.data, Split::Train, &want)?;
     let val = if i.val.is_empty() { None } else { Some(load(&tok, i.val, Split::Val, &want)?) };
-    let (model, compute_dtype) = hf.load_frozen(s.compute_dtype)?;
+    let frozen = orlik_train::frozen::load(&hf, s.compute_dtype, &s.device)?;
+    let compute_dtype = frozen.compute;
     let spec = CacheSpec {
         compute_dtype,
-        teacher: &model,
+        teacher: frozen.model.as_ref(),
         teacher_sha256: hf.content_sha256()?,
         tokenizer_sha256: vocab_sha256(&tok),
         topk: s.topk,

@@ -116,7 +116,12 @@ pub struct OnlineTeacher {
 
 impl OnlineTeacher {
     pub fn new(model: impl Infer + 'static, temperature: f32, topk: usize) -> OnlineTeacher {
-        OnlineTeacher { model: Box::new(model), temperature, topk, hidden: None, map: None }
+        OnlineTeacher::from_boxed(Box::new(model), temperature, topk)
+    }
+
+    /// The same for a model already boxed (a frozen model on the device a setting names).
+    pub fn from_boxed(model: Box<dyn Infer>, temperature: f32, topk: usize) -> OnlineTeacher {
+        OnlineTeacher { model, temperature, topk, hidden: None, map: None }
     }
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {

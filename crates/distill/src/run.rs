@@ -106,35 +106,13 @@ pub fn run(
             Box::new(c)
         }
         (None, Some(hf)) => {
-            let t = match orlik_train::exec::Backend::of(&cfg)? {
-                // The student trains on a GPU: the teacher runs there too, in f32 (16-bit GPU
-                // weights are not built yet).
-                orlik_train::exec::Backend::Cuda(info) => {
-                    use orlik_model::ComputeDtype;
-                    if !matches!(cfg.teacher_compute_dtype, ComputeDtype::Auto | ComputeDtype::F32)
-                    {
-                        return Err(mismatch(format!(
-                            "teacher_compute_dtype {} with device {}: the GPU holds f32 weights only so far; use auto or f32",
-                            cfg.teacher_compute_dtype, cfg.device
-                        )));
-                    }
-                    let (model, _) = hf.load_frozen(ComputeDtype::F32)?;
-                    let gpu = orlik_cuda::Gpu::open(&info).map_err(|e| mismatch(e.to_string()))?;
-                    let on_gpu =
-                        orlik_cuda::CudaModel::from_model(&model, std::sync::Arc::new(gpu))?;
-                    notice(&format!("teacher: on {info}, f32 weights"));
-                    teacher_compute = ComputeDtype::F32;
-                    OnlineTeacher::new(on_gpu, cfg.temperature, cfg.topk)
-                }
-                orlik_train::exec::Backend::Cpu => {
-                    let (model, resolved) = hf.load_frozen(cfg.teacher_compute_dtype)?;
-                    if let Some(held) = resolved.describe() {
-                        notice(&format!("teacher: {held}"));
-                    }
-                    teacher_compute = resolved;
-                    OnlineTeacher::new(model, cfg.temperature, cfg.topk)
-                }
-            };
+            // With the student on a GPU the teacher runs on the same one.
+            let f = orlik_train::frozen::load(hf, cfg.teacher_compute_dtype, &cfg.device)?;
+            if let Some(said) = &f.said {
+                notice(&format!("teacher: {said}"));
+            }
+            teacher_compute = f.compute;
+            let t = OnlineTeacher::from_boxed(f.model, cfg.temperature, cfg.topk);
             Box::new(match map {
                 Some(m) => t.with_vocab_map(m)?,
                 None => t,

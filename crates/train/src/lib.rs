@@ -18,6 +18,7 @@ pub mod curves;
 pub mod data;
 pub mod dataset;
 pub mod exec;
+pub mod frozen;
 pub mod lm;
 pub mod losses;
 pub mod mem;
