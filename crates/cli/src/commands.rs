@@ -61,7 +61,8 @@ pub(crate) fn load_on(
         crate::term::notice(&orlik_cuda::device::resolve(frozen.device, local)?.describe());
     }
     let hf = HfModel::open(path)?;
-    let f = orlik_train::frozen::load(&hf, frozen.compute_dtype, &frozen.device.to_string())?;
+    let local = orlik_dist::world().local_rank();
+    let f = orlik_cuda::frozen::load(&hf, frozen.compute_dtype, &frozen.device.to_string(), local)?;
     if let Some(said) = &f.said {
         crate::term::notice(&format!("{}: {said}", path.display()));
     }

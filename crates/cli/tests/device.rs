@@ -230,3 +230,61 @@ fn teacher_cache_takes_a_device() {
         }
     }
 }
+
+/// `score --device` (recipe key `score.device`): cuda without a GPU is refused before the
+/// output is made, a bad value names the flag; with a GPU the scores follow the CPU's.
+#[test]
+fn score_takes_a_device() {
+    let d = common::Dir::new();
+    common::tiny_teacher_and_text(&d.root, 13);
+    let args = |device: &str, out: &str| -> Vec<String> {
+        let a = [
+            "score",
+            &d.p("teacher"),
+            "--data",
+            &d.p("train.txt"),
+            "--samples",
+            "4",
+            "--seq-len",
+            "16",
+            "--batch",
+            "2",
+            "--loo-batches",
+            "1",
+            "--device",
+            device,
+            "-o",
+            &d.p(out),
+        ];
+        a.iter().map(|s| s.to_string()).collect()
+    };
+    let run = |device: &str, out: &str| {
+        let a = args(device, out);
+        common::orlik(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    assert!(run("cpu", "cpu").status.success());
+    let bad = args("tpu", "bad");
+    fails(&bad.iter().map(String::as_str).collect::<Vec<_>>(), &["\"tpu\""]);
+    match probe() {
+        Err(_) => {
+            let a = args("cuda", "gpu");
+            fails(
+                &a.iter().map(String::as_str).collect::<Vec<_>>(),
+                &["--device cuda: no usable GPU"],
+            );
+            assert!(!d.root.join("gpu").exists(), "a refused score leaves no directory");
+        }
+        Ok(_) => {
+            assert!(run("cuda", "gpu").status.success());
+            let scores = |dir: &str| -> serde_json::Value {
+                serde_json::from_str(
+                    &std::fs::read_to_string(d.root.join(dir).join("scores.json")).unwrap(),
+                )
+                .unwrap()
+            };
+            let (c, g) = (scores("cpu"), scores("gpu"));
+            let (a, b) = (c["full_loss"].as_f64().unwrap(), g["full_loss"].as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-4 * a.abs(), "calibration loss GPU {b} vs CPU {a}");
+        }
+    }
+}

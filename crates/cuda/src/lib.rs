@@ -11,6 +11,8 @@
 //! | [`kernels`] | the kernel modules: sources, the functions each defines |
 //! | [`gpu`] | a context on one GPU with every module loaded and cuBLAS: the launches of the block's kernels on device buffers |
 //! | [`infer`] | the inference executor: `orlik_model::Infer` on a GPU (f32), KV cache on the device |
+//! | [`block`] | one layer's forward (keeping what its backward needs) and backward, for both executors |
+//! | [`frozen`] | a frozen model (teacher, evaluated or scored model) on the device a setting names |
 //!
 //! What is here is the kernel layer of the CUDA executor: the block's operations (embedding,
 //! RMSNorm, RoPE, the gated MLP's activations, causal GQA attention with its backward, the
@@ -22,6 +24,7 @@
 
 pub mod block;
 pub mod device;
+pub mod frozen;
 pub mod gpu;
 pub mod infer;
 pub mod kernels;
@@ -55,6 +58,11 @@ pub enum CudaError {
     /// A launch's arguments do not fit the kernel (orlik's bug, not the user's).
     #[error("internal: {0}")]
     Internal(String),
+    /// Reading a model to put on a device.
+    #[error(transparent)]
+    Io(#[from] orlik_io::IoError),
+    #[error(transparent)]
+    Model(#[from] orlik_model::ModelError),
 }
 
 impl From<cudarc::driver::DriverError> for CudaError {

@@ -125,7 +125,9 @@ pub fn run(
     let want = Expect { model: i.teacher, vocab_sha256: &vocab, seq_len: s.seq_len, eos: eos_id };
     let train = load(&tok, i.data, Split::Train, &want)?;
     let val = if i.val.is_empty() { None } else { Some(load(&tok, i.val, Split::Val, &want)?) };
-    let frozen = orlik_train::frozen::load(&hf, s.compute_dtype, &s.device)?;
+    let local = orlik_dist::world().local_rank();
+    let frozen = orlik_cuda::frozen::load(&hf, s.compute_dtype, &s.device, local)
+        .map_err(orlik_train::TrainError::from)?;
     let compute_dtype = frozen.compute;
     let spec = CacheSpec {
         compute_dtype,

@@ -107,7 +107,9 @@ pub fn run(
         }
         (None, Some(hf)) => {
             // With the student on a GPU the teacher runs on the same one.
-            let f = orlik_train::frozen::load(hf, cfg.teacher_compute_dtype, &cfg.device)?;
+            let local = orlik_dist::world().local_rank();
+            let f = orlik_cuda::frozen::load(hf, cfg.teacher_compute_dtype, &cfg.device, local)
+                .map_err(orlik_train::TrainError::from)?;
             if let Some(said) = &f.said {
                 notice(&format!("teacher: {said}"));
             }

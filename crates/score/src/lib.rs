@@ -33,6 +33,15 @@ pub enum ScoreError {
     Candle(#[from] candle_core::Error),
     #[error("data parallel: {0}")]
     Dist(#[from] orlik_dist::DistError),
+    /// A GPU's failure (boxed: the error stays small for the common paths).
+    #[error(transparent)]
+    Cuda(Box<orlik_cuda::CudaError>),
+}
+
+impl From<orlik_cuda::CudaError> for ScoreError {
+    fn from(e: orlik_cuda::CudaError) -> ScoreError {
+        ScoreError::Cuda(Box::new(e))
+    }
 }
 
 /// One calibration batch: token rows and, per position, whether it is real text (not padding).

@@ -53,6 +53,16 @@ pub struct ScoreSettings {
     #[cfg_attr(feature = "clap", arg(long, default_value_t = ComputeDtype::Auto, value_parser = ComputeDtype::parse))]
     #[serde(skip_serializing_if = "ComputeDtype::is_auto")]
     pub compute_dtype: ComputeDtype,
+    /// Where the calibration pass runs: cpu, cuda (the first NVIDIA GPU, or the local rank's),
+    /// cuda:N, or auto. On a GPU the whole model is held there in f32 (no layer streaming) and
+    /// the taps come back to the host for the accumulators.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "cpu"))]
+    #[serde(skip_serializing_if = "is_cpu")]
+    pub device: String,
+}
+
+fn is_cpu(d: &str) -> bool {
+    d == "cpu"
 }
 
 impl Default for ScoreSettings {
@@ -68,6 +78,7 @@ impl Default for ScoreSettings {
             in_memory: false,
             measure_cost: false,
             compute_dtype: ComputeDtype::Auto,
+            device: "cpu".into(),
         }
     }
 }
@@ -76,6 +87,11 @@ impl ScoreSettings {
     /// Every setting checked before any work, each error naming the setting as `name(key)`
     /// spells it (`--seq-len` for a flag, `score.seq_len` in a recipe).
     pub fn validate(&self, name: &dyn Fn(&str) -> String) -> Result<(), ScoreError> {
+        if orlik_cuda::DeviceChoice::parse(&self.device).is_err() {
+            let msg =
+                format!("{} {:?}: expected auto, cpu, cuda or cuda:N", name("device"), self.device);
+            return Err(ScoreError::Input(msg));
+        }
         if self.seq_len < 2 {
             let msg = format!("{} {}: must be at least 2 tokens", name("seq_len"), self.seq_len);
             return Err(ScoreError::Input(msg));
@@ -167,8 +183,14 @@ pub fn run(
     let t0 = std::time::Instant::now();
     // Under data parallel every rank scores its share of the batches; rank 0 writes.
     let comm = orlik_dist::world();
-    let compute = s.compute_dtype.resolve(&hf.stored_dtypes());
-    let scores = if s.in_memory {
+    let mut compute = s.compute_dtype.resolve(&hf.stored_dtypes());
+    let choice = orlik_cuda::DeviceChoice::parse(&s.device)?;
+    let on_gpu = orlik_cuda::device::resolve(choice, comm.local_rank())?;
+    let scores = if let orlik_cuda::Resolved::Cuda(_) = on_gpu {
+        let f = orlik_cuda::frozen::load(&hf, s.compute_dtype, &s.device, comm.local_rank())?;
+        compute = f.compute;
+        collect_ranks(comm, f.model.as_ref(), &batches, &opts, progress)?
+    } else if s.in_memory {
         let model = hf.load(ModelOptions::inference(compute.half()))?;
         collect_ranks(comm, &model, &batches, &opts, progress)?
     } else {

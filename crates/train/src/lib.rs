@@ -18,7 +18,6 @@ pub mod curves;
 pub mod data;
 pub mod dataset;
 pub mod exec;
-pub mod frozen;
 pub mod lm;
 pub mod losses;
 pub mod mem;
@@ -62,6 +61,15 @@ pub enum TrainError {
     File { path: std::path::PathBuf, source: std::io::Error },
     #[error("data parallel: {0}")]
     Dist(#[from] orlik_dist::DistError),
+    /// A GPU's failure (boxed: the error stays small for the common paths).
+    #[error(transparent)]
+    Cuda(Box<orlik_cuda::CudaError>),
+}
+
+impl From<orlik_cuda::CudaError> for TrainError {
+    fn from(e: orlik_cuda::CudaError) -> TrainError {
+        TrainError::Cuda(Box::new(e))
+    }
 }
 
 pub(crate) fn file_err(
