@@ -50,7 +50,7 @@ pub fn export(model: &Path, out: &Path, ty: &str, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// A frozen model on the device `frozen.device` picks (`orlik_train::frozen`), said on stderr
+/// A frozen model on the device `frozen.device` picks (`orlik_cuda::frozen`), said on stderr
 /// when it is not the plain f32 CPU model. Returns the compute dtype it really runs at.
 pub(crate) fn load_on(
     path: &Path,
