@@ -100,6 +100,16 @@ def losses(p):
 c, g = losses(sys.argv[1]), losses(sys.argv[2])
 print(f"train tiny, loss per step: cpu {c}; cuda {g}")
 PY
+step score-cpu 60 "$B/orlik" score "$W/tiny" --data "$W/train.txt" --samples 8 --seq-len 32 --batch 4 --device cpu -o "$W/score-cpu"
+step score-cuda 60 "$B/orlik" score "$W/tiny" --data "$W/train.txt" --samples 8 --seq-len 32 --batch 4 --device "$DEV" -o "$W/score-cuda"
+python3 - "$W/score-cpu/scores.json" "$W/score-cuda/scores.json" <<'PY' | tee -a "$SUM"
+import json, sys
+try:
+    c, g = (json.load(open(p))["full_loss"] for p in sys.argv[1:3])
+    print(f"score tiny, calibration loss: cpu {c} cuda {g} (relative {abs(c - g) / abs(c):.1e})")
+except Exception as e:
+    print(f"score tiny: no comparison ({e})")
+PY
 KD=("$B/orlik" distill --teacher "$W/tiny" --student "$W/tiny" --data "$W/train.txt" --steps 60 --batch 2 --seq-len 32 --save-every 10 --device "$DEV")
 step distill-whole 120 "${KD[@]}" -o "$W/kd-whole"
 ( "${KD[@]}" -o "$W/kd-killed" > "$OUT/distill-killed.txt" 2>&1 & pid=$!
