@@ -125,5 +125,10 @@ step make-1b 180 python3 scripts/gpu_bench.py make "$W/llama1b" --shape 1b
 step orlik-bench 180 "$B/orlik" bench "$W/llama1b" --device cuda --reps 3 --json
 step torch-bench 180 python3 scripts/gpu_bench.py bench "$W/llama1b" --reps 3
 python3 scripts/gpu_bench.py compare <(grep '^\[' "$OUT/orlik-bench.txt") <(grep '^{' "$OUT/torch-bench.txt") 2>&1 | tee -a "$SUM"
+# A training step (forward + CE backward + AdamW) of the same model, 2 x 1024 tokens.
+step orlik-train-bench 240 "$B/orlik" bench "$W/llama1b" --train --batch 2 --seq-len 1024 --reps 3 --device cuda --json
+grep '^{' "$OUT/orlik-train-bench.txt" > "$W/orlik-train.json"
+step torch-train-bench 240 python3 scripts/gpu_bench.py train "$W/llama1b" --batch 2 --seq-len 1024 --reps 3 --orlik "$W/orlik-train.json"
+grep -E "^train step" "$OUT/torch-train-bench.txt" | tee -a "$SUM"
 rm -rf "$W"
 say "done $(date -u +%FT%TZ)"

@@ -5,6 +5,8 @@ transformers; nothing to install). Two subcommands:
     python3 scripts/gpu_bench.py make DIR [--shape 1b|tiny]   # a random Llama in HF layout (f32 safetensors)
     python3 scripts/gpu_bench.py bench DIR [--reps 3]         # PyTorch tokens/s on the GPU, JSON on stdout
     python3 scripts/gpu_bench.py compare ORLIK.json TORCH.json # the table with orlik / PyTorch ratios
+    python3 scripts/gpu_bench.py train DIR --batch 2 --seq-len 1024 [--orlik ORLIK_TRAIN.json]
+                                      # a training step (forward + CE backward + AdamW), PyTorch
 
 `bench` measures what `orlik bench` measures, on the same weights and token ids: prefill 1 x 512,
 prefill 8 x 128, decode of 64 tokens after 16 at batch 1 with a KV cache, in f32 (what orlik's
@@ -102,6 +104,41 @@ def bench(path, reps):
     print(json.dumps(out))
 
 
+def train(path, batch, seq, reps, orlik_path):
+    """Tokens/s of a PyTorch training step on the GPU: f32 eager, f32 SDPA, bf16 autocast SDPA
+    (f32 master weights), on the ids `orlik bench --train` uses; with ORLIK_TRAIN.json (`orlik
+    bench --train --json`), the ratios."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {"batch": batch, "seq_len": seq}
+    vocab = None
+    for name, amp, attn in (("f32_eager", False, "eager"), ("f32_sdpa", False, "sdpa"), ("bf16_autocast_sdpa", True, "sdpa")):
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32, attn_implementation=attn).to("cuda").train()
+        vocab = model.config.vocab_size
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.01)
+        x = torch.tensor(bench_ids(batch * (seq + 1), vocab), device="cuda").reshape(batch, seq + 1)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                logits = model(input_ids=x[:, :-1]).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), x[:, 1:].reshape(-1))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        s = timed(step, reps)
+        out[name] = batch * seq / s
+        out[name + "_peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        del model, opt
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    print(json.dumps(out))
+    if orlik_path:
+        o = json.load(open(orlik_path))["median_tokens_per_s"]
+        print(f"train step {batch}x{seq}: orlik f32 {o:.0f} tokens/s; " + ", ".join(
+            f"PyTorch {k} {out[k]:.0f} (orlik / PyTorch {o / out[k]:.2f})" for k in ("f32_eager", "f32_sdpa", "bf16_autocast_sdpa")))
+
+
 def compare(orlik_path, torch_path):
     orlik = json.load(open(orlik_path))  # `orlik bench --json`: a list of {what, tokens_per_s}
     th = json.load(open(torch_path))
@@ -125,11 +162,16 @@ if __name__ == "__main__":
     m = sub.add_parser("make"); m.add_argument("dir"); m.add_argument("--shape", default="1b", choices=SHAPES)
     b = sub.add_parser("bench"); b.add_argument("dir"); b.add_argument("--reps", type=int, default=3)
     c = sub.add_parser("compare"); c.add_argument("orlik"); c.add_argument("torch")
+    t = sub.add_parser("train"); t.add_argument("dir"); t.add_argument("--batch", type=int, default=2)
+    t.add_argument("--seq-len", type=int, default=1024); t.add_argument("--reps", type=int, default=3)
+    t.add_argument("--orlik")
     a = p.parse_args()
     if a.cmd == "make":
         make(a.dir, a.shape)
     elif a.cmd == "bench":
         bench(a.dir, a.reps)
+    elif a.cmd == "train":
+        train(a.dir, a.batch, a.seq_len, a.reps, a.orlik)
     else:
         compare(a.orlik, a.torch)
     sys.stdout.flush()

@@ -686,8 +686,9 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 Ok(r.resolve()?)
             })
             .and_then(|r| pipeline(r, resume, force)),
-        Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers, .. } => {
-            train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, json)
+        Cmd::Bench { path, reps, json, train: true, batch, seq_len, checkpoint_layers, frozen } => {
+            let device = frozen.device.to_string();
+            train_cmd::bench_train(&path, batch, seq_len, reps, checkpoint_layers, &device, json)
         }
         Cmd::Bench { path, reps, json, frozen, .. } => commands::bench(&path, reps, frozen, json),
         Cmd::Distill { teacher, student, teacher_cache, train, kd } => {

@@ -287,9 +287,11 @@ pub fn bench_train(
     seq_len: usize,
     steps: usize,
     checkpoint_layers: bool,
+    device: &str,
     json_out: bool,
 ) -> Result<()> {
-    let tps = orlik_train::bench::train_steps(model, batch, seq_len, steps, checkpoint_layers)?;
+    let tps =
+        orlik_train::bench::train_steps(model, batch, seq_len, steps, checkpoint_layers, device)?;
     let mut sorted = tps.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);

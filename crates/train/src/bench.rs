@@ -14,6 +14,7 @@ pub fn train_steps(
     seq_len: usize,
     steps: usize,
     checkpoint_layers: bool,
+    device: &str,
 ) -> Result<Vec<f64>, TrainError> {
     let hf = HfModel::open(model)?;
     let cfg = TrainConfig {
@@ -23,6 +24,7 @@ pub fn train_steps(
         // time_steps never saves; a positive interval past the last step keeps the config valid
         save_every: steps as u64 + 2,
         checkpoint_layers,
+        device: device.to_string(),
         ..Default::default()
     };
     let n = (batch * (steps + 1) + 1) * (seq_len + 1);
