@@ -12,15 +12,6 @@ extern "C" __global__ void embed_gather(const unsigned int* ids, const float* ta
     out[i] = table[(long long)ids[r] * d + c] * scale;
 }
 
-// The same from a bf16 table (a frozen teacher's embedding held in 16 bits).
-extern "C" __global__ void embed_gather_bf16(const unsigned int* ids, const bf16_t* table,
-                                             float* out, int n, int d, float scale) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)n * d) return;
-    int r = (int)(i / d), c = (int)(i % d);
-    out[i] = bf16_to_f32(table[(long long)ids[r] * d + c]) * scale;
-}
-
 // grad[ids[r]] += dy[r] · scale. One thread per column walking the rows in order: two rows with
 // the same id add in row order, with no atomics (deterministic).
 extern "C" __global__ void embed_scatter_add(const unsigned int* ids, const float* dy,

@@ -399,10 +399,13 @@ impl Gpu {
     }
 
     fn attn_check(s: &AttnShape) -> Result<(), CudaError> {
+        // An empty batch launches nothing sensible; window 0 would read as "no window" in the
+        // kernels where the CPU sees no key at all.
+        let bad_rows = s.b == 0 || s.t == 0 || s.tk < s.t || s.kcap < s.tk || s.window == Some(0);
         if s.kv == 0
             || !s.heads.is_multiple_of(s.kv)
             || s.hd > 4 * ATTN_THREADS as usize
-            || s.tk < s.t
+            || bad_rows
         {
             return Err(CudaError::Internal(format!("attention shape {s:?} is not supported")));
         }
@@ -430,8 +433,9 @@ impl Gpu {
             block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: ((s.hd + 2 * ATTN_THREADS as usize) * 4) as u32,
         };
-        let [b, t, tk, h, kv, hd, win] =
-            ints([s.b, s.t, s.tk, s.heads, s.kv, s.hd, s.window.unwrap_or(0)])?;
+        let w = s.window.unwrap_or(0);
+        let [b, t, tk, kcap, h, kv, hd, win] =
+            ints([s.b, s.t, s.tk, s.kcap, s.heads, s.kv, s.hd, w])?;
         let scale = s.scale;
         match valid {
             Some(valid) => {
@@ -449,6 +453,7 @@ impl Gpu {
                     &b,
                     &t,
                     &tk,
+                    &kcap,
                     &h,
                     &kv,
                     &hd,
@@ -471,6 +476,7 @@ impl Gpu {
                     &b,
                     &t,
                     &tk,
+                    &kcap,
                     &h,
                     &kv,
                     &hd,

@@ -186,7 +186,10 @@ impl CudaModel {
 
     /// Room for `need` positions of `b` rows in every layer of `c` (doubling, old rows kept).
     fn reserve(&self, c: &mut CudaKv, b: usize, need: usize) -> Result<(), CudaError> {
-        if c.len == 0 {
+        if c.len == 0 && c.b != b {
+            // An empty cache taken up by another batch size: its buffers (if any) are dropped.
+            c.layers.clear();
+            c.cap = 0;
             c.b = b;
         }
         if c.layers.len() != self.layers.len() {

@@ -17,7 +17,6 @@ pub const MODULES: [Module; 6] = [
         source: include_str!("../kernels/elementwise.cu"),
         functions: &[
             "embed_gather",
-            "embed_gather_bf16",
             "embed_scatter_add",
             "glu_forward",
             "glu_backward",
