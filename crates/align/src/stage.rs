@@ -375,7 +375,12 @@ pub fn memory_plan<'a>(k: &StageKind, hf: &'a HfModel) -> mem::Plan<'a> {
 /// fails with its one-line error alone.
 fn memory(r: &AlignRun, k: &StageKind, s: &Setup) -> Result<String, AlignError> {
     let plan = memory_plan(k, &s.hf);
-    Ok(mem::check(&mem::estimate(&plan), &plan, r.ctl.memory)?)
+    let device = match k {
+        StageKind::Sft(a) => &a.train.device,
+        StageKind::Dpo(a) => &a.train.device,
+        StageKind::Grpo(a) => &a.train.device,
+    };
+    Ok(mem::check_on(&mem::estimate(&plan), &plan, r.ctl.memory, device)?)
 }
 
 fn setup(model: &Path, a: &AlignSettings) -> Result<Setup, AlignError> {

@@ -75,7 +75,7 @@ pub fn run(
     let mut plan = Plan::lm(&cfg, Side::of(&student), online);
     plan.cache_bytes = teachers.cache.map_or(0, crate::cache::shard_bytes);
     // Refused here, before anything is read or written; said once the run is set up.
-    let memory = orlik_train::mem::check(&estimate(&plan), &plan, ctl.memory)?;
+    let memory = orlik_train::mem::check_on(&estimate(&plan), &plan, ctl.memory, &cfg.device)?;
     dir.claim()?;
     let (train, val) = dir.pack(&s_tok, &student.config, student_dir, cfg.seq_len)?;
     let teacher_sha = match &teacher {

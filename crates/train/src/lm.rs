@@ -202,7 +202,8 @@ pub fn train(
     let plan = crate::mem::Plan::lm(&cfg, crate::mem::Side::of(&hf), None);
     // Refused here, before anything is read or written; said once the run is set up (a bad
     // input fails with its one-line error alone).
-    let memory = crate::mem::check(&crate::mem::estimate(&plan), &plan, ctl.memory)?;
+    let memory =
+        crate::mem::check_on(&crate::mem::estimate(&plan), &plan, ctl.memory, &cfg.device)?;
     let tok = hf.tokenizer()?;
     dir.claim()?;
     let (train, val) = dir.pack(&tok, &hf.config, model, cfg.seq_len)?;

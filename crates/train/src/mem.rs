@@ -380,6 +380,50 @@ pub fn check(e: &Estimate, plan: &Plan, gate: Gate) -> Result<String, crate::Tra
     if e.peak <= avail || gate == Gate::Off {
         return Ok(format!("memory: {line}"));
     }
+    Err(crate::TrainError::Memory(format!(
+        "{line}: this run will not fit; try {}; `orlik mem` with the same arguments shows every component; --no-memory-check runs it anyway",
+        fixes(e, plan).join(", or ")
+    )))
+}
+
+/// [`check`] for a run on `device` (a training setting's `device`): on a GPU, the part a GPU
+/// executor keeps there ([`Estimate::device_bytes`]) against the GPU's memory; on the CPU,
+/// [`check`] itself.
+pub fn check_on(
+    e: &Estimate,
+    plan: &Plan,
+    gate: Gate,
+    device: &str,
+) -> Result<String, crate::TrainError> {
+    let probe = crate::TrainConfig { device: device.to_string(), ..Default::default() };
+    match crate::exec::Backend::of(&probe)? {
+        crate::exec::Backend::Cpu => check(e, plan, gate),
+        crate::exec::Backend::Cuda(info) => check_gpu(e, plan, gate, &info),
+    }
+}
+
+/// The GPU side of [`check_on`] for the GPU `info`.
+pub fn check_gpu(
+    e: &Estimate,
+    plan: &Plan,
+    gate: Gate,
+    info: &orlik_cuda::GpuInfo,
+) -> Result<String, crate::TrainError> {
+    let on = e.device_bytes();
+    let total = info.total_bytes as u64;
+    let line = format!("estimated {} on {info} of its {}", human(on), human(total));
+    if on <= total || gate == Gate::Off {
+        return Ok(format!("memory: {line}"));
+    }
+    Err(crate::TrainError::Memory(format!(
+        "{line}: this run will not fit on the GPU; try {}; `orlik mem --gpu-memory {}` with the same arguments shows every component; --no-memory-check runs it anyway",
+        fixes(e, plan).join(", or "),
+        human(total).replace(' ', "")
+    )))
+}
+
+/// The changes that lower `plan`'s peak, as the refusals name them.
+fn fixes(e: &Estimate, plan: &Plan) -> Vec<String> {
     let mut fixes = vec![format!(
         "a smaller micro-batch (--batch {}) with more accumulation (--grad-accum {}) or a shorter sequence length",
         (plan.rows / 2).max(1),
@@ -394,10 +438,7 @@ pub fn check(e: &Estimate, plan: &Plan, gate: Gate) -> Result<String, crate::Tra
     if plan.teacher.is_some() && plan.rollout.is_none() {
         fixes.push("a teacher cache (orlik teacher-cache, then --teacher-cache) instead of the online teacher".into());
     }
-    Err(crate::TrainError::Memory(format!(
-        "{line}: this run will not fit; try {}; `orlik mem` with the same arguments shows every component; --no-memory-check runs it anyway",
-        fixes.join(", or ")
-    )))
+    fixes
 }
 
 #[cfg(test)]
@@ -513,5 +554,30 @@ mod tests {
         }
         assert!(check(&e, &p, Gate::Limit(e.peak)).unwrap().contains("estimated peak"));
         assert!(check(&e, &p, Gate::Off).is_ok());
+    }
+
+    /// On a GPU the device's part is compared with the GPU's memory (the program and the
+    /// mapped checkpoint stay on the host): the same plan fits an 80 GB GPU and not a 1 MB one,
+    /// whose refusal names the GPU and the fixes; --no-memory-check lets it through.
+    #[test]
+    fn a_gpu_run_is_gated_by_the_gpus_memory() {
+        let c = tiny("LlamaForCausalLM", json!({}));
+        let p = plan(&c, 2, 8, 1);
+        let e = estimate(&p);
+        let gpu = |total: usize| orlik_cuda::GpuInfo {
+            ordinal: 0,
+            name: "Test GPU".into(),
+            capability: (9, 0),
+            total_bytes: total,
+        };
+        let ok = check_gpu(&e, &p, Gate::Available, &gpu(80 << 30)).unwrap();
+        assert!(ok.starts_with("memory: estimated ") && ok.contains("on cuda:0 Test GPU"), "{ok}");
+        assert!(e.device_bytes() < e.peak && e.device_bytes() > bytes(&e, "AdamW"));
+        let small = gpu((e.device_bytes() - 1) as usize);
+        let err = check_gpu(&e, &p, Gate::Available, &small).unwrap_err().to_string();
+        assert!(err.contains("will not fit on the GPU") && err.contains("--grad-accum 2"), "{err}");
+        assert!(check_gpu(&e, &p, Gate::Off, &small).is_ok());
+        // On the CPU, check_on is check.
+        assert_eq!(check_on(&e, &p, Gate::Off, "cpu").unwrap(), check(&e, &p, Gate::Off).unwrap());
     }
 }
