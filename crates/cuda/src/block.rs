@@ -79,8 +79,8 @@ pub struct Saved {
     d: Option<(Buf, Buf)>, // sandwich: down_proj's output and post_feedforward_layernorm's inv
 }
 
-/// RMSNorm of `rows` rows into new buffers (y, inv).
-fn rms(g: &Gpu, s: &BlockSpec, x: &Buf, w: &Buf, rows: usize) -> Result<(Buf, Buf), CudaError> {
+/// RMSNorm of `rows` rows with the block's weight convention into new buffers (y, inv).
+pub fn rms(g: &Gpu, s: &BlockSpec, x: &Buf, w: &Buf, rows: usize) -> Result<(Buf, Buf), CudaError> {
     let (mut y, mut inv) = (g.zeros(rows * w.len())?, g.zeros(rows)?);
     g.rms_forward(x, w, &mut y, &mut inv, rows, s.norm.eps, s.norm.offset)?;
     Ok((y, inv))

@@ -117,19 +117,6 @@ impl CudaModel {
         &self.gpu
     }
 
-    /// RMSNorm of `rows` rows of x with the model's weight convention, into a new buffer.
-    fn rms(
-        &self,
-        x: &CudaSlice<f32>,
-        w: &CudaSlice<f32>,
-        rows: usize,
-    ) -> Result<CudaSlice<f32>, CudaError> {
-        let g = &self.gpu;
-        let (mut y, mut inv) = (g.zeros(rows * w.len())?, g.zeros(rows)?);
-        g.rms_forward(x, w, &mut y, &mut inv, rows, self.spec.norm.eps, self.spec.norm.offset)?;
-        Ok(y)
-    }
-
     /// Device rows to a host tensor of `shape` (for taps and the final hidden states).
     fn to_host(&self, x: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
         let mut v = self.gpu.download(x).map_err(backend)?;
@@ -293,7 +280,7 @@ impl CudaModel {
         if let Some(c) = cache {
             c.len += t;
         }
-        let out = self.rms(&x, &self.norm, n).map_err(backend)?;
+        let (out, _) = crate::block::rms(g, s, &x, &self.norm, n).map_err(backend)?;
         if let Some(f) = tap {
             f(self.layers.len(), Tap::FinalNorm, &self.to_host(&out, &[b, t, h])?)?;
         }

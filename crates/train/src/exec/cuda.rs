@@ -26,10 +26,6 @@ use std::sync::Arc;
 
 type Buf = CudaSlice<f32>;
 
-fn dev(e: CudaError) -> TrainError {
-    TrainError::Model(ModelError::Backend(e.to_string()))
-}
-
 pub struct CudaExecutor {
     cfg: Config,
     spec: BlockSpec,
@@ -42,8 +38,8 @@ pub struct CudaExecutor {
     w: Vec<Buf>,
     m: Vec<Buf>,
     v: Vec<Buf>,
-    /// Σ of the micro-batches' gradients since the last update.
-    g: Option<Vec<Buf>>,
+    /// Σ of the micro-batches' gradients since the last update (zeroed by `update`).
+    g: Vec<Buf>,
     /// Per layer: each role's index in `names`.
     layers: Vec<HashMap<Role, usize>>,
     embed: usize,
@@ -111,7 +107,7 @@ impl CudaExecutor {
         info: &GpuInfo,
         checkpoint: bool,
     ) -> Result<CudaExecutor, TrainError> {
-        let gpu = Arc::new(Gpu::open(info).map_err(dev)?);
+        let gpu = Arc::new(Gpu::open(info)?);
         let spec = BlockSpec::of(model)?;
         let mut names: Vec<String> = weights.keys().cloned().collect();
         names.sort_by_key(|n| orlik_model::config::layer_order(n));
@@ -119,15 +115,17 @@ impl CudaExecutor {
             names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
         let find =
             |n: &str| index.get(n).copied().ok_or_else(|| TrainError::Config(format!("no {n}")));
-        let (mut shapes, mut decay, mut w, mut m, mut v) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut shapes, mut decay) = (vec![], vec![]);
+        let (mut w, mut m, mut v, mut g) = (vec![], vec![], vec![], vec![]);
         for n in &names {
             let t = weights[n].to_dtype(DType::F32)?;
             let host = t.flatten_all()?.to_vec1::<f32>()?;
             shapes.push(t.dims().to_vec());
             decay.push(t.rank() >= 2);
-            w.push(gpu.upload(&host).map_err(dev)?);
-            m.push(gpu.zeros::<f32>(host.len()).map_err(dev)?);
-            v.push(gpu.zeros::<f32>(host.len()).map_err(dev)?);
+            w.push(gpu.upload(&host)?);
+            m.push(gpu.zeros::<f32>(host.len())?);
+            v.push(gpu.zeros::<f32>(host.len())?);
+            g.push(gpu.zeros::<f32>(host.len())?);
         }
         drop(weights);
         let roles = layer_tensors(model);
@@ -152,7 +150,7 @@ impl CudaExecutor {
             w,
             m,
             v,
-            g: None,
+            g,
             layers,
             embed,
             norm,
@@ -172,23 +170,9 @@ impl CudaExecutor {
         self.rope = tables
             .iter()
             .map(|(c, s)| Ok((self.gpu.upload(c)?, self.gpu.upload(s)?)))
-            .collect::<Result<_, CudaError>>()
-            .map_err(dev)?;
+            .collect::<Result<_, CudaError>>()?;
         self.rope_len = t;
         Ok(())
-    }
-
-    fn grads(&mut self) -> Result<&mut Vec<Buf>, TrainError> {
-        if self.g.is_none() {
-            let g = self
-                .w
-                .iter()
-                .map(|w| self.gpu.zeros::<f32>(w.len()))
-                .collect::<Result<_, _>>()
-                .map_err(dev)?;
-            self.g = Some(g);
-        }
-        self.g.as_mut().ok_or_else(|| TrainError::Data("internal: no gradient buffers".into()))
     }
 
     /// One layer forward on `x` in place; `keep`: return what its backward needs.
@@ -218,16 +202,16 @@ impl CudaExecutor {
     /// Rows [start, start + c) of `h` (n, hidden) as their own buffer.
     fn rows_of(&self, h: &Buf, start: usize, c: usize) -> Result<Buf, TrainError> {
         let hid = self.spec.hidden;
-        let mut out = self.gpu.zeros(c * hid).map_err(dev)?;
-        self.gpu.copy((h, start * hid), (&mut out, 0), c * hid).map_err(dev)?;
+        let mut out = self.gpu.zeros(c * hid)?;
+        self.gpu.copy((h, start * hid), (&mut out, 0), c * hid)?;
         Ok(out)
     }
 
     /// Logits (c, vocab) of hidden rows hc (c, hidden).
     fn logits(&self, hc: &Buf, c: usize) -> Result<Buf, TrainError> {
         let (hid, vocab) = (self.spec.hidden, self.spec.vocab);
-        let mut z = self.gpu.zeros(c * vocab).map_err(dev)?;
-        self.gpu.linear(hc, &self.w[self.head], &mut z, (c, hid, vocab), 0.0).map_err(dev)?;
+        let mut z = self.gpu.zeros(c * vocab)?;
+        self.gpu.linear(hc, &self.w[self.head], &mut z, (c, hid, vocab), 0.0)?;
         Ok(z)
     }
 
@@ -241,12 +225,10 @@ impl CudaExecutor {
         c: usize,
     ) -> Result<(), TrainError> {
         let (hid, vocab, head) = (self.spec.hidden, self.spec.vocab, self.head);
-        let mut dhc = self.gpu.zeros(c * hid).map_err(dev)?;
-        self.gpu.linear_dx(gz, &self.w[head], &mut dhc, (c, hid, vocab), 0.0).map_err(dev)?;
-        self.gpu.copy((&dhc, 0), (dh, start * hid), c * hid).map_err(dev)?;
-        let gpu = self.gpu.clone();
-        let g = self.grads()?;
-        gpu.linear_dw(hc, gz, &mut g[head], (c, hid, vocab), 1.0).map_err(dev)
+        let mut dhc = self.gpu.zeros(c * hid)?;
+        self.gpu.linear_dx(gz, &self.w[head], &mut dhc, (c, hid, vocab), 0.0)?;
+        self.gpu.copy((&dhc, 0), (dh, start * hid), c * hid)?;
+        Ok(self.gpu.linear_dw(hc, gz, &mut self.g[head], (c, hid, vocab), 1.0)?)
     }
 
     /// dL/dh (n, hidden) through the final norm, every layer (re-run first when checkpointed)
@@ -257,13 +239,9 @@ impl CudaExecutor {
         let (x_top, inv_top) = top
             .ok_or_else(|| TrainError::Data("internal: backward without a kept forward".into()))?;
         let gpu = self.gpu.clone();
-        self.grads()?;
-        let mut dx = gpu.zeros(n * hid).map_err(dev)?;
+        let mut dx = gpu.zeros(n * hid)?;
         {
-            let g = self
-                .g
-                .as_mut()
-                .ok_or_else(|| TrainError::Data("internal: no gradient buffers".into()))?;
+            let g = &mut self.g;
             gpu.rms_backward(
                 &x_top,
                 &inv_top,
@@ -273,8 +251,7 @@ impl CudaExecutor {
                 &mut g[self.norm],
                 n,
                 self.spec.norm.offset,
-            )
-            .map_err(dev)?;
+            )?;
         }
         for (li, kept) in layers.into_iter().enumerate().rev() {
             let saved = match kept {
@@ -287,11 +264,7 @@ impl CudaExecutor {
             };
             let (cos, sin) = &self.rope[self.spec.layers[li].rope];
             let w = Weights_ { w: &self.w, idx: &self.layers[li] };
-            let g = self
-                .g
-                .as_mut()
-                .ok_or_else(|| TrainError::Data("internal: no gradient buffers".into()))?;
-            let mut gr = Grads_ { g, idx: &self.layers[li] };
+            let mut gr = Grads_ { g: &mut self.g, idx: &self.layers[li] };
             let rows = LayerRows { pos: &pos, b, t };
             block::backward(
                 &gpu,
@@ -306,15 +279,11 @@ impl CudaExecutor {
             )?;
         }
         let scale = self.spec.embed_scale.unwrap_or(1.0) as f32;
-        let g = self
-            .g
-            .as_mut()
-            .ok_or_else(|| TrainError::Data("internal: no gradient buffers".into()))?;
-        gpu.embed_scatter_add(&ids, &dx, &mut g[self.embed], hid, scale).map_err(dev)
+        Ok(gpu.embed_scatter_add(&ids, &dx, &mut self.g[self.embed], hid, scale)?)
     }
 
     fn host(&self, x: &Buf) -> Result<Vec<f32>, TrainError> {
-        self.gpu.download(x).map_err(dev)
+        self.gpu.download(x).map_err(TrainError::from)
     }
 }
 
@@ -345,33 +314,23 @@ impl Executor for CudaExecutor {
         self.cover(t)?;
         let (n, hid) = (b * t, self.spec.hidden);
         let g = self.gpu.clone();
-        let ids_d = g.upload(ids).map_err(dev)?;
+        let ids_d = g.upload(ids)?;
         let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let pos_d = g.upload(&pos).map_err(dev)?;
-        let mut x = g.zeros(n * hid).map_err(dev)?;
+        let pos_d = g.upload(&pos)?;
+        let mut x = g.zeros(n * hid)?;
         let scale = self.spec.embed_scale.unwrap_or(1.0) as f32;
-        g.embed_gather(&ids_d, &self.w[self.embed], &mut x, hid, scale).map_err(dev)?;
+        g.embed_gather(&ids_d, &self.w[self.embed], &mut x, hid, scale)?;
         let mut layers = Vec::new();
         for li in 0..self.spec.layers.len() {
             if grad && self.checkpoint {
-                layers.push(Kept::Input(g.dup(&x).map_err(dev)?));
+                layers.push(Kept::Input(g.dup(&x)?));
             }
             let keep = grad && !self.checkpoint;
             if let Some(s) = self.layer_forward(li, &mut x, &pos_d, (b, t), keep)? {
                 layers.push(Kept::Saved(Box::new(s)));
             }
         }
-        let (mut h, mut inv) = (g.zeros(n * hid).map_err(dev)?, g.zeros(n).map_err(dev)?);
-        g.rms_forward(
-            &x,
-            &self.w[self.norm],
-            &mut h,
-            &mut inv,
-            n,
-            self.spec.norm.eps,
-            self.spec.norm.offset,
-        )
-        .map_err(dev)?;
+        let (h, inv) = block::rms(&g, &self.spec, &x, &self.w[self.norm], n)?;
         let top = if grad { Some((x, inv)) } else { None };
         Ok(Acts::new(Box::new(CudaActs { ids: ids_d, pos: pos_d, b, t, layers, top, h })))
     }
@@ -381,7 +340,7 @@ impl Executor for CudaExecutor {
         let LmLoss { targets, spec, mut teacher, chunk, grad_scale } = loss;
         let (n, hid, vocab) = (acts.b * acts.t, self.spec.hidden, self.spec.vocab);
         let (grad, scale) = (grad_scale.is_some(), grad_scale.unwrap_or(0.0));
-        let mut dh = if grad { Some(self.gpu.zeros(n * hid).map_err(dev)?) } else { None };
+        let mut dh = if grad { Some(self.gpu.zeros(n * hid)?) } else { None };
         let mut sums = LossSums::default();
         for start in (0..n).step_by(chunk.max(1)) {
             let c = chunk.max(1).min(n - start);
@@ -403,7 +362,7 @@ impl Executor for CudaExecutor {
                 &mut sums,
             );
             if let Some(dh) = dh.as_mut() {
-                let gz = self.gpu.upload(&gz).map_err(dev)?;
+                let gz = self.gpu.upload(&gz)?;
                 self.head_back(&gz, &hc, dh, start, c)?;
             }
         }
@@ -445,18 +404,18 @@ impl Executor for CudaExecutor {
         let acts: CudaActs = acts.into_inner()?;
         let (n, hid, vocab) = (acts.b * acts.t, self.spec.hidden, self.spec.vocab);
         let g = self.gpu.clone();
-        let mut dh = g.zeros(n * hid).map_err(dev)?;
+        let mut dh = g.zeros(n * hid)?;
         for start in (0..n).step_by(chunk.max(1)) {
             let c = chunk.max(1).min(n - start);
             let hc = self.rows_of(&acts.h, start, c)?;
             let mut z = self.logits(&hc, c)?;
-            let mut lse = g.zeros(c).map_err(dev)?;
-            g.row_logsumexp(&z, &mut lse, vocab).map_err(dev)?;
-            let tg = g.upload(&targets[start..start + c]).map_err(dev)?;
-            let cf = g.upload(&coeff[start..start + c]).map_err(dev)?;
+            let mut lse = g.zeros(c)?;
+            g.row_logsumexp(&z, &mut lse, vocab)?;
+            let tg = g.upload(&targets[start..start + c])?;
+            let cf = g.upload(&coeff[start..start + c])?;
             // In place: the logits become dL/dz = coeff · (onehot − softmax).
-            let zc = g.dup(&z).map_err(dev)?;
-            g.logp_grad(&zc, &lse, &tg, &cf, &mut z, vocab).map_err(dev)?;
+            let zc = g.dup(&z)?;
+            g.logp_grad(&zc, &lse, &tg, &cf, &mut z, vocab)?;
             self.head_back(&z, &hc, &mut dh, start, c)?;
         }
         self.backward(acts, dh)
@@ -464,13 +423,10 @@ impl Executor for CudaExecutor {
 
     fn reduce_grads(&mut self, r: &dyn GradReduce) -> Result<(), TrainError> {
         // Through host buffers: the MPI path (NCCL is issue 18's GPU half).
-        let gpu = self.gpu.clone();
-        let names = self.names.clone();
-        let g = self.grads()?;
-        for (name, buf) in names.iter().zip(g.iter_mut()) {
-            let mut host = gpu.download(buf).map_err(dev)?;
+        for (name, buf) in self.names.iter().zip(self.g.iter_mut()) {
+            let mut host = self.gpu.download(buf)?;
             r.sum(name, &mut host)?;
-            gpu.write(buf, &host).map_err(dev)?;
+            self.gpu.write(buf, &host)?;
         }
         Ok(())
     }
@@ -482,23 +438,18 @@ impl Executor for CudaExecutor {
         cfg: &TrainConfig,
         apply: bool,
     ) -> Result<f64, TrainError> {
-        let gpu = self.gpu.clone();
-        self.grads()?;
-        let mut g = self
-            .g
-            .take()
-            .ok_or_else(|| TrainError::Data("internal: no gradient buffers".into()))?;
+        let (gpu, g) = (&self.gpu, &mut self.g);
         // Σ over tensors in `names` order, each tensor's sum of squares in f64 (as global_norm).
         let mut sq = 0f64;
-        for x in &g {
-            sq += gpu.sum_squares(x).map_err(dev)?;
+        for x in g.iter() {
+            sq += gpu.sum_squares(x)?;
         }
         let norm = sq.sqrt();
         if apply && norm.is_finite() {
             if cfg.clip > 0.0 && norm > cfg.clip {
                 let f = (cfg.clip / (norm + 1e-6)) as f32;
                 for x in g.iter_mut() {
-                    gpu.scale(x, f).map_err(dev)?;
+                    gpu.scale(x, f)?;
                 }
             }
             let (bc1, bc2) = (1.0 - cfg.beta1.powi(t as i32), 1.0 - cfg.beta2.powi(t as i32));
@@ -511,14 +462,13 @@ impl Executor for CudaExecutor {
                     eps: cfg.eps as f32,
                     shrink: if self.decay[i] { (1.0 - lr * cfg.weight_decay) as f32 } else { 1.0 },
                 };
-                gpu.adamw(&mut self.w[i], &mut self.m[i], &mut self.v[i], gi, &a).map_err(dev)?;
+                gpu.adamw(&mut self.w[i], &mut self.m[i], &mut self.v[i], gi, &a)?;
             }
         }
         // The gradient is zeroed either way; its buffers are kept for the next step.
         for x in g.iter_mut() {
-            gpu.clear(x).map_err(dev)?;
+            gpu.clear(x)?;
         }
-        self.g = Some(g);
         Ok(norm)
     }
 
@@ -561,9 +511,9 @@ impl Executor for CudaExecutor {
             .collect();
         let st = checkpoint::load(&dir, &self.names, &mut slots)?;
         for (i, s) in slots.iter().enumerate() {
-            self.gpu.write(&mut self.w[i], &s.w).map_err(dev)?;
-            self.gpu.write(&mut self.m[i], &s.m).map_err(dev)?;
-            self.gpu.write(&mut self.v[i], &s.v).map_err(dev)?;
+            self.gpu.write(&mut self.w[i], &s.w)?;
+            self.gpu.write(&mut self.m[i], &s.m)?;
+            self.gpu.write(&mut self.v[i], &s.v)?;
         }
         Ok(Some(st))
     }
@@ -584,9 +534,6 @@ impl Executor for CudaExecutor {
     }
 
     fn grads_to_host(&self) -> Result<Vec<Vec<f32>>, TrainError> {
-        match &self.g {
-            Some(g) => g.iter().map(|x| self.host(x)).collect(),
-            None => Ok(self.w.iter().map(|w| vec![0f32; w.len()]).collect()),
-        }
+        self.g.iter().map(|x| self.host(x)).collect()
     }
 }
