@@ -95,6 +95,7 @@ pub fn control() -> Control<'static> {
         after_step: step_delay(),
         memory: memory_gate(),
         reduce: None,
+        pause_at: None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod cache_run;
+pub mod rank;
 pub mod run;
 
 use candle_core::Tensor;

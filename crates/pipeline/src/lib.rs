@@ -6,6 +6,7 @@
 //! through [`Ui`], and the stop flag (SIGINT / SIGTERM) is the caller's.
 
 mod gguf;
+mod rank;
 mod recipe;
 mod report;
 mod run;

@@ -242,6 +242,7 @@ pub fn write(
     }
     let _ = writeln!(md, "- **KL / top-1 agreement**: how closely the model's next-token predictions follow the teacher's on {} tokens of the same text.", r.eval.agree_tokens);
     let _ = writeln!(md, "- **speed**: tokens per second on this machine, all models measured in the same run, one measurement at a time for each; prefill = reading a prompt, decode = generating one token per step with a KV cache, at batch 1 and 8.\n");
+    md.push_str(&crate::rank::section(out));
     if let Some(a) = align {
         md.push_str(&alignment_section(a));
     }

@@ -51,7 +51,7 @@ pub enum Outcome {
 }
 
 /// Why a stage's work returned without finishing.
-enum Work {
+pub(crate) enum Work {
     Done,
     Interrupted(u64),
 }
@@ -339,8 +339,10 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         Ok(Work::Done)
     })?;
 
-    let fp_prune =
-        sha(&json!({"stage": "prune", "settings": r.prune, "scores": fp_score, "data": data_sha}));
+    let prune_settings = crate::rank::prune_settings(r);
+    let fp_prune = sha(
+        &json!({"stage": "prune", "settings": prune_settings, "scores": fp_score, "data": data_sha}),
+    );
     runner.stage("prune", &fp_prune, &pruned, false, |_| {
         on_root(|| {
             let inputs = orlik_prune::PruneInputs {
@@ -350,9 +352,9 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
                 data: &r.data,
             };
             let show = |i: usize, n: usize| ui.progress("prune", i, n);
-            let p = orlik_prune::run(&r.prune, &inputs, &pruned, true, &show)?;
+            let p = orlik_prune::run(&prune_settings, &inputs, &pruned, true, &show)?;
             ui.progress_done();
-            ui.print(&p.summary(&r.prune, &r.teacher, &pruned));
+            ui.print(&p.summary(&prune_settings, &r.teacher, &pruned));
             Ok(Work::Done)
         })
     })?;
@@ -363,15 +365,32 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     if let Some(o) = distill_settings.as_object_mut() {
         o.remove("shard_optimizer");
     }
+    // With ranking (search.rank_by = "kd:..."), the student is the winner of the search stage.
+    let (student, fp_student) = if r.search.kd_tokens()?.is_some() {
+        let dir = out.join("search");
+        let fp = sha(&with_compute(
+            json!({"stage": "search", "settings": r.search, "distill": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+            teacher_compute,
+        ));
+        or_stop!(
+            "search",
+            runner.stage("search", &fp, &dir.join("rank.md"), true, |resume| {
+                on_root(|| crate::rank::stage(r, o, &pruned, &dir, resume))
+            })
+        );
+        (crate::rank::winner(&dir)?, fp)
+    } else {
+        (pruned.clone(), fp_prune.clone())
+    };
     let fp_distill = sha(&with_compute(
-        json!({"stage": "distill", "settings": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+        json!({"stage": "distill", "settings": distill_settings, "pruned": fp_student, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
         teacher_compute,
     ));
     let run_dir = out.join("distill");
     or_stop!(
         "distill",
         runner.stage("distill", &fp_distill, &final_dir, true, |resume| {
-            distill(r, o, &pruned, &run_dir, &final_dir, resume)
+            distill(r, o, &student, &run_dir, &final_dir, resume)
         })
     );
 
@@ -390,7 +409,8 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let eval_json = out.join("eval.json");
     runner.stage("eval", &fp_eval, &eval_json, false, |_| {
         on_root(|| {
-            let models = [("teacher", &*r.teacher), ("pruned", &pruned), ("distilled", &final_dir)];
+            let models =
+                [("teacher", &*r.teacher), ("pruned", &student), ("distilled", &final_dir)];
             write_json(&eval_json, &crate::report::evaluate(r, &models, ui)?)?;
             Ok(Work::Done)
         })
@@ -441,13 +461,14 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
 }
 
 /// The training loop's controls for a stage.
-fn control<'a>(o: &Options<'a>) -> orlik_train::lm::Control<'a> {
+pub(crate) fn control<'a>(o: &Options<'a>) -> orlik_train::lm::Control<'a> {
     orlik_train::lm::Control {
         quiet: false,
         stop: o.stop,
         after_step: o.after_step,
         memory: o.memory,
         reduce: None,
+        pause_at: None,
     }
 }
 

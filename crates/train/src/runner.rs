@@ -99,6 +99,11 @@ pub struct Options<'a> {
     /// A reduction applied to every step's gradients before the update, besides the world's
     /// (tests stand for ranks with it).
     pub reduce: Option<&'a dyn GradReduce>,
+    /// Stop once this step is reached (before the configured last one): a checkpoint of it is
+    /// saved and `Outcome::Interrupted` returned, as for the stop flag, so that the run can be
+    /// continued later with the same settings (successive-halving ranking trains candidates a
+    /// round at a time this way).
+    pub pause_at: Option<u64>,
 }
 
 /// The world's gradient sum as a [`GradReduce`].
@@ -337,11 +342,18 @@ pub fn run<T: Task + ?Sized>(
         Ok(comm.barrier()?)
     };
     while st.step < total {
-        let asked = opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        let paused = opts.pause_at.is_some_and(|p| st.step >= p);
+        let asked = paused || opts.stop.is_some_and(|s| s.load(Ordering::SeqCst));
         // A signal reaches the ranks at different moments: they agree before each step.
         if orlik_dist::any(comm, asked).map_err(TrainError::from)? {
-            save(e, st)?;
-            pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
+            if !(paused && last_saved == st.step) {
+                save(e, st)?;
+            }
+            if paused {
+                pb.finish_and_clear();
+            } else {
+                pb.abandon_with_message(format!("interrupted: checkpoint at step {}", st.step));
+            }
             return Ok(Outcome::Interrupted { step: st.step });
         }
         // Not pb.println: a bar that is not drawn (no terminal) drops its lines.
@@ -529,6 +541,48 @@ mod tests {
         let two = train(-1.0, Some(&TwoSameRanks));
         assert_eq!(two, train(-2.0, None));
         assert_ne!(two, train(-1.0, None));
+    }
+
+    /// Paused at step 2 (a checkpoint there), resumed and paused at 4 (reached again: no
+    /// second save), then run to the end: the weights of an uninterrupted run, bit for bit.
+    #[test]
+    fn a_run_paused_and_continued_equals_an_uninterrupted_one() {
+        let tc = TrainConfig { steps: Some(5), batch: 1, save_every: 0, ..TrainConfig::default() };
+        let whole = {
+            let mut e = exec(3);
+            let dir = tempfile::tempdir().unwrap();
+            let mut task = LogpTask { from: 99, coeff: -1.0 };
+            let mut st = start(&mut task, &mut e, &tc, dir.path(), false).unwrap();
+            let opts = Options { quiet: true, ..Options::default() };
+            run(&mut task, &mut e, &tc, dir.path(), &mut st, opts).unwrap();
+            host(&e)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = LogpTask { from: 99, coeff: -1.0 };
+        let mut resume = false;
+        for (pause, want) in [
+            (2, Outcome::Interrupted { step: 2 }),
+            (4, Outcome::Interrupted { step: 4 }),
+            (4, Outcome::Interrupted { step: 4 }),
+            (9, Outcome::Finished),
+        ] {
+            let mut e = exec(3);
+            let mut st = start(&mut task, &mut e, &tc, dir.path(), resume).unwrap();
+            let opts = Options { quiet: true, pause_at: Some(pause), ..Options::default() };
+            assert_eq!(run(&mut task, &mut e, &tc, dir.path(), &mut st, opts).unwrap(), want);
+            resume = true;
+            if want == Outcome::Finished {
+                assert_eq!(host(&e), whole);
+            }
+        }
+        let ck: Vec<u64> = checkpoint::list(&dir.path().join("checkpoints"))
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(ck, [5], "a finished run keeps its newest checkpoint");
+        let rows = curves::read(&dir.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(rows.iter().filter(|r| r.get("loss").is_some()).count(), 5, "one row per step");
     }
 
     /// The loop calls the injected hook once per step, in order.

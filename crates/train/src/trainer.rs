@@ -298,6 +298,13 @@ impl<'t> Trainer<'t> {
     pub fn state(&self) -> &State {
         &self.state
     }
+
+    /// The validation row of the current weights (`val_loss`, `val_bits_per_byte`, and
+    /// `val_kl` with a teacher), or None without validation text. Writes nothing.
+    pub fn validate(&mut self) -> Result<Option<Value>, TrainError> {
+        let step = self.state.step;
+        self.task.validate(self.exec.as_mut(), step)
+    }
     pub fn metrics_path(&self) -> PathBuf {
         self.out.join("metrics.jsonl")
     }
@@ -359,7 +366,19 @@ impl<'t> Trainer<'t> {
     /// Train to the configured number of steps (or until `stop` is raised: then a checkpoint is
     /// saved and `Outcome::Interrupted` returned).
     pub fn run(&mut self, stop: Option<&AtomicBool>) -> Result<Outcome, TrainError> {
+        self.run_until(stop, None)
+    }
+
+    /// [`Trainer::run`], pausing at step `pause_at` when it comes before the last one (a
+    /// checkpoint of it saved, `Outcome::Interrupted { step: pause_at }` returned; the same
+    /// settings resume it to the same result as an uninterrupted run).
+    pub fn run_until(
+        &mut self,
+        stop: Option<&AtomicBool>,
+        pause_at: Option<u64>,
+    ) -> Result<Outcome, TrainError> {
         let opts = Options {
+            pause_at,
             quiet: self.quiet,
             stop,
             after_step: self.after_step.as_deref().map(|f| f as &(dyn Fn(u64) + Sync)),
