@@ -553,6 +553,10 @@ fn pipeline(r: orlik_pipeline::Recipe, resume: bool, force: bool) -> anyhow::Res
 }
 
 fn main() {
+    // `orlik ... | head`: a closed stdout ends the process quietly, as for any Unix tool (Rust
+    // ignores SIGPIPE, so a print to a closed pipe would panic with a backtrace instead).
+    // SAFETY: setting a signal's disposition to the default before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     pin_threads();
     tune_allocator();
     orlik_io::guard::install_sigbus_handler();

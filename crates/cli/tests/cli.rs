@@ -409,3 +409,24 @@ fn params_budget_search() {
         &["--data"],
     );
 }
+
+/// `orlik ... | head`: output into a closed pipe ends the command quietly (no panic, no
+/// backtrace), as for any Unix tool.
+#[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    use std::process::{Command, Stdio};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hf");
+    let gguf = fixtures().join("gguf/tiny-llama.gguf");
+    ok(&["convert", gguf.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orlik"))
+        .args(["inspect", dir.to_str().unwrap(), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is printed
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+}

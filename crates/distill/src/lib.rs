@@ -44,40 +44,19 @@ pub fn check_vocab(
     })
 }
 
-/// How a student's vocabulary sits in the teacher's: `None` when they are the same id for id;
-/// otherwise, for each student id, the teacher id of the same token string (a student made by
-/// `orlik trim-vocab` from the teacher, or from a sibling with a superset vocabulary). The KD
-/// loss is then computed on the student's vocabulary: the teacher's logits at those ids,
-/// renormalised over them. A student token the teacher lacks is an error.
+/// How a student's vocabulary sits in the teacher's (`orlik_io::tokenizer::id_map`): `None`
+/// when they are the same id for id, else each student id's teacher id of the same token
+/// string. The KD loss is then computed on the student's vocabulary: the teacher's logits at
+/// those ids, renormalised over them.
 pub fn vocab_map(
     teacher: (&orlik_model::Config, &tokenizers::Tokenizer),
     student: (&orlik_model::Config, &tokenizers::Tokenizer),
 ) -> Result<Option<Vec<u32>>, DistillError> {
-    if check_vocab(teacher, student).is_ok() {
-        return Ok(None);
-    }
-    let mut map = Vec::with_capacity(student.0.vocab_size);
-    for id in 0..student.0.vocab_size as u32 {
-        let s = student.1.id_to_token(id).ok_or_else(|| {
-            DistillError::Mismatch(format!(
-                "student id {id} has no token string (vocab_size {} > tokenizer)",
-                student.0.vocab_size
-            ))
-        })?;
-        let t = teacher.1.token_to_id(&s).ok_or_else(|| {
-            DistillError::Mismatch(format!(
-                "student token {s:?} (id {id}) is not in the teacher's vocabulary: distillation maps vocabularies by token string, so the student's must be a subset of the teacher's"
-            ))
-        })?;
-        if t as usize >= teacher.0.vocab_size {
-            return Err(DistillError::Mismatch(format!(
-                "teacher id {t} of {s:?} is beyond its vocab_size {}",
-                teacher.0.vocab_size
-            )));
-        }
-        map.push(t);
-    }
-    Ok(Some(map))
+    orlik_io::tokenizer::id_map(teacher, student).map_err(|e| {
+        DistillError::Mismatch(
+            e.replace("vocabularies are mapped", "distillation maps vocabularies"),
+        )
+    })
 }
 
 /// Per-position teacher rows from logits (rows, vocab) at temperature `t`: the full log-softmax
@@ -113,6 +92,8 @@ pub struct OnlineTeacher {
     /// student id -> teacher id when the vocabularies differ: the ids, and the same as a host
     /// tensor (student vocab) selecting the teacher's logit columns.
     map: Option<(Vec<u32>, Tensor)>,
+    /// The teacher's head over the mapped ids only, where its executor has one.
+    sub_head: Option<orlik_model::infer::SubHead>,
 }
 
 impl OnlineTeacher {
@@ -122,12 +103,13 @@ impl OnlineTeacher {
 
     /// The same for a model already boxed (a frozen model on the device a setting names).
     pub fn from_boxed(model: Box<dyn Infer>, temperature: f32, topk: usize) -> OnlineTeacher {
-        OnlineTeacher { model, temperature, topk, hidden: None, map: None }
+        OnlineTeacher { model, temperature, topk, hidden: None, map: None, sub_head: None }
     }
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {
         // the logits come back on the host (`Infer`)
         let cols = Tensor::from_slice(&map, map.len(), &candle_core::Device::Cpu)?;
+        self.sub_head = self.model.head_subset(&map)?;
         self.map = Some((map, cols));
         Ok(self)
     }
@@ -159,11 +141,13 @@ impl TeacherSource for OnlineTeacher {
             .ok_or_else(|| TrainError::Teacher("rows() before prepare()".into()))?;
         // (n, teacher vocab); timed apart, inside the step's loss_backward phase
         let rows = h.narrow(0, start, n)?;
-        let logits = orlik_train::phase::time("teacher_head", || self.model.head(&rows))?;
-        let logits = match &self.map {
-            Some((_, cols)) => logits.index_select(cols, 1)?, // (n, student vocab): renormalised below
-            None => logits,
-        };
+        // (n, student vocab) when the vocabularies differ: renormalised below
+        let logits =
+            orlik_train::phase::time("teacher_head", || match (&self.sub_head, &self.map) {
+                (Some(f), _) => f(&rows),
+                (None, Some((_, cols))) => Ok(self.model.head(&rows)?.index_select(cols, 1)?),
+                (None, None) => self.model.head(&rows),
+            })?;
         let vocab = logits.dim(1)?;
         Ok(rows_from_logits(
             &logits.flatten_all()?.to_vec1::<f32>()?,

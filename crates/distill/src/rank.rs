@@ -224,7 +224,7 @@ impl Ranking {
             .unwrap_or(0);
         let name = |i: usize| &self.entries[i].name;
         let mut s = format!(
-            "{} candidates, {} rounds of successive halving, {} training tokens in all; the winner is {} ",
+            "{} candidates, {} rounds of successive halving, {} training tokens in all; the winner is {}, ",
             self.entries.len(),
             self.rounds.len(),
             total_tokens(&self.rounds),
@@ -234,7 +234,7 @@ impl Ranking {
             "the pruning search's own pick: the ranking did not flip.".to_string()
         } else {
             format!(
-                "where the pruning search (KL without training) picked {}: the ranking flipped.",
+                "not the pruning search's pick (least KL without training), {}: the ranking flipped.",
                 name(by_proxy)
             )
         };
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(r.flipped(), Some(true));
         assert!(r.summary().contains("did not flip"), "{}", r.summary());
         r.winner = Some(3);
-        assert!(r.summary().contains("picked c0: the ranking flipped"), "{}", r.summary());
+        assert!(r.summary().contains("winner is c3, not the pruning search's pick (least KL without training), c0: the ranking flipped."), "{}", r.summary());
         let t = r.table();
         assert!(
             t.contains("| c3 | 0.00 M | 0.4000 | 3.0000 | 0.4000 | 0.1000 | 0.0700 | **winner** |"),

@@ -1,6 +1,8 @@
 //! How closely a student follows its teacher on text: per-token KL(teacher ‖ student) of the
 //! next-token distributions and top-1 agreement (both predict the same most likely token). The two
-//! models must share a vocabulary (the caller checks the tokenizers).
+//! models share a vocabulary, or the student's is a subset of the teacher's (`orlik trim-vocab`):
+//! then the teacher reads the same token strings by its own ids and its distribution is taken
+//! over the student's tokens (its logits at those ids, renormalised), as distillation does.
 
 use crate::generate::argmax;
 use crate::EvalError;
@@ -26,17 +28,28 @@ pub fn compare_row(teacher: &[f32], student: &[f32]) -> (f64, bool) {
     (kl.max(0.0), argmax(teacher) == argmax(student))
 }
 
-/// Compare over consecutive windows of `context` tokens of `ids` (the last may be shorter); at
-/// most `max_tokens` positions (0 = all). `progress(done, total)` after each window.
+/// Compare over consecutive windows of `context` tokens of `ids` (student ids; the last window
+/// may be shorter); at most `max_tokens` positions (0 = all). `map`: each student id's teacher
+/// id when the vocabularies differ (`orlik_io::tokenizer::id_map`). `progress(done, total)`
+/// after each window.
 pub fn agreement(
     teacher: &dyn Infer,
     student: &dyn Infer,
     ids: &[u32],
+    map: Option<&[u32]>,
     context: usize,
     max_tokens: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Agreement, EvalError> {
-    if teacher.config().vocab_size != student.config().vocab_size {
+    if let Some(m) = map {
+        if m.len() != student.config().vocab_size {
+            return Err(EvalError::Input(format!(
+                "vocabulary map of {} ids for a student vocab_size {}",
+                m.len(),
+                student.config().vocab_size
+            )));
+        }
+    } else if teacher.config().vocab_size != student.config().vocab_size {
         return Err(EvalError::Input(format!(
             "teacher vocab_size {} != student vocab_size {}",
             teacher.config().vocab_size,
@@ -52,7 +65,17 @@ pub fn agreement(
     while s < n {
         let e = (s + context).min(n);
         let rows = Rows::new(&ids[s..e], 1, e - s);
-        let lt = teacher.logits(rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (t, vocab)
+        let t_ids: Vec<u32> = match map {
+            Some(m) => ids[s..e].iter().map(|&i| m[i as usize]).collect(),
+            None => ids[s..e].to_vec(),
+        };
+        let t_rows = Rows::new(&t_ids, 1, e - s);
+        let mut lt =
+            teacher.logits(t_rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (t, teacher vocab)
+        if let Some(m) = map {
+            // (t, student vocab): the teacher's logits of the student's tokens
+            lt = lt.iter().map(|r| m.iter().map(|&j| r[j as usize]).collect()).collect();
+        }
         let ls = student.logits(rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         for (a, b) in lt.iter().zip(&ls) {
             let (k, same) = compare_row(a, b);
@@ -76,6 +99,36 @@ pub fn agreement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A student that is the teacher with part of its vocabulary (embedding and lm_head rows
+    /// of the kept ids, as `orlik trim-vocab` makes) agrees with it completely through the map:
+    /// the teacher reads the same tokens by its own ids, its logits are taken at the kept ids.
+    #[test]
+    fn a_vocabulary_subset_of_the_teacher_agrees_with_it_through_the_map() {
+        use orlik_model::{Model, ModelOptions};
+        let cfg = orlik_model::testing::tiny(
+            "LlamaForCausalLM",
+            serde_json::json!({"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 4,
+                "tie_word_embeddings": false}),
+        );
+        let w = orlik_model::init::random_weights(&cfg, 4, 0.5).unwrap();
+        let teacher = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+        let keep: Vec<u32> = vec![0, 2, 3, 5, 7, 8, 11, 12];
+        let idx = candle_core::Tensor::new(keep.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let mut sw = w.clone();
+        for n in ["model.embed_tokens.weight", "lm_head.weight"] {
+            sw.insert(n.into(), w[n].index_select(&idx, 0).unwrap());
+        }
+        let mut scfg = cfg.clone();
+        scfg.vocab_size = keep.len();
+        let student = Model::new(&scfg, &sw, ModelOptions::default()).unwrap();
+        let ids: Vec<u32> = vec![1, 4, 0, 7, 2, 6, 3, 5, 1];
+        let a = agreement(&teacher, &student, &ids, Some(&keep), 4, 0, |_, _| {}).unwrap();
+        assert_eq!((a.tokens, a.top1), (9, 1.0));
+        assert!(a.kl < 1e-6, "{a:?}");
+        let e = agreement(&teacher, &student, &ids, None, 4, 0, |_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("vocab_size"), "{e}");
+    }
 
     #[test]
     fn kl_of_a_row_with_itself_is_zero_and_matches_the_definition() {

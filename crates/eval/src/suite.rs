@@ -162,8 +162,11 @@ pub fn agree_result(
     progress: Progress,
 ) -> Result<Agreement, EvalError> {
     let (s_tok, t_tok) = (student.1.tokenizer()?, teacher.1.tokenizer()?);
-    orlik_io::tokenizer::same_vocab((&teacher.1.config, &t_tok), (&student.1.config, &s_tok))
-        .map_err(|e| EvalError::Input(format!("{e}: agreement needs the same vocabulary")))?;
+    // A trimmed student is compared on its own tokens (the teacher's logits of them).
+    let map = orlik_io::tokenizer::id_map((&teacher.1.config, &t_tok), (&student.1.config, &s_tok))
+        .map_err(|e| {
+            EvalError::Input(format!("{e}: agreement needs the same vocabulary or a subset of it"))
+        })?;
     let mut ids = Vec::new();
     for f in texts {
         ids.extend(tokenize(&s_tok, f)?.1);
@@ -172,9 +175,15 @@ pub fn agree_result(
         .min(student.1.config.max_position_embeddings)
         .min(teacher.1.config.max_position_embeddings);
     let total = if max_tokens == 0 { ids.len() } else { ids.len().min(max_tokens) };
-    crate::agree::agreement(teacher.0, student.0, &ids, context, max_tokens, |d, _| {
-        progress("agree", d, total)
-    })
+    crate::agree::agreement(
+        teacher.0,
+        student.0,
+        &ids,
+        map.as_deref(),
+        context,
+        max_tokens,
+        |d, _| progress("agree", d, total),
+    )
 }
 
 /// Speed of one model: prefill and decode at batch 1 and 8.

@@ -285,6 +285,40 @@ pub fn vocab_sha256(tok: &tokenizers::Tokenizer) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// How a student's vocabulary sits in the teacher's: `None` when they are the same id for id;
+/// otherwise, for each student id, the teacher id of the same token string (a student made by
+/// `orlik trim-vocab` from the teacher). Distillation and agreement then compare on the
+/// student's vocabulary: the teacher's logits at those ids, renormalised over them. The error
+/// names a student token the teacher lacks.
+pub fn id_map(
+    teacher: (&orlik_model::Config, &tokenizers::Tokenizer),
+    student: (&orlik_model::Config, &tokenizers::Tokenizer),
+) -> Result<Option<Vec<u32>>, String> {
+    if same_vocab(teacher, student).is_ok() {
+        return Ok(None);
+    }
+    let mut map = Vec::with_capacity(student.0.vocab_size);
+    for id in 0..student.0.vocab_size as u32 {
+        let s = student.1.id_to_token(id).ok_or_else(|| {
+            format!(
+                "student id {id} has no token string (vocab_size {} > tokenizer)",
+                student.0.vocab_size
+            )
+        })?;
+        let t = teacher.1.token_to_id(&s).ok_or_else(|| {
+            format!("student token {s:?} (id {id}) is not in the teacher's vocabulary: vocabularies are mapped by token string, so the student's must be a subset of the teacher's")
+        })?;
+        if t as usize >= teacher.0.vocab_size {
+            return Err(format!(
+                "teacher id {t} of {s:?} is beyond its vocab_size {}",
+                teacher.0.vocab_size
+            ));
+        }
+        map.push(t);
+    }
+    Ok(Some(map))
+}
+
 /// Whether two models share their vocabulary id for id; the error says where they differ.
 pub fn same_vocab(
     a: (&orlik_model::Config, &tokenizers::Tokenizer),

@@ -154,6 +154,9 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// Logits of a fixed subset of the vocabulary for hidden states (…, hidden) → (…, ids).
+pub type SubHead = Box<dyn Fn(&Tensor) -> Result<Tensor, ModelError> + Send + Sync>;
+
 /// A model that runs inference.
 pub trait Infer: Sync {
     fn config(&self) -> &Config;
@@ -176,6 +179,13 @@ pub trait Infer: Sync {
     /// Logits (b, t, vocab).
     fn logits(&self, rows: Rows, cache: Option<&mut Cache>) -> Result<Tensor, ModelError> {
         self.head(&self.hidden(rows, cache)?)
+    }
+    /// A head that computes only the logits of the vocabulary ids `ids` (…, ids.len()), the
+    /// values of [`Infer::head`] at those columns, for a student with a trimmed vocabulary (a
+    /// teacher of 262k tokens for a student of 30k computes a ninth of its head). None: this
+    /// executor has no such head (take `head`, then the columns).
+    fn head_subset(&self, _ids: &[u32]) -> Result<Option<SubHead>, ModelError> {
+        Ok(None)
     }
 }
 
@@ -216,6 +226,18 @@ impl Infer for Model {
     fn head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
         self.lm_head(hidden)
     }
+
+    fn head_subset(&self, ids: &[u32]) -> Result<Option<SubHead>, ModelError> {
+        let w = self.lm_head_weight();
+        let (vocab, n) = (w.dim(0)?, ids.len());
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(ModelError::Input(format!("head subset: id {bad} >= vocab_size {vocab}")));
+        }
+        let idx = Tensor::from_slice(ids, n, w.device())?;
+        // (ids, hidden), in the head's own dtype: the same products as the whole head's rows
+        let sub = w.index_select(&idx, 0)?;
+        Ok(Some(Box::new(move |h: &Tensor| Ok(crate::llama::logits(&sub, h)?))))
+    }
 }
 
 /// The ids as a (b, t) tensor on the model's device.
@@ -245,6 +267,26 @@ mod tests {
     /// Through the interface: prefill then decode one token at a time gives the logits of the
     /// whole sequence at once, a repeated cache continues each row the same way, and another
     /// executor's cache is refused.
+    /// The subset head gives the whole head's logits at those columns.
+    #[test]
+    fn a_head_subset_equals_the_head_at_its_columns() {
+        let cfg = crate::testing::tiny("LlamaForCausalLM", serde_json::json!({}));
+        let w = random_weights(&cfg, 6, 0.5).unwrap();
+        for half in [None, Some(DType::BF16)] {
+            let m = Model::new(&cfg, &w, ModelOptions::inference(half)).unwrap();
+            let e: &dyn Infer = &m;
+            let h = e.hidden(Rows::new(&[3, 1, 4, 1, 5], 1, 5), None).unwrap(); // (1, 5, hidden)
+            let ids = [7u32, 0, 2, 11, 3];
+            let sub = e.head_subset(&ids).unwrap().unwrap()(&h).unwrap(); // (1, 5, 5)
+            let idx = Tensor::new(&ids, h.device()).unwrap();
+            let want = e.head(&h).unwrap().index_select(&idx, 2).unwrap();
+            let (a, b) = (host(&sub), host(&want));
+            let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-5, "{half:?}: {err}");
+            assert!(e.head_subset(&[cfg.vocab_size as u32]).is_err());
+        }
+    }
+
     #[test]
     fn prefill_and_decode_through_the_interface_equal_one_forward() {
         let cfg = crate::testing::tiny("LlamaForCausalLM", serde_json::json!({}));

@@ -740,8 +740,12 @@ impl Model {
 
     /// Logits (b, t, vocab) for hidden states (b, t, hidden).
     pub fn lm_head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let w = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(logits(w, hidden)?)
+        Ok(logits(self.lm_head_weight(), hidden)?)
+    }
+
+    /// The head's matrix (vocab, hidden): lm_head, or the embedding when tied.
+    pub fn lm_head_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// Logits (b, t, vocab). See [`Model::forward_hidden`] for the arguments.

@@ -12,7 +12,7 @@ mod report;
 mod run;
 pub mod sweep;
 
-pub use recipe::{apply_sets, Quick, Recipe, DEFAULT_TOKENS};
+pub use recipe::{apply_sets, Quick, Recipe, TrimSettings, DEFAULT_TOKENS};
 pub use report::{gap_closed, AlignEval, AlignStageEval};
 pub use run::{run, Aligned, Options, Outcome};
 

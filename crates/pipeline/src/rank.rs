@@ -31,7 +31,7 @@ fn shape_name(row: &Value) -> String {
 
 /// The candidates to rank: the best `search.candidates` of candidates.json that carry a plan,
 /// each sliced from the teacher (once: a model already written is kept).
-fn entries(r: &Recipe, pruned: &Path, dir: &Path, o: &Options) -> Result<Vec<Entry>> {
+fn entries(r: &Recipe, base: &Path, pruned: &Path, dir: &Path, o: &Options) -> Result<Vec<Entry>> {
     let table_path = pruned.join("candidates.json");
     let text = std::fs::read_to_string(&table_path).map_err(file_err(&table_path))?;
     let table: Value = serde_json::from_str(&text)
@@ -64,7 +64,7 @@ fn entries(r: &Recipe, pruned: &Path, dir: &Path, o: &Options) -> Result<Vec<Ent
                 ..Default::default()
             };
             let inputs = orlik_prune::PruneInputs {
-                model: &r.teacher,
+                model: base,
                 scores: None,
                 plan: Some(&plan),
                 data: &r.data,
@@ -84,10 +84,12 @@ fn entries(r: &Recipe, pruned: &Path, dir: &Path, o: &Options) -> Result<Vec<Ent
     Ok(out)
 }
 
-/// Run (or continue, with `resume`) the ranking into `dir`.
+/// Run (or continue, with `resume`) the ranking into `dir`; the candidates are cut from `base`
+/// (the teacher, or its trimmed copy).
 pub(crate) fn stage(
     r: &Recipe,
     o: &Options,
+    base: &Path,
     pruned: &Path,
     dir: &Path,
     resume: bool,
@@ -95,7 +97,7 @@ pub(crate) fn stage(
     if !resume && dir.exists() {
         std::fs::remove_dir_all(dir).map_err(file_err(dir))?;
     }
-    let list = entries(r, pruned, dir, o)?;
+    let list = entries(r, base, pruned, dir, o)?;
     let inputs = RankInputs { teacher: &r.teacher, data: &r.data, val: &r.val, out: dir };
     let notice = |m: &str| o.ui.notice(m);
     match orlik_distill::rank::run(&r.search, &r.distill, list, &inputs, control(o), &notice)? {

@@ -30,6 +30,11 @@ pub struct Recipe {
     /// Default: the project's Polish corpus, valid-small.txt.
     #[serde(default)]
     pub val: Vec<PathBuf>,
+    /// Vocabulary trimming before scoring (`orlik trim-vocab`): the model keeps the tokens of
+    /// `trim.data` (default: `data`), and the trimmed model is what is scored, pruned and
+    /// distilled, from the original teacher (its logits at the kept tokens). Absent: no trim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trim: Option<TrimSettings>,
     #[serde(default)]
     pub score: orlik_score::ScoreSettings,
     #[serde(default)]
@@ -65,6 +70,19 @@ pub struct Recipe {
 }
 
 pub const DEFAULT_TOKENS: u64 = 100_000;
+
+/// The recipe's `[trim]` section (the flags of `orlik trim-vocab`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrimSettings {
+    /// Text whose tokens are kept (with every special and byte token and the BPE merge
+    /// closure). Default: the recipe's `data`.
+    pub data: Vec<PathBuf>,
+    /// Keep a token the text uses at least this many times. Default 1 (0 is read as 1).
+    pub min_count: u64,
+    /// A file of extra token strings to keep, one a line.
+    pub keep: Option<PathBuf>,
+}
 
 fn is_default_search(s: &orlik_distill::rank::RankSettings) -> bool {
     *s == orlik_distill::rank::RankSettings::default()
@@ -175,6 +193,9 @@ impl Recipe {
         if self.eval.texts.is_empty() {
             self.eval.texts = self.val.clone();
         }
+        if let Some(t) = self.trim.as_mut().filter(|t| t.data.is_empty()) {
+            t.data = self.data.clone();
+        }
         if self.output.as_os_str().is_empty() {
             return Err(bad(
                 "no output directory: give -o DIR (or output = \"DIR\" in the recipe)",
@@ -189,6 +210,11 @@ impl Recipe {
         self.output = abs(&self.output)?;
         for list in [&mut self.data, &mut self.val, &mut self.eval.texts] {
             for p in list.iter_mut() {
+                *p = abs(p)?;
+            }
+        }
+        if let Some(t) = &mut self.trim {
+            for p in t.data.iter_mut().chain(t.keep.iter_mut()) {
                 *p = abs(p)?;
             }
         }
@@ -210,6 +236,7 @@ impl Recipe {
             .chain(&self.val)
             .chain(&self.eval.texts)
             .chain(self.eval.mc_tasks.iter())
+            .chain(self.trim.iter().flat_map(|t| t.data.iter().chain(&t.keep)))
             .chain(&align);
         for p in inputs {
             if !p.is_file() {

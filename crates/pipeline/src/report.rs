@@ -233,6 +233,14 @@ pub fn write(
         format!("{:?}", r.distill.loss).to_lowercase(),
         r.distill.tokens.map_or_else(|| format!("{} steps of", r.distill.steps.unwrap_or(0)), |n| n.to_string()),
     );
+    if let Some(t) = &r.trim {
+        let files: Vec<String> = t.data.iter().map(|p| format!("`{}`", p.display())).collect();
+        let _ = writeln!(
+            md,
+            "Before scoring, the teacher's vocabulary was **trimmed** to the tokens of {} (with every special and byte token; `trimmed/trim.json` has the counts): the other models keep those tokens only, and distillation took the original teacher's logits at them. KL and top-1 agreement are on the student's tokens.\n",
+            files.join(", ")
+        );
+    }
     let _ = writeln!(md, "{tab}");
     let _ = writeln!(md, "How to read it:\n");
     let _ = writeln!(md, "- **bits/byte**: how many bits the model needs per byte of held-out text (context {} tokens); lower is better and it does not depend on the tokenizer.", ev.context);

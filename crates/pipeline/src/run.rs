@@ -326,13 +326,18 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     drop(teacher);
 
     let (scores, pruned, final_dir) = (out.join("scores"), out.join("pruned"), out.join("final"));
+    // The model scored and pruned: the teacher, or its vocabulary-trimmed copy.
+    let (base, fp_base) = match &r.trim {
+        Some(t) => (out.join("trimmed"), trim(r, t, &teacher_sha, &mut runner)?),
+        None => (r.teacher.clone(), teacher_sha.clone()),
+    };
     let fp_score = sha(&with_compute(
-        json!({"stage": "score", "settings": r.score, "teacher": teacher_sha, "data": data_sha}),
+        json!({"stage": "score", "settings": r.score, "teacher": fp_base, "data": data_sha}),
         score_compute,
     ));
     runner.stage("score", &fp_score, &scores, false, |_| {
         let show = |what: &str, i: usize, n: usize| ui.progress(what, i, n);
-        let s = orlik_score::run(&r.score, &r.teacher, &r.data, &scores, true, &show)?;
+        let s = orlik_score::run(&r.score, &base, &r.data, &scores, true, &show)?;
         ui.progress_done();
         ui.print(&s.report);
         ui.notice(&format!("scores written to {}", scores.display()));
@@ -346,7 +351,7 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     runner.stage("prune", &fp_prune, &pruned, false, |_| {
         on_root(|| {
             let inputs = orlik_prune::PruneInputs {
-                model: &r.teacher,
+                model: &base,
                 scores: Some(&scores),
                 plan: None,
                 data: &r.data,
@@ -354,7 +359,7 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
             let show = |i: usize, n: usize| ui.progress("prune", i, n);
             let p = orlik_prune::run(&prune_settings, &inputs, &pruned, true, &show)?;
             ui.progress_done();
-            ui.print(&p.summary(&prune_settings, &r.teacher, &pruned));
+            ui.print(&p.summary(&prune_settings, &base, &pruned));
             Ok(Work::Done)
         })
     })?;
@@ -375,7 +380,7 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
         or_stop!(
             "search",
             runner.stage("search", &fp, &dir.join("rank.md"), true, |resume| {
-                on_root(|| crate::rank::stage(r, o, &pruned, &dir, resume))
+                on_root(|| crate::rank::stage(r, o, &base, &pruned, &dir, resume))
             })
         );
         (crate::rank::winner(&dir)?, fp)
@@ -409,8 +414,11 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let eval_json = out.join("eval.json");
     runner.stage("eval", &fp_eval, &eval_json, false, |_| {
         on_root(|| {
-            let models =
-                [("teacher", &*r.teacher), ("pruned", &student), ("distilled", &final_dir)];
+            let mut models = vec![("teacher", &*r.teacher)];
+            if r.trim.is_some() {
+                models.push(("trimmed", &base));
+            }
+            models.extend([("pruned", student.as_path()), ("distilled", &final_dir)]);
             write_json(&eval_json, &crate::report::evaluate(r, &models, ui)?)?;
             Ok(Work::Done)
         })
@@ -458,6 +466,40 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let ev: crate::report::Eval = read_json(&eval_json)?;
     let table = crate::report::write(&out, r, &ev, align_eval.as_ref(), &runner.seconds())?;
     Ok(Outcome::Finished { table })
+}
+
+/// The trim stage into OUT/trimmed/; returns its fingerprint.
+fn trim(
+    r: &Recipe,
+    t: &crate::TrimSettings,
+    teacher_sha: &str,
+    runner: &mut Runner,
+) -> Result<String> {
+    let dir = r.output.join("trimmed");
+    let keep = match &t.keep {
+        Some(k) => Some(orlik_io::hfdir::sha256_files(std::slice::from_ref(k))?),
+        None => None,
+    };
+    let text = orlik_io::hfdir::sha256_files(&t.data)?;
+    let fp = sha(
+        &json!({"stage": "trim", "settings": t, "teacher": teacher_sha, "text": text, "keep": keep}),
+    );
+    let ui = runner.ui;
+    runner.stage("trim", &fp, &dir, false, |_| {
+        on_root(|| {
+            let a = orlik_prune::trim::TrimArgs {
+                model: r.teacher.clone(),
+                data: t.data.clone(),
+                min_count: t.min_count,
+                keep: t.keep.clone(),
+                output: dir.clone(),
+                force: true,
+            };
+            ui.print(&orlik_prune::trim::run(&a)?);
+            Ok(Work::Done)
+        })
+    })?;
+    Ok(fp)
 }
 
 /// The training loop's controls for a stage.

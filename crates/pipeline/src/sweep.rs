@@ -290,6 +290,7 @@ impl Bench<'_> {
             &self.teacher,
             m,
             &self.vals[0].ids,
+            None,
             self.s.context,
             self.s.agree_tokens,
             |_, _| {},
