@@ -451,7 +451,8 @@ enum EvalCmd {
         json: bool,
     },
     /// How closely a student follows its teacher: KL(teacher || student) per token and top-1
-    /// agreement of the next-token predictions (same tokenizer required).
+    /// agreement of the next-token predictions (the same tokenizer, or a student vocabulary
+    /// trimmed from the teacher's: compared on the student's tokens).
     Agree {
         /// Student HF directory.
         student: PathBuf,

@@ -131,8 +131,8 @@ pub struct Entry {
     /// The pruned model (HF directory).
     pub model: PathBuf,
     pub params: usize,
-    /// The pruning search's KL to the original without training.
-    pub proxy_kl: f64,
+    /// The pruning search's KL to the original without training (None when it has none).
+    pub proxy_kl: Option<f64>,
 }
 
 /// The ranking's state and result (OUT/rank.json).
@@ -140,6 +140,9 @@ pub struct Entry {
 pub struct Ranking {
     pub format: String,
     pub version: u32,
+    /// What the ranking is of (settings, rounds, steps, candidates) as one string: a saved
+    /// ranking continues only when its key is this run's.
+    pub key: String,
     pub settings: RankSettings,
     pub rounds: Vec<Round>,
     pub steps: Vec<u64>,
@@ -192,7 +195,8 @@ impl Ranking {
         t += &" | ---".repeat(self.rounds.len());
         t += " | --- |\n";
         for (i, e) in self.entries.iter().enumerate() {
-            let _ = write!(t, "| {} | {:.2} M | {:.4}", e.name, e.params as f64 / 1e6, e.proxy_kl);
+            let proxy = e.proxy_kl.map_or("—".into(), |k| format!("{k:.4}"));
+            let _ = write!(t, "| {} | {:.2} M | {proxy}", e.name, e.params as f64 / 1e6);
             for r in 0..=self.rounds.len() {
                 match self.kl[i].get(r) {
                     Some(k) => _ = write!(t, " | {k:.4}"),
@@ -219,7 +223,8 @@ impl Ranking {
         };
         let by_proxy = (0..self.entries.len())
             .min_by(|&a, &b| {
-                self.entries[a].proxy_kl.total_cmp(&self.entries[b].proxy_kl).then(a.cmp(&b))
+                let kl = |i: usize| self.entries[i].proxy_kl.unwrap_or(f64::INFINITY);
+                kl(a).total_cmp(&kl(b)).then(a.cmp(&b))
             })
             .unwrap_or(0);
         let name = |i: usize| &self.entries[i].name;
@@ -256,7 +261,7 @@ pub struct RankInputs<'a> {
 
 /// How the ranking ended.
 pub enum RankOutcome {
-    Finished(Ranking),
+    Finished(Box<Ranking>),
     /// The stop flag was raised: a checkpoint of this step of the candidate training then.
     Interrupted {
         step: u64,
@@ -275,6 +280,12 @@ pub fn round_config(
     cfg.tokens = None;
     cfg.steps = Some(1);
     let per_step = cfg.tokens_per_step();
+    if rounds.first().is_some_and(|r| r.tokens < per_step) {
+        return Err(bad(format!(
+            "search.rank_by {:?}: fewer tokens than one distillation step ({per_step} = distill.batch x grad_accum x seq_len); give kd:{per_step} or more",
+            s.rank_by
+        )));
+    }
     let steps: Vec<u64> = rounds.iter().map(|r| r.tokens.div_ceil(per_step)).collect();
     cfg.steps = Some(steps.last().copied().unwrap_or(1));
     cfg.schedule = Schedule::Constant;
@@ -283,6 +294,31 @@ pub fn round_config(
     cfg.val_tokens = s.val_tokens;
     cfg.validate()?;
     Ok((cfg, steps))
+}
+
+/// The settings that decide the rounds' numbers: `cfg` without the keys a run may change when
+/// it resumes (checkpoint and validation intervals, the device).
+fn trajectory(cfg: &TrainConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in orlik_train::config::RESUMABLE_KEYS {
+            o.remove(*k);
+        }
+    }
+    v
+}
+
+/// What a ranking of `n` candidates with distillation settings `base` trains with (for a
+/// pipeline's stage fingerprint): the rounds' settings without the keys a run may change when
+/// it resumes.
+pub fn fingerprint(
+    s: &RankSettings,
+    base: &TrainConfig,
+    n: usize,
+) -> Result<serde_json::Value, DistillError> {
+    let tokens = s.kd_tokens()?.unwrap_or(0);
+    let (cfg, steps) = round_config(base, s, &rounds(n.max(2), tokens.max(1)))?;
+    Ok(serde_json::json!({"settings": s, "train": trajectory(&cfg), "steps": steps}))
 }
 
 /// Run (or continue) the ranking of `entries` with training settings `base` (the recipe's
@@ -298,14 +334,24 @@ pub fn run(
     s.validate()?;
     let tokens =
         s.kd_tokens()?.ok_or_else(|| bad("search.rank_by = \"kl\" trains nothing".into()))?;
-    let plan = rounds(entries.len(), tokens);
+    if entries.len() < 2 {
+        return Err(bad(format!("{} candidate(s): ranking needs at least 2", entries.len())));
+    }
+    let mut plan = rounds(entries.len(), tokens);
     let (cfg, steps) = round_config(base, s, &plan)?;
+    // The budgets as trained: whole steps.
+    for (r, &n) in plan.iter_mut().zip(&steps) {
+        r.tokens = n * cfg.tokens_per_step();
+    }
+    let key = serde_json::to_string(&(s, &plan, &steps, &entries, trajectory(&cfg)))
+        .map_err(|e| bad(format!("internal: the ranking does not serialise: {e}")))?;
     std::fs::create_dir_all(inp.out)
         .map_err(|e| orlik_io::IoError::Io { path: inp.out.into(), source: e })?;
     let state_path = inp.out.join("rank.json");
     let fresh = Ranking {
         format: FORMAT.into(),
         version: VERSION,
+        key,
         settings: s.clone(),
         rounds: plan,
         steps,
@@ -313,17 +359,20 @@ pub fn run(
         entries,
         winner: None,
     };
-    let mut st = match std::fs::read(&state_path) {
-        Ok(b) => match serde_json::from_slice::<Ranking>(&b) {
-            // The same ranking continues; anything else starts over.
-            Ok(old)
-                if Ranking { kl: old.kl.clone(), winner: old.winner, ..fresh.clone() } == old =>
-            {
-                old
+    // The same ranking continues; anything else starts over, its candidates' runs removed.
+    let saved = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut st = match saved {
+        Some(old @ Ranking { .. }) if old.key == fresh.key => old,
+        _ => {
+            for i in 0..fresh.entries.len() {
+                let d = cand_dir(inp.out, i);
+                if d.exists() {
+                    std::fs::remove_dir_all(&d)
+                        .map_err(|e| orlik_io::IoError::Io { path: d, source: e })?;
+                }
             }
-            _ => fresh,
-        },
-        Err(_) => fresh,
+            fresh
+        }
     };
     let save = |st: &Ranking| -> Result<(), DistillError> {
         let bytes = serde_json::to_vec_pretty(st).map_err(|e| bad(e.to_string()))?;
@@ -349,22 +398,26 @@ pub fn run(
             if st.kl[i].len() > r + 1 {
                 continue; // measured before an interruption
             }
-            match train(&mut st, i, r, &cfg, inp, &memo, ctl, notice)? {
-                Some(step) => {
-                    save(&st)?;
-                    return Ok(RankOutcome::Interrupted { step });
-                }
-                None => save(&st)?,
+            if ctl.stop.is_some_and(|f| f.load(std::sync::atomic::Ordering::SeqCst)) {
+                // where this candidate's run stands: paused after the previous round
+                let step = if r == 0 { 0 } else { st.steps[r - 1] };
+                return Ok(RankOutcome::Interrupted { step });
             }
+            if let Some(step) = train(&mut st, i, r, &cfg, inp, &memo, ctl, &save, notice)? {
+                return Ok(RankOutcome::Interrupted { step });
+            }
+            save(&st)?;
         }
-        // Those that go no further need no checkpoints (the rounds' disk: one model's weights
-        // and moments per candidate still in).
+        // The next round reads windows after these: the memo's rows are not needed again.
+        memo.borrow_mut().rows.clear();
+        // Those that go no further need no checkpoints (disk: up to two checkpoints of weights
+        // and AdamW moments per candidate still in).
         let next = if r + 1 < st.rounds.len() { st.entrants(r + 1) } else { Vec::new() };
         for &i in entrants.iter().filter(|i| !next.contains(i)) {
             remove_checkpoints(&cand_dir(inp.out, i))?;
         }
     }
-    let last = st.rounds.len() - 1;
+    let last = st.rounds.len().saturating_sub(1);
     let winner = st
         .entrants(last)
         .into_iter()
@@ -373,7 +426,7 @@ pub fn run(
     save(&st)?;
     let md = format!("# Candidates ranked after short distillation\n\n{}\n\n{}\n\nKL: KL(teacher ‖ candidate) per token on {} validation tokens, full vocabulary; training on the teacher's top-{} with the tail mass, constant learning rate {} after warmup.\n", st.summary(), st.table(), s.val_tokens, s.topk, cfg.lr);
     orlik_io::atomic::write_file_atomically(&inp.out.join("rank.md"), md.as_bytes())?;
-    Ok(RankOutcome::Finished(st))
+    Ok(RankOutcome::Finished(Box::new(st)))
 }
 
 /// A candidate's run directory.
@@ -400,6 +453,7 @@ fn train(
     inp: &RankInputs,
     memo: &RefCell<Memo>,
     ctl: Control,
+    save: &dyn Fn(&Ranking) -> Result<(), DistillError>,
     notice: &dyn Fn(&str),
 ) -> Result<Option<u64>, DistillError> {
     let e = st.entries[i].clone();
@@ -450,7 +504,16 @@ fn train(
         t.set_after_step(h);
     }
     if st.kl[i].is_empty() {
+        if t.state().step != 0 {
+            return Err(bad(format!(
+                "{}: a run at step {} without its KL before training; remove {} to rank again",
+                out.display(),
+                t.state().step,
+                inp.out.display()
+            )));
+        }
         st.kl[i].push(val_kl(&mut t, &out)?);
+        save(st)?; // a crash in the round keeps it
     }
     let target = st.steps[r];
     let stopped = match t.run_until(ctl.stop, Some(target))? {
@@ -625,11 +688,35 @@ mod tests {
         assert!(e.validate().unwrap_err().to_string().contains("search.candidates 1"));
     }
 
+    /// The rounds' fingerprint follows what changes their numbers (learning rate, budget) and
+    /// not what they replace (distill.tokens, eval_every) or what a resume may change.
+    #[test]
+    fn the_fingerprint_ignores_the_distillation_budget_and_resumable_keys() {
+        let s = RankSettings { rank_by: "kd:4096".into(), ..RankSettings::default() };
+        let base = TrainConfig { tokens: Some(100_000), ..TrainConfig::default() };
+        let fp = |c: &TrainConfig, s: &RankSettings| fingerprint(s, c, 4).unwrap();
+        let same = [
+            TrainConfig { tokens: Some(5_000_000), ..base.clone() },
+            TrainConfig { eval_every: 7, save_every: 3, val_tokens: 99, ..base.clone() },
+        ];
+        for c in &same {
+            assert_eq!(fp(c, &s), fp(&base, &s));
+        }
+        assert_ne!(fp(&TrainConfig { lr: 1e-3, ..base.clone() }, &s), fp(&base, &s));
+        let s2 = RankSettings { rank_by: "kd:8192".into(), ..s.clone() };
+        assert_ne!(fp(&base, &s2), fp(&base, &s));
+        // a first round smaller than one step (8 x 256 tokens) is refused, naming the key
+        let tiny = RankSettings { rank_by: "kd:100".into(), ..s };
+        let e = fingerprint(&tiny, &base, 4).unwrap_err().to_string();
+        assert!(e.contains("search.rank_by \"kd:100\"") && e.contains("kd:2048"), "{e}");
+    }
+
     fn ranking(kl: Vec<Vec<f64>>, proxy: &[f64]) -> Ranking {
         let n = kl.len();
         Ranking {
             format: FORMAT.into(),
             version: VERSION,
+            key: String::new(),
             settings: RankSettings::default(),
             rounds: rounds(n, 10),
             steps: vec![1, 2, 4],
@@ -638,7 +725,7 @@ mod tests {
                     name: format!("c{i}"),
                     model: PathBuf::new(),
                     params: 1,
-                    proxy_kl: proxy[i],
+                    proxy_kl: Some(proxy[i]),
                 })
                 .collect(),
             kl,

@@ -78,7 +78,7 @@ fn entries(r: &Recipe, base: &Path, pruned: &Path, dir: &Path, o: &Options) -> R
             name: shape_name(row),
             model,
             params: row.get("params").and_then(Value::as_u64).unwrap_or(0) as usize,
-            proxy_kl: row.get("kl").and_then(Value::as_f64).unwrap_or(f64::NAN),
+            proxy_kl: row.get("kl").and_then(Value::as_f64),
         });
     }
     Ok(out)

@@ -250,7 +250,9 @@ pub fn write(
     }
     let _ = writeln!(md, "- **KL / top-1 agreement**: how closely the model's next-token predictions follow the teacher's on {} tokens of the same text.", r.eval.agree_tokens);
     let _ = writeln!(md, "- **speed**: tokens per second on this machine, all models measured in the same run, one measurement at a time for each; prefill = reading a prompt, decode = generating one token per step with a KV cache, at batch 1 and 8.\n");
-    md.push_str(&crate::rank::section(out));
+    if r.search.kd_tokens()?.is_some() {
+        md.push_str(&crate::rank::section(out));
+    }
     if let Some(a) = align {
         md.push_str(&alignment_section(a));
     }
@@ -273,7 +275,12 @@ pub fn write(
     for (k, s) in seconds {
         let _ = writeln!(md, "| {k} | {s:.0} |");
     }
-    let _ = writeln!(md, "\nThe resolved recipe is `recipe.toml`; `orlik run recipe.toml` reproduces this run (finished stages are kept). Models: `pruned/` and `final/` are Hugging Face directories.");
+    let pruned_dir = if r.search.kd_tokens()?.is_some() {
+        "`search/models/cand-N/` (the ranking's winner, named in `search/rank.json`; before distillation)"
+    } else {
+        "`pruned/` (before distillation)"
+    };
+    let _ = writeln!(md, "\nThe resolved recipe is `recipe.toml`; `orlik run recipe.toml` reproduces this run (finished stages are kept). Models: {pruned_dir} and `final/` are Hugging Face directories.");
     let p = out.join("report.md");
     orlik_io::atomic::write_file_atomically(&p, md.as_bytes())?;
     Ok(tab)

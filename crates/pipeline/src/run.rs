@@ -300,6 +300,12 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let ui = o.ui;
     let teacher = orlik_io::hfdir::HfModel::open(&r.teacher)?;
     check_budget(r, &teacher.config)?;
+    if r.search.kd_tokens()?.is_some() && orlik_dist::world().size() > 1 {
+        return Err(PipelineError::Recipe(format!(
+            "search.rank_by {:?} runs in one process: run the recipe without mpirun, or rank by \"kl\" here and distil under mpirun afterwards",
+            r.search.rank_by
+        )));
+    }
     let out = r.output.clone();
     // Under data parallel: score, distill and the alignment stages run on every rank, the
     // others on rank 0 while the rest wait; rank 0 writes the pipeline's own files.
@@ -374,7 +380,7 @@ pub fn run(r: &Recipe, o: &Options) -> Result<Outcome> {
     let (student, fp_student) = if r.search.kd_tokens()?.is_some() {
         let dir = out.join("search");
         let fp = sha(&with_compute(
-            json!({"stage": "search", "settings": r.search, "distill": distill_settings, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
+            json!({"stage": "search", "rounds": orlik_distill::rank::fingerprint(&r.search, &r.distill, r.search.candidates)?, "pruned": fp_prune, "teacher": teacher_sha, "data": data_sha, "val": val_sha}),
             teacher_compute,
         ));
         or_stop!(
@@ -481,8 +487,9 @@ fn trim(
         None => None,
     };
     let text = orlik_io::hfdir::sha256_files(&t.data)?;
+    // The texts by content (not by path: moved files trim the same).
     let fp = sha(
-        &json!({"stage": "trim", "settings": t, "teacher": teacher_sha, "text": text, "keep": keep}),
+        &json!({"stage": "trim", "min_count": t.min_count, "teacher": teacher_sha, "text": text, "keep": keep}),
     );
     let ui = runner.ui;
     runner.stage("trim", &fp, &dir, false, |_| {
