@@ -4,50 +4,17 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
-use orlik_pipeline::{Options, Outcome, Recipe, Ui};
+use orlik_pipeline::{Outcome, Recipe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
-/// A Ui that keeps the notices.
-#[derive(Default)]
-struct Record(Mutex<Vec<String>>);
-
-impl Ui for Record {
-    fn notice(&self, msg: &str) {
-        self.0.lock().unwrap().push(msg.to_string());
-    }
-    fn print(&self, _: &str) {}
-    fn progress(&self, _: &str, _: usize, _: usize) {}
-    fn progress_done(&self) {}
-}
-
-impl Record {
-    fn has(&self, line: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|l| l == line)
-    }
-    fn starts(&self, prefix: &str) -> bool {
-        self.0.lock().unwrap().iter().any(|l| l.starts_with(prefix))
-    }
-}
+mod common;
+use common::run;
 
 /// The tiny GGUF as ROOT/teacher, seeded text over words its vocabulary knows, SFT rows.
 fn inputs(root: &Path) {
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-llama.gguf");
-    let opts = orlik_io::hfdir::SaveOptions {
-        dtype: candle_core::DType::F32,
-        max_shard_bytes: u64::MAX,
-        overwrite: false,
-        kind: "convert",
-    };
-    orlik_io::convert::convert_gguf(&gguf, &root.join("teacher"), &opts, vec![], |_, _, _| {})
-        .unwrap();
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "tea"];
-    let mut x = 99u64;
-    let mut text = |n: usize| orlik_model::testing::seeded_words(&words, n, &mut x);
-    std::fs::write(root.join("train.txt"), text(2000)).unwrap();
-    std::fs::write(root.join("val.txt"), text(300)).unwrap();
+    common::convert("tiny-llama.gguf", &root.join("teacher"));
+    common::texts(root, 99, 2000, 300);
+    let words = ["the", "theater", "then", "anthem", "in", "hearth"];
     let sft: Vec<String> = (0..6)
         .map(|i| format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}, {{"role": "assistant", "content": "hat tea"}}]}}"#, words[i]))
         .collect();
@@ -96,27 +63,6 @@ save_every = 1
         p("sft.jsonl")
     );
     Recipe::parse(&text, "test.toml", &[]).unwrap().resolve().unwrap()
-}
-
-/// Run with a hook that raises `stop` after the `at`-th training step of this run (0: never).
-fn run(r: &Recipe, at: u64) -> (Outcome, Record) {
-    let ui = Record::default();
-    let stop = AtomicBool::new(false);
-    let steps = AtomicU64::new(0);
-    let hook = |_: u64| {
-        if steps.fetch_add(1, Ordering::SeqCst) + 1 == at {
-            stop.store(true, Ordering::SeqCst);
-        }
-    };
-    let o = Options {
-        resume: false,
-        force: false,
-        stop: Some(&stop),
-        after_step: Some(&hook),
-        memory: orlik_train::mem::Gate::Available,
-        ui: &ui,
-    };
-    (orlik_pipeline::run(r, &o).unwrap(), ui)
 }
 
 #[test]

@@ -4,36 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // tests unwrap: a failure is the test failing
 
-use orlik_pipeline::{Options, Outcome, Recipe, Ui};
+use orlik_pipeline::{Outcome, Recipe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
-#[derive(Default)]
-struct Record(Mutex<Vec<String>>);
-
-impl Ui for Record {
-    fn notice(&self, msg: &str) {
-        self.0.lock().unwrap().push(msg.to_string());
-    }
-    fn print(&self, msg: &str) {
-        self.0.lock().unwrap().push(msg.to_string());
-    }
-    fn progress(&self, _: &str, _: usize, _: usize) {}
-    fn progress_done(&self) {}
-}
+mod common;
+use common::run;
 
 fn inputs(root: &Path) {
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-llama.gguf");
-    let opts = orlik_io::hfdir::SaveOptions {
-        dtype: candle_core::DType::F32,
-        max_shard_bytes: u64::MAX,
-        overwrite: false,
-        kind: "convert",
-    };
     let tiny = root.join("tiny");
-    orlik_io::convert::convert_gguf(&gguf, &tiny, &opts, vec![], |_, _, _| {}).unwrap();
+    common::convert("tiny-llama.gguf", &tiny);
     // Four layers (the tiny GGUF has two): the shortlist holds one shape per layer count, and
     // two rounds need three candidates.
     let mut cfg = orlik_io::hfdir::HfModel::open(&tiny).unwrap().config;
@@ -43,11 +22,7 @@ fn inputs(root: &Path) {
     w.sort_by(|a, b| a.0.cmp(&b.0));
     let f32 = candle_core::DType::F32;
     orlik_train::lm::save_final(&tiny, &cfg, &w, &root.join("teacher"), f32).unwrap();
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "tea"];
-    let mut x = 7u64;
-    let mut text = |n: usize| orlik_model::testing::seeded_words(&words, n, &mut x);
-    std::fs::write(root.join("train.txt"), text(2000)).unwrap();
-    std::fs::write(root.join("val.txt"), text(300)).unwrap();
+    common::texts(root, 7, 2000, 300);
 }
 
 fn recipe(root: &Path, out: &str) -> Recipe {
@@ -89,27 +64,6 @@ agree_tokens = 64
         p("val.txt"),
     );
     Recipe::parse(&text, "test.toml", &[]).unwrap().resolve().unwrap()
-}
-
-/// Run, raising `stop` after the `at`-th training step of this run (0: never).
-fn run(r: &Recipe, at: u64) -> (Outcome, Record) {
-    let ui = Record::default();
-    let stop = AtomicBool::new(false);
-    let steps = AtomicU64::new(0);
-    let hook = |_: u64| {
-        if steps.fetch_add(1, Ordering::SeqCst) + 1 == at {
-            stop.store(true, Ordering::SeqCst);
-        }
-    };
-    let o = Options {
-        resume: false,
-        force: false,
-        stop: Some(&stop),
-        after_step: Some(&hook),
-        memory: orlik_train::mem::Gate::Available,
-        ui: &ui,
-    };
-    (orlik_pipeline::run(r, &o).unwrap(), ui)
 }
 
 fn ranking(out: &Path) -> serde_json::Value {

@@ -8,6 +8,8 @@ use orlik_pipeline::{Options, Outcome, Recipe};
 use serde_json::Value;
 use std::path::Path;
 
+mod common;
+
 fn json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
@@ -16,21 +18,8 @@ fn json(p: &Path) -> Value {
 fn a_trimmed_student_is_scored_pruned_distilled_from_the_original_and_compared_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let gguf =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf/tiny-gemma3.gguf");
-    let opts = orlik_io::hfdir::SaveOptions {
-        dtype: candle_core::DType::F32,
-        max_shard_bytes: u64::MAX,
-        overwrite: false,
-        kind: "convert",
-    };
-    orlik_io::convert::convert_gguf(&gguf, &root.join("teacher"), &opts, vec![], |_, _, _| {})
-        .unwrap();
-    let words = ["the", "theater", "then", "anthem", "in", "hearth", "heart", "earth", "at", "tea"];
-    let mut x = 11u64;
-    let mut text = |n: usize| orlik_model::testing::seeded_words(&words, n, &mut x);
-    std::fs::write(root.join("train.txt"), text(1500)).unwrap();
-    std::fs::write(root.join("val.txt"), text(200)).unwrap();
+    common::convert("tiny-gemma3.gguf", &root.join("teacher"));
+    common::texts(root, 11, 1500, 200);
     let p = |n: &str| root.join(n).display().to_string();
     let recipe = format!(
         r#"teacher = "{}"
