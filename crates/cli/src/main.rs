@@ -160,7 +160,9 @@ pub(crate) enum Cmd {
     },
     /// Run the compression pipeline from a recipe (TOML): top-level `teacher`, `output`, `data`,
     /// `val`, and tables [score], [prune], [distill], [eval] holding every option of each stage,
-    /// optional [sft], [dpo], [grpo] (alignment) and [export] (`gguf = "q8_0"`: OUT/final.gguf)
+    /// optional [trim] (the vocabulary cut to the training text's tokens first), [search]
+    /// (`rank_by = "kd:TOKENS"`: prune's best candidates ranked after short distillation),
+    /// [sft], [dpo], [grpo] (alignment) and [export] (`gguf = "q8_0"`: OUT/final.gguf)
     /// (recipes/ has examples; OUT/recipe.toml of any run lists them all with their values).
     /// Unknown keys and wrong types are errors. Stages whose inputs and settings are unchanged
     /// are kept; an interrupted stage resumes.
