@@ -240,6 +240,11 @@ pub struct CacheArgs {
     /// Teacher HF directory.
     #[arg(long)]
     pub teacher: PathBuf,
+    /// A student whose vocabulary is trimmed from the teacher's (`orlik trim-vocab`): the text
+    /// is read in the student's tokens and the cache keeps the teacher's distribution over
+    /// them, so that `orlik distill --teacher-cache` can train that student.
+    #[arg(long)]
+    pub student: Option<PathBuf>,
     /// Training text (the windows a distillation run will read), or one `orlik tokenize` dataset.
     #[arg(long, num_args = 1.., required = true)]
     pub data: Vec<PathBuf>,
@@ -258,6 +263,7 @@ pub struct CacheArgs {
 pub fn teacher_cache(a: CacheArgs) -> Result<()> {
     let i = orlik_distill::cache_run::CacheInputs {
         teacher: &a.teacher,
+        student: a.student.as_deref(),
         data: &a.data,
         val: &a.val,
         out: &a.output,

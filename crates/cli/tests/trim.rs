@@ -200,3 +200,72 @@ fn distillation_into_a_trimmed_student_uses_the_shared_vocabulary() {
         &["is not in the teacher's vocabulary"],
     );
 }
+
+/// A teacher cache in a trimmed student's vocabulary (`teacher-cache --student`) trains the
+/// student as the online teacher does at the same top-k: the same losses step by step (up to
+/// the last bits of batching the teacher's windows differently). A cache in the teacher's own
+/// vocabulary is refused for that student, naming the fix.
+#[test]
+fn a_cache_in_the_trimmed_students_vocabulary_trains_as_the_online_teacher() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(p("c.txt"), "the theater then anthem in the hearth at a tea\n\n".repeat(30))
+        .unwrap();
+    let teacher = convert("tiny-gemma3.gguf", &tmp.path().join("hf"));
+    let (student, text) = (p("trim"), p("c.txt"));
+    ok(&["trim-vocab", &teacher, "--data", &text, "-o", &student]);
+    let common = ["--seq-len", "8", "--topk", "8"];
+    let cache = |name: &str, extra: &[&str]| {
+        let mut a = vec!["teacher-cache", "--teacher", &teacher, "--data", &text];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&common);
+        let out = p(name);
+        a.extend_from_slice(&["--batch", "2", "-o", &out]);
+        ok(&a);
+        out
+    };
+    let mine = cache("cache-s", &["--student", &student]);
+    let losses = |extra: &[&str], name: &str| -> Vec<f64> {
+        let out = p(name);
+        let mut a = vec!["distill", "--teacher", &teacher, "--student", &student];
+        a.extend_from_slice(&["--data", &text, "--steps", "3", "--batch", "2"]);
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&common);
+        a.extend_from_slice(&["-o", &out]);
+        ok(&a);
+        std::fs::read_to_string(Path::new(&out).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64())
+            .collect()
+    };
+    let online = losses(&[], "kd-online");
+    let cached = losses(&["--teacher-cache", &mine], "kd-cache");
+    assert_eq!(online.len(), 3);
+    for (a, b) in online.iter().zip(&cached) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "online {online:?} vs cache {cached:?}");
+    }
+    let theirs = cache("cache-t", &[]);
+    fails(
+        &[
+            "distill",
+            "--teacher",
+            &teacher,
+            "--student",
+            &student,
+            "--data",
+            &p("c.txt"),
+            "--steps",
+            "1",
+            "--teacher-cache",
+            &theirs,
+            "--seq-len",
+            "8",
+            "--topk",
+            "8",
+            "-o",
+            &p("kd-bad"),
+        ],
+        &["another tokenizer vocabulary", "--student"],
+    );
+}

@@ -149,6 +149,11 @@ fn split_info(p: &Packed, name: &str, shard_windows: usize) -> SplitInfo {
 /// What a cache is built from.
 pub struct CacheSpec<'a> {
     pub teacher: &'a dyn Infer,
+    /// The student's vocabulary in the teacher's when they differ (`vocab_map`): the windows
+    /// hold student ids, the teacher reads the same tokens by its own ids, and the cache keeps
+    /// the teacher's distribution over the student's tokens (its logits at those ids,
+    /// renormalised), in student ids.
+    pub map: Option<&'a [u32]>,
     pub teacher_sha256: String,
     pub tokenizer_sha256: String,
     pub topk: usize,
@@ -169,7 +174,22 @@ pub fn build(
     overwrite: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Manifest, DistillError> {
-    let vocab = spec.teacher.config().vocab_size;
+    let vocab = spec.map.map_or(spec.teacher.config().vocab_size, <[u32]>::len);
+    // Over the student's tokens: only those columns of the teacher's head.
+    let sub_head = match spec.map {
+        Some(m) => spec.teacher.head_subset(m)?,
+        None => None,
+    };
+    let head = |h: &candle_core::Tensor| -> Result<candle_core::Tensor, DistillError> {
+        Ok(match (&sub_head, spec.map) {
+            (Some(f), _) => f(h)?,
+            (None, Some(m)) => {
+                let cols = candle_core::Tensor::from_slice(m, m.len(), h.device())?;
+                spec.teacher.head(h)?.index_select(&cols, 1)?
+            }
+            (None, None) => spec.teacher.head(h)?,
+        })
+    };
     if train.seq_len < 2
         || spec.batch == 0
         || spec.shard_windows == 0
@@ -269,17 +289,16 @@ pub fn build(
                 let b = spec.batch.min(w1 - w);
                 let mut ids = Vec::with_capacity(b * t);
                 for i in w..w + b {
-                    ids.extend_from_slice(&data.window(i)[..t]);
+                    match spec.map {
+                        Some(m) => ids.extend(data.window(i)[..t].iter().map(|&x| m[x as usize])),
+                        None => ids.extend_from_slice(&data.window(i)[..t]),
+                    }
                 }
                 let h = spec.teacher.hidden(Rows::new(&ids, b, t), None)?; // (b, t, hidden)
                 let h = h.reshape((b * t, h.dim(2)?))?;
                 for start in (0..b * t).step_by(256) {
                     let n = 256.min(b * t - start);
-                    let z = spec
-                        .teacher
-                        .head(&h.narrow(0, start, n)?)?
-                        .flatten_all()?
-                        .to_vec1::<f32>()?;
+                    let z = head(&h.narrow(0, start, n)?)?.flatten_all()?.to_vec1::<f32>()?;
                     let StepRows::TopK { k, ids, logp, tail } =
                         rows_from_logits(&z, vocab, spec.temperature, spec.topk)
                     else {
@@ -348,7 +367,7 @@ impl CacheTeacher {
             }
         }
         if m.tokenizer_sha256 != tokenizer_sha256 {
-            return bad("made with another tokenizer vocabulary than the student's".into());
+            return bad("made with another tokenizer vocabulary than the student's (for a student with a trimmed vocabulary, build the cache with `orlik teacher-cache --student STUDENT`)".into());
         }
         if m.temperature != temperature {
             return bad(format!(
@@ -512,6 +531,7 @@ mod tests {
 
     fn spec(m: &Model) -> CacheSpec<'_> {
         CacheSpec {
+            map: None,
             teacher: m,
             teacher_sha256: "t".repeat(64),
             tokenizer_sha256: "v".repeat(64),

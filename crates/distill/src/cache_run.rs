@@ -56,6 +56,10 @@ impl Default for CacheSettings {
 /// What the cache is made of and where it goes.
 pub struct CacheInputs<'a> {
     pub teacher: &'a Path,
+    /// A student whose vocabulary is a subset of the teacher's (`orlik trim-vocab`): the text
+    /// is tokenized by the student's tokenizer and the cache holds the teacher's distribution
+    /// over the student's tokens, for distilling that student from the cache.
+    pub student: Option<&'a Path>,
     pub data: &'a [PathBuf],
     pub val: &'a [PathBuf],
     pub out: &'a Path,
@@ -103,13 +107,24 @@ pub fn run(
 ) -> Result<String, DistillError> {
     s.validate()?;
     let ins: Vec<&Path> = std::iter::once(i.teacher)
+        .chain(i.student)
         .chain(i.data.iter().chain(i.val).map(PathBuf::as_path))
         .collect();
     // A cache of the same kind is continued (or, with other settings, replaced when `force`)
     // by `cache::build`; anything else there is refused.
     check(i.out, "teacher-cache", &ins, Mode::Resume)?;
     let hf = HfModel::open(i.teacher)?;
-    let tok = hf.tokenizer()?;
+    let t_tok = hf.tokenizer()?;
+    // The windows are in the student's tokens when a student is named.
+    let student = i.student.map(HfModel::open).transpose()?;
+    let (tok, words_of) = match &student {
+        Some(s) => (s.tokenizer()?, i.student.unwrap_or(i.teacher)),
+        None => (t_tok.clone(), i.teacher),
+    };
+    let map = match &student {
+        Some(s) => crate::vocab_map((&hf.config, &t_tok), (&s.config, &tok))?,
+        None => None,
+    };
     let max = hf.config.max_position_embeddings;
     if s.seq_len > max {
         return Err(bad(format!(
@@ -117,12 +132,13 @@ pub fn run(
             s.seq_len
         )));
     }
-    let eos_id = hf.config.eos_ids().first().copied().ok_or_else(|| {
-        let t = i.teacher.display();
+    let eos_cfg = student.as_ref().map_or(&hf.config, |s| &s.config);
+    let eos_id = eos_cfg.eos_ids().first().copied().ok_or_else(|| {
+        let t = words_of.display();
         bad(format!("{t}: config.json has no eos_token_id (needed to separate documents)"))
     })?;
     let vocab = vocab_sha256(&tok);
-    let want = Expect { model: i.teacher, vocab_sha256: &vocab, seq_len: s.seq_len, eos: eos_id };
+    let want = Expect { model: words_of, vocab_sha256: &vocab, seq_len: s.seq_len, eos: eos_id };
     let train = load(&tok, i.data, Split::Train, &want)?;
     let val = if i.val.is_empty() { None } else { Some(load(&tok, i.val, Split::Val, &want)?) };
     let local = orlik_dist::world().local_rank();
@@ -130,6 +146,7 @@ pub fn run(
         .map_err(orlik_train::TrainError::from)?;
     let compute_dtype = frozen.compute;
     let spec = CacheSpec {
+        map: map.as_deref(),
         compute_dtype,
         teacher: frozen.model.as_ref(),
         teacher_sha256: hf.content_sha256()?,

@@ -45,10 +45,9 @@ pub fn run(
             let hf = HfModel::open(p)?;
             let tok = hf.tokenizer()?;
             map = vocab_map((&hf.config, &tok), (&student.config, &s_tok))?;
-            if map.is_some() && teachers.cache.is_some() {
-                return Err(mismatch("the student's vocabulary differs from the teacher's (e.g. trimmed): use the online teacher (--teacher without --teacher-cache), which maps vocabularies by token string".into()));
-            }
-            if let Some(m) = &map {
+            // With a cache, a trimmed student's cache must be in its vocabulary (`orlik
+            // teacher-cache --student`): CacheTeacher::open checks the tokenizer.
+            if let (Some(m), None) = (&map, teachers.cache) {
                 notice(&format!("vocabulary: the student's {} tokens are mapped to the teacher's by token string; KD on the shared vocabulary", m.len()));
             }
             Some(hf)
