@@ -555,11 +555,28 @@ fn pipeline(r: orlik_pipeline::Recipe, resume: bool, force: bool) -> anyhow::Res
     }
 }
 
+/// `orlik ... | head`: a closed stdout ends the process quietly with 141 (128 + SIGPIPE), as a
+/// Unix tool does, instead of `println!`'s panic and backtrace. SIGPIPE itself stays ignored
+/// (Rust's default): a reward command that exits without reading its stdin must be an error
+/// of the run, not a signal that kills it.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() {
-    // `orlik ... | head`: a closed stdout ends the process quietly, as for any Unix tool (Rust
-    // ignores SIGPIPE, so a print to a closed pipe would panic with a backtrace instead).
-    // SAFETY: setting a signal's disposition to the default before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    quiet_on_closed_stdout();
     pin_threads();
     tune_allocator();
     orlik_io::guard::install_sigbus_handler();
