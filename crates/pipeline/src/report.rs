@@ -158,7 +158,8 @@ pub fn write(
             pruned.and_then(|p| p.bits_per_byte.get(&key)),
             m.bits_per_byte.get(&key),
         ) {
-            (Some(&a), Some(&b), Some(&c)) if m.name != t.name => {
+            // not for the trimmed model: it comes before pruning, nothing of the gap is its
+            (Some(&a), Some(&b), Some(&c)) if m.name != t.name && m.name != "trimmed" => {
                 gap_closed(a, b, c).map_or("—".into(), |g| format!("{:.1}%", 100.0 * g))
             }
             _ => "—".into(),

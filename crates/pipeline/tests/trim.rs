@@ -83,6 +83,9 @@ agree_tokens = 64
     let trimmed = &ev["models"][1];
     assert!(trimmed["kl"].as_f64().unwrap() < 1e-4, "{trimmed}");
     assert!(table.contains("| trimmed |"), "{table}");
+    let gap = table.lines().find(|l| l.starts_with("| pruned→teacher gap closed")).unwrap();
+    let cells: Vec<&str> = gap.split('|').map(str::trim).collect();
+    assert_eq!(cells[2..4], ["—", "—"], "no gap figure for teacher and trimmed: {gap}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("vocabulary was **trimmed** to the tokens of"), "{report}");
 }
