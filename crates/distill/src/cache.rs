@@ -174,22 +174,9 @@ pub fn build(
     overwrite: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Manifest, DistillError> {
-    let vocab = spec.map.map_or(spec.teacher.config().vocab_size, <[u32]>::len);
     // Over the student's tokens: only those columns of the teacher's head.
-    let sub_head = match spec.map {
-        Some(m) => spec.teacher.head_subset(m)?,
-        None => None,
-    };
-    let head = |h: &candle_core::Tensor| -> Result<candle_core::Tensor, DistillError> {
-        Ok(match (&sub_head, spec.map) {
-            (Some(f), _) => f(h)?,
-            (None, Some(m)) => {
-                let cols = candle_core::Tensor::from_slice(m, m.len(), h.device())?;
-                spec.teacher.head(h)?.index_select(&cols, 1)?
-            }
-            (None, None) => spec.teacher.head(h)?,
-        })
-    };
+    let head = crate::MappedHead::new(spec.teacher, spec.map.map(<[u32]>::to_vec))?;
+    let vocab = head.vocab().unwrap_or(spec.teacher.config().vocab_size);
     if train.seq_len < 2
         || spec.batch == 0
         || spec.shard_windows == 0
@@ -289,16 +276,16 @@ pub fn build(
                 let b = spec.batch.min(w1 - w);
                 let mut ids = Vec::with_capacity(b * t);
                 for i in w..w + b {
-                    match spec.map {
-                        Some(m) => ids.extend(data.window(i)[..t].iter().map(|&x| m[x as usize])),
-                        None => ids.extend_from_slice(&data.window(i)[..t]),
-                    }
+                    ids.extend(head.teacher_ids(&data.window(i)[..t]));
                 }
                 let h = spec.teacher.hidden(Rows::new(&ids, b, t), None)?; // (b, t, hidden)
                 let h = h.reshape((b * t, h.dim(2)?))?;
                 for start in (0..b * t).step_by(256) {
                     let n = 256.min(b * t - start);
-                    let z = head(&h.narrow(0, start, n)?)?.flatten_all()?.to_vec1::<f32>()?;
+                    let z = head
+                        .logits(spec.teacher, &h.narrow(0, start, n)?)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?;
                     let StepRows::TopK { k, ids, logp, tail } =
                         rows_from_logits(&z, vocab, spec.temperature, spec.topk)
                     else {

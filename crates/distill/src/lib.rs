@@ -83,17 +83,61 @@ pub fn rows_from_logits(z: &[f32], vocab: usize, t: f32, topk: usize) -> StepRow
     StepRows::TopK { k, ids, logp, tail }
 }
 
+/// A teacher's head over a student's vocabulary: its whole head when they share the vocabulary,
+/// else only the logits of the student's tokens (in student order), for the online teacher and
+/// the teacher cache alike.
+pub struct MappedHead {
+    /// student id -> teacher id when the vocabularies differ ([`vocab_map`]).
+    map: Option<Vec<u32>>,
+    /// The same as a host tensor selecting the teacher's logit columns (the logits come back
+    /// on the host, `Infer`), for an executor without a subset head.
+    cols: Option<Tensor>,
+    /// The teacher's head over the mapped ids only, where its executor has one.
+    sub: Option<orlik_model::infer::SubHead>,
+}
+
+impl MappedHead {
+    pub fn new(teacher: &dyn Infer, map: Option<Vec<u32>>) -> Result<MappedHead, DistillError> {
+        let (cols, sub) = match &map {
+            Some(m) => (
+                Some(Tensor::from_slice(m, m.len(), &candle_core::Device::Cpu)?),
+                teacher.head_subset(m)?,
+            ),
+            None => (None, None),
+        };
+        Ok(MappedHead { map, cols, sub })
+    }
+
+    /// The student's vocabulary size, or None when it is the teacher's.
+    pub fn vocab(&self) -> Option<usize> {
+        self.map.as_ref().map(Vec::len)
+    }
+
+    /// The teacher's ids of the same token strings as the student's `ids`.
+    pub fn teacher_ids(&self, ids: &[u32]) -> Vec<u32> {
+        match &self.map {
+            Some(m) => ids.iter().map(|&i| m[i as usize]).collect(),
+            None => ids.to_vec(),
+        }
+    }
+
+    /// Logits (n, student vocab) of the teacher's hidden states (n, hidden).
+    pub fn logits(&self, teacher: &dyn Infer, h: &Tensor) -> Result<Tensor, TrainError> {
+        Ok(match (&self.sub, &self.cols) {
+            (Some(f), _) => f(h)?,
+            (None, Some(cols)) => teacher.head(h)?.index_select(cols, 1)?,
+            (None, None) => teacher.head(h)?,
+        })
+    }
+}
+
 /// The teacher model run on each micro-batch (inference path: fused kernels, no autograd).
 pub struct OnlineTeacher {
     model: Box<dyn Infer>,
     temperature: f32,
     topk: usize,
     hidden: Option<Tensor>, // (rows, hidden)
-    /// student id -> teacher id when the vocabularies differ: the ids, and the same as a host
-    /// tensor (student vocab) selecting the teacher's logit columns.
-    map: Option<(Vec<u32>, Tensor)>,
-    /// The teacher's head over the mapped ids only, where its executor has one.
-    sub_head: Option<orlik_model::infer::SubHead>,
+    head: MappedHead,
 }
 
 impl OnlineTeacher {
@@ -103,14 +147,12 @@ impl OnlineTeacher {
 
     /// The same for a model already boxed (a frozen model on the device a setting names).
     pub fn from_boxed(model: Box<dyn Infer>, temperature: f32, topk: usize) -> OnlineTeacher {
-        OnlineTeacher { model, temperature, topk, hidden: None, map: None, sub_head: None }
+        let head = MappedHead { map: None, cols: None, sub: None };
+        OnlineTeacher { model, temperature, topk, hidden: None, head }
     }
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {
-        // the logits come back on the host (`Infer`)
-        let cols = Tensor::from_slice(&map, map.len(), &candle_core::Device::Cpu)?;
-        self.sub_head = self.model.head_subset(&map)?;
-        self.map = Some((map, cols));
+        self.head = MappedHead::new(self.model.as_ref(), Some(map))?;
         Ok(self)
     }
 }
@@ -124,11 +166,7 @@ impl TeacherSource for OnlineTeacher {
         b: usize,
         t: usize,
     ) -> Result<bool, TrainError> {
-        let teacher_ids: Vec<u32> = match &self.map {
-            // student ids -> the teacher's ids of the same token strings
-            Some((m, _)) => ids.iter().map(|&i| m[i as usize]).collect(),
-            None => ids.to_vec(),
-        };
+        let teacher_ids = self.head.teacher_ids(ids);
         let h = self.model.hidden(Rows::new(&teacher_ids, b, t), None)?; // (b, t, hidden)
         let (b, t, d) = h.dims3()?;
         self.hidden = Some(h.reshape((b * t, d))?);
@@ -142,12 +180,9 @@ impl TeacherSource for OnlineTeacher {
         // (n, teacher vocab); timed apart, inside the step's loss_backward phase
         let rows = h.narrow(0, start, n)?;
         // (n, student vocab) when the vocabularies differ: renormalised below
-        let logits =
-            orlik_train::phase::time("teacher_head", || match (&self.sub_head, &self.map) {
-                (Some(f), _) => f(&rows),
-                (None, Some((_, cols))) => Ok(self.model.head(&rows)?.index_select(cols, 1)?),
-                (None, None) => self.model.head(&rows),
-            })?;
+        let logits = orlik_train::phase::time("teacher_head", || {
+            self.head.logits(self.model.as_ref(), &rows)
+        })?;
         let vocab = logits.dim(1)?;
         Ok(rows_from_logits(
             &logits.flatten_all()?.to_vec1::<f32>()?,

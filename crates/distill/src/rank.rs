@@ -417,12 +417,8 @@ pub fn run(
             remove_checkpoints(&cand_dir(inp.out, i))?;
         }
     }
-    let last = st.rounds.len().saturating_sub(1);
-    let winner = st
-        .entrants(last)
-        .into_iter()
-        .min_by(|&a, &b| st.kl_after(a, last).total_cmp(&st.kl_after(b, last)).then(a.cmp(&b)));
-    st.winner = winner;
+    // The one left after the last round (its better half is one).
+    st.winner = st.entrants(st.rounds.len()).first().copied();
     save(&st)?;
     let md = format!("# Candidates ranked after short distillation\n\n{}\n\n{}\n\nKL: KL(teacher ‖ candidate) per token on {} validation tokens, full vocabulary; training on the teacher's top-{} with the tail mass, constant learning rate {} after warmup.\n", st.summary(), st.table(), s.val_tokens, s.topk, cfg.lr);
     orlik_io::atomic::write_file_atomically(&inp.out.join("rank.md"), md.as_bytes())?;
