@@ -101,6 +101,8 @@ fn prepare(r: &Recipe, resume: bool, force: bool) -> Result<()> {
         .chain(&r.val)
         .chain(&r.eval.texts)
         .chain(&r.eval.mc_tasks)
+        .chain(r.trim.iter().flat_map(|t| t.data.iter().chain(&t.keep)))
+        .chain(r.align_inputs())
         .map(PathBuf::as_path)
         .collect();
     // A pipeline run of the same recipe continues where it stopped, so an own output is not an

@@ -89,3 +89,36 @@ agree_tokens = 64
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("vocabulary was **trimmed** to the tokens of"), "{report}");
 }
+
+/// A `[trim]` input inside OUT is an input like the others: the run is refused before any work,
+/// even with --force, and the file is still there.
+#[test]
+fn a_trim_input_inside_the_output_is_refused_even_with_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    common::convert("tiny-gemma3.gguf", &root.join("teacher"));
+    common::texts(root, 11, 200, 50);
+    std::fs::create_dir(root.join("out")).unwrap();
+    std::fs::write(root.join("out/keep.txt"), "the\n").unwrap();
+    let p = |n: &str| root.join(n).display().to_string();
+    let recipe = format!(
+        "teacher = \"{}\"\noutput = \"{}\"\ndata = [\"{}\"]\nval = [\"{}\"]\n[trim]\nkeep = \"{}\"\n[prune]\nparams = 0.7\n",
+        p("teacher"),
+        p("out"),
+        p("train.txt"),
+        p("val.txt"),
+        p("out/keep.txt"),
+    );
+    let r = Recipe::parse(&recipe, "test.toml", &[]).unwrap().resolve().unwrap();
+    let o = Options {
+        resume: false,
+        force: true,
+        stop: None,
+        after_step: None,
+        memory: orlik_train::mem::Gate::Available,
+        ui: &orlik_pipeline::Quiet,
+    };
+    let e = orlik_pipeline::run(&r, &o).unwrap_err().to_string();
+    assert!(e.contains("the output contains the input") && e.contains("keep.txt"), "{e}");
+    assert!(root.join("out/keep.txt").is_file());
+}
