@@ -36,8 +36,11 @@
 # variant is cut from; the teacher stays the original.
 #
 # Resumable stage by stage: a finished stage is kept, an interrupted training run resumes from
-# its checkpoint (kill it at any time and run the same command again). Results: OUT/results.md,
-# OUT/results.tsv, OUT/val_bpb.png (validation bits/byte during training), OUT/times.tsv.
+# its checkpoint (kill it at any time and run the same command again). Every model is measured as
+# soon as it exists and OUT/results.md, OUT/results.tsv are written again each time, so a
+# part-run experiment has the table of what it has done; the decode speed-ups and
+# OUT/val_bpb.png (validation bits/byte during training) come when every variant is done.
+# OUT/times.tsv has every stage's wall seconds and peak RSS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: quality_experiment.sh OUT [smollm2|gemma]}
@@ -89,47 +92,6 @@ head("train.txt", int(tokens * 1.3 * 2.6), "train.txt")   # ~2.1-3.7 bytes per t
 head("valid-small.txt", 40_000, "val.txt")
 PY
 [ -d "$OUT/scores" ] || timed score "$ORLIK" score "$BASE" --data "$CACHE/corpus-pl/train.txt" --samples "$SAMPLES" --seq-len 256 --in-memory -o "$OUT/scores" > /dev/null
-prune() { # name, extra flags...: a student of PARAMS of the base, into OUT/pruned-NAME
-  local name=$1; shift
-  [ -f "$OUT/pruned-$name/config.json" ] && return
-  timed "prune-$name" "$ORLIK" prune "$BASE" --scores "$OUT/scores" --params "$PARAMS" --data "$CACHE/corpus-pl/train.txt" "$@" -o "$OUT/pruned-$name" --force
-}
-COMMON=(--data "$OUT/train.txt" --val "$OUT/val.txt" --tokens "$TOKENS" --seq-len 256 --batch 4 --grad-accum 2 --eval-every 10 --val-tokens 8192 --save-every 10)
-run() { # name, command...: a training run into OUT/NAME (resumed when interrupted)
-  local name=$1; shift
-  [ -d "$OUT/$name/final" ] && return
-  local resume=(); [ -f "$OUT/$name/run.json" ] && resume=(--resume)
-  timed "$name" "$@" "${COMMON[@]}" -o "$OUT/$name" "${resume[@]}"
-}
-RUNS=()
-for v in $VARIANTS; do
-  case "$v" in
-    orlik-kd)
-      prune orlik
-      for s in $SEEDS; do
-        run "orlik-kd-s$s" "$ORLIK" distill --student "$OUT/pruned-orlik" --teacher "$TEACHER" --lr 3e-4 --seed "$s"
-        RUNS+=("orlik-kd-s$s")
-      done ;;
-    depth-kd) prune depth --axes depth --depth-method bi
-      run depth-kd "$ORLIK" distill --student "$OUT/pruned-depth" --teacher "$TEACHER" --lr 3e-4; RUNS+=(depth-kd) ;;
-    width-kd) prune width --axes heads,mlp
-      run width-kd "$ORLIK" distill --student "$OUT/pruned-width" --teacher "$TEACHER" --lr 3e-4; RUNS+=(width-kd) ;;
-    magnitude-kd) prune magnitude --importance magnitude
-      run magnitude-kd "$ORLIK" distill --student "$OUT/pruned-magnitude" --teacher "$TEACHER" --lr 3e-4; RUNS+=(magnitude-kd) ;;
-    random-kd) prune random --importance random
-      run random-kd "$ORLIK" distill --student "$OUT/pruned-random" --teacher "$TEACHER" --lr 3e-4; RUNS+=(random-kd) ;;
-    orlik-ce) prune orlik
-      run orlik-ce "$ORLIK" train "$OUT/pruned-orlik" --lr 3e-4; RUNS+=(orlik-ce) ;;
-    scratch) prune orlik
-      run scratch "$ORLIK" train "$OUT/pruned-orlik" --init random --lr 1e-3; RUNS+=(scratch) ;;
-    tc-kd-ce) prune orlik
-      # Teacher correction: the teacher itself trained on the same tokens first.
-      run teacher-tc "$ORLIK" train "$TEACHER" --lr 3e-5
-      run tc-kd-ce "$ORLIK" distill --student "$OUT/pruned-orlik" --teacher "$OUT/teacher-tc/final" --lr 3e-4 --ce-weight 1
-      RUNS+=(tc-kd-ce) ;;
-    *) echo "unknown variant '$v'" >&2; exit 2 ;;
-  esac
-done
 # Measurements, each kept in OUT/eval/NAME.json once made.
 mkdir -p "$OUT/eval"
 measure() { # name, model dir
@@ -147,24 +109,15 @@ json.dump({"model": d, "bpb_valid": i["bits_per_byte"], "bpb_pud": o["bits_per_b
 PY
   mv "$f.tmp" "$f"
 }
-measure teacher "$TEACHER"
-[ "$BASE" != "$TEACHER" ] && measure trimmed "$BASE"
-PRUNED=()
-for p in "$OUT"/pruned-*; do measure "$(basename "$p")" "$p"; PRUNED+=("$(basename "$p")"); done
-for r in "${RUNS[@]}"; do measure "$r" "$OUT/$r/final"; done
-# Decode speed of every distinct architecture against the teacher, in one interleaved run.
-if [ ! -f "$OUT/eval/speed.json" ]; then
-  "$ORLIK" eval speed "$TEACHER" "${PRUNED[@]/#/$OUT/}" --reps 3 --json > "$OUT/eval/speed.json.tmp"
-  mv "$OUT/eval/speed.json.tmp" "$OUT/eval/speed.json"
-fi
-python3 - "$OUT" "$TOKENS" "$PARAMS" "$MODEL" <<'PY'
+results() { # the table of what has been measured so far (speed once every run is done)
+  python3 - "$OUT" "$TOKENS" "$PARAMS" "$MODEL" <<'PY'
 import json, os, sys
 out, tokens, params, model = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ev = {f[:-5]: json.load(open(f"{out}/eval/{f}")) for f in os.listdir(f"{out}/eval")
       if f.endswith(".json") and f != "speed.json"}
 # decode b1 tokens/s by directory name (the teacher and every pruned architecture)
 speed = {os.path.basename(r["model"].rstrip("/")): next(t["tokens_per_s"] for t in r["timings"] if t["what"].startswith("decode b1"))
-         for r in json.load(open(f"{out}/eval/speed.json"))}
+         for r in json.load(open(f"{out}/eval/speed.json"))} if os.path.exists(f"{out}/eval/speed.json") else {}
 # each run's architecture (its pruned start); scratch starts from random weights (no gap)
 start = {"orlik-kd": "orlik", "orlik-ce": "orlik", "scratch": "orlik", "tc-kd-ce": "orlik",
          "depth-kd": "depth", "width-kd": "width", "magnitude-kd": "magnitude", "random-kd": "random"}
@@ -197,6 +150,60 @@ with open(f"{out}/results.md", "w") as f, open(f"{out}/results.tsv", "w") as g:
         f.write(f"| {name} | {e['bpb_valid']:.4f} | {e['bpb_pud']:.4f} | {gap} | {kl} | {top} | {sp} |\n")
         g.write(f"{name}\t{e['bpb_valid']}\t{e['bpb_pud']}\t{e['kl']}\t{e['top1']}\n")
 PY
+}
+prune() { # name, extra flags...: a student of PARAMS of the base, into OUT/pruned-NAME, measured
+  local name=$1; shift
+  [ -f "$OUT/pruned-$name/config.json" ] || timed "prune-$name" "$ORLIK" prune "$BASE" --scores "$OUT/scores" --params "$PARAMS" --data "$CACHE/corpus-pl/train.txt" "$@" -o "$OUT/pruned-$name" --force
+  measure "pruned-$name" "$OUT/pruned-$name"; results
+}
+COMMON=(--data "$OUT/train.txt" --val "$OUT/val.txt" --tokens "$TOKENS" --seq-len 256 --batch 4 --grad-accum 2 --eval-every 10 --val-tokens 8192 --save-every 10)
+run() { # name, command...: a training run into OUT/NAME (resumed when interrupted), measured
+  local name=$1; shift
+  if [ ! -d "$OUT/$name/final" ]; then
+    local resume=(); [ -f "$OUT/$name/run.json" ] && resume=(--resume)
+    timed "$name" "$@" "${COMMON[@]}" -o "$OUT/$name" "${resume[@]}"
+  fi
+  # a teacher run (teacher correction) is no student: it is not measured
+  [[ "$name" == teacher-* ]] || { measure "$name" "$OUT/$name/final"; results; }
+}
+measure teacher "$TEACHER"
+[ "$BASE" != "$TEACHER" ] && measure trimmed "$BASE"
+RUNS=()
+for v in $VARIANTS; do
+  case "$v" in
+    orlik-kd)
+      prune orlik
+      for s in $SEEDS; do
+        run "orlik-kd-s$s" "$ORLIK" distill --student "$OUT/pruned-orlik" --teacher "$TEACHER" --lr 3e-4 --seed "$s"
+        RUNS+=("orlik-kd-s$s")
+      done ;;
+    depth-kd) prune depth --axes depth --depth-method bi
+      run depth-kd "$ORLIK" distill --student "$OUT/pruned-depth" --teacher "$TEACHER" --lr 3e-4; RUNS+=(depth-kd) ;;
+    width-kd) prune width --axes heads,mlp
+      run width-kd "$ORLIK" distill --student "$OUT/pruned-width" --teacher "$TEACHER" --lr 3e-4; RUNS+=(width-kd) ;;
+    magnitude-kd) prune magnitude --importance magnitude
+      run magnitude-kd "$ORLIK" distill --student "$OUT/pruned-magnitude" --teacher "$TEACHER" --lr 3e-4; RUNS+=(magnitude-kd) ;;
+    random-kd) prune random --importance random
+      run random-kd "$ORLIK" distill --student "$OUT/pruned-random" --teacher "$TEACHER" --lr 3e-4; RUNS+=(random-kd) ;;
+    orlik-ce) prune orlik
+      run orlik-ce "$ORLIK" train "$OUT/pruned-orlik" --lr 3e-4; RUNS+=(orlik-ce) ;;
+    scratch) prune orlik
+      run scratch "$ORLIK" train "$OUT/pruned-orlik" --init random --lr 1e-3; RUNS+=(scratch) ;;
+    tc-kd-ce) prune orlik
+      # Teacher correction: the teacher itself trained on the same tokens first.
+      run teacher-tc "$ORLIK" train "$TEACHER" --lr 3e-5
+      run tc-kd-ce "$ORLIK" distill --student "$OUT/pruned-orlik" --teacher "$OUT/teacher-tc/final" --lr 3e-4 --ce-weight 1
+      RUNS+=(tc-kd-ce) ;;
+    *) echo "unknown variant '$v'" >&2; exit 2 ;;
+  esac
+done
+# Decode speed of every distinct architecture against the teacher, in one interleaved run.
+PRUNED=(); for p in "$OUT"/pruned-*; do PRUNED+=("$OUT/$(basename "$p")"); done
+if [ ! -f "$OUT/eval/speed.json" ]; then
+  "$ORLIK" eval speed "$TEACHER" "${PRUNED[@]}" --reps 3 --json > "$OUT/eval/speed.json.tmp"
+  mv "$OUT/eval/speed.json.tmp" "$OUT/eval/speed.json"
+fi
+results
 DIRS=(); for r in "${RUNS[@]}"; do DIRS+=("$OUT/$r"); done
 "$ORLIK" curves "${DIRS[@]}" --key val_bits_per_byte -o "$OUT/val_bpb.png" >&2
 cat "$OUT/results.md"
