@@ -26,7 +26,7 @@ use crate::{CudaError, Gpu};
 use candle_core::{DType, Device, Tensor};
 use cudarc::driver::CudaSlice;
 use orlik_model::block::{layer_tensors, BlockSpec, LayerSpec, Role};
-use orlik_model::infer::{Cache, LayerTap, Rows, Tap};
+use orlik_model::infer::{Cache, LayerTap, Rows, SubHead, Tap};
 use orlik_model::{Config, Infer, ModelError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +61,35 @@ pub struct CudaKv {
 }
 
 use crate::block::backend;
+
+/// Device rows to a host tensor of `shape`.
+fn to_host(gpu: &Gpu, x: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
+    let mut v = gpu.download(x).map_err(backend)?;
+    v.truncate(shape.iter().product());
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+}
+
+/// Logits (…, rows) of host hidden states (…, h) through the head matrix `w` (rows, h) on the
+/// device.
+fn head_of(
+    gpu: &Gpu,
+    w: &CudaSlice<f32>,
+    (rows, h): (usize, usize),
+    hidden: &Tensor,
+) -> Result<Tensor, ModelError> {
+    let dims = hidden.dims().to_vec();
+    if dims.last() != Some(&h) {
+        return Err(ModelError::Input(format!("hidden states {dims:?} do not end in {h}")));
+    }
+    let n = hidden.elem_count() / h;
+    let x = gpu.upload(&host_f32(hidden)?).map_err(backend)?;
+    let mut y = gpu.zeros(n * rows).map_err(backend)?;
+    gpu.linear(&x, w, &mut y, (n, h, rows), 0.0).map_err(backend)?;
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = rows;
+    to_host(gpu, &y, &out)
+}
 
 fn host_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
@@ -119,9 +148,7 @@ impl CudaModel {
 
     /// Device rows to a host tensor of `shape` (for taps and the final hidden states).
     fn to_host(&self, x: &CudaSlice<f32>, shape: &[usize]) -> Result<Tensor, ModelError> {
-        let mut v = self.gpu.download(x).map_err(backend)?;
-        v.truncate(shape.iter().product());
-        Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+        to_host(&self.gpu, x, shape)
     }
 
     /// Each row's positions, flat (b · t), and the key mask (b · (off + t) bytes), checked as
@@ -344,21 +371,24 @@ impl Infer for CudaModel {
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
-        let dims = hidden.dims().to_vec();
-        let h = self.spec.hidden;
-        if dims.last() != Some(&h) {
-            return Err(ModelError::Input(format!("hidden states {dims:?} do not end in {h}")));
-        }
-        let n = hidden.elem_count() / h;
-        let g = &self.gpu;
-        let x = g.upload(&host_f32(hidden)?).map_err(backend)?;
         let w = self.head.as_ref().unwrap_or(&self.embed);
-        let mut y = g.zeros(n * self.spec.vocab).map_err(backend)?;
-        g.linear(&x, w, &mut y, (n, h, self.spec.vocab), 0.0).map_err(backend)?;
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.spec.vocab;
-        self.to_host(&y, &out)
+        head_of(&self.gpu, w, (self.spec.vocab, self.spec.hidden), hidden)
+    }
+
+    /// The head's rows of `ids` gathered once into a (ids, hidden) matrix of its own on the
+    /// device: each call then multiplies by that alone, as the host model's subset head does.
+    fn head_subset(&self, ids: &[u32]) -> Result<Option<SubHead>, ModelError> {
+        let (vocab, h) = (self.spec.vocab, self.spec.hidden);
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(ModelError::Input(format!("head subset: id {bad} >= vocab_size {vocab}")));
+        }
+        let g = self.gpu.clone();
+        let all = g.download(self.head.as_ref().unwrap_or(&self.embed)).map_err(backend)?;
+        let rows: Vec<f32> =
+            ids.iter().flat_map(|&i| all[i as usize * h..(i as usize + 1) * h].to_vec()).collect();
+        let w = g.upload(&rows).map_err(backend)?; // (ids, hidden)
+        let n = ids.len();
+        Ok(Some(Box::new(move |hidden: &Tensor| head_of(&g, &w, (n, h), hidden))))
     }
 
     fn hidden_tapped(

@@ -130,6 +130,33 @@ fn gpu_logits_cache_padding_and_taps_follow_the_host_model() {
     }
 }
 
+/// The subset head (a trimmed student's tokens of a teacher's head) gives the whole head's
+/// columns at those ids, tied and untied; an id past the vocabulary is an input error.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs these with --ignored"]
+fn gpu_subset_head_is_the_whole_heads_columns() {
+    let g = gpu();
+    for (name, cfg) in configs() {
+        let w = random_weights(&cfg, 5, 0.5).unwrap();
+        let cpu = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+        let cuda = CudaModel::from_model(&cpu, g.clone()).unwrap();
+        let v = cfg.vocab_size;
+        let ids: Vec<u32> = (0..12).map(|i| (i * 5 + 1) % v as u32).collect();
+        let h = cuda.hidden(Rows::new(&ids, 2, 6), None).unwrap(); // (2, 6, hidden)
+        let whole = host(&cuda.head(&h).unwrap());
+        let keep: Vec<u32> = vec![39, 0, 7, 3, 22, 8, 15];
+        let sub = cuda.head_subset(&keep).unwrap().expect("the CUDA model has a subset head");
+        let got = sub(&h).unwrap();
+        assert_eq!(got.dims(), &[2, 6, keep.len()], "{name}: subset head shape");
+        let want: Vec<f32> = (0..12)
+            .flat_map(|r| keep.iter().map(|&j| whole[r * v + j as usize]).collect::<Vec<_>>())
+            .collect();
+        close(&format!("{name}: subset head"), &host(&got), &want, 1e-6);
+        let e = cuda.head_subset(&[v as u32]).err().expect("an id past the vocabulary");
+        assert!(e.to_string().contains("vocab_size"), "{name}: {e}");
+    }
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU: scripts/gpu-check.sh runs these with --ignored"]
 fn bad_rows_are_input_errors_on_the_gpu_too() {

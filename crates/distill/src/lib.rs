@@ -150,6 +150,29 @@ impl OnlineTeacher {
         let head = MappedHead { map: None, cols: None, sub: None };
         OnlineTeacher { model, temperature, topk, hidden: None, head }
     }
+    /// The teacher `hf` loaded for distillation with `cfg`'s compute dtype on `cfg`'s device
+    /// (the student's GPU where it has one), over the student's vocabulary when `map` says
+    /// they differ; also the dtype it computes in. `notice` gets what loading said.
+    pub fn load(
+        hf: &orlik_io::hfdir::HfModel,
+        map: Option<Vec<u32>>,
+        cfg: &orlik_train::TrainConfig,
+        notice: &dyn Fn(&str),
+    ) -> Result<(OnlineTeacher, orlik_model::infer::ComputeDtype), DistillError> {
+        let local = orlik_dist::world().local_rank();
+        let f = orlik_cuda::frozen::load(hf, cfg.teacher_compute_dtype, &cfg.device, local)
+            .map_err(TrainError::from)?;
+        if let Some(said) = &f.said {
+            notice(&format!("teacher: {said}"));
+        }
+        let t = OnlineTeacher::from_boxed(f.model, cfg.temperature, cfg.topk);
+        let t = match map {
+            Some(m) => t.with_vocab_map(m)?,
+            None => t,
+        };
+        Ok((t, f.compute))
+    }
+
     /// Distil into a student whose vocabulary is a subset of the teacher's (see [`vocab_map`]).
     pub fn with_vocab_map(mut self, map: Vec<u32>) -> Result<OnlineTeacher, DistillError> {
         self.head = MappedHead::new(self.model.as_ref(), Some(map))?;

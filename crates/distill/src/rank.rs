@@ -554,17 +554,7 @@ fn open_teacher(
     let plan = Plan::lm(cfg, Side::of(&s), Some(Side::frozen(&hf, cfg.teacher_compute_dtype)));
     notice(&check_on(&estimate(&plan), &plan, memory, &cfg.device)?);
     let map = vocab_map((&hf.config, &hf.tokenizer()?), (&s.config, &s.tokenizer()?))?;
-    let local = orlik_dist::world().local_rank();
-    let f = orlik_cuda::frozen::load(&hf, cfg.teacher_compute_dtype, &cfg.device, local)
-        .map_err(TrainError::from)?;
-    if let Some(said) = &f.said {
-        notice(&format!("teacher: {said}"));
-    }
-    let t = OnlineTeacher::from_boxed(f.model, cfg.temperature, cfg.topk);
-    match map {
-        Some(m) => t.with_vocab_map(m),
-        None => Ok(t),
-    }
+    Ok(OnlineTeacher::load(&hf, map, cfg, notice)?.0)
 }
 
 /// One training window's teacher rows (seq_len positions, top-k each).

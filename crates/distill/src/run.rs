@@ -105,19 +105,9 @@ pub fn run(
             Box::new(c)
         }
         (None, Some(hf)) => {
-            // With the student on a GPU the teacher runs on the same one.
-            let local = orlik_dist::world().local_rank();
-            let f = orlik_cuda::frozen::load(hf, cfg.teacher_compute_dtype, &cfg.device, local)
-                .map_err(orlik_train::TrainError::from)?;
-            if let Some(said) = &f.said {
-                notice(&format!("teacher: {said}"));
-            }
-            teacher_compute = f.compute;
-            let t = OnlineTeacher::from_boxed(f.model, cfg.temperature, cfg.topk);
-            Box::new(match map {
-                Some(m) => t.with_vocab_map(m)?,
-                None => t,
-            })
+            let (t, compute) = OnlineTeacher::load(hf, map, &cfg, notice)?;
+            teacher_compute = compute;
+            Box::new(t)
         }
         (None, None) => return Err(mismatch("internal: no teacher after the checks".into())),
     };

@@ -59,6 +59,12 @@ pub fn agreement(
     if context == 0 || ids.is_empty() {
         return Err(EvalError::Input("no tokens to compare (empty text or context 0)".into()));
     }
+    // A trimmed student's tokens only of the teacher's head, where its executor can (a ninth of
+    // Gemma's 262k-token head for a 30k student); else the whole head, then the columns.
+    let sub = match map {
+        Some(m) => teacher.head_subset(m)?,
+        None => None,
+    };
     let n = if max_tokens == 0 { ids.len() } else { ids.len().min(max_tokens) };
     let (mut kl, mut agree, mut count) = (0.0, 0usize, 0usize);
     let mut s = 0;
@@ -70,10 +76,13 @@ pub fn agreement(
             None => ids[s..e].to_vec(),
         };
         let t_rows = Rows::new(&t_ids, 1, e - s);
-        let mut lt =
-            teacher.logits(t_rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?; // (t, teacher vocab)
-        if let Some(m) = map {
-            // (t, student vocab): the teacher's logits of the student's tokens
+        // (t, student vocab): the teacher's logits of the student's tokens
+        let lt = match (&sub, map) {
+            (Some(head), _) => head(&teacher.hidden(t_rows, None)?)?.squeeze(0)?,
+            (None, _) => teacher.logits(t_rows, None)?.squeeze(0)?, // (t, teacher vocab)
+        };
+        let mut lt = lt.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        if let (None, Some(m)) = (&sub, map) {
             lt = lt.iter().map(|r| m.iter().map(|&j| r[j as usize]).collect()).collect();
         }
         let ls = student.logits(rows, None)?.squeeze(0)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
@@ -128,6 +137,52 @@ mod tests {
         assert!(a.kl < 1e-6, "{a:?}");
         let e = agreement(&teacher, &student, &ids, None, 4, 0, |_, _| {}).unwrap_err();
         assert!(e.to_string().contains("vocab_size"), "{e}");
+        // A teacher whose executor has no subset head: its whole head, then the columns, the
+        // same figures as the subset head's.
+        let whole = agreement(&NoSubset(&teacher), &student, &ids, Some(&keep), 4, 0, |_, _| {});
+        let whole = whole.unwrap();
+        assert_eq!((whole.tokens, whole.top1), (a.tokens, a.top1));
+        assert!((whole.kl - a.kl).abs() < 1e-9, "{whole:?} vs {a:?}");
+    }
+
+    /// A model without [`Infer::head_subset`] (as an executor that has none).
+    struct NoSubset<'a>(&'a orlik_model::Model);
+
+    impl Infer for NoSubset<'_> {
+        fn config(&self) -> &orlik_model::Config {
+            self.0.config()
+        }
+        fn new_cache(&self) -> orlik_model::infer::Cache {
+            self.0.new_cache()
+        }
+        fn repeat_cache(
+            &self,
+            c: &orlik_model::infer::Cache,
+            n: usize,
+        ) -> Result<orlik_model::infer::Cache, orlik_model::ModelError> {
+            self.0.repeat_cache(c, n)
+        }
+        fn hidden(
+            &self,
+            rows: Rows,
+            cache: Option<&mut orlik_model::infer::Cache>,
+        ) -> Result<candle_core::Tensor, orlik_model::ModelError> {
+            self.0.hidden(rows, cache)
+        }
+        fn head(
+            &self,
+            h: &candle_core::Tensor,
+        ) -> Result<candle_core::Tensor, orlik_model::ModelError> {
+            self.0.head(h)
+        }
+        fn hidden_tapped(
+            &self,
+            rows: Rows,
+            skip: &[usize],
+            tap: orlik_model::infer::LayerTap,
+        ) -> Result<candle_core::Tensor, orlik_model::ModelError> {
+            self.0.hidden_tapped(rows, skip, tap)
+        }
     }
 
     #[test]
