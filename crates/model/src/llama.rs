@@ -856,12 +856,8 @@ impl Model {
         emit(Tap::PostAttnNorm, &h)?;
         let gelu = self.spec.act == Activation::GeluTanh; // GeGLU, else SwiGLU
         let m = match (&l.gate_up, gelu) {
-            (Some(f), false) => crate::masked_softmax::swiglu(&f.forward(&h)?)?, // (b, t, 2 ffn) -> (b, t, ffn)
-            (Some(f), true) => {
-                let y = f.forward(&h)?; // (b, t, 2 ffn)
-                let n = y.dim(2)? / 2;
-                (ops::gelu_tanh(&y.narrow(2, 0, n)?, diff)? * y.narrow(2, n, n)?)?
-            }
+            // (b, t, 2 ffn) -> (b, t, ffn)
+            (Some(f), _) => crate::masked_softmax::glu(self.spec.act, &f.forward(&h)?)?,
             (None, false) => (l.gate.forward(&h)?.silu()? * l.up.forward(&h)?)?, // (b, t, ffn)
             (None, true) => (ops::gelu_tanh(&l.gate.forward(&h)?, diff)? * l.up.forward(&h)?)?,
         };

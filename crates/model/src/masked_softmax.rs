@@ -5,7 +5,11 @@
 //!
 //! Scores are (b, g, rows, tk) contiguous f32, where every `t` consecutive rows are queries at
 //! absolute positions offset..offset+t (g * rows/t heads share the same mask).
+//!
+//! Also the inference path's fused gated activation (`glu`: SwiGLU, GeGLU) on the fused gate/up
+//! projection.
 
+use crate::block::Activation;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -124,20 +128,21 @@ pub fn causal_attention(
     Tensor::cat(&outs, 3)
 }
 
-/// Inference-only SwiGLU on a fused gate/up projection: (.., 2f) -> silu(gate) * up, (.., f).
-struct SwiGlu;
+/// Inference-only gated activation on a fused gate/up projection: (.., 2f) -> act(gate) * up,
+/// (.., f): SwiGLU or GeGLU, through the vectorised kernels of `cpu::act`.
+struct Glu(Activation);
 
-impl CustomOp1 for SwiGlu {
+impl CustomOp1 for Glu {
     fn name(&self) -> &'static str {
-        "orlik-swiglu"
+        "orlik-glu"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("swiglu: f32 only");
+            candle_core::bail!("glu: f32 only");
         };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("swiglu: contiguous input only");
+            candle_core::bail!("glu: contiguous input only");
         };
         let dims = layout.dims();
         let two_f = dims[dims.len() - 1];
@@ -146,9 +151,7 @@ impl CustomOp1 for SwiGlu {
         let mut out = vec![0f32; x.len() / 2];
         out.par_chunks_mut(f).zip(x.par_chunks(two_f)).for_each(|(o, row)| {
             let (g, u) = row.split_at(f);
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + (-g).exp()) * u;
-            }
+            crate::cpu::act::glu_into(self.0, g, u, o);
         });
         let mut shape = dims.to_vec();
         let last = shape.len() - 1;
@@ -157,12 +160,16 @@ impl CustomOp1 for SwiGlu {
     }
 }
 
-/// silu(x[.., :f]) * x[.., f:] for x (.., 2f), f32, inference only.
-pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+/// act(x[.., :f]) * x[.., f:] for x (.., 2f), inference only (silu: SwiGLU, tanh GELU: GeGLU).
+pub fn glu(act: Activation, x: &Tensor) -> Result<Tensor> {
     if x.dtype() != candle_core::DType::F32 {
         let f = x.dim(candle_core::D::Minus1)? / 2;
-        return x.narrow(candle_core::D::Minus1, 0, f)?.silu()?
-            * x.narrow(candle_core::D::Minus1, f, f)?;
+        let g = x.narrow(candle_core::D::Minus1, 0, f)?;
+        let g = match act {
+            Activation::Silu => g.silu()?,
+            Activation::GeluTanh => g.gelu()?,
+        };
+        return g * x.narrow(candle_core::D::Minus1, f, f)?;
     }
-    x.contiguous()?.apply_op1_no_bwd(&SwiGlu)
+    x.contiguous()?.apply_op1_no_bwd(&Glu(act))
 }

@@ -199,55 +199,23 @@ pub fn rope(
     });
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// sqrt(2/π), to f32 as transformers' `gelu_pytorch_tanh` (torch's tanh GELU) computes it.
-const GELU_C: f32 = 0.797_884_6;
-const GELU_A: f32 = 0.044_715;
-
-/// The activation and its derivative at g.
-fn act_and_slope(act: Activation, g: f32) -> (f32, f32) {
-    match act {
-        Activation::Silu => {
-            let s = sigmoid(g);
-            (g * s, s * (1.0 + g * (1.0 - s)))
-        }
-        Activation::GeluTanh => {
-            let th = (GELU_C * (g + GELU_A * g * g * g)).tanh();
-            let inner = GELU_C * (1.0 + 3.0 * GELU_A * g * g);
-            (0.5 * g * (1.0 + th), 0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * inner)
-        }
-    }
-}
-
 /// Gated MLP activation: act(g) · u elementwise (SwiGLU for silu, GeGLU for tanh GELU).
 pub fn glu(act: Activation, g: &[f32], u: &[f32]) -> Vec<f32> {
     let mut a = vec![0f32; g.len()];
-    a.par_chunks_mut(1 << 12).zip(g.par_chunks(1 << 12)).zip(u.par_chunks(1 << 12)).for_each(
-        |((a, g), u)| {
-            a.iter_mut()
-                .zip(g)
-                .zip(u)
-                .for_each(|((o, &gv), &uv)| *o = act_and_slope(act, gv).0 * uv);
-        },
-    );
+    a.par_chunks_mut(1 << 12)
+        .zip(g.par_chunks(1 << 12))
+        .zip(u.par_chunks(1 << 12))
+        .for_each(|((a, g), u)| super::act::glu_into(act, g, u, a));
     a
 }
 
 /// `glu` backward, overwriting `g` with dg and `u` with du (the inputs are not needed after):
 /// dg = da · u · act'(g); du = da · act(g).
 pub fn glu_backward(act: Activation, da: &[f32], g: &mut [f32], u: &mut [f32]) {
-    g.par_chunks_mut(1 << 12).zip(u.par_chunks_mut(1 << 12)).zip(da.par_chunks(1 << 12)).for_each(
-        |((g, u), da)| {
-            for ((gv, uv), &d) in g.iter_mut().zip(u.iter_mut()).zip(da) {
-                let (a, slope) = act_and_slope(act, *gv);
-                *gv = d * *uv * slope;
-                *uv = d * a;
-            }
-        },
-    );
+    g.par_chunks_mut(1 << 12)
+        .zip(u.par_chunks_mut(1 << 12))
+        .zip(da.par_chunks(1 << 12))
+        .for_each(|((g, u), da)| super::act::glu_backward_into(act, da, g, u));
 }
 
 /// Add a bias (d) to every row of y (rows, d).
@@ -267,7 +235,7 @@ pub fn visible(i: usize, window: Option<usize>) -> (usize, usize) {
 /// so loops over it vectorise. Below −87.3 it returns 0 (e^x < 2^−126), above 88 +inf (e^88 is
 /// within 2× of f32::MAX; a softmax only sees x ≤ 0); NaN stays NaN.
 #[inline(always)]
-fn exp_lane(x: f32) -> f32 {
+pub(crate) fn exp_lane(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: x + ROUND − ROUND rounds x to an integer
     let c = x.clamp(-87.3, 88.0);
@@ -465,20 +433,6 @@ mod tests {
         assert!((edge[3] as f64 / (87.9f32 as f64).exp() - 1.0).abs() < 2.5e-7);
         assert_eq!(&edge[4..7], &[f32::INFINITY, 0.0, f32::INFINITY]);
         assert!(edge[7].is_nan());
-    }
-
-    #[test]
-    fn activation_slopes_match_finite_differences() {
-        for act in [Activation::Silu, Activation::GeluTanh] {
-            for g in [-3.0f32, -0.7, 0.0, 0.4, 2.5] {
-                let (h, slope) = (1e-2f64, act_and_slope(act, g).1 as f64);
-                let f = |x: f64| act_and_slope(act, x as f32).0 as f64;
-                let fd = (f(g as f64 + h) - f(g as f64 - h)) / (2.0 * h);
-                assert!((fd - slope).abs() < 1e-3, "{act:?} at {g}: {slope} vs {fd}");
-            }
-        }
-        // torch's tanh GELU at 1: 0.5 (1 + tanh(0.79788456 · 1.044715)) = 0.8411920
-        assert!((act_and_slope(Activation::GeluTanh, 1.0).0 - 0.841_192).abs() < 1e-6);
     }
 
     #[test]
