@@ -284,6 +284,42 @@ unsafe fn exp_shifted_avx2(x: &mut [f32], shift: f32) -> f32 {
     exp_shifted_lanes(x, shift)
 }
 
+#[inline(always)]
+fn exp_shifted_into_lanes(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let n = x.len() - x.len() % LANES;
+    for (c, o) in x[..n].chunks_exact(LANES).zip(out[..n].chunks_exact_mut(LANES)) {
+        for ((v, o), a) in c.iter().zip(o.iter_mut()).zip(acc.iter_mut()) {
+            *o = exp_lane(*v - shift);
+            *a += *o;
+        }
+    }
+    for ((v, o), a) in x[n..].iter().zip(out[n..].iter_mut()).zip(acc.iter_mut()) {
+        *o = exp_lane(*v - shift);
+        *a += *o;
+    }
+    acc.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn exp_shifted_into_avx2(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
+    exp_shifted_into_lanes(x, out, shift)
+}
+
+/// out_i ← e^(x_i − shift), returning Σ_i of the results: `exp_shifted` from one buffer into
+/// another (the same bits), which saves a copy where the scores must stay.
+pub fn exp_shifted_into(x: &[f32], out: &mut [f32], shift: f32) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_shifted_into: lengths");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { exp_shifted_into_avx2(x, out, shift) };
+    }
+    exp_shifted_into_lanes(x, out, shift)
+}
+
 /// x_i ← e^(x_i − shift) in place, returning Σ_i of the results: the body of every softmax here
 /// (attention, the losses, perplexity). Vectorised (AVX2 where the CPU has it, SSE2 otherwise;
 /// the same arithmetic and summation order either way, so the same bits); libm's scalar expf
@@ -423,6 +459,11 @@ mod tests {
             // (e^(80 − 1.5) · 1003 terms: the f32 sum stays finite)
             let direct: f64 = y.iter().map(|&v| v as f64).sum();
             assert!((sum as f64 - direct).abs() <= 1e-6 * direct.max(1.0), "{sum} vs {direct}");
+            // from one buffer into another: the same bits
+            let mut z = vec![7f32; n];
+            let sum2 = exp_shifted_into(&x, &mut z, 1.5);
+            assert_eq!(sum2.to_bits(), sum.to_bits());
+            assert!(z.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
         }
         let mut edge =
             [0.0f32, -87.0, -88.0, 87.9, 88.1, f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
