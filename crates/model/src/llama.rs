@@ -15,7 +15,6 @@
 //! receives a gradient; the fused candle-nn kernels used otherwise have no backward.
 
 use crate::block::{self, Activation, BlockSpec, LayerSpec, Role};
-use crate::cpu::mixed::GEMV_ROWS;
 use crate::masked_softmax::causal_attention;
 use crate::ops;
 use crate::{Config, ModelError, Weights};
@@ -87,9 +86,10 @@ impl Linear {
         let x = x.reshape((n, inn))?; // (n, in)
         let y = match self.w.dtype() {
             DType::BF16 | DType::F16 => ops::matmul_frozen_t(&x.contiguous()?, &self.w)?,
-            // A frozen f32 model at decode: the dot-product kernel streams the weights faster
-            // than the gemm library does at a few rows (`cpu::mixed::gemv_f32_t`).
-            DType::F32 if n <= GEMV_ROWS && !x.track_op() && !self.w.track_op() => {
+            // A frozen f32 model: at decode the dot-product kernel streams the weights faster
+            // than the gemm library does at a few rows (`cpu::mixed::gemv_f32_t`); above, the
+            // gemm writes into an output that is never zeroed first (`kernels::gemm_new`).
+            DType::F32 if !x.track_op() && !self.w.track_op() => {
                 ops::matmul_frozen_t(&x.contiguous()?, &self.w)?
             }
             _ => x.matmul(&self.w.t()?)?,

@@ -121,7 +121,7 @@ impl candle_core::CustomOp2 for FrozenMatmul {
         ws: &candle_core::CpuStorage,
         wl: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use crate::cpu::kernels::{gemm, Par, View};
+        use crate::cpu::kernels::{gemm_new, Par, View};
         use crate::cpu::mixed::{gemv_f32_t, matmul_t, Half, Path, GEMV_ROWS};
         use candle_core::CpuStorage as S;
         use half::slice::HalfFloatSliceExt;
@@ -145,9 +145,8 @@ impl candle_core::CustomOp2 for FrozenMatmul {
                 return Ok((S::F32(y), candle_core::Shape::from((n, out))));
             }
             S::F32(v) => {
-                let mut y = vec![0f32; n * out];
                 let (xv, wv) = (View::rows(x, k), View::t(&v[a..b], k));
-                gemm(&mut y, out, n, out, k, xv, wv, false, 1.0, Par::All);
+                let y = gemm_new(n, out, k, xv, wv, Par::All);
                 return Ok((S::F32(y), candle_core::Shape::from((n, out))));
             }
             _ => candle_core::bail!("matmul-frozen-t: the weight must be f32, bf16 or f16"),
