@@ -121,12 +121,13 @@ pub fn head_chunks(
     let n = hd.dim(0)?;
     let vocab = w.dim(0)?;
     let chunk = chunk.max(1);
-    let wt = w.t()?;
     let mut hg = HeadGrad::default();
     for start in (0..n).step_by(chunk) {
         let c = chunk.min(n - start);
         let hc = hd.narrow(0, start, c)?; // (c, hidden)
-        let z = hc.matmul(&wt)?.flatten_all()?.to_vec1::<f32>()?; // (c, vocab)
+        // (c, vocab): the frozen product, into an output never zeroed first (`gemm_new`)
+        let z = orlik_model::ops::matmul_frozen_t(&hc.contiguous()?, w)?;
+        let z = z.flatten_all()?.to_vec1::<f32>()?;
         if grad {
             let mut g = vec![0f32; c * vocab];
             each(start, &z, Some(&mut g))?;

@@ -35,8 +35,13 @@ struct Lin {
 
 impl Lin {
     fn forward(self, w: &[&[f32]], x: &[f32]) -> Vec<f32> {
-        let mut y = vec![0f32; x.len() / self.inn * self.out];
-        self.forward_into(w, x, &mut y, false);
+        let (n, inn, out) = (x.len() / self.inn, self.inn, self.out);
+        // written once, never zeroed first (`gemm_new`)
+        let mut y =
+            kernels::gemm_new(n, out, inn, View::rows(x, inn), View::t(w[self.w], inn), Par::All);
+        if let Some(b) = self.b {
+            kernels::add_bias(&mut y, w[b]);
+        }
         y
     }
 
