@@ -125,8 +125,7 @@ pub fn head_chunks(
     for start in (0..n).step_by(chunk) {
         let c = chunk.min(n - start);
         let hc = hd.narrow(0, start, c)?; // (c, hidden)
-        // (c, vocab): the frozen product, into an output never zeroed first (`gemm_new`)
-        let z = orlik_model::ops::matmul_frozen_t(&hc.contiguous()?, w)?;
+        let z = orlik_model::ops::matmul_frozen_t(&hc.contiguous()?, w)?; // (c, vocab), not zeroed first
         let z = z.flatten_all()?.to_vec1::<f32>()?;
         if grad {
             let mut g = vec![0f32; c * vocab];
