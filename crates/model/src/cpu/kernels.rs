@@ -63,18 +63,38 @@ pub fn gemm(
         a.data.len() > last(&a, m, k) && b.data.len() > last(&b, k, n),
         "gemm: operand too short"
     );
+    // SAFETY: the asserts above bound every index the strides reach; `c` is borrowed mutably,
+    // so it does not alias `a` or `b`.
+    unsafe { raw(c.as_mut_ptr(), c_rs, (m, n, k), a, b, accumulate, scale, par) }
+}
+
+/// gemm's call: c (row stride `c_rs`) = [c +] scale · a · b, reading c only with `accumulate`.
+///
+/// # Safety
+/// Every index the shapes and strides reach is inside `a`, `b` and the m × n of `c`, and `c`
+/// aliases neither operand.
+#[allow(clippy::too_many_arguments)]
+unsafe fn raw(
+    c: *mut f32,
+    c_rs: usize,
+    (m, n, k): (usize, usize, usize),
+    a: View,
+    b: View,
+    accumulate: bool,
+    scale: f32,
+    par: Par,
+) {
     let parallelism = match par {
         Par::All if m * n * k >= 1 << 15 => gemm::Parallelism::Rayon(rayon::current_num_threads()),
         _ => gemm::Parallelism::None,
     };
-    // SAFETY: the asserts above bound every index the strides reach; `c` is borrowed mutably,
-    // so it does not alias `a` or `b`.
+    // SAFETY: the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
             c_rs as isize,
             accumulate,
@@ -84,7 +104,7 @@ pub fn gemm(
             b.data.as_ptr(),
             b.cs as isize,
             b.rs as isize,
-            1.0,
+            if accumulate { 1.0 } else { 0.0 },
             scale,
             false,
             false,
@@ -108,36 +128,12 @@ pub fn gemm_new(m: usize, n: usize, k: usize, a: View, b: View, par: Par) -> Vec
         a.data.len() > last(&a, m, k) && b.data.len() > last(&b, k, n),
         "gemm_new: operand too short"
     );
-    let parallelism = match par {
-        Par::All if m * n * k >= 1 << 15 => gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        _ => gemm::Parallelism::None,
-    };
     let mut c: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: the asserts above bound every index the strides of a and b reach; c has room for
-    // m · n values at row stride n, and with `read_dst` false gemm writes each of them and reads
+    // m · n values at row stride n, and without `accumulate` gemm writes each of them and reads
     // none, so every element is initialised before `set_len` exposes it.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        raw(c.as_mut_ptr(), n, (m, n, k), a, b, false, 1.0, par);
         c.set_len(m * n);
     }
     c
