@@ -36,18 +36,15 @@ impl MaskedSoftmax<'_> {
         out[..lo].fill(0.0);
         out[hi..].fill(0.0);
         let o = &mut out[lo..hi];
-        let max_of = |v: &[f32]| v.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)); // NaN skipped
-                                                                                     // No visible key (a padding query): zeros; but a NaN score (corrupt weights) must reach
-                                                                                     // the output, never read as "no visible key".
-        let nothing = |v: &[f32], o: &mut [f32]| {
-            let nan = v.iter().any(|v| v.is_nan());
-            o.fill(if nan { f32::NAN } else { 0.0 });
-        };
+        // The max skips NaN. No visible key (a padding query): zeros; but a NaN score (corrupt
+        // weights) must reach the output, never read as "no visible key".
+        let max_of = |v: &[f32]| v.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let nothing = |nan: bool, o: &mut [f32]| o.fill(if nan { f32::NAN } else { 0.0 });
         let sum = match self.key_valid {
             None => {
                 let max = max_of(&x[lo..hi]);
                 if max == f32::NEG_INFINITY {
-                    return nothing(&x[lo..hi], o);
+                    return nothing(x[lo..hi].iter().any(|v| v.is_nan()), o);
                 }
                 exp_shifted_into(&x[lo..hi], o, max)
             }
@@ -60,8 +57,8 @@ impl MaskedSoftmax<'_> {
                 }
                 let max = max_of(o);
                 if max == f32::NEG_INFINITY {
-                    let v = o.to_vec();
-                    return nothing(&v, o);
+                    let nan = o.iter().any(|v| v.is_nan());
+                    return nothing(nan, o);
                 }
                 exp_shifted(o, max)
             }
