@@ -103,11 +103,14 @@ fn row_nll(
         let v = logits.dim(1)?;
         let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let targets = &ids[p..p + n];
-        total += flat
-            .par_chunks(v)
+        // Rows in parallel, summed in order: rayon's own `sum` groups the rows by how the work
+        // was stolen, so the same model on the same text could differ in the last bit.
+        let mut nll = Vec::with_capacity(n);
+        flat.par_chunks(v)
             .zip(targets.par_iter())
             .map(|(row, &t)| orlik_model::prob::logsumexp(row, 1.0) - row[t as usize] as f64)
-            .sum::<f64>();
+            .collect_into_vec(&mut nll);
+        total += nll.iter().sum::<f64>();
         p += n;
     }
     Ok(total)
@@ -189,5 +192,33 @@ mod tests {
         }
         // stride = context: the first token of each window is not scored
         assert_eq!(windows(8, 4, 4).iter().map(|w| w.first_scored).collect::<Vec<_>>(), vec![1, 5]);
+    }
+
+    /// The same model on the same tokens scores the same bits with any number of threads (a
+    /// sweep compares a point cut by nothing with the original exactly; a reduction grouped by
+    /// rayon's work stealing once made them differ in the last bit).
+    #[test]
+    fn the_score_does_not_depend_on_the_thread_count() {
+        use orlik_model::{Model, ModelOptions};
+        let cfg = orlik_model::testing::tiny("LlamaForCausalLM", serde_json::json!({}));
+        let w = orlik_model::init::random_weights(&cfg, 7, 0.5).unwrap();
+        let model = Model::new(&cfg, &w, ModelOptions::default()).unwrap();
+        let mut x = 5u64;
+        let ids: Vec<u32> = (0..700)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 33) as u32 % cfg.vocab_size as u32
+            })
+            .collect();
+        let opts = PplOptions { context: 600, stride: 300, batch: 2 };
+        let score = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| score_ids(&model, &ids, 1000, &opts, |_, _| {}).unwrap().total_nll)
+        };
+        let one = score(1);
+        assert!(one.is_finite() && one > 0.0);
+        for threads in [2, 3, 4, 7, 2, 3, 4, 7] {
+            assert_eq!(score(threads).to_bits(), one.to_bits(), "{threads} threads");
+        }
     }
 }
