@@ -99,17 +99,18 @@ fn row_nll(
     while p < to {
         let n = CHUNK.min(to - p);
         let h = hidden.narrow(0, p - 1, n)?.unsqueeze(0)?; // (1, n, h): predicts positions p..p+n
-        let logits = model.head(&h)?.squeeze(0)?.to_dtype(candle_core::DType::F32)?; // (n, vocab)
+        let logits = model.head(&h)?.squeeze(0)?; // (n, vocab)
         let v = logits.dim(1)?;
-        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let targets = &ids[p..p + n];
         // Rows in parallel, summed in order: rayon's own `sum` groups the rows by how the work
         // was stolen, so the same model on the same text could differ in the last bit.
         let mut nll = Vec::with_capacity(n);
-        flat.par_chunks(v)
-            .zip(targets.par_iter())
-            .map(|(row, &t)| orlik_model::prob::logsumexp(row, 1.0) - row[t as usize] as f64)
-            .collect_into_vec(&mut nll);
+        orlik_model::prob::with_f32(&logits, |flat| {
+            flat.par_chunks(v)
+                .zip(targets.par_iter())
+                .map(|(row, &t)| orlik_model::prob::logsumexp(row, 1.0) - row[t as usize] as f64)
+                .collect_into_vec(&mut nll)
+        })?;
         total += nll.iter().sum::<f64>();
         p += n;
     }
