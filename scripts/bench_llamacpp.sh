@@ -47,8 +47,12 @@ import json, statistics, sys
 p = json.load(open(sys.argv[3]))
 n = p["parameters"]
 # Matrix FLOPs per token of a forward (attention scores left out): every matrix once, the
-# embedding only when it is also the (tied) lm_head.
+# embedding only when it is also the (tied) lm_head. Prefill takes the lm_head at the last
+# position only (both sides: llama-bench's pp and orlik's `last_logits`), so its count leaves the
+# head out (1/512 of it per token).
 matrix = n["total"] - (0 if p["tie_word_embeddings"] else n["embeddings"])
+head = p["vocab_size"] * p["hidden_size"]
+body = matrix - head
 peak = float(sys.argv[4])
 wbytes = {"f32": 4, "bf16": 2, "f16": 2}
 rows = {}
@@ -70,7 +74,7 @@ print("| --- | --- | --- | --- | --- | --- |")
 for (dt, what), v in rows.items():
     o, l = statistics.median(v["orlik"]), statistics.median(v["llama"])
     if what.startswith("prefill") and peak > 0:  # compute-bound: MFU against this run's f32 gemm
-        lim = lambda r: f"{2 * matrix * r / (peak * 1e9):.0%}"
+        lim = lambda r: f"{2 * body * r / (peak * 1e9):.0%}"
         note = f"MFU {lim(o)} / {lim(l)} of {peak:.0f} GFLOP/s"
     else:  # memory-bound: the weight bytes streamed per second
         gbs = lambda r: f"{wbytes.get(dt, 4) * matrix * r / 1e9:.1f}"

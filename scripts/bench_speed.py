@@ -28,21 +28,23 @@ def bench_ids(n, vocab):  # same formula as orlik_eval::speed::bench_ids
 
 
 def torch_round(model, vocab, reps):
+    # Prefill as generation runs it: the next token's logits only (`logits_to_keep=1`, what
+    # transformers' generate passes), as `orlik bench` and llama-bench do.
     out = {}
     with torch.no_grad():
         for b, t in ((1, 512), (8, 128)):
             x = torch.tensor(bench_ids(b * t, vocab)).reshape(b, t)
-            model(input_ids=x)
+            model(input_ids=x, logits_to_keep=1)
             ts = []
             for _ in range(reps):
                 t0 = time.perf_counter()
-                model(input_ids=x)
+                model(input_ids=x, logits_to_keep=1)
                 ts.append(time.perf_counter() - t0)
             out[f"prefill b{b}x{t}"] = b * t / statistics.median(ts)
         ids = bench_ids(16 + 64, vocab)
         ts = []
         for r in range(reps + 1):
-            o = model(input_ids=torch.tensor([ids[:16]]), use_cache=True)
+            o = model(input_ids=torch.tensor([ids[:16]]), use_cache=True, logits_to_keep=1)
             past = o.past_key_values
             t0 = time.perf_counter()
             for i in ids[16:]:
@@ -74,6 +76,7 @@ def main():
             theirs.setdefault(k, []).append(v)
     peak = gemm_peak()
     n = sum(p.numel() for p in model.parameters())  # a tied embedding counted once, as lm_head
+    head = model.get_output_embeddings().weight.numel()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.rounds} alternating rounds, median")
     print(f"{'':32} {'orlik tok/s':>12} {'torch tok/s':>12} {'ratio':>7} {'orlik MFU':>9} {'torch MFU':>9} "
           f"{'orlik GB/s':>10}")
@@ -83,7 +86,9 @@ def main():
         rows[k] = {"orlik": o, "torch": t, "ratio": o / t}
         # Each decoded token streams every f32 weight once.
         gbs = f"{4 * n * o / 1e9:10.1f}" if k.startswith("decode") else f"{'':10}"
-        print(f"{k:32} {o:12.1f} {t:12.1f} {o / t:7.2f} {mfu(2 * n, o, peak):>9} {mfu(2 * n, t, peak):>9} {gbs}")
+        # Prefill FLOPs per token leave the head out (it runs at the last position only).
+        f = 2 * (n - head) if k.startswith("prefill") else 2 * n
+        print(f"{k:32} {o:12.1f} {t:12.1f} {o / t:7.2f} {mfu(f, o, peak):>9} {mfu(f, t, peak):>9} {gbs}")
     if peak:
         print(f"f32 gemm peak measured in this run: {peak:.1f} GFLOP/s (gemm_speed)")
     print(json.dumps(rows))

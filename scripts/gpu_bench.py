@@ -66,12 +66,13 @@ def torch_rows(model, vocab, reps):
     with torch.no_grad():
         for b, t in ((1, 512), (8, 128)):
             x = torch.tensor(bench_ids(b * t, vocab), device=dev).reshape(b, t)
-            s = timed(lambda: model(input_ids=x), reps)
+            # the next token's logits only, as generation (and `orlik bench`) computes them
+            s = timed(lambda: model(input_ids=x, logits_to_keep=1), reps)
             rows.append({"what": f"prefill b{b}x{t}", "tokens_per_s": b * t / s})
         ids = torch.tensor(bench_ids(16 + 64, vocab), device=dev).reshape(1, 80)
 
         def decode():
-            out = model(input_ids=ids[:, :16], use_cache=True)
+            out = model(input_ids=ids[:, :16], use_cache=True, logits_to_keep=1)
             past = out.past_key_values
             for k in range(16, 80):
                 out = model(input_ids=ids[:, k:k + 1], past_key_values=past, use_cache=True)

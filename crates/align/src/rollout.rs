@@ -29,8 +29,8 @@ pub fn sample_group(
     }
     let g = o.group.max(1);
     let mut cache = model.new_cache();
-    let logits = model.logits(Rows::new(prompt, 1, prompt.len()), Some(&mut cache))?; // (1, t, v)
-    let last: Vec<f32> = logits.get(0)?.get(prompt.len() - 1)?.to_dtype(DType::F32)?.to_vec1()?;
+    let logits = model.last_logits(Rows::new(prompt, 1, prompt.len()), Some(&mut cache))?; // (1, v)
+    let last: Vec<f32> = logits.get(0)?.to_dtype(DType::F32)?.to_vec1()?;
     let mut cache = model.repeat_cache(&cache, g)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); g];
     let mut done = vec![false; g];
@@ -51,8 +51,8 @@ pub fn sample_group(
         if done.iter().all(|&d| d) || out.iter().all(|c| c.len() >= o.max_new_tokens) {
             break;
         }
-        let logits = model.logits(Rows::new(&next, g, 1), Some(&mut cache))?; // (g, 1, v)
-        let l = logits.squeeze(1)?.to_dtype(DType::F32)?; // (g, v)
+        let l = model.last_logits(Rows::new(&next, g, 1), Some(&mut cache))?; // (g, v)
+        let l = l.to_dtype(DType::F32)?;
         rows = l.to_vec2()?;
     }
     Ok(out)

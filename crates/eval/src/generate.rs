@@ -119,10 +119,8 @@ pub fn generate(
     let mut input = prompt.to_vec();
     for _ in 0..opts.max_new_tokens {
         let rows = Rows::new(&input, 1, input.len());
-        let logits = model.logits(rows, Some(&mut cache))?; // (1, t, v)
-        let t = logits.dim(1)?;
-        let last: Vec<f32> =
-            logits.get(0)?.get(t - 1)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        let logits = model.last_logits(rows, Some(&mut cache))?; // (1, v)
+        let last: Vec<f32> = logits.get(0)?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         let next = sample(&last, opts.temperature, opts.top_p, &mut rng);
         out.push(next);
         if stop_ids.contains(&next) || !on_token(&Step::new(next, &last)) {

@@ -1,5 +1,11 @@
 //! Forward-pass throughput: prefill tokens/s at a given (batch, length) and decode tokens/s with
 //! a KV cache. Inputs are fixed pseudo-random token ids so runs are comparable across tools.
+//!
+//! Prefill is a prompt as generation runs it: every position through the layers, the next
+//! token's logits (the last position's) through the head ([`Infer::last_logits`]), as
+//! llama.cpp's `llama-bench -p` and transformers' `generate` do. (Before 2026-12-07 every
+//! position went through the head, a fifth more FLOPs on SmolLM2: figures from before read
+//! lower.)
 
 use crate::EvalError;
 use orlik_model::infer::{Infer, Rows};
@@ -29,11 +35,11 @@ pub fn prefill(
 ) -> Result<Timing, EvalError> {
     let ids = bench_ids(batch * len, model.config().vocab_size);
     let rows = Rows::new(&ids, batch, len);
-    let _ = model.logits(rows, None)?; // warm-up
+    let _ = model.last_logits(rows, None)?; // warm-up
     let mut times = Vec::new();
     for _ in 0..reps.max(1) {
         let t = Instant::now();
-        let _ = model.logits(rows, None)?;
+        let _ = model.last_logits(rows, None)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let s = median(times);
@@ -62,11 +68,11 @@ pub fn decode(
     for r in 0..reps.max(1) + 1 {
         let mut cache = model.new_cache();
         let p: Vec<u32> = (0..b).flat_map(|i| row(i, 0, prompt)).collect();
-        let _ = model.logits(Rows::new(&p, b, prompt), Some(&mut cache))?;
+        let _ = model.last_logits(Rows::new(&p, b, prompt), Some(&mut cache))?;
         let t = Instant::now();
         for k in prompt..prompt + new {
             let step: Vec<u32> = (0..b).flat_map(|i| row(i, k, k + 1)).collect();
-            let _ = model.logits(Rows::new(&step, b, 1), Some(&mut cache))?;
+            let _ = model.last_logits(Rows::new(&step, b, 1), Some(&mut cache))?;
         }
         if r > 0 {
             times.push(t.elapsed().as_secs_f64()); // first round is warm-up
