@@ -259,6 +259,16 @@ fn corrupt_safetensors_shards_and_configs_are_refused_with_their_name() {
         &[&nan],
         Some(&out),
     );
+    // streaming (random importance): no checking pass first; each kept tensor is checked as it
+    // is read, and the output directory is not left behind
+    let out = t.join("nan-pruned-stream");
+    case(
+        "prune a NaN model, streaming",
+        &["prune", s(&nan), "--importance", "random", "--ffn", "24", "-o", s(&out)],
+        &[q, "non-finite"],
+        &[&nan],
+        Some(&out),
+    );
     let out = t.join("nan-kd");
     case(
         "distill from a NaN teacher",

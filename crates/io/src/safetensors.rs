@@ -314,6 +314,30 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// [`Checkpoint::check_finite`] for one tensor: for a reader that streams the tensors it
+    /// needs and checks each as it goes, instead of a whole pass over the checkpoint first.
+    pub fn check_tensor_finite(&self, name: &str) -> Result<(), IoError> {
+        let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
+            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
+            name: name.into(),
+            msg: "not in checkpoint".into(),
+        })?;
+        let (path, m) = &self.files[t.file];
+        crate::guard::check_finite(path, &t.name, &m[t.start..t.end], t.dtype)
+    }
+
+    /// One tensor's stored bytes (little-endian, row-major, in the mapping: not copied) with
+    /// its description and file.
+    pub fn raw(&self, name: &str) -> Result<(&[u8], &TensorInfo, &Path), IoError> {
+        let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
+            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
+            name: name.into(),
+            msg: "not in checkpoint".into(),
+        })?;
+        let (path, m) = &self.files[t.file];
+        Ok((&m[t.start..t.end], t, path))
+    }
+
     /// One tensor in its stored dtype.
     pub fn tensor(&self, name: &str) -> Result<Tensor, IoError> {
         let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
@@ -382,6 +406,22 @@ impl Checkpoint {
 /// Little-endian bytes of a tensor in `dtype`.
 pub fn tensor_bytes(t: &Tensor, dtype: DType) -> candle_core::Result<Vec<u8>> {
     let t = t.to_dtype(dtype)?.flatten_all()?;
+    // A contiguous CPU tensor is its little-endian bytes already (on a little-endian host): one
+    // copy, where the element-wise path below took two passes (18% of a streaming prune, `perf`).
+    #[cfg(target_endian = "little")]
+    {
+        use candle_core::{CpuStorage as C, Storage};
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(s), Some((a, b))) = (&*storage, layout.contiguous_offsets()) {
+            match s {
+                C::F32(v) => return Ok(bytemuck::cast_slice(&v[a..b]).to_vec()),
+                C::F64(v) => return Ok(bytemuck::cast_slice(&v[a..b]).to_vec()),
+                C::F16(v) => return Ok(bytemuck::cast_slice(&v[a..b]).to_vec()),
+                C::BF16(v) => return Ok(bytemuck::cast_slice(&v[a..b]).to_vec()),
+                _ => {}
+            }
+        }
+    }
     Ok(match dtype {
         DType::F32 => t.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
         DType::F64 => t.to_vec1::<f64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -542,4 +582,31 @@ pub fn write_shards_with(
         names.push(INDEX_NAME.to_string());
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every dtype, contiguous, narrowed or transposed: the little-endian bytes of the values in
+    /// row-major order, element by element.
+    #[test]
+    fn tensor_bytes_are_the_row_major_little_endian_values() {
+        let t = Tensor::arange(0f32, 12.0, &Device::Cpu).unwrap().affine(0.37, -1.5).unwrap();
+        let t = t.reshape((3, 4)).unwrap();
+        let views = [t.clone(), t.narrow(0, 1, 2).unwrap(), t.t().unwrap()];
+        for v in &views {
+            let vals: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            let want32: Vec<u8> = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+            assert_eq!(tensor_bytes(v, DType::F32).unwrap(), want32);
+            let want64: Vec<u8> = vals.iter().flat_map(|&x| (x as f64).to_le_bytes()).collect();
+            assert_eq!(tensor_bytes(v, DType::F64).unwrap(), want64);
+            let bf: Vec<u8> =
+                vals.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+            assert_eq!(tensor_bytes(v, DType::BF16).unwrap(), bf);
+            let hf: Vec<u8> =
+                vals.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+            assert_eq!(tensor_bytes(v, DType::F16).unwrap(), hf);
+        }
+    }
 }

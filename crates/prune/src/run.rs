@@ -283,12 +283,15 @@ pub fn run(
         &inputs,
         orlik_io::output::Mode::from_flags(force, false),
     )?;
-    let hf = HfModel::open(inp.model)?;
-    let cfg = &hf.config;
     // Whole weights in memory only where a choice needs them (magnitude importance, the budget
-    // search); the final slicing streams tensor by tensor from the mmap'd checkpoint.
+    // search); the final slicing streams tensor by tensor from the mmap'd checkpoint, checking
+    // each tensor it keeps for NaN and infinity as it reads it (one pass over the checkpoint, not
+    // a checking pass first; a tensor the plan drops cannot reach the output).
     let needs_weights =
         inp.plan.is_none() && (s.importance == ImportanceKind::Magnitude || s.params.is_some());
+    let hf =
+        if needs_weights { HfModel::open(inp.model)? } else { HfModel::open_streaming(inp.model)? };
+    let cfg = &hf.config;
     let weights = if needs_weights {
         hf.checkpoint.load_all(candle_core::DType::F32)?
     } else {
@@ -390,11 +393,14 @@ fn write(
             name: name.into(),
             msg: "not in the plan".into(),
         })?;
-        let t = hf.checkpoint.tensor(&s.src)?;
-        let cut = crate::slice::cut(&t, s).map_err(|e| orlik_io::IoError::Tensor {
-            path: model.into(),
-            name: s.src.clone(),
-            msg: e.to_string(),
+        hf.checkpoint.check_tensor_finite(&s.src)?;
+        let (bytes, info, _) = hf.checkpoint.raw(&s.src)?;
+        let cut = crate::slice::cut_stored(bytes, &info.shape, info.dtype, s).map_err(|e| {
+            orlik_io::IoError::Tensor {
+                path: model.into(),
+                name: s.src.clone(),
+                msg: e.to_string(),
+            }
         });
         hf.checkpoint.release(&s.src);
         cut

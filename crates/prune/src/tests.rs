@@ -290,3 +290,52 @@ fn gqa_9_heads_3_groups_and_mqa_head_pruning_equals_masking() {
         );
     }
 }
+
+/// The streaming cut from stored bytes gives the loaded tensor's cut exactly, in every float
+/// dtype, for 1-D and 2-D tensors, rows only, columns only (in runs and alone), both, and none;
+/// an index outside the shape is an error.
+#[test]
+fn cutting_stored_bytes_equals_cutting_the_loaded_tensor() {
+    use crate::slice::{cut, cut_stored, SliceSpec};
+    use candle_core::DType;
+    let dev = &Device::Cpu;
+    let base = Tensor::randn(0f32, 1.0, (7, 10), dev).unwrap();
+    let spec = |rows: Option<Vec<usize>>, cols: Option<Vec<usize>>| SliceSpec {
+        name: "w".into(),
+        shape: vec![],
+        src: "w".into(),
+        rows,
+        cols,
+    };
+    let specs = [
+        spec(None, None),
+        spec(Some(vec![0, 2, 3, 6]), None),
+        spec(None, Some(vec![1, 2, 3, 5, 8, 9])),
+        spec(Some(vec![6, 1]), Some(vec![0, 4, 5, 9])),
+        spec(Some(vec![]), Some(vec![3])),
+    ];
+    for dt in [DType::F32, DType::F16, DType::BF16, DType::F64] {
+        for t in [base.to_dtype(dt).unwrap(), base.get(2).unwrap().to_dtype(dt).unwrap()] {
+            let bytes = orlik_io::safetensors::tensor_bytes(&t, dt).unwrap();
+            for s in &specs {
+                if t.rank() == 1 && s.cols.is_some() {
+                    continue;
+                }
+                let want = cut(&t, s).unwrap();
+                let got = cut_stored(&bytes, t.dims(), dt, s).unwrap();
+                assert_eq!((got.dims(), got.dtype()), (want.dims(), want.dtype()), "{dt:?} {s:?}");
+                let (g, w) =
+                    (got.to_dtype(DType::F64).unwrap(), want.to_dtype(DType::F64).unwrap());
+                let (g, w): (Vec<f64>, Vec<f64>) = (
+                    g.flatten_all().unwrap().to_vec1().unwrap(),
+                    w.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                assert_eq!(g, w, "{dt:?} {s:?}");
+            }
+        }
+        let bad = spec(Some(vec![7]), None);
+        let bytes = orlik_io::safetensors::tensor_bytes(&base, DType::F32).unwrap();
+        assert!(cut_stored(&bytes, &[7, 10], DType::F32, &bad).is_err());
+        assert!(cut_stored(&bytes[1..], &[7, 10], DType::F32, &spec(None, None)).is_err());
+    }
+}
