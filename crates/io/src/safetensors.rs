@@ -317,13 +317,8 @@ impl Checkpoint {
     /// [`Checkpoint::check_finite`] for one tensor: for a reader that streams the tensors it
     /// needs and checks each as it goes, instead of a whole pass over the checkpoint first.
     pub fn check_tensor_finite(&self, name: &str) -> Result<(), IoError> {
-        let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
-            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
-            name: name.into(),
-            msg: "not in checkpoint".into(),
-        })?;
-        let (path, m) = &self.files[t.file];
-        crate::guard::check_finite(path, &t.name, &m[t.start..t.end], t.dtype)
+        let (bytes, t, path) = self.raw(name)?;
+        crate::guard::check_finite(path, &t.name, bytes, t.dtype)
     }
 
     /// One tensor's stored bytes (little-endian, row-major, in the mapping: not copied) with
@@ -340,18 +335,10 @@ impl Checkpoint {
 
     /// One tensor in its stored dtype.
     pub fn tensor(&self, name: &str) -> Result<Tensor, IoError> {
-        let t = self.tensors.get(name).ok_or_else(|| IoError::Tensor {
-            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
-            name: name.into(),
-            msg: "not in checkpoint".into(),
-        })?;
-        let (path, m) = &self.files[t.file];
-        Tensor::from_raw_buffer(&m[t.start..t.end], t.dtype, &t.shape, &Device::Cpu).map_err(
-            |source| IoError::Candle {
-                context: format!("{}: tensor {name}", path.display()),
-                source,
-            },
-        )
+        let (bytes, t, path) = self.raw(name)?;
+        Tensor::from_raw_buffer(bytes, t.dtype, &t.shape, &Device::Cpu).map_err(|source| {
+            IoError::Candle { context: format!("{}: tensor {name}", path.display()), source }
+        })
     }
 
     /// Drop the pages of a tensor already read from this process's memory (they stay in the page
