@@ -24,8 +24,9 @@ pub fn logsumexp(z: &[f32], t: f32) -> f64 {
 }
 
 /// `f` of the f32 values of `t` in row-major order: read in place where `t` is a contiguous f32
-/// tensor on the CPU, else copied out first. A (256, 49152) chunk of logits is 50 MB, and copying
-/// it into fresh pages (the copy and the kernel zeroing them) was 7% of `eval ppl`'s time (`perf`).
+/// tensor on the CPU, else copied out first. Saves `eval ppl` a 50 MB copy per (256, 49152) chunk
+/// of logits; its speed did not change measurably (2026-12-07, 3 alternating runs), the copy was
+/// not where its time goes.
 pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     {
         let (storage, layout) = t.storage_and_layout();
