@@ -531,6 +531,23 @@ mod tests {
             let sum2 = exp_shifted_into(&x, &mut z, 1.5);
             assert_eq!(sum2.to_bits(), sum.to_bits());
             assert!(z.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
+            // every instruction set the dispatch may pick: the same bits
+            let same = |w: &[f32], s: f32| {
+                s.to_bits() == sum.to_bits()
+                    && w.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits())
+            };
+            let mut w = x.clone();
+            let s = exp_shifted_lanes(&mut w, 1.5);
+            assert!(same(&w, s), "the portable path differs at n = {n}");
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                let (mut w, mut o) = (x.clone(), vec![0f32; n]);
+                // SAFETY: the CPU has AVX2 (checked above).
+                let (s, s2) = unsafe {
+                    (exp_shifted_avx2(&mut w, 1.5), exp_shifted_into_avx2(&x, &mut o, 1.5))
+                };
+                assert!(same(&w, s) && same(&o, s2), "the AVX2 path differs at n = {n}");
+            }
         }
         let mut edge =
             [0.0f32, -87.0, -88.0, 87.9, 88.1, f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
