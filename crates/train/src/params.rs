@@ -67,10 +67,13 @@ impl Params {
         self.vars[self.head].as_tensor().detach()
     }
 
-    /// Copy the master weights into the model's `Var`s.
+    /// Copy the master weights into the model's `Var`s (the copy on every thread: on one, it
+    /// was a tenth of an update step).
     pub fn push_weights(&self) -> Result<(), TrainError> {
+        use rayon::prelude::*;
         for (v, s) in self.vars.iter().zip(&self.slots) {
-            v.set(&Tensor::from_slice(&s.w, v.as_tensor().shape(), &Device::Cpu)?)?;
+            let w: Vec<f32> = s.w.par_iter().copied().collect();
+            v.set(&Tensor::from_vec(w, v.as_tensor().shape(), &Device::Cpu)?)?;
         }
         Ok(())
     }
