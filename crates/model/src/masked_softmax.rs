@@ -13,12 +13,12 @@ use rayon::prelude::*;
 
 /// The mask of one block of attention scores: rows are queries at absolute positions offset +
 /// i, columns keys at key_start + j.
-pub struct MaskedSoftmax<'a> {
-    pub offset: usize,
+struct MaskedSoftmax<'a> {
+    offset: usize,
     /// Absolute position of the first key column (query blocks see a slice of the keys).
-    pub key_start: usize,
-    pub window: Option<usize>,
-    pub key_valid: Option<&'a [Vec<bool>]>,
+    key_start: usize,
+    window: Option<usize>,
+    key_valid: Option<&'a [Vec<bool>]>,
 }
 
 impl MaskedSoftmax<'_> {
